@@ -1,0 +1,100 @@
+"""Small pure helpers shared across layers: imports by path, clocks, durations, backoff."""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "backoff_delay",
+    "import_string",
+    "new_id",
+    "now",
+    "to_epoch",
+    "to_seconds",
+    "utcnow",
+]
+
+
+def new_id() -> str:
+    """Return a fresh task or message id (a UUID4 string, as Celery uses)."""
+    return str(uuid.uuid4())
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch: the clock every stored deadline uses."""
+    return time.time()
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def import_string(path: str) -> Any:
+    """Import ``"package.module:attr.sub"`` (or ``"package.module.attr"``) and return the object.
+
+    Raises:
+        ImportError: the module cannot be imported or the attribute does not exist; the
+            message names the path.
+    """
+    if ":" in path:
+        module_name, _, attr_path = path.partition(":")
+    else:
+        module_name, _, attr_path = path.rpartition(".")
+    if not module_name or not attr_path:
+        raise ImportError(f"{path!r} is not an import path like 'package.module:attribute'")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    return obj
+
+
+def to_seconds(value: float | timedelta | None) -> float | None:
+    """Normalise a duration given as seconds or a timedelta to float seconds."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected seconds (int or float) or a timedelta, got {type(value).__name__}")
+    return float(value)
+
+
+def to_epoch(value: datetime | float | timedelta | None, *, relative_to: float | None = None) -> float | None:
+    """Turn an aware datetime, or a relative duration, into epoch seconds.
+
+    Numbers and timedeltas are durations from ``relative_to`` (default: now). Naive datetimes
+    are refused: silently assuming a zone is how tasks end up running an hour late.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"datetime {value.isoformat()} is naive; give an aware datetime (tzinfo set)")
+        return value.timestamp()
+    seconds = to_seconds(value)
+    assert seconds is not None
+    return (now() if relative_to is None else relative_to) + seconds
+
+
+def backoff_delay(
+    retries: int, *, base: float = 1.0, maximum: float = 600.0, jitter: bool = True, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with a cap and full jitter (Celery's retry_backoff semantics).
+
+    The n-th retry waits ``min(maximum, base * 2**n)`` seconds, and with ``jitter`` a uniform
+    random fraction of that, so that many tasks failing together do not retry in lock step.
+    """
+    delay = min(maximum, base * (2 ** max(0, retries)))
+    if jitter:
+        delay = (rng or random).uniform(0, delay)
+    return delay

@@ -1,0 +1,64 @@
+"""The result-backend contract: where task states and results are kept, and waited for.
+
+A backend stores opaque record bytes per task id (the encoding lives in asyncq.result), a
+flag saying whether the record is final, and integer counters used for chord joins. Every
+driver passes tests/conformance/test_backend_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["BackendCapabilities", "ResultBackend"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCapabilities:
+    """What a backend can do.
+
+    Attributes:
+        persistent: records outlive every asyncq process.
+        notifies: ``wait`` wakes on a write from another process without polling.
+        shared: other processes can read what this one stores (False only for memory://).
+    """
+
+    persistent: bool = False
+    notifies: bool = False
+    shared: bool = False
+
+
+@runtime_checkable
+class ResultBackend(Protocol):
+    """A store of task records, chosen by URL scheme (see asyncq.backends.backend_from_url)."""
+
+    url: str
+    capabilities: BackendCapabilities
+
+    async def connect(self) -> None:
+        """Open connections and create what is missing; idempotent."""
+
+    async def aclose(self) -> None:
+        """Release connections and wake every pending ``wait`` with None."""
+
+    async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
+        """Store the record of ``task_id``, replacing any; ``ttl`` seconds until it expires.
+
+        A final record wakes every ``wait`` on that id.
+        """
+
+    async def get(self, task_id: str) -> bytes | None:
+        """Return the stored record, or None if there is none (or it expired)."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """Return the records of several ids in one round trip, in order."""
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
+        """Return the final record as soon as there is one; None if ``timeout`` passes first."""
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the record of ``task_id``."""
+
+    async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Atomically add ``amount`` to counter ``key`` (created at 0) and return the new value."""

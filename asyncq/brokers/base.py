@@ -1,0 +1,132 @@
+"""The broker contract: what the worker and producers need from a message transport.
+
+A broker moves opaque message bytes between queues. It knows nothing of tasks, serializers
+or retries: those live above it, so each driver stays small. Every driver passes the shared
+suite in tests/conformance/test_broker_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "Broker",
+    "BrokerCapabilities",
+    "DeadLetter",
+    "Delivery",
+    "OutgoingMessage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    """What a driver can do natively; the conformance suite skips only on these.
+
+    Attributes:
+        durable: messages survive a restart of every asyncq process.
+        redelivers_lost: a message taken by a consumer that dies is delivered again.
+        notifies: a consumer wakes on publish without polling, also across processes.
+        priorities: higher ``priority`` messages are delivered first within a queue.
+        delayed_delivery: ``eta`` is honoured by the broker itself.
+    """
+
+    durable: bool = False
+    redelivers_lost: bool = False
+    notifies: bool = False
+    priorities: bool = True
+    delayed_delivery: bool = True
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    """A message to publish.
+
+    Attributes:
+        id: the message (task) id, unique per publish.
+        queue: the destination queue name.
+        body: the encoded envelope; brokers never look inside.
+        priority: 0 (default, lowest) to 9 (highest), or None for 0.
+        eta: epoch seconds before which the message must not be delivered; None for now.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int | None = None
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message parked in a queue's dead-letter store, with why it was parked."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    dead_lettered_at: float
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """One delivered message, to be settled exactly once with ack, nack or dead_letter.
+
+    Attributes:
+        id: the message id given at publish.
+        queue: the queue it came from.
+        body: the bytes given at publish.
+        delivery_count: how many times it has been delivered, this time included (1 first).
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    delivery_count: int
+
+    async def ack(self) -> None:
+        """Done with it: remove it for good."""
+
+    async def nack(self, *, delay: float | None = None) -> None:
+        """Return it to its queue, visible again now or after ``delay`` seconds."""
+
+    async def dead_letter(self, reason: str) -> None:
+        """Move it to its queue's dead-letter store, with ``reason``."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A message transport, chosen by URL scheme (see asyncq.brokers.broker_from_url)."""
+
+    url: str
+    capabilities: BrokerCapabilities
+
+    async def connect(self) -> None:
+        """Open connections and create what is missing; idempotent."""
+
+    async def aclose(self) -> None:
+        """Release connections; unsettled deliveries are returned by the transport's own rules."""
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        """Store one message durably (as durable as the driver is) before returning."""
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish several messages in as few round trips as the transport allows."""
+
+    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queues`` forever; at most ``prefetch`` unsettled at a time.
+
+        Earlier queues in the list are not preferred over later ones; within a queue, higher
+        priority first, then publish order. Closing the iterator (``aclose``) stops consuming;
+        deliveries already yielded stay valid until settled.
+        """
+
+    async def purge(self, queue: str) -> int:
+        """Drop every waiting message of ``queue`` (not those in flight); return how many."""
+
+    async def queue_length(self, queue: str) -> int:
+        """Count the messages waiting in ``queue``, delayed ones included, in-flight ones not."""
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Return up to ``limit`` dead-lettered messages of ``queue``, oldest first."""

@@ -1,0 +1,161 @@
+"""In-process broker for tests and embedding: nothing leaves this process, nothing persists."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncq._utils import now
+from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.exceptions import BrokerError
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(order=True, slots=True)
+class _Item:
+    sort_key: tuple[int, int]  # (-priority, seq): highest priority, then publish order
+    message: OutgoingMessage = field(compare=False)
+    deliveries: int = field(default=0, compare=False)
+
+
+class _MemoryDelivery:
+    __slots__ = ("_broker", "_item", "_on_settle", "body", "delivery_count", "id", "queue")
+
+    def __init__(self, broker: MemoryBroker, item: _Item, on_settle: Callable[[], None]) -> None:
+        self._broker, self._item, self._on_settle = broker, item, on_settle
+        self.id, self.queue, self.body = item.message.id, item.message.queue, item.message.body
+        self.delivery_count = item.deliveries
+
+    def _settle(self) -> None:
+        if self._on_settle is _settled:
+            raise BrokerError(f"delivery {self.id} was already settled")
+        self._on_settle()
+        self._on_settle = _settled
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self, *, delay: float | None = None) -> None:
+        self._settle()
+        self._broker._put(self._item, None if not delay else now() + delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        self._settle()
+        msg = self._item.message
+        self._broker._dead[msg.queue].append(DeadLetter(msg.id, msg.queue, msg.body, reason, now()))
+
+
+def _settled() -> None:  # sentinel: marks a delivery as settled
+    raise AssertionError("unreachable")
+
+
+class MemoryBroker:
+    """``memory://``: queues in this process's memory.
+
+    Producers and workers must share the same App (and so the same broker instance). Good
+    for tests and for embedding a worker next to the code that enqueues.
+    """
+
+    capabilities = BrokerCapabilities(durable=False, redelivers_lost=False, notifies=True)
+
+    def __init__(self, url: str = "memory://", **options: Any) -> None:
+        self.url = url
+        self._seq = itertools.count()
+        self._ready: dict[str, list[_Item]] = {}
+        self._delayed: list[tuple[float, int, _Item]] = []
+        self._dead: dict[str, list[DeadLetter]] = {}
+        # One event for all consumers: set on every put. Taking and clearing happen with no
+        # await in between, so a put can never slip between them and be missed.
+        self._wakeup = asyncio.Event()
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def aclose(self) -> None:
+        """Nothing to release; queued messages stay for a later connect."""
+
+    def _queue(self, name: str) -> list[_Item]:
+        self._dead.setdefault(name, [])
+        return self._ready.setdefault(name, [])
+
+    def _put(self, item: _Item, eta: float | None) -> None:
+        queue = self._queue(item.message.queue)
+        if eta is not None and eta > now():
+            heapq.heappush(self._delayed, (eta, next(self._seq), item))
+        else:
+            heapq.heappush(queue, item)
+        self._wakeup.set()
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        self._put(_Item((-(message.priority or 0), next(self._seq)), message), message.eta)
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        for message in messages:
+            await self.publish(message)
+
+    def _promote_due(self) -> float | None:
+        """Move due delayed items to their queues; return the next eta still pending."""
+        current = now()
+        while self._delayed and self._delayed[0][0] <= current:
+            _, _, item = heapq.heappop(self._delayed)
+            heapq.heappush(self._queue(item.message.queue), item)
+        return self._delayed[0][0] if self._delayed else None
+
+    def _take(self, queues: Sequence[str]) -> _Item | None:
+        best: list[_Item] | None = None
+        for name in queues:
+            queue = self._ready.get(name)
+            if queue and (best is None or queue[0] < best[0]):
+                best = queue
+        return heapq.heappop(best) if best else None
+
+    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+        for name in queues:
+            self._queue(name)
+        unsettled = 0
+        slot_free = asyncio.Event()
+
+        def on_settle() -> None:
+            nonlocal unsettled
+            unsettled -= 1
+            slot_free.set()
+
+        while True:
+            while unsettled >= prefetch:
+                slot_free.clear()
+                await slot_free.wait()
+            while True:
+                next_eta = self._promote_due()
+                item = self._take(queues)
+                if item is not None:
+                    break
+                self._wakeup.clear()
+                timeout = None if next_eta is None else max(0.0, next_eta - now())
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                except TimeoutError:
+                    pass
+            item.deliveries += 1
+            unsettled += 1
+            yield _MemoryDelivery(self, item, on_settle)
+
+    async def purge(self, queue: str) -> int:
+        count = len(self._ready.get(queue, ()))
+        self._ready[queue] = []
+        kept = [entry for entry in self._delayed if entry[2].message.queue != queue]
+        count += len(self._delayed) - len(kept)
+        heapq.heapify(kept)
+        self._delayed = kept
+        return count
+
+    async def queue_length(self, queue: str) -> int:
+        delayed = sum(1 for entry in self._delayed if entry[2].message.queue == queue)
+        return len(self._ready.get(queue, ())) + delayed
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        return list(self._dead.get(queue, ())[:limit])

@@ -1,0 +1,163 @@
+"""The asyncq error tree.
+
+Every error asyncq raises on purpose derives from :class:`AsyncqError`, except the
+control-flow signals, which sit outside it so that task code catching ``Exception``
+broadly still cannot swallow them by accident... unless it really wants to::
+
+    AsyncqError
+    ├── ConfigurationError            bad setting, bad URL, unknown scheme, bad cron
+    │   └── MissingDependencyError    an optional extra is not installed
+    ├── BrokerError
+    │   └── BrokerConnectionError
+    ├── BackendError
+    │   └── BackendConnectionError
+    ├── SerializationError            cannot encode / decode / content type refused
+    ├── NotRegistered                 no task of that name in this app
+    ├── TaskError                     a task failed remotely and its type is not importable
+    ├── TaskRevokedError              the task was revoked or expired before it ran
+    ├── MaxRetriesExceededError
+    ├── TimeLimitExceeded             hard time limit hit
+    └── TimeoutError                  waiting for a result timed out (also a builtin TimeoutError)
+
+    SoftTimeLimitExceeded (Exception)  raised inside a task at its soft time limit
+    Retry (BaseException)              raised by ``task.retry()``; the worker schedules a retry
+    Reject (BaseException)             raised by a task to dead-letter or requeue its message
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "AsyncqError",
+    "BackendConnectionError",
+    "BackendError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ConfigurationError",
+    "MaxRetriesExceededError",
+    "MissingDependencyError",
+    "NotRegistered",
+    "Reject",
+    "Retry",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "TaskError",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "TimeoutError",
+]
+
+
+class AsyncqError(Exception):
+    """Base class of every asyncq error."""
+
+    def __init__(self, *args: object) -> None:
+        # The class docstring's first line doubles as the default message.
+        if not args and self.__doc__:
+            args = (self.__doc__.strip().splitlines()[0],)
+        super().__init__(*args)
+
+
+class ConfigurationError(AsyncqError):
+    """The configuration is invalid."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional dependency is not installed."""
+
+    @classmethod
+    def for_extra(cls, package: str, extra: str) -> MissingDependencyError:
+        """Build the error that names the missing package and the extra that installs it."""
+        return cls(f"{package} is not installed; install it with: pip install 'asyncq[{extra}]'")
+
+
+class BrokerError(AsyncqError):
+    """The broker failed to carry out an operation."""
+
+
+class BrokerConnectionError(BrokerError):
+    """The broker could not be reached."""
+
+
+class BackendError(AsyncqError):
+    """The result backend failed to carry out an operation."""
+
+
+class BackendConnectionError(BackendError):
+    """The result backend could not be reached."""
+
+
+class SerializationError(AsyncqError):
+    """A value or message could not be encoded or decoded."""
+
+
+class NotRegistered(AsyncqError, KeyError):
+    """No task is registered under that name."""
+
+    def __str__(self) -> str:
+        # KeyError would repr() the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class TaskError(AsyncqError):
+    """A task failed with an exception whose type cannot be rebuilt here.
+
+    Attributes:
+        exc_type: the remote exception's qualified type name, e.g. ``"mylib.errors.Boom"``.
+        exc_message: the remote ``str(exc)``.
+        remote_traceback: the formatted traceback from the worker.
+    """
+
+    def __init__(self, exc_type: str = "", exc_message: str = "", remote_traceback: str = "") -> None:
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{exc_type}: {exc_message}" if exc_type else exc_message or "task failed")
+
+
+class TaskRevokedError(AsyncqError):
+    """The task was revoked (or expired) and did not run."""
+
+
+class MaxRetriesExceededError(AsyncqError):
+    """The task asked to be retried more times than its max_retries allows."""
+
+
+class TimeLimitExceeded(AsyncqError):
+    """The task ran past its hard time limit and was stopped."""
+
+
+class TimeoutError(AsyncqError, builtins.TimeoutError):  # noqa: A001 - the public name is intended
+    """Timed out waiting for a task result."""
+
+
+class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name, kept for familiarity
+    """The task ran past its soft time limit; it may catch this to clean up."""
+
+
+class Retry(BaseException):  # noqa: N818 - Celery's name
+    """Signal raised by ``task.retry()``: the worker re-schedules the task.
+
+    Attributes:
+        exc: the exception that caused the retry, if any.
+        when: seconds until the retry runs.
+    """
+
+    def __init__(self, message: str | None = None, exc: BaseException | None = None, when: float | None = None) -> None:
+        self.exc = exc
+        self.when = when
+        super().__init__(message or (f"Retry in {when}s" + (f": {exc!r}" if exc else "")))
+
+
+class Reject(BaseException):  # noqa: N818 - Celery's name
+    """Signal raised by a task to reject its message.
+
+    With ``requeue=False`` (the default) the message goes to the dead-letter queue with
+    ``reason``; with ``requeue=True`` it is returned to its queue.
+    """
+
+    def __init__(self, reason: str = "rejected by task", requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason)

@@ -1,0 +1,171 @@
+"""The task message envelope, version 1: the contract described in docs/protocol.md.
+
+A message is a JSON object. With the default JSON content type the task's ``args`` and
+``kwargs`` sit inline in the envelope, so any language with a JSON library can enqueue a
+task. With a binary serializer (msgpack, pickle) they travel instead as ``body``: the
+base64 of the serialized ``[args, kwargs]`` pair, with ``body_encoding: "base64"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from asyncq.exceptions import SerializationError
+from asyncq.serializers import Serializers, json_dumps, json_loads
+
+__all__ = ["PROTOCOL_VERSION", "Message", "decode_message", "encode_message"]
+
+PROTOCOL_VERSION: Final = 1
+_JSON: Final = "application/json"
+
+
+@dataclass(slots=True)
+class Message:
+    """One task invocation as it travels through a broker.
+
+    Times (``eta``, ``expires``) are epoch seconds here and ISO 8601 strings on the wire.
+    Canvas slots (``callbacks``, ``errbacks``, ``chain``, ``chord``) hold serialized
+    signatures (plain dicts); the worker reads them, the broker never does.
+    """
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    priority: int | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    ignore_result: bool = False
+    content_type: str = _JSON
+
+
+def _time_out(value: float | None) -> str | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat()
+
+
+def _time_in(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # epoch seconds: accepted for producers in other languages
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise SerializationError(f"message field {name!r} is not an ISO 8601 time: {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)  # the protocol says: naive times are UTC
+        return parsed.timestamp()
+    raise SerializationError(f"message field {name!r} must be an ISO 8601 string, got {type(value).__name__}")
+
+
+def encode_message(message: Message, serializers: Serializers) -> bytes:
+    """Encode a message to its wire bytes (always a JSON envelope)."""
+    envelope: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "id": message.id,
+        "task": message.task,
+        "queue": message.queue,
+        "retries": message.retries,
+        "eta": _time_out(message.eta),
+        "expires": _time_out(message.expires),
+        "priority": message.priority,
+        "headers": message.headers,
+        "root_id": message.root_id,
+        "parent_id": message.parent_id,
+        "group_id": message.group_id,
+        "callbacks": message.callbacks,
+        "errbacks": message.errbacks,
+        "chain": message.chain,
+        "chord": message.chord,
+        "ignore_result": message.ignore_result,
+        "content_type": message.content_type,
+    }
+    serializer = serializers.get(message.content_type)
+    if serializer.content_type == _JSON:
+        envelope["args"] = list(message.args)
+        envelope["kwargs"] = message.kwargs
+    else:
+        body = serializer.dumps([list(message.args), message.kwargs])
+        envelope["body"] = base64.b64encode(body).decode("ascii")
+        envelope["body_encoding"] = "base64"
+    return json_dumps(envelope)
+
+
+def decode_message(data: bytes, serializers: Serializers) -> Message:
+    """Decode wire bytes into a :class:`Message`.
+
+    Raises:
+        SerializationError: the bytes are not a valid envelope, the protocol version is
+            unknown, or the body's content type is not accepted. The message says which.
+    """
+    envelope = json_loads(data)
+    if not isinstance(envelope, dict):
+        raise SerializationError(f"message is not a JSON object but {type(envelope).__name__}")
+    version = envelope.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise SerializationError(f"unsupported message protocol version {version!r}; this asyncq speaks 1")
+    try:
+        task_id, task_name = envelope["id"], envelope["task"]
+    except KeyError as exc:
+        raise SerializationError(f"message lacks the required field {exc.args[0]!r}") from None
+    if not isinstance(task_id, str) or not isinstance(task_name, str) or not task_name:
+        raise SerializationError("message fields 'id' and 'task' must be non-empty strings")
+    content_type = envelope.get("content_type") or _JSON
+    if "body" in envelope:
+        if envelope.get("body_encoding", "base64") != "base64":
+            raise SerializationError(f"unknown body_encoding {envelope.get('body_encoding')!r}")
+        try:
+            raw = base64.b64decode(envelope["body"], validate=True)
+        except (binascii.Error, TypeError) as exc:
+            raise SerializationError(f"message body is not valid base64: {exc}") from None
+        decoded = serializers.loads(raw, content_type)
+        if not (isinstance(decoded, list | tuple) and len(decoded) == 2):
+            raise SerializationError("message body must decode to an [args, kwargs] pair")
+        args, kwargs = decoded
+    else:
+        if content_type != _JSON:
+            raise SerializationError(f"message of content type {content_type!r} has no 'body'")
+        if _JSON not in serializers.accepted:
+            raise SerializationError("content type 'application/json' is not accepted (see accept_content)")
+        args, kwargs = envelope.get("args", []), envelope.get("kwargs", {})
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise SerializationError("message 'args' must be a list and 'kwargs' an object")
+    try:
+        return Message(
+            id=task_id,
+            task=task_name,
+            args=list(args),
+            kwargs=kwargs,
+            queue=str(envelope.get("queue") or "default"),
+            retries=int(envelope.get("retries") or 0),
+            eta=_time_in(envelope.get("eta"), "eta"),
+            expires=_time_in(envelope.get("expires"), "expires"),
+            priority=None if envelope.get("priority") is None else int(envelope["priority"]),
+            headers=dict(envelope.get("headers") or {}),
+            root_id=envelope.get("root_id"),
+            parent_id=envelope.get("parent_id"),
+            group_id=envelope.get("group_id"),
+            callbacks=envelope.get("callbacks"),
+            errbacks=envelope.get("errbacks"),
+            chain=envelope.get("chain"),
+            chord=envelope.get("chord"),
+            ignore_result=bool(envelope.get("ignore_result", False)),
+            content_type=content_type,
+        )
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"message field has the wrong type: {exc}") from None

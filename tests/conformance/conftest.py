@@ -1,0 +1,37 @@
+"""Driver fixtures for the shared contract suites.
+
+``broker_factory`` / ``backend_factory`` are parametrized over every registered driver and
+resolved lazily with ``request.getfixturevalue``, so a run selecting ``-m "not redis"``
+never touches Redis. A driver adds one ``<scheme>_broker_factory`` (or
+``<scheme>_backend_factory``) fixture, in its own module listed in ``pytest_plugins`` below,
+and one entry in ``BROKER_PARAMS`` / ``BACKEND_PARAMS``. Each factory is an async callable
+``make(**options)`` returning a connected driver; all instances one factory makes share the
+same store (same file, key prefix, vhost...), as separate worker processes would, and are
+closed and cleaned up after the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["tests.conformance.drivers_embedded"]
+
+#: Driver name -> pytest param (with the service marker). Keep in step with the registries.
+BROKER_PARAMS = {
+    "memory": pytest.param("memory"),
+    "sqlite": pytest.param("sqlite"),
+}
+BACKEND_PARAMS = {
+    "memory": pytest.param("memory"),
+    "sqlite": pytest.param("sqlite"),
+}
+
+
+@pytest.fixture(params=list(BROKER_PARAMS.values()))
+def broker_factory(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return request.getfixturevalue(f"{request.param}_broker_factory")
+
+
+@pytest.fixture(params=list(BACKEND_PARAMS.values()))
+def backend_factory(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return request.getfixturevalue(f"{request.param}_backend_factory")
