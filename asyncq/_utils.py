@@ -87,14 +87,19 @@ def to_epoch(value: datetime | float | timedelta | None, *, relative_to: float |
 
 
 def backoff_delay(
-    retries: int, *, base: float = 1.0, maximum: float = 600.0, jitter: bool = True, rng: random.Random | None = None
+    retries: int,
+    *,
+    base: float = 1.0,
+    maximum: float = 600.0,
+    jitter: bool = True,
+    rng: random.Random | None = None,
 ) -> float:
     """Exponential backoff with a cap and full jitter (Celery's retry_backoff semantics).
 
     The n-th retry waits ``min(maximum, base * 2**n)`` seconds, and with ``jitter`` a uniform
     random fraction of that, so that many tasks failing together do not retry in lock step.
     """
-    delay = min(maximum, base * (2 ** max(0, retries)))
+    delay: float = min(maximum, base * 2.0 ** max(0, retries))
     if jitter:
-        delay = (rng or random).uniform(0, delay)
+        delay = float((rng or random).uniform(0, delay))
     return delay

@@ -17,6 +17,7 @@ broadly still cannot swallow them by accident... unless it really wants to::
     ├── TaskRevokedError              the task was revoked or expired before it ran
     ├── MaxRetriesExceededError
     ├── TimeLimitExceeded             hard time limit hit
+    ├── WorkerLostError               the message was delivered max_deliveries times without finishing
     └── TimeoutError                  waiting for a result timed out (also a builtin TimeoutError)
 
     SoftTimeLimitExceeded (Exception)  raised inside a task at its soft time limit
@@ -46,6 +47,7 @@ __all__ = [
     "TaskRevokedError",
     "TimeLimitExceeded",
     "TimeoutError",
+    "WorkerLostError",
 ]
 
 
@@ -128,15 +130,19 @@ class TimeLimitExceeded(AsyncqError):
     """The task ran past its hard time limit and was stopped."""
 
 
+class WorkerLostError(AsyncqError):
+    """The task's worker died (or the message kept failing to finish) before it completed."""
+
+
 class TimeoutError(AsyncqError, builtins.TimeoutError):  # noqa: A001 - the public name is intended
     """Timed out waiting for a task result."""
 
 
-class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name, kept for familiarity
+class SoftTimeLimitExceeded(Exception):
     """The task ran past its soft time limit; it may catch this to clean up."""
 
 
-class Retry(BaseException):  # noqa: N818 - Celery's name
+class Retry(BaseException):
     """Signal raised by ``task.retry()``: the worker re-schedules the task.
 
     Attributes:
@@ -144,13 +150,15 @@ class Retry(BaseException):  # noqa: N818 - Celery's name
         when: seconds until the retry runs.
     """
 
-    def __init__(self, message: str | None = None, exc: BaseException | None = None, when: float | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, exc: BaseException | None = None, when: float | None = None
+    ) -> None:
         self.exc = exc
         self.when = when
         super().__init__(message or (f"Retry in {when}s" + (f": {exc!r}" if exc else "")))
 
 
-class Reject(BaseException):  # noqa: N818 - Celery's name
+class Reject(BaseException):
     """Signal raised by a task to reject its message.
 
     With ``requeue=False`` (the default) the message goes to the dead-letter queue with

@@ -7,7 +7,7 @@ suite in tests/conformance/test_broker_contract.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -114,7 +114,7 @@ class Broker(Protocol):
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in as few round trips as the transport allows."""
 
-    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues`` forever; at most ``prefetch`` unsettled at a time.
 
         Earlier queues in the list are not preferred over later ones; within a queue, higher

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,7 @@ class MemoryBroker:
                 best = queue
         return heapq.heappop(best) if best else None
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         for name in queues:
             self._queue(name)
         unsettled = 0
@@ -136,10 +137,8 @@ class MemoryBroker:
                     break
                 self._wakeup.clear()
                 timeout = None if next_eta is None else max(0.0, next_eta - now())
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
-                except TimeoutError:
-                    pass
             item.deliveries += 1
             unsettled += 1
             yield _MemoryDelivery(self, item, on_settle)

@@ -129,7 +129,7 @@ def _decode_reply(data: bytes) -> _Reply:
         error = None
     if not isinstance(error, BaseException) or isinstance(error, _LOOP_CONTROL):
         error = TaskError(exc_type=exc_type, exc_message=message, remote_traceback=tb)
-    error.remote_traceback = tb
+    error.remote_traceback = tb  # type: ignore[attr-defined]  # the documented extra attribute
     return False, error
 
 
@@ -241,11 +241,12 @@ class ProcessPool:
             child = await self._checkout()
             healthy = False
             try:
-                fut: _ReplyFuture = asyncio.get_running_loop().create_future()
+                loop = asyncio.get_running_loop()
+                fut: _ReplyFuture = loop.create_future()
                 child.submit(payload, fut)
                 soft = None
                 if soft_time_limit is not None:
-                    soft = asyncio.get_running_loop().call_later(soft_time_limit, child.soft_interrupt)
+                    soft = loop.call_later(soft_time_limit, child.soft_interrupt)
                 try:
                     # asyncio.wait, unlike wait_for, leaves fut alone on timeout and on cancellation.
                     done, _ = await asyncio.wait({fut}, timeout=time_limit)

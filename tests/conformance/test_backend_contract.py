@@ -14,7 +14,6 @@ import pytest
 from asyncq.backends import BACKENDS, ResultBackend
 from tests.conformance.conftest import BACKEND_PARAMS
 
-
 TIMEOUT = 10.0
 
 

@@ -17,7 +17,6 @@ import pytest
 from asyncq.brokers import BROKERS, Broker, Delivery, OutgoingMessage
 from tests.conformance.conftest import BROKER_PARAMS
 
-
 TIMEOUT = 10.0
 
 

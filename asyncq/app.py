@@ -1,0 +1,325 @@
+"""App: configuration, the task registry, the lazily opened broker and backend, and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from asyncq.backends import ResultBackend, backend_from_url
+from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
+from asyncq.config import Conf
+from asyncq.exceptions import ConfigurationError, NotRegistered
+from asyncq.message import Message, encode_message
+from asyncq.result import AsyncResult
+from asyncq.serializers import Serializers
+from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from typing import Concatenate
+
+    from asyncq.worker.worker import Worker
+
+__all__ = ["App", "default_store_url"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns for unbound tasks."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    """What ``@app.task(bind=True, ...)`` returns: the function's first parameter is the task."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> SyncTask[P, R]: ...
+
+
+def default_store_url(app_name: str) -> str:
+    """The embedded default store: one SQLite file per app name, per user.
+
+    It lives in the user's state directory rather than the current directory, so a worker
+    and a producer started in different terminals (and folders) find the same queue.
+    """
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "asyncq"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in app_name) or "asyncq"
+    return f"sqlite:///{base / safe}.sqlite3"
+
+
+class _Drivers:
+    """The broker and backend of one app on one event loop (connections are loop-bound)."""
+
+    def __init__(self, broker: Broker, backend: ResultBackend) -> None:
+        self.broker = broker
+        self.backend = backend
+        self.connected = False
+        self.lock = asyncio.Lock()
+
+
+class App:
+    """An asyncq application: tasks, settings, broker and result backend.
+
+    Args:
+        main: the app's name, used for the default store and as the task-name prefix
+            of tasks defined in ``__main__``.
+        broker: broker URL; else the ``broker_url`` setting (``ASYNCQ_BROKER_URL``), else
+            the embedded SQLite store.
+        backend: result backend URL; else ``result_backend`` (``ASYNCQ_RESULT_BACKEND``),
+            else the broker's URL when it is an embedded one, else the embedded store.
+        config: settings to apply (a mapping).
+    """
+
+    def __init__(
+        self,
+        main: str = "asyncq",
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.main = main
+        self.conf = Conf(config)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._serializers: Serializers | None = None
+        self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
+
+    def __repr__(self) -> str:
+        return f"<App {self.main}>"
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in force."""
+        return str(self.conf.broker_url or default_store_url(self.main))
+
+    @property
+    def backend_url(self) -> str:
+        """The result-backend URL in force."""
+        url = self.conf.result_backend
+        if url:
+            return str(url)
+        broker = self.broker_url
+        if broker.startswith(("memory:", "sqlite:")):
+            return broker
+        return default_store_url(self.main)
+
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from an object or module (its attributes named like settings)."""
+        self.conf.from_object(obj)
+        self._serializers = None
+
+    @property
+    def serializers(self) -> Serializers:
+        """The serializers this app encodes with and accepts (from ``accept_content``)."""
+        if self._serializers is None:
+            self._serializers = Serializers(self.conf.accept_content)
+        return self._serializers
+
+    def route(self, task_name: str, task_queue: str | None = None) -> str:
+        """The queue of a task: ``task_routes`` first, then the task's own, then the default."""
+        routes = self.conf.task_routes
+        routed = routes.get(task_name) if isinstance(routes, Mapping) else None
+        if isinstance(routed, Mapping):
+            routed = routed.get("queue")
+        return str(routed or task_queue or self.conf.task_default_queue)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+
+    def task(  # type: ignore[misc]  # mypy cannot match **options against the keyword-only overloads
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="fast", ...)``.
+
+        Options take Celery's names (see :class:`~asyncq.task.TaskOptions`); an unknown
+        option is an error.
+        """
+        options["bind"] = bind
+        unknown = set(options) - set(TaskOptions.known())
+        if unknown:
+            known = ", ".join(sorted(TaskOptions.known()))
+            raise ConfigurationError(f"unknown task option(s) {', '.join(sorted(unknown))}; known: {known}")
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.get("name") or self._task_name(func)
+            task_options = TaskOptions(**{**options, "name": name})
+            cls = AsyncTask if asyncio.iscoroutinefunction(func) else SyncTask
+            task: Task[Any, Any] = cls(self, func, task_options)
+            if name in self.tasks and self.tasks[name].run is not func:
+                raise ConfigurationError(f"a different task is already registered as {name!r}")
+            self.tasks[name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def _task_name(self, fn: Callable[..., Any]) -> str:
+        module = fn.__module__
+        if module in ("__main__", "__mp_main__"):
+            module = self.main  # scripts: name tasks after the app, so a worker can resolve them
+        return f"{module}.{fn.__qualname__}"
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"no task named {name!r} is registered in app {self.main!r}") from None
+
+    # -- drivers -----------------------------------------------------------------------------
+
+    def _current_drivers(self) -> _Drivers:
+        if self._shared_drivers is not None:
+            return self._shared_drivers
+        loop = asyncio.get_running_loop()
+        drivers = self._drivers.get(loop)
+        if drivers is None:
+            broker = broker_from_url(self.broker_url, **self.conf.broker_transport_options)
+            options = dict(self.conf.result_backend_transport_options)
+            if self.backend_url.startswith("rpc:"):
+                options.setdefault("broker_url", self.broker_url)
+            backend = backend_from_url(self.backend_url, **options)
+            drivers = _Drivers(broker, backend)
+            if self.broker_url.startswith("memory:") or self.backend_url.startswith("memory:"):
+                self._shared_drivers = drivers
+            else:
+                self._drivers[loop] = drivers
+        return drivers
+
+    @property
+    def broker(self) -> Broker:
+        """This loop's broker (connect it with ``await app.connect()``)."""
+        return self._current_drivers().broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        """This loop's result backend (connect it with ``await app.connect()``)."""
+        return self._current_drivers().backend
+
+    async def connect(self) -> None:
+        """Connect the broker and backend of the running loop; idempotent and cheap."""
+        drivers = self._current_drivers()
+        if drivers.connected:
+            return
+        async with drivers.lock:
+            if not drivers.connected:
+                await drivers.broker.connect()
+                await drivers.backend.connect()
+                drivers.connected = True
+
+    async def aclose(self) -> None:
+        """Close this loop's broker and backend."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        drivers = self._drivers.pop(loop, None) or self._shared_drivers
+        if drivers is not None and drivers.connected:
+            drivers.connected = False
+            await drivers.broker.aclose()
+            await drivers.backend.aclose()
+
+    async def __aenter__(self) -> App:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def outgoing(self, message: Message) -> OutgoingMessage:
+        """Encode a message for the broker."""
+        body = encode_message(message, self.serializers)
+        return OutgoingMessage(
+            id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
+        )
+
+    async def send_message(self, message: Message, *, task_name: str | None = None) -> AsyncResult[Any]:
+        """Publish a built message; return the handle on its result."""
+        await self.connect()
+        drivers = self._current_drivers()
+        prepare = getattr(drivers.backend, "prepare", None)
+        if prepare is not None and not message.ignore_result:
+            await prepare(message.id)  # e.g. rpc:// binds the reply route before the result can arrive
+        await drivers.broker.publish(self.outgoing(message))
+        return AsyncResult(message.id, self, task_name=task_name or message.task)
+
+    async def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
+        """Publish many messages in as few broker round trips as the driver allows."""
+        await self.connect()
+        drivers = self._current_drivers()
+        prepare = getattr(drivers.backend, "prepare", None)
+        if prepare is not None:
+            for message in messages:
+                if not message.ignore_result:
+                    await prepare(message.id)
+        await drivers.broker.publish_many([self.outgoing(m) for m in messages])
+        return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
+
+    async def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name, without its code (Celery's ``send_task``); options as apply_async."""
+        task = self.tasks.get(name)
+        if task is None:
+            # Not registered here (defined in another code base): build the message with a stand-in.
+            task = SyncTask(self, _remote_stub, TaskOptions(name=name))
+        return await task.apply_async(args, kwargs, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
+        """A handle on the result of the task with this id."""
+        return AsyncResult(task_id, self)
+
+    async def purge(self, queue: str | None = None) -> int:
+        """Drop every waiting message of ``queue`` (default: the default queue)."""
+        await self.connect()
+        return await self.broker.purge(queue or self.conf.task_default_queue)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app; ``async with app.worker(...)`` runs it in the current loop.
+
+        Options: see :class:`~asyncq.worker.worker.Worker`.
+        """
+        from asyncq.worker.worker import Worker
+
+        return Worker(self, **options)
+
+
+def _remote_stub(*args: Any, **kwargs: Any) -> Any:
+    raise NotRegistered("this task is not defined in this process; it runs only on workers")

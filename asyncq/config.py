@@ -1,0 +1,213 @@
+"""Settings: every setting is declared once here, with its type, default and meaning.
+
+Precedence, highest first: an explicit argument (``App(broker=...)``) > a value set on
+``app.conf`` (directly, from a dict or from an object) > the environment variable
+``ASYNCQ_<SETTING_NAME>`` > the default. Names follow Celery's where Celery has one. A
+misspelt setting is an error, with the closest known name suggested, rather than silently
+ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from asyncq.exceptions import ConfigurationError
+
+__all__ = ["SETTINGS", "Conf", "Setting"]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in {"", "none", "null"} else float(text)
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in {"", "none", "null"} else int(text)
+
+
+def _parse_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise ValueError("expected a JSON list")
+        return [str(v) for v in value]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_dict(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its name, default, how to read it from the environment, and what it does."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that sets it."""
+        return f"ASYNCQ_{self.name.upper()}"
+
+
+_S = Setting
+#: Every setting asyncq reads, by name.
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        _S("broker_url", None, str, "Broker URL; unset means the embedded SQLite file (see docs)."),
+        _S("result_backend", None, str, "Result backend URL; unset means the same SQLite file."),
+        _S("broker_transport_options", {}, _parse_dict, "Options passed to the broker driver."),
+        _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
+        _S("task_default_queue", "default", str, "Queue of tasks that name none."),
+        _S("task_routes", {}, _parse_dict, "Task name -> queue name, applied before the default queue."),
+        _S("task_serializer", "json", str, "Serializer of task arguments: json, msgpack or pickle."),
+        _S("result_serializer", "json", str, "Serializer of task results."),
+        _S("accept_content", ["json"], _parse_list, "Content types a worker decodes; add pickle knowingly."),
+        _S("result_expires", 86400.0, _parse_optional_float, "Seconds results are kept; None keeps them."),
+        _S("task_acks_late", True, _parse_bool, "Ack after the task finishes (at-least-once)."),
+        _S("task_ignore_result", False, _parse_bool, "Do not store results unless a task asks to."),
+        _S("task_track_started", False, _parse_bool, "Store the STARTED state when a task begins."),
+        _S("task_time_limit", None, _parse_optional_float, "Default hard time limit, seconds."),
+        _S("task_soft_time_limit", None, _parse_optional_float, "Default soft time limit, seconds."),
+        _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),
+        _S("task_default_retry_delay", 180.0, float, "Seconds before a retry when none is given."),
+        _S("task_max_retries", 3, _parse_optional_int, "Default max_retries of a task."),
+        _S("worker_max_deliveries", 5, int, "Deliveries after which a message is dead-lettered."),
+        _S("worker_concurrency", 100, int, "Tasks a worker runs at once (coroutines, threads included)."),
+        _S(
+            "worker_prefetch",
+            None,
+            _parse_optional_int,
+            "Unacked messages a worker holds; default concurrency.",
+        ),
+        _S(
+            "worker_thread_pool_size",
+            None,
+            _parse_optional_int,
+            "Threads for sync tasks; default min(32, cpus+4).",
+        ),
+        _S(
+            "worker_process_pool_size",
+            None,
+            _parse_optional_int,
+            "Processes for executor='process' tasks; default cpus.",
+        ),
+        _S("worker_shutdown_timeout", 30.0, float, "Seconds in-flight tasks get to finish on shutdown."),
+        _S("worker_loop", "auto", str, "Event loop: auto (uvloop if installed), asyncio or uvloop."),
+        _S("timezone", "UTC", str, "Time zone of crontab schedules."),
+        _S(
+            "beat_schedule",
+            {},
+            _parse_dict,
+            "Periodic tasks: name -> {task, schedule, args, kwargs, options}.",
+        ),
+    )
+}
+
+
+class Conf(MutableMapping[str, Any]):
+    """The configuration of one app: a mapping with attribute access.
+
+    ``conf.task_default_queue`` and ``conf["task_default_queue"]`` are the same. Reading an
+    unset setting gives the environment's value, else a copy of the default.
+    """
+
+    __slots__ = ("_environ", "_values")
+
+    def __init__(
+        self, values: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> None:
+        object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "_environ", os.environ if environ is None else environ)
+        if values:
+            self.update(values)
+
+    @staticmethod
+    def _setting(key: str) -> Setting:
+        try:
+            return SETTINGS[key]
+        except KeyError:
+            close = difflib.get_close_matches(key, SETTINGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown setting {key!r}{hint}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        setting = self._setting(key)
+        if key in self._values:
+            return self._values[key]
+        raw = self._environ.get(setting.env_var)
+        if raw is not None:
+            try:
+                return setting.parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"environment variable {setting.env_var}={raw!r} is invalid: {exc}"
+                ) from None
+        return copy.deepcopy(setting.default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._setting(key)
+        self._values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._setting(key)
+        self._values.pop(key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SETTINGS)
+
+    def __len__(self) -> int:
+        return len(SETTINGS)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except ConfigurationError as exc:
+            raise AttributeError(str(exc)) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def is_set(self, key: str) -> bool:
+        """True if the setting was given explicitly or through the environment."""
+        return key in self._values or self._setting(key).env_var in self._environ
+
+    def from_object(self, obj: object | str) -> None:
+        """Load every known setting found as an attribute of ``obj`` (or of the module path)."""
+        if isinstance(obj, str):
+            from asyncq._utils import import_string
+
+            try:
+                obj = import_string(obj) if ":" in obj else __import__(obj, fromlist=["_"])
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot load configuration from {obj!r}: {exc}") from exc
+        for name in SETTINGS:
+            if hasattr(obj, name):
+                self[name] = getattr(obj, name)
+
+    def __repr__(self) -> str:
+        return f"Conf({self._values!r})"

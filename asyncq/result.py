@@ -1,0 +1,238 @@
+"""Task records in the result backend, and AsyncResult: awaiting, reading and forgetting them.
+
+A record is a JSON object (``status``, ``result`` or ``exc_*`` fields, ``meta``,
+``date_done``, ``retries``, ``task``); docs/protocol.md describes it. A failed task's
+exception is rebuilt as its own type when that type is already imported in the waiting
+process (asyncq never imports a module because a record names it), otherwise it is raised
+as :class:`~asyncq.exceptions.TaskError` with the remote type name and traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import traceback
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from asyncq._utils import utcnow
+from asyncq.exceptions import SerializationError, TaskError, TaskRevokedError
+from asyncq.exceptions import TimeoutError as ResultTimeoutError
+from asyncq.serializers import Serializers, json_dumps, json_loads
+from asyncq.states import READY_STATES, State
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+
+__all__ = ["AsyncResult", "ResultRecord", "decode_record", "encode_record", "exception_from_record"]
+
+R = TypeVar("R")
+_JSON = "application/json"
+
+
+@dataclass(slots=True)
+class ResultRecord:
+    """The decoded record of one task."""
+
+    task_id: str
+    status: State
+    result: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    exc_type: str | None = None
+    exc_message: str | None = None
+    exc_args: list[Any] | None = None
+    traceback: str | None = None
+    retries: int = 0
+    task: str | None = None
+    date_done: str | None = None
+    children: list[str] | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        """True once the record can no longer change."""
+        return self.status in READY_STATES
+
+
+def _qualified_name(exc_type: type[BaseException]) -> str:
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+def _jsonable_args(args: tuple[Any, ...]) -> list[Any] | None:
+    try:
+        json_dumps(list(args))
+    except SerializationError:
+        return None
+    return list(args)
+
+
+def encode_record(
+    serializers: Serializers,
+    *,
+    task_id: str,
+    status: State,
+    result: Any = None,
+    exc: BaseException | None = None,
+    meta: dict[str, Any] | None = None,
+    retries: int = 0,
+    task: str | None = None,
+    serializer: str = "json",
+    children: list[str] | None = None,
+) -> bytes:
+    """Encode a task record for the result backend."""
+    record: dict[str, Any] = {"task_id": task_id, "status": str(status), "retries": retries, "task": task}
+    if meta:
+        record["meta"] = meta
+    if children:
+        record["children"] = children
+    if status in READY_STATES:
+        record["date_done"] = utcnow().isoformat()
+    if exc is not None:
+        record["exc_type"] = _qualified_name(type(exc))
+        record["exc_message"] = str(exc)
+        record["exc_args"] = _jsonable_args(exc.args)
+        record["traceback"] = "".join(traceback.format_exception(exc))
+    elif result is not None:
+        content_type, data = serializers.dumps(result, serializer)
+        if content_type == _JSON:
+            # Embed as a parsed value so the record stays one readable JSON document.
+            record["result"] = json_loads(data)
+        else:
+            record["content_type"] = content_type
+            record["result_body"] = base64.b64encode(data).decode("ascii")
+    return json_dumps(record)
+
+
+def decode_record(data: bytes, serializers: Serializers) -> ResultRecord:
+    """Decode a record read from the result backend."""
+    raw = json_loads(data)
+    if not isinstance(raw, dict) or "status" not in raw:
+        raise SerializationError("result record is not a JSON object with a status")
+    result = raw.get("result")
+    if "result_body" in raw:
+        result = serializers.loads(base64.b64decode(raw["result_body"]), raw.get("content_type", _JSON))
+    return ResultRecord(
+        task_id=raw.get("task_id", ""),
+        status=State(raw["status"]),
+        result=result,
+        meta=raw.get("meta") or {},
+        exc_type=raw.get("exc_type"),
+        exc_message=raw.get("exc_message"),
+        exc_args=raw.get("exc_args"),
+        traceback=raw.get("traceback"),
+        retries=int(raw.get("retries") or 0),
+        task=raw.get("task"),
+        date_done=raw.get("date_done"),
+        children=raw.get("children"),
+    )
+
+
+def exception_from_record(record: ResultRecord) -> BaseException:
+    """Rebuild the exception a failed (or revoked) task raised."""
+    if record.status == State.REVOKED:
+        return TaskRevokedError(record.exc_message or f"task {record.task_id} was revoked")
+    exc_type = record.exc_type or "builtins.Exception"
+    module_name, _, qualname = exc_type.rpartition(".")
+    module = sys.modules.get(module_name)  # only already-imported modules: records are remote data
+    cls: Any = module
+    for part in qualname.split(".") if module is not None else ():
+        cls = getattr(cls, part, None)
+    remote = TaskError(exc_type, record.exc_message or "", record.traceback or "")
+    if isinstance(cls, type) and issubclass(cls, BaseException) and not issubclass(cls, KeyboardInterrupt):
+        try:
+            exc = cls(*record.exc_args) if record.exc_args is not None else cls(record.exc_message)
+        except Exception:  # a constructor with other arguments: fall back to TaskError
+            return remote
+        exc.__cause__ = remote  # keeps the worker's traceback reachable
+        return exc
+    return remote
+
+
+class AsyncResult(Generic[R]):
+    """A handle on one task's outcome: ``await result`` or ``await result.get(timeout=...)``.
+
+    ``R`` is the task's return type, so results of typed tasks are typed.
+    """
+
+    __slots__ = ("app", "id", "parent", "task_name")
+
+    def __init__(
+        self, task_id: str, app: App, *, task_name: str | None = None, parent: AsyncResult[Any] | None = None
+    ):
+        self.id = task_id
+        self.app = app
+        self.task_name = task_name
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.task_name or ''}>".replace(" >", ">")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.get().__await__()
+
+    async def _record(self) -> ResultRecord | None:
+        data = await self.app.backend.get(self.id)
+        return None if data is None else decode_record(data, self.app.serializers)
+
+    async def get(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+        """Wait for the task to finish and return its result.
+
+        Raises:
+            asyncq.exceptions.TimeoutError: ``timeout`` seconds passed first.
+            the task's exception: the task failed (``propagate=False`` returns it instead).
+            asyncq.exceptions.TaskRevokedError: the task was revoked or expired.
+        """
+        backend = self.app.backend
+        await self.app.connect()
+        data = await backend.wait(self.id, timeout=timeout)
+        if data is None:
+            raise ResultTimeoutError(f"task {self.id} did not finish within {timeout}s")
+        record = decode_record(data, self.app.serializers)
+        if record.status == State.SUCCESS:
+            result: R = record.result
+            return result
+        exc = exception_from_record(record)
+        if propagate:
+            raise exc
+        return exc  # type: ignore[return-value]
+
+    async def state(self) -> State:
+        """The task's current state; PENDING when the backend knows nothing of it."""
+        await self.app.connect()
+        record = await self._record()
+        return State.PENDING if record is None else record.status
+
+    async def info(self) -> Any:
+        """The result if finished, the exception if failed, the progress meta otherwise."""
+        await self.app.connect()
+        record = await self._record()
+        if record is None:
+            return None
+        if record.status == State.SUCCESS:
+            return record.result
+        if record.status in READY_STATES:
+            return exception_from_record(record)
+        return record.meta
+
+    async def ready(self) -> bool:
+        """True once the task has finished (successfully or not) or was revoked."""
+        return (await self.state()) in READY_STATES
+
+    async def successful(self) -> bool:
+        """True if the task finished successfully."""
+        return (await self.state()) == State.SUCCESS
+
+    async def failed(self) -> bool:
+        """True if the task finished with an exception."""
+        return (await self.state()) == State.FAILURE
+
+    async def forget(self) -> None:
+        """Delete the task's record from the backend."""
+        await self.app.connect()
+        await self.app.backend.forget(self.id)

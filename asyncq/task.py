@@ -1,0 +1,394 @@
+"""Tasks: what ``@app.task`` makes, how a call becomes a message, and the running task's context.
+
+A :class:`Task` is generic over its function's parameters and return type, so
+``await add.enqueue("a")`` on ``add(x: int, y: int) -> int`` is a type error and
+``await (await add.enqueue(1, 2)).get()`` is an ``int``. Calling the task object directly
+runs the function in-process, as in Celery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
+
+from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
+from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from asyncq.message import Message
+from asyncq.states import State
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+    from asyncq.result import AsyncResult
+
+__all__ = ["AsyncTask", "Request", "SyncTask", "Task", "TaskOptions", "current_task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXECUTORS: Final = ("async", "thread", "process")
+
+
+@dataclass(slots=True)
+class Request:
+    """The context of one running task: ``self.request`` in a bound task.
+
+    Attributes:
+        id: the task id (stable across retries).
+        delivery_info: ``queue``, ``delivery_count`` and ``priority`` of this delivery.
+        is_eager: True when the task was called directly rather than run by a worker.
+        hostname: the worker's ``host:pid`` (empty when eager).
+    """
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    hostname: str = ""
+    is_eager: bool = False
+    message: Message | None = None
+    # Set by the worker: stores progress from the worker's loop, whichever executor runs the task.
+    state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+_current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
+    "asyncq_current_task", default=None
+)
+
+
+def current_task() -> Task[Any, Any] | None:
+    """The task running in this context (the same object a bound task gets as ``self``)."""
+    entry = _current.get()
+    return None if entry is None else entry[0]
+
+
+@dataclass(slots=True)
+class TaskOptions:
+    """The options of ``@app.task(...)``, with Celery's names and meaning; None means the app default."""
+
+    name: str
+    queue: str | None = None
+    bind: bool = False
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool | None = None
+    acks_late: bool | None = None
+    track_started: bool | None = None
+    priority: int | None = None
+    expires: float | timedelta | None = None
+    serializer: str | None = None
+    executor: str = "async"
+    rate_limit: str | float | None = None
+
+    @classmethod
+    def known(cls) -> tuple[str, ...]:
+        """Names accepted by ``@app.task``."""
+        return tuple(cls.__dataclass_fields__)
+
+
+def parse_rate_limit(value: str | float | None) -> float | None:
+    """Parse Celery's rate-limit syntax ("10/s", "100/m", "1000/h", or a number per second)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        rate = float(value)
+    else:
+        amount, _, unit = value.partition("/")
+        per = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}.get(unit.strip())
+        try:
+            if per is None:
+                raise ValueError(unit)
+            rate = float(amount) / per
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid rate_limit {value!r}; use e.g. '10/s', '100/m' or '1000/h'"
+            ) from None
+    if rate <= 0:
+        raise ConfigurationError(f"invalid rate_limit {value!r}: must be positive")
+    return rate
+
+
+def _validate(options: TaskOptions, is_async: bool) -> None:
+    if options.executor not in EXECUTORS:
+        raise ConfigurationError(
+            f"task {options.name!r}: executor must be one of {EXECUTORS}, not {options.executor!r}"
+        )
+    if is_async and options.executor != "async":
+        raise ConfigurationError(
+            f"task {options.name!r} is an async def; it runs on the event loop (executor='async'), "
+            f"not executor={options.executor!r}"
+        )
+    if not is_async and options.executor == "async":
+        options.executor = "thread"
+    if options.priority is not None and not 0 <= options.priority <= 9:
+        raise ConfigurationError(f"task {options.name!r}: priority must be 0-9, not {options.priority}")
+    for limit in ("time_limit", "soft_time_limit"):
+        value = getattr(options, limit)
+        if value is not None and value <= 0:
+            raise ConfigurationError(f"task {options.name!r}: {limit} must be positive, not {value}")
+    parse_rate_limit(options.rate_limit)
+
+
+class Task(Generic[P, R]):
+    """A registered task. Use ``await task.enqueue(...)`` to run it on a worker."""
+
+    def __init__(self, app: App, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.run = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        _validate(options, self.is_async)
+        self.options = options
+        self.name = options.name
+        self.rate = parse_rate_limit(options.rate_limit)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.__module__ = fn.__module__
+        self.__qualname__ = fn.__qualname__
+        self.__name__ = getattr(fn, "__name__", options.name)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    def __reduce__(self) -> tuple[Callable[[str], Any], tuple[str]]:
+        # Pickled by reference: the process executor ships the task, not its code.
+        return import_string, (f"{self.__module__}:{self.__qualname__}",)
+
+    # -- running context -------------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        """The context of the call running now (per coroutine/thread, via a contextvar)."""
+        entry = _current.get()
+        if entry is None or entry[0] is not self:
+            return Request(id="", task=self.name, is_eager=True)
+        return entry[1]
+
+    def _eager_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = Request(id=new_id(), task=self.name, args=list(args), kwargs=dict(kwargs), is_eager=True)
+        if self.is_async:
+
+            async def run() -> Any:
+                token = _current.set((self, request))
+                try:
+                    return await self._invoke(args, kwargs)
+                finally:
+                    _current.reset(token)
+
+            return run()
+        token = _current.set((self, request))
+        try:
+            return self._invoke(args, kwargs)
+        finally:
+            _current.reset(token)
+
+    def _invoke(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Call the function, passing ``self`` first for bound tasks."""
+        if self.options.bind:
+            return self.run(self, *args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments; return a handle on its result."""
+        return await self.apply_async(args, kwargs)
+
+    async def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        serializer: str | None = None,
+        ignore_result: bool | None = None,
+    ) -> AsyncResult[R]:
+        """Send the task with explicit options (Celery's names); return a handle on its result.
+
+        ``countdown`` and ``expires`` are seconds (or a timedelta) from now; ``eta`` and
+        ``expires`` also take an aware datetime. ``priority`` is 0 (lowest) to 9.
+        """
+        message = self.build_message(
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            task_id=task_id,
+            headers=headers,
+            serializer=serializer,
+            ignore_result=ignore_result,
+        )
+        return await self.app.send_message(message, task_name=self.name)
+
+    def build_message(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        serializer: str | None = None,
+        ignore_result: bool | None = None,
+    ) -> Message:
+        """Build (not send) the message for one call, applying task and app defaults."""
+        if countdown is not None and eta is not None:
+            raise ValueError("give countdown or eta, not both")
+        if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+        conf = self.app.conf
+        priority = self.options.priority if priority is None else priority
+        priority = conf.task_default_priority if priority is None else priority
+        if priority is not None and not 0 <= int(priority) <= 9:
+            raise ValueError(f"priority must be 0-9, not {priority}")
+        sent_at = now()
+        current = _current.get()
+        parent = current[1] if current is not None and not current[1].is_eager else None
+        message_id = task_id or new_id()
+        return Message(
+            id=message_id,
+            task=self.name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            queue=queue or self.app.route(self.name, self.options.queue),
+            eta=to_epoch(eta if eta is not None else to_seconds(countdown), relative_to=sent_at)
+            if (eta is not None or countdown is not None)
+            else None,
+            expires=to_epoch(expires if expires is not None else self.options.expires, relative_to=sent_at),
+            priority=priority,
+            headers=dict(headers or {}),
+            root_id=(parent.root_id or parent.id) if parent else message_id,
+            parent_id=parent.id if parent else None,
+            ignore_result=bool(self.ignores_result if ignore_result is None else ignore_result),
+            content_type=self.app.serializers.get(
+                serializer or self.options.serializer or conf.task_serializer
+            ).content_type,
+        )
+
+    @property
+    def ignores_result(self) -> bool:
+        """Whether results of this task are stored (task option, else the app setting)."""
+        ignore = self.options.ignore_result
+        return bool(self.app.conf.task_ignore_result if ignore is None else ignore)
+
+    # -- inside a running task ---------------------------------------------------------------
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> NoReturn:
+        """Ask the worker to run this task again later; raises :class:`~asyncq.exceptions.Retry`.
+
+        Write ``raise self.retry(exc=exc)`` so the intent reads at the call site. Past
+        ``max_retries`` the original ``exc`` is raised (or MaxRetriesExceededError).
+        """
+        request = self.request
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(f"task {self.name}[{request.id}] exceeded max_retries={limit}")
+        if eta is not None:
+            when = max(0.0, (to_epoch(eta) or 0.0) - now())
+        elif countdown is not None:
+            when = to_seconds(countdown) or 0.0
+        else:
+            when = self.retry_delay(request.retries)
+        raise Retry(exc=exc, when=when)
+
+    @property
+    def max_retries(self) -> int | None:
+        """The task's max_retries, else the app's task_max_retries (None: retry forever)."""
+        value = self.options.max_retries
+        return self.app.conf.task_max_retries if value is None else value
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds before retry number ``retries + 1``: backoff if configured, else the fixed delay."""
+        backoff = self.options.retry_backoff
+        if backoff:
+            base = 1.0 if backoff is True else float(backoff)
+            return backoff_delay(
+                retries, base=base, maximum=self.options.retry_backoff_max, jitter=self.options.retry_jitter
+            )
+        delay = self.options.default_retry_delay
+        return float(self.app.conf.task_default_retry_delay if delay is None else delay)
+
+    def update_state(
+        self, state: State | str = State.STARTED, meta: dict[str, Any] | None = None
+    ) -> Awaitable[None]:
+        """Store a custom state and progress ``meta`` for the running task.
+
+        In an async task, ``await self.update_state(...)``. In a sync task running in the
+        worker's thread pool, the call stores the state before returning (awaiting the
+        returned value there is unnecessary).
+        """
+        request = self.request
+        writer = request.state_writer
+        if writer is None:
+            return _done()  # eager call or process executor without a writer: nothing to record
+        loop = request.loop
+        in_loop_thread = loop is not None and loop._thread_id == threading.get_ident()  # type: ignore[attr-defined]
+        if loop is None or in_loop_thread:
+            return writer(state, meta)
+        asyncio.run_coroutine_threadsafe(_as_coroutine(writer(state, meta)), loop).result()
+        return _done()
+
+
+async def _done() -> None:
+    return None
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+class AsyncTask(Task[P, R]):
+    """A task made from an ``async def``: calling it returns a coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        result: Coroutine[Any, Any, R] = self._eager_call(args, kwargs)
+        return result
+
+
+class SyncTask(Task[P, R]):
+    """A task made from a plain ``def``: calling it runs the function."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self._eager_call(args, kwargs)
+        return result

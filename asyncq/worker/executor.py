@@ -1,0 +1,199 @@
+"""Running task functions: coroutines on the loop, sync functions in threads, CPU work in processes.
+
+Each executor enforces the soft and hard time limits its medium allows:
+
+* async: the soft limit cancels the coroutine (it sees ``CancelledError`` and may clean
+  up; the outcome is :class:`SoftTimeLimitExceeded`); the hard limit stops waiting for it.
+* thread: the soft limit raises :class:`SoftTimeLimitExceeded` inside the thread (at the
+  next Python bytecode); a thread cannot be killed, so at the hard limit the task is
+  failed with :class:`TimeLimitExceeded` and the thread is left to finish on its own.
+* process: the soft limit signals the child, which raises :class:`SoftTimeLimitExceeded`
+  inside the function; the hard limit kills the child and starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from asyncq.task import Request, _current
+from asyncq.worker.procpool import ProcessPool
+
+if TYPE_CHECKING:
+    from asyncq.task import Task
+
+__all__ = ["Executor"]
+
+
+class _ThreadCall:
+    """One sync call in a pool thread, interruptible by an exception raised into that thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ident: int | None = None  # set while the task's code runs
+
+    def __call__(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            self._ident = threading.get_ident()
+        try:
+            return fn(*args)
+        finally:
+            try:
+                with self._lock:
+                    self._ident = None
+            except (SoftTimeLimitExceeded, TimeLimitExceeded):
+                # Raised into the thread just as the task returned: it is no longer the task's.
+                with self._lock:
+                    self._ident = None
+
+    def interrupt(self, exc_type: type[BaseException]) -> bool:
+        """Raise ``exc_type`` inside the thread if it is still running the task's code."""
+        with self._lock:
+            if self._ident is None:
+                return False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._ident), ctypes.py_object(exc_type)
+            )
+            return True
+
+
+def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Any:
+    """Child-process entry: import the task by reference and run it with its request context."""
+    from asyncq._utils import import_string
+
+    task = import_string(task_ref)
+    token = _current.set((task, Request(**request)))
+    try:
+        return task._invoke(args, kwargs)
+    finally:
+        _current.reset(token)
+
+
+class Executor:
+    """Runs one task call in the medium its ``executor`` option names, within its time limits."""
+
+    def __init__(self, *, thread_pool_size: int | None = None, process_pool_size: int | None = None) -> None:
+        cpus = os.cpu_count() or 1
+        self.thread_pool_size = thread_pool_size or min(32, cpus + 4)
+        self.process_pool_size = process_pool_size or cpus
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None
+
+    async def run(
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        *,
+        soft_time_limit: float | None,
+        time_limit: float | None,
+    ) -> Any:
+        """Run ``task`` with ``request``'s arguments; return its result or raise its exception."""
+        executor = task.options.executor
+        if executor == "async":
+            return await self._run_async(task, request, soft_time_limit, time_limit)
+        if executor == "thread":
+            return await self._run_thread(task, request, soft_time_limit, time_limit)
+        return await self._run_process(task, request, soft_time_limit, time_limit)
+
+    async def _run_async(
+        self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
+    ) -> Any:
+        token = _current.set((task, request))
+        try:
+            if soft is None and hard is None:
+                return await task._invoke(request.args, request.kwargs)  # the hot path: no extra task
+            inner = asyncio.ensure_future(task._invoke(request.args, request.kwargs))
+        finally:
+            _current.reset(token)
+        try:
+            first = min(x for x in (soft, hard) if x is not None)
+            done, _ = await asyncio.wait({inner}, timeout=first)
+            if done:
+                return inner.result()
+            if soft is not None and (hard is None or soft < hard):
+                inner.cancel(f"soft time limit of {soft}s")
+                done, _ = await asyncio.wait({inner}, timeout=None if hard is None else hard - soft)
+                if done:
+                    if inner.cancelled():
+                        raise SoftTimeLimitExceeded(
+                            f"task {task.name} exceeded its soft time limit of {soft}s"
+                        )
+                    return inner.result()  # the task handled the cancellation and returned
+            inner.cancel(f"time limit of {hard}s")
+            raise TimeLimitExceeded(f"task {task.name} exceeded its time limit of {hard}s")
+        except asyncio.CancelledError:
+            inner.cancel()
+            raise
+
+    async def _run_thread(
+        self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
+    ) -> Any:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix="asyncq-task")
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        context.run(_current.set, (task, request))
+        call = _ThreadCall()
+        invoke = functools.partial(context.run, task._invoke, request.args, request.kwargs)
+        future = loop.run_in_executor(self._threads, call, invoke)
+        if soft is None and hard is None:
+            return await future
+        first = min(x for x in (soft, hard) if x is not None)
+        done, _ = await asyncio.wait({future}, timeout=first)
+        if done:
+            return future.result()
+        if soft is not None and (hard is None or soft < hard):
+            call.interrupt(SoftTimeLimitExceeded)
+            done, _ = await asyncio.wait({future}, timeout=None if hard is None else hard - soft)
+            if done:
+                return future.result()
+        call.interrupt(TimeLimitExceeded)  # best effort; a thread in C code cannot be stopped
+        raise TimeLimitExceeded(f"task {task.name} exceeded its time limit of {hard}s")
+
+    async def _run_process(
+        self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
+    ) -> Any:
+        if self._processes is None:
+            self._processes = ProcessPool(self.process_pool_size)
+        fields = {
+            name: getattr(request, name)
+            for name in (
+                "id",
+                "task",
+                "args",
+                "kwargs",
+                "retries",
+                "eta",
+                "expires",
+                "headers",
+                "delivery_info",
+                "root_id",
+                "parent_id",
+                "group_id",
+                "hostname",
+            )
+        }
+        ref = f"{task.__module__}:{task.__qualname__}"
+        return await self._processes.run(
+            _run_in_process,
+            (ref, request.args, request.kwargs, fields),
+            {},
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
+
+    async def aclose(self) -> None:
+        """Stop the pools: threads finish their current call; processes are terminated."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        if self._processes is not None:
+            await self._processes.aclose()
+            self._processes = None

@@ -1,0 +1,297 @@
+"""One message's path through a worker: decode -> resolve -> execute -> record -> settle.
+
+Every outcome settles the delivery exactly once. A message that cannot be processed
+(undecodable, unknown task, delivered too often) goes to the dead-letter store with the
+reason, and its task record says why, so a caller waiting on it is not left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from asyncq._utils import now
+from asyncq.brokers import Delivery
+from asyncq.exceptions import (
+    AsyncqError,
+    NotRegistered,
+    Reject,
+    Retry,
+    SerializationError,
+    TaskRevokedError,
+    WorkerLostError,
+)
+from asyncq.message import Message, decode_message
+from asyncq.result import encode_record
+from asyncq.states import State
+from asyncq.task import Request, Task
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+    from asyncq.worker.executor import Executor
+
+__all__ = ["JobRunner", "RateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """A per-task token bucket: at most ``rate`` starts per second in this worker."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = 1.0
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until the task may start."""
+        async with self._lock:  # FIFO: waiters start in arrival order
+            current = time.monotonic()
+            self._tokens = min(1.0, self._tokens + (current - self._updated) * self.rate)
+            self._updated = current
+            if self._tokens < 1.0:
+                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                self._updated = time.monotonic()
+                self._tokens = 1.0
+            self._tokens -= 1.0
+
+
+class JobRunner:
+    """Runs deliveries for one worker."""
+
+    def __init__(self, app: App, executor: Executor, *, hostname: str, max_deliveries: int) -> None:
+        self.app = app
+        self.executor = executor
+        self.hostname = hostname
+        self.max_deliveries = max_deliveries
+        self._limiters: dict[str, RateLimiter] = {}
+        self._result_ttl: float | None = app.conf.result_expires
+        self._acks_late_default = bool(app.conf.task_acks_late)
+        self._track_started_default = bool(app.conf.task_track_started)
+        self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
+        self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
+
+    # -- the path -----------------------------------------------------------------------------
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Process one delivery to the end; never raises except on cancellation."""
+        try:
+            message = await self._decode(delivery)
+            if message is None:
+                return
+            task = await self._resolve(delivery, message)
+            if task is None:
+                return
+            await self._execute(delivery, message, task)
+        except asyncio.CancelledError:
+            # Shutdown cut the task short: give the message back so another worker runs it.
+            await asyncio.shield(self._settle(delivery.nack()))
+            raise
+        except Exception:  # a bug in this path must not kill the worker; the message comes back
+            logger.exception("internal error handling message %s; returning it to the queue", delivery.id)
+            await self._settle(delivery.nack(delay=1.0))
+
+    async def _decode(self, delivery: Delivery) -> Message | None:
+        try:
+            return decode_message(delivery.body, self.app.serializers)
+        except SerializationError as exc:
+            reason = f"undecodable message: {exc}"
+            logger.error("dead-lettering message %s: %s", delivery.id, reason)
+            await self._record_failure(delivery.id, None, exc)
+            await self._settle(delivery.dead_letter(reason))
+            return None
+
+    async def _resolve(self, delivery: Delivery, message: Message) -> Task[Any, Any] | None:
+        if delivery.delivery_count > self.max_deliveries:
+            reason = (
+                f"delivered {delivery.delivery_count} times without finishing "
+                f"(max_deliveries={self.max_deliveries}); its worker keeps dying?"
+            )
+            logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
+            await self._record_failure(message.id, message.task, WorkerLostError(reason))
+            await self._settle(delivery.dead_letter(reason))
+            return None
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            reason = f"unknown task {message.task!r}: not registered in app {self.app.main!r}"
+            logger.error("dead-lettering message %s: %s", message.id, reason)
+            await self._record_failure(message.id, message.task, NotRegistered(reason))
+            await self._settle(delivery.dead_letter(reason))
+            return None
+        if message.expires is not None and now() > message.expires:
+            expired_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(message.expires))
+            reason = f"expired at {expired_at} before it ran"
+            logger.info("task %s[%s] %s", message.task, message.id, reason)
+            await self._store(message, State.REVOKED, exc=TaskRevokedError(reason))
+            await self._settle(delivery.ack())
+            return None
+        if message.eta is not None and message.eta > now() + 0.01:
+            # Delivered early (a broker without native delays): hand it back until it is due.
+            await self._settle(delivery.nack(delay=message.eta - now()))
+            return None
+        return task
+
+    async def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> None:
+        options = task.options
+        acks_late = self._acks_late_default if options.acks_late is None else options.acks_late
+        if not acks_late:
+            await self._settle(delivery.ack())  # at-most-once: a crash from here on loses the task
+        if task.rate is not None:
+            limiter = self._limiters.get(task.name)
+            if limiter is None:
+                limiter = self._limiters[task.name] = RateLimiter(task.rate)
+            await limiter.acquire()
+        request = self._request(delivery, message)
+        track = self._track_started_default if options.track_started is None else options.track_started
+        if track:
+            await self._store(message, State.STARTED, meta={"hostname": self.hostname, "pid": _pid()})
+        soft = options.soft_time_limit if options.soft_time_limit is not None else self._default_limits[0]
+        hard = options.time_limit if options.time_limit is not None else self._default_limits[1]
+        started = time.perf_counter()
+        try:
+            result = await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
+        except Retry as retry:
+            await self._retry(message, task, retry.exc, retry.when)
+        except Reject as reject:
+            if reject.requeue:
+                await self._settle(delivery.nack())
+            else:
+                await self._store(message, State.FAILURE, exc=reject)
+                await self._settle(delivery.dead_letter(f"rejected by task: {reject.reason}"))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if options.autoretry_for and isinstance(exc, options.autoretry_for):
+                await self._retry(message, task, exc, None)
+            else:
+                logger.warning(
+                    "task %s[%s] failed in %.3fs: %r",
+                    task.name,
+                    message.id,
+                    time.perf_counter() - started,
+                    exc,
+                )
+                await self._store(message, State.FAILURE, exc=exc)
+                self._outcome(message, State.FAILURE)
+        else:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "task %s[%s] succeeded in %.3fs", task.name, message.id, time.perf_counter() - started
+                )
+            if not message.ignore_result:
+                await self._store(message, State.SUCCESS, result=result)
+            self._outcome(message, State.SUCCESS)
+        if acks_late:
+            await self._settle(delivery.ack())
+
+    async def _retry(
+        self, message: Message, task: Task[Any, Any], exc: BaseException | None, when: float | None
+    ) -> None:
+        limit = task.max_retries
+        if limit is not None and message.retries >= limit:
+            failure = exc if exc is not None else AsyncqError(f"max_retries={limit} exceeded")
+            logger.warning(
+                "task %s[%s] gave up after %d retries: %r", task.name, message.id, message.retries, failure
+            )
+            await self._store(message, State.FAILURE, exc=failure)
+            self._outcome(message, State.FAILURE)
+            return
+        delay = task.retry_delay(message.retries) if when is None else when
+        again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
+        # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
+        await self.app.broker.publish(self.app.outgoing(again))
+        logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
+        await self._store(message, State.RETRY, exc=exc, retries=again.retries)
+        self._outcome(message, State.RETRY)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _request(self, delivery: Delivery, message: Message) -> Request:
+        return Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            headers=message.headers,
+            delivery_info={
+                "queue": delivery.queue,
+                "delivery_count": delivery.delivery_count,
+                "priority": message.priority,
+            },
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group_id=message.group_id,
+            hostname=self.hostname,
+            message=message,
+            state_writer=lambda state, meta: self._store(
+                message, State(state) if state in State.__members__ else state, meta=meta
+            ),
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def _store(
+        self,
+        message: Message,
+        status: State | str,
+        *,
+        result: Any = None,
+        exc: BaseException | None = None,
+        meta: dict[str, Any] | None = None,
+        retries: int | None = None,
+    ) -> None:
+        if message.ignore_result and status not in (State.FAILURE, State.REVOKED):
+            return
+        state = status if isinstance(status, State) else _custom_state(status)
+        record = encode_record(
+            self.app.serializers,
+            task_id=message.id,
+            status=state,
+            result=result,
+            exc=exc,
+            meta=meta if isinstance(status, State) else {**(meta or {}), "state": status},
+            retries=message.retries if retries is None else retries,
+            task=message.task,
+            serializer=self.app.conf.result_serializer,
+        )
+        try:
+            await self.app.backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
+        except AsyncqError:
+            logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
+
+    async def _record_failure(self, task_id: str, task_name: str | None, exc: BaseException) -> None:
+        await self._store(Message(id=task_id, task=task_name or "?"), State.FAILURE, exc=exc)
+
+    def _outcome(self, message: Message, state: State) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(message.task, state)
+
+    @staticmethod
+    async def _settle(settling: Any) -> None:
+        try:
+            await settling
+        except AsyncqError:
+            # The broker redelivers what it did not hear settled: at-least-once still holds.
+            logger.exception("could not settle a delivery; the broker will deliver it again")
+
+
+_FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+
+
+def _custom_state(name: str) -> State:
+    # Custom progress states (e.g. "PROGRESS") are stored as STARTED with the name in meta.
+    return State.STARTED if name not in State.__members__ else State(name)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

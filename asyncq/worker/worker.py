@@ -1,0 +1,254 @@
+"""Worker: one event loop running many tasks at once, embedded or as a process.
+
+``async with app.worker(...)`` runs it as background tasks of the current loop (e.g. a
+FastAPI lifespan); ``app.worker(...).run()`` blocks (scripts, ``asyncq run``) and handles
+SIGTERM/SIGINT: the first signal stops fetching and lets in-flight tasks finish within
+``shutdown_timeout``, then cancels the rest and returns their messages to the queue; a
+second signal does that at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.states import State
+from asyncq.worker.executor import Executor
+from asyncq.worker.job import JobRunner
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between attempts to resume consuming after the broker failed.
+CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``--loop auto|asyncio|uvloop`` (None: asyncio's default)."""
+    if loop not in {"auto", "asyncio", "uvloop"}:
+        raise ConfigurationError(f"unknown event loop {loop!r}; choose auto, asyncio or uvloop")
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigurationError("uvloop is not installed; pip install 'asyncq[uvloop]'") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+class Worker:
+    """Consumes tasks from queues and runs them, up to ``concurrency`` at once.
+
+    Args:
+        app: the app whose tasks it runs.
+        queues: queue names to consume (default: the app's default queue).
+        concurrency: tasks running at once (``worker_concurrency``).
+        prefetch: unacknowledged messages held at once (``worker_prefetch``, default
+            ``concurrency``); never more, so idle workers are not starved.
+        shutdown_timeout: seconds in-flight tasks get to finish when stopping.
+        thread_pool_size / process_pool_size: sizes of the sync and process executors.
+        max_deliveries: deliveries of one message after which it is dead-lettered.
+        loop: event loop for :meth:`run`: auto, asyncio or uvloop.
+        hostname: this worker's name in task records and logs (default ``host:pid``).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        prefetch: int | None = None,
+        shutdown_timeout: float | None = None,
+        thread_pool_size: int | None = None,
+        process_pool_size: int | None = None,
+        max_deliveries: int | None = None,
+        loop: str | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = int(concurrency or conf.worker_concurrency)
+        self.prefetch = int(prefetch or conf.worker_prefetch or self.concurrency)
+        self.shutdown_timeout = float(
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        self.max_deliveries = int(max_deliveries or conf.worker_max_deliveries)
+        self.loop = loop or conf.worker_loop
+        self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
+        if self.concurrency < 1 or self.prefetch < 1:
+            raise ConfigurationError("concurrency and prefetch must be at least 1")
+        loop_factory(self.loop)  # validate early
+        self.executor = Executor(thread_pool_size=thread_pool_size, process_pool_size=process_pool_size)
+        self.stats: Counter[str] = Counter()
+        self.ready = asyncio.Event()
+        self._stop_requested: asyncio.Event | None = None
+        self._force = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._main: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.hostname} queues={self.queues} concurrency={self.concurrency}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks running now."""
+        return len(self._inflight)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until :meth:`stop` is called, then shut down cleanly."""
+        self._stop_requested = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        await self.app.connect()
+        runner = JobRunner(
+            self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
+        )
+        runner.on_outcome = self._count
+        logger.info(
+            "worker %s consuming %s, concurrency %d", self.hostname, ",".join(self.queues), self.concurrency
+        )
+        consumer = asyncio.create_task(self._consume(runner), name="asyncq.consumer")
+        stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
+        self.ready.set()
+        try:
+            done, _ = await asyncio.wait({consumer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done:
+                consumer.result()  # the consumer only ends by failing: let it be loud
+        finally:
+            stop_wait.cancel()
+            consumer.cancel()
+            await asyncio.gather(consumer, stop_wait, return_exceptions=True)
+            await self._drain()
+            await self.executor.aclose()
+            self.ready.clear()
+            logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))
+
+    async def _consume(self, runner: JobRunner) -> None:
+        assert self._slots is not None
+        slots = self._slots
+        failures = 0
+        while True:
+            try:
+                async with aclosing(
+                    self.app.broker.consume(self.queues, prefetch=self.prefetch)
+                ) as deliveries:
+                    async for delivery in deliveries:
+                        failures = 0
+                        await slots.acquire()
+                        job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
+                        self._inflight.add(job)
+                        job.add_done_callback(self._job_done)
+            except AsyncqError as exc:
+                # Drivers reconnect on their own; this is the last line of defence against a
+                # consumer that stops silently after a broker outage.
+                delay = CONSUME_RETRY_DELAYS[min(failures, len(CONSUME_RETRY_DELAYS) - 1)]
+                failures += 1
+                logger.error("consuming failed (%s); resuming in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self._inflight.discard(job)
+        if self._slots is not None:
+            self._slots.release()
+        if not job.cancelled() and job.exception() is not None:
+            logger.error("job crashed", exc_info=job.exception())
+
+    def _count(self, task_name: str, state: State) -> None:
+        self.stats[str(state).lower()] += 1
+
+    async def _drain(self) -> None:
+        """Let in-flight tasks finish within the grace period, then cancel (and requeue) the rest."""
+        if not self._inflight:
+            return
+        grace = 0.0 if self._force else self.shutdown_timeout
+        logger.info("waiting up to %.1fs for %d in-flight tasks", grace, len(self._inflight))
+        if grace > 0:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+        else:
+            pending = set(self._inflight)
+        if pending:
+            logger.warning(
+                "cancelling %d unfinished tasks; their messages go back to the queue", len(pending)
+            )
+            for job in pending:
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Ask the worker to stop; ``graceful=False`` (or a second call) skips the grace period."""
+        if self._stop_requested is None:
+            return
+        if self._stop_requested.is_set() or not graceful:
+            self._force = True
+            for job in list(self._inflight):
+                job.cancel()
+        self._stop_requested.set()
+
+    # -- embedding ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        self._main = asyncio.create_task(self.serve(), name="asyncq.worker")
+        ready = asyncio.create_task(self.ready.wait(), name="asyncq.worker-ready")
+        done, _ = await asyncio.wait({self._main, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self._main in done:
+            ready.cancel()
+            self._main.result()  # serve() failed to start: raise its error here
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._main is not None:
+            await self._main
+
+    # -- as a process -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run in a fresh event loop until SIGTERM/SIGINT (a second signal stops at once)."""
+        with asyncio.Runner(loop_factory=loop_factory(self.loop)) as runner:
+            runner.run(self._run_with_signals())
+
+    async def _run_with_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal(signum: int) -> None:
+            forced = self._stop_requested is not None and self._stop_requested.is_set()
+            logger.warning(
+                "%s received: %s",
+                signal.Signals(signum).name,
+                "stopping now" if forced else "stopping gracefully",
+            )
+            self.stop()
+
+        for signum in signals:
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await self.serve()
+        finally:
+            for signum in signals:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+            await self.app.aclose()
+
+    def __getstate__(self) -> Any:  # pragma: no cover - guard against accidental pickling
+        raise TypeError("a Worker cannot be pickled")
