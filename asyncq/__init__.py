@@ -5,7 +5,9 @@ The public API is re-exported here; everything else is importable from its modul
 
 from asyncq.__about__ import __version__
 from asyncq.app import App
-from asyncq.result import AsyncResult
+from asyncq.canvas import Signature, chain, chord, group, signature
+from asyncq.exceptions import ChordError
+from asyncq.result import AsyncResult, GroupResult
 from asyncq.schedules import crontab, interval
 from asyncq.states import State
 from asyncq.task import AsyncTask, Request, SyncTask, Task, current_task
@@ -15,13 +17,20 @@ __all__ = [
     "App",
     "AsyncResult",
     "AsyncTask",
+    "ChordError",
+    "GroupResult",
     "Request",
+    "Signature",
     "State",
     "SyncTask",
     "Task",
     "Worker",
     "__version__",
+    "chain",
+    "chord",
     "crontab",
     "current_task",
+    "group",
     "interval",
+    "signature",
 ]

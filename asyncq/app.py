@@ -21,6 +21,7 @@ from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
 if TYPE_CHECKING:
     from typing import Concatenate
 
+    from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
 __all__ = ["App", "default_store_url"]
@@ -98,11 +99,15 @@ class App:
         if backend is not None:
             self.conf.result_backend = backend
         self.tasks: dict[str, Task[Any, Any]] = {}
+        from asyncq.canvas import register_builtins  # canvas builds on app: import when used
+
+        register_builtins(self)  # so any worker of this app runs map / starmap / chunks messages
         self._serializers: Serializers | None = None
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
         self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
+        self._beat_schedule: BeatSchedule | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -187,6 +192,42 @@ class App:
         if module in ("__main__", "__mp_main__"):
             module = self.main  # scripts: name tasks after the app, so a worker can resolve them
         return f"{module}.{fn.__qualname__}"
+
+    def periodic(
+        self,
+        schedule: object,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        catch_up: Literal["skip", "once"] = "skip",
+        **task_options: Any,
+    ) -> TaskDecorator:
+        """Define a task and run it on ``schedule``: ``@app.periodic(crontab(minute="*/15"))``.
+
+        ``schedule`` is a crontab, an interval, a timedelta or seconds; ``args``/``kwargs`` are
+        passed at every tick; ``catch_up`` is the missed-ticks policy (see docs/scheduling.md).
+        The other options are :meth:`task`'s; the entry is named after the task.
+        """
+        from asyncq.scheduler import Entry
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            name = task_options.get("name") or self._task_name(fn)
+            # Validate the entry before registering the task, so a bad schedule leaves no trace.
+            entry = Entry.build(name, name, schedule, args=args, kwargs=kwargs, catch_up=catch_up)
+            task: Task[Any, Any] = self.task(**task_options)(fn)
+            self.schedule.add_static(entry)
+            return task
+
+        return register  # type: ignore[return-value]  # TaskDecorator's overloads describe it
+
+    @property
+    def schedule(self) -> BeatSchedule:
+        """The periodic entries: ``await app.schedule.add(...)``, ``remove``, ``entries``."""
+        if self._beat_schedule is None:
+            from asyncq.scheduler import BeatSchedule
+
+            self._beat_schedule = BeatSchedule(self)
+        return self._beat_schedule
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``."""

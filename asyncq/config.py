@@ -121,7 +121,13 @@ SETTINGS: dict[str, Setting] = {
             "beat_schedule",
             {},
             _parse_dict,
-            "Periodic tasks: name -> {task, schedule, args, kwargs, options}.",
+            "Periodic tasks: name -> {task, schedule, args, kwargs, options, catch_up}.",
+        ),
+        _S(
+            "beat_refresh_interval",
+            5.0,
+            float,
+            "Seconds between a scheduler's re-reads of entries stored by other processes.",
         ),
     )
 }
@@ -134,12 +140,15 @@ class Conf(MutableMapping[str, Any]):
     unset setting gives the environment's value, else a copy of the default.
     """
 
-    __slots__ = ("_environ", "_values")
+    __slots__ = ("_environ", "_resolved", "_values")
 
     def __init__(
         self, values: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
     ) -> None:
         object.__setattr__(self, "_values", {})
+        # Values read from the environment or defaults, resolved once: reads are on the hot
+        # path, and a resolved mutable default must keep in-place edits (conf.task_routes[k] = v).
+        object.__setattr__(self, "_resolved", {})
         object.__setattr__(self, "_environ", os.environ if environ is None else environ)
         if values:
             self.update(values)
@@ -154,26 +163,37 @@ class Conf(MutableMapping[str, Any]):
             raise ConfigurationError(f"unknown setting {key!r}{hint}") from None
 
     def __getitem__(self, key: str) -> Any:
-        setting = self._setting(key)
-        if key in self._values:
+        try:
             return self._values[key]
+        except KeyError:
+            pass
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        setting = self._setting(key)
         raw = self._environ.get(setting.env_var)
         if raw is not None:
             try:
-                return setting.parse(raw)
+                value = setting.parse(raw)
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(
                     f"environment variable {setting.env_var}={raw!r} is invalid: {exc}"
                 ) from None
-        return copy.deepcopy(setting.default)
+        else:
+            value = copy.deepcopy(setting.default)
+        self._resolved[key] = value
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._setting(key)
         self._values[key] = value
+        self._resolved.pop(key, None)
 
     def __delitem__(self, key: str) -> None:
         self._setting(key)
         self._values.pop(key, None)
+        self._resolved.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)
@@ -184,10 +204,14 @@ class Conf(MutableMapping[str, Any]):
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
-        try:
-            return self[key]
-        except ConfigurationError as exc:
-            raise AttributeError(str(exc)) from None
+        if key in self._values:
+            return self._values[key]
+        if key not in SETTINGS:
+            try:
+                self._setting(key)
+            except ConfigurationError as exc:
+                raise AttributeError(str(exc)) from None
+        return self[key]
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
@@ -211,3 +235,11 @@ class Conf(MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"Conf({self._values!r})"
+
+
+def settings_markdown() -> str:
+    """The settings as a Markdown table (docs/configuration.md embeds it; a test keeps them in step)."""
+    rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS.values():
+        rows.append(f"| `{setting.name}` | `{setting.env_var}` | `{setting.default!r}` | {setting.doc} |")
+    return "\n".join(rows) + "\n"

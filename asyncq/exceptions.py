@@ -15,6 +15,7 @@ broadly still cannot swallow them by accident... unless it really wants to::
     ├── NotRegistered                 no task of that name in this app
     ├── TaskError                     a task failed remotely and its type is not importable
     ├── TaskRevokedError              the task was revoked or expired before it ran
+    ├── ChordError                    a chord's header task failed, so its callback did not run
     ├── MaxRetriesExceededError
     ├── TimeLimitExceeded             hard time limit hit
     ├── WorkerLostError               the message was delivered max_deliveries times without finishing
@@ -35,6 +36,7 @@ __all__ = [
     "BackendError",
     "BrokerConnectionError",
     "BrokerError",
+    "ChordError",
     "ConfigurationError",
     "MaxRetriesExceededError",
     "MissingDependencyError",
@@ -120,6 +122,26 @@ class TaskError(AsyncqError):
 
 class TaskRevokedError(AsyncqError):
     """The task was revoked (or expired) and did not run."""
+
+
+class ChordError(AsyncqError):
+    """A task in the chord's header failed, so the chord's callback did not run.
+
+    Attributes:
+        task_id: the id of the header task that failed (None when unknown).
+    """
+
+    def __init__(self, message: str | None = None, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        if message is None:
+            super().__init__()
+        elif task_id is None:
+            super().__init__(message)
+        else:
+            super().__init__(message, task_id)  # both in args, so a waiting process rebuilds both
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class MaxRetriesExceededError(AsyncqError):

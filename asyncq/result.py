@@ -9,10 +9,11 @@ as :class:`~asyncq.exceptions.TaskError` with the remote type name and traceback
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sys
 import traceback
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -25,7 +26,14 @@ from asyncq.states import READY_STATES, State
 if TYPE_CHECKING:
     from asyncq.app import App
 
-__all__ = ["AsyncResult", "ResultRecord", "decode_record", "encode_record", "exception_from_record"]
+__all__ = [
+    "AsyncResult",
+    "GroupResult",
+    "ResultRecord",
+    "decode_record",
+    "encode_record",
+    "exception_from_record",
+]
 
 R = TypeVar("R")
 _JSON = "application/json"
@@ -138,7 +146,9 @@ def exception_from_record(record: ResultRecord) -> BaseException:
     for part in qualname.split(".") if module is not None else ():
         cls = getattr(cls, part, None)
     remote = TaskError(exc_type, record.exc_message or "", record.traceback or "")
-    if isinstance(cls, type) and issubclass(cls, BaseException) and not issubclass(cls, KeyboardInterrupt):
+    # Only Exception subclasses: re-raising a BaseException (Retry, Reject, SystemExit...) in the
+    # caller would escape its error handling.
+    if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             exc = cls(*record.exc_args) if record.exc_args is not None else cls(record.exc_message)
         except Exception:  # a constructor with other arguments: fall back to TaskError
@@ -236,3 +246,150 @@ class AsyncResult(Generic[R]):
         """Delete the task's record from the backend."""
         await self.app.connect()
         await self.app.backend.forget(self.id)
+
+
+#: Record ids per ``get_many`` round trip when reading a group's results.
+_FETCH_BATCH = 1000
+
+
+class GroupResult(AsyncResult[list[Any]]):
+    """The results of a group, in member order: ``await gres`` or ``await gres.get(timeout=...)``.
+
+    ``id`` is the group id; ``results`` holds one handle per member (an AsyncResult, or a
+    GroupResult for a nested group). Reads go through ``get_many`` in batches, and waiting
+    blocks on one unfinished member at a time, so a 10,000-member group costs a few round
+    trips per wake-up rather than 10,000 waiters.
+    """
+
+    __slots__ = ("results",)
+
+    def __init__(
+        self,
+        group_id: str,
+        results: Iterable[AsyncResult[Any]],
+        app: App,
+        *,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        super().__init__(group_id, app, parent=parent)
+        self.results = list(results)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)} results]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        leaves: list[AsyncResult[Any]] = []
+        for result in self.results:
+            leaves.extend(result._leaves() if isinstance(result, GroupResult) else [result])
+        return leaves
+
+    async def _ready_records(self, task_ids: list[str]) -> dict[str, ResultRecord]:
+        ready: dict[str, ResultRecord] = {}
+        for start in range(0, len(task_ids), _FETCH_BATCH):
+            chunk = task_ids[start : start + _FETCH_BATCH]
+            for task_id, data in zip(chunk, await self.app.backend.get_many(chunk), strict=True):
+                if data is not None:
+                    record = decode_record(data, self.app.serializers)
+                    if record.is_ready:
+                        ready[task_id] = record
+        return ready
+
+    def _shape(self, records: dict[str, ResultRecord]) -> list[Any]:
+        values: list[Any] = []
+        for result in self.results:
+            if isinstance(result, GroupResult):
+                values.append(result._shape(records))
+                continue
+            record = records.get(result.id)
+            if record is None:
+                values.append(None)
+            elif record.status == State.SUCCESS:
+                values.append(record.result)
+            else:
+                values.append(exception_from_record(record))
+        return values
+
+    async def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """Wait for every member and return their results in order (nested groups as lists).
+
+        Raises:
+            asyncq.exceptions.TimeoutError: ``timeout`` seconds passed first.
+            a member's exception: as soon as a member is seen failed (the first in group
+                order among those finished); ``propagate=False`` puts exceptions in the list.
+        """
+        await self.app.connect()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        order = [leaf.id for leaf in self._leaves()]
+        pending = list(dict.fromkeys(order))
+        records: dict[str, ResultRecord] = {}
+        while True:
+            records.update(await self._ready_records(pending))
+            pending = [task_id for task_id in pending if task_id not in records]
+            if propagate:
+                for task_id in order:
+                    record = records.get(task_id)
+                    if record is not None and record.status != State.SUCCESS:
+                        raise exception_from_record(record)
+            if not pending:
+                return self._shape(records)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            # Members mostly finish in publish order: waiting on the last unfinished one, then
+            # reading the rest in bulk, takes few round trips.
+            if await self.app.backend.wait(pending[-1], timeout=remaining) is None:
+                break
+        raise ResultTimeoutError(
+            f"group {self.id}: {len(pending)} of {len(order)} tasks did not finish within {timeout}s"
+        )
+
+    async def _all_records(self) -> tuple[int, dict[str, ResultRecord]]:
+        await self.app.connect()
+        ids = [leaf.id for leaf in self._leaves()]
+        return len(ids), await self._ready_records(ids)
+
+    async def completed_count(self) -> int:
+        """How many members finished successfully."""
+        _, records = await self._all_records()
+        return sum(1 for record in records.values() if record.status == State.SUCCESS)
+
+    async def state(self) -> State:
+        """SUCCESS once every member succeeded, FAILURE once all finished and one did not, else PENDING."""
+        total, records = await self._all_records()
+        if len(records) < total:
+            return State.PENDING
+        if all(record.status == State.SUCCESS for record in records.values()):
+            return State.SUCCESS
+        return State.FAILURE
+
+    async def info(self) -> list[Any]:
+        """Each member's result, exception, or None while it runs, in order."""
+        _, records = await self._all_records()
+        return self._shape(records)
+
+    async def ready(self) -> bool:
+        """True once every member has finished."""
+        total, records = await self._all_records()
+        return len(records) == total
+
+    async def successful(self) -> bool:
+        """True if every member finished successfully."""
+        return (await self.state()) == State.SUCCESS
+
+    async def failed(self) -> bool:
+        """True if a member finished with an exception (others may still run)."""
+        _, records = await self._all_records()
+        return any(record.status != State.SUCCESS for record in records.values())
+
+    async def forget(self) -> None:
+        """Delete every member's record."""
+        await self.app.connect()
+        for leaf in self._leaves():
+            await self.app.backend.forget(leaf.id)

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
@@ -23,8 +23,14 @@ from asyncq.message import Message
 from asyncq.states import State
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from asyncq.app import App
+    from asyncq.canvas import Group, Signature
     from asyncq.result import AsyncResult
+
+    #: ``link`` / ``link_error`` values: a signature, its dict form, or a list of them.
+    Links: TypeAlias = Signature[Any] | Mapping[str, Any] | Sequence[Signature[Any] | Mapping[str, Any]]
 
 __all__ = ["AsyncTask", "Request", "SyncTask", "Task", "TaskOptions", "current_task"]
 
@@ -32,6 +38,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EXECUTORS: Final = ("async", "thread", "process")
+#: Tasks asyncq registers in every app that has tasks (they run task.map / starmap / chunks).
+BUILTIN_TASKS: Final = frozenset({"asyncq.map", "asyncq.starmap"})
 
 
 @dataclass(slots=True)
@@ -227,11 +235,16 @@ class Task(Generic[P, R]):
         headers: Mapping[str, Any] | None = None,
         serializer: str | None = None,
         ignore_result: bool | None = None,
+        link: Links | None = None,
+        link_error: Links | None = None,
     ) -> AsyncResult[R]:
         """Send the task with explicit options (Celery's names); return a handle on its result.
 
         ``countdown`` and ``expires`` are seconds (or a timedelta) from now; ``eta`` and
         ``expires`` also take an aware datetime. ``priority`` is 0 (lowest) to 9.
+        ``link`` signatures run with the result prepended once the task succeeds;
+        ``link_error`` signatures run with ``(task_id, {"type": ..., "message": ...})``
+        prepended if it fails (see docs/canvas.md).
         """
         message = self.build_message(
             args,
@@ -245,6 +258,8 @@ class Task(Generic[P, R]):
             headers=headers,
             serializer=serializer,
             ignore_result=ignore_result,
+            link=link,
+            link_error=link_error,
         )
         return await self.app.send_message(message, task_name=self.name)
 
@@ -262,6 +277,8 @@ class Task(Generic[P, R]):
         headers: Mapping[str, Any] | None = None,
         serializer: str | None = None,
         ignore_result: bool | None = None,
+        link: Links | None = None,
+        link_error: Links | None = None,
     ) -> Message:
         """Build (not send) the message for one call, applying task and app defaults."""
         if countdown is not None and eta is not None:
@@ -295,7 +312,50 @@ class Task(Generic[P, R]):
             content_type=self.app.serializers.get(
                 serializer or self.options.serializer or conf.task_serializer
             ).content_type,
+            callbacks=_signature_dicts(link),
+            errbacks=_signature_dicts(link_error),
         )
+
+    # -- canvas ------------------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A partial signature: in a chain or as a callback, the parent's result is prepended."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """An immutable signature: it ignores the parent's result."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature[R]:
+        """A signature of this task with send ``options`` (``apply_async``'s names)."""
+        from asyncq.canvas import Signature
+
+        return Signature(self.name, args, kwargs, options, immutable=immutable, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> Signature[list[R]]:
+        """One message that calls the task on each item of ``it`` on one worker: ``[task(x) ...]``."""
+        from asyncq.canvas import map_signature
+
+        return map_signature(self, it, star=False)
+
+    def starmap(self, it: Iterable[Iterable[Any]]) -> Signature[list[R]]:
+        """One message that calls ``task(*args)`` for each ``args`` of ``it`` on one worker."""
+        from asyncq.canvas import map_signature
+
+        return map_signature(self, it, star=True)
+
+    def chunks(self, it: Iterable[Iterable[Any]], n: int) -> Group:
+        """A group of starmaps over ``n`` items of ``it`` each: many calls in few messages."""
+        from asyncq.canvas import chunks_group
+
+        return chunks_group(self, it, n)
 
     @property
     def ignores_result(self) -> bool:
@@ -370,8 +430,25 @@ class Task(Generic[P, R]):
         return _done()
 
 
-async def _done() -> None:
-    return None
+class _Done:
+    """An already-finished awaitable: awaiting it is optional, forgetting to is harmless."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+def _done() -> _Done:
+    return _Done()
+
+
+def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    from asyncq.canvas import signature_dicts
+
+    return signature_dicts(value)
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:

@@ -17,6 +17,9 @@ __all__ = ["BACKENDS", "BackendCapabilities", "ResultBackend", "backend_from_url
 BACKENDS: Final[dict[str, str]] = {
     "memory": "asyncq.backends.memory:MemoryBackend",
     "sqlite": "asyncq.backends.sqlite:SQLiteBackend",
+    "redis": "asyncq.backends.redis:RedisBackend",
+    "rediss": "asyncq.backends.redis:RedisBackend",
+    "rpc": "asyncq.backends.rpc:RPCBackend",
 }
 
 

@@ -22,11 +22,13 @@ class BackendCapabilities:
         persistent: records outlive every asyncq process.
         notifies: ``wait`` wakes on a write from another process without polling.
         shared: other processes can read what this one stores (False only for memory://).
+        counters: ``incr`` works (False for rpc://, which keeps no state; chords need another).
     """
 
     persistent: bool = False
     notifies: bool = False
     shared: bool = False
+    counters: bool = True
 
 
 @runtime_checkable

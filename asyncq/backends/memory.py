@@ -11,6 +11,8 @@ from asyncq.backends.base import BackendCapabilities
 
 __all__ = ["MemoryBackend"]
 
+_PRUNE_INTERVAL = 60.0  # seconds between sweeps of expired entries
+
 
 class MemoryBackend:
     """``memory://``: records in this process's memory, with expiry and immediate wake-ups."""
@@ -22,6 +24,7 @@ class MemoryBackend:
         self._records: dict[str, tuple[bytes, bool, float | None]] = {}
         self._counters: dict[str, tuple[int, float | None]] = {}
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._next_prune = now() + _PRUNE_INTERVAL
 
     async def connect(self) -> None:
         """Nothing to open."""
@@ -40,7 +43,19 @@ class MemoryBackend:
             return None
         return entry
 
+    def _prune(self) -> None:
+        """Drop expired records and counters now and then, so a long-lived process does not grow."""
+        current = now()
+        if current < self._next_prune:
+            return
+        self._next_prune = current + _PRUNE_INTERVAL
+        for store in (self._records, self._counters):
+            expired = [key for key, entry in store.items() if entry[-1] is not None and entry[-1] <= current]
+            for key in expired:
+                del store[key]
+
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
+        self._prune()
         self._records[task_id] = (record, final, None if ttl is None else now() + ttl)
         if final:
             for future in self._waiters.pop(task_id, ()):
@@ -75,6 +90,7 @@ class MemoryBackend:
         self._records.pop(task_id, None)
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        self._prune()
         value, expires_at = self._counters.get(key, (0, None))
         if expires_at is not None and expires_at <= now():
             value = 0

@@ -25,6 +25,10 @@ __all__ = [
 BROKERS: Final[dict[str, str]] = {
     "memory": "asyncq.brokers.memory:MemoryBroker",
     "sqlite": "asyncq.brokers.sqlite:SQLiteBroker",
+    "redis": "asyncq.brokers.redis:RedisBroker",
+    "rediss": "asyncq.brokers.redis:RedisBroker",
+    "amqp": "asyncq.brokers.rabbitmq:RabbitMQBroker",
+    "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
 }
 
 

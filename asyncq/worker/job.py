@@ -112,22 +112,20 @@ class JobRunner:
                 f"delivered {delivery.delivery_count} times without finishing "
                 f"(max_deliveries={self.max_deliveries}); its worker keeps dying?"
             )
-            logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
-            await self._record_failure(message.id, message.task, WorkerLostError(reason))
-            await self._settle(delivery.dead_letter(reason))
+            await self._dead_letter(delivery, message, reason, WorkerLostError(reason))
             return None
         task = self.app.tasks.get(message.task)
         if task is None:
             reason = f"unknown task {message.task!r}: not registered in app {self.app.main!r}"
-            logger.error("dead-lettering message %s: %s", message.id, reason)
-            await self._record_failure(message.id, message.task, NotRegistered(reason))
-            await self._settle(delivery.dead_letter(reason))
+            await self._dead_letter(delivery, message, reason, NotRegistered(reason))
             return None
         if message.expires is not None and now() > message.expires:
             expired_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(message.expires))
             reason = f"expired at {expired_at} before it ran"
             logger.info("task %s[%s] %s", message.task, message.id, reason)
-            await self._store(message, State.REVOKED, exc=TaskRevokedError(reason))
+            revoked = TaskRevokedError(reason)
+            await self._store(message, State.REVOKED, exc=revoked)
+            await self._follow_up(message, State.REVOKED, None, revoked)
             await self._settle(delivery.ack())
             return None
         if message.eta is not None and message.eta > now() + 0.01:
@@ -161,8 +159,7 @@ class JobRunner:
             if reject.requeue:
                 await self._settle(delivery.nack())
             else:
-                await self._store(message, State.FAILURE, exc=reject)
-                await self._settle(delivery.dead_letter(f"rejected by task: {reject.reason}"))
+                await self._dead_letter(delivery, message, f"rejected by task: {reject.reason}", reject)
             return
         except asyncio.CancelledError:
             raise
@@ -179,6 +176,7 @@ class JobRunner:
                 )
                 await self._store(message, State.FAILURE, exc=exc)
                 self._outcome(message, State.FAILURE)
+                await self._follow_up(message, State.FAILURE, None, exc)
         else:
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
@@ -187,6 +185,7 @@ class JobRunner:
             if not message.ignore_result:
                 await self._store(message, State.SUCCESS, result=result)
             self._outcome(message, State.SUCCESS)
+            await self._follow_up(message, State.SUCCESS, result, None)
         if acks_late:
             await self._settle(delivery.ack())
 
@@ -201,6 +200,7 @@ class JobRunner:
             )
             await self._store(message, State.FAILURE, exc=failure)
             self._outcome(message, State.FAILURE)
+            await self._follow_up(message, State.FAILURE, None, failure)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
@@ -209,6 +209,28 @@ class JobRunner:
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
         await self._store(message, State.RETRY, exc=exc, retries=again.retries)
         self._outcome(message, State.RETRY)
+
+    async def _dead_letter(
+        self, delivery: Delivery, message: Message, reason: str, exc: BaseException
+    ) -> None:
+        """Park a message that cannot run; tell its caller and its workflow why."""
+        logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
+        await self._store(message, State.FAILURE, exc=exc)
+        await self._follow_up(message, State.FAILURE, None, exc)
+        await self._settle(delivery.dead_letter(reason))
+
+    async def _follow_up(
+        self, message: Message, state: State, result: Any, exc: BaseException | None
+    ) -> None:
+        """Run what the message's canvas slots ask for next (callbacks, chain, chord join)."""
+        if not (message.callbacks or message.errbacks or message.chain or message.chord):
+            return
+        from asyncq.canvas import on_task_finished  # canvas sits beside the worker, not below it
+
+        try:
+            await on_task_finished(self.app, message, state, result, exc)
+        except Exception:  # the task itself is done; a broken follow-up must not undo that
+            logger.exception("could not start the follow-up of task %s[%s]", message.task, message.id)
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.scheduler import Scheduler
 from asyncq.states import State
 from asyncq.worker.executor import Executor
 from asyncq.worker.job import JobRunner
@@ -66,6 +67,8 @@ class Worker:
         max_deliveries: deliveries of one message after which it is dead-lettered.
         loop: event loop for :meth:`run`: auto, asyncio or uvloop.
         hostname: this worker's name in task records and logs (default ``host:pid``).
+        beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe
+            on any number of workers, each tick is sent once.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Worker:
         max_deliveries: int | None = None,
         loop: str | None = None,
         hostname: str | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -104,6 +108,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
         self._main: asyncio.Task[None] | None = None
+        self.scheduler: Scheduler | None = Scheduler(app) if beat else None
 
     def __repr__(self) -> str:
         return f"<Worker {self.hostname} queues={self.queues} concurrency={self.concurrency}>"
@@ -129,15 +134,20 @@ class Worker:
         )
         consumer = asyncio.create_task(self._consume(runner), name="asyncq.consumer")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
+        loops = [consumer, stop_wait]
+        if self.scheduler is not None:
+            loops.append(asyncio.create_task(self.scheduler.serve(), name="asyncq.beat"))
         self.ready.set()
         try:
-            done, _ = await asyncio.wait({consumer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if consumer in done:
-                consumer.result()  # the consumer only ends by failing: let it be loud
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop_task in done:
+                loop_task.result()  # the consumer and the beat only end by failing: let it be loud
         finally:
+            if self.scheduler is not None:
+                self.scheduler.stop()  # not cancelled: it finishes the tick it may be sending
             stop_wait.cancel()
             consumer.cancel()
-            await asyncio.gather(consumer, stop_wait, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
             await self.executor.aclose()
             self.ready.clear()

@@ -3,7 +3,7 @@
 ``broker_factory`` / ``backend_factory`` are parametrized over every registered driver and
 resolved lazily with ``request.getfixturevalue``, so a run selecting ``-m "not redis"``
 never touches Redis. A driver adds one ``<scheme>_broker_factory`` (or
-``<scheme>_backend_factory``) fixture, in its own module listed in ``pytest_plugins`` below,
+``<scheme>_backend_factory``) fixture, in its own module imported below,
 and one entry in ``BROKER_PARAMS`` / ``BACKEND_PARAMS``. Each factory is an async callable
 ``make(**options)`` returning a connected driver; all instances one factory makes share the
 same store (same file, key prefix, vhost...), as separate worker processes would, and are
@@ -14,16 +14,28 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.conformance.drivers_embedded"]
+# Fixtures are imported by name (pytest_plugins is only allowed in the rootdir's conftest).
+from tests.conformance.drivers_embedded import (  # noqa: F401
+    memory_backend_factory,
+    memory_broker_factory,
+    sqlite_backend_factory,
+    sqlite_broker_factory,
+)
+from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
+from tests.conformance.drivers_redis import redis_backend_factory, redis_broker_factory  # noqa: F401
 
 #: Driver name -> pytest param (with the service marker). Keep in step with the registries.
 BROKER_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
+    "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
+    "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
 }
 
 

@@ -1,0 +1,322 @@
+"""RPC result backend: ``rpc://``, records sent straight back to the caller over RabbitMQ.
+
+There is no result store. A worker's ``set(task_id, ...)`` publishes the record to the
+direct exchange ``asyncq.rpc`` with routing key = task id; a caller that wants the result of
+a task binds its own reply queue (exclusive, auto-delete, one per backend instance) to that
+exchange with the task id as binding key, and keeps what arrives in memory.
+
+The ResultBackend protocol does not let the producer tell the worker where to reply, so the
+route is keyed by task id instead of a reply-to address (RabbitMQ's direct reply-to would
+need the address inside the task message). The binding must exist before the worker
+publishes: the App calls :meth:`RPCBackend.prepare` right before it publishes a task, and
+``get`` / ``wait`` bind too. A record published while nobody is bound is dropped.
+
+Limits (see docs/backends/rpc.md): only the process that sent the task (or bound its id) can
+read its result; records live in that process's memory (bounded by ``cache_size``); nothing
+survives a restart; ``incr`` is impossible, so chords need another backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from asyncq._utils import now
+from asyncq.backends.base import BackendCapabilities
+from asyncq.exceptions import (
+    BackendConnectionError,
+    BackendError,
+    ConfigurationError,
+    MissingDependencyError,
+)
+
+try:
+    import aio_pika
+    from aio_pika.abc import (
+        AbstractExchange,
+        AbstractIncomingMessage,
+        AbstractRobustConnection,
+        AbstractRobustQueue,
+    )
+
+    from asyncq.brokers.rabbitmq import BROKER_OPTIONS, redact, split_amqp_url, translate_errors
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
+
+__all__ = ["RPCBackend"]
+
+log = logging.getLogger(__name__)
+
+#: Options of this backend (URL query or keyword), with their defaults; ``broker_url`` is required.
+RPC_OPTIONS: Final[dict[str, object]] = {
+    "broker_url": None,
+    "exchange": "asyncq.rpc",
+    "cache_size": 10_000,
+    "publish_timeout": 30.0,
+    "connection_name": "asyncq.rpc",
+}
+
+H_ORIGIN: Final = "x-asyncq-origin"  # the publishing backend instance: it ignores its own echo
+H_TASK: Final = "x-asyncq-task-id"
+H_FINAL: Final = "x-asyncq-final"
+H_TTL: Final = "x-asyncq-ttl-ms"  # integer ms: AMQP tables would carry floats as 32-bit
+
+
+class RPCBackend:
+    """``rpc://``: task records published back to the waiting caller over RabbitMQ.
+
+    Options (keyword or ``rpc://?...`` query):
+
+    * ``broker_url`` (required): the amqp(s):// URL to connect to; the App passes its broker
+      URL. asyncq's broker options in it (queue_type, ...) are ignored; client options kept.
+    * ``exchange`` ("asyncq.rpc"): the direct exchange records are published to.
+    * ``cache_size`` (10000): how many task ids' records this process keeps (oldest dropped).
+    * ``publish_timeout`` (30.0 s): how long ``set`` waits for RabbitMQ's confirm.
+    * ``connection_name`` ("asyncq.rpc"): shown in the management UI.
+    """
+
+    capabilities = BackendCapabilities(persistent=False, notifies=True, shared=False, counters=False)
+
+    def __init__(self, url: str = "rpc://", **options: Any) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        if parts.netloc or parts.path not in ("", "/"):
+            raise ConfigurationError(
+                f"{url!r}: rpc:// takes no host; it connects to the broker_url option (the App's broker)"
+            )
+        merged: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
+        merged.update(options)
+        unknown = sorted(set(merged) - set(RPC_OPTIONS))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown rpc:// option(s) {', '.join(unknown)}; known: {', '.join(sorted(RPC_OPTIONS))}"
+            )
+        settings = {**RPC_OPTIONS, **merged}
+        broker_url = settings["broker_url"]
+        if not isinstance(broker_url, str) or urlsplit(broker_url).scheme not in ("amqp", "amqps"):
+            shown = redact(broker_url) if isinstance(broker_url, str) else broker_url
+            raise ConfigurationError(
+                f"rpc:// needs an amqp:// broker: set broker_url to an amqp(s):// URL (got {shown!r})"
+            )
+        # Drop the broker driver's own options from the URL; keep the client's (TLS, heartbeat).
+        self._client_url, _ = split_amqp_url(broker_url, {}, BROKER_OPTIONS, "amqp broker")
+        self._broker_url = broker_url
+        self.exchange = str(settings["exchange"])
+        try:
+            self.cache_size = int(settings["cache_size"])
+            self.publish_timeout = float(settings["publish_timeout"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"rpc:// option is not a number: {exc}") from None
+        if self.cache_size < 1 or self.publish_timeout <= 0:
+            raise ConfigurationError("rpc:// cache_size must be >= 1 and publish_timeout > 0")
+        self.connection_name = str(settings["connection_name"])
+        self._origin = uuid.uuid4().hex
+        # task id -> (record, final, expires_at); insertion order is the eviction order.
+        self._records: collections.OrderedDict[str, tuple[bytes, bool, float | None]] = (
+            collections.OrderedDict()
+        )
+        self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._bound: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_exchange: AbstractExchange | None = None
+        self._reply_queue: AbstractRobustQueue | None = None
+        self._connect_lock = asyncio.Lock()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect; declare the exchange and this instance's reply queue, and consume it."""
+        await self._ready()
+
+    async def _ready(self) -> AbstractRobustQueue:
+        if self._reply_queue is not None and self._connection is not None and not self._connection.is_closed:
+            return self._reply_queue
+        async with self._connect_lock:
+            if self._reply_queue is not None and self._connection is not None:
+                return self._reply_queue
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._client_url, client_properties={"connection_name": self.connection_name}
+                )
+            except Exception as exc:
+                # Connection setup raises a wide range (socket, TLS, auth, protocol).
+                raise BackendConnectionError(
+                    f"rpc:// cannot connect to RabbitMQ at {redact(self._broker_url)}: {exc}"
+                ) from exc
+            try:
+                with translate_errors("rpc:// setup", BackendError, BackendConnectionError):
+                    publish_channel = await connection.channel(publisher_confirms=True)
+                    self._publish_exchange = await publish_channel.declare_exchange(
+                        self.exchange, type="direct", durable=True
+                    )
+                    channel = await connection.channel(publisher_confirms=False)
+                    await channel.declare_exchange(self.exchange, type="direct", durable=True)
+                    # Exclusive: it dies with this connection. Declared "robust", so after a
+                    # reconnect aio-pika declares it again with its bindings and consumer;
+                    # records published during the outage are lost.
+                    queue = await channel.declare_queue(
+                        f"asyncq.rpc.{self._origin}", exclusive=True, auto_delete=True
+                    )
+                    await queue.consume(self._on_message_async, no_ack=True)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._reply_queue = connection, queue
+            return queue
+
+    async def aclose(self) -> None:
+        """Close the connection and wake every pending ``wait`` with None."""
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        connection, self._connection, self._reply_queue = self._connection, None, None
+        self._bound.clear()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _on_message_async(self, message: AbstractIncomingMessage) -> None:
+        self._on_message(message)
+
+    def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers
+        if headers.get(H_ORIGIN) == self._origin:
+            return  # our own set(): already stored when it was made
+        task_id = headers.get(H_TASK)
+        if not isinstance(task_id, str):
+            return
+        ttl_ms = headers.get(H_TTL)
+        ttl = ttl_ms / 1000 if isinstance(ttl_ms, int) and not isinstance(ttl_ms, bool) else None
+        final = headers.get(H_FINAL) is True
+        self._store(task_id, message.body, final, ttl)
+        if final and task_id in self._bound:
+            # Nothing more will come for this id: drop the binding so bindings do not pile up.
+            self._bound.discard(task_id)
+            task = asyncio.get_running_loop().create_task(self._unbind(task_id), name="asyncq.rpc.unbind")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _store(self, task_id: str, record: bytes, final: bool, ttl: float | None) -> None:
+        self._records[task_id] = (record, final, None if ttl is None else now() + ttl)
+        self._records.move_to_end(task_id)
+        while len(self._records) > self.cache_size:
+            self._records.popitem(last=False)
+        if final:
+            for future in self._waiters.pop(task_id, ()):
+                if not future.done():
+                    future.set_result(record)
+
+    def _live(self, task_id: str) -> tuple[bytes, bool, float | None] | None:
+        entry = self._records.get(task_id)
+        if entry is not None and entry[2] is not None and entry[2] <= now():
+            del self._records[task_id]
+            return None
+        return entry
+
+    async def prepare(self, task_id: str) -> None:
+        """Bind this process's reply queue to ``task_id`` so its records come here.
+
+        Call it before the task is published (the App does); a record published before the
+        binding exists is dropped by RabbitMQ.
+        """
+        if task_id in self._bound:
+            return
+        queue = await self._ready()
+        self._bound.add(task_id)  # before the await: concurrent callers bind once
+        try:
+            with translate_errors(f"rpc:// bind task {task_id}", BackendError, BackendConnectionError):
+                await queue.bind(self.exchange, routing_key=task_id)
+        except BaseException:
+            self._bound.discard(task_id)
+            raise
+
+    async def _unbind(self, task_id: str) -> None:
+        queue = self._reply_queue
+        if queue is None:
+            return
+        try:
+            with translate_errors(f"rpc:// unbind task {task_id}", BackendError, BackendConnectionError):
+                await queue.unbind(self.exchange, routing_key=task_id)
+        except BackendError as exc:
+            # Harmless: the binding goes away with the reply queue when this process disconnects.
+            log.debug("%s", exc)
+
+    # -- the ResultBackend protocol ------------------------------------------------------------
+
+    async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
+        """Publish the record to whoever bound ``task_id``; keep a copy in this process."""
+        self._store(task_id, record, final, ttl)
+        await self._ready()
+        exchange = self._publish_exchange
+        assert exchange is not None
+        headers: dict[str, Any] = {H_ORIGIN: self._origin, H_TASK: task_id, H_FINAL: final}
+        if ttl is not None:
+            headers[H_TTL] = int(ttl * 1000)
+        message = aio_pika.Message(
+            record,
+            headers=headers,
+            message_id=uuid.uuid4().hex,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # results are not persisted
+            expiration=ttl if ttl is not None and ttl > 0 else None,
+        )
+        with translate_errors(
+            f"rpc:// publish the record of {task_id}", BackendError, BackendConnectionError
+        ):
+            async with asyncio.timeout(self.publish_timeout):
+                # Not mandatory: with nobody bound the record is dropped, by design.
+                await exchange.publish(message, routing_key=task_id, mandatory=False)
+
+    async def get(self, task_id: str) -> bytes | None:
+        """The last record received (or set) in this process; binds ``task_id`` if unknown."""
+        entry = self._live(task_id)
+        if entry is None:
+            await self.prepare(task_id)
+            return None
+        return entry[0]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(task_id) for task_id in task_ids]
+
+    async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
+        entry = self._live(task_id)
+        if entry is not None and entry[1]:
+            return entry[0]
+        # Registered before binding: a record arriving (or set here) meanwhile wakes it.
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(task_id, [])
+        waiters.append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.prepare(task_id)
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters and self._waiters.get(task_id) is waiters:
+                del self._waiters[task_id]
+
+    async def forget(self, task_id: str) -> None:
+        """Drop this process's copy and stop listening for ``task_id``."""
+        self._records.pop(task_id, None)
+        if task_id in self._bound:
+            self._bound.discard(task_id)
+            await self._unbind(task_id)
+
+    async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Not possible: RPC keeps no shared state."""
+        raise BackendError("rpc:// cannot hold counters; use another backend for chords")

@@ -1,0 +1,549 @@
+"""``sqlite://`` broker: durable queues in one local SQLite file, shared by every process on the machine.
+
+This module owns the message and dead-letter tables, the claim / lease / settle protocol over
+them, and the plumbing the SQLite result backend reuses: URL parsing and :class:`SQLiteThread`,
+which runs one sqlite3 connection on its own thread and group-commits concurrent writes.
+The design and its guarantees are written up in docs/brokers/sqlite.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.exceptions import AsyncqError, BrokerConnectionError, BrokerError, ConfigurationError
+
+__all__ = ["SQLiteBroker"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = tuple[int, str, str, bytes, int, int]  # seq, id, queue, body, priority, deliveries
+
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock before failing
+
+
+def parse_sqlite_url(
+    url: str, options: Mapping[str, Any], defaults: Mapping[str, float], *, kind: str, shared: frozenset[str]
+) -> tuple[Path, dict[str, float]]:
+    """Split ``sqlite:///path?opt=x`` into an absolute path and validated options (seconds, > 0).
+
+    Explicit ``options`` win over the URL query. Query keys in ``shared`` belong to the other
+    driver of a URL that broker and backend share, and are skipped rather than refused.
+    """
+    parts = urlsplit(url)
+    if ":memory:" in (parts.netloc, parts.path.lstrip("/")):
+        raise ConfigurationError(f"{url!r}: an in-memory SQLite database cannot be shared; use memory://")
+    if parts.netloc or len(parts.path) < 2:
+        raise ConfigurationError(
+            f"{url!r} is not a SQLite URL; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    query = {key: value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in shared}
+    settings = dict(defaults)
+    for name, value in {**query, **options}.items():
+        if name not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigurationError(f"unknown sqlite {kind} option {name!r}; known: {known}")
+        try:
+            seconds = float(value) if not isinstance(value, bool) else -1.0
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigurationError(f"sqlite {kind} option {name}={value!r}: expected seconds > 0")
+        settings[name] = seconds
+    # One leading slash separates the empty host from the path: what remains is the path as
+    # written, relative (to the current directory, resolved now) or absolute.
+    return Path(os.path.abspath(unquote(parts.path[1:]))), settings
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in a write transaction; BEGIN IMMEDIATE takes the write lock up front."""
+    # A deferred transaction that reads and then writes cannot wait on the busy handler when
+    # another process committed in between (SQLITE_BUSY at once); taking the lock first can.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _commit_batch(conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    return transaction(conn, lambda c: [op(c) for op in ops])
+
+
+class SQLiteThread:
+    """One sqlite3 connection, used only from its own thread, with group-committed writes.
+
+    sqlite3 blocks, so every call runs on a single-thread executor: the event loop never waits
+    on the disk, calls run in submission order, and only the opening thread touches the connection.
+    """
+
+    def __init__(
+        self, path: Path, schema: str, *, error: type[AsyncqError], connection_error: type[AsyncqError]
+    ) -> None:
+        self.path = path
+        self._schema = schema
+        self._error, self._connection_error = error, connection_error
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # only read and written on the executor thread
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether open() was called and close() was not."""
+        return self._executor is not None
+
+    async def open(self) -> None:
+        """Open the file (creating it and its directory), set WAL mode and create the schema."""
+        if self._executor is not None:
+            return
+        # Set before awaiting: a concurrent call returns at once, and whatever it submits
+        # queues behind _open on the single thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncq-sqlite")
+        try:
+            await asyncio.wrap_future(self._executor.submit(self._open))
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._connection_error(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            # In WAL mode, NORMAL survives a crash of any process; only a power loss can undo
+            # the last commits. FULL would fsync every commit, capping acks at the disk's rate.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(self._schema)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._connection_error(f"cannot use SQLite database {self.path}: {exc}") from exc
+        if mode != "wal":  # e.g. a network file system: still correct, but readers block writers
+            logger.warning("SQLite database %s is in %s journal mode, not WAL", self.path, mode)
+        self._conn = conn
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._conn is None:
+            raise self._error(f"SQLite database {self.path} is closed")
+        try:
+            return fn(self._conn, *args)
+        except sqlite3.Error as exc:
+            raise self._error(f"SQLite error on {self.path}: {exc}") from exc
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        orphaned: Callable[[sqlite3.Connection, T], object] | None = None,
+    ) -> T:
+        """Run ``fn(conn, *args)`` on the thread and return its result.
+
+        A call already running cannot be stopped; if the caller is cancelled meanwhile,
+        ``orphaned(conn, result)`` undoes its effect once it finishes.
+        """
+        if self._executor is None:
+            raise self._error(f"SQLite database {self.path} is not open; call connect() first")
+        future = self._executor.submit(self._call, fn, args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if orphaned is not None:
+                future.add_done_callback(partial(self._undo, orphaned))
+            raise
+
+    def _undo(self, orphaned: Callable[[sqlite3.Connection, Any], object], future: Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None or self._executor is None:
+            return
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile: leases lapse on their own
+            self._executor.submit(self._call, orphaned, (future.result(),))
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Apply ``op`` in a transaction shared with the writes submitted meanwhile; return after COMMIT.
+
+        Once submitted, the write happens even if the caller is cancelled. If the shared
+        transaction fails, every write in it fails with the same error and nothing is applied.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="asyncq.sqlite.commit")
+        return await future
+
+    async def _flush(self) -> None:
+        # Group commit: the writes that arrive while one transaction commits share the next,
+        # so N concurrent acks cost one fsync-free COMMIT and one thread hop, not N.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self.run(_commit_batch, [op for op, _ in batch])
+            except Exception as exc:  # not ours to handle: every writer in the batch gets it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        """Finish pending writes, then close the connection and stop the thread."""
+        executor = self._executor
+        if executor is None:
+            return
+        if self._flusher is not None:
+            await self._flusher
+        try:
+            await self.run(_close, self)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
+
+
+def _close(conn: sqlite3.Connection, owner: SQLiteThread) -> None:
+    owner._conn = None
+    conn.close()
+
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS asyncq_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- publish order, never reused
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends
+    locked_until REAL,                      -- the claim's lease; NULL or past means waiting
+    owner TEXT,                             -- the claiming SQLiteBroker instance
+    deliveries INTEGER NOT NULL DEFAULT 0
+);
+-- Delivery order within a queue, so a claim reads only the head of each queue.
+CREATE INDEX IF NOT EXISTS asyncq_messages_order ON asyncq_messages (queue, priority DESC, seq);
+-- The next delayed message of a queue, for an idle consumer's sleep.
+CREATE INDEX IF NOT EXISTS asyncq_messages_due ON asyncq_messages (queue, available_at);
+-- The heartbeat's rows; partial, so that only claimed rows pay for it.
+CREATE INDEX IF NOT EXISTS asyncq_messages_owner ON asyncq_messages (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS asyncq_dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    dead_lettered_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS asyncq_dead_letters_queue ON asyncq_dead_letters (queue);
+COMMIT;
+"""
+_WAITING = "queue = ? AND (locked_until IS NULL OR locked_until < ?)"
+# A lease is (seq, owner, deliveries): a settle after the lease lapsed and the row was claimed
+# again, even by this same instance, matches nothing instead of settling the new claim.
+_LEASE = "seq = ? AND owner = ? AND deliveries = ?"
+Lease = tuple[int, str, int]
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, bytes, int, float | None]]) -> None:
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)",
+        [(mid, queue, body, prio, now if eta is None else eta) for mid, queue, body, prio, eta in rows],
+    )
+
+
+def _ready(conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float) -> list[int]:
+    # One indexed head-of-queue read per queue, merged here: `queue IN (...)` with this ORDER BY
+    # would make SQLite sort every ready row of every queue on each claim.
+    found: list[tuple[int, int]] = []
+    for queue in queues:
+        found += conn.execute(
+            "SELECT priority, seq FROM asyncq_messages INDEXED BY asyncq_messages_order"  # noqa: S608
+            f" WHERE {_WAITING} AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+            (queue, now, now, limit),
+        ).fetchall()
+    found.sort(key=lambda r: (-r[0], r[1]))
+    return [seq for _, seq in found[:limit]]
+
+
+def _claim(
+    conn: sqlite3.Connection, queues: Sequence[str], limit: int, owner: str, lease: float
+) -> tuple[list[Row], float | None]:
+    """Claim up to ``limit`` ready rows; with none, also return when the next delayed one is due."""
+    # Look before locking: idle consumers in every process poll, and under WAL a plain read
+    # never blocks a producer, whereas BEGIN IMMEDIATE would queue behind (and block) them.
+    now = time.time()
+    if not _ready(conn, queues, 1, now):
+        dues = [
+            conn.execute(
+                "SELECT MIN(available_at) FROM asyncq_messages WHERE queue = ? AND available_at > ?", (q, now)
+            ).fetchone()[0]
+            for q in queues
+        ]
+        return [], min((d for d in dues if d is not None), default=None)
+
+    def take(conn: sqlite3.Connection) -> list[Row]:
+        now = time.time()
+        seqs = _ready(conn, queues, limit, now)  # again: another consumer may have taken them
+        marks = ",".join("?" * len(seqs))
+        return conn.execute(
+            "UPDATE asyncq_messages SET locked_until = ?, owner = ?, deliveries = deliveries + 1"  # noqa: S608 - only '?' marks are interpolated
+            f" WHERE seq IN ({marks}) RETURNING seq, id, queue, body, priority, deliveries",
+            (now + lease, owner, *seqs),
+        ).fetchall()
+
+    rows = transaction(conn, take)
+    rows.sort(key=lambda r: (-r[4], r[0]))  # RETURNING comes in no particular order
+    return rows, None
+
+
+def _release(conn: sqlite3.Connection, seqs: Sequence[int], owner: str) -> None:
+    # Claimed but never handed to the caller: not a delivery, so the count goes back too.
+    conn.executemany(
+        "UPDATE asyncq_messages SET locked_until = NULL, owner = NULL, deliveries = deliveries - 1"
+        " WHERE seq = ? AND owner = ?",
+        [(seq, owner) for seq in seqs],
+    )
+
+
+def _ack(conn: sqlite3.Connection, lease: Lease) -> bool:
+    return conn.execute(f"DELETE FROM asyncq_messages WHERE {_LEASE}", lease).rowcount == 1  # noqa: S608
+
+
+def _nack(conn: sqlite3.Connection, lease: Lease, delay: float) -> bool:
+    return (
+        conn.execute(
+            "UPDATE asyncq_messages SET locked_until = NULL, owner = NULL, available_at = ?"  # noqa: S608
+            f" WHERE {_LEASE}",
+            (time.time() + delay, *lease),
+        ).rowcount
+        == 1
+    )
+
+
+def _dead_letter(conn: sqlite3.Connection, lease: Lease, reason: str) -> bool:
+    moved = conn.execute(
+        "INSERT INTO asyncq_dead_letters (id, queue, body, reason, dead_lettered_at)"  # noqa: S608
+        f" SELECT id, queue, body, ?, ? FROM asyncq_messages WHERE {_LEASE}",
+        (reason, time.time(), *lease),
+    ).rowcount
+    return moved == 1 and _ack(conn, lease)
+
+
+def _renew(conn: sqlite3.Connection, owner: str, lease: float) -> int:
+    return conn.execute(
+        "UPDATE asyncq_messages SET locked_until = ? WHERE owner = ? AND locked_until IS NOT NULL",
+        (time.time() + lease, owner),
+    ).rowcount
+
+
+class _Consumer:
+    """One consume() iterator: rows claimed but not yet yielded, and claims not yet settled."""
+
+    __slots__ = ("buffer", "unsettled", "wakeup")
+
+    def __init__(self) -> None:
+        self.buffer: deque[Row] = deque()
+        self.unsettled = 0  # claimed and not settled, buffered ones included: at most prefetch
+        self.wakeup = asyncio.Event()  # a slot freed, or this instance published or nacked
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        self.wakeup.set()
+
+
+class _SQLiteDelivery:
+    __slots__ = ("_broker", "_consumer", "_is_settled", "_lease", "body", "delivery_count", "id", "queue")
+
+    def __init__(self, broker: SQLiteBroker, consumer: _Consumer, row: Row) -> None:
+        seq, self.id, self.queue, self.body, _, self.delivery_count = row
+        self._broker, self._consumer, self._is_settled = broker, consumer, False
+        self._lease: Lease = (seq, broker._owner, self.delivery_count)
+
+    async def ack(self) -> None:
+        await self._settle("ack", partial(_ack, lease=self._lease))
+
+    async def nack(self, *, delay: float | None = None) -> None:
+        await self._settle("nack", partial(_nack, lease=self._lease, delay=delay or 0.0))
+        self._broker._wake()
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._settle("dead_letter", partial(_dead_letter, lease=self._lease, reason=reason))
+
+    async def _settle(self, verb: str, op: Callable[[sqlite3.Connection], bool]) -> None:
+        if self._is_settled:
+            raise BrokerError(f"delivery {self.id} was already settled")
+        self._is_settled = True
+        try:
+            held = await self._broker._db.write(op)
+        except BrokerError:
+            self._is_settled = False  # the transaction rolled back: the caller may settle again
+            raise
+        finally:
+            # A cancelled caller's write still commits (it is queued), so the slot is free either way.
+            if self._is_settled:
+                self._consumer.settled()
+        if not held:
+            logger.warning(
+                "%s of message %s had no effect: its lease lapsed and it was redelivered", verb, self.id
+            )
+
+
+@final
+class SQLiteBroker:
+    """``sqlite:///path.db``: durable queues in a SQLite file that every local process can share.
+
+    Options (transport options, or the URL query; explicit options win):
+        visibility_timeout: seconds a claim stays valid without renewal (default 30). A live
+            instance renews its claims every third of it, so only a dead consumer's messages
+            come back, that long after it died.
+        poll_interval: seconds between checks for messages published by other processes
+            (default 0.05); publishes in this process wake its consumers at once.
+    """
+
+    capabilities = BrokerCapabilities(
+        durable=True, redelivers_lost=True, notifies=False, priorities=True, delayed_delivery=True
+    )
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        defaults = {"visibility_timeout": 30.0, "poll_interval": 0.05}
+        self.path, settings = parse_sqlite_url(url, options, defaults, kind="broker", shared=frozenset())
+        self.visibility_timeout = settings["visibility_timeout"]
+        self.poll_interval = settings["poll_interval"]
+        self._db = SQLiteThread(self.path, _SCHEMA, error=BrokerError, connection_error=BrokerConnectionError)
+        self._owner = uuid.uuid4().hex
+        self._consumers: set[_Consumer] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        await self._db.open()
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._renew_leases(), name="asyncq.sqlite.heartbeat")
+
+    async def aclose(self) -> None:
+        """Stop renewing claims and close the file.
+
+        Messages yielded and not settled keep their lease until it lapses, then come back as a
+        dead consumer's would; messages claimed but never yielded are handed back now.
+        """
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        buffered = [row[0] for consumer in self._consumers for row in consumer.buffer]
+        for consumer in self._consumers:
+            consumer.buffer.clear()
+            consumer.wakeup.set()  # a waiting consume() finds the broker closed and raises
+        if buffered and self._db.is_open:
+            await self._db.write(lambda conn: _release(conn, buffered, self._owner))
+        await self._db.close()
+
+    async def _renew_leases(self) -> None:
+        logger.debug("lease heartbeat started for %s (owner %s)", self.path, self._owner)
+        try:
+            while True:
+                await asyncio.sleep(self.visibility_timeout / 3)
+                try:
+                    await self._db.write(partial(_renew, owner=self._owner, lease=self.visibility_timeout))
+                except BrokerError as exc:  # transient (locked too long): the next beat retries
+                    logger.warning("could not renew message leases in %s: %s", self.path, exc)
+        finally:
+            logger.debug("lease heartbeat stopped for %s (owner %s)", self.path, self._owner)
+
+    def _wake(self) -> None:
+        for consumer in self._consumers:
+            consumer.wakeup.set()
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        await self.publish_many([message])
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta) for m in messages]
+        await self._db.write(partial(_insert, rows=rows))
+        self._wake()
+
+    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        names = list(dict.fromkeys(queues))
+        consumer = _Consumer()
+        self._consumers.add(consumer)
+        try:
+            while True:
+                if not consumer.buffer:
+                    await self._fill(consumer, names, prefetch)
+                yield _SQLiteDelivery(self, consumer, consumer.buffer.popleft())
+        finally:
+            self._consumers.discard(consumer)
+            seqs = [row[0] for row in consumer.buffer]
+            consumer.buffer.clear()
+            if seqs and self._db.is_open:
+                await self._db.write(lambda conn: _release(conn, seqs, self._owner))
+
+    async def _fill(self, consumer: _Consumer, queues: list[str], prefetch: int) -> None:
+        """Claim as many rows as there are free prefetch slots, waiting until there is one."""
+        undo = partial(_undo_claim, owner=self._owner)
+        while True:
+            # Cleared before the claim: a publish or settle landing during it sets it again.
+            consumer.wakeup.clear()
+            delay: float | None = None  # no free slot: only a settle (which sets wakeup) helps
+            free = prefetch - consumer.unsettled
+            if free > 0:
+                args = (queues, free, self._owner, self.visibility_timeout)
+                rows, due = await self._db.run(_claim, *args, orphaned=undo)
+                if rows:
+                    consumer.buffer.extend(rows)
+                    consumer.unsettled += len(rows)
+                    return
+                delay = self.poll_interval if due is None else min(self.poll_interval, due - time.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if delay is None else max(0.0, delay)):
+                    await consumer.wakeup.wait()
+
+    async def purge(self, queue: str) -> int:
+        op = partial(_execute, sql=f"DELETE FROM asyncq_messages WHERE {_WAITING}", queue=queue)  # noqa: S608
+        return await self._db.write(op)
+
+    async def queue_length(self, queue: str) -> int:
+        sql = f"SELECT COUNT(*) FROM asyncq_messages WHERE {_WAITING}"  # noqa: S608
+        count: int = (await self._db.run(lambda conn: conn.execute(sql, (queue, time.time())).fetchone()))[0]
+        return count
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        sql = (
+            "SELECT id, queue, body, reason, dead_lettered_at FROM asyncq_dead_letters"
+            " WHERE queue = ? ORDER BY seq LIMIT ?"
+        )
+        rows = await self._db.run(lambda conn: conn.execute(sql, (queue, limit)).fetchall())
+        return [DeadLetter(*row) for row in rows]
+
+
+def _execute(conn: sqlite3.Connection, sql: str, queue: str) -> int:
+    return conn.execute(sql, (queue, time.time())).rowcount
+
+
+def _undo_claim(conn: sqlite3.Connection, claimed: tuple[list[Row], float | None], owner: str) -> None:
+    if claimed[0]:
+        transaction(conn, lambda c: _release(c, [row[0] for row in claimed[0]], owner))

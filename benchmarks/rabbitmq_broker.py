@@ -1,0 +1,81 @@
+"""Raw throughput of the amqp:// broker driver (no App, no worker, no serializer).
+
+Measures, on a fresh queue:
+
+* ``publish_many``: one call with N messages (confirms pipelined);
+* ``publish``: one message at a time, each awaiting its confirm;
+* consume + ack: N messages through one ``consume()`` iterator with ``--prefetch``.
+
+Run: ``python benchmarks/rabbitmq_broker.py [--url amqp://...] [--count 20000] [--prefetch 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+from asyncq.brokers import OutgoingMessage
+from asyncq.brokers.rabbitmq import RabbitMQBroker
+
+
+def messages(queue: str, count: int, size: int) -> list[OutgoingMessage]:
+    body = b"x" * size
+    return [OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body) for _ in range(count)]
+
+
+async def run(url: str, count: int, single: int, prefetch: int, size: int, queue_type: str) -> None:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    broker = RabbitMQBroker(url, queue_type=queue_type)
+    await broker.connect()
+    try:
+        await broker.purge(queue)  # declares everything up front: not part of the timings
+
+        batch = messages(queue, count, size)
+        started = time.perf_counter()
+        await broker.publish_many(batch)
+        elapsed = time.perf_counter() - started
+        print(f"publish_many  {count:>7} msgs  {elapsed:7.2f} s  {count / elapsed:>9.0f} msg/s")
+
+        one_by_one = messages(queue, single, size)
+        started = time.perf_counter()
+        for message in one_by_one:
+            await broker.publish(message)
+        elapsed = time.perf_counter() - started
+        print(f"publish       {single:>7} msgs  {elapsed:7.2f} s  {single / elapsed:>9.0f} msg/s")
+
+        total = count + single
+        started = time.perf_counter()
+        seen = 0
+        iterator = broker.consume([queue], prefetch=prefetch)
+        try:
+            async for delivery in iterator:
+                await delivery.ack()
+                seen += 1
+                if seen == total:
+                    break
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+        elapsed = time.perf_counter() - started
+        rate = total / elapsed
+        print(f"consume+ack   {total:>7} msgs  {elapsed:7.2f} s  {rate:>9.0f} msg/s  (prefetch {prefetch})")
+    finally:
+        await broker.delete_queue(queue)
+        await broker.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--count", type=int, default=20_000, help="messages for publish_many and consume")
+    parser.add_argument("--single", type=int, default=5_000, help="messages published one at a time")
+    parser.add_argument("--prefetch", type=int, default=500)
+    parser.add_argument("--size", type=int, default=200, help="body bytes")
+    parser.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
+    args = parser.parse_args()
+    asyncio.run(run(args.url, args.count, args.single, args.prefetch, args.size, args.queue_type))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""redis:// result backend behaviour beyond the shared contract.
+
+One shared subscription connection per backend, recovery when it is killed, expiry details,
+error translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from asyncq.backends import backend_from_url
+from asyncq.backends.redis import RedisBackend
+from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
+from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.services import require_service
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT = 15.0
+Factory = Callable[..., Awaitable[RedisBackend]]
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_service("redis")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+async def admin(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+async def factory(redis_url: str, prefix: str, admin: Redis) -> AsyncIterator[Factory]:
+    made: list[RedisBackend] = []
+
+    async def make(**options: Any) -> RedisBackend:
+        backend = RedisBackend(redis_url, key_prefix=prefix, **options)
+        await backend.connect()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.aclose()
+
+
+def test_options_and_registry() -> None:
+    backend = backend_from_url("rediss://example:6380/1?key_prefix=app&ping_interval=5&ssl_cert_reqs=none")
+    assert isinstance(backend, RedisBackend)
+    assert (backend._prefix, backend._ping_interval) == ("app", 5.0)
+    assert backend._connection == {"ssl_cert_reqs": "none"}
+    with pytest.raises(ConfigurationError, match=r"known:.*key_prefix"):
+        RedisBackend("redis://example/0", visibility_timeout=3)
+
+
+async def listeners(admin: Redis, name: str) -> list[dict[str, Any]]:
+    return [c for c in await admin.client_list() if c.get("name") == f"{name}:results"]
+
+
+async def test_many_waiters_share_one_subscription_connection(factory: Factory, admin: Redis) -> None:
+    name = f"asyncq-test-{uuid.uuid4().hex[:8]}"
+    backend = await factory(client_name=name)
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    shared = str(uuid.uuid4())
+    waiters = [asyncio.create_task(backend.wait(tid, timeout=TIMEOUT)) for tid in ids]
+    waiters += [asyncio.create_task(backend.wait(shared, timeout=TIMEOUT)) for _ in range(20)]
+
+    async def all_subscribed() -> bool:
+        found = await listeners(admin, name)
+        return len(found) == 1 and int(found[0]["sub"]) == 201
+
+    await wait_until(all_subscribed)  # 201 channels (20 waiters share one) on ONE connection
+    assert backend._listener is not None and len(backend._listener.channels) == 201
+    writer = await factory()
+    for tid in [*ids, shared]:
+        await writer.set(tid, tid.encode(), final=True, ttl=60)
+    results = await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT)
+    assert results == [tid.encode() for tid in ids] + [shared.encode()] * 20
+
+    async def all_unsubscribed() -> bool:
+        found = await listeners(admin, name)
+        return len(found) == 1 and int(found[0]["sub"]) == 0
+
+    await wait_until(all_unsubscribed)
+    assert backend._listener.channels == {}
+
+
+async def test_waiter_survives_a_killed_subscription_connection(factory: Factory, admin: Redis) -> None:
+    name = f"asyncq-test-{uuid.uuid4().hex[:8]}"
+    backend = await factory(client_name=name)
+    writer = await factory()
+    early, late = str(uuid.uuid4()), str(uuid.uuid4())
+    waiting = [asyncio.create_task(backend.wait(tid, timeout=TIMEOUT)) for tid in (early, late)]
+
+    async def subscribed(count: int) -> bool:
+        found = await listeners(admin, name)
+        return len(found) == 1 and int(found[0]["sub"]) == count
+
+    await wait_until(lambda: subscribed(2))
+    (listener,) = await listeners(admin, name)
+    await admin.client_kill_filter(_id=listener["id"])
+    # Published while nobody listens: the reconnect must re-read the record, not wait for ever.
+    await writer.set(early, b"while down", final=True, ttl=60)
+    await wait_until(lambda: subscribed(1))  # resubscribed on a new connection
+    await writer.set(late, b"after", final=True, ttl=60)
+    assert await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT) == [b"while down", b"after"]
+
+
+async def test_aclose_wakes_waiters_with_none(factory: Factory) -> None:
+    backend = await factory()
+    waiters = [asyncio.create_task(backend.wait(str(uuid.uuid4()), timeout=None)) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    await backend.aclose()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [None] * 5
+
+
+async def test_wait_with_zero_timeout_only_reads(factory: Factory) -> None:
+    backend = await factory()
+    tid = str(uuid.uuid4())
+    assert await backend.wait(tid, timeout=0) is None
+    await backend.set(tid, b"pending", final=False, ttl=60)
+    assert await backend.wait(tid, timeout=0) is None
+    await backend.set(tid, b"done", final=True, ttl=60)
+    assert await backend.wait(tid, timeout=0) == b"done"
+
+
+async def test_expiry_is_set_on_records_and_counters(factory: Factory, admin: Redis, prefix: str) -> None:
+    backend = await factory()
+    tid = str(uuid.uuid4())
+    record_key = f"{prefix}:result:{{{tid}}}"
+    await backend.set(tid, b"r", final=False, ttl=30)
+    assert 0 < await admin.pttl(record_key) <= 30_000
+    await backend.set(tid, b"r", final=True, ttl=None)
+    assert await admin.pttl(record_key) == -1  # replaced: no expiry any more
+    counter_key = f"{prefix}:counter:{{chord}}"
+    assert await backend.incr("chord", 2, ttl=10) == 2
+    assert 0 < await admin.pttl(counter_key) <= 10_000
+    assert await backend.incr("chord", ttl=None) == 3
+    assert await admin.pttl(counter_key) == -1
+
+
+async def test_errors_are_translated(factory: Factory, admin: Redis, prefix: str) -> None:
+    backend = await factory()
+    await admin.rpush(f"{prefix}:counter:{{wrong}}", "a list, not a number")
+    with pytest.raises(BackendError) as info:
+        await backend.incr("wrong")
+    assert not isinstance(info.value, BackendConnectionError)
+    unreachable = RedisBackend("redis://127.0.0.1:1/0", retry_timeout=0.2, socket_connect_timeout=0.5)
+    with pytest.raises(BackendConnectionError):
+        await unreachable.get("x")
+    await unreachable.aclose()

@@ -1,0 +1,105 @@
+"""The message envelope: round trips, the wire shape other languages rely on, and bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from asyncq.exceptions import SerializationError
+from asyncq.message import Message, decode_message, encode_message
+from asyncq.serializers import Serializers
+
+JSON_ONLY = Serializers(["json"])
+ALL = Serializers(["json", "msgpack", "pickle"])
+
+
+def full_message(**kw: object) -> Message:
+    base: dict[str, object] = {
+        "id": "6f1c6f0e-0000-4000-8000-000000000001",
+        "task": "tasks.add",
+        "args": [1, "two", [3]],
+        "kwargs": {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)},
+        "queue": "fast",
+        "retries": 2,
+        "eta": 1_800_000_000.5,
+        "expires": 1_800_000_100.0,
+        "priority": 7,
+        "headers": {"trace": "abc"},
+        "root_id": "root",
+        "parent_id": "parent",
+        "group_id": "group",
+        "callbacks": [{"task": "tasks.mul", "args": [2]}],
+        "errbacks": [{"task": "tasks.log"}],
+        "chain": [{"task": "tasks.next"}],
+        "chord": {"group_id": "g", "size": 3},
+        "ignore_result": True,
+    }
+    base.update(kw)
+    return Message(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-msgpack", "application/x-python-serialize"])
+def test_round_trip_every_field(content_type: str) -> None:
+    message = full_message(content_type=content_type)
+    assert decode_message(encode_message(message, ALL), ALL) == message
+
+
+def test_json_envelope_is_plain_json_with_inline_args() -> None:
+    wire = json.loads(encode_message(full_message(), JSON_ONLY))
+    assert wire["v"] == 1
+    assert wire["task"] == "tasks.add"
+    assert wire["args"] == [1, "two", [3]]
+    assert wire["kwargs"]["when"] == {"__type__": "datetime", "value": "2026-01-02T03:04:05+00:00"}
+    assert wire["eta"] == "2027-01-15T08:00:00.500000+00:00"
+    assert "body" not in wire
+
+
+def test_binary_serializer_puts_args_in_base64_body() -> None:
+    wire = json.loads(encode_message(full_message(content_type="application/x-msgpack"), ALL))
+    assert "args" not in wire
+    assert wire["body_encoding"] == "base64"
+    assert base64.b64decode(wire["body"])
+
+
+def test_message_written_by_hand_decodes_with_defaults() -> None:
+    # What a producer in another language writes: the minimum the protocol requires.
+    raw = b'{"id": "abc", "task": "tasks.add", "args": [2, 3], "eta": "2030-01-01T00:00:00Z"}'
+    message = decode_message(raw, JSON_ONLY)
+    assert (message.id, message.task, message.args, message.kwargs) == ("abc", "tasks.add", [2, 3], {})
+    assert message.queue == "default" and message.retries == 0
+    assert message.eta == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_epoch_numbers_accepted_for_times() -> None:
+    message = decode_message(b'{"id": "a", "task": "t", "eta": 1700000000, "expires": 1700000001.5}', JSON_ONLY)
+    assert (message.eta, message.expires) == (1700000000.0, 1700000001.5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"\xff\xfe not json", "cannot decode JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"task": "t"}', "'id'"),
+        (b'{"id": "a"}', "'task'"),
+        (b'{"id": "a", "task": ""}', "non-empty"),
+        (b'{"id": "a", "task": "t", "v": 99}', "version 99"),
+        (b'{"id": "a", "task": "t", "args": {"x": 1}}', "'args' must be a list"),
+        (b'{"id": "a", "task": "t", "eta": "tomorrow"}', "ISO 8601"),
+        (b'{"id": "a", "task": "t", "body": "!!", "content_type": "application/x-msgpack"}', "base64"),
+        (b'{"id": "a", "task": "t", "content_type": "application/x-msgpack"}', "has no 'body'"),
+    ],
+)
+def test_bad_messages_raise_clear_errors(raw: bytes, fragment: str) -> None:
+    with pytest.raises(SerializationError, match=None) as info:
+        decode_message(raw, ALL)
+    assert fragment in str(info.value)
+
+
+def test_pickle_refused_unless_accepted() -> None:
+    wire = encode_message(full_message(content_type="application/x-python-serialize"), ALL)
+    with pytest.raises(SerializationError, match="not accepted"):
+        decode_message(wire, JSON_ONLY)
