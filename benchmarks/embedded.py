@@ -99,24 +99,33 @@ async def fan_out(url: str, n: int, concurrency: int) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--drivers", default="memory,sqlite")
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--sleepers", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, default=1_000)
-    parser.add_argument("--loop", default="auto", help="auto (uvloop if installed, as `asyncq run`), asyncio, uvloop")
+    parser.add_argument(
+        "--loop", default="auto", help="auto (uvloop if installed, as `asyncq run`), asyncio, uvloop"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ideal = 0.5 * -(-args.sleepers // args.concurrency)
-    print(f"{'driver':8} {'drain tasks/s':>14} {'raw ack/s':>10} {'worker/raw':>10} {'fan-out s':>10} {'/ideal':>7}")
+    header = ("driver", "drain tasks/s", "raw ack/s", "worker/raw", "fan-out s", "/ideal")
+    print("{:8} {:>14} {:>10} {:>10} {:>10} {:>7}".format(*header))
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         for driver in args.drivers.split(","):
             raw = await raw_drain(url_for(driver, directory, "raw"), args.tasks)
             rate = await drain(url_for(driver, directory, "drain"), args.tasks)
             wall = await fan_out(url_for(driver, directory, "fanout"), args.sleepers, args.concurrency)
-            print(f"{driver:8} {rate:14,.0f} {raw:10,.0f} {rate / raw:10.2f} {wall:10.2f} {wall / ideal:7.2f}")
-    print(f"(fan-out ideal: {ideal:.2f} s = {args.sleepers} sleeps of 0.5 s at concurrency {args.concurrency})")
+            print(
+                f"{driver:8} {rate:14,.0f} {raw:10,.0f} {rate / raw:10.2f} {wall:10.2f} {wall / ideal:7.2f}"
+            )
+    print(
+        f"(fan-out ideal: {ideal:.2f} s = {args.sleepers} sleeps of 0.5 s at concurrency {args.concurrency})"
+    )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ async def main() -> None:
     stale = await app.purge()
     if stale:
         print(f"(dropped {stale} message(s) left over from an earlier run)")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "asyncq", "run", "examples.tasks:app", "--concurrency", "1000", "--log-level", "warning"],
-        cwd=ROOT,
-    )
+    command = [sys.executable, "-m", "asyncq", "run", "examples.tasks:app", "--concurrency", "1000"]
+    # Popen returns at once: starting the worker process does not block the loop.
+    worker = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT)
     try:
         r = await add.enqueue(4, 4)
         print(f"add(4, 4)                 = {await r.get(timeout=30)}   (task id {r.id})")
-        print(f"word_count(...)           = {await (await word_count.enqueue('the quick brown fox')).get(timeout=30)}")
-        print(f"digest('asyncq', 100000)  = {await (await digest.enqueue('asyncq', 100_000)).get(timeout=60)}")
+        words = await word_count.enqueue("the quick brown fox")
+        print(f"word_count(...)           = {await words.get(timeout=30)}")
+        hashed = await digest.enqueue("asyncq", 100_000)
+        print(f"digest('asyncq', 100000)  = {await hashed.get(timeout=60)}")
         print(f"flaky('demo')             = {await (await flaky.enqueue('demo')).get(timeout=30)}")
         started = time.perf_counter()
         naps = await app.send_many([nap.build_message((0.5,)) for _ in range(2000)])
@@ -41,7 +42,7 @@ async def main() -> None:
         await app.aclose()
         worker.terminate()  # SIGTERM: the worker stops gracefully
         worker.wait(timeout=30)
-    print("demo finished: the worker stopped cleanly" if worker.returncode == 0 else "worker exit code %s" % worker.returncode)
+    print("demo finished" if worker.returncode == 0 else f"worker exited with {worker.returncode}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,12 @@ def store_env(tmp_path: Path) -> dict[str, str]:
 def asyncq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``python -m asyncq ARGS`` to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "asyncq", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "asyncq", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

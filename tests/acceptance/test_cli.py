@@ -24,7 +24,17 @@ def test_worker_runs_task_enqueued_by_another_process(
     store_env: dict[str, str], start_worker: Callable[..., Popen[str]]
 ) -> None:
     worker = start_worker(APP, "--concurrency", "10", env=store_env)
-    out = asyncq("enqueue", APP, "tests.apps.cli_app.add", "--args", "[4, 4]", "--wait", "--timeout", "30", env=store_env)
+    out = asyncq(
+        "enqueue",
+        APP,
+        "tests.apps.cli_app.add",
+        "--args",
+        "[4, 4]",
+        "--wait",
+        "--timeout",
+        "30",
+        env=store_env,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == 8
     sent = asyncq("enqueue", APP, "tests.apps.cli_app.add", "--args", "[1, 2]", env=store_env)
@@ -37,7 +47,10 @@ def test_worker_runs_task_enqueued_by_another_process(
 
 def test_purge(store_env: dict[str, str]) -> None:
     for _ in range(3):
-        assert asyncq("enqueue", APP, "tests.apps.cli_app.add", "--args", "[1, 1]", env=store_env).returncode == 0
+        assert (
+            asyncq("enqueue", APP, "tests.apps.cli_app.add", "--args", "[1, 1]", env=store_env).returncode
+            == 0
+        )
     out = asyncq("purge", APP, env=store_env)
     assert out.returncode == 0
     assert out.stdout.strip() == "purged 3 message(s) from default"
@@ -52,7 +65,11 @@ def test_purge(store_env: dict[str, str]) -> None:
         (["enqueue", APP, "tests.apps.cli_app.nope"], {}, "unknown task 'tests.apps.cli_app.nope'"),
         (["enqueue", APP, "tests.apps.cli_app.add", "--args", "[1,"], {}, "--args is not valid JSON"),
         (["enqueue", APP, "tests.apps.cli_app.add", "--kwargs", "[1]"], {}, "--kwargs must be a JSON object"),
-        (["enqueue", APP, "tests.apps.cli_app.add"], {"ASYNCQ_BROKER_URL": "reddis://x"}, "unknown broker scheme"),
+        (
+            ["enqueue", APP, "tests.apps.cli_app.add"],
+            {"ASYNCQ_BROKER_URL": "reddis://x"},
+            "unknown broker scheme",
+        ),
         (["enqueue", APP, "tests.apps.cli_app.add"], {"ASYNCQ_BROKER_URL": "not a url"}, "is not a URL"),
         (["run", APP, "--loop", "trio"], {}, "unknown event loop 'trio'"),
         (["run", APP, "--log-level", "loud"], {}, "unknown log level 'loud'"),

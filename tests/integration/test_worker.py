@@ -174,7 +174,9 @@ async def test_thread_time_limits(app: App) -> None:
 async def test_process_executor_and_limits() -> None:
     app = process_tasks.app
     async with app.worker(process_pool_size=1):
-        assert await (await process_tasks.crunch.enqueue(1000)).get(timeout=30) == sum(i * i for i in range(1000))
+        assert await (await process_tasks.crunch.enqueue(1000)).get(timeout=30) == sum(
+            i * i for i in range(1000)
+        )
         first = await (await process_tasks.whoami.enqueue()).get(timeout=30)
         assert first["task"] == process_tasks.whoami.name and first["id"]
         assert await (await process_tasks.soft_limited.enqueue()).get(timeout=30) == "cleaned up"
@@ -216,7 +218,7 @@ async def test_countdown_not_before(app: App) -> None:
 async def test_unknown_task_dead_lettered_and_caller_told(app: App) -> None:
     async with app.worker():
         r = await app.send_task("tasks.nope", [1])
-        with pytest.raises(NotRegistered, match="unknown task 'tasks.nope'"):
+        with pytest.raises(NotRegistered, match=r"unknown task 'tasks\.nope'"):
             await r.get(timeout=TIMEOUT)
     dead = await app.broker.dead_letters("default")
     assert [d.id for d in dead] == [r.id]
@@ -249,7 +251,7 @@ async def test_message_over_max_deliveries_is_dead_lettered(app: App) -> None:
         delivery = await anext(deliveries)
         await delivery.nack()
     async with app.worker(max_deliveries=1):
-        with pytest.raises(Exception, match="max_deliveries=1"):
+        with pytest.raises(Exception, match=r"max_deliveries=1"):
             await r.get(timeout=TIMEOUT)
     dead = await app.broker.dead_letters("default")
     assert [d.id for d in dead] == [r.id]
@@ -330,7 +332,13 @@ async def test_current_task_and_request_context(app: App) -> None:
 
     async with app.worker():
         r = await introspect.enqueue(7)
-        assert await r.get(timeout=TIMEOUT) == {"id": r.id, "args": [7], "queue": "default", "count": 1, "eager": False}
+        assert await r.get(timeout=TIMEOUT) == {
+            "id": r.id,
+            "args": [7],
+            "queue": "default",
+            "count": 1,
+            "eager": False,
+        }
         t = await in_thread.enqueue()
         assert await t.get(timeout=TIMEOUT) == t.id
     assert current_task() is None

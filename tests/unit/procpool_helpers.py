@@ -14,7 +14,7 @@ import time
 from asyncq.exceptions import SoftTimeLimitExceeded
 
 
-class Boom(Exception):  # noqa: N818 - a test exception, not part of any API
+class Boom(Exception):
     """A picklable error raised by a child."""
 
 

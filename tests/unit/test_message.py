@@ -41,7 +41,9 @@ def full_message(**kw: object) -> Message:
     return Message(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/x-msgpack", "application/x-python-serialize"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/x-msgpack", "application/x-python-serialize"]
+)
 def test_round_trip_every_field(content_type: str) -> None:
     message = full_message(content_type=content_type)
     assert decode_message(encode_message(message, ALL), ALL) == message
@@ -74,7 +76,9 @@ def test_message_written_by_hand_decodes_with_defaults() -> None:
 
 
 def test_epoch_numbers_accepted_for_times() -> None:
-    message = decode_message(b'{"id": "a", "task": "t", "eta": 1700000000, "expires": 1700000001.5}', JSON_ONLY)
+    message = decode_message(
+        b'{"id": "a", "task": "t", "eta": 1700000000, "expires": 1700000001.5}', JSON_ONLY
+    )
     assert (message.eta, message.expires) == (1700000000.0, 1700000001.5)
 
 

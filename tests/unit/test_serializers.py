@@ -39,7 +39,9 @@ def test_tuples_become_lists_in_json() -> None:
 
 
 def test_json_tag_shape_is_documented_form() -> None:
-    assert json_dumps(uuid.UUID(int=1)) == b'{"__type__":"uuid","value":"00000000-0000-0000-0000-000000000001"}'
+    assert (
+        json_dumps(uuid.UUID(int=1)) == b'{"__type__":"uuid","value":"00000000-0000-0000-0000-000000000001"}'
+    )
 
 
 def test_plain_dict_with_type_key_is_left_alone() -> None:

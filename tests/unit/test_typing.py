@@ -48,7 +48,16 @@ def test_mypy_checks_task_signatures(tmp_path: Path) -> None:
     path = tmp_path / "typed_example.py"
     path.write_text(EXAMPLE)
     out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(path)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
