@@ -101,11 +101,10 @@ def encode_record(
         record["exc_args"] = _jsonable_args(exc.args)
         record["traceback"] = "".join(traceback.format_exception(exc))
     elif result is not None:
-        content_type, data = serializers.dumps(result, serializer)
-        if content_type == _JSON:
-            # Embed as a parsed value so the record stays one readable JSON document.
-            record["result"] = json_loads(data)
+        if serializer in ("json", _JSON):
+            record["result"] = result  # encoded with the record: one readable JSON document
         else:
+            content_type, data = serializers.dumps(result, serializer)
             record["content_type"] = content_type
             record["result_body"] = base64.b64encode(data).decode("ascii")
     return json_dumps(record)
