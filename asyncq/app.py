@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from asyncq.backends import ResultBackend, backend_from_url
+from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
 from asyncq.exceptions import ConfigurationError, NotRegistered
@@ -80,7 +80,7 @@ class App:
         broker: broker URL; else the ``broker_url`` setting (``ASYNCQ_BROKER_URL``), else
             the embedded SQLite store.
         backend: result backend URL; else ``result_backend`` (``ASYNCQ_RESULT_BACKEND``),
-            else the broker's URL when it is an embedded one, else the embedded store.
+            else the broker's URL when a backend serves its scheme, rpc:// for AMQP, else the embedded store.
         config: settings to apply (a mapping).
     """
 
@@ -121,13 +121,20 @@ class App:
 
     @property
     def backend_url(self) -> str:
-        """The result-backend URL in force."""
+        """The result-backend URL in force.
+
+        Unset, it follows the broker: the same URL when a backend driver serves the broker's
+        scheme (sqlite, redis, memory...), ``rpc://`` for an AMQP broker, else the embedded store.
+        """
         url = self.conf.result_backend
         if url:
             return str(url)
         broker = self.broker_url
-        if broker.startswith(("memory:", "sqlite:")):
+        scheme = broker.partition("://")[0].lower()
+        if scheme in BACKENDS:
             return broker
+        if scheme in ("amqp", "amqps"):
+            return "rpc://"
         return default_store_url(self.main)
 
     def config_from_object(self, obj: object | str) -> None:

@@ -82,6 +82,8 @@ def test_app_default_urls_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: obj
     assert App("y").broker_url == "memory://"
     assert App("y").backend_url == "memory://"
     assert App("y", broker="sqlite:///a.db", backend="memory://").backend_url == "memory://"
+    assert App("y", broker="redis://h:6379/1").backend_url == "redis://h:6379/1"
+    assert App("y", broker="amqp://guest@h//").backend_url == "rpc://"
 
 
 def test_in_place_edits_of_defaults_persist() -> None:
