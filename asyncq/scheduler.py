@@ -599,28 +599,13 @@ class Scheduler:
 
     def run(self, *, loop: str | None = None) -> None:
         """Run in a fresh event loop until SIGTERM/SIGINT (``asyncq beat``)."""
-        from asyncq.worker.worker import loop_factory
-
-        with asyncio.Runner(loop_factory=loop_factory(loop or self.app.conf.worker_loop)) as runner:
-            runner.run(self._run_with_signals())
-
-    async def _run_with_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
+        from asyncq.worker.runner import run_until_signalled
 
         def on_signal(signum: int) -> None:
             logger.warning("%s received: stopping the beat", signal.Signals(signum).name)
             self.stop()
 
-        for signum in signals:
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            await self.serve()
-        finally:
-            for signum in signals:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signum)
-            await self.app.aclose()
+        run_until_signalled(self.app, self.serve, on_signal, loop=loop or self.app.conf.worker_loop)
 
     # -- entries --------------------------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ second signal does that at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from asyncq.scheduler import Scheduler
 from asyncq.states import State
 from asyncq.worker.executor import Executor
 from asyncq.worker.job import JobRunner
+from asyncq.worker.runner import loop_factory, run_until_signalled
 
 if TYPE_CHECKING:
     from asyncq.app import App
@@ -35,22 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between attempts to resume consuming after the broker failed.
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop factory for ``--loop auto|asyncio|uvloop`` (None: asyncio's default)."""
-    if loop not in {"auto", "asyncio", "uvloop"}:
-        raise ConfigurationError(f"unknown event loop {loop!r}; choose auto, asyncio or uvloop")
-    if loop == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if loop == "uvloop":
-            raise ConfigurationError("uvloop is not installed; pip install 'asyncq[uvloop]'") from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 class Worker:
@@ -234,31 +218,14 @@ class Worker:
 
     def run(self) -> None:
         """Run in a fresh event loop until SIGTERM/SIGINT (a second signal stops at once)."""
-        with asyncio.Runner(loop_factory=loop_factory(self.loop)) as runner:
-            runner.run(self._run_with_signals())
-
-    async def _run_with_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
 
         def on_signal(signum: int) -> None:
             forced = self._stop_requested is not None and self._stop_requested.is_set()
-            logger.warning(
-                "%s received: %s",
-                signal.Signals(signum).name,
-                "stopping now" if forced else "stopping gracefully",
-            )
+            action = "stopping now" if forced else "stopping gracefully"
+            logger.warning("%s received: %s", signal.Signals(signum).name, action)
             self.stop()
 
-        for signum in signals:
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            await self.serve()
-        finally:
-            for signum in signals:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signum)
-            await self.app.aclose()
+        run_until_signalled(self.app, self.serve, on_signal, loop=self.loop)
 
     def __getstate__(self) -> Any:  # pragma: no cover - guard against accidental pickling
         raise TypeError("a Worker cannot be pickled")

@@ -1,0 +1,54 @@
+"""Running a long-lived service (worker, beat) as the main program: event loop choice and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from asyncq.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+
+__all__ = ["loop_factory", "run_until_signalled"]
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``--loop auto|asyncio|uvloop`` (None: asyncio's default)."""
+    if loop not in {"auto", "asyncio", "uvloop"}:
+        raise ConfigurationError(f"unknown event loop {loop!r}; choose auto, asyncio or uvloop")
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigurationError("uvloop is not installed; pip install 'asyncq[uvloop]'") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_until_signalled(
+    app: App, serve: Callable[[], Awaitable[None]], on_signal: Callable[[int], None], *, loop: str
+) -> None:
+    """Run ``serve()`` in a fresh loop; SIGTERM/SIGINT call ``on_signal``; close the app's drivers after."""
+
+    async def main() -> None:
+        running = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            running.add_signal_handler(signum, on_signal, signum)
+        try:
+            await serve()
+        finally:
+            for signum in signals:
+                with contextlib.suppress(Exception):  # the loop may already be closing
+                    running.remove_signal_handler(signum)
+            await app.aclose()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(main())
