@@ -27,3 +27,11 @@ async def slow(seconds: float, marker_dir: str) -> int:
     await asyncio.sleep(seconds)
     Path(marker_dir, f"done-{request.id}-{os.getpid()}").touch()
     return count
+
+
+@app.task
+async def mark(index: int, marker_dir: str, seconds: float = 0.05) -> int:
+    """Leave one file per completed run (index, pid, unique suffix), so duplicates are countable."""
+    await asyncio.sleep(seconds)
+    Path(marker_dir, f"done-{index}-{os.getpid()}-{os.urandom(4).hex()}").touch()
+    return index
