@@ -16,7 +16,7 @@ import uuid
 from contextlib import aclosing
 from pathlib import Path
 
-from asyncq.brokers import OutgoingMessage
+from asyncq.brokers import Delivery, OutgoingMessage
 from asyncq.brokers.sqlite import SQLiteBroker
 
 BODY = b'{"task":"bench.add","args":[1,2],"kwargs":{}}' * 4  # ~200 bytes, a typical small envelope
@@ -35,9 +35,9 @@ async def consume_concurrently(broker: SQLiteBroker, queue: str, count: int) -> 
     acked = 0
     jobs: set[asyncio.Task[None]] = set()
 
-    async def job(delivery: object) -> None:
+    async def job(delivery: Delivery) -> None:
         nonlocal acked
-        await delivery.ack()  # type: ignore[attr-defined]
+        await delivery.ack()
         acked += 1
         if acked == count:
             done.set()

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, final
 
+from asyncq._sqlite import SQLiteThread, parse_sqlite_url
 from asyncq.backends.base import BackendCapabilities
-from asyncq.brokers.sqlite import SQLiteThread, parse_sqlite_url
 from asyncq.exceptions import BackendConnectionError, BackendError
 
 __all__ = ["SQLiteBackend"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import asyncq.brokers.sqlite as sqlite_broker_module
+import asyncq._sqlite as sqlite_plumbing
 from asyncq.backends import backend_from_url
 from asyncq.backends.sqlite import SQLiteBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
@@ -190,6 +190,22 @@ async def test_unopenable_path_raises_connection_error_naming_it(tmp_path: Path)
         await SQLiteBroker(url_for(blocker)).connect()  # exists, but is not a database
 
 
+async def test_instances_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
+    # Switching a new file to WAL can fail at once with SQLITE_BUSY, without waiting on the busy
+    # handler, while another connection opens it: a worker and a producer starting together.
+    for attempt in range(100):
+        url = url_for(tmp_path / f"fresh-{attempt}.db")
+        drivers = [SQLiteBroker(url), SQLiteBroker(url), SQLiteBackend(url)]
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(d.connect() for d in drivers), return_exceptions=True), TIMEOUT
+            )
+        finally:
+            for driver in drivers:
+                await driver.aclose()
+        assert [o for o in outcomes if o is not None] == [], f"attempt {attempt}"
+
+
 async def test_use_before_connect_raises_broker_error(db: Path) -> None:
     with pytest.raises(BrokerError, match="connect"):
         await SQLiteBroker(url_for(db)).queue_length("q")
@@ -334,7 +350,7 @@ async def test_settling_twice_raises(open_broker) -> None:
 
 async def test_concurrent_acks_are_group_committed(open_broker, monkeypatch) -> None:
     batches = []
-    commit_batch = sqlite_broker_module._commit_batch
+    commit_batch = sqlite_plumbing._commit_batch
 
     def counting(conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
         batches.append(len(ops))
@@ -344,7 +360,7 @@ async def test_concurrent_acks_are_group_committed(open_broker, monkeypatch) -> 
     await broker.publish_many([msg("bulk", str(i).encode()) for i in range(1000)])
     async with aclosing(broker.consume(["bulk"], prefetch=1000)) as it:
         deliveries = [await take(it) for _ in range(1000)]
-        monkeypatch.setattr(sqlite_broker_module, "_commit_batch", counting)
+        monkeypatch.setattr(sqlite_plumbing, "_commit_batch", counting)
         await asyncio.wait_for(asyncio.gather(*(d.ack() for d in deliveries)), TIMEOUT)
     assert sum(batches) == 1000
     assert len(batches) <= 10, f"1000 concurrent acks took {len(batches)} transactions"
