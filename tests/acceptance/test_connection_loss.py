@@ -1,0 +1,167 @@
+"""The broker goes away mid-run: workers and producers reconnect and no task is lost.
+
+* Redis: a private ``redis-server`` with an append-only file is stopped and restarted on the
+  same port while a worker process drains a batch.
+* RabbitMQ: the server closes every client connection of the test's vhost mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+
+from asyncq import App
+from tests.acceptance.conftest import wait_for
+from tests.apps import cli_app
+from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
+from tests.services import require_service
+
+APP = "tests.apps.cli_app:app"
+TOTAL = 200
+
+
+def done_counts(directory: Path) -> Counter[int]:
+    return Counter(int(p.name.split("-")[1]) for p in directory.iterdir() if p.name.startswith("done-"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private, persistent (AOF, fsync always) redis-server that the test may stop and start."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.port = directory, free_port()
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+        ]
+        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, timeout=15, what="redis-server to start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_service("redis")  # the shared server's presence says redis-server is installed here
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; the Redis restart test needs it")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_batch(app: App, marks: Path, queue: str) -> None:
+    async def send() -> None:
+        await app.send_many([cli_app.mark.build_message((i, str(marks)), queue=queue) for i in range(TOTAL)])
+        await app.aclose()
+
+    asyncio.run(send())
+
+
+@pytest.mark.redis
+def test_redis_restart_mid_run_loses_nothing(
+    redis_server: RedisServer,
+    store_env: dict[str, str],
+    start_worker: Callable[..., Popen[str]],
+    tmp_path: Path,
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**store_env, "ASYNCQ_BROKER_URL": redis_server.url + "?visibility_timeout=3"}
+    env["ASYNCQ_RESULT_BACKEND"] = redis_server.url
+    queue = env["ASYNCQ_TASK_DEFAULT_QUEUE"] = f"restart-{uuid.uuid4().hex[:8]}"
+    run_batch(App("cli-app", broker=env["ASYNCQ_BROKER_URL"]), marks, queue)
+    worker = start_worker(APP, "--concurrency", "20", env=env)
+    wait_for(lambda: sum(done_counts(marks).values()) >= TOTAL // 4, what="a quarter of the batch")
+    redis_server.stop()
+    time.sleep(1.0)  # an outage, not a blip: the worker must notice and reconnect
+    redis_server.start()
+    wait_for(lambda: len(done_counts(marks)) == TOTAL, timeout=90, what="every task after the restart")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert sorted(done_counts(marks)) == list(range(TOTAL))
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_connections_closed_mid_run_loses_nothing(
+    rabbitmq_url: str,  # noqa: F811 - the imported session fixture
+    store_env: dict[str, str],
+    start_worker: Callable[..., Popen[str]],
+    tmp_path: Path,
+) -> None:
+    require_service("rabbitmq")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**store_env, "ASYNCQ_BROKER_URL": rabbitmq_url}
+    env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
+    queue = env["ASYNCQ_TASK_DEFAULT_QUEUE"] = f"close-{uuid.uuid4().hex[:8]}"
+    app = App("cli-app", broker=rabbitmq_url, backend=env["ASYNCQ_RESULT_BACKEND"])
+    run_batch(app, marks, queue)
+    worker = start_worker(APP, "--concurrency", "20", env=env)
+    wait_for(lambda: sum(done_counts(marks).values()) >= TOTAL // 4, what="a quarter of the batch")
+    vhost = rabbitmq_url.rsplit("/", 1)[1] or "/"
+    closed = subprocess.run(
+        ["rabbitmqctl", "close_all_connections", "-p", vhost, "asyncq connection-loss test"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert closed.returncode == 0, closed.stderr
+    wait_for(
+        lambda: len(done_counts(marks)) == TOTAL, timeout=90, what="every task after the connections closed"
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert sorted(done_counts(marks)) == list(range(TOTAL))
+
+    async def cleanup() -> int:
+        try:
+            await app.connect()
+            left = await app.broker.queue_length(queue)
+            await app.broker.delete_queue(queue)  # type: ignore[attr-defined]
+            return left
+        finally:
+            await app.aclose()
+
+    assert asyncio.run(cleanup()) == 0
