@@ -38,11 +38,8 @@ def driver_class(kind: str, url: str, builtin: Mapping[str, str], group: str) ->
         known = ", ".join(sorted({*builtin, *(ep.name for ep in entry_points(group=group))}))
         raise ConfigurationError(f"unknown {kind} scheme {scheme!r} in {url!r}; known: {known}")
     try:
+        # A driver whose client library is missing raises MissingDependencyError itself, naming
+        # the extra that installs it; that error passes through unchanged.
         return import_string(target)
-    except ImportError as exc:
-        if isinstance(exc.__cause__, MissingDependencyError) or isinstance(exc, ModuleNotFoundError):
-            name = getattr(exc, "name", None) or str(exc)
-            raise MissingDependencyError(
-                f"the {scheme}:// {kind} needs {name}; install it with: pip install 'asyncq[{scheme}]'"
-            ) from exc
-        raise
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError(f"the {scheme}:// {kind} needs the missing module {exc.name!r}") from exc
