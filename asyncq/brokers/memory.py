@@ -7,7 +7,7 @@ import contextlib
 import heapq
 import itertools
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from asyncq._utils import now
@@ -17,11 +17,15 @@ from asyncq.exceptions import BrokerError
 __all__ = ["MemoryBroker"]
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class _Item:
     sort_key: tuple[int, int]  # (-priority, seq): highest priority, then publish order
-    message: OutgoingMessage = field(compare=False)
-    deliveries: int = field(default=0, compare=False)
+    message: OutgoingMessage
+    deliveries: int = 0
+
+
+# Heaps hold (sort_key, item): tuples of ints compare in C, and keys are unique (seq).
+_Entry = tuple[tuple[int, int], _Item]
 
 
 class _MemoryDelivery:
@@ -67,7 +71,7 @@ class MemoryBroker:
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         self.url = url
         self._seq = itertools.count()
-        self._ready: dict[str, list[_Item]] = {}
+        self._ready: dict[str, list[_Entry]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
         self._dead: dict[str, list[DeadLetter]] = {}
         # One event for all consumers: set on every put. Taking and clearing happen with no
@@ -80,7 +84,7 @@ class MemoryBroker:
     async def aclose(self) -> None:
         """Nothing to release; queued messages stay for a later connect."""
 
-    def _queue(self, name: str) -> list[_Item]:
+    def _queue(self, name: str) -> list[_Entry]:
         self._dead.setdefault(name, [])
         return self._ready.setdefault(name, [])
 
@@ -89,7 +93,7 @@ class MemoryBroker:
         if eta is not None and eta > now():
             heapq.heappush(self._delayed, (eta, next(self._seq), item))
         else:
-            heapq.heappush(queue, item)
+            heapq.heappush(queue, (item.sort_key, item))
         self._wakeup.set()
 
     async def publish(self, message: OutgoingMessage) -> None:
@@ -104,16 +108,16 @@ class MemoryBroker:
         current = now()
         while self._delayed and self._delayed[0][0] <= current:
             _, _, item = heapq.heappop(self._delayed)
-            heapq.heappush(self._queue(item.message.queue), item)
+            heapq.heappush(self._queue(item.message.queue), (item.sort_key, item))
         return self._delayed[0][0] if self._delayed else None
 
     def _take(self, queues: Sequence[str]) -> _Item | None:
-        best: list[_Item] | None = None
+        best: list[_Entry] | None = None
         for name in queues:
             queue = self._ready.get(name)
             if queue and (best is None or queue[0] < best[0]):
                 best = queue
-        return heapq.heappop(best) if best else None
+        return heapq.heappop(best)[1] if best else None
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         for name in queues:
