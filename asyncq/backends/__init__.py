@@ -19,6 +19,9 @@ BACKENDS: Final[dict[str, str]] = {
     "sqlite": "asyncq.backends.sqlite:SQLiteBackend",
     "redis": "asyncq.backends.redis:RedisBackend",
     "rediss": "asyncq.backends.redis:RedisBackend",
+    "redis+cluster": "asyncq.backends.redis:RedisBackend",
+    "rediss+cluster": "asyncq.backends.redis:RedisBackend",
+    "redis+sentinel": "asyncq.backends.redis:RedisBackend",
     "rpc": "asyncq.backends.rpc:RPCBackend",
 }
 

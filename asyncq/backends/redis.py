@@ -1,4 +1,8 @@
-"""``redis://`` / ``rediss://`` result backend: records with expiry, and waits woken by pub/sub.
+"""Redis result backend: records with expiry, and waits woken by pub/sub.
+
+One server (``redis://``, ``rediss://``), a Redis Cluster (``redis+cluster://``,
+``rediss+cluster://`` or ``?cluster=true``) or a Sentinel-managed master
+(``redis+sentinel://``); :class:`asyncq._redis.Client` hides the difference.
 
 Keys (the task id is a hash tag, so a record and its channel share a Cluster slot)::
 
@@ -12,7 +16,13 @@ there is no moment in which a final write can slip by unseen. All waiters of one
 instance share ONE subscription connection; each task id is subscribed once, however many
 coroutines wait for it, and unsubscribed when the last leaves. When that connection drops,
 it is re-established with backoff, every channel is subscribed again, and every waited
-record is read once more, so a result published during the outage is not missed.
+record is read once more, so a result published during the outage is not missed. On a
+Cluster, PUBLISH reaches subscribers on every node, so that connection goes to any primary;
+under Sentinel it moves to the new master at a switch, like a reconnect.
+
+Concurrent ``set`` calls (a worker finishing hundreds of tasks at once) share one pipelined
+round trip and one connection, as do concurrent ``get`` calls (one MGET): N callers cost one
+round trip, not N connections.
 """
 
 from __future__ import annotations
@@ -26,21 +36,20 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
     CLIENT_ERRORS,
+    Client,
+    GroupCommit,
+    MasterSwitchedError,
     Option,
     Script,
-    call_with_retry,
-    eval_script,
-    load_scripts,
-    make_client,
     parse_options,
     retry_pause,
+    script_call,
     translate_error,
 )
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["RedisBackend"]
@@ -59,16 +68,22 @@ OPTIONS: Final[dict[str, Option]] = {
 _FINAL, _PENDING = b"F", b"P"
 
 # KEYS: record. ARGV: flagged value, ttl ms (0: none), channel.
-_SET_FINAL = Script.build(
-    "set_final",
+# KEYS: records (on a Cluster, of one slot). ARGV: per record, its flagged value and ttl ms
+# (0: none). A final record is also PUBLISHed on the channel named like its key. One call
+# stores a whole batch: Redis runs one script instead of one per record.
+_SET_MANY = Script.build(
+    "set_many",
     """
-if ARGV[2] == '0' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 1, #KEYS do
+  local value, ttl = ARGV[2 * i - 1], ARGV[2 * i]
+  if ttl == '0' then
+    redis.call('SET', KEYS[i], value)
+  else
+    redis.call('SET', KEYS[i], value, 'PX', ttl)
+  end
+  if string.byte(value, 1) == 70 then redis.call('PUBLISH', KEYS[i], value) end  -- 70: "F"
 end
-redis.call('PUBLISH', ARGV[3], ARGV[1])
-return 1
+return #KEYS
 """,
 )
 
@@ -86,7 +101,10 @@ return value
 """,
 )
 
-_SCRIPTS: Final = (_SET_FINAL, _INCR)
+_SCRIPTS: Final = (_SET_MANY, _INCR)
+
+#: Most records one set_many call stores.
+_SET_CHUNK: Final = 500
 
 
 def _ttl_ms(ttl: float | None) -> int:
@@ -171,16 +189,19 @@ class _Listener:
     async def _run(self) -> None:
         failures = 0
         while True:
-            conn = self._backend._new_connection()
+            client = self._backend._client()
             pause = retry_pause(failures)
+            conn: AbstractConnection | None = None
             try:
-                async with asyncio.timeout(self._backend._command_timeout):
+                conn = client.dedicated_connection(name_suffix=":results")
+                async with asyncio.timeout(client.command_timeout):
                     await conn.connect()  # type: ignore[no-untyped-call]
                 if failures:
                     logger.info("result subscription connection re-established")
                 failures = 0
-                await self._session(conn)
+                await self._session(conn, client.switched())
             except CLIENT_ERRORS as exc:
+                client.failed(exc)
                 error = translate_error(exc, "result subscription", BackendConnectionError, BackendError)
                 log = logger.warning if failures == 0 else logger.debug
                 log("%s; reconnecting in %.2fs", error, pause)
@@ -192,11 +213,12 @@ class _Listener:
                 self._live = False
                 self._outbox.clear()
                 self._expected.clear()
-                await conn.disconnect(nowait=True)
+                if conn is not None:
+                    await conn.disconnect(nowait=True)
             failures += 1
             await asyncio.sleep(pause)
 
-    async def _session(self, conn: AbstractConnection) -> None:
+    async def _session(self, conn: AbstractConnection, switched: asyncio.Future[None] | None) -> None:
         # Channels confirmed on an earlier connection may have missed a message while it was
         # down: read their records again once the new subscriptions are confirmed.
         recheck = [name for name, channel in self.channels.items() if channel.subscribed.done()]
@@ -212,9 +234,15 @@ class _Listener:
         try:
             reader = asyncio.create_task(self._read_loop(conn), name="asyncq.redis.results-reader")
             try:
-                done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                # The Sentinel switch future is shared: asyncio.wait never cancels it.
+                waiting: set[asyncio.Future[Any]] = {writer, reader}
+                if switched is not None:
+                    waiting.add(switched)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {switched}:
                     task.result()
+                if switched in done:
+                    raise MasterSwitchedError("the Sentinel master changed")
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
@@ -232,7 +260,7 @@ class _Listener:
             batch, self._outbox = self._outbox, []
             if batch:
                 packed = conn.pack_commands(batch)
-                async with asyncio.timeout(self._backend._command_timeout):
+                async with asyncio.timeout(self._backend._client().command_timeout):
                     await conn.send_packed_command(packed, check_health=False)
 
     async def _read_loop(self, conn: AbstractConnection) -> None:
@@ -275,24 +303,35 @@ class _Listener:
 
 
 class RedisBackend:
-    """``redis://`` and ``rediss://`` (TLS): task records in Redis, waits woken by pub/sub.
+    """Task records in Redis, waits woken by pub/sub: one server, a Cluster, or Sentinel.
+
+    URLs: ``redis://`` and ``rediss://`` (TLS) for one server; ``redis+cluster://host:port
+    [,host:port...]`` (``rediss+cluster://``, or ``?cluster=true``) for a Cluster;
+    ``redis+sentinel://host:26379[,host:port...]/<master name>[/<db>]`` for Sentinel.
 
     Options (keyword arguments, or the URL query; keyword arguments win):
         key_prefix: first part of every key (default ``"asyncq"``).
         retry_timeout: seconds a call keeps reconnecting before BackendConnectionError (10).
         ping_interval: seconds of silence on the shared subscription connection before a
             PING checks it is alive; no answer within another interval means reconnect (15).
+        max_connections: pooled connections at most (per node on a Cluster), default 50;
+            callers beyond that wait up to pool_timeout (5) seconds for one.
+        min_replicas, replica_timeout: ``set`` and ``incr`` return only once this many
+            replicas confirmed the write, waiting at most replica_timeout (1) seconds
+            (default 0: no wait; not on a Cluster).
+        sentinel_username, sentinel_password: credentials for the sentinels themselves.
         db, username, password, client_name, socket_timeout, socket_connect_timeout,
-        socket_keepalive, health_check_interval, max_connections, ssl_*: passed to redis-py.
+        socket_keepalive, health_check_interval, ssl_*: passed to redis-py.
     """
 
     capabilities = BackendCapabilities(persistent=True, notifies=True, shared=True)
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any) -> None:
         self.url = url
-        self._clean_url, settings, self._connection = parse_options(
+        self._target, settings, self._connection = parse_options(
             url, options, OPTIONS, what="Redis result backend"
         )
+        self._clean_url = self._target.url
         self._prefix: str = settings["key_prefix"]
         self._retry_timeout: float = settings["retry_timeout"]
         self._ping_interval: float = settings["ping_interval"]
@@ -301,10 +340,16 @@ class RedisBackend:
                 f"retry_timeout must be >= 0 and ping_interval > 0; got {self._retry_timeout}, "
                 f"{self._ping_interval}"
             )
-        self._redis: Redis | None = None
-        self._command_timeout: float | None = None
+        self._new_client()  # refuses bad connection options now, not at the first connect
+        self._redis: Client | None = None
         self._listener: _Listener | None = None
         self._connect_lock = asyncio.Lock()
+        self._sets: GroupCommit[tuple[bytes, bytes, bool, int], None] = GroupCommit(
+            self._flush_sets, "asyncq.redis.results-set", _closed
+        )
+        self._gets: GroupCommit[bytes, bytes | None] = GroupCommit(
+            self._flush_gets, "asyncq.redis.results-get", _closed
+        )
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self._clean_url} prefix={self._prefix!r}>"
@@ -312,63 +357,47 @@ class RedisBackend:
     def _key(self, task_id: str) -> bytes:
         return f"{self._prefix}:result:{{{task_id}}}".encode()
 
-    def _client(self) -> Redis:
+    def _new_client(self) -> Client:
+        return Client(
+            self._target,
+            self._connection,
+            client_name="asyncq-backend",
+            retry_timeout=self._retry_timeout,
+            connection_error=BackendConnectionError,
+            error=BackendError,
+            log=logger,
+        )
+
+    def _client(self) -> Client:
         if self._redis is None:
             raise BackendError("the Redis result backend is not connected; call connect() first")
         return self._redis
 
-    def _new_connection(self) -> AbstractConnection:
-        # Named apart from the pool's connections, so CLIENT LIST shows which one listens.
-        pool = self._client().connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["client_name"] = f"{kwargs.get('client_name') or 'asyncq-backend'}:results"
-        connection: AbstractConnection = pool.connection_class(**kwargs)
-        return connection
-
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(self, what: str, op: Callable[[Client], Awaitable[T]]) -> T:
         if self._redis is None:
             await self.connect()
-        return await call_with_retry(
-            op,
-            what=what,
-            timeout=self._retry_timeout,
-            attempt_timeout=self._command_timeout,
-            connection_error=BackendConnectionError,
-            error=BackendError,
-            logger=logger,
-        )
+        client = self._client()
+        return await client.retrying(what, lambda: op(client))
 
     async def connect(self) -> None:
         """Open the connection pool and load the scripts; idempotent."""
         async with self._connect_lock:
             if self._redis is not None:
                 return
-            client, self._command_timeout = make_client(
-                self._clean_url, self._connection, client_name="asyncq-backend"
-            )
-            try:
-                await call_with_retry(
-                    lambda: load_scripts(client, _SCRIPTS),
-                    what=f"connect to {self._clean_url}",
-                    timeout=self._retry_timeout,
-                    attempt_timeout=self._command_timeout,
-                    connection_error=BackendConnectionError,
-                    error=BackendError,
-                    logger=logger,
-                )
-            except BaseException:
-                await client.connection_pool.aclose()
-                raise
+            client = self._new_client()
+            await client.open(_SCRIPTS)
             self._redis = client
 
     async def aclose(self) -> None:
-        """Wake every pending ``wait`` with None and close the connections."""
+        """Apply pending writes, wake every pending ``wait`` with None and close the connections."""
+        await self._sets.close()
+        await self._gets.close()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
         client, self._redis = self._redis, None
         if client is not None:
-            await client.connection_pool.aclose()
+            await client.aclose()
 
     async def __aenter__(self) -> RedisBackend:
         await self.connect()
@@ -378,36 +407,54 @@ class RedisBackend:
         await self.aclose()
 
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
-        """Store the record (SET with PX); a final one is also PUBLISHed to its waiters."""
-        key = self._key(task_id)
-        ttl_ms = _ttl_ms(ttl)
-        if final:
-            args = (_FINAL + record, ttl_ms, key)
-            await self._retrying(
-                "set result", lambda: eval_script(self._client(), _SET_FINAL, (key,), args, _SCRIPTS)
-            )
-        else:
-            value = _PENDING + record
-            await self._retrying("set result", lambda: self._client().set(key, value, px=ttl_ms or None))
+        """Store the record (SET with PX); a final one is also PUBLISHed to its waiters.
+
+        Calls that arrive together share one pipelined round trip; each returns once its own
+        record was stored.
+        """
+        if self._redis is None:
+            await self.connect()
+        await self._sets.submit((self._key(task_id), record, final, _ttl_ms(ttl)))
+
+    async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
+        client = self._client()
+        by_slot: dict[int, tuple[list[bytes], list[Any]]] = {}
+        for key, record, final, ttl_ms in items:
+            keys, args = by_slot.setdefault(client.slot_of(key), ([], []))
+            keys.append(key)
+            args += ((_FINAL if final else _PENDING) + record, ttl_ms)
+        commands = [
+            script_call(_SET_MANY, keys[i : i + _SET_CHUNK], args[2 * i : 2 * (i + _SET_CHUNK)])
+            for keys, args in by_slot.values()
+            for i in range(0, len(keys), _SET_CHUNK)
+        ]
+        # Replayed as a whole after a lost reply: SET and PUBLISH are idempotent for waiters,
+        # and one task's writes keep their order (within a script, and flush after flush).
+        await self._retrying("set result", lambda client: client.pipeline(commands, _SCRIPTS, replicate=True))
+        return [None] * len(items)
+
+    async def _flush_gets(self, keys: list[bytes]) -> list[bytes | None]:
+        return await self._retrying("get result", lambda client: client.get_many(keys))
 
     async def _get_raw_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         keys = [self._key(task_id) for task_id in task_ids]
-        values: list[bytes | None] = await self._retrying(
-            "get results",
-            lambda: self._client().mget(keys),  # type: ignore[arg-type,return-value]
-        )
-        return values
+        return await self._retrying("get results", lambda client: client.get_many(keys))
 
     async def get(self, task_id: str) -> bytes | None:
-        key = self._key(task_id)
-        value: bytes | None = await self._retrying("get result", lambda: self._client().get(key))  # type: ignore[arg-type,return-value]
+        """The record, final or not; concurrent calls share one MGET."""
+        if self._redis is None:
+            await self.connect()
+        value = await self._gets.submit(self._key(task_id))
         return None if value is None else value[1:]
 
     async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
-        """MGET: every record in one round trip, in order."""
+        """Every record in one round trip (MGET), in order."""
         if not task_ids:
             return []
         return [None if value is None else value[1:] for value in await self._get_raw_many(task_ids)]
+
+    async def _get_final(self, task_id: str) -> bytes | None:
+        return _final_record(await self._gets.submit(self._key(task_id)))
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
         """Subscribe (confirmed), then read; return the final record once there is one."""
@@ -416,7 +463,7 @@ class RedisBackend:
         if self._listener is None:
             self._listener = _Listener(self)
         if timeout is not None and timeout <= 0:
-            return _final_record((await self._get_raw_many([task_id]))[0])
+            return await self._get_final(task_id)
         listener = self._listener
         name = self._key(task_id)
         waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -427,7 +474,7 @@ class RedisBackend:
                 # never cancels it); ``waiter`` also completes when the backend is closed.
                 await asyncio.wait((subscribed, waiter), return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
-                    stored = _final_record((await self._get_raw_many([task_id]))[0])
+                    stored = await self._get_final(task_id)
                     if stored is not None:
                         return stored
                 return await waiter
@@ -440,20 +487,23 @@ class RedisBackend:
 
     async def forget(self, task_id: str) -> None:
         key = self._key(task_id)
-        await self._retrying("forget result", lambda: self._client().delete(key))
+        await self._retrying("forget result", lambda client: client.execute("DEL", key))
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         """INCRBY and (P)EXPIRE/PERSIST in one script: atomic, as chord joins need."""
         counter = f"{self._prefix}:counter:{{{key}}}".encode()
-        args = (amount, _ttl_ms(ttl))
+        call = script_call(_INCR, (counter,), (amount, _ttl_ms(ttl)))
         if self._redis is None:
             await self.connect()
+        client = self._client()
         # One attempt only: an increment whose reply was lost may have been applied, and
         # counting it twice would fire a chord early. The pool still replaces connections
         # the server closed before sending, so a restart between calls is not an error.
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                value = await eval_script(self._client(), _INCR, (counter,), args, _SCRIPTS)
-        except CLIENT_ERRORS as exc:
-            raise translate_error(exc, "incr counter", BackendConnectionError, BackendError) from exc
+        (value,) = await client.once(
+            "incr counter", lambda: client.pipeline([call], _SCRIPTS, replicate=True)
+        )
         return int(value)
+
+
+def _closed() -> BackendError:
+    return BackendError("the result backend was closed before this call was applied")

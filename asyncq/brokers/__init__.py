@@ -27,6 +27,9 @@ BROKERS: Final[dict[str, str]] = {
     "sqlite": "asyncq.brokers.sqlite:SQLiteBroker",
     "redis": "asyncq.brokers.redis:RedisBroker",
     "rediss": "asyncq.brokers.redis:RedisBroker",
+    "redis+cluster": "asyncq.brokers.redis:RedisBroker",
+    "rediss+cluster": "asyncq.brokers.redis:RedisBroker",
+    "redis+sentinel": "asyncq.brokers.redis:RedisBroker",
     "amqp": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
 }

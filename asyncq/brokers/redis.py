@@ -1,4 +1,8 @@
-"""``redis://`` / ``rediss://`` broker: at-least-once delivery with leases, delays and priorities.
+"""Redis broker: at-least-once delivery with leases, delays and priorities.
+
+One server (``redis://``, ``rediss://``), a Redis Cluster (``redis+cluster://``,
+``rediss+cluster://`` or ``?cluster=true``) or a Sentinel-managed master
+(``redis+sentinel://``); :class:`asyncq._redis.Client` hides the difference.
 
 Key layout per queue (``{q}`` is a Redis Cluster hash tag, so one queue's keys share a slot
 and every script touches a single slot)::
@@ -12,9 +16,11 @@ and every script touches a single slot)::
     <prefix>:{q}:wake                list    at most one wake-up token, BLPOPed by idle consumers
     <prefix>:{q}:dead                list    "<ms>:<len(reason)>:<reason><len(id)>:<id><body>"
 
-A *handle* is the priority digit followed by the queue's publish sequence number ("3172"):
-unique per publish (so a re-published id never collides with a live copy), short, and it
-carries its priority wherever it goes (delayed -> ready, expired lease -> ready).
+A *handle* is the priority digit, the queue's publish sequence number and the publish time
+in microseconds on the Redis clock ("3172.1764230000123456"): unique per publish (so a
+re-published id never collides with a live copy) even after Redis lost writes and the
+sequence runs again, and it carries its priority wherever it goes (delayed -> ready, expired
+lease -> ready).
 
 Every state change is one Lua script, so each is atomic with respect to every other client:
 ``claim`` moves due delayed messages to ready, returns expired leases to ready, pops up to
@@ -33,26 +39,24 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
     CLIENT_ERRORS,
+    Client,
+    GroupCommit,
+    MasterSwitchedError,
     Option,
     Script,
-    call_with_retry,
-    eval_script,
-    eval_scripts,
-    load_scripts,
-    make_client,
     parse_options,
     retry_pause,
+    script_call,
     translate_error,
 )
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["RedisBroker"]
@@ -110,14 +114,19 @@ _PUBLISH = Script.build(
     + """
 local n = tonumber(ARGV[1])
 local first = redis.call('INCRBY', KEYS[15], n) - n + 1
-local now = now_ms()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The publish time (us) makes handles unique even when Redis loses writes and the sequence
+-- runs again (a restart without persistence, a failover): a holder of a lost message must
+-- not ack, nack or dead-letter the new message that would otherwise get its handle.
+local stamp = '.' .. t[1] .. string.format('%06d', tonumber(t[2]))
 local before = earliest(KEYS[11])
 local fields, lists = {}, {}
 local soonest = nil
 for i = 0, n - 1 do
   local p = ARGV[2 + 3 * i]
   local eta = tonumber(ARGV[3 + 3 * i])
-  local h = p .. string.format('%d', first + i)
+  local h = p .. string.format('%d', first + i) .. stamp
   fields[#fields + 1] = h
   fields[#fields + 1] = ARGV[4 + 3 * i]
   if eta > now then
@@ -370,59 +379,13 @@ def _split_record(record: bytes) -> tuple[str, bytes]:
     return record[start:end].decode(), record[end:]
 
 
+def _closed() -> BrokerError:
+    return BrokerError("the broker was closed before this call was applied")
+
+
 def _pack_record(message: OutgoingMessage) -> bytes:
     ident = message.id.encode()
     return b"%d:%b%b" % (len(ident), ident, message.body)
-
-
-class _GroupCommit(Generic[T]):
-    """Group commit: items submitted while a flush is in flight go out together in the next.
-
-    ``submit`` returns once its own item was applied, so callers keep their guarantee while
-    a burst of concurrent callers shares round trips.
-    """
-
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], name: str) -> None:
-        self._flush = flush
-        self._name = name
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
-        self._inflight: list[tuple[T, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: T) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=self._name)
-        await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                self._inflight, self._pending = self._pending, []
-                try:
-                    await self._flush([item for item, _ in self._inflight])
-                except Exception as exc:
-                    for _, future in self._inflight:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for _, future in self._inflight:
-                        if not future.done():
-                            future.set_result(None)
-                self._inflight = []
-        finally:
-            self._task = None
-            for _, future in self._inflight + self._pending:  # only when cancelled (aclose)
-                if not future.done():
-                    future.set_exception(BrokerError("the broker was closed before this call was applied"))
-            self._inflight, self._pending = [], []
-
-    async def close(self) -> None:
-        """Let the flush in progress (and what queued behind it) finish."""
-        task = self._task
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
 
 
 _OPEN, _SETTLING, _SETTLED = 0, 1, 2
@@ -494,7 +457,7 @@ class _RedisDelivery:
         ok = False
         try:
             done = await self._broker._run(
-                "nack", _NACK, self._queue, (self._handle, self.delivery_count, delay_ms), retry=True
+                "nack", _NACK, self._queue, (self._handle, self.delivery_count, delay_ms)
             )
             if not done:
                 logger.warning("nack of %s/%s ignored: its lease had expired", self.queue, self.id)
@@ -507,7 +470,7 @@ class _RedisDelivery:
         ok = False
         try:
             args = (self._handle, reason, self._broker._dead_letter_limit)
-            await self._broker._run("dead_letter", _DEAD, self._queue, args, retry=True)
+            await self._broker._run("dead_letter", _DEAD, self._queue, args)
             ok = True
         finally:
             self._finish(ok)
@@ -534,9 +497,9 @@ class _Consumer:
         self._fetcher_idle = False
         self._failure: BaseException | None = None
         self._rotation = 0
-        self._conn: AbstractConnection | None = None
+        self._blockers: dict[int, _Blocker] = {}  # by hash slot (one, 0, outside a Cluster)
         # Checked at every step as well as cancelling the task: a cancellation can be lost in
-        # a client library (see asyncq._redis.make_client), a flag cannot.
+        # a client library (see asyncq._redis.Client), a flag cannot.
         self._closing = False
         self._task = asyncio.create_task(self._fetch_loop(), name="asyncq.redis.fetch")
 
@@ -593,7 +556,7 @@ class _Consumer:
                 return
             want = min(self._prefetch - self._unsettled, self._batch)
             try:
-                async with asyncio.timeout(self._broker._command_timeout):
+                async with asyncio.timeout(self._broker._client().command_timeout):
                     got, hint_ms = await self._claim(want)
                 if got < want and hint_ms != 0 and not self._closing:
                     wait = (
@@ -603,6 +566,7 @@ class _Consumer:
                     )
                     await self._block(wait)
             except CLIENT_ERRORS as exc:
+                self._broker._client().failed(exc)
                 pause = retry_pause(failures)
                 error = translate_error(exc, "consume", BrokerConnectionError, BrokerError)
                 # The first failure of an outage is a warning, later ones are kept out of the way;
@@ -626,8 +590,8 @@ class _Consumer:
         got, hint = 0, -1
         for i in range(count):
             queue = self._queues[(start + i) % count]
-            reply = await eval_script(
-                client, _CLAIM, queue.keys, (want - got, broker._visibility_ms, _MOVE_LIMIT), _SCRIPTS
+            reply = await client.eval(
+                _CLAIM, queue.keys, (want - got, broker._visibility_ms, _MOVE_LIMIT), _SCRIPTS
             )
             held = broker._held.setdefault(queue, {})
             last = len(reply) - 1
@@ -649,15 +613,46 @@ class _Consumer:
         return got, hint
 
     async def _block(self, seconds: float) -> None:
-        """BLPOP the queues' wake lists on this consumer's own connection, at most ``seconds``."""
-        if self._conn is None:
-            self._conn = self._broker._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        conn = self._conn
+        """BLPOP the queues' wake lists on this consumer's own connection(s), at most ``seconds``.
+
+        One BLPOP covers every queue on one server. On a Cluster, one BLPOP's keys must share
+        a hash slot, so queues in different slots each get their own connection (to the node
+        serving the slot) and the first BLPOP to return ends the wait; the others stay pending
+        for the next wait (a token one of them takes meanwhile only makes that wait shorter).
+        """
+        client = self._broker._client()
         wait = max(0.01, seconds)
-        # Our own deadline on top of BLPOP's: a half-open TCP connection must not hang us.
-        async with asyncio.timeout(wait + 2.0 + wait / 10):
-            await conn.send_command("BLPOP", *(q.wake for q in self._queues), f"{wait:.3f}")
-            await conn.read_response(timeout=math.inf)
+        groups: dict[int, list[bytes]] = {}
+        for queue in self._queues:
+            groups.setdefault(client.slot_of(queue.wake), []).append(queue.wake)
+        waiting: set[asyncio.Future[Any]] = set()
+        for slot, keys in groups.items():
+            node = client.node_of(keys[0])
+            blocker = self._blockers.get(slot)
+            if blocker is not None and blocker.node != node:  # a failover moved the slot
+                await self._blockers.pop(slot).close()
+                blocker = None
+            if blocker is None:
+                blocker = self._blockers[slot] = _Blocker(client.dedicated_connection(keys[0]), node)
+            waiting.add(blocker.start(keys, wait))
+        switched = client.switched()
+        if switched is not None:
+            waiting.add(switched)
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
+        for blocker in self._blockers.values():
+            failure = blocker.collect() or failure
+        if switched is not None and switched in done:
+            await self._close_blockers()  # they may be blocked on the old master
+            raise MasterSwitchedError("the Sentinel master changed")
+        if failure is not None:
+            raise failure
+
+    async def _close_blockers(self) -> None:
+        blockers = list(self._blockers.values())
+        self._blockers.clear()
+        for blocker in blockers:
+            await blocker.close()
 
     async def close(self) -> None:
         """Stop fetching; return claimed-but-never-yielded messages to their queues now."""
@@ -680,13 +675,54 @@ class _Consumer:
                 exc,
             )
         finally:
-            if self._conn is not None:
-                await self._conn.disconnect()
-                self._conn = None
+            await self._close_blockers()
+
+
+class _Blocker:
+    """One BLPOP connection of a consumer (to ``node``) and the BLPOP in flight on it, if any."""
+
+    __slots__ = ("conn", "node", "task")
+
+    def __init__(self, conn: AbstractConnection, node: str) -> None:
+        self.conn = conn
+        self.node = node
+        self.task: asyncio.Task[Any] | None = None
+
+    def start(self, keys: list[bytes], wait: float) -> asyncio.Task[Any]:
+        """The BLPOP in flight, started now (for at most ``wait`` seconds) if none is."""
+        if self.task is None:
+            self.task = asyncio.create_task(self._blpop(keys, wait), name="asyncq.redis.blpop")
+        return self.task
+
+    async def _blpop(self, keys: list[bytes], wait: float) -> Any:
+        # Our own deadline on top of BLPOP's: a half-open TCP connection must not hang us.
+        async with asyncio.timeout(wait + 2.0 + wait / 10):
+            await self.conn.send_command("BLPOP", *keys, f"{wait:.3f}")
+            return await self.conn.read_response(timeout=math.inf)
+
+    def collect(self) -> BaseException | None:
+        """Forget a finished BLPOP; return its error, if it failed."""
+        task = self.task
+        if task is None or not task.done():
+            return None
+        self.task = None
+        return None if task.cancelled() else task.exception()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            # Cancelling a read makes redis-py drop the connection: the reply cannot be matched.
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+        await self.conn.disconnect()
 
 
 class RedisBroker:
-    """``redis://`` and ``rediss://`` (TLS): at-least-once queues in Redis.
+    """At-least-once queues in Redis: one server, a Cluster, or a Sentinel-managed master.
+
+    URLs: ``redis://`` and ``rediss://`` (TLS) for one server; ``redis+cluster://host:port
+    [,host:port...]`` (``rediss+cluster://``, or ``?cluster=true``) for a Cluster;
+    ``redis+sentinel://host:26379[,host:port...]/<master name>[/<db>]`` for Sentinel.
 
     Options (keyword arguments, or the URL query; keyword arguments win):
         key_prefix: first part of every key (default ``"asyncq"``).
@@ -699,8 +735,14 @@ class RedisBroker:
         retry_timeout: seconds publish, ack and admin calls keep reconnecting before raising
             BrokerConnectionError (default 10). Consumers retry for ever, with backoff.
         dead_letter_limit: dead letters kept per queue, oldest dropped first; 0 keeps all (10000).
+        max_connections: pooled connections at most (per node on a Cluster), default 50;
+            callers beyond that wait up to pool_timeout (5) seconds for one.
+        min_replicas, replica_timeout: a publish returns only once this many replicas confirmed
+            it, waiting at most replica_timeout (1) seconds, else it is retried (default 0:
+            no wait; not on a Cluster). What a failover can lose is then never confirmed.
+        sentinel_username, sentinel_password: credentials for the sentinels themselves.
         db, username, password, client_name, socket_timeout, socket_connect_timeout,
-        socket_keepalive, health_check_interval, max_connections, ssl_*: passed to redis-py.
+        socket_keepalive, health_check_interval, ssl_*: passed to redis-py.
     """
 
     capabilities = BrokerCapabilities(
@@ -709,9 +751,8 @@ class RedisBroker:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any) -> None:
         self.url = url
-        self._clean_url, settings, self._connection = parse_options(
-            url, options, OPTIONS, what="Redis broker"
-        )
+        self._target, settings, self._connection = parse_options(url, options, OPTIONS, what="Redis broker")
+        self._clean_url = self._target.url
         self._prefix: str = settings["key_prefix"]
         if "{" in self._prefix or "}" in self._prefix:
             # Braces would make the prefix the Cluster hash tag: every queue in one slot.
@@ -733,16 +774,18 @@ class RedisBroker:
             )
         self._visibility = visibility
         self._visibility_ms = max(1, math.ceil(visibility * 1000))
-        self._redis: Redis | None = None
-        self._command_timeout: float | None = None
+        self._new_client()  # refuses bad connection options now, not at the first connect
+        self._redis: Client | None = None
         self._connect_lock = asyncio.Lock()
         self._queues: dict[str, _Queue] = {}
         self._held: dict[_Queue, dict[bytes, _RedisDelivery]] = {}
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._acks: _GroupCommit[tuple[_Queue, bytes]] = _GroupCommit(self._flush_acks, "asyncq.redis.acks")
-        self._publishes: _GroupCommit[OutgoingMessage] = _GroupCommit(
-            self._flush_publishes, "asyncq.redis.publish"
+        self._acks: GroupCommit[tuple[_Queue, bytes], None] = GroupCommit(
+            self._flush_acks, "asyncq.redis.acks", _closed
+        )
+        self._publishes: GroupCommit[OutgoingMessage, None] = GroupCommit(
+            self._flush_publishes, "asyncq.redis.publish", _closed
         )
 
     def __repr__(self) -> str:
@@ -750,7 +793,18 @@ class RedisBroker:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _new_client(self) -> Client:
+        return Client(
+            self._target,
+            self._connection,
+            client_name="asyncq-broker",
+            retry_timeout=self._retry_timeout,
+            connection_error=BrokerConnectionError,
+            error=BrokerError,
+            log=logger,
+        )
+
+    def _client(self) -> Client:
         if self._redis is None:
             raise BrokerError("the Redis broker is not connected; call connect() first")
         return self._redis
@@ -765,35 +819,20 @@ class RedisBroker:
         if self._redis is None:
             await self.connect()
 
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        return await call_with_retry(
-            op,
-            what=what,
-            timeout=self._retry_timeout,
-            attempt_timeout=self._command_timeout,
-            connection_error=BrokerConnectionError,
-            error=BrokerError,
-            logger=logger,
-        )
+    async def _retrying(self, what: str, op: Callable[[Client], Awaitable[T]]) -> T:
+        client = self._client()
+        return await client.retrying(what, lambda: op(client))
 
-    async def _run(
-        self, what: str, script: Script, queue: _Queue, args: Sequence[Any], *, retry: bool
-    ) -> Any:
-        async def op() -> Any:
-            return await eval_script(self._client(), script, queue.keys, args, _SCRIPTS)
-
-        if retry:
-            return await self._retrying(what, op)
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                return await op()
-        except CLIENT_ERRORS as exc:
-            raise translate_error(exc, what, BrokerConnectionError, BrokerError) from exc
+    async def _run(self, what: str, script: Script, queue: _Queue, args: Sequence[Any]) -> Any:
+        """Run one script, retrying on connection errors (every caller's script is safe to repeat)."""
+        return await self._retrying(what, lambda client: client.eval(script, queue.keys, args, _SCRIPTS))
 
     async def _run_many(
-        self, what: str, calls: list[tuple[Script, Sequence[bytes], Sequence[Any]]]
+        self, what: str, calls: list[tuple[Any, ...]], *, replicate: bool = False
     ) -> list[Any]:
-        return await self._retrying(what, lambda: eval_scripts(self._client(), calls, _SCRIPTS))
+        return await self._retrying(
+            what, lambda client: client.pipeline(calls, _SCRIPTS, replicate=replicate)
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -802,22 +841,8 @@ class RedisBroker:
         async with self._connect_lock:
             if self._redis is not None:
                 return
-            client, self._command_timeout = make_client(
-                self._clean_url, self._connection, client_name="asyncq-broker"
-            )
-            try:
-                await call_with_retry(
-                    lambda: load_scripts(client, _SCRIPTS),
-                    what=f"connect to {self._clean_url}",
-                    timeout=self._retry_timeout,
-                    attempt_timeout=self._command_timeout,
-                    connection_error=BrokerConnectionError,
-                    error=BrokerError,
-                    logger=logger,
-                )
-            except BaseException:
-                await client.connection_pool.aclose()
-                raise
+            client = self._new_client()
+            await client.open(_SCRIPTS)
             self._redis = client
 
     async def aclose(self) -> None:
@@ -839,7 +864,7 @@ class RedisBroker:
         self._held.clear()
         client, self._redis = self._redis, None
         if client is not None:
-            await client.connection_pool.aclose()
+            await client.aclose()
 
     async def __aenter__(self) -> RedisBroker:
         await self.connect()
@@ -850,13 +875,11 @@ class RedisBroker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def _publish_calls(
-        self, messages: Sequence[OutgoingMessage]
-    ) -> list[tuple[Script, Sequence[bytes], Sequence[Any]]]:
+    def _publish_calls(self, messages: Sequence[OutgoingMessage]) -> list[tuple[Any, ...]]:
         by_queue: dict[str, list[OutgoingMessage]] = {}
         for message in messages:
             by_queue.setdefault(message.queue, []).append(message)
-        calls: list[tuple[Script, Sequence[bytes], Sequence[Any]]] = []
+        calls: list[tuple[Any, ...]] = []
         for name, queued in by_queue.items():
             keys = self._queue(name).keys
             for start in range(0, len(queued), self._batch_size):
@@ -867,12 +890,13 @@ class RedisBroker:
                     args.append(_PRIORITY_DIGITS[min(9, max(0, priority))])
                     args.append(0 if message.eta is None else math.ceil(message.eta * 1000))
                     args.append(_pack_record(message))
-                calls.append((_PUBLISH, keys, args))
+                calls.append(script_call(_PUBLISH, keys, args))
         return calls
 
-    async def _flush_publishes(self, messages: list[OutgoingMessage]) -> None:
+    async def _flush_publishes(self, messages: list[OutgoingMessage]) -> list[None]:
         # A retry after a reply was lost may store a message twice: at-least-once, documented.
-        await self._run_many("publish", self._publish_calls(messages))
+        await self._run_many("publish", self._publish_calls(messages), replicate=True)
+        return [None] * len(messages)
 
     async def publish(self, message: OutgoingMessage) -> None:
         """Store one message; concurrent publishes share round trips (group commit)."""
@@ -883,7 +907,7 @@ class RedisBroker:
         """Store several messages in one pipelined round trip (one script call per batch_size per queue)."""
         if messages:
             await self._ensure_connected()
-            await self._run_many("publish_many", self._publish_calls(messages))
+            await self._run_many("publish_many", self._publish_calls(messages), replicate=True)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -907,31 +931,27 @@ class RedisBroker:
         by_queue: dict[_Queue, list[Any]] = {}
         for delivery in reversed(deliveries):  # LPUSHed one by one: newest first keeps the order
             by_queue.setdefault(delivery._queue, []).extend((delivery._handle, delivery.delivery_count))
-        calls: list[tuple[Script, Sequence[bytes], Sequence[Any]]] = [
-            (_RELEASE, queue.keys, args[i : i + 2 * _CHUNK])
+        calls = [
+            script_call(_RELEASE, queue.keys, args[i : i + 2 * _CHUNK])
             for queue, args in by_queue.items()
             for i in range(0, len(args), 2 * _CHUNK)
         ]
         # One bounded attempt: if it fails the messages come back when their leases expire,
         # which is no reason to hold up closing the iterator.
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                await eval_scripts(self._client(), calls, _SCRIPTS)
-        except CLIENT_ERRORS as exc:
-            raise translate_error(
-                exc, "return prefetched messages", BrokerConnectionError, BrokerError
-            ) from exc
+        client = self._client()
+        await client.once("return prefetched messages", lambda: client.pipeline(calls, _SCRIPTS))
 
-    async def _flush_acks(self, items: list[tuple[_Queue, bytes]]) -> None:
+    async def _flush_acks(self, items: list[tuple[_Queue, bytes]]) -> list[None]:
         by_queue: dict[_Queue, list[bytes]] = {}
         for queue, handle in items:
             by_queue.setdefault(queue, []).append(handle)
-        calls: list[tuple[Script, Sequence[bytes], Sequence[Any]]] = [
-            (_ACK, queue.keys, handles[i : i + _CHUNK])
+        calls = [
+            script_call(_ACK, queue.keys, handles[i : i + _CHUNK])
             for queue, handles in by_queue.items()
             for i in range(0, len(handles), _CHUNK)
         ]
         await self._run_many("ack", calls)  # idempotent, so retrying is safe
+        return [None] * len(items)
 
     # -- lease renewal ----------------------------------------------------------------------
 
@@ -958,7 +978,7 @@ class RedisBroker:
             logger.debug("lease heartbeat stopped")
 
     async def _renew(self) -> None:
-        calls: list[tuple[Script, Sequence[bytes], Sequence[Any]]] = []
+        calls: list[tuple[Any, ...]] = []
         queues: list[_Queue] = []
         for queue, held in self._held.items():
             items = list(held.values())
@@ -966,14 +986,12 @@ class RedisBroker:
                 args: list[Any] = [self._visibility_ms]
                 for delivery in items[i : i + _CHUNK]:
                     args += (delivery._handle, delivery.delivery_count)
-                calls.append((_RENEW, queue.keys, args))
+                calls.append(script_call(_RENEW, queue.keys, args))
                 queues.append(queue)
         if not calls:
             return
-        try:
-            replies = await eval_scripts(self._client(), calls, _SCRIPTS)
-        except CLIENT_ERRORS as exc:
-            raise translate_error(exc, "renew leases", BrokerConnectionError, BrokerError) from exc
+        client = self._client()
+        replies = await client.once("renew leases", lambda: client.pipeline(calls, _SCRIPTS))
         for queue, lost in zip(queues, replies, strict=True):
             for handle in lost:
                 lost_delivery = self._held.get(queue, {}).pop(handle, None)
@@ -994,7 +1012,7 @@ class RedisBroker:
         keys = self._queue(queue)
         total = 0
         while True:
-            seen, dropped = await self._run("purge", _PURGE, keys, (_CHUNK,), retry=True)
+            seen, dropped = await self._run("purge", _PURGE, keys, (_CHUNK,))
             total += dropped
             if seen < _CHUNK:
                 return int(total)
@@ -1002,7 +1020,7 @@ class RedisBroker:
     async def queue_length(self, queue: str) -> int:
         """Ready plus delayed messages of ``queue`` (in-flight ones are not waiting)."""
         await self._ensure_connected()
-        return int(await self._run("queue_length", _LENGTH, self._queue(queue), (), retry=True))
+        return int(await self._run("queue_length", _LENGTH, self._queue(queue), ()))
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of ``queue``, oldest first."""
@@ -1011,8 +1029,7 @@ class RedisBroker:
         await self._ensure_connected()
         key = self._queue(queue).dead
         entries: list[bytes] = await self._retrying(
-            "dead_letters",
-            lambda: self._client().lrange(key, 0, limit - 1),  # type: ignore[arg-type,return-value]
+            "dead_letters", lambda client: client.execute("LRANGE", key, 0, limit - 1)
         )
         letters = []
         for entry in entries:

@@ -22,19 +22,33 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_broker_factory,
 )
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
-from tests.conformance.drivers_redis import redis_backend_factory, redis_broker_factory  # noqa: F401
+from tests.conformance.drivers_redis import (  # noqa: F401
+    redis_backend_factory,
+    redis_broker_factory,
+    redis_cluster,
+    redis_cluster_backend_factory,
+    redis_cluster_broker_factory,
+    redis_sentinel,
+    redis_sentinel_backend_factory,
+    redis_sentinel_broker_factory,
+)
 
 #: Driver name -> pytest param (with the service marker). Keep in step with the registries.
 BROKER_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
     "redis": pytest.param("redis", marks=pytest.mark.redis),
+    # The same driver over servers the tests start: a Cluster, and a Sentinel-managed master.
+    "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
+    "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
     "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
+    "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
 }
 

@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from asyncq._redis import DRIVER_OPTION_NAMES
 from asyncq.backends import backend_from_url
+from asyncq.backends import redis as backend_module
 from asyncq.backends.redis import RedisBackend
+from asyncq.brokers import redis as broker_module
+from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
@@ -74,6 +78,18 @@ def test_options_and_registry() -> None:
     assert backend._connection == {"ssl_cert_reqs": "none"}
     with pytest.raises(ConfigurationError, match=r"known:.*key_prefix"):
         RedisBackend("redis://example/0", visibility_timeout=3)
+
+
+def test_a_url_shared_with_the_broker_may_carry_its_options() -> None:
+    # An App's result backend follows its broker URL, options and all.
+    url = "redis://example/0?visibility_timeout=3&poll_interval=0.5&key_prefix=app&ping_interval=4"
+    backend = RedisBackend(url)
+    assert (backend._prefix, backend._ping_interval, backend._connection) == ("app", 4.0, {})
+    broker = RedisBroker(url)
+    assert (broker._visibility, broker._prefix) == (3.0, "app")
+    with pytest.raises(ConfigurationError, match="visibility_tmeout"):
+        RedisBackend("redis://example/0?visibility_tmeout=3")  # a typo is still refused
+    assert {*backend_module.OPTIONS, *broker_module.OPTIONS} == DRIVER_OPTION_NAMES
 
 
 async def listeners(admin: Redis, name: str) -> list[dict[str, Any]]:

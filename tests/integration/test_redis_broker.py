@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
@@ -176,11 +177,9 @@ def test_unknown_or_bad_options_are_refused_by_name() -> None:
 async def test_rediss_url_selects_tls() -> None:
     broker = broker_from_url("rediss://user:pw@example:6380/2?ssl_cert_reqs=none&visibility_timeout=4")
     assert isinstance(broker, RedisBroker)
-    from asyncq._redis import make_client
-
-    client, _ = make_client(broker._clean_url, broker._connection, client_name="t")
+    client = broker._new_client()
     try:
-        pool = client.connection_pool
+        pool = client.redis.connection_pool  # type: ignore[union-attr]
         assert pool.connection_class.__name__ == "SSLConnection"
         kwargs = pool.connection_kwargs
         assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["ssl_cert_reqs"]) == (
@@ -190,9 +189,9 @@ async def test_rediss_url_selects_tls() -> None:
             "none",
         )
         assert (kwargs["username"], kwargs["password"]) == ("user", "pw")
+        assert (pool.max_connections, pool.timeout) == (50, 5.0)  # bounded, and waits when full
     finally:
         await client.aclose()
-        await pool.aclose()
 
 
 def test_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,6 +322,25 @@ async def test_frozen_holder_loses_its_lease_and_its_late_ack_still_counts(
     assert await admin.hlen(key(prefix, queue, "msg")) == 0
 
 
+async def test_a_late_ack_after_redis_lost_writes_spares_the_new_message(
+    factory: Factory, admin: Redis, prefix: str, queue: str
+) -> None:
+    broker = await factory()
+    await broker.publish(msg(queue, b"lost"))
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        lost = await take(it)
+    # Redis loses the queue (a restart without persistence, a failover that lost the newest
+    # writes): its publish sequence starts again, and the next message gets the same number.
+    await admin.delete(*await admin.keys(f"{prefix}:{{{queue}}}:*"))
+    await broker.publish(msg(queue, b"new"))
+    await lost.ack()  # the worker holding the lost message finishes it
+    assert await broker.queue_length(queue) == 1
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        new = await take(it)
+        assert (new.body, new.delivery_count) == (b"new", 1)
+        await new.ack()
+
+
 async def test_nack_by_a_holder_that_lost_its_lease_is_ignored(factory: Factory, queue: str) -> None:
     frozen = await factory(visibility_timeout=0.5)
     survivor = await factory(visibility_timeout=0.5)
@@ -351,9 +369,9 @@ async def test_acks_arriving_together_share_round_trips(
     flushes: list[int] = []
     flush = broker._acks._flush
 
-    async def counting_flush(items: list[Any]) -> None:
+    async def counting_flush(items: list[Any]) -> list[None]:
         flushes.append(len(items))
-        await flush(items)
+        return await flush(items)
 
     broker._acks._flush = counting_flush  # type: ignore[method-assign]
     deliveries = []
@@ -366,6 +384,68 @@ async def test_acks_arriving_together_share_round_trips(
     assert await admin.zcard(key(prefix, queue, "inflight")) == 0
     assert await admin.hlen(key(prefix, queue, "msg")) == 0
     assert await admin.hlen(key(prefix, queue, "count")) == 0
+
+
+async def test_bursts_share_a_bounded_pool(redis_url: str, prefix: str, admin: Redis, queue: str) -> None:
+    # A worker at concurrency 500 finishes hundreds of tasks at once: each writes its result
+    # and acks. Those calls must share connections, not open one each (redis-py's plain pool
+    # then fails with "Too many connections" and the retries spin).
+    name = f"asyncq-test-{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(redis_url, key_prefix=prefix, max_connections=5, client_name=f"{name}-broker")
+    backend = RedisBackend(redis_url, key_prefix=prefix, max_connections=5, client_name=f"{name}-backend")
+    await broker.connect()
+    await backend.connect()
+    peaks = {f"{name}-broker": 0, f"{name}-backend": 0}
+
+    async def count() -> None:
+        clients = await admin.client_list()
+        for key in peaks:
+            peaks[key] = max(peaks[key], sum(1 for c in clients if c.get("name") == key))
+
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        # Stopped by a flag: redis-py can swallow a cancellation (see asyncq._redis.Client).
+        while not stop.is_set():
+            await count()
+            await asyncio.sleep(0.01)
+
+    try:
+        watcher = asyncio.create_task(watch(), name="test.client-list")
+        ids = [str(uuid.uuid4()) for _ in range(2000)]
+        sent = [msg(queue, str(i).encode()) for i in range(2000)]
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(backend.set(tid, tid.encode(), final=True, ttl=60) for tid in ids),
+                *(broker.publish(m) for m in sent),
+                # Not batched: these queue for the 5 connections instead of failing.
+                *(broker.queue_length(queue) for _ in range(200)),
+            ),
+            TIMEOUT,
+        )
+        got = await asyncio.wait_for(asyncio.gather(*(backend.get(tid) for tid in ids)), TIMEOUT)
+        stop.set()
+        await watcher
+        await count()  # idle pooled connections stay open: this sees every one ever made
+        assert got == [tid.encode() for tid in ids]
+        assert await broker.queue_length(queue) == 2000
+        assert 1 <= peaks[f"{name}-broker"] <= 5, peaks
+        assert 1 <= peaks[f"{name}-backend"] <= 5, peaks
+    finally:
+        await broker.aclose()
+        await backend.aclose()
+
+
+async def test_a_full_pool_fails_after_pool_timeout_without_retrying(factory: Factory, queue: str) -> None:
+    broker = await factory(max_connections=1, pool_timeout=0.2, retry_timeout=10)
+    client = broker._client()
+    holding = asyncio.create_task(client.execute("BLPOP", f"{queue}-nothing", 1))  # the one connection
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match=r"no free Redis connection within pool_timeout=0\.2s"):
+        await broker.queue_length(queue)
+    assert time.monotonic() - started < 1.0  # not retried for retry_timeout=10
+    await holding
 
 
 async def test_prefetched_but_unyielded_messages_return_at_once(factory: Factory, queue: str) -> None:
