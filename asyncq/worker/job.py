@@ -74,6 +74,11 @@ class JobRunner:
         self._acks_late_default = bool(app.conf.task_acks_late)
         self._track_started_default = bool(app.conf.task_track_started)
         self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
+        # Resolved once: the runner lives on one loop, and these are read for every task.
+        self._serializers = app.serializers
+        self._result_serializer = app.conf.result_serializer
+        self._broker = app.broker
+        self._backend = app.backend
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
 
     # -- the path -----------------------------------------------------------------------------
@@ -98,7 +103,7 @@ class JobRunner:
 
     async def _decode(self, delivery: Delivery) -> Message | None:
         try:
-            return decode_message(delivery.body, self.app.serializers)
+            return decode_message(delivery.body, self._serializers)
         except SerializationError as exc:
             reason = f"undecodable message: {exc}"
             logger.error("dead-lettering message %s: %s", delivery.id, reason)
@@ -205,7 +210,7 @@ class JobRunner:
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
-        await self.app.broker.publish(self.app.outgoing(again))
+        await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
         await self._store(message, State.RETRY, exc=exc, retries=again.retries)
         self._outcome(message, State.RETRY)
@@ -274,7 +279,7 @@ class JobRunner:
             return
         state = status if isinstance(status, State) else _custom_state(status)
         record = encode_record(
-            self.app.serializers,
+            self._serializers,
             task_id=message.id,
             status=state,
             result=result,
@@ -282,10 +287,10 @@ class JobRunner:
             meta=meta if isinstance(status, State) else {**(meta or {}), "state": status},
             retries=message.retries if retries is None else retries,
             task=message.task,
-            serializer=self.app.conf.result_serializer,
+            serializer=self._result_serializer,
         )
         try:
-            await self.app.backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
+            await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
         except AsyncqError:
             logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
 
