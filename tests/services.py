@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -35,8 +36,12 @@ def require_service(service: str) -> str:
         with socket.create_connection((host, port or 0), timeout=2):
             pass
     except OSError as exc:
-        reason = f"{service} is not reachable at {host}:{port} ({exc})"
-        if os.environ.get("ASYNCQ_TEST_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + "; ASYNCQ_TEST_REQUIRE_SERVICES=1 requires it")
-        pytest.skip(reason)
+        missing(f"{service} is not reachable at {host}:{port} ({exc})")
     return url
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip for a missing service or tool, except under ASYNCQ_TEST_REQUIRE_SERVICES=1 (CI): fail."""
+    if os.environ.get("ASYNCQ_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(reason + "; ASYNCQ_TEST_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)

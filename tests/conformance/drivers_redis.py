@@ -32,7 +32,7 @@ from asyncq.backends import ResultBackend, backend_from_url
 from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
-from tests.services import require_service
+from tests.services import missing, require_service
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
 BackendFactory = Callable[..., Awaitable[ResultBackend]]
@@ -232,7 +232,7 @@ _shared: dict[type[Servers], Servers] = {}
 def shared_servers(kind: type[ClusterServers] | type[SentinelServers]) -> Iterator[Any]:
     """Body of a session fixture: the one running instance of ``kind``, started on first use."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server or redis-cli is not on PATH")
+        missing("redis-server or redis-cli is not on PATH")
     servers = _shared.get(kind)
     if servers is None:
         servers = _shared[kind] = kind()

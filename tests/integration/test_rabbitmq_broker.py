@@ -26,6 +26,7 @@ from asyncq.exceptions import BackendError, BrokerConnectionError, Configuration
 
 # The session vhost of the conformance fixtures (imported, so both suites share one vhost).
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401
+from tests.services import missing
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -58,13 +59,13 @@ async def nothing_for(it: AsyncIterator[Delivery], seconds: float) -> None:
 async def rabbitmqctl(*args: str) -> str:
     exe = shutil.which("rabbitmqctl")
     if exe is None:
-        pytest.skip("rabbitmqctl is not available (the server is not local)")
+        missing("rabbitmqctl is not available (the server is not local)")
     proc = await asyncio.create_subprocess_exec(
         exe, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     if proc.returncode != 0:
-        pytest.skip(f"rabbitmqctl {args[0]} failed: {err.decode().strip()}")
+        missing(f"rabbitmqctl {args[0]} failed: {err.decode().strip()}")
     return out.decode()
 
 

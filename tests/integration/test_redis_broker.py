@@ -27,7 +27,7 @@ from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
-from tests.services import require_service
+from tests.services import missing, require_service
 
 pytestmark = pytest.mark.redis
 
@@ -131,7 +131,7 @@ class RedisProcess:
 @pytest.fixture
 async def private_redis() -> AsyncIterator[tuple[str, RedisProcess]]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
+        missing("redis-server is not on PATH")
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     server = RedisProcess("--port", str(port), "--bind", "127.0.0.1")
@@ -623,7 +623,7 @@ async def test_producer_and_consumer_carry_on_across_a_redis_restart(
 @pytest.mark.slow
 async def test_rediss_against_a_real_tls_server(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
-        pytest.skip("redis-server or openssl is not on PATH")
+        missing("redis-server or openssl is not on PATH")
     cert, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     made = await asyncio.create_subprocess_exec(
         "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -650,7 +650,7 @@ async def test_rediss_against_a_real_tls_server(tmp_path: Path) -> None:
         await server.start(ping)
     except Exception:
         await server.stop()
-        pytest.skip("this redis-server was built without TLS")
+        missing("this redis-server was built without TLS")
     broker = broker_from_url(url)
     try:
         await broker.connect()
