@@ -44,6 +44,9 @@ try:
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from asyncq import _resp
+    from asyncq._resp import pack_commands
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise MissingDependencyError.for_extra("redis", "redis") from exc
 
@@ -57,9 +60,11 @@ __all__ = [
     "Option",
     "PoolExhaustedError",
     "ReplicaAckError",
+    "ResponseError",
     "Script",
     "Target",
     "is_connection_error",
+    "pack_commands",
     "parse_options",
     "retry_pause",
     "script_call",
@@ -86,6 +91,7 @@ CONNECTION_OPTIONS: Final[dict[str, type]] = {
     "max_connections": int,
     "pool_timeout": float,
     "cluster": bool,
+    "multiplex": bool,
     "min_replicas": int,
     "replica_timeout": float,
     "sentinel_username": str,
@@ -107,6 +113,7 @@ CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
     "socket_keepalive": True,
     "max_connections": 50,
     "pool_timeout": 5.0,
+    "multiplex": True,
     "min_replicas": 0,
     "replica_timeout": 1.0,
 }
@@ -361,37 +368,13 @@ def script_call(script: Script, keys: Sequence[bytes], args: Sequence[Any]) -> t
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """RESP-encode ``commands`` (arguments: bytes, str, int or float) into one buffer.
-
-    Does what redis-py's ``pack_command`` does for the argument types the drivers send, at a
-    fraction of its cost: with thousands of results and acks a second, packing was the
-    largest single cost of a flush.
-    """
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int):  # bool is an int too; no driver sends one
-                data = b"%d" % arg
-            elif isinstance(arg, float):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 class GroupCommit(Generic[T, R]):
     """Group commit: items submitted while a flush is in flight go out together in the next.
 
     ``submit`` returns (the flush's result for its item) once its own item was applied, so
     callers keep their guarantee while a burst of concurrent callers shares one round trip
-    and one connection instead of taking one each.
+    and one connection instead of taking one each. A caller that finds nothing in flight
+    flushes its item itself, in its own task: a lone call costs no extra scheduling hop.
     """
 
     def __init__(
@@ -406,14 +389,26 @@ class GroupCommit(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._inflight: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._direct: asyncio.Future[None] | None = None  # done when a caller's own flush ends
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` for the next flush; return its result once that flush ran."""
+        if self._task is None and self._direct is None:
+            return await self._flush_directly(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=self._name)
+        self._pending.append((item, future))  # the flush in flight starts the next one
         return await future
+
+    async def _flush_directly(self, item: T) -> R:
+        self._direct = asyncio.get_running_loop().create_future()
+        try:
+            (result,) = await self._flush([item])
+            return result
+        finally:
+            direct, self._direct = self._direct, None
+            direct.set_result(None)
+            if self._pending:  # what arrived meanwhile goes out in the next flush
+                self._task = asyncio.create_task(self._drain(), name=self._name)
 
     async def _drain(self) -> None:
         try:
@@ -439,6 +434,8 @@ class GroupCommit(Generic[T, R]):
 
     async def close(self) -> None:
         """Let the flush in progress (and what queued behind it) finish."""
+        if self._direct is not None:
+            await asyncio.wait((self._direct,))
         task = self._task
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
@@ -477,8 +474,13 @@ class Client:
 
     Every command goes through here, so the three deployments look alike to the drivers:
 
-    * **Pool.** At most ``max_connections`` pooled connections (per node on a Cluster); a
-      caller beyond that waits up to ``pool_timeout`` for one to be free, then gets a
+    * **One multiplexed connection** (``multiplex``, the default, on a server or under
+      Sentinel): every command of the drivers' hot path is written at once to one shared
+      connection and matched to its reply by position (:mod:`asyncq._resp`), so concurrent
+      callers pipeline without checking anything out.
+    * **Pool.** Otherwise (a Cluster, ``min_replicas`` > 0, ``multiplex=false``), at most
+      ``max_connections`` pooled connections (per node on a Cluster); a caller beyond that
+      waits up to ``pool_timeout`` for one to be free, then gets a
       :class:`PoolExhaustedError`, which is never retried.
     * **Scripts** run by SHA and are loaded again wherever Redis lost them (a restart, a
       promoted replica).
@@ -514,6 +516,7 @@ class Client:
         self.pool_timeout: float = kwargs.pop("pool_timeout")
         self.min_replicas: int = kwargs.pop("min_replicas")
         self.replica_timeout: float = kwargs.pop("replica_timeout")
+        multiplex: bool = kwargs.pop("multiplex")
         kwargs.pop("cluster", None)
         sentinel_auth = {
             "username": kwargs.pop("sentinel_username", None),
@@ -546,6 +549,13 @@ class Client:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._closing = False
+        # The multiplexed connection of the hot path (see asyncq._resp), outside a Cluster.
+        # Not with min_replicas: its WAIT would block every caller sharing the connection.
+        self._mux: _resp.Multiplexed | None = None
+        self._mux_lock = asyncio.Lock()
+        self._multiplex = (
+            multiplex and _resp.AVAILABLE and target.kind != "cluster" and self.min_replicas == 0
+        )
         common: dict[str, Any] = {"decode_responses": False, "socket_timeout": None, "protocol": 2}
         try:
             if target.kind == "server":
@@ -654,6 +664,7 @@ class Client:
         if self._switch is not None and not self._switch.done():
             self._switch.set_result(None)  # blocking readers stop waiting on the switch
         self._release_hold()
+        self._drop_mux()
         if self._cluster is not None:
             await self._cluster.aclose()
         elif self._pool is not None:
@@ -687,7 +698,12 @@ class Client:
             gate.release()
 
     async def execute(self, *args: Any) -> Any:
-        """One command."""
+        """One command, never a blocking one; its raw reply (the drivers send none that redis-py reshapes)."""
+        if self._multiplex:
+            (reply,) = await self._send(pack_commands((args,)), 1)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         return await self._gated(lambda: self.redis.execute_command(*args))
 
     async def eval(
@@ -759,15 +775,21 @@ class Client:
         return results
 
     async def _send(self, packed: bytes, count: int) -> list[Any]:
-        """Write pre-packed commands on one pooled connection and read ``count`` replies.
+        """Write pre-packed commands and read ``count`` replies (error replies in place).
 
-        redis-py's Pipeline does the same, with bookkeeping we do not use. Error replies are
-        returned in place; any other failure drops the connection, whose replies can no
-        longer be matched to their commands.
+        On the multiplexed connection when there is one (no checkout: concurrent callers
+        pipeline over it); else on a pooled connection, as redis-py's Pipeline does, without
+        the bookkeeping we do not use. Any other failure drops the pooled connection, whose
+        replies can no longer be matched to their commands.
         """
+        await self._held()
+        if self._multiplex:
+            mux = self._mux
+            if mux is None or not mux.usable:
+                mux = await self._open_mux()
+            return await mux.call(packed, count)
         pool = self._pool
         assert pool is not None
-        await self._held()
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)
@@ -783,6 +805,45 @@ class Client:
             raise
         finally:
             await pool.release(conn)
+
+    async def _open_mux(self) -> _resp.Multiplexed:
+        """(Re)connect the multiplexed connection; concurrent callers share one attempt."""
+        async with self._mux_lock:
+            mux = self._mux
+            if mux is not None and mux.usable:
+                return mux
+            if self._closing:
+                raise RedisConnectionError("the Redis client is closed")
+            pool = self._pool
+            assert pool is not None
+            kwargs = pool.connection_kwargs
+            if self.kind == "sentinel":
+                host, port = await pool.get_master_address()  # type: ignore[attr-defined]
+            else:
+                host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379)
+            ssl_context = None
+            if self.target.tls:
+                # redis-py builds the context from the ssl_* options; reuse it, not its socket.
+                ssl_context = pool.connection_class(**kwargs).ssl_context.get()  # type: ignore[attr-defined]
+            name = kwargs.get("client_name") or "asyncq"
+            async with asyncio.timeout(kwargs.get("socket_connect_timeout")):
+                self._mux = await _resp.open_multiplexed(
+                    host,
+                    int(port),
+                    name=f"{name}@{host}:{port}",
+                    db=int(kwargs.get("db") or 0),
+                    username=kwargs.get("username"),
+                    password=kwargs.get("password"),
+                    client_name=name,
+                    ssl_context=ssl_context,
+                    keepalive=bool(kwargs.get("socket_keepalive", True)),
+                )
+            return self._mux
+
+    def _drop_mux(self) -> None:
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            mux.close()
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of ``keys`` in one round trip (MGET; one GET per key on a Cluster)."""
@@ -830,7 +891,14 @@ class Client:
             raise translate_error(exc, what, self._connection_error, self._error) from exc
 
     def failed(self, exc: BaseException) -> None:
-        """Note a failed call: on a Cluster, refresh the slot map (once for a burst of failures)."""
+        """Note a failed call: drop a hung multiplexed connection; refresh a Cluster's slot map.
+
+        A timeout means the server did not answer in time: the shared connection may be
+        half-open, and its next user should not wait the same time again. (Other failures of
+        that connection have already closed it.) A Cluster refreshes once for a burst.
+        """
+        if isinstance(exc, TimeoutError) and self._mux is not None:
+            self._drop_mux()
         if self._cluster is None:
             return
         if self._refreshing is None or self._refreshing.done():
@@ -999,6 +1067,7 @@ class Client:
         # idle ones now. New connections ask the sentinels, which already name the new master.
         await pool.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]
         await pool.disconnect(inuse_connections=False)
+        self._drop_mux()  # what is in flight on the old master fails, and is retried
         switch, self._switch = self._switch, asyncio.get_running_loop().create_future()
         if switch is not None and not switch.done():
             switch.set_result(None)

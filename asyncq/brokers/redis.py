@@ -12,15 +12,14 @@ and every script touches a single slot)::
     <prefix>:{q}:inflight            zset    handle -> lease deadline (ms, Redis clock)
     <prefix>:{q}:msg                 hash    handle -> "<len(id)>:<id><body>"
     <prefix>:{q}:count               hash    handle -> delivery count (HINCRBY at each claim)
-    <prefix>:{q}:seq                 string  publish counter, makes handles unique
     <prefix>:{q}:wake                list    at most one wake-up token, BLPOPed by idle consumers
     <prefix>:{q}:dead                list    "<ms>:<len(reason)>:<reason><len(id)>:<id><body>"
 
-A *handle* is the priority digit, the queue's publish sequence number and the publish time
-in microseconds on the Redis clock ("3172.1764230000123456"): unique per publish (so a
-re-published id never collides with a live copy) even after Redis lost writes and the
-sequence runs again, and it carries its priority wherever it goes (delayed -> ready, expired
-lease -> ready).
+A *handle* is the priority digit and 96 random bits made by the publisher
+("3" + 24 hex digits): unique per publish (so a re-published id never collides with a live
+copy, even after Redis lost writes), the same when one publish is retried (so the retry
+stores nothing twice), and it carries its priority wherever it goes (delayed -> ready,
+expired lease -> ready).
 
 Every state change is one Lua script, so each is atomic with respect to every other client:
 ``claim`` moves due delayed messages to ready, returns expired leases to ready, pops up to
@@ -36,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,7 +47,9 @@ from asyncq._redis import (
     GroupCommit,
     MasterSwitchedError,
     Option,
+    ResponseError,
     Script,
+    pack_commands,
     parse_options,
     retry_pause,
     script_call,
@@ -88,7 +90,7 @@ _CHUNK: Final = 1000
 _PRIORITY_DIGITS: Final = tuple(str(p).encode() for p in range(10))
 
 # KEYS, in every script: 1..10 ready lists (priority 0..9), 11 delayed, 12 inflight, 13 msg,
-# 14 count, 15 seq, 16 wake, 17 dead.
+# 14 count, 15 wake, 16 dead.
 _PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -98,7 +100,7 @@ local function ready_key(h)
   return KEYS[tonumber(string.sub(h, 1, 1)) + 1]
 end
 local function wake()
-  if redis.call('LLEN', KEYS[16]) == 0 then redis.call('RPUSH', KEYS[16], 1) end
+  if redis.call('LLEN', KEYS[15]) == 0 then redis.call('RPUSH', KEYS[15], 1) end
 end
 local function earliest(key)
   local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -107,38 +109,49 @@ local function earliest(key)
 end
 """
 
-# ARGV: n, then per message: priority digit, eta ms (0 = now), record.
+# ARGV: n, then per message: handle (priority digit first), eta ms (0 = now), record.
+# A handle already stored is skipped: a publish retried after its reply was lost (same
+# handles) stores nothing twice. Only a delayed message needs the clock or the delayed set.
 _PUBLISH = Script.build(
     "publish",
     _PRELUDE
     + """
 local n = tonumber(ARGV[1])
-local first = redis.call('INCRBY', KEYS[15], n) - n + 1
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The publish time (us) makes handles unique even when Redis loses writes and the sequence
--- runs again (a restart without persistence, a failover): a holder of a lost message must
--- not ack, nack or dead-letter the new message that would otherwise get its handle.
-local stamp = '.' .. t[1] .. string.format('%06d', tonumber(t[2]))
-local before = earliest(KEYS[11])
-local fields, lists = {}, {}
-local soonest = nil
-for i = 0, n - 1 do
-  local p = ARGV[2 + 3 * i]
+local new = {}
+if n == 1 then
+  if redis.call('HSETNX', KEYS[13], ARGV[2], ARGV[4]) == 1 then new[1] = 0 end
+else
+  local handles = {}
+  for i = 0, n - 1 do handles[i + 1] = ARGV[2 + 3 * i] end
+  local stored = redis.call('HMGET', KEYS[13], unpack(handles))
+  local fields = {}
+  for i = 0, n - 1 do
+    if not stored[i + 1] then
+      new[#new + 1] = i
+      fields[#fields + 1] = ARGV[2 + 3 * i]
+      fields[#fields + 1] = ARGV[4 + 3 * i]
+    end
+  end
+  if #fields > 0 then redis.call('HSET', KEYS[13], unpack(fields)) end
+end
+local now, before, soonest = nil, false, nil
+local lists = {}
+for j = 1, #new do
+  local i = new[j]
+  local h = ARGV[2 + 3 * i]
   local eta = tonumber(ARGV[3 + 3 * i])
-  local h = p .. string.format('%d', first + i) .. stamp
-  fields[#fields + 1] = h
-  fields[#fields + 1] = ARGV[4 + 3 * i]
-  if eta > now then
+  if eta > 0 and now == nil then now = now_ms() end
+  if eta > 0 and eta > now then
+    if before == false then before = earliest(KEYS[11]) end
     redis.call('ZADD', KEYS[11], eta, h)
     if soonest == nil or eta < soonest then soonest = eta end
   else
+    local p = string.sub(h, 1, 1)
     local l = lists[p]
     if l == nil then l = {}; lists[p] = l end
     l[#l + 1] = h
   end
 end
-redis.call('HSET', KEYS[13], unpack(fields))
 local ready = false
 for p, l in pairs(lists) do
   redis.call('RPUSH', KEYS[tonumber(p) + 1], unpack(l))
@@ -146,7 +159,7 @@ for p, l in pairs(lists) do
 end
 -- Wake an idle consumer for new ready work, or for a delayed message due before the one it sleeps for.
 if ready or (soonest and (before == nil or soonest < before)) then wake() end
-return n
+return #new
 """,
 )
 
@@ -205,7 +218,7 @@ end
 if more then
   wake()  -- pass the baton: another idle consumer takes what this one left
 elseif #taken < want then
-  redis.call('DEL', KEYS[16])  -- drained: tokens would only cause empty wake-ups
+  redis.call('DEL', KEYS[15])  -- drained: tokens would only cause empty wake-ups
 end
 local hint = -1
 local d = earliest(KEYS[11])
@@ -298,9 +311,9 @@ local h = ARGV[1]
 local rec = redis.call('HGET', KEYS[13], h)
 if not rec then return 0 end
 local stamp = string.format('%d', now_ms())
-redis.call('RPUSH', KEYS[17], stamp .. ':' .. string.len(ARGV[2]) .. ':' .. ARGV[2] .. rec)
+redis.call('RPUSH', KEYS[16], stamp .. ':' .. string.len(ARGV[2]) .. ':' .. ARGV[2] .. rec)
 local keep = tonumber(ARGV[3])
-if keep > 0 then redis.call('LTRIM', KEYS[17], -keep, -1) end
+if keep > 0 then redis.call('LTRIM', KEYS[16], -keep, -1) end
 redis.call('HDEL', KEYS[13], h)
 redis.call('ZREM', KEYS[12], h)
 redis.call('HDEL', KEYS[14], h)
@@ -364,11 +377,11 @@ class _Queue:
     def __init__(self, prefix: str, name: str) -> None:
         base = f"{prefix}:{{{name}}}:"
         suffixes = [f"ready:{p}" for p in range(10)]
-        suffixes += ["delayed", "inflight", "msg", "count", "seq", "wake", "dead"]
+        suffixes += ["delayed", "inflight", "msg", "count", "wake", "dead"]
         self.name = name
         self.keys: tuple[bytes, ...] = tuple((base + s).encode() for s in suffixes)
-        self.wake = self.keys[15]
-        self.dead = self.keys[16]
+        self.wake = self.keys[14]
+        self.dead = self.keys[15]
 
 
 def _split_record(record: bytes) -> tuple[str, bytes]:
@@ -381,6 +394,11 @@ def _split_record(record: bytes) -> tuple[str, bytes]:
 
 def _closed() -> BrokerError:
     return BrokerError("the broker was closed before this call was applied")
+
+
+def _token() -> bytes:
+    # 96 random bits: unique per publish, across producers and across Redis losing writes.
+    return os.urandom(12).hex().encode()
 
 
 def _pack_record(message: OutgoingMessage) -> bytes:
@@ -544,6 +562,8 @@ class _Consumer:
 
     async def _fetch_forever(self) -> None:
         failures = 0
+        # (taken, hint, asked for) of the claim sent along with the last wait (see _block), if it ran.
+        claimed: tuple[int, int, int] | None = None
         while not self._closing:
             while not self._may_fetch() and not self._closing:
                 self._room.clear()
@@ -556,16 +576,23 @@ class _Consumer:
                 return
             want = min(self._prefetch - self._unsettled, self._batch)
             try:
-                async with asyncio.timeout(self._broker._client().command_timeout):
-                    got, hint_ms = await self._claim(want)
-                if got < want and hint_ms != 0 and not self._closing:
+                if claimed is None:
+                    async with asyncio.timeout(self._broker._client().command_timeout):
+                        got, hint_ms = await self._claim(want)
+                else:
+                    (got, hint_ms, want), claimed = claimed, None
+                if got < want and hint_ms != 0 and not self._closing:  # drained: wait for work
                     wait = (
                         self._broker._poll_interval
                         if hint_ms < 0
                         else min(self._broker._poll_interval, hint_ms / 1000)
                     )
-                    await self._block(wait)
+                    room = min(self._prefetch - self._unsettled, self._batch)
+                    taken = await self._block(wait, room)
+                    if taken is not None:
+                        claimed = (*taken, room)
             except CLIENT_ERRORS as exc:
+                claimed = None
                 self._broker._client().failed(exc)
                 pause = retry_pause(failures)
                 error = translate_error(exc, "consume", BrokerConnectionError, BrokerError)
@@ -593,38 +620,53 @@ class _Consumer:
             reply = await client.eval(
                 _CLAIM, queue.keys, (want - got, broker._visibility_ms, _MOVE_LIMIT), _SCRIPTS
             )
-            held = broker._held.setdefault(queue, {})
-            last = len(reply) - 1
-            for j in range(0, last, 3):
-                delivery = _RedisDelivery(broker, self, queue, reply[j], reply[j + 1], reply[j + 2])
-                held[delivery._handle] = delivery
-                self._buffer.append(delivery)
-            claimed = last // 3
-            if claimed:
-                self._unsettled += claimed
-                got += claimed
-                self._has_items.set()
-                broker._start_heartbeat()
-            queue_hint = int(reply[last])
+            claimed, queue_hint = self._taken(queue, reply)
+            got += claimed
             if queue_hint >= 0 and (hint < 0 or queue_hint < hint):
                 hint = queue_hint
             if got >= want:
                 break
         return got, hint
 
-    async def _block(self, seconds: float) -> None:
+    def _taken(self, queue: _Queue, reply: list[Any]) -> tuple[int, int]:
+        """Buffer the deliveries of one claim's reply; return how many, and its hint (ms)."""
+        broker = self._broker
+        held = broker._held.setdefault(queue, {})
+        last = len(reply) - 1
+        for j in range(0, last, 3):
+            delivery = _RedisDelivery(broker, self, queue, reply[j], reply[j + 1], reply[j + 2])
+            held[delivery._handle] = delivery
+            self._buffer.append(delivery)
+        claimed = last // 3
+        if claimed:
+            self._unsettled += claimed
+            self._has_items.set()
+            broker._start_heartbeat()
+        return claimed, int(reply[last])
+
+    async def _block(self, seconds: float, want: int) -> tuple[int, int] | None:
         """BLPOP the queues' wake lists on this consumer's own connection(s), at most ``seconds``.
 
         One BLPOP covers every queue on one server. On a Cluster, one BLPOP's keys must share
         a hash slot, so queues in different slots each get their own connection (to the node
         serving the slot) and the first BLPOP to return ends the wait; the others stay pending
         for the next wait (a token one of them takes meanwhile only makes that wait shorter).
+
+        With one queue, the claim of up to ``want`` is sent right behind the BLPOP on the same
+        connection: Redis runs it the moment the BLPOP returns, so a wake-up costs no second
+        round trip. Returns what that claim took (as :meth:`_claim` does), or None when no
+        claim ran with the wait (the caller then claims itself).
         """
         client = self._broker._client()
         wait = max(0.01, seconds)
         groups: dict[int, list[bytes]] = {}
         for queue in self._queues:
             groups.setdefault(client.slot_of(queue.wake), []).append(queue.wake)
+        claim = None
+        if len(self._queues) == 1:
+            claim = script_call(
+                _CLAIM, self._queues[0].keys, (want, self._broker._visibility_ms, _MOVE_LIMIT)
+            )
         waiting: set[asyncio.Future[Any]] = set()
         for slot, keys in groups.items():
             node = client.node_of(keys[0])
@@ -634,19 +676,26 @@ class _Consumer:
                 blocker = None
             if blocker is None:
                 blocker = self._blockers[slot] = _Blocker(client.dedicated_connection(keys[0]), node)
-            waiting.add(blocker.start(keys, wait))
+            waiting.add(blocker.start(keys, wait, claim))
         switched = client.switched()
         if switched is not None:
             waiting.add(switched)
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         failure: BaseException | None = None
+        claim_reply: Any = None
         for blocker in self._blockers.values():
-            failure = blocker.collect() or failure
+            error, reply = blocker.collect()
+            failure = error or failure
+            if reply is not None:
+                claim_reply = reply
         if switched is not None and switched in done:
             await self._close_blockers()  # they may be blocked on the old master
             raise MasterSwitchedError("the Sentinel master changed")
         if failure is not None:
             raise failure
+        if isinstance(claim_reply, list):  # else it did not run (NOSCRIPT: the next claim loads it)
+            return self._taken(self._queues[0], claim_reply)
+        return None
 
     async def _close_blockers(self) -> None:
         blockers = list(self._blockers.values())
@@ -688,25 +737,41 @@ class _Blocker:
         self.node = node
         self.task: asyncio.Task[Any] | None = None
 
-    def start(self, keys: list[bytes], wait: float) -> asyncio.Task[Any]:
-        """The BLPOP in flight, started now (for at most ``wait`` seconds) if none is."""
+    def start(self, keys: list[bytes], wait: float, claim: tuple[Any, ...] | None) -> asyncio.Task[Any]:
+        """The BLPOP in flight (and ``claim`` behind it), started now for at most ``wait`` s if none is."""
         if self.task is None:
-            self.task = asyncio.create_task(self._blpop(keys, wait), name="asyncq.redis.blpop")
+            self.task = asyncio.create_task(self._blpop(keys, wait, claim), name="asyncq.redis.blpop")
         return self.task
 
-    async def _blpop(self, keys: list[bytes], wait: float) -> Any:
+    async def _blpop(self, keys: list[bytes], wait: float, claim: tuple[Any, ...] | None) -> Any:
         # Our own deadline on top of BLPOP's: a half-open TCP connection must not hang us.
         async with asyncio.timeout(wait + 2.0 + wait / 10):
-            await self.conn.send_command("BLPOP", *keys, f"{wait:.3f}")
-            return await self.conn.read_response(timeout=math.inf)
+            commands: list[tuple[Any, ...]] = [("BLPOP", *keys, f"{wait:.3f}")]
+            if claim is not None:
+                commands.append(claim)
+            if not self.conn.is_connected:
+                # Explicitly: redis-py's send_packed_command connects without asking the
+                # sentinels (a Sentinel-managed connection would reach localhost:6379).
+                await self.conn.connect()  # type: ignore[no-untyped-call]
+            await self.conn.send_packed_command(pack_commands(commands), check_health=False)
+            await self.conn.read_response(timeout=math.inf)
+            if claim is None:
+                return None
+            try:
+                return await self.conn.read_response(timeout=math.inf)
+            except ResponseError:  # NOSCRIPT after a restart: the caller's own claim loads it
+                return None
 
-    def collect(self) -> BaseException | None:
-        """Forget a finished BLPOP; return its error, if it failed."""
+    def collect(self) -> tuple[BaseException | None, Any]:
+        """Forget a finished BLPOP; return its error, if it failed, and its claim's reply."""
         task = self.task
         if task is None or not task.done():
-            return None
+            return None, None
         self.task = None
-        return None if task.cancelled() else task.exception()
+        if task.cancelled():
+            return None, None
+        error = task.exception()
+        return error, None if error is not None else task.result()
 
     async def close(self) -> None:
         if self.task is not None:
@@ -887,7 +952,7 @@ class RedisBroker:
                 args: list[Any] = [len(chunk)]
                 for message in chunk:
                     priority = message.priority or 0
-                    args.append(_PRIORITY_DIGITS[min(9, max(0, priority))])
+                    args.append(_PRIORITY_DIGITS[min(9, max(0, priority))] + _token())
                     args.append(0 if message.eta is None else math.ceil(message.eta * 1000))
                     args.append(_pack_record(message))
                 calls.append(script_call(_PUBLISH, keys, args))

@@ -90,6 +90,22 @@ async def test_min_replicas_waits_for_the_replica(redis_sentinel: SentinelServer
             await replica.aclose()
 
 
+async def test_an_idle_consumer_is_woken_on_the_master(redis_sentinel: SentinelServers, prefix: str) -> None:
+    # The consumer's blocking connection must reach the master the sentinels name: if it
+    # blocked anywhere else, the publish's wake-up would go unseen until poll_interval.
+    broker = RedisBroker(redis_sentinel.url, key_prefix=prefix, poll_interval=60)
+    async with broker:
+        iterator = broker.consume(["q"], prefetch=1)
+        taking = asyncio.ensure_future(anext(iterator))
+        await asyncio.sleep(0.5)  # the consumer found the queue empty and is blocked
+        assert not taking.done()
+        await broker.publish(msg("q", b"wake"))
+        delivery = await asyncio.wait_for(taking, 10)
+        assert delivery.body == b"wake"
+        await delivery.ack()
+        await iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def test_min_replicas_unmet_is_a_connection_error(prefix: str) -> None:
     url = require_service("redis")  # the shared server has no replica
     broker = RedisBroker(url, key_prefix=prefix, min_replicas=1, replica_timeout=0.05, retry_timeout=0.3)
