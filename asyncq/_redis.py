@@ -36,6 +36,7 @@ try:
         ClusterDownError,
         MaxConnectionsError,
         NoScriptError,
+        ReadOnlyError,
         RedisClusterException,
         RedisError,
         ResponseError,
@@ -787,7 +788,13 @@ class Client:
             mux = self._mux
             if mux is None or not mux.usable:
                 mux = await self._open_mux()
-            return await mux.call(packed, count)
+            answered = await mux.call(packed, count)
+            if self.kind == "sentinel" and any(isinstance(reply, ReadOnlyError) for reply in answered):
+                # Our master was demoted (redis-py's Sentinel connections do the same): nothing
+                # was written; reconnect to the master the sentinels name now, and retry.
+                self._drop_mux()
+                raise RedisConnectionError("the Sentinel master was demoted to a replica (READONLY)")
+            return answered
         pool = self._pool
         assert pool is not None
         conn = await pool.get_connection()
