@@ -844,6 +844,7 @@ class Client:
                     client_name=name,
                     ssl_context=ssl_context,
                     keepalive=bool(kwargs.get("socket_keepalive", True)),
+                    timeout=self.command_timeout,
                 )
             return self._mux
 
@@ -873,6 +874,8 @@ class Client:
         attempt = 0
         while True:
             try:
+                if self._multiplex:  # the connection bounds each call's wait itself
+                    return await op()
                 async with asyncio.timeout(self.command_timeout):
                     return await op()
             except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
@@ -890,6 +893,8 @@ class Client:
     async def once(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` once within ``socket_timeout``, translating errors (for unsafe-to-repeat ops)."""
         try:
+            if self._multiplex:
+                return await op()
             async with asyncio.timeout(self.command_timeout):
                 return await op()
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:
     import hiredis
@@ -65,21 +66,33 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
     largest single cost of a flush.
     """
     out: list[bytes] = []
+    append = out.append
     for command in commands:
-        out.append(b"*%d\r\n" % len(command))
+        append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, bytes):
+            kind = type(arg)  # exact types first: an identity test, not an isinstance call
+            if kind is bytes:
                 data = arg
-            elif isinstance(arg, str):
+            elif kind is str:
                 data = arg.encode()
-            elif isinstance(arg, int):  # bool is an int too; no driver sends one
+            elif kind is int:
                 data = b"%d" % arg
-            elif isinstance(arg, float):
-                data = repr(arg).encode()
             else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+                data = _encode_other(arg)
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def _encode_other(arg: Any) -> bytes:
+    if isinstance(arg, bytes | bytearray | memoryview):
+        return bytes(arg)
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return b"%d" % arg
+    if isinstance(arg, float):
+        return repr(arg).encode()
+    raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
 
 
 class _ReplyError(Exception):
@@ -87,28 +100,38 @@ class _ReplyError(Exception):
 
 
 class _Pending:
-    """The replies one call waits for."""
+    """The replies one call waits for, and when it was sent (loop time)."""
 
-    __slots__ = ("future", "remaining", "replies")
+    __slots__ = ("future", "remaining", "replies", "sent")
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], count: int, sent: float) -> None:
         self.future = future
         self.remaining = count
         self.replies: list[Any] = []
+        self.sent = sent
 
 
 class Multiplexed(asyncio.Protocol):
-    """The protocol side of a multiplexed connection; :meth:`call` is the whole API."""
+    """The protocol side of a multiplexed connection; :meth:`call` is the whole API.
 
-    def __init__(self, name: str) -> None:
+    ``timeout``: seconds the oldest unanswered call may wait before the connection counts as
+    dead (half-open, or a server that stopped answering) and every caller on it fails with a
+    ``TimeoutError`` from redis-py, a connection error. One timer per connection enforces it,
+    not one per call.
+    """
+
+    def __init__(self, name: str, timeout: float | None = None) -> None:
         self.name = name
+        self._timeout = timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(replyError=_ReplyError)
         self._pending: deque[_Pending] = deque()
         self._transport: asyncio.Transport | None = None
         self._failure: BaseException | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def usable(self) -> bool:
@@ -176,10 +199,23 @@ class Multiplexed(asyncio.Protocol):
             await asyncio.shield(self._resumed)
         if self._failure is not None or self._transport is None:
             raise RedisConnectionError(f"connection {self.name} to Redis is closed") from self._failure
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(future, count))
+        loop = self._loop
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append(_Pending(future, count, loop.time()))
         self._transport.write(packed)
+        if self._watchdog is None and self._timeout is not None:
+            self._watchdog = loop.call_later(self._timeout, self._check_deadline)
         return await future
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if not self._pending or self._timeout is None:
+            return  # armed again by the next call
+        overdue = self._loop.time() - self._pending[0].sent - self._timeout
+        if overdue >= 0:
+            self._fail(RedisTimeoutError(f"no reply from Redis on {self.name} within {self._timeout}s"))
+        else:
+            self._watchdog = self._loop.call_later(-overdue, self._check_deadline)
 
     def close(self) -> None:
         """Close the socket; every waiter fails with a ConnectionError."""
@@ -188,6 +224,9 @@ class Multiplexed(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         pending, self._pending = self._pending, deque()
         for waiting in pending:
             if not waiting.future.done():
@@ -211,14 +250,16 @@ async def open_multiplexed(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     keepalive: bool = True,
+    timeout: float | None = None,
 ) -> Multiplexed:
     """Connect, authenticate, select ``db`` and name the connection; raise what Redis refused.
 
-    The caller bounds the time this takes (``asyncio.timeout``).
+    The caller bounds the time this takes (``asyncio.timeout``); ``timeout`` then bounds
+    each call's wait for its reply (see :class:`Multiplexed`).
     """
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_connection(
-        lambda: Multiplexed(name),
+        lambda: Multiplexed(name, timeout),
         host,
         port,
         ssl=ssl_context,

@@ -163,14 +163,13 @@ class Conf(MutableMapping[str, Any]):
             raise ConfigurationError(f"unknown setting {key!r}{hint}") from None
 
     def __getitem__(self, key: str) -> Any:
-        try:
-            return self._values[key]
-        except KeyError:
-            pass
-        try:
-            return self._resolved[key]
-        except KeyError:
-            pass
+        # Membership tests, not try/except: a raised KeyError costs more than the lookups.
+        values = self._values
+        if key in values:
+            return values[key]
+        resolved = self._resolved
+        if key in resolved:
+            return resolved[key]
         setting = self._setting(key)
         raw = self._environ.get(setting.env_var)
         if raw is not None:
@@ -204,8 +203,12 @@ class Conf(MutableMapping[str, Any]):
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
-        if key in self._values:
-            return self._values[key]
+        values = self._values
+        if key in values:
+            return values[key]
+        resolved = self._resolved
+        if key in resolved:
+            return resolved[key]
         if key not in SETTINGS:
             try:
                 self._setting(key)

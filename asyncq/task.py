@@ -283,7 +283,13 @@ class Task(Generic[P, R]):
         """Build (not send) the message for one call, applying task and app defaults."""
         if countdown is not None and eta is not None:
             raise ValueError("give countdown or eta, not both")
-        if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+        if (
+            args is not None
+            and type(args) not in (tuple, list)
+            and (  # the common cases, cheaply
+                isinstance(args, str | bytes) or not isinstance(args, Sequence)
+            )
+        ):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         conf = self.app.conf
         priority = self.options.priority if priority is None else priority

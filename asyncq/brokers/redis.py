@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -398,7 +398,8 @@ def _closed() -> BrokerError:
 
 def _token() -> bytes:
     # 96 random bits: unique per publish, across producers and across Redis losing writes.
-    return os.urandom(12).hex().encode()
+    # (random reseeds itself in a forked child, so worker processes draw their own.)
+    return b"%024x" % random.getrandbits(96)
 
 
 def _pack_record(message: OutgoingMessage) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from asyncq._resp import Multiplexed, open_multiplexed, pack_commands
 from asyncq.brokers import OutgoingMessage
@@ -87,6 +88,22 @@ async def test_closing_fails_the_callers_in_flight(mux: Multiplexed) -> None:
     assert not mux.usable
     with pytest.raises(RedisConnectionError):
         await call(mux, ("PING",))
+
+
+async def test_a_server_that_stops_answering_fails_the_connection_in_time(address: tuple[str, int]) -> None:
+    paused = await open_multiplexed(*address, name="t", timeout=0.3)
+    admin = Redis(host=address[0], port=address[1])
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # Redis answers nobody for 1.5 s
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError, match=r"within 0\.3s"):
+            await call(paused, ("PING",))
+        assert asyncio.get_running_loop().time() - started < 1.2  # the watchdog, not the pause's end
+        assert not paused.usable  # its replies can no longer be matched: never reused
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        paused.close()
 
 
 async def test_handshake_selects_the_db_and_names_the_connection(
