@@ -316,9 +316,13 @@ class App:
         """Publish a built message; return the handle on its result."""
         await self.connect()
         drivers = self._current_drivers()
-        prepare = getattr(drivers.backend, "prepare", None)
-        if prepare is not None and not message.ignore_result:
-            await prepare(message.id)  # e.g. rpc:// binds the reply route before the result can arrive
+        if not message.ignore_result:
+            prepare = getattr(drivers.backend, "prepare", None)
+            if prepare is not None:
+                await prepare(message.id)  # e.g. rpc:// binds the reply route before the result can arrive
+            expect = getattr(drivers.backend, "expect", None)
+            if expect is not None:
+                expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
         await drivers.broker.publish(self.outgoing(message))
         return AsyncResult(message.id, self, task_name=task_name or message.task)
 

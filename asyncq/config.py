@@ -203,12 +203,6 @@ class Conf(MutableMapping[str, Any]):
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
-        values = self._values
-        if key in values:
-            return values[key]
-        resolved = self._resolved
-        if key in resolved:
-            return resolved[key]
         if key not in SETTINGS:
             try:
                 self._setting(key)

@@ -103,6 +103,11 @@ return value
 
 _SCRIPTS: Final = (_SET_MANY, _INCR)
 
+#: Seconds a channel subscribed ahead of its wait (RedisBackend.prepare) waits for a waiter.
+_PREPARED_TTL: Final = 10.0
+#: Most channels subscribed ahead and not waited on yet; beyond it, prepare does nothing.
+_PREPARED_MAX: Final = 1000
+
 #: Most records one set_many call stores.
 _SET_CHUNK: Final = 500
 
@@ -117,14 +122,21 @@ def _final_record(value: bytes | None) -> bytes | None:
 
 
 class _Channel:
-    """The waiters of one task id, and the confirmation of its current SUBSCRIBE."""
+    """The waiters of one task id, and the confirmation of its current SUBSCRIBE.
 
-    __slots__ = ("subscribed", "task_id", "waiters")
+    A channel subscribed ahead of its first waiter (:meth:`_Listener.prepare`) keeps the final
+    record if it arrives before anyone waits, and is dropped if nobody comes within
+    ``_PREPARED_TTL``.
+    """
+
+    __slots__ = ("expiry", "record", "subscribed", "task_id", "waiters")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.waiters: set[asyncio.Future[bytes | None]] = set()
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.record: bytes | None = None
+        self.expiry: asyncio.TimerHandle | None = None  # set while nobody waits on a prepared channel
 
 
 class _Listener:
@@ -142,7 +154,31 @@ class _Listener:
         self._outbox_ready = asyncio.Event()
         self._expected: deque[asyncio.Future[None] | None] = deque()
         self._live = False  # a session is running: commands queued now are sent on it
+        self._prepared = 0  # channels subscribed ahead that nobody waits on yet
         self._task = asyncio.create_task(self._run(), name="asyncq.redis.results-listener")
+
+    @property
+    def live(self) -> bool:
+        """True while a session runs: a SUBSCRIBE queued now goes out at once."""
+        return self._live
+
+    def prepare(self, name: bytes, task_id: str) -> None:
+        """Subscribe to ``task_id``'s channel ahead of a wait that may follow (see RedisBackend.expect)."""
+        if name in self.channels or self._prepared >= _PREPARED_MAX:
+            return
+        channel = self.channels[name] = _Channel(task_id)
+        self._prepared += 1
+        channel.expiry = asyncio.get_running_loop().call_later(_PREPARED_TTL, self._expire, name, channel)
+        if self._live:
+            self._send(b"SUBSCRIBE", name, channel.subscribed)
+
+    def _expire(self, name: bytes, channel: _Channel) -> None:
+        channel.expiry = None
+        self._prepared -= 1
+        if self.channels.get(name) is channel and not channel.waiters:
+            del self.channels[name]
+            if self._live:
+                self._send(b"UNSUBSCRIBE", name, None)
 
     def add(self, name: bytes, task_id: str, waiter: asyncio.Future[bytes | None]) -> asyncio.Future[None]:
         """Register ``waiter``; return the future of the channel's subscription being active."""
@@ -152,6 +188,12 @@ class _Listener:
             if self._live:
                 self._send(b"SUBSCRIBE", name, channel.subscribed)
             # Otherwise the next session subscribes every registered channel.
+        elif channel.expiry is not None:  # prepared: the waiter owns it now
+            channel.expiry.cancel()
+            channel.expiry = None
+            self._prepared -= 1
+        if channel.record is not None:  # it finished before anyone waited
+            waiter.set_result(channel.record)
         channel.waiters.add(waiter)
         return channel.subscribed
 
@@ -168,6 +210,8 @@ class _Listener:
     def deliver(self, name: bytes, record: bytes) -> None:
         channel = self.channels.get(name)
         if channel is not None:
+            if channel.expiry is not None and channel.record is None:
+                channel.record = record  # prepared, nobody waits yet: keep it for the wait
             for waiter in channel.waiters:
                 if not waiter.done():
                     waiter.set_result(record)
@@ -181,6 +225,8 @@ class _Listener:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         for channel in self.channels.values():
+            if channel.expiry is not None:
+                channel.expiry.cancel()
             for waiter in channel.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -455,6 +501,19 @@ class RedisBackend:
 
     async def _get_final(self, task_id: str) -> bytes | None:
         return _final_record(await self._gets.submit(self._key(task_id)))
+
+    def expect(self, task_id: str) -> None:
+        """A hint from the App, right before it sends a task: a wait for its result may follow.
+
+        If this backend has waited on a result before (its subscription connection is up),
+        the task's channel is subscribed now, while the task is being published, so a wait
+        that follows skips the subscription round trip, and finds the record at once if the
+        task finished first. A backend that never waited does nothing: a pure producer pays
+        nothing. A channel nobody waits on is dropped after 10 s; at most 1,000 are held.
+        """
+        listener = self._listener
+        if listener is not None and listener.live:
+            listener.prepare(self._key(task_id), task_id)
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
         """Subscribe (confirmed), then read; return the final record once there is one."""

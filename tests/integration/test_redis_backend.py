@@ -188,3 +188,73 @@ async def test_errors_are_translated(factory: Factory, admin: Redis, prefix: str
     with pytest.raises(BackendConnectionError):
         await unreachable.get("x")
     await unreachable.aclose()
+
+
+# -- subscribing ahead (expect) ---------------------------------------------------------------
+
+
+async def numsub(admin: Redis, backend: RedisBackend, task_id: str) -> int:
+    channel = backend._key(task_id)
+    ((_, count),) = await admin.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_a_backend_that_never_waited_subscribes_nothing_ahead(factory: Factory, admin: Redis) -> None:
+    backend = await factory()
+    backend.expect("t1")  # a pure producer: no subscription connection, nothing to do
+    assert backend._listener is None
+    assert await numsub(admin, backend, "t1") == 0
+
+
+async def test_expect_subscribes_ahead_and_a_later_wait_gets_the_record(
+    factory: Factory, admin: Redis
+) -> None:
+    backend = await factory()
+    assert await backend.wait("warm-up", timeout=0.01) is None  # the subscription connection is up
+    backend.expect("t1")
+    await wait_until(lambda: numsub_is(admin, backend, "t1", 1))
+    # The task finishes before anyone waits: the record is kept for the wait, no read needed.
+    await backend.set("t1", b"done", final=True, ttl=60)
+    listener = backend._listener
+    assert listener is not None
+    await wait_until(lambda: _true(listener.channels[backend._key("t1")].record == b"done"))
+    reads: list[int] = []
+    flush = backend._gets._flush
+
+    async def counting(keys: list[bytes]) -> list[bytes | None]:
+        reads.append(len(keys))
+        return await flush(keys)
+
+    backend._gets._flush = counting  # type: ignore[method-assign]
+    assert await backend.wait("t1", timeout=TIMEOUT) == b"done"
+    assert reads == []
+    await wait_until(lambda: numsub_is(admin, backend, "t1", 0))  # the wait left: unsubscribed
+
+
+async def test_channels_subscribed_ahead_expire_and_are_capped(
+    factory: Factory, admin: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "_PREPARED_TTL", 0.3)
+    monkeypatch.setattr(backend_module, "_PREPARED_MAX", 3)
+    backend = await factory()
+    assert await backend.wait("warm-up", timeout=0.01) is None
+    for i in range(5):
+        backend.expect(f"t{i}")
+    listener = backend._listener
+    assert listener is not None
+    assert sorted(channel.task_id for channel in listener.channels.values()) == ["t0", "t1", "t2"]
+    await wait_until(lambda: numsub_is(admin, backend, "t2", 1))
+    # Nobody waited: after the ttl they are dropped and unsubscribed, and room is made again.
+    await wait_until(lambda: _true(not listener.channels))
+    for i in range(3):
+        await wait_until(lambda i=i: numsub_is(admin, backend, f"t{i}", 0))  # type: ignore[misc]
+    backend.expect("t9")
+    assert [channel.task_id for channel in listener.channels.values()] == ["t9"]
+
+
+async def numsub_is(admin: Redis, backend: RedisBackend, task_id: str, expected: int) -> bool:
+    return await numsub(admin, backend, task_id) == expected
+
+
+async def _true(value: bool) -> bool:
+    return value
