@@ -151,27 +151,55 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
         args, kwargs = envelope.get("args", []), envelope.get("kwargs", {})
     if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
         raise SerializationError("message 'args' must be a list and 'kwargs' an object")
+    message = Message(
+        id=task_id,
+        task=task_name,
+        args=list(args),
+        kwargs=kwargs,
+        queue=str(envelope.get("queue") or "default"),
+        content_type=content_type,
+    )
     try:
-        return Message(
-            id=task_id,
-            task=task_name,
-            args=list(args),
-            kwargs=kwargs,
-            queue=str(envelope.get("queue") or "default"),
-            retries=int(envelope.get("retries") or 0),
-            eta=_time_in(envelope.get("eta"), "eta"),
-            expires=_time_in(envelope.get("expires"), "expires"),
-            priority=None if envelope.get("priority") is None else int(envelope["priority"]),
-            headers=dict(envelope.get("headers") or {}),
-            root_id=envelope.get("root_id"),
-            parent_id=envelope.get("parent_id"),
-            group_id=envelope.get("group_id"),
-            callbacks=envelope.get("callbacks"),
-            errbacks=envelope.get("errbacks"),
-            chain=envelope.get("chain"),
-            chord=envelope.get("chord"),
-            ignore_result=bool(envelope.get("ignore_result", False)),
-            content_type=content_type,
-        )
+        # Only the fields present: an envelope leaves defaults out, so this loop is short.
+        for name, value in envelope.items():
+            read = _OPTIONAL_FIELDS.get(name)
+            if read is not None and value is not None:
+                setattr(message, name, read(value))
     except (TypeError, ValueError) as exc:
-        raise SerializationError(f"message field has the wrong type: {exc}") from None
+        raise SerializationError(f"message field {name!r} has the wrong type: {exc}") from None
+    return message
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _eta(value: Any) -> float | None:
+    return _time_in(value, "eta")
+
+
+def _expires(value: Any) -> float | None:
+    return _time_in(value, "expires")
+
+
+#: Envelope fields beyond the required ones: how each is read into a Message attribute of
+#: the same name. Unknown fields are ignored (a newer producer's additions).
+_OPTIONAL_FIELDS: Final[dict[str, Any]] = {
+    "retries": int,
+    "eta": _eta,
+    "expires": _expires,
+    "priority": int,
+    "headers": _dict,
+    "root_id": _same,
+    "parent_id": _same,
+    "group_id": _same,
+    "callbacks": _same,
+    "errbacks": _same,
+    "chain": _same,
+    "chord": _same,
+    "ignore_result": bool,
+}

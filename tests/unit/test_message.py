@@ -95,6 +95,9 @@ def test_epoch_numbers_accepted_for_times() -> None:
         (b'{"id": "a", "task": "t", "eta": "tomorrow"}', "ISO 8601"),
         (b'{"id": "a", "task": "t", "body": "!!", "content_type": "application/x-msgpack"}', "base64"),
         (b'{"id": "a", "task": "t", "content_type": "application/x-msgpack"}', "has no 'body'"),
+        (b'{"id": "a", "task": "t", "retries": "two"}', "field 'retries' has the wrong type"),
+        (b'{"id": "a", "task": "t", "priority": [9]}', "field 'priority' has the wrong type"),
+        (b'{"id": "a", "task": "t", "headers": 5}', "field 'headers' has the wrong type"),
     ],
 )
 def test_bad_messages_raise_clear_errors(raw: bytes, fragment: str) -> None:
