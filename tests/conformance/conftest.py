@@ -28,6 +28,8 @@ from tests.conformance.drivers_redis import (  # noqa: F401
     redis_cluster,
     redis_cluster_backend_factory,
     redis_cluster_broker_factory,
+    redis_pooled_backend_factory,
+    redis_pooled_broker_factory,
     redis_sentinel,
     redis_sentinel_backend_factory,
     redis_sentinel_broker_factory,
@@ -38,6 +40,7 @@ BROKER_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
     "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "redis_pooled": pytest.param("redis_pooled", marks=pytest.mark.redis),  # multiplex=false
     # The same driver over servers the tests start: a Cluster, and a Sentinel-managed master.
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
@@ -47,6 +50,7 @@ BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
     "sqlite": pytest.param("sqlite"),
     "redis": pytest.param("redis", marks=pytest.mark.redis),
+    "redis_pooled": pytest.param("redis_pooled", marks=pytest.mark.redis),
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),

@@ -265,13 +265,13 @@ def redis_sentinel() -> Iterator[SentinelServers]:
 
 
 @asynccontextmanager
-async def broker_factory(url: str) -> AsyncIterator[BrokerFactory]:
+async def broker_factory(url: str, **fixed: Any) -> AsyncIterator[BrokerFactory]:
     """Make connected brokers on ``url`` sharing one fresh key prefix; close and clean up after."""
     prefix = unique_prefix()
     made: list[Broker] = []
 
     async def make(**options: Any) -> Broker:
-        broker = broker_from_url(url, key_prefix=prefix, **options)
+        broker = broker_from_url(url, key_prefix=prefix, **fixed, **options)
         await broker.connect()
         made.append(broker)
         return broker
@@ -285,13 +285,13 @@ async def broker_factory(url: str) -> AsyncIterator[BrokerFactory]:
 
 
 @asynccontextmanager
-async def backend_factory(url: str) -> AsyncIterator[BackendFactory]:
+async def backend_factory(url: str, **fixed: Any) -> AsyncIterator[BackendFactory]:
     """Make connected result backends on ``url`` sharing one fresh key prefix; clean up after."""
     prefix = unique_prefix()
     made: list[ResultBackend] = []
 
     async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url(url, key_prefix=prefix, **options)
+        backend = backend_from_url(url, key_prefix=prefix, **fixed, **options)
         await backend.connect()
         made.append(backend)
         return backend
@@ -313,6 +313,19 @@ async def redis_broker_factory() -> AsyncIterator[BrokerFactory]:
 @pytest.fixture
 async def redis_backend_factory() -> AsyncIterator[BackendFactory]:
     async with backend_factory(require_service("redis")) as make:
+        yield make
+
+
+# The pooled connections (a Cluster's mode, min_replicas, or multiplex=false) on one server.
+@pytest.fixture
+async def redis_pooled_broker_factory() -> AsyncIterator[BrokerFactory]:
+    async with broker_factory(require_service("redis"), multiplex=False) as make:
+        yield make
+
+
+@pytest.fixture
+async def redis_pooled_backend_factory() -> AsyncIterator[BackendFactory]:
+    async with backend_factory(require_service("redis"), multiplex=False) as make:
         yield make
 
 
