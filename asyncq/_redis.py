@@ -824,16 +824,17 @@ class Client:
             pool = self._pool
             assert pool is not None
             kwargs = pool.connection_kwargs
-            if self.kind == "sentinel":
-                host, port = await pool.get_master_address()  # type: ignore[attr-defined]
-            else:
-                host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379)
             ssl_context = None
             if self.target.tls:
                 # redis-py builds the context from the ssl_* options; reuse it, not its socket.
                 ssl_context = pool.connection_class(**kwargs).ssl_context.get()  # type: ignore[attr-defined]
             name = kwargs.get("client_name") or "asyncq"
+            # Bounded as a whole: asking the sentinels, connecting and the handshake.
             async with asyncio.timeout(kwargs.get("socket_connect_timeout")):
+                if self.kind == "sentinel":
+                    host, port = await pool.get_master_address()  # type: ignore[attr-defined]
+                else:
+                    host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379)
                 self._mux = await _resp.open_multiplexed(
                     host,
                     int(port),
