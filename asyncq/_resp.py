@@ -131,7 +131,6 @@ class Multiplexed(asyncio.Protocol):
         self._failure: BaseException | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
-        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def usable(self) -> bool:
@@ -177,8 +176,6 @@ class Multiplexed(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection {self.name} to Redis lost: {exc or 'closed'}"))
         self._transport = None
-        if not self.closed.done():
-            self.closed.set_result(None)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -248,7 +245,6 @@ async def open_multiplexed(
     password: str | None = None,
     client_name: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
     keepalive: bool = True,
     timeout: float | None = None,
 ) -> Multiplexed:
@@ -263,7 +259,6 @@ async def open_multiplexed(
         host,
         port,
         ssl=ssl_context,
-        server_hostname=server_hostname if ssl_context is not None else None,
     )
     try:
         transport = protocol._transport

@@ -362,10 +362,17 @@ def _msg(queue: str) -> OutgoingMessage:
     return OutgoingMessage(id=str(uuid.uuid4()), queue=queue, body=b"x")
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = FAILOVER_TIMEOUT) -> None:
-    """Poll an async ``predicate`` until true; fail the test after ``timeout`` seconds."""
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = FAILOVER_TIMEOUT
+) -> None:
+    """Poll ``predicate`` (plain or async) until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not await predicate():
+    while True:
+        outcome = predicate()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
 

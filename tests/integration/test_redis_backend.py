@@ -7,7 +7,6 @@ error translation.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,38 +21,12 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import redis as broker_module
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
-from tests.services import require_service
+from tests.conformance.drivers_redis import wait_until
 
 pytestmark = pytest.mark.redis
 
 TIMEOUT = 15.0
 Factory = Callable[..., Awaitable[RedisBackend]]
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return require_service("redis")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
-
-
-@pytest.fixture
-async def admin(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-    await delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture
@@ -217,7 +190,7 @@ async def test_expect_subscribes_ahead_and_a_later_wait_gets_the_record(
     await backend.set("t1", b"done", final=True, ttl=60)
     listener = backend._listener
     assert listener is not None
-    await wait_until(lambda: _true(listener.channels[backend._key("t1")].record == b"done"))
+    await wait_until(lambda: listener.channels[backend._key("t1")].record == b"done")
     reads: list[int] = []
     flush = backend._gets._flush
 
@@ -245,7 +218,7 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
     assert sorted(channel.task_id for channel in listener.channels.values()) == ["t0", "t1", "t2"]
     await wait_until(lambda: numsub_is(admin, backend, "t2", 1))
     # Nobody waited: after the ttl they are dropped and unsubscribed, and room is made again.
-    await wait_until(lambda: _true(not listener.channels))
+    await wait_until(lambda: not listener.channels)
     for i in range(3):
         await wait_until(lambda i=i: numsub_is(admin, backend, f"t{i}", 0))  # type: ignore[misc]
     backend.expect("t9")
@@ -254,7 +227,3 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
 
 async def numsub_is(admin: Redis, backend: RedisBackend, task_id: str, expected: int) -> bool:
     return await numsub(admin, backend, task_id) == expected
-
-
-async def _true(value: bool) -> bool:
-    return value

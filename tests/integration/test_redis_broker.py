@@ -26,8 +26,8 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
-from tests.services import missing, require_service
+from tests.conformance.drivers_redis import wait_until
+from tests.services import missing
 
 pytestmark = pytest.mark.redis
 
@@ -43,34 +43,9 @@ async def take(it: AsyncIterator[Delivery], timeout: float = TIMEOUT) -> Deliver
     return await asyncio.wait_for(anext(it), timeout)
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return require_service("redis")
-
-
-@pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
-
-
 @pytest.fixture
 def queue() -> str:
     return f"q-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def admin(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-    await delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ suites use too. The failover test runs last: it swaps the master and the replica
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from tests.conformance.drivers_redis import (
     redis_sentinel,
     run_through_failover,
     unique_prefix,
+    wait_until,
 )
 from tests.services import require_service
 
@@ -39,13 +39,6 @@ TIMEOUT = 30.0
 
 def msg(queue: str, body: bytes = b"x") -> OutgoingMessage:
     return OutgoingMessage(id=str(uuid.uuid4()), queue=queue, body=body)
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
