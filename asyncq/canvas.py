@@ -552,7 +552,7 @@ class Chord(Signature[Any]):
             "results": [task.options["task_id"] for task in completions],
         }
         await app.connect()
-        if not getattr(app.backend.capabilities, "counters", True):
+        if not app.backend.capabilities.counters:
             scheme = app.backend_url.partition(":")[0]
             raise ConfigurationError(
                 f"chords join through the result backend's counters, which {scheme}:// does not "

@@ -558,7 +558,7 @@ class Scheduler:
         try:
             _zone(self.app)
             schedule.static_entries()  # validate at start: a typo in beat_schedule fails loudly
-            if not getattr(self.app.backend.capabilities, "counters", True):
+            if not self.app.backend.capabilities.counters:
                 raise ConfigurationError(
                     f"the beat claims ticks with counters in the result backend, and "
                     f"{self.app.backend_url.split(':', 1)[0]}:// keeps none; set result_backend to "
