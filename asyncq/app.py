@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
-__all__ = ["App", "default_store_url"]
+__all__ = ["App", "default_store_url", "resolve_sqlite_url"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +62,32 @@ def default_store_url(app_name: str) -> str:
     return f"sqlite:///{base / safe}.sqlite3"
 
 
+def resolve_sqlite_url(url: str, root: Path | None) -> str:
+    """Make a relative ``sqlite:///path`` absolute, relative to ``root`` (None: the current directory).
+
+    A relative path resolved against the current directory would give a producer and a worker
+    started in different folders two separate stores, each silently waiting for the other.
+    """
+    scheme, sep, rest = url.partition(":///")
+    if scheme.lower() != "sqlite" or not sep or rest.startswith(("/", ":memory:")) or not rest:
+        return url
+    path, query_sep, query = rest.partition("?")
+    absolute = os.path.abspath(os.path.join(root or os.getcwd(), path))
+    return f"sqlite:///{absolute}{query_sep}{query}"
+
+
+def _defining_dir() -> Path | None:
+    """The directory of the first file outside asyncq on the call stack: where the App is made."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != "asyncq" and not name.startswith("asyncq."):
+            file = frame.f_globals.get("__file__")
+            return Path(file).resolve().parent if isinstance(file, str) else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
 class _Drivers:
     """The broker and backend of one app on one event loop (connections are loop-bound)."""
 
@@ -82,6 +109,10 @@ class App:
         backend: result backend URL; else ``result_backend`` (``ASYNCQ_RESULT_BACKEND``),
             else the broker's URL when a backend serves its scheme, rpc:// for AMQP, else the embedded store.
         config: settings to apply (a mapping).
+
+    A relative SQLite path (``sqlite:///asyncq.db``) is relative to the directory of the
+    file that creates the app, not to the current directory, so every process loading the
+    app finds the same store.
     """
 
     def __init__(
@@ -93,6 +124,7 @@ class App:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.main = main
+        self.root_path = _defining_dir()  # relative SQLite paths are resolved against it
         self.conf = Conf(config)
         if broker is not None:
             self.conf.broker_url = broker
@@ -117,7 +149,7 @@ class App:
     @property
     def broker_url(self) -> str:
         """The broker URL in force."""
-        return str(self.conf.broker_url or default_store_url(self.main))
+        return resolve_sqlite_url(str(self.conf.broker_url or default_store_url(self.main)), self.root_path)
 
     @property
     def backend_url(self) -> str:
@@ -128,7 +160,7 @@ class App:
         """
         url = self.conf.result_backend
         if url:
-            return str(url)
+            return resolve_sqlite_url(str(url), self.root_path)
         broker = self.broker_url
         scheme = broker.partition("://")[0].lower()
         if scheme in BACKENDS:
