@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
-from asyncq.exceptions import ConfigurationError, NotRegistered
+from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
@@ -338,8 +338,19 @@ class App:
     # -- sending -----------------------------------------------------------------------------
 
     def outgoing(self, message: Message) -> OutgoingMessage:
-        """Encode a message for the broker."""
-        body = encode_message(message, self.serializers)
+        """Encode a message for the broker.
+
+        Raises:
+            SerializationError: an argument cannot be encoded; the error names the task and it.
+        """
+        try:
+            body = encode_message(message, self.serializers)
+        except SerializationError as exc:
+            from asyncq._explain import unserializable_argument
+
+            task = self.tasks.get(message.task)
+            fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
+            raise unserializable_argument(message, self.serializers, fn, bound=bound) or exc from exc
         return OutgoingMessage(
             id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
         )
@@ -400,8 +411,10 @@ class App:
 
         Options: see :class:`~asyncq.worker.worker.Worker`.
         """
+        from asyncq.worker.runner import refuse_in_spawned_child
         from asyncq.worker.worker import Worker
 
+        refuse_in_spawned_child()
         return Worker(self, **options)
 
 
