@@ -151,8 +151,9 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str
     unknown = []
     for name in sorted(environ):
         if name.startswith("ASYNCQ_") and name not in known and not name.startswith(_OTHER_ENV_PREFIXES):
-            close = difflib.get_close_matches(name, known, n=1)
-            unknown.append((name, close[0] if close else None))
+            # Compare what follows the prefix: every name shares "ASYNCQ_", which would match anything.
+            close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1)
+            unknown.append((name, f"ASYNCQ_{close[0]}" if close else None))
     return unknown
 
 
