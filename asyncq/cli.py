@@ -126,6 +126,15 @@ def _import_location(exc: BaseException) -> str:
     return ""
 
 
+def _apps_in(module_name: str) -> str:
+    """'; apps in it: x' when the module imported fine but the attribute was wrong."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return ""
+    names = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+    return f"; apps in it: {', '.join(f'{module_name}:{n}' for n in names)}" if names else ""
+
+
 def load_app(path: str) -> App:
     """Import ``module:attribute`` (the current directory is importable) and check it is an App."""
     if ":" not in path:
@@ -142,6 +151,8 @@ def load_app(path: str) -> App:
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
             fail(f"cannot import {path!r}: no module named {missing!r} (run from the directory above it?)")
         fail(f"cannot import {path!r}: {exc}{_import_location(exc)}")
+    except ImportError as exc:
+        fail(f"cannot import {path!r}: {exc}{_import_location(exc) or _apps_in(module_name)}")
     except Exception as exc:  # the user's module raised while importing: show where
         fail(f"cannot import {path!r}: {type(exc).__name__}: {exc}{_import_location(exc)}")
     if not isinstance(app, App):

@@ -140,8 +140,8 @@ SETTINGS: dict[str, Setting] = {
 OTHER_ENV_VARS: frozenset[str] = frozenset(
     {"ASYNCQ_APP", "ASYNCQ_QUEUES", "ASYNCQ_LOG_LEVEL", "ASYNCQ_LOG_FORMAT", "ASYNCQ_BEAT"}
 )
-# Variables under these prefixes belong to asyncq's own test suite (ASYNCQ_TEST_REDIS_URL, ...).
-_OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_",)
+# Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
+_OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_", "ASYNCQ_BENCH_")
 
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

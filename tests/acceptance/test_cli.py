@@ -139,6 +139,13 @@ def test_a_dotted_app_path_suggests_the_colon_form(store_env: dict[str, str]) ->
     assert "did you mean 'tests.apps.cli_app:app'?" in one_line_error(out)
 
 
+def test_a_wrong_attribute_lists_the_apps_of_the_module(store_env: dict[str, str]) -> None:
+    out = asyncq("purge", "tests.apps.cli_app:ap", env=store_env)
+    assert out.returncode == 2
+    line = one_line_error(out)
+    assert "module 'tests.apps.cli_app' has no attribute 'ap'; apps in it: tests.apps.cli_app:app" in line
+
+
 def test_an_error_inside_the_users_module_shows_its_file_and_line(store_env: dict[str, str]) -> None:
     out = asyncq("purge", "tests.apps.broken_app:app", env=store_env)
     assert out.returncode == 2
