@@ -384,19 +384,17 @@ def enqueue(
                 return result.id, None, None
             try:
                 return result.id, await result.get(timeout=timeout), None
-            except ResultTimeoutError:
-                raise
-            except Exception as exc:  # the task's own exception, re-raised by get(): reported below
+            except Exception as exc:  # the task's own exception (or the timeout): reported below
                 return result.id, None, exc
         finally:
             await app.aclose()
 
     try:
         task_id, value, error = asyncio.run(go())
-    except ResultTimeoutError:
-        _waited_too_long(app, f"task {task_name}", timeout)
     except AsyncqError as exc:
         fail(str(exc))
+    if isinstance(error, ResultTimeoutError):
+        _waited_too_long(app, f"task {task_name}[{task_id}]", timeout)
     if error is not None:
         fail(f"task {task_name}[{task_id}] failed: {describe_failure(error)}", EXIT_TASK_FAILED)
     typer.echo(json.dumps(value, default=str) if wait else task_id)
