@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from urllib.parse import quote
 
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
@@ -72,8 +73,9 @@ def resolve_sqlite_url(url: str, root: Path | None) -> str:
     if scheme.lower() != "sqlite" or not sep or rest.startswith(("/", ":memory:")) or not rest:
         return url
     path, query_sep, query = rest.partition("?")
-    absolute = os.path.abspath(os.path.join(root or os.getcwd(), path))
-    return f"sqlite:///{absolute}{query_sep}{query}"
+    # The path is URL-encoded already; the directory is not (a '%', '#' or '?' in it would break).
+    base = quote(str(root or os.getcwd()))
+    return f"sqlite:///{os.path.normpath(os.path.join(base, path))}{query_sep}{query}"
 
 
 def _defining_dir() -> Path | None:

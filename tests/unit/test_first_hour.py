@@ -76,6 +76,14 @@ def test_relative_sqlite_paths_resolve_against_the_root(url: str, expected: str)
     assert resolve_sqlite_url(url, Path("/proj")) == expected
 
 
+def test_special_characters_of_the_root_directory_are_encoded(tmp_path: Path) -> None:
+    from asyncq.brokers.sqlite import SQLiteBroker
+
+    root = tmp_path / "my 100% #1 dir"
+    url = resolve_sqlite_url("sqlite:///sub%20dir/q.db?poll_interval=1", root)
+    assert SQLiteBroker(url).path == root / "sub dir" / "q.db"
+
+
 def test_an_apps_relative_store_is_next_to_the_file_that_made_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir("/")
     app = App("rel", broker="sqlite:///q.db")
