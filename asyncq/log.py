@@ -1,4 +1,4 @@
-"""Logging helpers: the running task's context on every record, and one JSON object per line.
+"""Logging support: the running task's context on every record, and one JSON object per line.
 
 :class:`TaskContextFilter` reads the context of the task running in the current coroutine or
 thread (the contextvar behind :func:`asyncq.current_task`) and sets ``task_id``, ``task_name``,
