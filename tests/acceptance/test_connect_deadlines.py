@@ -27,10 +27,10 @@ EXIT_WITHIN = 40
 
 
 class SilentServer:
-    """Accepts TCP connections on a free port and never sends a byte."""
+    """Accepts TCP connections on ``port`` (default: a free one) and never sends a byte."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.port = int(self.sock.getsockname()[1])
         self.accepted = threading.Event()
         self._held: list[socket.socket] = []
