@@ -7,6 +7,7 @@ ports), stopped and started again mid-run; the shared servers are never touched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from asyncq import App
+from asyncq.backends.rpc import RPCBackend
 from tests.acceptance.conftest import ROOT, wait_for
 from tests.acceptance.test_connect_deadlines import SilentServer
 from tests.acceptance.test_connection_loss import RedisServer, redis_server  # noqa: F401 - fixture
@@ -139,3 +141,21 @@ def _bind_silent(port: int) -> SilentServer:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@pytest.mark.rabbitmq
+async def test_rpc_result_lost_in_an_outage_is_one_warning_line(
+    rabbitmq_node: RabbitMQNode,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = RPCBackend("rpc://", broker_url=rabbitmq_node.url, publish_timeout=1)
+    await backend.connect()
+    try:
+        await asyncio.to_thread(rabbitmq_node.stop)
+        with caplog.at_level(logging.WARNING):
+            await backend.set("lost-task", b"{}", final=True, ttl=None)
+        ours = [r for r in caplog.records if r.name.startswith("asyncq")]
+        assert [(r.levelno, r.exc_info) for r in ours] == [(logging.WARNING, None)], ours
+        assert ours[0].getMessage().startswith("rpc:// result of task lost-task lost: ")
+    finally:
+        await backend.aclose()
