@@ -146,3 +146,23 @@ def test_worker_stuck_connecting_stops_on_sigterm(
     log = Path(worker.log_path).read_text()  # type: ignore[attr-defined]
     assert "SIGTERM received" in log
     assert worker.returncode == 0, log
+
+
+def test_second_sigterm_stops_a_worker_whose_sync_task_blocks_its_thread(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    app = "tests.apps.stuck_app:app"
+    sent = asyncq("enqueue", app, "tests.apps.stuck_app.stuck", "--args", f'["{marks}"]', env=store_env)
+    assert sent.returncode == 0, sent.stderr
+    worker = start_worker(app, "--shutdown-timeout", "600", env=store_env)
+    wait_for(lambda: (marks / "started").exists(), timeout=EXIT_WITHIN, what="the task to start")
+    worker.send_signal(signal.SIGTERM)
+    log_path = Path(worker.log_path)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: "stopping gracefully" in log_path.read_text(), timeout=EXIT_WITHIN, what="the first signal"
+    )
+    worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: worker.poll() is not None, timeout=EXIT_WITHIN, what="the worker to exit")
+    assert "stopping now" in log_path.read_text()
