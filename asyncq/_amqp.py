@@ -49,6 +49,15 @@ CLOSE_TIMEOUT: Final = 5.0
 _GUARDS: dict[int, asyncio.Task[None]] = {}
 
 
+def _drop_duplicate_connect_error(record: logging.LogRecord) -> bool:
+    # aiormq logs every failed connect attempt at ERROR; the first connect raises our own
+    # one-line error and aio-pika warns about each reconnect attempt, so it only repeats them.
+    return record.msg != "error when creating transport: %r"
+
+
+logging.getLogger("aiormq.connection").addFilter(_drop_duplicate_connect_error)
+
+
 async def open_robust(
     client_url: str,
     shown_url: str,
