@@ -790,10 +790,20 @@ class RabbitMQBroker:
         )
 
     async def _prepare(self, route: _Route) -> None:
-        if route.is_delayed:
-            await self._declare_delays(route.queue)
-        else:
-            await self._declare(route.queue)
+        """Declare what ``route`` needs, riding out a connection drop as a publish does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while True:
+            try:
+                if route.is_delayed:
+                    await self._declare_delays(route.queue)
+                else:
+                    await self._declare(route.queue)
+                return
+            except BrokerConnectionError:
+                if self._connection is None or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # let the robust connection notice the loss and restore
 
     async def _send(self, route: _Route, action: str) -> None:
         """Publish one message and wait for the broker's confirm, riding out a reconnect.
@@ -914,6 +924,10 @@ class RabbitMQBroker:
         try:
             try:
                 await self._prepare(route)
+                if _is_stale(message):
+                    # Lost while declaring: the server redelivers the original, so sending
+                    # the copy now would make two.
+                    raise BrokerConnectionError(f"cannot {action}: the channel that delivered it is gone")
                 await self._send(route, action)
             except BaseException:
                 if requeue_on_failure:
