@@ -178,9 +178,7 @@ class CopyGuard:
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
-        self._pending = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._active: set[asyncio.Future[None]] = set()
         self._copied: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
 
     @staticmethod
@@ -189,21 +187,28 @@ class CopyGuard:
         copy_id = message.headers.get(header)
         return message.message_id or "", copy_id if isinstance(copy_id, str) else ""
 
-    def begin(self) -> None:
-        """A re-publish starts: hold deliveries back until :meth:`end`."""
-        self._pending += 1
-        self._idle.clear()
+    def begin(self) -> asyncio.Future[None]:
+        """A re-publish starts; pass the token to :meth:`end` when its original is acked (or it failed)."""
+        token: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._active.add(token)
+        return token
 
-    def end(self) -> None:
-        """A re-publish is over (its original acked, or it failed)."""
-        self._pending -= 1
-        if self._pending == 0:
-            self._idle.set()
+    def end(self, token: asyncio.Future[None]) -> None:
+        """The re-publish of ``token`` is over."""
+        self._active.discard(token)
+        if not token.done():
+            token.set_result(None)
 
     async def wait_idle(self) -> None:
-        """Return once no re-publish is between sending its copy and confirming its ack."""
-        if self._pending:
-            await self._idle.wait()
+        """Return once every re-publish begun so far is over.
+
+        Only those begun so far: a copy reaches the buffer after its re-publish began, and
+        re-publishes begun later cannot hold back this delivery (no starvation under a
+        steady stream of retries and hops).
+        """
+        if self._active:
+            # asyncio.wait, not gather: a cancelled waiter must not cancel the tokens.
+            await asyncio.wait(set(self._active))
 
     def copied(self, key: tuple[str, str]) -> None:
         """Remember that the incarnation ``key`` now has a copy in a queue."""

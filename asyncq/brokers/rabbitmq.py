@@ -920,7 +920,7 @@ class RabbitMQBroker:
         headers[H_COPY] = uuid.uuid4().hex
         route.properties.headers = headers
         copies = self._copies
-        copies.begin()
+        token = copies.begin()
         try:
             try:
                 await self._prepare(route)
@@ -937,7 +937,7 @@ class RabbitMQBroker:
             with translate_errors(action):
                 await ack_confirmed(message, self.publish_timeout)
         finally:
-            copies.end()
+            copies.end(token)
 
     async def _drop_leftover(self, message: AbstractIncomingMessage) -> None:
         """Ack an original that came back although its copy was sent (its ack was lost)."""
