@@ -78,12 +78,22 @@ def ensure_no_running_loop(call: str, instead: str) -> None:
         )
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop when installed: its cross-thread wake-up is cheaper, and every blocking call pays one.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class _LoopThread:
     """One event loop in a daemon thread, running the blocking calls' coroutines."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         #: Apps whose drivers were opened on this loop, closed with it.
         self.apps: weakref.WeakSet[App] = weakref.WeakSet()
         self.thread = threading.Thread(target=self._run, name="asyncq.sync", daemon=True)
