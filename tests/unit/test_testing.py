@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from asyncq import App, State, chain, chord, group
+from asyncq import App, State, SyncResult, chain, chord, group
 from asyncq.exceptions import ChordError, ConfigurationError, MaxRetriesExceededError
+from asyncq.sync import close_app
 from asyncq.testing import drain, memory_app, use_memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,3 +219,19 @@ def test_the_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "3 passed" in out.stdout, out.stdout + out.stderr
+
+
+async def test_sync_code_under_test_then_drain() -> None:
+    """A Django-style view (sync, in a thread) sends; the test drains and reads the result."""
+    app = memory_app()
+    t = tasks(app)
+
+    def view() -> str:
+        return t["add"].delay(20, 22).id
+
+    task_id = await asyncio.to_thread(view)
+    [outcome] = await drain(app)
+    assert (outcome.id, outcome.result) == (task_id, 42)
+    assert await asyncio.to_thread(lambda: SyncResult(app.AsyncResult(task_id)).get(timeout=5)) == 42
+    await asyncio.to_thread(close_app, app)
+    await app.aclose()
