@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -980,7 +980,9 @@ class RabbitMQBroker:
 
     # -- consuming -----------------------------------------------------------------------------
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``; at most ``prefetch`` unsettled (basic.qos)."""
         if not queues:
             raise ConfigurationError("consume() needs at least one queue")
