@@ -152,6 +152,15 @@ def test_eager_links_run_after_the_task() -> None:
     assert seen[1][0] == failed.id and seen[1][1]["type"].endswith("Boom")
 
 
+async def test_apply_runs_the_task_here_without_eager_mode() -> None:
+    app = memory_app()
+    t = tasks(app)
+    assert await asyncio.to_thread(lambda: t["add"].apply((1, 2)).get()) == 3
+    assert await (await t["flaky"].apply((1,))).get() == 1
+    assert await app.purge() == 0  # nothing was sent
+    await app.aclose()
+
+
 def test_eager_propagates_raises_at_send_time() -> None:
     app = memory_app(task_always_eager=True, task_eager_propagates=True)
     t = tasks(app)
