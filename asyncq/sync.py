@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -388,7 +389,7 @@ def send(app: App, result: AsyncResult[R], sender: Callable[[], Awaitable[object
     the handle of what it publishes, known before anything is sent.
     """
     if is_loop_running():
-        return SyncResult(result, _send_then_return(sender, result))
+        return SyncResult(result, _unsent(sender, result))
     blocking(app, _as_coroutine(sender), SEND_DEADLINE)
     return SyncResult(result)
 
@@ -396,9 +397,16 @@ def send(app: App, result: AsyncResult[R], sender: Callable[[], Awaitable[object
 def send_group(app: App, result: GroupResult, sender: Callable[[], Awaitable[object]]) -> SyncGroupResult:
     """:func:`send` for a group: the handle is a :class:`SyncGroupResult`."""
     if is_loop_running():
-        return SyncGroupResult(result, _send_then_return(sender, result))
+        return SyncGroupResult(result, _unsent(sender, result))
     blocking(app, _as_coroutine(sender), SEND_DEADLINE)
     return SyncGroupResult(result)
+
+
+def _unsent(sender: Callable[[], Awaitable[object]], result: T) -> Coroutine[Any, Any, T]:
+    coroutine: types.CoroutineType[Any, Any, T] = _send_then_return(sender, result)  # type: ignore[assignment]
+    # Python's "coroutine ... was never awaited" warning names this: say what was not sent.
+    coroutine.__qualname__ = coroutine.__name__ = "apply_async"
+    return coroutine
 
 
 async def _as_coroutine(sender: Callable[[], Awaitable[object]]) -> None:

@@ -86,3 +86,12 @@ def test_one_loop_thread_is_started_for_many_threads(app: App) -> None:
 
 async def _count(app: App) -> int:
     return await app.purge()
+
+
+async def test_an_apply_async_never_awaited_in_async_code_is_reported(app: App) -> None:
+    add = app.tasks["add"]
+    holder = [add.apply_async((1, 2))]
+    with pytest.warns(RuntimeWarning, match="coroutine 'apply_async' was never awaited"):
+        holder.clear()  # the last reference: CPython finalizes the unsent send here
+    assert await app.purge() == 0  # and nothing was sent
+    await app.aclose()
