@@ -34,6 +34,11 @@ def create_api(app: App) -> FastAPI:
         result = await add.enqueue(x, y)
         return {"id": result.id}
 
+    @api.post("/add-sync")
+    def enqueue_add_sync(x: int, y: int) -> dict[str, str]:
+        # A plain `def` endpoint runs in FastAPI's thread pool: the sync API works there.
+        return {"id": add.delay(x, y).id}
+
     @api.get("/results/{task_id}")
     async def read_result(task_id: str, queue: Queue) -> dict[str, Any]:
         result = queue.AsyncResult(task_id)

@@ -15,12 +15,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from asyncq.app import App
+from asyncq.sync import run_blocking_calls_on
 
 __all__ = ["ASYNCQ_APP", "setup"]
 
@@ -37,6 +39,8 @@ def setup(web_app: web.Application, app: App, *, worker: bool = True, **worker_o
 
     async def context(_: web.Application) -> AsyncIterator[None]:
         await app.connect()
+        if app.broker_url.startswith("memory:"):
+            run_blocking_calls_on(app, asyncio.get_running_loop())  # sync views reach its queues
         try:
             if worker:
                 async with app.worker(**worker_options):
@@ -44,6 +48,7 @@ def setup(web_app: web.Application, app: App, *, worker: bool = True, **worker_o
             else:
                 yield
         finally:
+            run_blocking_calls_on(app, None)
             await app.aclose()
 
     web_app.cleanup_ctx.append(context)

@@ -17,6 +17,7 @@ See docs/frameworks.md. The lifespan suits any Starlette-based framework.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +27,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from asyncq.app import App
+from asyncq.sync import run_blocking_calls_on
 
 __all__ = ["asyncq_lifespan", "get_asyncq"]
 
@@ -44,6 +46,8 @@ def asyncq_lifespan(
     async def lifespan(web_app: Any) -> AsyncIterator[None]:
         web_app.state.asyncq = app
         await app.connect()
+        if app.broker_url.startswith("memory:"):
+            run_blocking_calls_on(app, asyncio.get_running_loop())  # sync views reach its queues
         try:
             if worker:
                 async with app.worker(**worker_options):
@@ -51,6 +55,7 @@ def asyncq_lifespan(
             else:
                 yield
         finally:
+            run_blocking_calls_on(app, None)
             await app.aclose()
 
     return lifespan

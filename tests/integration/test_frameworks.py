@@ -27,9 +27,9 @@ def free_port() -> int:
         return port
 
 
-async def add_and_read(base: str) -> dict[str, object]:
+async def add_and_read(base: str, path: str = "/add") -> dict[str, object]:
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client:
-        response = await client.post("/add", params={"x": 2, "y": 3})
+        response = await client.post(path, params={"x": 2, "y": 3})
         response.raise_for_status()
         task_id = response.json()["id"]
         response = await client.get(f"/results/{task_id}")
@@ -53,6 +53,9 @@ async def test_fastapi_example_under_uvicorn() -> None:
             while not server.started:
                 await asyncio.sleep(0.02)  # uvicorn has no started event to wait on
         body = await add_and_read(f"http://127.0.0.1:{port}")
+        assert (body["state"], body["result"]) == ("SUCCESS", 5)
+        # A sync endpoint (FastAPI's thread pool) sends with delay() to the same memory queues.
+        body = await add_and_read(f"http://127.0.0.1:{port}", "/add-sync")
         assert (body["state"], body["result"]) == ("SUCCESS", 5)
     finally:
         server.should_exit = True

@@ -95,7 +95,7 @@ async def test_get_times_out(sync_app: App) -> None:
 
     def calls() -> None:
         result = slow.delay(3.0)
-        with pytest.raises(ResultTimeout):
+        with pytest.raises(ResultTimeout, match=rf"task {result.id} did not finish within 0.2s"):
             result.get(timeout=0.2)
         assert result.get(timeout=TIMEOUT) == 3.0
 

@@ -10,7 +10,7 @@ import pytest
 import asyncq
 from asyncq import App, SyncResult, chain, chord, group
 from asyncq.exceptions import BlockingCallError
-from asyncq.sync import close_app
+from asyncq.sync import close_app, run_blocking_calls_on
 
 
 @pytest.fixture
@@ -95,3 +95,15 @@ async def test_an_apply_async_never_awaited_in_async_code_is_reported(app: App) 
         holder.clear()  # the last reference: CPython finalizes the unsent send here
     assert await app.purge() == 0  # and nothing was sent
     await app.aclose()
+
+
+async def test_sync_calls_reach_a_memory_app_whose_worker_runs_in_another_loop(app: App) -> None:
+    add = app.tasks["add"]
+    run_blocking_calls_on(app, asyncio.get_running_loop())
+    try:
+        async with app.worker(concurrency=2):
+            values = await asyncio.to_thread(lambda: [add.delay(i, 1).get(timeout=10) for i in range(3)])
+    finally:
+        run_blocking_calls_on(app, None)
+        await app.aclose()
+    assert values == [1, 2, 3]

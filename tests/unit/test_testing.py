@@ -184,6 +184,7 @@ async def test_eager_in_async_code_runs_when_awaited() -> None:
 
 USER_TESTS = textwrap.dedent(
     """
+    import asyncio
     import pytest
     from asyncq.testing import drain
 
@@ -207,6 +208,10 @@ USER_TESTS = textwrap.dedent(
         double = make_tasks(asyncq_app)
         assert await (await double.enqueue(2)).get(timeout=10) == 4
 
+    async def test_sync_code_with_the_worker(asyncq_app, asyncq_worker):
+        double = make_tasks(asyncq_app)
+        assert await asyncio.to_thread(lambda: double.delay(5).get(timeout=10)) == 10
+
     def test_eager(asyncq_eager_app):
         double = make_tasks(asyncq_eager_app)
         assert double.delay(4).get() == 8
@@ -227,7 +232,7 @@ def test_the_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
         timeout=300,
         cwd=tmp_path,
     )
-    assert "3 passed" in out.stdout, out.stdout + out.stderr
+    assert "4 passed" in out.stdout, out.stdout + out.stderr
 
 
 async def test_sync_code_under_test_then_drain() -> None:
