@@ -86,9 +86,7 @@ class ControlChannel(Protocol):
         A channel without storage may gather them from the live workers within ``timeout``.
         """
 
-    async def broadcast(
-        self, body: bytes, *, timeout: float, replies: int | None = None
-    ) -> list[bytes]:
+    async def broadcast(self, body: bytes, *, timeout: float, replies: int | None = None) -> list[bytes]:
         """Send ``body`` to every listening worker; return the replies received within ``timeout``.
 
         Returns early once ``replies`` replies have arrived (when given).

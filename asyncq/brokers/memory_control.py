@@ -62,8 +62,9 @@ class MemoryControlChannel:
 
         for listener in list(self._state.listeners):
             listener.put_nowait(ControlRequest(body, reply))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(enough.wait(), timeout)
+        if replies != 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), timeout)
         return list(received)
 
     async def listen(self, worker: str) -> AsyncIterator[ControlRequest]:

@@ -107,8 +107,9 @@ class RabbitMQControlChannel:
                 exchange = await channel.declare_exchange(self._exchange_name, type="fanout", durable=False)
                 request = aio_pika.Message(bytes(body), reply_to=reply_queue.name)
                 await exchange.publish(request, routing_key="")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(enough.wait(), timeout)
+            if replies != 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(enough.wait(), timeout)
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
