@@ -25,7 +25,8 @@ from asyncq import __version__
 from asyncq.brokers.control import ControlChannel, ControlRequest, control_channel_for
 from asyncq.brokers.memory_control import MemoryControlChannel
 from asyncq.control import WorkerStats, decode_request, encode_reply
-from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.exceptions import AsyncqError, ConfigurationError, SerializationError
+from asyncq.message import decode_message
 from asyncq.task import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class Presence:
             failed=counts["failure"],
             succeeded=counts["success"],
             retried=counts["retry"],
-            in_flight=worker.in_flight,
+            in_flight=worker.in_flight + (worker.waiting is not None),
             concurrency=worker.concurrency,
             prefetch=worker.prefetch,
             queues=list(worker.queues),
@@ -222,16 +223,23 @@ class Presence:
         ]
 
     def _reserved(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        held = [(e.message, e.queue) for e in self.runner.book.reserved()]
+        waiting = self.worker.waiting
+        if waiting is not None:
+            try:
+                held.append((decode_message(waiting.body, self.worker.app.serializers), waiting.queue))
+            except SerializationError:
+                pass  # it will be dead-lettered when its turn comes
         return [
             {
-                "id": e.message.id,
-                "name": e.message.task,
-                "args": e.message.args,
-                "kwargs": e.message.kwargs,
-                "queue": e.queue,
+                "id": message.id,
+                "name": message.task,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "queue": queue,
                 "worker": self.worker.hostname,
             }
-            for e in self.runner.book.reserved()
+            for message, queue in held
         ]
 
     def _revoke(self, arguments: dict[str, Any]) -> str:

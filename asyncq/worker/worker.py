@@ -30,6 +30,7 @@ from asyncq.worker.runner import loop_factory, run_until_signalled
 
 if TYPE_CHECKING:
     from asyncq.app import App
+    from asyncq.brokers import Delivery
 
 __all__ = ["Worker"]
 
@@ -95,6 +96,7 @@ class Worker:
         self._slots: asyncio.Semaphore | None = None
         self._main: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
+        self.waiting: Delivery | None = None
         self._shrinking: set[asyncio.Task[bool]] = set()
         self._runner: JobRunner | None = None
         self.scheduler: Scheduler | None = Scheduler(app) if beat else None
@@ -177,6 +179,7 @@ class Worker:
                 ) as deliveries:
                     async for delivery in deliveries:
                         failures = 0
+                        self.waiting = delivery  # taken, waiting for a slot: inspect().reserved()
                         try:
                             await slots.acquire()
                         except asyncio.CancelledError:
@@ -184,6 +187,8 @@ class Worker:
                             with contextlib.suppress(AsyncqError):
                                 await asyncio.shield(delivery.nack())
                             raise
+                        finally:
+                            self.waiting = None
                         job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
                         self._inflight.add(job)
                         job.add_done_callback(self._job_done)
