@@ -11,6 +11,7 @@ trip. A failing channel never stops the worker: the loops log and try again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -226,10 +227,8 @@ class Presence:
         held = [(e.message, e.queue) for e in self.runner.book.reserved()]
         waiting = self.worker.waiting
         if waiting is not None:
-            try:
+            with contextlib.suppress(SerializationError):  # dead-lettered when its turn comes
                 held.append((decode_message(waiting.body, self.worker.app.serializers), waiting.queue))
-            except SerializationError:
-                pass  # it will be dead-lettered when its turn comes
         return [
             {
                 "id": message.id,
