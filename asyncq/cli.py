@@ -119,6 +119,12 @@ def run(
         bool,
         typer.Option("--beat", help="Also send periodic tasks (safe on every worker).", envvar="ASYNCQ_BEAT"),
     ] = False,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname", "-n", help="The worker's name (default host:pid).", envvar="ASYNCQ_WORKER_HOSTNAME"
+        ),
+    ] = None,
 ) -> None:
     """Start a worker for the app."""
     level = logging.getLevelName(log_level.upper())
@@ -133,6 +139,7 @@ def run(
             loop=loop,
             shutdown_timeout=shutdown_timeout,
             beat=beat,
+            hostname=hostname,
         )
         worker.run()
     except AsyncqError as exc:

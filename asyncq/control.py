@@ -44,6 +44,7 @@ class WorkerStats:
     Attributes:
         hostname: the worker's name (``host:pid`` unless given).
         pid / version / started: its process id, asyncq version and start (epoch seconds).
+        host: the machine it runs on.
         processed: tasks finished (any outcome); failed / succeeded / retried break it down.
         in_flight: tasks taken and not yet settled (running, or waiting for a slot).
         concurrency / prefetch: its limits now.
@@ -58,6 +59,7 @@ class WorkerStats:
     pid: int
     version: str
     started: float
+    host: str = ""
     processed: int = 0
     failed: int = 0
     succeeded: int = 0

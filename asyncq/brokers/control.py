@@ -30,6 +30,8 @@ __all__ = [
     "CONTROL_CHANNELS",
     "ControlChannel",
     "ControlRequest",
+    "LeaseHolder",
+    "LeaseReclaimer",
     "PresenceRecord",
     "control_channel_for",
 ]
@@ -62,6 +64,38 @@ class ControlRequest:
     async def reply(self, body: bytes) -> None:
         """Send ``body`` back to the client that broadcast the request."""
         await self._reply(body)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Another worker, as a :class:`LeaseReclaimer` needs it to judge whether it is dead.
+
+    Attributes:
+        worker: its name.
+        owner: the broker's lease owner id of its messages.
+        host / pid: where it runs.
+        is_lost: it missed its heartbeats (alive but paused, or dead).
+        queues: the queues it consumed.
+    """
+
+    worker: str
+    owner: str
+    host: str
+    pid: int
+    is_lost: bool
+    queues: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class LeaseReclaimer(Protocol):
+    """Optional, for channels whose broker leases messages: hand a dead worker's messages back now.
+
+    Heartbeats alone cannot tell a dead worker from a paused one, so each reclaimer uses a
+    liveness signal that survives a pause (a local pid, a server-side connection).
+    """
+
+    async def release_dead(self, holders: Sequence[LeaseHolder]) -> dict[str, int]:
+        """Release the leases of the ``holders`` proven dead; return ``{worker: messages released}``."""
 
 
 @runtime_checkable

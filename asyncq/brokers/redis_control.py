@@ -15,25 +15,28 @@ reads on the broker's own connection, so nothing here holds a connection blocked
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
-from asyncq.brokers.control import ControlRequest, PresenceRecord
+from asyncq.brokers.control import ControlRequest, LeaseHolder, PresenceRecord
 
 if TYPE_CHECKING:
     from asyncq._redis import Client
     from asyncq.brokers.redis import RedisBroker
 
-__all__ = ["FORGET_LOST_AFTER", "POLL_INTERVAL", "RedisControlChannel"]
+__all__ = ["ABSENT_FOR", "FORGET_LOST_AFTER", "POLL_INTERVAL", "RedisControlChannel"]
 
 #: Seconds between a listener's (or a reply collector's) reads.
 POLL_INTERVAL = 0.1
 #: Seconds a lost worker's record is still listed before it is deleted.
 FORGET_LOST_AFTER = 3600.0
 _REPLY_TTL = 60
+#: Seconds a worker's connections must stay missing before its leases are released.
+ABSENT_FOR = 1.0
 
 
 class RedisControlChannel:
@@ -48,6 +51,7 @@ class RedisControlChannel:
         self._expires = (base + "expires").encode()
         self._requests = (base + "requests").encode()
         self._revoked = (base + "revoked").encode()
+        self._absent: dict[str, float] = {}  # owner -> when its connections were first missing
 
     def _client(self) -> Client:
         return self._broker._client()
@@ -130,6 +134,38 @@ class RedisControlChannel:
                         values = {bytes(k): bytes(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
                     yield ControlRequest(values[b"body"], partial(self._reply, values[b"reply"]))
             await asyncio.sleep(POLL_INTERVAL)
+
+    async def release_dead(self, holders: Sequence[LeaseHolder]) -> dict[str, int]:
+        """Release the leases of workers whose broker connections are gone from the server.
+
+        A dead process's sockets are closed by its kernel, so the server drops its connections
+        (named ``asyncq-broker-<owner>``) at once; a paused one keeps them. An owner counts as
+        dead once absent from CLIENT LIST twice, :data:`ABSENT_FOR` seconds apart, so that a
+        live worker reconnecting after a blip keeps its messages. Not on a Cluster (each node
+        has its own client list): there the visibility timeout applies.
+        """
+        client = self._client()
+        if getattr(client, "_cluster", None) is not None or not holders:
+            return {}
+        listing = await client.execute("CLIENT", "LIST", "TYPE", "normal")
+        text = listing.decode() if isinstance(listing, bytes) else str(listing)
+        names = {part[5:] for line in text.splitlines() for part in line.split() if part.startswith("name=")}
+        current = time.monotonic()
+        released: dict[str, int] = {}
+        present = {h.owner for h in holders if any(n.startswith(f"asyncq-broker-{h.owner}") for n in names)}
+        for owner in list(self._absent):
+            if owner in present:
+                del self._absent[owner]
+        for holder in holders:
+            if holder.owner in present:
+                continue
+            since = self._absent.setdefault(holder.owner, current)
+            if current - since < ABSENT_FOR:
+                continue
+            count = await self._broker.release_owner(holder.owner, holder.queues)
+            if count:
+                released[holder.worker] = count
+        return released
 
     async def revoke(self, task_ids: Sequence[str], *, expires: float) -> None:
         if not task_ids:

@@ -3,12 +3,16 @@
 Presence records, broadcast requests, their replies and revocations are rows beside the
 messages. Listeners and reply collectors poll every :data:`POLL_INTERVAL` seconds (the file
 is local, a poll is a cheap indexed read); requests and replies older than
-:data:`KEEP_SECONDS` are deleted by the next broadcast.
+:data:`KEEP_SECONDS` are deleted by the next broadcast. Every process sharing the file runs
+on this machine, so a dead worker is recognised by its pid, and its leases (the ``owner``
+column of the broker's messages) are released at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._sqlite import SQLiteThread
 from asyncq._utils import now
-from asyncq.brokers.control import ControlRequest, PresenceRecord
+from asyncq.brokers.control import ControlRequest, LeaseHolder, PresenceRecord
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 if TYPE_CHECKING:
@@ -80,6 +84,31 @@ _REQUESTS_SQL = "SELECT seq, body, reply_to FROM asyncq_control WHERE seq > ? OR
 
 def _fetch(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[Any]:
     return conn.execute(sql, args).fetchall()
+
+
+def _release_owner(conn: sqlite3.Connection, owner: str) -> int:
+    # The messages stay counted as delivered: the dead worker may have started them.
+    return conn.execute(
+        "UPDATE asyncq_messages SET locked_until = NULL, owner = NULL WHERE owner = ?", (owner,)
+    ).rowcount
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return _state_of(pid) != "Z"  # a zombie is dead; only its parent has not reaped it yet
+
+
+def _state_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _last_seq(conn: sqlite3.Connection) -> int:
@@ -150,6 +179,21 @@ class SQLiteControlChannel:
                 after = max(after, int(seq))
                 yield ControlRequest(bytes(body), partial(self._reply, str(reply_to)))
             await asyncio.sleep(POLL_INTERVAL)
+
+    async def release_dead(self, holders: Sequence[LeaseHolder]) -> dict[str, int]:
+        """Release the leases of the workers on this host whose process is gone (pid check).
+
+        The file is local, so every worker sharing it runs on this machine; a paused
+        (SIGSTOP) process still exists and keeps its leases.
+        """
+        here = socket.gethostname()
+        dead = [h for h in holders if h.host == here and h.pid != os.getpid() and not _pid_alive(h.pid)]
+        released: dict[str, int] = {}
+        for holder in dead:
+            count = await self._db.write(partial(_release_owner, owner=holder.owner))
+            if count:
+                released[holder.worker] = count
+        return released
 
     async def revoke(self, task_ids: Sequence[str], *, expires: float) -> None:
         until = now() + expires

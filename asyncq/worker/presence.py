@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -23,9 +24,15 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq import __version__
-from asyncq.brokers.control import ControlChannel, ControlRequest, control_channel_for
+from asyncq.brokers.control import (
+    ControlChannel,
+    ControlRequest,
+    LeaseHolder,
+    LeaseReclaimer,
+    control_channel_for,
+)
 from asyncq.brokers.memory_control import MemoryControlChannel
-from asyncq.control import WorkerStats, decode_request, encode_reply
+from asyncq.control import WorkerStats, decode_request, encode_reply, stats_from_json
 from asyncq.exceptions import AsyncqError, ConfigurationError, SerializationError
 from asyncq.message import decode_message
 from asyncq.task import parse_rate_limit
@@ -140,6 +147,7 @@ class Presence:
             pid=os.getpid(),
             version=__version__,
             started=self.started,
+            host=socket.gethostname(),
             processed=counts["success"] + counts["failure"] + counts["retry"],
             failed=counts["failure"],
             succeeded=counts["success"],
@@ -167,8 +175,37 @@ class Presence:
             self.loop_lag = max(0.0, loop.time() - planned)
             try:
                 await self._beat()
+                if isinstance(self.channel, LeaseReclaimer):
+                    await self._reclaim(self.channel)
             except (AsyncqError, TimeoutError) as exc:
                 logger.warning("heartbeat of %s failed: %s", self.worker.hostname, exc)
+
+    async def _reclaim(self, reclaimer: LeaseReclaimer) -> None:
+        """Hand the messages of dead workers back now, not after their visibility timeout."""
+        current = time.time()
+        holders = []
+        async with asyncio.timeout(max(5.0, self.interval)):
+            records = await self.channel.workers(timeout=self.interval / 2)
+        for record in records:
+            if record.worker == self.worker.hostname:
+                continue
+            try:
+                stats = stats_from_json(record.info)
+            except (ValueError, TypeError):
+                continue
+            if stats.broker_owner:
+                lost = record.expires < current
+                holders.append(
+                    LeaseHolder(
+                        record.worker, stats.broker_owner, stats.host, stats.pid, lost, tuple(stats.queues)
+                    )
+                )
+        if not holders:
+            return
+        async with asyncio.timeout(max(5.0, self.interval)):
+            released = await reclaimer.release_dead(holders)
+        for worker, count in released.items():
+            logger.warning("worker %s is dead: %d of its messages handed back at once", worker, count)
 
     # -- control requests -------------------------------------------------------------------------
 
