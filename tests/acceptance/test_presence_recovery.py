@@ -113,9 +113,8 @@ def test_sigkill_another_worker_finishes_the_tasks_within_seconds(
     done = markers(marks, "done")
     assert sorted(t for t, _, _ in done) == sorted(ids)
     assert all(count == 2 and pid != first.pid for _, count, pid in done)
-    print(
-        f"\n{env['ASYNCQ_BROKER_URL'].split(':')[0]}: tasks of the killed worker finished {elapsed:.1f}s after the kill"
-    )
+    scheme = env["ASYNCQ_BROKER_URL"].split(":")[0]
+    print(f"\n{scheme}: the killed worker's tasks finished {elapsed:.1f}s after the kill")
 
 
 def test_sigstop_keeps_the_tasks_and_sigcont_finishes_them_once(
