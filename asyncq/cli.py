@@ -271,6 +271,11 @@ def purge(
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
 
 
+from asyncq.cli_control import register as _register_control  # noqa: E402 - after the helpers it takes
+
+_register_control(cli, load_app=load_app, run_async=run_async, fail=fail)
+
+
 def main() -> None:
     """Entry point of the ``asyncq`` script."""
     cli()

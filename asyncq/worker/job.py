@@ -98,6 +98,11 @@ class JobRunner:
                 return
             await self._execute(delivery, message, task)
         except asyncio.CancelledError:
+            entry = self.book.entries.get(delivery.id)
+            if entry is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
+                # Revoked with terminate: settled here, so that no other worker starts it.
+                await asyncio.shield(self._skip_revoked(delivery, entry.message, "revoked while running"))
+                raise
             # Shutdown cut the task short: give the message back so another worker runs it.
             await asyncio.shield(self._settle(delivery.nack()))
             raise
