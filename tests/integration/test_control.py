@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -337,3 +338,30 @@ async def test_a_worker_started_after_the_revoke_honours_it(app: App) -> None:
             await result.get(timeout=TIMEOUT)
         revoked = await app.control.inspect(["late"], timeout=2.0).revoked()
         assert result.id in revoked["late"]
+
+
+async def test_revoke_terminate_kills_a_process_task_and_replaces_the_child(tmp_path: Path) -> None:
+    from tests.apps import revoke_process_app as tasks
+
+    app = tasks.app
+    pid_file = tmp_path / "child.pid"
+    try:
+        async with app.worker(hostname="w1", process_pool_size=1):
+            result = await tasks.spin.enqueue(str(pid_file))
+            await until(lambda: _true(pid_file.exists() and bool(pid_file.read_text())), "the child to start")
+            child = int(pid_file.read_text())
+            await result.revoke(terminate=True)
+            with pytest.raises(TaskRevokedError):
+                await result.get(timeout=TIMEOUT)
+
+            async def child_gone() -> bool:
+                try:
+                    os.kill(child, 0)
+                except ProcessLookupError:
+                    return True
+                return False
+
+            await until(child_gone, "the killed child to be gone")
+            assert await (await tasks.pid.enqueue()).get(timeout=30) != child
+    finally:
+        await app.aclose()
