@@ -27,12 +27,14 @@ from asyncq.exceptions import BrokerConnectionError, BrokerError
 if TYPE_CHECKING:
     from asyncq.brokers.sqlite import SQLiteBroker
 
-__all__ = ["KEEP_SECONDS", "POLL_INTERVAL", "SQLiteControlChannel"]
+__all__ = ["FORGET_LOST_AFTER", "KEEP_SECONDS", "POLL_INTERVAL", "SQLiteControlChannel"]
 
 #: Seconds between a listener's (or a reply collector's) looks at the tables.
 POLL_INTERVAL = 0.1
 #: Seconds broadcast requests and replies are kept.
 KEEP_SECONDS = 60.0
+#: Seconds a lost worker's record is still listed before it is deleted.
+FORGET_LOST_AFTER = 3600.0
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -64,6 +66,7 @@ COMMIT;
 
 
 def _beat(conn: sqlite3.Connection, worker: str, info: bytes, seen: float, expires: float) -> None:
+    conn.execute("DELETE FROM asyncq_workers WHERE expires < ?", (seen - FORGET_LOST_AFTER,))
     conn.execute(
         "INSERT INTO asyncq_workers (worker, info, seen, expires) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (worker) DO UPDATE SET info = excluded.info, seen = excluded.seen, "

@@ -33,7 +33,7 @@ from asyncq.brokers.control import (
 )
 from asyncq.brokers.memory_control import MemoryControlChannel
 from asyncq.control import WorkerStats, decode_request, encode_reply, stats_from_json
-from asyncq.exceptions import AsyncqError, ConfigurationError, SerializationError
+from asyncq.exceptions import ConfigurationError, SerializationError
 from asyncq.message import decode_message
 from asyncq.task import parse_rate_limit
 
@@ -105,8 +105,8 @@ class Presence:
                 await self.channel.connect()
                 self.revoked.update(await self.channel.revoked())
                 await self._beat()
-        except (AsyncqError, TimeoutError) as exc:  # the heartbeat loop keeps trying
-            logger.warning("control channel of %s unavailable at start: %s", self.worker.hostname, exc)
+        except Exception as exc:  # the heartbeat loop keeps trying
+            logger.warning("control channel of %s unavailable at start: %r", self.worker.hostname, exc)
 
     async def serve(self) -> None:
         """Heartbeat and answer requests until cancelled."""
@@ -122,7 +122,7 @@ class Presence:
         try:
             async with asyncio.timeout(5.0):
                 await self.channel.leave(self.worker.hostname)
-        except (AsyncqError, TimeoutError) as exc:
+        except Exception as exc:  # a failing channel must not fail the worker
             logger.warning("could not remove the presence record of %s: %s", self.worker.hostname, exc)
         await self.channel.aclose()
 
@@ -177,8 +177,8 @@ class Presence:
                 await self._beat()
                 if isinstance(self.channel, LeaseReclaimer):
                     await self._reclaim(self.channel)
-            except (AsyncqError, TimeoutError) as exc:
-                logger.warning("heartbeat of %s failed: %s", self.worker.hostname, exc)
+            except Exception as exc:  # presence must never stop the worker: next beat retries
+                logger.warning("heartbeat of %s failed: %r", self.worker.hostname, exc)
 
     async def _reclaim(self, reclaimer: LeaseReclaimer) -> None:
         """Hand the messages of dead workers back now, not after their visibility timeout."""
@@ -215,9 +215,9 @@ class Presence:
                 async with aclosing(self.channel.listen(self.worker.hostname)) as requests:  # type: ignore[type-var]
                     async for request in requests:
                         await self._answer(request)
-            except AsyncqError as exc:
+            except Exception as exc:  # presence must never stop the worker: listen again
                 logger.warning(
-                    "control channel of %s failed (%s); listening again", self.worker.hostname, exc
+                    "control channel of %s failed (%r); listening again", self.worker.hostname, exc
                 )
                 await asyncio.sleep(RETRY_DELAY)
 
@@ -241,7 +241,7 @@ class Presence:
         try:
             async with asyncio.timeout(5.0):
                 await request.reply(reply)
-        except (AsyncqError, TimeoutError) as exc:
+        except Exception as exc:  # a failing channel must not fail the worker
             logger.warning("could not answer control command %s: %s", command, exc)
 
     def _active(self, _: dict[str, Any]) -> list[dict[str, Any]]:
