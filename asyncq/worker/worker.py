@@ -98,7 +98,6 @@ class Worker:
         self._resubscribe = asyncio.Event()
         self.waiting: Delivery | None = None
         self._shrinking: set[asyncio.Task[bool]] = set()
-        self._runner: JobRunner | None = None
         self.scheduler: Scheduler | None = Scheduler(app) if beat else None
 
     def __repr__(self) -> str:
@@ -120,7 +119,6 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
-        self._runner = runner
         presence = Presence(self, runner)
         await presence.start()  # before consuming: a task revoked earlier must already be known
         runner.is_revoked = presence.is_revoked
@@ -223,7 +221,7 @@ class Worker:
             shrink.add_done_callback(self._shrinking.discard)
 
     def cancel_job(self, task_id: str) -> bool:
-        """Cancel the job of ``task_id`` if it is in flight here; its message goes back to the queue."""
+        """Cancel the job of ``task_id`` if it is in flight here (the runner settles its message)."""
         for job in self._inflight:
             if job.get_name() == f"asyncq.job.{task_id}":
                 job.cancel()
