@@ -126,7 +126,9 @@ def test_inspect_and_control_two_worker_processes(
     )
     assert not any(p.name.startswith("done-") for p in marks.iterdir())
 
-    later = enqueue(env, 0.01, str(marks), countdown=2.0)
+    # Delayed long enough for the revoke command's process to start on a loaded machine; the
+    # skip (and the REVOKED record) happens when the broker delivers it at its eta.
+    later = enqueue(env, 0.01, str(marks), countdown=10.0)
     cli_json(env, "control", APP, "revoke", later)
     wait_for(lambda: state_of(env, later) == State.REVOKED, timeout=60, what="the queued task to be REVOKED")
 
