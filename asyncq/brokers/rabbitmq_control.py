@@ -140,7 +140,10 @@ class RabbitMQControlChannel:
     async def _reply(self, reply_to: str, body: bytes) -> None:
         channel, _ = await self._open()
         with translate_errors("reply to a control request"):
-            await channel.default_exchange.publish(aio_pika.Message(bytes(body)), routing_key=reply_to)
+            # Not mandatory: a client that stopped waiting has deleted its reply queue.
+            await channel.default_exchange.publish(
+                aio_pika.Message(bytes(body)), routing_key=reply_to, mandatory=False
+            )
 
     async def _stream(self, channel: AbstractChannel) -> Any:
         return await channel.declare_queue(
