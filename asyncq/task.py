@@ -73,6 +73,8 @@ class Request:
     # Set by the worker: stores progress from the worker's loop, whichever executor runs the task.
     state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    # Set by the worker when the task is revoked with terminate=True (read by is_revoked()).
+    revoked: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
@@ -192,6 +194,11 @@ class Task(Generic[P, R]):
         if entry is None or entry[0] is not self:
             return Request(id="", task=self.name, is_eager=True)
         return entry[1]
+
+    def is_revoked(self) -> bool:
+        """Whether the running call was revoked with ``terminate=True`` (a thread task polls it to stop)."""
+        entry = _current.get()
+        return entry is not None and entry[1].revoked.is_set()
 
     def _eager_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = Request(id=new_id(), task=self.name, args=list(args), kwargs=dict(kwargs), is_eager=True)
