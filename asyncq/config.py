@@ -150,7 +150,14 @@ SETTINGS: dict[str, Setting] = {
 
 #: ``ASYNCQ_*`` variables that are not settings: the command line's options read them.
 OTHER_ENV_VARS: frozenset[str] = frozenset(
-    {"ASYNCQ_APP", "ASYNCQ_QUEUES", "ASYNCQ_LOG_LEVEL", "ASYNCQ_LOG_FORMAT", "ASYNCQ_BEAT"}
+    {
+        "ASYNCQ_APP",
+        "ASYNCQ_QUEUES",
+        "ASYNCQ_LOG_LEVEL",
+        "ASYNCQ_LOG_FORMAT",
+        "ASYNCQ_BEAT",
+        "ASYNCQ_WORKER_HOSTNAME",
+    }
 )
 # Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
 _OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_", "ASYNCQ_BENCH_")
