@@ -89,16 +89,13 @@ def project() -> Iterator[dict[str, str]]:
                 os.environ[key] = value
 
 
-@pytest.fixture(scope="module")
-def worker(
-    project: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``manage.py asyncq_worker`` on the default and reports queues; stopped with SIGTERM at the end."""
-    log_path = tmp_path_factory.mktemp("django-worker") / "worker.log"
+@contextmanager
+def running_worker(env: dict[str, str], log_path: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``manage.py asyncq_worker OPTIONS`` until the block ends; then SIGTERM, and it must exit 0."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(PROJECT / "manage.py"), "asyncq_worker", "-Q", "default,reports", "-c", "8"],
-            env=project,
+            [sys.executable, str(PROJECT / "manage.py"), "asyncq_worker", *options],
+            env=env,
             cwd=ROOT,
             stdout=log,
             stderr=log,
@@ -111,6 +108,16 @@ def worker(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    project: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The project's worker on the default and reports queues, for the whole module."""
+    log_path = tmp_path_factory.mktemp("django-worker") / "worker.log"
+    with running_worker(project, log_path, "-Q", "default,reports", "-c", "8") as proc:
+        yield proc
 
 
 def purge(queue: str) -> int:
@@ -367,3 +374,31 @@ async def test_aenqueue_and_aget_result_run_on_the_callers_loop(
     from asyncq.contrib.django import get_app
 
     await get_app().aclose()  # this loop's connections
+
+
+# -- database connections of worker threads ----------------------------------------------------
+
+
+def test_a_worker_thread_gets_a_new_connection_after_the_database_dropped_its_own(
+    project: dict[str, str], tmp_path: Path
+) -> None:
+    from django.db import connection
+    from shop.models import Order
+    from shop.tasks import send_confirmation
+
+    queue = f"db-{uuid.uuid4().hex[:8]}"
+    order = Order.objects.create(email="reconnect@example.com")
+    # One thread, so the second task runs where the first one's connection was.
+    with running_worker(project, tmp_path / "worker.log", "-Q", queue, "-c", "1", "--thread-pool-size", "1"):
+        first = send_confirmation.apply_async([order.id], queue=queue)
+        assert first.get(timeout=60) == "reconnect@example.com"
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (own_pid,) = cursor.fetchone()
+        # As a database restart would: every other session of this database is ended.
+        admin_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{project['EXAMPLE_DB_NAME']}' AND pid <> {own_pid}"
+        )
+        second = send_confirmation.apply_async([order.id], queue=queue)
+        assert second.get(timeout=60) == "reconnect@example.com"

@@ -126,15 +126,24 @@ async def run_async(
     self: Any, path: str, args: list[Any], kwargs: dict[str, Any], envelope: dict[str, Any]
 ) -> Any:
     """Run an ``async def`` Django task on the worker's event loop."""
-    run = _Run(self, path, args, kwargs, envelope)
-    await self.update_state(State.STARTED, meta=run.meta)
-    run.signal_start()
+    from asgiref.sync import sync_to_async
+    from django.db import close_old_connections
+
+    # The async ORM runs queries in asgiref's one thread-sensitive thread: recycle its connections.
+    recycle = sync_to_async(close_old_connections, thread_sensitive=True)
+    await recycle()
     try:
-        value = _json(await run.task.func(*run.args, **run.kwargs))
-    except Exception as exc:
-        run.finish(exc=exc)
-        raise
-    return run.finish(value)
+        run = _Run(self, path, args, kwargs, envelope)
+        await self.update_state(State.STARTED, meta=run.meta)
+        run.signal_start()
+        try:
+            value = _json(await run.task.func(*run.args, **run.kwargs))
+        except Exception as exc:
+            run.finish(exc=exc)
+            raise
+        return run.finish(value)
+    finally:
+        await recycle()
 
 
 def run_sync(self: Any, path: str, args: list[Any], kwargs: dict[str, Any], envelope: dict[str, Any]) -> Any:

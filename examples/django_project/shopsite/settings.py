@@ -29,6 +29,7 @@ DATABASES = {
         "USER": os.environ.get("EXAMPLE_DB_USER", "postgres"),
         "NAME": os.environ.get("EXAMPLE_DB_NAME", "asyncq_example"),
         "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,  # with asyncq recycling connections per task: no dead ones
     }
 }
 

@@ -24,6 +24,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
         parser.add_argument("--log-level", "-l", default="info", help="Logging level.")
         parser.add_argument("--shutdown-timeout", type=float, help="Seconds to let tasks finish.")
         parser.add_argument("--beat", action="store_true", help="Also send periodic tasks.")
+        parser.add_argument("--thread-pool-size", type=int, help="Threads running plain-function tasks.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Configure logging, build the worker, run it."""
@@ -41,6 +42,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
                 loop=options["loop"],
                 shutdown_timeout=options["shutdown_timeout"],
                 beat=options["beat"],
+                thread_pool_size=options["thread_pool_size"],
             )
             worker.run()
         except AsyncqError as exc:
