@@ -37,7 +37,7 @@ from asyncq.message import Message
 from asyncq.result import ResultRecord, decode_record
 from asyncq.serializers import json_dumps, json_loads
 from asyncq.states import State
-from asyncq.sync import SEND_DEADLINE, blocking
+from asyncq.sync import SEND_DEADLINE, blocking, ensure_no_running_loop
 
 __all__ = ["AsyncqBackend", "asyncq_priority"]
 
@@ -82,6 +82,13 @@ class AsyncqBackend(BaseTaskBackend):  # type: ignore[misc]  # Django's class is
             self.app: App = app
         else:
             self.app = get_app()
+        if self.app.backend_url.startswith("rpc:"):
+            # rpc:// hands each result to the process that sent the task: get_result, refresh()
+            # and a page that polls from another process would never see it.
+            raise ConfigurationError(
+                f"TASKS[{alias!r}] needs a result backend every process can read (redis://, sqlite://...); "
+                "the app's is rpc://: set result_backend"
+            )
         register_runners(self.app)
 
     # -- sending -------------------------------------------------------------------------------
@@ -133,6 +140,7 @@ class AsyncqBackend(BaseTaskBackend):  # type: ignore[misc]  # Django's class is
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Send the task to asyncq and return its READY result (blocks until the broker has it)."""
+        ensure_no_running_loop(f"{task.name}.enqueue()", f"`await {task.name}.aenqueue(...)`")
         result, message, envelope = self._prepare(task, args, kwargs)
         blocking(self.app, self._send(message, envelope), SEND_DEADLINE)
         task_enqueued.send(type(self), task_result=result)
@@ -158,6 +166,9 @@ class AsyncqBackend(BaseTaskBackend):  # type: ignore[misc]  # Django's class is
 
     def get_result(self, result_id: str) -> TaskResult:
         """The task's result, read from asyncq's result backend (raises TaskResultDoesNotExist)."""
+        ensure_no_running_loop(
+            "get_result() / refresh()", "`await aget_result(...)` / `await result.arefresh()`"
+        )
         record, envelope = blocking(self.app, self._read(result_id), SEND_DEADLINE)
         return self._result(result_id, record, envelope)
 
