@@ -23,11 +23,15 @@ from typing import Any
 
 import pytest
 
+from asyncq import App
 from asyncq.exceptions import ConfigurationError
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service, service_url
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+#: An App whose results go back over AMQP to the sender only (never connected here).
+RPC_APP = App("rpc-results", broker="amqp://guest:guest@127.0.0.1:5672/")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "django_project"
@@ -179,6 +183,15 @@ def test_bad_settings_are_named() -> None:
     assert app_settings(SimpleNamespace(ASYNCQ={"Broker_URL": "memory://"}, ASYNCQ_APP="x:y")) == {
         "broker_url": "memory://"
     }
+
+
+def test_the_backend_needs_an_app_with_shared_results(project: dict[str, str]) -> None:
+    from asyncq.contrib.django import AsyncqBackend
+
+    with pytest.raises(ConfigurationError, match="needs a result backend every process can read"):
+        AsyncqBackend("rpc", {"OPTIONS": {"APP": "tests.integration.test_django:RPC_APP"}})
+    with pytest.raises(ConfigurationError, match="is not an asyncq App"):
+        AsyncqBackend("bad", {"OPTIONS": {"APP": "tests.integration.test_django:PROJECT"}})
 
 
 def test_the_worker_command_refuses_a_bad_option(project: dict[str, str]) -> None:
