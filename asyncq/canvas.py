@@ -226,13 +226,17 @@ class Signature(Generic[R]):
         In async code ``await sig.apply_async()`` gives the AsyncResult; with no event loop
         running in the thread it sends at once and returns a blocking SyncResult (docs/sync.md).
         """
-        app, result, sender = self._prepare(args, kwargs, app, options)
+        app, copy, result, sender = self._prepare(args, kwargs, app, options)
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas
+
+            return apply_eagerly(app, result, copy)
         return send_or_defer(app, result, sender)
 
     def _prepare(
         self, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, app: App | None, options: Any
-    ) -> tuple[App, AsyncResult[Any], Callable[[], Awaitable[None]]]:
-        """Copy and freeze it now (so ids are known); return what publishes it, on any loop."""
+    ) -> tuple[App, Signature[Any], AsyncResult[Any], Callable[[], Awaitable[None]]]:
+        """Copy and freeze it now (so ids are known); return the copy and what publishes it."""
         app = self._bound_app(app)
         copy = self.clone(args, kwargs)
         if options:
@@ -242,7 +246,7 @@ class Signature(Generic[R]):
         async def publish() -> None:
             await _publish(app, await copy._build(app, _Context()))
 
-        return app, result, publish
+        return app, copy, result, publish
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """Send it with these extra arguments (prepended, as for a partial); return the handle."""
@@ -478,8 +482,14 @@ class Group(Signature[list[Any]]):
         ``await group(...).apply_async()`` gives the GroupResult; with no event loop running in
         the thread it sends at once and returns a blocking SyncGroupResult (docs/sync.md).
         """
-        app, result, sender = self._prepare(args, kwargs, app, options)
+        app, copy, result, sender = self._prepare(args, kwargs, app, options)
         assert isinstance(result, GroupResult)
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas
+
+            handle = apply_eagerly(app, result, copy)
+            assert isinstance(handle, SyncGroupResult)
+            return handle
         return send_group(app, result, sender)
 
     def delay(self, *args: Any, **kwargs: Any) -> SyncGroupResult:

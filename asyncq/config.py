@@ -89,6 +89,8 @@ SETTINGS: dict[str, Setting] = {
         _S("task_acks_late", True, _parse_bool, "Ack after the task finishes (at-least-once)."),
         _S("task_ignore_result", False, _parse_bool, "Do not store results unless a task asks to."),
         _S("task_track_started", False, _parse_bool, "Store the STARTED state when a task begins."),
+        _S("task_always_eager", False, _parse_bool, "Run tasks inline at delay/apply_async time (tests)."),
+        _S("task_eager_propagates", False, _parse_bool, "Eager tasks raise their exception at apply time."),
         _S("task_time_limit", None, _parse_optional_float, "Default hard time limit, seconds."),
         _S("task_soft_time_limit", None, _parse_optional_float, "Default soft time limit, seconds."),
         _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),

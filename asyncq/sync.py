@@ -40,6 +40,7 @@ __all__ = [
     "SyncGroupResult",
     "SyncResult",
     "blocking",
+    "close_app",
     "ensure_no_running_loop",
     "is_loop_running",
     "send",
@@ -77,12 +78,22 @@ def ensure_no_running_loop(call: str, instead: str) -> None:
         )
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop when installed: its cross-thread wake-up is cheaper, and every blocking call pays one.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class _LoopThread:
     """One event loop in a daemon thread, running the blocking calls' coroutines."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         #: Apps whose drivers were opened on this loop, closed with it.
         self.apps: weakref.WeakSet[App] = weakref.WeakSet()
         self.thread = threading.Thread(target=self._run, name="asyncq.sync", daemon=True)
@@ -177,6 +188,20 @@ def blocking(app: App, coroutine: Coroutine[Any, Any, T], timeout: float | None 
         coroutine.close()
         raise BlockingCallError("a blocking asyncq call was made in a thread that runs an event loop")
     return _get_runner().run(app, coroutine, timeout)
+
+
+def close_app(app: App) -> None:
+    """Close ``app``'s connections on the sync loop now; the next blocking call reopens them.
+
+    Interpreter exit does this for every app; call it where an app's lifetime ends earlier
+    (a test's teardown, a web framework's shutdown hook). A no-op if the app never blocked.
+    """
+    ensure_no_running_loop("asyncq.sync.close_app()", "`await app.aclose()`")
+    runner = _runner
+    if runner is None or app not in runner.apps or not runner.thread.is_alive():
+        return
+    runner.run(app, app.aclose(), CLOSE_DEADLINE)
+    runner.apps.discard(app)
 
 
 async def _send_then_return(send: Callable[[], Awaitable[object]], result: T) -> T:

@@ -281,6 +281,13 @@ class Task(Generic[P, R]):
         )
         app = self.app
         handle: AsyncResult[R] = AsyncResult(message.id, app, task_name=self.name)
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
+
+            sig = self.signature(
+                message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
+            )
+            return apply_eagerly(app, handle, sig)
         return send_or_defer(app, handle, lambda: app.send_message(message, task_name=self.name))
 
     def build_message(
