@@ -252,6 +252,33 @@ def test_never_sent_when_the_transaction_rolls_back(project: dict[str, str]) -> 
     assert purge(held) == 1
 
 
+def test_a_django_task_is_sent_on_commit_with_its_result_id_known_before(
+    project: dict[str, str], worker: subprocess.Popen[bytes]
+) -> None:
+    from django.db import transaction
+    from shop.tasks import count_orders
+
+    from asyncq.contrib.django import enqueue_on_commit
+    from asyncq.contrib.django.tasks_api import TaskResultDoesNotExist, TaskResultStatus, task_backends
+
+    backend = task_backends["default"]
+    with transaction.atomic():
+        result = enqueue_on_commit(count_orders, "commit.test")
+        assert result.status == TaskResultStatus.READY
+        # Nothing is stored or sent before the commit (the backend writes its record, then sends).
+        with pytest.raises(TaskResultDoesNotExist):
+            backend.get_result(result.id)
+    assert wait_finished(result).return_value == {"orders": 0}
+
+    with rolled_back():
+        dropped = enqueue_on_commit(count_orders, "rollback.test")
+    with pytest.raises(TaskResultDoesNotExist):
+        backend.get_result(dropped.id)
+
+    with pytest.raises(TypeError, match="an asyncq task or a Django @task on AsyncqBackend"):
+        enqueue_on_commit(print, "x")  # type: ignore[call-overload]
+
+
 def test_bad_arguments_fail_at_the_call_not_at_the_commit(project: dict[str, str]) -> None:
     from django.db import transaction
     from shop.tasks import send_confirmation

@@ -146,6 +146,28 @@ class AsyncqBackend(BaseTaskBackend):  # type: ignore[misc]  # Django's class is
         task_enqueued.send(type(self), task_result=result)
         return result
 
+    def enqueue_on_commit(
+        self, task: Task, args: Any, kwargs: Any, *, using: str | None = None, robust: bool = False
+    ) -> TaskResult:
+        """Send the task when the transaction of ``using`` commits; return its READY result now.
+
+        Nothing is stored or sent before the commit (so ``get_result`` raises
+        TaskResultDoesNotExist until then), and nothing ever after a rollback.
+        """
+        from django.db import transaction
+
+        ensure_no_running_loop(
+            f"enqueue_on_commit({task.name}, ...)", "`sync_to_async` around the transaction"
+        )
+        result, message, envelope = self._prepare(task, args, kwargs)
+
+        def send() -> None:
+            blocking(self.app, self._send(message, envelope), SEND_DEADLINE)
+            task_enqueued.send(type(self), task_result=result)
+
+        transaction.on_commit(send, using=using, robust=robust)
+        return result
+
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """:meth:`enqueue` on the running event loop."""
         result, message, envelope = self._prepare(task, args, kwargs)
