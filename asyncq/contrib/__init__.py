@@ -1,1 +1,1 @@
-"""Integrations with web frameworks; each module needs its framework's extra installed."""
+"""Integrations with other tools and frameworks (each imports its framework only when used)."""

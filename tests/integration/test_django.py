@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 #: An App whose results go back over AMQP to the sender only (never connected here).
 RPC_APP = App("rpc-results", broker="amqp://guest:guest@127.0.0.1:5672/")
+#: An App a project made itself, named by settings.ASYNCQ_APP.
+OWN_APP = App("own")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "django_project"
@@ -163,6 +165,22 @@ def test_settings_build_the_app_and_tasks_are_discovered(project: dict[str, str]
     assert app.conf.task_default_retry_delay == 1
     assert "shop.tasks.send_confirmation" in app.tasks  # shop/tasks.py was autodiscovered
     assert {"asyncq.django.run", "asyncq.django.run_sync"} <= set(app.tasks)
+
+
+def test_settings_asyncq_app_names_an_app_of_the_project(project: dict[str, str]) -> None:
+    from django.test import override_settings
+
+    from asyncq.contrib.django.conf import get_app
+
+    build = get_app.__wrapped__  # not the process's cached App
+    with override_settings(ASYNCQ_APP="tests.integration.test_django:OWN_APP"):
+        assert build() is OWN_APP
+    assert OWN_APP.conf.worker_concurrency == 20  # the Django settings were applied to it
+    with (
+        override_settings(ASYNCQ_APP="tests.integration.test_django:PROJECT"),
+        pytest.raises(ConfigurationError, match="not an asyncq App"),
+    ):
+        build()
 
 
 def test_bad_settings_are_named() -> None:
