@@ -636,7 +636,7 @@ class Chord(Signature[Any]):
             scheme = app.backend_url.partition(":")[0]
             raise ConfigurationError(
                 f"chords join through the result backend's counters, which {scheme}:// does not "
-                "have; use a backend that stores results (redis, sqlite, postgres, ...)"
+                "have; use a backend that stores results (redis, sqlite)"
             )
         await app.backend.set(
             _description_key(group_id), json_dumps(description), final=True, ttl=app.conf.result_expires

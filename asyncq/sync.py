@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -43,6 +44,7 @@ __all__ = [
     "close_app",
     "ensure_no_running_loop",
     "is_loop_running",
+    "run_blocking_calls_on",
     "send",
     "send_group",
 ]
@@ -88,6 +90,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _wait(future: concurrent.futures.Future[T], timeout: float | None) -> T:
+    """The coroutine's value, or its exception; a deadline of ours cancels it."""
+    try:
+        return future.result(timeout)
+    except BaseException as exc:
+        if future.done() and not future.cancelled() and future.exception() is exc:
+            raise  # the coroutine's own error (asyncq's TimeoutError from get() among them)
+        future.cancel()  # our deadline, or e.g. KeyboardInterrupt in the caller: stop the work
+        if isinstance(exc, concurrent.futures.TimeoutError):
+            raise CallTimeoutError(f"the blocking call did not finish within {timeout}s") from None
+        raise
+
+
 class _LoopThread:
     """One event loop in a daemon thread, running the blocking calls' coroutines."""
 
@@ -106,15 +121,7 @@ class _LoopThread:
     def run(self, app: App, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
         """Run ``coroutine`` on the loop and block until it is done (or ``timeout`` passes)."""
         self.apps.add(app)
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise CallTimeoutError(f"the blocking call did not finish within {timeout}s") from None
-        except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt in the caller: don't leave it running
-            raise
+        return _wait(asyncio.run_coroutine_threadsafe(coroutine, self.loop), timeout)
 
     def close(self, timeout: float) -> None:
         """Close every app's connections on the loop, then stop the loop and its thread."""
@@ -178,6 +185,24 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_at_exit)
 
 
+# Apps whose blocking calls run on a given loop instead of the sync loop: memory:// drivers
+# live in one loop (their wake-ups are not thread-safe), so they go where the worker runs.
+_home_loops: weakref.WeakKeyDictionary[App, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+
+
+def run_blocking_calls_on(app: App, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Send ``app``'s blocking calls to ``loop`` (a running loop in another thread); None undoes it.
+
+    For a ``memory://`` app whose worker runs in ``loop`` (a test, a web server embedding the
+    worker): sync code in other threads then reaches the same in-memory queues safely. The
+    pytest plugin's ``asyncq_worker`` fixture and the framework integrations do it for you.
+    """
+    if loop is None:
+        _home_loops.pop(app, None)
+    else:
+        _home_loops[app] = loop
+
+
 def blocking(app: App, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coroutine`` on the process's sync loop (started if need be) and return its value.
 
@@ -187,6 +212,9 @@ def blocking(app: App, coroutine: Coroutine[Any, Any, T], timeout: float | None 
     if is_loop_running():
         coroutine.close()
         raise BlockingCallError("a blocking asyncq call was made in a thread that runs an event loop")
+    home = _home_loops.get(app)
+    if home is not None and home.is_running():
+        return _wait(asyncio.run_coroutine_threadsafe(coroutine, home), timeout)
     return _get_runner().run(app, coroutine, timeout)
 
 
@@ -388,7 +416,7 @@ def send(app: App, result: AsyncResult[R], sender: Callable[[], Awaitable[object
     the handle of what it publishes, known before anything is sent.
     """
     if is_loop_running():
-        return SyncResult(result, _send_then_return(sender, result))
+        return SyncResult(result, _unsent(sender, result))
     blocking(app, _as_coroutine(sender), SEND_DEADLINE)
     return SyncResult(result)
 
@@ -396,9 +424,16 @@ def send(app: App, result: AsyncResult[R], sender: Callable[[], Awaitable[object
 def send_group(app: App, result: GroupResult, sender: Callable[[], Awaitable[object]]) -> SyncGroupResult:
     """:func:`send` for a group: the handle is a :class:`SyncGroupResult`."""
     if is_loop_running():
-        return SyncGroupResult(result, _send_then_return(sender, result))
+        return SyncGroupResult(result, _unsent(sender, result))
     blocking(app, _as_coroutine(sender), SEND_DEADLINE)
     return SyncGroupResult(result)
+
+
+def _unsent(sender: Callable[[], Awaitable[object]], result: T) -> Coroutine[Any, Any, T]:
+    coroutine: types.CoroutineType[Any, Any, T] = _send_then_return(sender, result)  # type: ignore[assignment]
+    # Python's "coroutine ... was never awaited" warning names this: say what was not sent.
+    coroutine.__qualname__ = coroutine.__name__ = "apply_async"
+    return coroutine
 
 
 async def _as_coroutine(sender: Callable[[], Awaitable[object]]) -> None:

@@ -290,6 +290,21 @@ class Task(Generic[P, R]):
             return apply_eagerly(app, handle, sig)
         return send_or_defer(app, handle, lambda: app.send_message(message, task_name=self.name))
 
+    def apply(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+    ) -> SyncResult[R]:
+        """Run the task here and now, as eager mode does, whatever the settings (Celery's ``apply``).
+
+        Returns a finished handle (``get()`` gives the result or raises the task's error); in
+        async code, ``await task.apply(...)`` gives it. Nothing is sent or stored.
+        """
+        from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
+
+        message = self.build_message(args, kwargs)
+        handle: AsyncResult[R] = AsyncResult(message.id, self.app, task_name=self.name)
+        sig = self.signature(message.args, message.kwargs, task_id=message.id)
+        return apply_eagerly(self.app, handle, sig)
+
     def build_message(
         self,
         args: Sequence[Any] | None = None,

@@ -63,6 +63,12 @@ def create_api(*, embedded_worker: bool) -> FastAPI:
         except ResultTimeout:
             raise HTTPException(status_code=504, detail=f"task {result.id} is still running") from None
 
+    @api.post("/add-sync")
+    def enqueue_and_wait_sync(x: int, y: int) -> dict[str, Any]:
+        # A plain `def` route runs in FastAPI's thread pool, where the blocking sync API works.
+        result = add.delay(x, y)
+        return {"task_id": result.id, "sum": result.get(timeout=30)}
+
     @api.post("/jobs/slow-add", status_code=202)
     async def enqueue_job(x: int, y: int, seconds: float = 0.2) -> dict[str, str]:
         result = await slow_add.enqueue(x, y, seconds)

@@ -18,11 +18,13 @@ loop; at cleanup the worker stops gracefully and the connections close.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from asyncq.app import App
 from asyncq.exceptions import ConfigurationError, MissingDependencyError
+from asyncq.sync import run_blocking_calls_on
 from asyncq.worker.worker import Worker
 
 try:
@@ -59,6 +61,9 @@ def setup(web_app: web.Application, queue: App, *, worker: bool | Mapping[str, A
 
     async def asyncq_context(app: web.Application) -> AsyncIterator[None]:
         await queue.connect()
+        if queue.broker_url.startswith("memory:"):
+            # memory:// queues belong to this loop: blocking calls from other threads must run here.
+            run_blocking_calls_on(queue, asyncio.get_running_loop())
         try:
             if run_worker:
                 async with queue.worker(**options) as embedded:
@@ -67,6 +72,7 @@ def setup(web_app: web.Application, queue: App, *, worker: bool | Mapping[str, A
             else:
                 yield
         finally:
+            run_blocking_calls_on(queue, None)
             await queue.aclose()
 
     web_app.cleanup_ctx.append(asyncq_context)

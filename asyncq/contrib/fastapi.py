@@ -18,12 +18,14 @@ asked, and on shutdown stops that worker gracefully and closes the connections.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from asyncq.app import App
 from asyncq.exceptions import ConfigurationError, MissingDependencyError
+from asyncq.sync import run_blocking_calls_on
 from asyncq.worker.worker import Worker
 
 try:
@@ -67,6 +69,9 @@ def lifespan(
     async def context(api: Any) -> AsyncIterator[dict[str, Any]]:
         state: dict[str, Any] = {STATE_KEY: queue}
         await queue.connect()
+        if queue.broker_url.startswith("memory:"):
+            # memory:// queues belong to this loop: blocking calls of sync routes must run here.
+            run_blocking_calls_on(queue, asyncio.get_running_loop())
         try:
             if run_worker:
                 async with queue.worker(**options) as embedded:
@@ -77,6 +82,7 @@ def lifespan(
                 async with _wrapped(wraps, api, state) as full_state:
                     yield full_state
         finally:
+            run_blocking_calls_on(queue, None)
             await queue.aclose()
 
     return context

@@ -13,13 +13,14 @@ Without the entry point (a source checkout), load it with ``-p asyncq.contrib.py
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from asyncq.app import App
-from asyncq.sync import close_app
+from asyncq.sync import close_app, run_blocking_calls_on
 from asyncq.testing import memory_app
 from asyncq.worker.worker import Worker
 
@@ -59,6 +60,11 @@ else:
     @pytest_asyncio.fixture
     async def asyncq_worker(asyncq_app: App) -> AsyncIterator[Worker]:
         """A worker for ``asyncq_app`` running in the test's event loop until the test ends."""
-        async with asyncq_app.worker(concurrency=8) as worker:
-            yield worker
-        await asyncq_app.aclose()
+        # Sync code under test (run in a thread) then sends to this loop's memory queues.
+        run_blocking_calls_on(asyncq_app, asyncio.get_running_loop())
+        try:
+            async with asyncq_app.worker(concurrency=8) as worker:
+                yield worker
+        finally:
+            run_blocking_calls_on(asyncq_app, None)
+            await asyncq_app.aclose()

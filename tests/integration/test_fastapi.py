@@ -105,6 +105,11 @@ async def check_routes(base: str) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["sum"] == 42
 
+        # A plain `def` route (FastAPI's thread pool) sends and waits with the sync API.
+        response = await client.post("/add-sync", params={"x": 3, "y": 4})
+        assert response.status_code == 200, response.text
+        assert response.json()["sum"] == 7
+
         response = await client.post("/jobs/slow-add", params={"x": 1, "y": 2, "seconds": 0.1})
         assert response.status_code == 202, response.text
         task_id = response.json()["task_id"]
@@ -229,6 +234,23 @@ def test_an_unreachable_broker_fails_the_start_up(
     log = Path(server.log_path).read_text()  # type: ignore[attr-defined]
     assert "Application startup failed" in log
     assert "BrokerConnectionError" in log
+
+
+async def test_sync_routes_reach_a_memory_app_whose_worker_runs_in_the_server() -> None:
+    queue = App("memory-sync-routes", broker="memory://")
+
+    @queue.task(name="memory.double")
+    async def double(x: int) -> int:
+        return 2 * x
+
+    api = FastAPI(lifespan=lifespan(queue, worker=True))
+
+    @api.post("/double")
+    def double_route(x: int) -> dict[str, int]:  # runs in a thread: delay() and get() block it
+        return {"result": double.delay(x).get(timeout=30)}
+
+    async with serve_in_process(api) as (_, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
+        assert (await client.post("/double", params={"x": 21})).json() == {"result": 42}
 
 
 def test_lifespan_refuses_a_bad_worker_option() -> None:

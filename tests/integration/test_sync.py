@@ -95,7 +95,7 @@ async def test_get_times_out(sync_app: App) -> None:
 
     def calls() -> None:
         result = slow.delay(3.0)
-        with pytest.raises(ResultTimeout):
+        with pytest.raises(ResultTimeout, match=rf"task {result.id} did not finish within 0.2s"):
             result.get(timeout=0.2)
         assert result.get(timeout=TIMEOUT) == 3.0
 
@@ -118,6 +118,8 @@ async def test_blocking_apply_async_takes_every_option(sync_app: App) -> None:
         assert SyncResult(app.AsyncResult("sync-errback")).get(timeout=TIMEOUT) == 0
         expired = add.apply_async((1, 1), countdown=0.5, expires=0.1)
         assert expired.get(timeout=TIMEOUT, propagate=False).__class__.__name__ == "TaskRevokedError"
+        by_name = app.send_task("sync_app.add", (20, 1), countdown=0.1)
+        assert isinstance(by_name, SyncResult) and by_name.get(timeout=TIMEOUT) == 21
         other_queue = add.apply_async((1, 1), queue="nobody-listens", ignore_result=True)
         assert other_queue.state == State.PENDING
 

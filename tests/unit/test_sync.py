@@ -10,7 +10,7 @@ import pytest
 import asyncq
 from asyncq import App, SyncResult, chain, chord, group
 from asyncq.exceptions import BlockingCallError
-from asyncq.sync import close_app
+from asyncq.sync import close_app, run_blocking_calls_on
 
 
 @pytest.fixture
@@ -86,3 +86,24 @@ def test_one_loop_thread_is_started_for_many_threads(app: App) -> None:
 
 async def _count(app: App) -> int:
     return await app.purge()
+
+
+async def test_an_apply_async_never_awaited_in_async_code_is_reported(app: App) -> None:
+    add = app.tasks["add"]
+    holder = [add.apply_async((1, 2))]
+    with pytest.warns(RuntimeWarning, match="coroutine 'apply_async' was never awaited"):
+        holder.clear()  # the last reference: CPython finalizes the unsent send here
+    assert await app.purge() == 0  # and nothing was sent
+    await app.aclose()
+
+
+async def test_sync_calls_reach_a_memory_app_whose_worker_runs_in_another_loop(app: App) -> None:
+    add = app.tasks["add"]
+    run_blocking_calls_on(app, asyncio.get_running_loop())
+    try:
+        async with app.worker(concurrency=2):
+            values = await asyncio.to_thread(lambda: [add.delay(i, 1).get(timeout=10) for i in range(3)])
+    finally:
+        run_blocking_calls_on(app, None)
+        await app.aclose()
+    assert values == [1, 2, 3]

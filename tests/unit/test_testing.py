@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from asyncq import App, State, chain, chord, group
+from asyncq import App, State, SyncResult, chain, chord, group
 from asyncq.exceptions import ChordError, ConfigurationError, MaxRetriesExceededError
+from asyncq.sync import close_app
 from asyncq.testing import drain, memory_app, use_memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +152,15 @@ def test_eager_links_run_after_the_task() -> None:
     assert seen[1][0] == failed.id and seen[1][1]["type"].endswith("Boom")
 
 
+async def test_apply_runs_the_task_here_without_eager_mode() -> None:
+    app = memory_app()
+    t = tasks(app)
+    assert await asyncio.to_thread(lambda: t["add"].apply((1, 2)).get()) == 3
+    assert await (await t["flaky"].apply((1,))).get() == 1
+    assert await app.purge() == 0  # nothing was sent
+    await app.aclose()
+
+
 def test_eager_propagates_raises_at_send_time() -> None:
     app = memory_app(task_always_eager=True, task_eager_propagates=True)
     t = tasks(app)
@@ -173,6 +184,7 @@ async def test_eager_in_async_code_runs_when_awaited() -> None:
 
 USER_TESTS = textwrap.dedent(
     """
+    import asyncio
     import pytest
     from asyncq.testing import drain
 
@@ -196,6 +208,10 @@ USER_TESTS = textwrap.dedent(
         double = make_tasks(asyncq_app)
         assert await (await double.enqueue(2)).get(timeout=10) == 4
 
+    async def test_sync_code_with_the_worker(asyncq_app, asyncq_worker):
+        double = make_tasks(asyncq_app)
+        assert await asyncio.to_thread(lambda: double.delay(5).get(timeout=10)) == 10
+
     def test_eager(asyncq_eager_app):
         double = make_tasks(asyncq_eager_app)
         assert double.delay(4).get() == 8
@@ -216,4 +232,20 @@ def test_the_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
         timeout=300,
         cwd=tmp_path,
     )
-    assert "3 passed" in out.stdout, out.stdout + out.stderr
+    assert "4 passed" in out.stdout, out.stdout + out.stderr
+
+
+async def test_sync_code_under_test_then_drain() -> None:
+    """A Django-style view (sync, in a thread) sends; the test drains and reads the result."""
+    app = memory_app()
+    t = tasks(app)
+
+    def view() -> str:
+        return t["add"].delay(20, 22).id
+
+    task_id = await asyncio.to_thread(view)
+    [outcome] = await drain(app)
+    assert (outcome.id, outcome.result) == (task_id, 42)
+    assert await asyncio.to_thread(lambda: SyncResult(app.AsyncResult(task_id)).get(timeout=5)) == 42
+    await asyncio.to_thread(close_app, app)
+    await app.aclose()
