@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -479,7 +478,8 @@ class Task(Generic[P, R]):
         if writer is None:
             return _done()  # eager call or process executor without a writer: nothing to record
         loop = request.loop
-        in_loop_thread = loop is not None and loop._thread_id == threading.get_ident()  # type: ignore[attr-defined]
+        # Asked of the running loop, not of loop._thread_id: uvloop's loops have no such attribute.
+        in_loop_thread = loop is not None and _running_loop() is loop
         if loop is None or in_loop_thread:
             return writer(state, meta)
         asyncio.run_coroutine_threadsafe(_as_coroutine(writer(state, meta)), loop).result()
@@ -497,6 +497,13 @@ class _Done:
 
 def _done() -> _Done:
     return _Done()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
