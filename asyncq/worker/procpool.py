@@ -53,6 +53,7 @@ class ProcessLostError(TaskError):
 def _rebuild_lost(reason: str, exitcode: int | None, in_call: bool) -> ProcessLostError:
     return ProcessLostError(reason, exitcode, in_call=in_call)
 
+
 # A decoded reply: (True, return value) or (False, exception to raise in the parent).
 _Reply = tuple[bool, Any]
 _ReplyFuture = asyncio.Future[_Reply | None]  # None: the child died mid-call
