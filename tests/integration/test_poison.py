@@ -192,3 +192,14 @@ async def test_backstop_dead_letters_a_message_delivered_far_too_often(app: App)
         with pytest.raises(WorkerLostError, match=r"delivered 21 times without finishing"):
             await r.get(timeout=TIMEOUT)
     assert [d.id for d in await app.broker.dead_letters("default")] == [r.id]
+
+
+async def test_a_message_given_back_at_shutdown_is_not_a_suspect(app: App) -> None:
+    adopt(app, poison_tasks.hold)
+    await app.connect()
+    (r,) = await app.send_many([poison_tasks.hold.build_message()])
+    async with app.worker(shutdown_timeout=0.05) as worker:
+        await wait_until(lambda: worker.in_flight == 1, timeout=TIMEOUT)
+    # The worker cut it short and gave it back on purpose: it runs normally, in the worker.
+    async with app.worker():
+        assert await r.get(timeout=TIMEOUT) == os.getpid()
