@@ -102,6 +102,9 @@ class JobRunner:
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
         self._backend = app.backend
+        caps = self._backend.capabilities
+        # rpc:// keeps no readable state (and a get() there subscribes to the id): skip reading.
+        self._reads_records = caps.shared or caps.counters
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
 
     # -- the path -----------------------------------------------------------------------------
@@ -415,6 +418,8 @@ class JobRunner:
 
     async def _already_succeeded(self, message: Message) -> bool:
         """True if the backend holds a SUCCESS record for ``message`` (which no failure replaces)."""
+        if not self._reads_records:
+            return False
         try:
             data = await self._backend.get(message.id)
             return data is not None and decode_record(data, self._serializers).status is State.SUCCESS
