@@ -60,6 +60,10 @@ class _Poison(Exception):
     """Raised inside the runner when a suspect has crashed isolated too often."""
 
 
+class _AlreadyDeadLettered(Exception):
+    """Raised inside the runner for a copy of a message already dead-lettered as poison."""
+
+
 class RateLimiter:
     """A per-task token bucket: at most ``rate`` starts per second in this worker."""
 
@@ -203,6 +207,12 @@ class JobRunner:
         except _Poison as poison:
             await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
             return
+        except _AlreadyDeadLettered:
+            logger.warning(
+                "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
+            )
+            await self._settle(delivery.ack())
+            return
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
@@ -307,8 +317,17 @@ class JobRunner:
         hard: float | None,
     ) -> Any:
         """Run a suspect in a sandbox child, retrying in a fresh one after each crash of its own."""
+        crashes = await self._crash_count(message)
+        if crashes >= self.max_deliveries:
+            # Judged poison already: this is a copy of a message that was dead-lettered (a
+            # broker that re-publishes to count deliveries can leave two), or its worker died
+            # before dead-lettering it.
+            if await self._record_status(message) is State.FAILURE:
+                raise _AlreadyDeadLettered
+            raise _Poison(
+                f"crashed {crashes} times while running isolated (max_deliveries={self.max_deliveries})"
+            )
         ref = sandbox_ref(task)
-        crashes = 0
         while ref is not None:
             try:
                 return await self.executor.run_isolated(ref, request, soft_time_limit=soft, time_limit=hard)
@@ -416,16 +435,32 @@ class JobRunner:
                 logger.warning("could not count a crash of %s in the backend: %r", message.id, exc)
         return None if local is None else local + 1
 
+    async def _crash_count(self, message: Message) -> int:
+        """The isolated crashes counted for ``message`` so far (0 without counters)."""
+        if not self._backend.capabilities.counters:
+            return 0
+        try:
+            return await self._backend.incr(
+                _counter_key("isolated-crashes", message), 0, ttl=self._counter_ttl
+            )
+        except AsyncqError as exc:
+            logger.warning("could not read the crash count of %s: %r", message.id, exc)
+            return 0
+
     async def _already_succeeded(self, message: Message) -> bool:
         """True if the backend holds a SUCCESS record for ``message`` (which no failure replaces)."""
+        return await self._record_status(message) is State.SUCCESS
+
+    async def _record_status(self, message: Message) -> State | None:
+        """The stored state of ``message``, or None if there is none or it cannot be read."""
         if not self._reads_records:
-            return False
+            return None
         try:
             data = await self._backend.get(message.id)
-            return data is not None and decode_record(data, self._serializers).status is State.SUCCESS
+            return None if data is None else decode_record(data, self._serializers).status
         except AsyncqError as exc:
             logger.warning("could not read the record of %s: %r", message.id, exc)
-            return False
+            return None
 
     # -- helpers --------------------------------------------------------------------------------
 
