@@ -158,8 +158,7 @@ class Row:
         return (
             f"| {self.scenario} | {self.broker} | {self.lost} | {self.duplicates} | {self.healthy_dead} "
             f"| {poison if self.poison else '-'} | {self.seconds:.1f} | {self.recovery:.1f} "
-            f"| {self.producer_errors} | {self.restarts} |"
-            + (f" {self.note}" if self.note else "")
+            f"| {self.producer_errors} | {self.restarts} |" + (f" {self.note}" if self.note else "")
         )
 
 
@@ -406,7 +405,9 @@ def _directory(directory: Path | None) -> Iterator[Path]:
         yield Path(made)
 
 
-def _run(spec: Scenario, rig: Rig, total: int, send_seconds: float, timeout: float, rng: random.Random) -> Row:
+def _run(
+    spec: Scenario, rig: Rig, total: int, send_seconds: float, timeout: float, rng: random.Random
+) -> Row:
     poison = {i for i in range(total) if spec.poison and i % POISON_EVERY == POISON_EVERY - 1}
     healthy = set(range(total)) - poison
     row = Row(spec.name, rig.broker, total=total, poison=len(poison))
