@@ -142,6 +142,7 @@ class Row:
     seconds: float = 0.0
     recovery: float = 0.0  # from the end of the last fault to the last task done
     producer_errors: int = 0
+    results_missing: int = 0  # healthy tasks that ran but have no result in the backend
     restarts: int = 0
     note: str = ""
     lost_ids: list[int] = field(default_factory=list)
@@ -153,19 +154,21 @@ class Row:
 
     def line(self) -> str:
         if self.note == "n/a":
-            return f"| {self.scenario} | {self.broker} | n/a | | | | | | |"
+            return f"| {self.scenario} | {self.broker} | n/a (no server) | | | | | | | | |"
         poison = f"{self.poison - self.poison_dead_missing + self.poison_dead_extra}/{self.poison}"
         return (
             f"| {self.scenario} | {self.broker} | {self.lost} | {self.duplicates} | {self.healthy_dead} "
             f"| {poison if self.poison else '-'} | {self.seconds:.1f} | {self.recovery:.1f} "
-            f"| {self.producer_errors} | {self.restarts} |" + (f" {self.note}" if self.note else "")
+            f"| {self.producer_errors} | {self.results_missing} | {self.restarts} |"
+            + (f" {self.note}" if self.note else "")
         )
 
 
 TABLE_HEADER = (
     "| scenario | broker | lost | duplicates | healthy dead-lettered | poison dead letters "
-    "| time to complete (s) | recovery after fault (s) | producer errors | worker restarts |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| time to complete (s) | recovery after fault (s) | producer errors | results missing "
+    "| worker restarts |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -189,7 +192,8 @@ class Rig:
             self.rabbit = RabbitNode(directory / "rabbit")
             self.rabbit.start()
         self._own_rabbit = rabbit is None and self.rabbit is not None
-        self.results = RedisServer(directory / "results-redis", appendonly=False)
+        # Persistent: the backend-restart scenario counts the results that did not survive.
+        self.results = RedisServer(directory / "results-redis", appendonly=True)
         self.results.start()
         self.broker_url = self._broker_url()
 
@@ -372,6 +376,19 @@ async def dead_letter_counts(rig: Rig) -> Counter[int]:
     return Counter(i for i in (index_of(d.id) for d in dead) if i is not None)
 
 
+async def missing_results(rig: Rig, indices: list[int]) -> int:
+    """How many of these tasks have no result record in the backend."""
+    app = rig.app()
+    try:
+        async with asyncio.timeout(60):
+            await app.connect()
+            records = await app.backend.get_many([task_id(i) for i in indices])
+    finally:
+        with suppress(Exception):
+            await app.aclose()
+    return sum(1 for record in records if record is None)
+
+
 def run_scenario(
     scenario: str,
     broker: str,
@@ -448,6 +465,8 @@ def _run(
     row.poison_dead_missing = sum(1 for i in poison if not dead[i])
     row.poison_dead_extra = sum(dead[i] - 1 for i in poison if dead[i] > 1)
     row.producer_errors = len(errors)
+    ran = [i for i in healthy if counts[i]]
+    row.results_missing = asyncio.run(missing_results(rig, ran))
     row.restarts = fleet.restarts
     notes = [n for n in fault_notes if n]
     if done_at is None:
