@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from asyncq._connect import with_connect_timeout
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
@@ -251,8 +252,14 @@ class App:
         loop = asyncio.get_running_loop()
         drivers = self._drivers.get(loop)
         if drivers is None:
-            broker = broker_from_url(self.broker_url, **self.conf.broker_transport_options)
-            options = dict(self.conf.result_backend_transport_options)
+            timeout = self.conf.broker_connection_timeout
+            broker = broker_from_url(
+                self.broker_url,
+                **with_connect_timeout(self.broker_url, self.conf.broker_transport_options, timeout),
+            )
+            options = with_connect_timeout(
+                self.backend_url, self.conf.result_backend_transport_options, timeout
+            )
             if self.backend_url.startswith("rpc:"):
                 options.setdefault("broker_url", self.broker_url)
             backend = backend_from_url(self.backend_url, **options)

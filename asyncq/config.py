@@ -80,6 +80,13 @@ SETTINGS: dict[str, Setting] = {
         _S("result_backend", None, str, "Result backend URL; unset means the same SQLite file."),
         _S("broker_transport_options", {}, _parse_dict, "Options passed to the broker driver."),
         _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
+        _S(
+            "broker_connection_timeout",
+            10.0,
+            _parse_optional_float,
+            "Seconds a broker or backend connect may take (handshake included) before it fails "
+            "naming the address; None leaves each driver's own default.",
+        ),
         _S("task_default_queue", "default", str, "Queue of tasks that name none."),
         _S("task_routes", {}, _parse_dict, "Task name -> queue name, applied before the default queue."),
         _S("task_serializer", "json", str, "Serializer of task arguments: json, msgpack or pickle."),

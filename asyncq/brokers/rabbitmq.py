@@ -39,6 +39,7 @@ from datetime import datetime
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value, redact_url
 from asyncq._utils import now
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import (
@@ -50,7 +51,6 @@ from asyncq.exceptions import (
 )
 
 try:
-    import aio_pika
     import aiormq
     from aio_pika.abc import (
         AbstractIncomingMessage,
@@ -60,6 +60,8 @@ try:
     )
     from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed, PublishError
     from pamqp.commands import Basic
+
+    from asyncq._amqp import close_robust, open_robust
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -92,6 +94,7 @@ BROKER_OPTIONS: Final[Mapping[str, object]] = {
     "queue_type": "classic",
     "max_deliveries": 10,
     "publish_timeout": 30.0,
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "connection_name": "asyncq",
     "visibility_timeout": None,
 }
@@ -137,11 +140,7 @@ _QUEUE_SUFFIX_ROOM: Final = len(".delay.16384s")
 
 def redact(url: str) -> str:
     """The URL with its password replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 def split_amqp_url(
@@ -503,6 +502,9 @@ class RabbitMQBroker:
       queues the next consumer enforces it. Retries (``nack``) reset the run.
     * ``publish_timeout`` (30.0 s): how long a publish waits for the broker's confirm, reconnects
       included, before raising BrokerConnectionError.
+    * ``connect_timeout`` (10.0 s; the App passes ``broker_connection_timeout``): how long the
+      first connect, AMQP handshake included, may take before BrokerConnectionError names
+      the address and what answered there.
     * ``connection_name`` ("asyncq"): shown in the management UI and ``rabbitmqctl``.
     * ``visibility_timeout``: accepted and ignored; an AMQP delivery is held for as long as the
       consumer's channel lives (see RabbitMQ's ``consumer_timeout``).
@@ -527,6 +529,7 @@ class RabbitMQBroker:
         self.queue_type = _choice("queue_type", settings["queue_type"], ("classic", "quorum"))
         self.max_deliveries: int = _number("max_deliveries", settings["max_deliveries"], int, 1)
         self.publish_timeout: float = _number("publish_timeout", settings["publish_timeout"], float, 0.001)
+        self.connect_timeout = connect_timeout_value(settings["connect_timeout"])
         self.connection_name = str(settings["connection_name"])
         if self.exchange.startswith("amq."):
             raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
@@ -562,28 +565,26 @@ class RabbitMQBroker:
         async with self._connect_lock:
             if self._connection is not None and not self._connection.is_closed:
                 return self._connection
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._client_url, client_properties={"connection_name": self.connection_name}
-                )
-            except Exception as exc:
-                # Connection setup raises a wide range (socket, TLS, auth, protocol); all mean
-                # the same to the caller.
-                raise BrokerConnectionError(
-                    f"cannot connect to RabbitMQ at {redact(self.url)}: {exc}"
-                ) from exc
+            connection = await open_robust(
+                self._client_url,
+                self.url,
+                connection_name=self.connection_name,
+                timeout=self.connect_timeout,
+                error=BrokerConnectionError,
+            )
             try:
                 with translate_errors("open channels and declare the exchange"):
-                    self._publish_channel = await connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                    self._admin_channel = await connection.channel(publisher_confirms=False)
-                    if self.exchange:
-                        await self._admin_channel.declare_exchange(
-                            self.exchange, type=self.exchange_type, durable=True
+                    async with asyncio.timeout(self.connect_timeout):
+                        self._publish_channel = await connection.channel(
+                            publisher_confirms=True, on_return_raises=True
                         )
+                        self._admin_channel = await connection.channel(publisher_confirms=False)
+                        if self.exchange:
+                            await self._admin_channel.declare_exchange(
+                                self.exchange, type=self.exchange_type, durable=True
+                            )
             except BaseException:
-                await connection.close()
+                await close_robust(connection)
                 raise
             version = (
                 connection.transport.connection.server_properties.get("version")
@@ -617,8 +618,7 @@ class RabbitMQBroker:
         self._declared.clear()
         self._delay_declared.clear()
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await close_robust(connection)
 
     # -- topology ------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from asyncq.task import Request, _current
 from asyncq.worker.procpool import ProcessPool
+from asyncq.worker.quarantine import IsolationGate, request_fields, run_suspect
 
 if TYPE_CHECKING:
     from asyncq.task import Task
@@ -79,12 +80,23 @@ def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], requ
 class Executor:
     """Runs one task call in the medium its ``executor`` option names, within its time limits."""
 
-    def __init__(self, *, thread_pool_size: int | None = None, process_pool_size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        thread_pool_size: int | None = None,
+        process_pool_size: int | None = None,
+        sandbox_size: int | None = None,
+    ) -> None:
         cpus = os.cpu_count() or 1
         self.thread_pool_size = thread_pool_size or min(32, cpus + 4)
         self.process_pool_size = process_pool_size or cpus
+        # Suspects are few (the messages in flight when a worker died); a few children run
+        # them in parallel without each one paying for a process start.
+        self.sandbox_size = sandbox_size or max(2, min(4, cpus))
+        self.gate = IsolationGate()
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPool | None = None
+        self._sandbox: ProcessPool | None = None
 
     async def run(
         self,
@@ -162,31 +174,37 @@ class Executor:
     ) -> Any:
         if self._processes is None:
             self._processes = ProcessPool(self.process_pool_size)
-        fields = {
-            name: getattr(request, name)
-            for name in (
-                "id",
-                "task",
-                "args",
-                "kwargs",
-                "retries",
-                "eta",
-                "expires",
-                "headers",
-                "delivery_info",
-                "root_id",
-                "parent_id",
-                "group_id",
-                "hostname",
-            )
-        }
         ref = f"{task.__module__}:{task.__qualname__}"
         return await self._processes.run(
             _run_in_process,
-            (ref, request.args, request.kwargs, fields),
+            (ref, request.args, request.kwargs, request_fields(request)),
             {},
             soft_time_limit=soft,
             time_limit=hard,
+        )
+
+    async def run_isolated(
+        self,
+        ref: str,
+        request: Request,
+        *,
+        soft_time_limit: float | None,
+        time_limit: float | None,
+    ) -> Any:
+        """Run the task importable as ``ref`` alone in a sandbox child, whatever its executor.
+
+        Raises:
+            ProcessLostError: the child died (``in_call`` says whether during the call).
+            SandboxImportError: the child could not import ``ref``.
+        """
+        if self._sandbox is None:
+            self._sandbox = ProcessPool(self.sandbox_size)
+        return await self._sandbox.run(
+            run_suspect,
+            (ref, request.args, request.kwargs, request_fields(request)),
+            {},
+            soft_time_limit=soft_time_limit,
+            time_limit=time_limit,
         )
 
     async def aclose(self) -> None:
@@ -194,6 +212,7 @@ class Executor:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-        if self._processes is not None:
-            await self._processes.aclose()
-            self._processes = None
+        for pool in (self._processes, self._sandbox):
+            if pool is not None:
+                await pool.aclose()
+        self._processes = self._sandbox = None

@@ -1,0 +1,148 @@
+"""A wrong or dead broker address fails within ``broker_connection_timeout``, in one line.
+
+The CLI runs as subprocesses against a port where something else listens (the Redis port
+for an amqp:// URL), a closed port, and a server that accepts and never speaks; a worker
+stuck connecting stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+
+from tests.acceptance.conftest import asyncq, wait_for
+from tests.acceptance.test_connection_loss import free_port
+from tests.services import require_service
+
+APP = "tests.apps.cli_app:app"
+ADD = "tests.apps.cli_app.add"
+#: Generous for a loaded machine: the deadline is 2 s; without it these commands hung forever.
+EXIT_WITHIN = 40
+
+
+class SilentServer:
+    """Accepts TCP connections on a free port and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._held.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def env_for(store_env: dict[str, str], broker_url: str, timeout: float = 2) -> dict[str, str]:
+    env = dict(store_env)
+    env["ASYNCQ_BROKER_URL"] = broker_url
+    env["ASYNCQ_BROKER_CONNECTION_TIMEOUT"] = str(timeout)
+    return env
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_enqueue_to_amqp_url_on_the_redis_port_fails_naming_what_answered(store_env: dict[str, str]) -> None:
+    redis_port = require_service("redis").split(":")[-1].split("/")[0]
+    url = f"amqp://guest:s3cret@127.0.0.1:{redis_port}/"
+    out = asyncq("enqueue", APP, ADD, "--args", "[1, 2]", env=env_for(store_env, url), timeout=EXIT_WITHIN)
+    assert out.returncode == 2
+    line = error_line(out.stderr)
+    assert line.startswith(f"Error: no AMQP server answered at 127.0.0.1:{redis_port} within 2s: ")
+    assert "it speaks something else (got b\"-ERR" in line
+    assert "amqp://guest:***@" in line and "s3cret" not in out.stderr
+
+
+def test_enqueue_to_a_closed_amqp_port_says_connection_refused(store_env: dict[str, str]) -> None:
+    port = free_port()
+    url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
+    out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
+    assert out.returncode == 2
+    line = error_line(out.stderr)
+    assert f"127.0.0.1:{port}: connection refused" in line
+    assert "s3cret" not in out.stderr
+
+
+def test_enqueue_to_a_silent_amqp_server_fails_within_the_deadline(
+    store_env: dict[str, str], silent_server: SilentServer
+) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{silent_server.port}/"
+    out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
+    assert out.returncode == 2
+    line = error_line(out.stderr)
+    assert f"no AMQP server answered at 127.0.0.1:{silent_server.port} within 2s" in line
+    assert "accepted the connection but sent nothing back" in line
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_enqueue_to_unreachable_redis_fails_in_about_the_deadline(
+    store_env: dict[str, str], silent_server: SilentServer, kind: str
+) -> None:
+    port = free_port() if kind == "refused" else silent_server.port
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
+    assert out.returncode == 2
+    line = error_line(out.stderr)
+    assert f"connect to redis://:***@127.0.0.1:{port}/0" in line
+    assert "is Redis running there" in line
+    assert "s3cret" not in out.stderr
+
+
+def test_worker_with_amqp_url_on_the_redis_port_exits_with_the_message(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]]
+) -> None:
+    redis_port = require_service("redis").split(":")[-1].split("/")[0]
+    url = f"amqp://guest:guest@127.0.0.1:{redis_port}/"
+    worker = start_worker(APP, env=env_for(store_env, url))
+    assert worker.wait(timeout=EXIT_WITHIN) == 2
+    log = Path(worker.log_path).read_text()  # type: ignore[attr-defined]
+    assert f"no AMQP server answered at 127.0.0.1:{redis_port} within 2s" in error_line(log)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_worker_stuck_connecting_stops_on_sigterm(
+    store_env: dict[str, str],
+    start_worker: Callable[..., Popen[str]],
+    silent_server: SilentServer,
+    signals: int,
+) -> None:
+    # A deadline far beyond the test's patience: only the signal can end the connect.
+    url = f"amqp://guest:guest@127.0.0.1:{silent_server.port}/"
+    worker = start_worker(APP, env=env_for(store_env, url, timeout=600))
+    assert silent_server.accepted.wait(timeout=EXIT_WITHIN), "the worker never connected"
+    for _ in range(signals):
+        worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: worker.poll() is not None, timeout=EXIT_WITHIN, what="the worker to exit")
+    log = Path(worker.log_path).read_text()  # type: ignore[attr-defined]
+    assert "SIGTERM received" in log
+    assert worker.returncode == 0, log
