@@ -140,7 +140,7 @@ class Row:
     poison_dead_missing: int = 0  # poison messages with no dead letter
     poison_dead_extra: int = 0  # dead letters beyond one per poison message
     seconds: float = 0.0
-    recovery: float = 0.0  # from the end of the last fault to the last task done
+    recovery: float | None = None  # from the end of the last fault to the last task done
     producer_errors: int = 0
     results_missing: int = 0  # healthy tasks that ran but have no result in the backend
     restarts: int = 0
@@ -156,9 +156,10 @@ class Row:
         if self.note == "n/a":
             return f"| {self.scenario} | {self.broker} | n/a (no server) | | | | | | | | |"
         poison = f"{self.poison - self.poison_dead_missing + self.poison_dead_extra}/{self.poison}"
+        recovery = "-" if self.recovery is None else f"{self.recovery:.1f}"
         return (
             f"| {self.scenario} | {self.broker} | {self.lost} | {self.duplicates} | {self.healthy_dead} "
-            f"| {poison if self.poison else '-'} | {self.seconds:.1f} | {self.recovery:.1f} "
+            f"| {poison if self.poison else '-'} | {self.seconds:.1f} | {recovery} "
             f"| {self.producer_errors} | {self.results_missing} | {self.restarts} |"
             + (f" {self.note}" if self.note else "")
         )
@@ -457,7 +458,8 @@ def _run(
     counts = ledger_counts(rig.ledger)
     dead = asyncio.run(dead_letter_counts(rig))
     row.seconds = finished - started
-    row.recovery = max(0.0, finished - fault_end[0]) if fault_end else 0.0
+    # None: everything was done before the fault ended (a slow rabbitmqctl, a late last kill).
+    row.recovery = finished - fault_end[0] if fault_end and finished > fault_end[0] else None
     row.lost_ids = sorted(i for i in healthy if not counts[i] and not dead[i])
     row.lost = len(row.lost_ids)
     row.duplicates = sum(n - 1 for i, n in counts.items() if n > 1)
