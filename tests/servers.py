@@ -54,6 +54,7 @@ class RedisServer:
         self.directory, self.port, self.appendonly = directory, free_port(), appendonly
         directory.mkdir(parents=True, exist_ok=True)
         self.proc: Popen[bytes] | None = None
+        self.up_at = 0.0  # monotonic time it last started answering
 
     @property
     def url(self) -> str:
@@ -68,6 +69,7 @@ class RedisServer:
             command += ["--appendonly", "no"]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, timeout=15, what="redis-server to start")
+        self.up_at = time.monotonic()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -127,6 +129,7 @@ class RabbitNode:
         self.port, self.dist_port = free_port(), free_port()
         self.node = f"asyncq-chaos-{uuid.uuid4().hex[:8]}@localhost"
         self.proc: Popen[bytes] | None = None
+        self.up_at = 0.0  # monotonic time it last opened its AMQP listener
         (directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
         )
@@ -185,6 +188,7 @@ class RabbitNode:
         except TimeoutError:
             self.stop()
             raise
+        self.up_at = time.monotonic()
         waited = self.ctl("await_startup", "--timeout", "120", timeout=150)
         if waited.returncode != 0:
             self.stop()

@@ -197,6 +197,7 @@ class Rig:
         self.results = RedisServer(directory / "results-redis", appendonly=True)
         self.results.start()
         self.broker_url = self._broker_url()
+        self.fault_over: float | None = None  # set by a fault whose end is not when it returns
 
     def _broker_url(self) -> str:
         if self.broker == "sqlite":
@@ -260,6 +261,7 @@ def restart_broker(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
     if server is None:
         return "n/a"
     server.restart(outage=1.0)
+    rig.fault_over = server.up_at  # clients may reconnect before rabbitmqctl says it booted
     return ""
 
 
@@ -294,6 +296,7 @@ def restart_backend(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
     """Stop the result backend's Redis, keep it down 5 s, start it again (empty)."""
     time.sleep(2.5)
     rig.results.restart(outage=5.0)
+    rig.fault_over = rig.results.up_at
     return ""
 
 
@@ -439,7 +442,7 @@ def _run(
             fault_notes.append(spec.fault(rig, fleet, rng))
         except Exception as exc:  # reported in the row, and fails the run
             fault_notes.append(f"fault failed: {exc!r}")
-        fault_end.append(time.monotonic())
+        fault_end.append(rig.fault_over or time.monotonic())
 
     fleet.start()
     started = time.monotonic()
