@@ -79,7 +79,7 @@ def test_enqueue_to_amqp_url_on_the_redis_port_fails_naming_what_answered(store_
     assert out.returncode == 2
     line = error_line(out.stderr)
     assert line.startswith(f"Error: no AMQP server answered at 127.0.0.1:{redis_port} within 2s: ")
-    assert 'it speaks something else (got b"-ERR' in line
+    assert "it speaks something else (got b\"-ERR" in line
     assert "amqp://guest:***@" in line and "s3cret" not in out.stderr
 
 
