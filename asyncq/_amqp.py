@@ -1,4 +1,4 @@
-"""Opening and closing aio-pika robust connections within deadlines (RabbitMQ broker, rpc://).
+"""aio-pika plumbing shared by the RabbitMQ broker and rpc://: deadlines, exits, acks.
 
 Two aio-pika behaviours are guarded here:
 
@@ -11,24 +11,29 @@ Two aio-pika behaviours are guarded here:
   connection waited on it for ever. Each connection gets a guard task: when the guard is
   cancelled (``asyncio.run`` cancels every task on its way out), it marks the connection
   closed and cancels the reconnection task again, which then ends.
+
+It also holds :class:`CopyGuard` and :func:`ack_confirmed`, which keep the RabbitMQ broker's
+publish-then-ack settlements from forking a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.connection import make_url
 
 from asyncq._connect import describe_peer, redact_url
 from asyncq.exceptions import AsyncqError
 
-__all__ = ["close_robust", "open_robust"]
+__all__ = ["CopyGuard", "ack_confirmed", "close_robust", "open_robust"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,15 @@ _AMQP_ANSWERS: Final = ("it speaks something else (got b'AMQP", "it speaks somet
 CLOSE_TIMEOUT: Final = 5.0
 
 _GUARDS: dict[int, asyncio.Task[None]] = {}
+
+
+def _drop_duplicate_connect_error(record: logging.LogRecord) -> bool:
+    # aiormq logs every failed connect attempt at ERROR; the first connect raises our own
+    # one-line error and aio-pika warns about each reconnect attempt, so it only repeats them.
+    return record.msg != "error when creating transport: %r"
+
+
+logging.getLogger("aiormq.connection").addFilter(_drop_duplicate_connect_error)
 
 
 async def open_robust(
@@ -128,3 +142,81 @@ def _guard(connection: AbstractRobustConnection) -> None:
 
     task = asyncio.get_running_loop().create_task(watch(), name="asyncq.amqp.exit-guard")
     _GUARDS[key] = task
+
+
+async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> None:
+    """basic.ack ``message``, returning once RabbitMQ has processed the ack.
+
+    AMQP acks have no reply, and aiormq's ``wait=False`` only queues the frame; a synchronous
+    method on the same channel is answered after every earlier frame of that channel, the
+    ack included, so its reply confirms the ack (a passive declare of ``amq.direct`` changes
+    nothing).
+    """
+    if message.delivery_tag is None:
+        return
+    channel = cast(aiormq.Channel, message.channel)
+    await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+    async with asyncio.timeout(timeout):
+        await channel.exchange_declare("amq.direct", exchange_type="direct", passive=True)
+
+
+class CopyGuard:
+    """Keeps a re-published message from forking into two live copies.
+
+    Settling by re-publishing (retries, delays, redelivery counting, dead-lettering) sends
+    the copy, then acks the original. Until the ack is processed, both exist; if the process
+    dies then, RabbitMQ delivers the original again and it is copied again. Two rules close
+    that window:
+
+    * While a re-publish is between "copy sent" and "original's ack confirmed", this
+      process hands out no delivery (:meth:`wait_idle`): a copy that kills its worker cannot
+      start before the ack that retires its original has reached the server.
+    * Each original that was copied is remembered (message id and incarnation header), so
+      if its ack is lost anyway (a connection drop) and it comes back here, it is acked and
+      dropped instead of run or copied again (:meth:`was_copied`).
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._active: set[asyncio.Future[None]] = set()
+        self._copied: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    @staticmethod
+    def incarnation(message: AbstractIncomingMessage, header: str) -> tuple[str, str]:
+        """What names this copy of a message: its id and the copy id asyncq gave it, if any."""
+        copy_id = message.headers.get(header)
+        return message.message_id or "", copy_id if isinstance(copy_id, str) else ""
+
+    def begin(self) -> asyncio.Future[None]:
+        """A re-publish starts; pass the token to :meth:`end` when its original is acked (or it failed)."""
+        token: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._active.add(token)
+        return token
+
+    def end(self, token: asyncio.Future[None]) -> None:
+        """The re-publish of ``token`` is over."""
+        self._active.discard(token)
+        if not token.done():
+            token.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once every re-publish begun so far is over.
+
+        Only those begun so far: a copy reaches the buffer after its re-publish began, and
+        re-publishes begun later cannot hold back this delivery (no starvation under a
+        steady stream of retries and hops).
+        """
+        if self._active:
+            # asyncio.wait, not gather: a cancelled waiter must not cancel the tokens.
+            await asyncio.wait(set(self._active))
+
+    def copied(self, key: tuple[str, str]) -> None:
+        """Remember that the incarnation ``key`` now has a copy in a queue."""
+        self._copied[key] = None
+        self._copied.move_to_end(key)
+        while len(self._copied) > self._size:
+            self._copied.popitem(last=False)
+
+    def was_copied(self, key: tuple[str, str]) -> bool:
+        """Whether this process already copied the incarnation ``key`` (it is a leftover)."""
+        return key in self._copied

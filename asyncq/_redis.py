@@ -656,7 +656,8 @@ class Client:
             # One deadline for the whole connect, retries included: an attempt against a
             # silent host can itself take socket_connect_timeout.
             async with asyncio.timeout(self.connect_timeout):
-                await self.retrying(f"connect to {shown}", attempt, timeout=self.connect_timeout)
+                # Quiet: if it keeps failing, the one error raised says it all.
+                await self.retrying(f"connect to {shown}", attempt, timeout=self.connect_timeout, quiet=True)
         except BaseException as exc:
             await self.aclose()
             if isinstance(exc, TimeoutError):
@@ -880,7 +881,9 @@ class Client:
 
     # -- retries -------------------------------------------------------------------------------
 
-    async def retrying(self, what: str, op: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+    async def retrying(
+        self, what: str, op: Callable[[], Awaitable[T]], *, timeout: float | None = None, quiet: bool = False
+    ) -> T:
         """Run ``op``, retrying with backoff on connection errors for up to ``retry_timeout``.
 
         Each attempt may take ``socket_timeout`` seconds before its connection counts as
@@ -903,7 +906,7 @@ class Client:
                 pause = retry_pause(attempt)
                 if time.monotonic() + pause > deadline:
                     raise translate_error(exc, what, self._connection_error, self._error) from exc
-                log = self._log.warning if attempt == 0 else self._log.debug
+                log = self._log.warning if attempt == 0 and not quiet else self._log.debug
                 log("%s: Redis connection failed (%s); retrying in %.2fs", what, exc, pause)
                 attempt += 1
                 await asyncio.sleep(pause)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,11 @@ def run_until_signalled(
             on_signal(signum)
             if received == 2:
                 serving.cancel()
-                running.call_later(FORCED_EXIT_GRACE, _exit_now, signum)
+                # A thread, not a loop timer: what blocks the exit (a sync task's thread that
+                # the interpreter joins on the way out) can outlive the loop.
+                watchdog = threading.Timer(FORCED_EXIT_GRACE, _exit_now, (signum,))
+                watchdog.daemon = True
+                watchdog.start()
 
         signals = (signal.SIGTERM, signal.SIGINT)
         for signum in signals:

@@ -3,8 +3,10 @@
 ``async with app.worker(...)`` runs it as background tasks of the current loop (e.g. a
 FastAPI lifespan); ``app.worker(...).run()`` blocks (scripts, ``asyncq run``) and handles
 SIGTERM/SIGINT: the first signal stops fetching and lets in-flight tasks finish within
-``shutdown_timeout``, then cancels the rest and returns their messages to the queue; a
-second signal does that at once.
+``shutdown_timeout``, then cancels the rest and returns their messages to the queue (a
+worker still connecting gives up the connect at once); a second signal does that at once,
+whatever the worker waits for, and exits the process within a few seconds even if a sync
+task's thread cannot be stopped (see :mod:`asyncq.worker.runner`).
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ EXIT_WITHIN = 40
 
 
 class SilentServer:
-    """Accepts TCP connections on a free port and never sends a byte."""
+    """Accepts TCP connections on ``port`` (default: a free one) and never sends a byte."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.port = int(self.sock.getsockname()[1])
         self.accepted = threading.Event()
         self._held: list[socket.socket] = []
@@ -66,9 +66,17 @@ def env_for(store_env: dict[str, str], broker_url: str, timeout: float = 2) -> d
     return env
 
 
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, stderr
+def error_line(output: str) -> str:
+    """The one ``Error:`` line of a command's output."""
+    lines = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def only_line(stderr: str) -> str:
+    """The error of a command whose whole stderr must be that one line."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
     return lines[0]
 
 
@@ -77,9 +85,9 @@ def test_enqueue_to_amqp_url_on_the_redis_port_fails_naming_what_answered(store_
     url = f"amqp://guest:s3cret@127.0.0.1:{redis_port}/"
     out = asyncq("enqueue", APP, ADD, "--args", "[1, 2]", env=env_for(store_env, url), timeout=EXIT_WITHIN)
     assert out.returncode == 2
-    line = error_line(out.stderr)
+    line = only_line(out.stderr)
     assert line.startswith(f"Error: no AMQP server answered at 127.0.0.1:{redis_port} within 2s: ")
-    assert "it speaks something else (got b\"-ERR" in line
+    assert 'it speaks something else (got b"-ERR' in line
     assert "amqp://guest:***@" in line and "s3cret" not in out.stderr
 
 
@@ -88,7 +96,7 @@ def test_enqueue_to_a_closed_amqp_port_says_connection_refused(store_env: dict[s
     url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
     out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
     assert out.returncode == 2
-    line = error_line(out.stderr)
+    line = only_line(out.stderr)
     assert f"127.0.0.1:{port}: connection refused" in line
     assert "s3cret" not in out.stderr
 
@@ -99,7 +107,7 @@ def test_enqueue_to_a_silent_amqp_server_fails_within_the_deadline(
     url = f"amqp://guest:guest@127.0.0.1:{silent_server.port}/"
     out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
     assert out.returncode == 2
-    line = error_line(out.stderr)
+    line = only_line(out.stderr)
     assert f"no AMQP server answered at 127.0.0.1:{silent_server.port} within 2s" in line
     assert "accepted the connection but sent nothing back" in line
 
@@ -112,7 +120,7 @@ def test_enqueue_to_unreachable_redis_fails_in_about_the_deadline(
     url = f"redis://:s3cret@127.0.0.1:{port}/0"
     out = asyncq("enqueue", APP, ADD, env=env_for(store_env, url), timeout=EXIT_WITHIN)
     assert out.returncode == 2
-    line = error_line(out.stderr)
+    line = only_line(out.stderr)
     assert f"connect to redis://:***@127.0.0.1:{port}/0" in line
     assert "is Redis running there" in line
     assert "s3cret" not in out.stderr
@@ -146,3 +154,23 @@ def test_worker_stuck_connecting_stops_on_sigterm(
     log = Path(worker.log_path).read_text()  # type: ignore[attr-defined]
     assert "SIGTERM received" in log
     assert worker.returncode == 0, log
+
+
+def test_second_sigterm_stops_a_worker_whose_sync_task_blocks_its_thread(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    app = "tests.apps.stuck_app:app"
+    sent = asyncq("enqueue", app, "tests.apps.stuck_app.stuck", "--args", f'["{marks}"]', env=store_env)
+    assert sent.returncode == 0, sent.stderr
+    worker = start_worker(app, "--shutdown-timeout", "600", env=store_env)
+    wait_for(lambda: (marks / "started").exists(), timeout=EXIT_WITHIN, what="the task to start")
+    worker.send_signal(signal.SIGTERM)
+    log_path = Path(worker.log_path)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: "stopping gracefully" in log_path.read_text(), timeout=EXIT_WITHIN, what="the first signal"
+    )
+    worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: worker.poll() is not None, timeout=EXIT_WITHIN, what="the worker to exit")
+    assert "stopping now" in log_path.read_text()
