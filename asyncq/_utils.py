@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "backoff_delay",
+    "describe_error",
     "import_string",
     "new_id",
     "now",
@@ -103,3 +104,19 @@ def backoff_delay(
     if jitter:
         delay = float((rng or random).uniform(0, delay))
     return delay
+
+
+def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
+    """``str(exc)`` for log lines and messages, or the exception's type when that is empty.
+
+    Many exceptions (``TimeoutError()``, ``CancelledError()``) have no message; a line such
+    as "lease renewal failed ()" would hide what happened. ``with_type`` always names it.
+    """
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the log line
+        text = ""
+    name = type(exc).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if with_type else text

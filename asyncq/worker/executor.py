@@ -6,7 +6,8 @@ Each executor enforces the soft and hard time limits its medium allows:
   up; the outcome is :class:`SoftTimeLimitExceeded`); the hard limit stops waiting for it.
 * thread: the soft limit raises :class:`SoftTimeLimitExceeded` inside the thread (at the
   next Python bytecode); a thread cannot be killed, so at the hard limit the task is
-  failed with :class:`TimeLimitExceeded` and the thread is left to finish on its own.
+  failed with :class:`TimeLimitExceeded`, the thread is left to finish on its own, and the
+  pool starts a replacement so that its capacity stays as configured.
 * process: the soft limit signals the child, which raises :class:`SoftTimeLimitExceeded`
   inside the function; the hard limit kills the child and starts a fresh one.
 """
@@ -19,13 +20,13 @@ import ctypes
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from asyncq.task import Request, _current
 from asyncq.worker.procpool import ProcessPool
 from asyncq.worker.quarantine import IsolationGate, request_fields, run_suspect
+from asyncq.worker.threads import ThreadPool
 
 if TYPE_CHECKING:
     from asyncq.task import Task
@@ -54,6 +55,12 @@ class _ThreadCall:
                 with self._lock:
                     self._ident = None
 
+    def abandon(self, pool: ThreadPool) -> None:
+        """Give up on the thread if it still runs the task's code: the pool replaces it."""
+        with self._lock:
+            if self._ident is not None:
+                pool.abandon(self._ident)
+
     def interrupt(self, exc_type: type[BaseException]) -> bool:
         """Raise ``exc_type`` inside the thread if it is still running the task's code."""
         with self._lock:
@@ -77,6 +84,11 @@ def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], requ
         _current.reset(token)
 
 
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Executor:
     """Runs one task call in the medium its ``executor`` option names, within its time limits."""
 
@@ -94,7 +106,7 @@ class Executor:
         # them in parallel without each one paying for a process start.
         self.sandbox_size = sandbox_size or max(2, min(4, cpus))
         self.gate = IsolationGate()
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._sandbox: ProcessPool | None = None
 
@@ -148,7 +160,7 @@ class Executor:
         self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
     ) -> Any:
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix="asyncq-task")
+            self._threads = ThreadPool(self.thread_pool_size, thread_name_prefix="asyncq-task")
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         context.run(_current.set, (task, request))
@@ -166,7 +178,12 @@ class Executor:
             done, _ = await asyncio.wait({future}, timeout=None if hard is None else hard - soft)
             if done:
                 return future.result()
-        call.interrupt(TimeLimitExceeded)  # best effort; a thread in C code cannot be stopped
+        # Best effort: the exception lands at the thread's next bytecode, never inside C code.
+        # Either way the pool replaces the thread now, so capacity stays as configured, and
+        # the late outcome is retrieved so that nothing logs "exception was never retrieved".
+        call.interrupt(TimeLimitExceeded)
+        call.abandon(self._threads)
+        future.add_done_callback(_discard_outcome)
         raise TimeLimitExceeded(f"task {task.name} exceeded its time limit of {hard}s")
 
     async def _run_process(

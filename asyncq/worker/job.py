@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from asyncq._utils import now
+from asyncq._utils import describe_error, now
 from asyncq.brokers import Delivery
 from asyncq.exceptions import (
     AsyncqError,
@@ -307,12 +307,17 @@ class JobRunner:
             try:
                 return await self.executor.run_isolated(ref, request, soft_time_limit=soft, time_limit=hard)
             except SandboxImportError as exc:
-                logger.warning("task %s[%s]: %s; running it alone instead", task.name, message.id, exc)
+                logger.warning(
+                    "task %s[%s]: %s; running it alone instead", task.name, message.id, describe_error(exc)
+                )
                 break
             except ProcessLostError as exc:
                 if not exc.in_call:  # the sandbox itself cannot start: not this message's fault
                     logger.warning(
-                        "sandbox unavailable (%s); running %s[%s] alone", exc, task.name, message.id
+                        "sandbox unavailable (%s); running %s[%s] alone",
+                        describe_error(exc),
+                        task.name,
+                        message.id,
                     )
                     break
                 counted = await self._count_crash(message, crashes)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+from asyncq._utils import describe_error
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.scheduler import Scheduler
 from asyncq.states import State
@@ -178,7 +179,7 @@ class Worker:
                 # consumer that stops silently after a broker outage.
                 delay = CONSUME_RETRY_DELAYS[min(failures, len(CONSUME_RETRY_DELAYS) - 1)]
                 failures += 1
-                logger.error("consuming failed (%s); resuming in %.1fs", exc, delay)
+                logger.error("consuming failed (%s); resuming in %.1fs", describe_error(exc), delay)
                 await asyncio.sleep(delay)
 
     def _job_done(self, job: asyncio.Task[None]) -> None:

@@ -23,6 +23,7 @@ import pytest
 from asyncq import App, State
 from asyncq.result import decode_record
 from tests.apps import poison_tasks
+from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
 from tests.services import require_service
 
 APP = "tests.apps.poison_tasks:app"
@@ -30,8 +31,14 @@ WORKERS = 2
 DEADLINE = 300.0
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
-def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str]) -> dict[str, str]:
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """The workers' environment for one broker, with a queue private to this test."""
     env = dict(store_env)
     env["ASYNCQ_TASK_DEFAULT_QUEUE"] = f"poison-{uuid.uuid4().hex[:10]}"
@@ -40,6 +47,9 @@ def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str]) -> dic
     if request.param == "redis":
         env["ASYNCQ_BROKER_URL"] = require_service("redis") + "?visibility_timeout=2"
         env["ASYNCQ_RESULT_BACKEND"] = require_service("redis")
+    elif request.param == "rabbitmq":
+        env["ASYNCQ_BROKER_URL"] = request.getfixturevalue("rabbitmq_url")
+        env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
     return env
 
 
