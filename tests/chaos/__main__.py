@@ -7,6 +7,7 @@ the test suite's size. ``--scenario`` and ``--broker`` (repeatable) pick cases.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", action="append", choices=BROKERS)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     args = parser.parse_args(argv)
+    # Started in the background, the process may ignore SIGINT: make SIGINT and SIGTERM stop
+    # it through the finally blocks that stop its workers and servers.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     total = args.total or (2000 if args.full else 300)
     brokers = args.broker or list(BROKERS)
     rabbit: RabbitNode | None = None
