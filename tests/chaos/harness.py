@@ -203,7 +203,7 @@ class Rig:
         if self.broker == "sqlite":
             return f"sqlite:///{self.directory / 'broker.db'}?visibility_timeout=3"
         if self.redis is not None:
-            return self.redis.url + "?visibility_timeout=3&retry_timeout=30"
+            return self.redis.url + "?visibility_timeout=3"
         assert self.rabbit is not None
         queue_type = self.broker.removeprefix("rabbitmq-")
         return self.rabbit.url + f"?queue_type={queue_type}"
