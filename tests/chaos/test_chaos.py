@@ -19,18 +19,10 @@ from tests.servers import RabbitNode
 
 TOTAL = 300
 #: Each poison message costs worker crashes and sandboxed runs: fewer tasks keep the case short.
-POISON_TOTAL = 200
+POISON_TOTAL = 100
 
 #: Cases that fail today because of a known bug being fixed elsewhere: (scenario, broker) -> bug.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("poison", "rabbitmq-classic"): (
-        "RabbitMQ classic queues dead-letter two copies of a poison message redelivered after its worker died"
-    ),
-    ("poison", "rabbitmq-quorum"): (
-        "quorum queues' x-delivery-limit dead-letters healthy tasks that were in flight "
-        "on workers killed by poison messages (the server counts every crash), with no result"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def cases() -> list[object]:
