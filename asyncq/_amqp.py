@@ -22,6 +22,7 @@ import asyncio
 import collections
 import errno
 import logging
+import weakref
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -150,14 +151,61 @@ async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> Non
     AMQP acks have no reply, and aiormq's ``wait=False`` only queues the frame; a synchronous
     method on the same channel is answered after every earlier frame of that channel, the
     ack included, so its reply confirms the ack (a passive declare of ``amq.direct`` changes
-    nothing).
+    nothing). Concurrent callers on one channel share one such round trip.
     """
     if message.delivery_tag is None:
         return
     channel = cast(aiormq.Channel, message.channel)
     await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+    sync = _SYNCS.get(channel)
+    if sync is None:
+        sync = _SYNCS[channel] = _ChannelSync(channel)
     async with asyncio.timeout(timeout):
-        await channel.exchange_declare("amq.direct", exchange_type="direct", passive=True)
+        await sync.after_queued_frames()
+
+
+class _ChannelSync:
+    """One synchronous round trip on a channel for every caller waiting when it is sent."""
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self._channel = channel
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def after_queued_frames(self) -> asyncio.Future[None]:
+        """A future done once the server has processed every frame queued on the channel so far."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(future)
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name="asyncq.amqp.ack-sync")
+        return future
+
+    async def _run(self) -> None:
+        batch: list[asyncio.Future[None]] = []
+        try:
+            while self._waiters:
+                # Taken before the round trip is sent: each waiter's frames precede it.
+                batch, self._waiters = self._waiters, []
+                try:
+                    await self._channel.exchange_declare("amq.direct", exchange_type="direct", passive=True)
+                except Exception as exc:
+                    for future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._task = None
+            for future in (*batch, *self._waiters):  # cancelled: nobody will answer them
+                if not future.done():
+                    future.cancel()
+            self._waiters = []
+
+
+_SYNCS: weakref.WeakKeyDictionary[aiormq.Channel, _ChannelSync] = weakref.WeakKeyDictionary()
 
 
 class CopyGuard:

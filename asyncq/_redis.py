@@ -31,7 +31,7 @@ try:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, Connection
     from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+    from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
     from redis.backoff import NoBackoff
     from redis.exceptions import (
         ClusterDownError,
@@ -665,6 +665,13 @@ class Client:
                     f"connect to {shown}: no answer within connect_timeout={self.connect_timeout:g}s; "
                     f"{_UNREACHABLE_HINT}"
                 ) from None
+            if isinstance(exc, self._connection_error) and isinstance(exc.__cause__, MasterNotFoundError):
+                # redis-py's message is the repr of its client: name what was asked instead.
+                sentinels = ",".join(f"{host}:{port}" for host, port in self.target.nodes)
+                raise self._connection_error(
+                    f"connect to {shown}: no sentinel at {sentinels} gave the address of master "
+                    f"{self.target.service!r}; are the sentinels running, and is that the master's name?"
+                ) from exc
             if isinstance(exc, self._connection_error):
                 raise self._connection_error(f"{exc}; {_UNREACHABLE_HINT}") from exc
             raise

@@ -174,3 +174,23 @@ def test_second_sigterm_stops_a_worker_whose_sync_task_blocks_its_thread(
     worker.send_signal(signal.SIGTERM)
     wait_for(lambda: worker.poll() is not None, timeout=EXIT_WITHIN, what="the worker to exit")
     assert "stopping now" in log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "path", "says"),
+    [
+        (
+            "redis+sentinel",
+            "/mymaster",
+            "no sentinel at 127.0.0.1:{port} gave the address of master 'mymaster'",
+        ),
+        ("redis+cluster", "", "connect to redis+cluster://127.0.0.1:{port}"),
+    ],
+)
+def test_enqueue_to_unreachable_sentinels_or_cluster_fails_in_one_line(
+    store_env: dict[str, str], scheme: str, path: str, says: str
+) -> None:
+    port = free_port()
+    out = asyncq("enqueue", APP, ADD, env=env_for(store_env, f"{scheme}://127.0.0.1:{port}{path}"))
+    assert out.returncode == 2
+    assert says.format(port=port) in only_line(out.stderr)

@@ -92,9 +92,11 @@ async def test_redis_producer_rides_through_a_server_restart(redis_server: Redis
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("closes", [False, True], ids=["without-closing", "closing"])
 def test_producer_whose_send_failed_during_a_reconnect_exits(
     rabbitmq_node: RabbitMQNode,  # noqa: F811
     tmp_path: Path,
+    closes: bool,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCQ_")}
     env.update(
@@ -108,7 +110,7 @@ def test_producer_whose_send_failed_during_a_reconnect_exits(
     out_path = tmp_path / "producer.out"
     with open(out_path, "w") as out:
         producer = subprocess.Popen(
-            [sys.executable, "-m", "tests.apps.outage_producer"],
+            [sys.executable, "-m", "tests.apps.outage_producer", *(["--close"] if closes else [])],
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -130,6 +132,7 @@ def test_producer_whose_send_failed_during_a_reconnect_exits(
             producer.kill()
         producer.wait(timeout=10)
     assert producer.returncode == 0, out_path.read_text()
+    assert ("app closed by the producer" in out_path.read_text()) is closes
 
 
 def _bind_silent(port: int) -> SilentServer:

@@ -3,7 +3,7 @@
 Run as ``python -m tests.apps.outage_producer``; URLs come from ASYNCQ_BROKER_URL and
 ASYNCQ_RESULT_BACKEND. Prints ``sent N`` after each confirmed enqueue and, when one fails,
 ``failed: <error>``; then returns from main() with the app still open, as a script that
-forgets (or cannot reach) its cleanup would.
+forgets (or cannot reach) its cleanup would, or, with ``--close``, closes the app first.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ async def main() -> None:
             await asyncio.sleep(0.05)
     except AsyncqError as exc:
         print(f"failed: {exc}", flush=True)
+    if "--close" in sys.argv:
+        await app.aclose()
+        print("app closed by the producer", flush=True)
 
 
 if __name__ == "__main__":
