@@ -51,12 +51,17 @@ logger = logging.getLogger(__name__)
 #: A message delivered more than ``max_deliveries * BACKSTOP_FACTOR`` times is dead-lettered
 #: even if it never crashed while isolated: the last resort against a redelivery loop.
 BACKSTOP_FACTOR = 20
-#: Seconds an isolated-crash counter lives in the result backend when results never expire.
-CRASH_COUNTER_TTL = 7 * 24 * 3600.0
+#: Seconds a message's counters (isolated crashes, deliberate returns) live in the result
+#: backend when results never expire.
+COUNTER_TTL = 7 * 24 * 3600.0
 
 
 class _Poison(Exception):
     """Raised inside the runner when a suspect has crashed isolated too often."""
+
+
+class _AlreadyDeadLettered(Exception):
+    """Raised inside the runner for a copy of a message already dead-lettered as poison."""
 
 
 class RateLimiter:
@@ -92,6 +97,7 @@ class JobRunner:
         self.backstop = max_deliveries * BACKSTOP_FACTOR
         self._limiters: dict[str, RateLimiter] = {}
         self._result_ttl: float | None = app.conf.result_expires
+        self._counter_ttl = self._result_ttl or COUNTER_TTL
         self._acks_late_default = bool(app.conf.task_acks_late)
         self._track_started_default = bool(app.conf.task_track_started)
         self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
@@ -100,12 +106,16 @@ class JobRunner:
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
         self._backend = app.backend
+        caps = self._backend.capabilities
+        # rpc:// keeps no readable state (and a get() there subscribes to the id): skip reading.
+        self._reads_records = caps.shared or caps.counters
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
 
     # -- the path -----------------------------------------------------------------------------
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to the end; never raises except on cancellation."""
+        message: Message | None = None
         try:
             message = await self._decode(delivery)
             if message is None:
@@ -116,11 +126,11 @@ class JobRunner:
             await self._execute(delivery, message, task)
         except asyncio.CancelledError:
             # Shutdown cut the task short: give the message back so another worker runs it.
-            await asyncio.shield(self._settle(delivery.nack()))
+            await asyncio.shield(self._give_back(delivery, message))
             raise
         except Exception:  # a bug in this path must not kill the worker; the message comes back
             logger.exception("internal error handling message %s; returning it to the queue", delivery.id)
-            await self._settle(delivery.nack(delay=1.0))
+            await self._give_back(delivery, message, delay=1.0)
 
     async def _decode(self, delivery: Delivery) -> Message | None:
         try:
@@ -156,13 +166,13 @@ class JobRunner:
             return None
         if message.eta is not None and message.eta > now() + 0.01:
             # Delivered early (a broker without native delays): hand it back until it is due.
-            await self._settle(delivery.nack(delay=message.eta - now()))
+            await self._give_back(delivery, message, delay=message.eta - now())
             return None
         return task
 
     async def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> None:
         options = task.options
-        suspect = delivery.delivery_count > 1
+        suspect = await self._is_suspect(delivery, message)
         if suspect and await self._already_succeeded(message):
             # At-least-once is met: it ran to the end once. Running it again could only turn a
             # stored success into a failure.
@@ -197,11 +207,17 @@ class JobRunner:
         except _Poison as poison:
             await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
             return
+        except _AlreadyDeadLettered:
+            logger.warning(
+                "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
+            )
+            await self._settle(delivery.ack())
+            return
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
             if reject.requeue:
-                await self._settle(delivery.nack())
+                await self._give_back(delivery, message)
             else:
                 await self._dead_letter(delivery, message, f"rejected by task: {reject.reason}", reject)
             return
@@ -301,8 +317,17 @@ class JobRunner:
         hard: float | None,
     ) -> Any:
         """Run a suspect in a sandbox child, retrying in a fresh one after each crash of its own."""
+        crashes = await self._crash_count(message)
+        if crashes >= self.max_deliveries:
+            # Judged poison already: this is a copy of a message that was dead-lettered (a
+            # broker that re-publishes to count deliveries can leave two), or its worker died
+            # before dead-lettering it.
+            if await self._record_status(message) is State.FAILURE:
+                raise _AlreadyDeadLettered
+            raise _Poison(
+                f"crashed {crashes} times while running isolated (max_deliveries={self.max_deliveries})"
+            )
         ref = sandbox_ref(task)
-        crashes = 0
         while ref is not None:
             try:
                 return await self.executor.run_isolated(ref, request, soft_time_limit=soft, time_limit=hard)
@@ -366,6 +391,35 @@ class JobRunner:
         async with self.executor.gate.exclusive():
             return await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
 
+    async def _is_suspect(self, delivery: Delivery, message: Message) -> bool:
+        """True if an earlier delivery of ``message`` ended without an outcome (its worker lost).
+
+        Deliveries this runner gave back on purpose (shutdown, an early ``eta``, a requeuing
+        ``Reject``) are counted in the backend and do not make a message a suspect.
+        """
+        if delivery.delivery_count <= 1:
+            return False
+        returned = 0
+        if self._backend.capabilities.counters:
+            try:
+                returned = await self._backend.incr(
+                    _counter_key("returned", message), 0, ttl=self._counter_ttl
+                )
+            except AsyncqError as exc:
+                logger.warning("could not read the return count of %s: %r", message.id, exc)
+        return delivery.delivery_count - 1 > returned
+
+    async def _give_back(
+        self, delivery: Delivery, message: Message | None, *, delay: float | None = None
+    ) -> None:
+        """Return a delivery to its queue on purpose, noted so its next delivery is no suspect."""
+        if message is not None and self._backend.capabilities.counters:
+            try:
+                await self._backend.incr(_counter_key("returned", message), 1, ttl=self._counter_ttl)
+            except AsyncqError as exc:  # it will merely run isolated next time
+                logger.warning("could not count the return of %s: %r", message.id, exc)
+        await self._settle(delivery.nack(delay=delay))
+
     async def _count_crash(self, message: Message, local: int | None) -> int | None:
         """Add one isolated crash of ``message``; the total, kept in the backend when it can.
 
@@ -373,22 +427,40 @@ class JobRunner:
         means "no count available").
         """
         if self._backend.capabilities.counters:
-            key = f"asyncq.isolated-crashes.{message.id}.{message.retries}"
-            ttl = self._result_ttl or CRASH_COUNTER_TTL
             try:
-                return await self._backend.incr(key, 1, ttl=ttl)
+                return await self._backend.incr(
+                    _counter_key("isolated-crashes", message), 1, ttl=self._counter_ttl
+                )
             except AsyncqError as exc:
                 logger.warning("could not count a crash of %s in the backend: %r", message.id, exc)
         return None if local is None else local + 1
 
+    async def _crash_count(self, message: Message) -> int:
+        """The isolated crashes counted for ``message`` so far (0 without counters)."""
+        if not self._backend.capabilities.counters:
+            return 0
+        try:
+            return await self._backend.incr(
+                _counter_key("isolated-crashes", message), 0, ttl=self._counter_ttl
+            )
+        except AsyncqError as exc:
+            logger.warning("could not read the crash count of %s: %r", message.id, exc)
+            return 0
+
     async def _already_succeeded(self, message: Message) -> bool:
         """True if the backend holds a SUCCESS record for ``message`` (which no failure replaces)."""
+        return await self._record_status(message) is State.SUCCESS
+
+    async def _record_status(self, message: Message) -> State | None:
+        """The stored state of ``message``, or None if there is none or it cannot be read."""
+        if not self._reads_records:
+            return None
         try:
             data = await self._backend.get(message.id)
-            return data is not None and decode_record(data, self._serializers).status is State.SUCCESS
+            return None if data is None else decode_record(data, self._serializers).status
         except AsyncqError as exc:
             logger.warning("could not read the record of %s: %r", message.id, exc)
-            return False
+            return None
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -475,6 +547,11 @@ class JobRunner:
 
 
 _FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+
+
+def _counter_key(kind: str, message: Message) -> str:
+    # Per attempt: a retry is a new message with the same id and its own delivery count.
+    return f"asyncq.{kind}.{message.id}.{message.retries}"
 
 
 def _custom_state(name: str) -> State:

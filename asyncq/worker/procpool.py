@@ -126,7 +126,10 @@ def _child_main(conn: Connection) -> None:
     _init_child()
     # The hello tells the parent the signal handlers are installed: time limits start after it,
     # so a slow spawn is never charged to a call, and an early SIGUSR1 cannot kill the child.
-    conn.send_bytes(b"")
+    try:
+        conn.send_bytes(b"")
+    except OSError:
+        return  # the parent died while this child started (e.g. killed by a poison message)
     while True:
         try:
             payload = conn.recv_bytes()

@@ -51,7 +51,8 @@ class Worker:
             ``concurrency``); never more, so idle workers are not starved.
         shutdown_timeout: seconds in-flight tasks get to finish when stopping.
         thread_pool_size / process_pool_size: sizes of the sync and process executors.
-        max_deliveries: deliveries of one message after which it is dead-lettered.
+        max_deliveries: crashes of a redelivered (suspect) message while running isolated
+            after which it is dead-lettered; see docs/worker.md.
         loop: event loop for :meth:`run`: auto, asyncio or uvloop.
         hostname: this worker's name in task records and logs (default ``host:pid``).
         beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe

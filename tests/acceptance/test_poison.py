@@ -57,6 +57,7 @@ def done_counts(directory: Path) -> Counter[int]:
     return Counter(int(p.name.split("-")[1]) for p in directory.iterdir() if p.name.startswith("done-"))
 
 
+@pytest.mark.timeout(DEADLINE + 120)  # dozens of worker and sandbox restarts on a loaded machine
 @pytest.mark.parametrize(("total", "poison_count"), [(50, 1), (300, 30)], ids=["1-in-50", "10pct-of-300"])
 def test_poison_messages_spare_healthy_tasks(
     broker_env: dict[str, str],

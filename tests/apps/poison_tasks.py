@@ -39,3 +39,15 @@ def sync_work(index: int, marker_dir: str | None = None, poison: bool = False) -
     time.sleep(0.02)
     _mark(marker_dir, index)
     return {"index": index, "pid": os.getpid()}
+
+
+@app.task(name="poison.hold")
+async def hold() -> int:
+    """Take 30 s on its first delivery (to be cut short), none after; return the pid."""
+    from asyncq import current_task
+
+    task = current_task()
+    assert task is not None
+    if task.request.delivery_info["delivery_count"] == 1:
+        await asyncio.sleep(30)
+    return os.getpid()

@@ -149,7 +149,7 @@ async def test_unimportable_suspect_runs_alone_and_its_crashes_survive_the_worke
     key = f"asyncq.isolated-crashes.{r.id}.0"
     await app.backend.incr(key, 2, ttl=60)
     async with app.worker(max_deliveries=2):
-        with pytest.raises(WorkerLostError, match=r"2 workers died while it ran alone"):
+        with pytest.raises(WorkerLostError, match=r"crashed 2 times while running isolated"):
             await r.get(timeout=TIMEOUT)
     assert [d.id for d in await app.broker.dead_letters("default")] == [r.id]
 
@@ -192,3 +192,34 @@ async def test_backstop_dead_letters_a_message_delivered_far_too_often(app: App)
         with pytest.raises(WorkerLostError, match=r"delivered 21 times without finishing"):
             await r.get(timeout=TIMEOUT)
     assert [d.id for d in await app.broker.dead_letters("default")] == [r.id]
+
+
+async def test_a_message_given_back_at_shutdown_is_not_a_suspect(app: App) -> None:
+    adopt(app, poison_tasks.hold)
+    await app.connect()
+    (r,) = await app.send_many([poison_tasks.hold.build_message()])
+    async with app.worker(shutdown_timeout=0.05) as worker:
+        await wait_until(lambda: worker.in_flight == 1, timeout=TIMEOUT)
+    # The worker cut it short and gave it back on purpose: it runs normally, in the worker.
+    async with app.worker():
+        assert await r.get(timeout=TIMEOUT) == os.getpid()
+
+
+async def test_a_copy_of_a_dead_lettered_poison_message_is_acked_not_dead_lettered_again(app: App) -> None:
+    @app.task
+    async def poison() -> None:
+        pass
+
+    r = await poison.enqueue()
+    # A copy of a message already judged poison: its crashes are counted, its record is FAILURE.
+    await app.backend.incr(f"asyncq.isolated-crashes.{r.id}.0", 2, ttl=60)
+    record = encode_record(
+        app.serializers, task_id=r.id, status=State.FAILURE, exc=WorkerLostError("crashed"), task=poison.name
+    )
+    await app.backend.set(r.id, record, final=True, ttl=None)
+    await lose(app)
+    async with app.worker(max_deliveries=2) as worker:
+        await wait_until(_empty(app), timeout=TIMEOUT)
+        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+    assert await app.broker.dead_letters("default") == []
+    assert await r.state() == State.FAILURE
