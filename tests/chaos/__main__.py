@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--broker", action="append", choices=BROKERS)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    parser.add_argument("--seed", type=int, help="the fault's timing and victims (default: random)")
     args = parser.parse_args(argv)
     # Started in the background, the process may ignore SIGINT: make SIGINT and SIGTERM stop
     # it through the finally blocks that stop its workers and servers.
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not applies(scenario, broker):
                     print(run_scenario(scenario, broker).line(), flush=True)
                     continue
-                row = run_scenario(scenario, broker, total=total, timeout=args.timeout, rabbit=rabbit)
+                row = run_scenario(
+                    scenario, broker, total=total, timeout=args.timeout, rabbit=rabbit, seed=args.seed
+                )
                 failed += not row.ok
                 print(row.line() + ("" if row.ok else " FAILED"), flush=True)
     finally:

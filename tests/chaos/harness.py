@@ -144,13 +144,21 @@ class Row:
     producer_errors: int = 0
     results_missing: int = 0  # healthy tasks that ran but have no result in the backend
     restarts: int = 0
+    fault_failed: bool = False  # the fault itself could not be injected: the run proves nothing
+    seed: int = 0  # of the fault's timing and the victims: rerun with it to repeat the run
     note: str = ""
     lost_ids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """The musts: nothing lost, no healthy task dead-lettered, one dead letter per poison."""
-        return not (self.lost or self.healthy_dead or self.poison_dead_missing or self.poison_dead_extra)
+        return not (
+            self.lost
+            or self.healthy_dead
+            or self.poison_dead_missing
+            or self.poison_dead_extra
+            or self.fault_failed
+        )
 
     def line(self) -> str:
         if self.note == "n/a":
@@ -408,11 +416,15 @@ def run_scenario(
     spec = SCENARIOS[scenario]
     if not applies(scenario, broker):
         return Row(scenario, broker, note="n/a")
+    if seed is None:
+        seed = random.randrange(2**32)
     with _directory(directory) as where:
         rig = Rig(broker, where, rabbit)
         try:
             window = spec.send_seconds if send_seconds is None else send_seconds
-            return _run(spec, rig, total, window, timeout, random.Random(seed))
+            row = _run(spec, rig, total, window, timeout, random.Random(seed))
+            row.seed = seed
+            return row
         finally:
             rig.close()
 
@@ -441,6 +453,7 @@ def _run(
         try:
             fault_notes.append(spec.fault(rig, fleet, rng))
         except Exception as exc:  # reported in the row, and fails the run
+            row.fault_failed = True
             fault_notes.append(f"fault failed: {exc!r}")
         fault_end.append(rig.fault_over or time.monotonic())
 
