@@ -63,9 +63,9 @@ def index_of(message_id: str) -> int | None:
 class Supervisor:
     """Keeps ``WORKERS`` ``asyncq run`` processes alive, restarting any that exits."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * WORKERS
+    def __init__(self, env: dict[str, str], logs: Path, workers: int = WORKERS) -> None:
+        self.env, self.logs, self.workers = env, logs, workers
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * workers
         self.restarts = 0
         self.exit_codes: Counter[int] = Counter()
         self._files: list[IO[bytes]] = []
@@ -74,7 +74,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="chaos-supervisor", daemon=True)
 
     def start(self) -> None:
-        for slot in range(WORKERS):
+        for slot in range(self.workers):
             self._spawn(slot)
         self._thread.start()
 
@@ -101,7 +101,7 @@ class Supervisor:
     def kill_one(self, rng: random.Random) -> None:
         """SIGKILL a random worker; the watcher starts its replacement."""
         with self._lock:
-            proc = self.procs[rng.randrange(WORKERS)]
+            proc = self.procs[rng.randrange(self.workers)]
             if proc is not None and proc.poll() is None:
                 proc.kill()
 
