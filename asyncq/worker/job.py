@@ -205,7 +205,13 @@ class JobRunner:
             else:
                 result = await self._run(task, request, soft, hard)
         except _Poison as poison:
-            await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
+            if await self._claim_dead_letter(message):
+                await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
+            else:  # another copy of it, run at the same time, was dead-lettered
+                logger.warning(
+                    "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
+                )
+                await self._settle(delivery.ack())
             return
         except _AlreadyDeadLettered:
             logger.warning(
@@ -434,6 +440,17 @@ class JobRunner:
             except AsyncqError as exc:
                 logger.warning("could not count a crash of %s in the backend: %r", message.id, exc)
         return None if local is None else local + 1
+
+    async def _claim_dead_letter(self, message: Message) -> bool:
+        """True for the first copy of a poison message to be dead-lettered (atomic in the backend)."""
+        if not self._backend.capabilities.counters:
+            return True
+        try:
+            key = _counter_key("dead-lettered", message)
+            return await self._backend.incr(key, 1, ttl=self._counter_ttl) == 1
+        except AsyncqError as exc:
+            logger.warning("could not claim the dead-lettering of %s: %r", message.id, exc)
+            return True
 
     async def _crash_count(self, message: Message) -> int:
         """The isolated crashes counted for ``message`` so far (0 without counters)."""

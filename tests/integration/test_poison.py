@@ -223,3 +223,17 @@ async def test_a_copy_of_a_dead_lettered_poison_message_is_acked_not_dead_letter
         await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     assert await app.broker.dead_letters("default") == []
     assert await r.state() == State.FAILURE
+
+
+async def test_two_copies_of_a_poison_message_are_dead_lettered_once(app: App) -> None:
+    adopt(app, poison_tasks.work)
+    await app.connect()
+    message = poison_tasks.work.build_message((0,), {"poison": True})
+    r, _ = await app.send_many([message, message])  # two copies with one id, as a re-publish leaves
+    await lose(app, 2)
+    async with app.worker(max_deliveries=1) as worker:
+        with pytest.raises(WorkerLostError):
+            await r.get(timeout=TIMEOUT)
+        await wait_until(_empty(app), timeout=TIMEOUT)
+        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+    assert [d.id for d in await app.broker.dead_letters("default")] == [r.id]
