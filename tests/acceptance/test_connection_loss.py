@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import cli_app
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
+from tests.servers import RedisServer
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
@@ -33,51 +33,6 @@ TOTAL = 200
 
 def done_counts(directory: Path) -> Counter[int]:
     return Counter(int(p.name.split("-")[1]) for p in directory.iterdir() if p.name.startswith("done-"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A private, persistent (AOF, fsync always) redis-server that the test may stop and start."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
-        self.proc: Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
-        ]
-        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._answers, timeout=15, what="redis-server to start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=15)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
 
 
 @pytest.fixture

@@ -1,0 +1,226 @@
+"""Private servers a test may stop, restart, freeze or cut off: never the shared ones.
+
+* ``RedisServer``: a ``redis-server`` on a free loopback port, in the test's directory.
+* ``RabbitNode``: a second RabbitMQ node (own node name, AMQP and distribution ports, data,
+  logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import Popen
+
+from tests.services import missing
+
+#: The RabbitMQ scripts themselves: the /usr/sbin wrappers switch to the rabbitmq user, whose
+#: environment (HOME, hence the Erlang cookie) is not ours.
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate()`` every 50 ms; raise ``TimeoutError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class RedisServer:
+    """A private redis-server that the test may stop, start, freeze (SIGSTOP) and thaw.
+
+    ``appendonly=True`` (fsync always) keeps its data across a restart; without it a restart
+    starts empty, as a real Redis without persistence does.
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
+        if shutil.which("redis-server") is None:
+            missing("redis-server is not installed")
+        self.directory, self.port, self.appendonly = directory, free_port(), appendonly
+        directory.mkdir(parents=True, exist_ok=True)
+        self.proc: Popen[bytes] | None = None
+        self.up_at = 0.0  # monotonic time it last started answering
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--save", ""]
+        if self.appendonly:
+            command += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            command += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=15, what="redis-server to start")
+        self.up_at = time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+
+    def restart(self, outage: float = 1.0) -> None:
+        """Stop, stay down ``outage`` seconds (an outage, not a blip), start on the same port."""
+        self.stop()
+        time.sleep(outage)
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (a hung server)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def command(self, *args: str) -> bytes:
+        """Run one command over a raw socket (no client library) and return the raw reply."""
+        payload = f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(payload)
+            return sock.recv(4096)
+
+    def kill_clients(self) -> None:
+        """Drop every client connection (``CLIENT KILL TYPE normal``), but not replicas'."""
+        reply = self.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert reply.startswith(b":"), reply
+
+    def _answers(self) -> bool:
+        try:
+            return self.command("PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+class RabbitNode:
+    """A RabbitMQ node of the test's own, with its own ports, data, logs and cookie.
+
+    It is started with the server script directly (as this user) and controlled with
+    ``rabbitmqctl -n <node>``; ``stop()``/``start()`` keep the data directory, so durable
+    queues and persistent messages survive a restart.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+            missing(f"rabbitmq-server is not installed in {RABBITMQ_BIN}")
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port, self.dist_port = free_port(), free_port()
+        self.node = f"asyncq-chaos-{uuid.uuid4().hex[:8]}@localhost"
+        self.proc: Popen[bytes] | None = None
+        self.up_at = 0.0  # monotonic time it last opened its AMQP listener
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        )
+        (directory / "enabled_plugins").write_text("[].\n")
+        (directory / "rabbitmq-env.conf").write_text("")  # not the system's (its NODENAME)
+        cookie = directory / ".erlang.cookie"
+        cookie.write_text(uuid.uuid4().hex)
+        cookie.chmod(0o400)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        d = self.directory
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+            "HOME": str(d),  # the Erlang cookie
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        """Run ``rabbitmqctl -n <node> ARGS`` to completion."""
+        return subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> None:
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its Erlang children go with it on stop
+        )
+        log.close()
+        # rabbitmqctl fails at once while the Erlang node is not up yet: wait for the AMQP
+        # listener (opened late in the boot), then for the boot to finish.
+        try:
+            wait_until(self._listens, timeout=120, what=f"RabbitMQ node {self.node} to listen")
+        except TimeoutError:
+            self.stop()
+            raise
+        self.up_at = time.monotonic()
+        waited = self.ctl("await_startup", "--timeout", "120", timeout=150)
+        if waited.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"RabbitMQ node {self.node} did not start: {waited.stderr.strip()}")
+
+    def _listens(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"RabbitMQ node {self.node} exited ({self.proc.returncode}); see server.log")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.ctl("stop", timeout=90)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, outage: float = 1.0) -> None:
+        """Stop the node cleanly, stay down ``outage`` seconds, start it on the same data."""
+        self.stop()
+        time.sleep(outage)
+        self.start()
+
+    def close_all_connections(self) -> None:
+        done = self.ctl("close_all_connections", "asyncq chaos test")
+        assert done.returncode == 0, done.stderr
