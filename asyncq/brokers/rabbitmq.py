@@ -94,7 +94,7 @@ BROKER_OPTIONS: Final[Mapping[str, object]] = {
     "exchange": "asyncq",
     "exchange_type": "direct",
     "queue_type": "classic",
-    "max_deliveries": 10,
+    "max_deliveries": 200,
     "publish_timeout": 30.0,
     "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "connection_name": "asyncq",
@@ -505,10 +505,13 @@ class RabbitMQBroker:
       with "topic" you may add wildcard bindings of your own.
     * ``queue_type`` ("classic"): "classic" (priorities 0-9, x-max-priority 10) or "quorum"
       (replicated; no priorities in this driver's contract).
-    * ``max_deliveries`` (10): a message delivered this many times in a row to consumers that
-      died (or closed) without settling it is moved to ``<queue>.dead`` as poison. Quorum
-      queues enforce it in the server (x-delivery-limit = max_deliveries - 1); on classic
-      queues the next consumer enforces it. Retries (``nack``) reset the run.
+    * ``max_deliveries`` (200): a message delivered this many times in a row to consumers that
+      died (or closed) without settling it is moved to ``<queue>.dead``. Quorum queues enforce
+      it in the server (x-delivery-limit = max_deliveries - 1); on classic queues the next
+      consumer enforces it. Retries (``nack``) reset the run. It is a backstop above the
+      worker's own poison rule (worker_max_deliveries isolated crashes, or 20 x that many
+      deliveries): a limit counted by the transport also counts the deaths a healthy message
+      only witnessed, so it must not be the one that decides.
     * ``publish_timeout`` (30.0 s): how long a publish waits for the broker's confirm, reconnects
       included, before raising BrokerConnectionError.
     * ``connect_timeout`` (10.0 s; the App passes ``broker_connection_timeout``): how long the

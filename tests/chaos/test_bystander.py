@@ -41,11 +41,6 @@ async def send(rig: Rig, *, poison: int | None = None) -> None:
 
 
 @pytest.mark.usefixtures("redis_server_installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="quorum queues' x-delivery-limit dead-letters a healthy task whose worker other "
-    "(poison) messages killed max_deliveries - 1 times",
-)
 def test_quorum_bystander_outlives_its_workers_crashes(rabbit_node: RabbitNode, tmp_path: Path) -> None:
     rig = Rig("rabbitmq-quorum", tmp_path, rabbit_node)
     fleet = Supervisor(rig.env(), tmp_path, workers=1)
