@@ -21,6 +21,7 @@ from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
 if TYPE_CHECKING:
     from typing import Concatenate
 
+    from asyncq.deadletters import DeadLetters
     from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
@@ -108,6 +109,7 @@ class App:
         )
         self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
         self._beat_schedule: BeatSchedule | None = None
+        self._dead_letters: DeadLetters | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -235,6 +237,15 @@ class App:
 
             self._beat_schedule = BeatSchedule(self)
         return self._beat_schedule
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The dead-letter tools: ``await app.dead_letters.list()``, ``show``, ``requeue``, ``purge``."""
+        if self._dead_letters is None:
+            from asyncq.deadletters import DeadLetters
+
+            self._dead_letters = DeadLetters(self)
+        return self._dead_letters
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``."""

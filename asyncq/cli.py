@@ -264,6 +264,11 @@ def purge(
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
 
 
+from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
+
+cli.add_typer(make_dlq_cli(load_app, run_async), name="dlq")
+
+
 def main() -> None:
     """Entry point of the ``asyncq`` script."""
     cli()
