@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing import Concatenate
 
     from asyncq.deadletters import DeadLetters
+    from asyncq.events import Events
     from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
@@ -110,6 +111,7 @@ class App:
         self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
         self._beat_schedule: BeatSchedule | None = None
         self._dead_letters: DeadLetters | None = None
+        self._events: Events | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -247,6 +249,15 @@ class App:
             self._dead_letters = DeadLetters(self)
         return self._dead_letters
 
+    @property
+    def events(self) -> Events:
+        """Monitoring events: ``app.events.stream()`` yields them (see docs/monitoring.md)."""
+        if self._events is None:
+            from asyncq.events import Events
+
+            self._events = Events(self)
+        return self._events
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``."""
         try:
@@ -301,6 +312,8 @@ class App:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._events is not None:
+            await self._events.aclose()
         drivers = self._drivers.pop(loop, None) or self._shared_drivers
         if drivers is not None and drivers.connected:
             drivers.connected = False
@@ -335,6 +348,7 @@ class App:
             if expect is not None:
                 expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
         await drivers.broker.publish(self.outgoing(message))
+        self.events.task_sent(message)
         return AsyncResult(message.id, self, task_name=task_name or message.task)
 
     async def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
@@ -347,6 +361,7 @@ class App:
                 if not message.ignore_result:
                     await prepare(message.id)
         await drivers.broker.publish_many([self.outgoing(m) for m in messages])
+        self.events.tasks_sent(messages)
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
 
     async def send_task(

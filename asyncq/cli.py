@@ -119,6 +119,12 @@ def run(
         bool,
         typer.Option("--beat", help="Also send periodic tasks (safe on every worker).", envvar="ASYNCQ_BEAT"),
     ] = False,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events", "-E", help="Send task and worker events.", envvar="ASYNCQ_WORKER_SEND_TASK_EVENTS"
+        ),
+    ] = False,
 ) -> None:
     """Start a worker for the app."""
     level = logging.getLevelName(log_level.upper())
@@ -133,6 +139,7 @@ def run(
             loop=loop,
             shutdown_timeout=shutdown_timeout,
             beat=beat,
+            send_events=events or None,
         )
         worker.run()
     except AsyncqError as exc:
@@ -265,8 +272,10 @@ def purge(
 
 
 from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
+from asyncq.cli_events import make_events_command  # noqa: E402 - as above
 
 cli.add_typer(make_dlq_cli(load_app, run_async), name="dlq")
+cli.command("events")(make_events_command(load_app, run_async))
 
 
 def main() -> None:

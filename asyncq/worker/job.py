@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
 from asyncq.brokers import Delivery
+from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
     AsyncqError,
     NotRegistered,
@@ -80,6 +81,7 @@ class JobRunner:
         self._broker = app.broker
         self._backend = app.backend
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
+        self.events: NoEvents = NO_EVENTS  # the worker sets live hooks when it sends events
 
     # -- the path -----------------------------------------------------------------------------
 
@@ -89,6 +91,7 @@ class JobRunner:
             message = await self._decode(delivery)
             if message is None:
                 return
+            self.events.task_received(message)
             task = await self._resolve(delivery, message)
             if task is None:
                 return
@@ -108,6 +111,7 @@ class JobRunner:
             reason = f"undecodable message: {exc}"
             logger.error("dead-lettering message %s: %s", delivery.id, reason)
             await self._record_failure(delivery.id, None, exc)
+            self.events.task_dead_lettered(None, reason, task_id=delivery.id, queue=delivery.queue)
             await self._settle(delivery.dead_letter(reason))
             return None
 
@@ -129,6 +133,7 @@ class JobRunner:
             reason = f"expired at {expired_at} before it ran"
             logger.info("task %s[%s] %s", message.task, message.id, reason)
             revoked = TaskRevokedError(reason)
+            self.events.task_revoked(message, reason)
             await self._store(message, State.REVOKED, exc=revoked)
             await self._follow_up(message, State.REVOKED, None, revoked)
             await self._settle(delivery.ack())
@@ -156,11 +161,13 @@ class JobRunner:
         soft = options.soft_time_limit if options.soft_time_limit is not None else self._default_limits[0]
         hard = options.time_limit if options.time_limit is not None else self._default_limits[1]
         started = time.perf_counter()
+        self.events.task_started(message)
         try:
             result = await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
+            self.events.task_rejected(message, reject.reason, reject.requeue)
             if reject.requeue:
                 await self._settle(delivery.nack())
             else:
@@ -180,6 +187,7 @@ class JobRunner:
                     exc,
                 )
                 await self._store(message, State.FAILURE, exc=exc)
+                self.events.task_failed(message, exc, time.perf_counter() - started)
                 self._outcome(message, State.FAILURE)
                 await self._follow_up(message, State.FAILURE, None, exc)
         else:
@@ -189,6 +197,7 @@ class JobRunner:
                 )
             if not message.ignore_result:
                 await self._store(message, State.SUCCESS, result=result)
+            self.events.task_succeeded(message, time.perf_counter() - started)
             self._outcome(message, State.SUCCESS)
             await self._follow_up(message, State.SUCCESS, result, None)
         if acks_late:
@@ -204,11 +213,13 @@ class JobRunner:
                 "task %s[%s] gave up after %d retries: %r", task.name, message.id, message.retries, failure
             )
             await self._store(message, State.FAILURE, exc=failure)
+            self.events.task_failed(message, failure, 0.0)
             self._outcome(message, State.FAILURE)
             await self._follow_up(message, State.FAILURE, None, failure)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
+        self.events.task_retried(message, exc, again.retries, again.eta)  # before the next attempt's
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
@@ -220,6 +231,7 @@ class JobRunner:
     ) -> None:
         """Park a message that cannot run; tell its caller and its workflow why."""
         logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
+        self.events.task_dead_lettered(message, reason)
         await self._store(message, State.FAILURE, exc=exc)
         await self._follow_up(message, State.FAILURE, None, exc)
         await self._settle(delivery.dead_letter(reason))

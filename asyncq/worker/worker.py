@@ -53,6 +53,7 @@ class Worker:
         hostname: this worker's name in task records and logs (default ``host:pid``).
         beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe
             on any number of workers, each tick is sent once.
+        send_events: send task and worker events (``worker_send_task_events``; ``-E``).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class Worker:
         loop: str | None = None,
         hostname: str | None = None,
         beat: bool = False,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -81,6 +83,7 @@ class Worker:
         self.max_deliveries = int(max_deliveries or conf.worker_max_deliveries)
         self.loop = loop or conf.worker_loop
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
+        self.send_events = bool(conf.worker_send_task_events if send_events is None else send_events)
         if self.concurrency < 1 or self.prefetch < 1:
             raise ConfigurationError("concurrency and prefetch must be at least 1")
         loop_factory(self.loop)  # validate early
@@ -113,6 +116,7 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        runner.events = await self.app.events.start_worker(self)
         logger.info(
             "worker %s consuming %s, concurrency %d", self.hostname, ",".join(self.queues), self.concurrency
         )
@@ -133,6 +137,7 @@ class Worker:
             consumer.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
+            await self.app.events.stop_worker(self, runner.events)
             await self.executor.aclose()
             self.ready.clear()
             logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))

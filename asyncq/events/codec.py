@@ -1,0 +1,149 @@
+"""Monitoring events on the wire: a batch is one JSON object per flush (schema: docs/protocol.md).
+
+Emitters record events as cheap tuples on the hot path (``Record``); encoding happens once per
+flush, here, with hand-written JSON templates: they cost about half of building dicts for
+``json.dumps``, and the events of a busy worker are the thing that must stay cheap. Decoding
+(readers only) uses the json module and gives each event its batch's ``hostname`` and ``pid``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from json.encoder import encode_basestring
+from typing import TYPE_CHECKING, Any, Final
+
+from asyncq.__about__ import __version__
+from asyncq.exceptions import SerializationError
+from asyncq.serializers import json_dumps
+
+if TYPE_CHECKING:
+    from asyncq.message import Message
+
+__all__ = [
+    "EVENT_TYPES",
+    "EVENTS_VERSION",
+    "TASK_EVENT_TYPES",
+    "WORKER_EVENT_TYPES",
+    "Record",
+    "decode_batch",
+    "encode_batch",
+]
+
+EVENTS_VERSION: Final = 1
+
+# Record codes: the index into TYPES.
+SENT, RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, REJECTED, DEAD_LETTERED = range(9)
+ONLINE, HEARTBEAT, OFFLINE = 9, 10, 11
+TASK_EVENT_TYPES: Final = (
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-rejected",
+    "task-dead-lettered",
+)
+WORKER_EVENT_TYPES: Final = ("worker-online", "worker-heartbeat", "worker-offline")
+EVENT_TYPES: Final = TASK_EVENT_TYPES + WORKER_EVENT_TYPES
+
+#: (code, message or None, timestamp, extra): extra is the runtime (succeeded), the exception
+#: (failed, retried), the reason (revoked, rejected, dead-lettered), a dict of fields (worker
+#: events, and a dead letter without a decodable message), or None.
+Record = tuple[int, "Message | None", float, Any]
+
+_MESSAGE_LIMIT: Final = 1000  # characters of an exception message or reason kept in an event
+
+
+def _s(text: str | None) -> str:
+    return "null" if text is None else encode_basestring(text)
+
+
+def _exception(exc: BaseException) -> str:
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not lose the event
+        text = repr(exc)
+    return f',"exception_type":{_s(name)},"exception_message":{_s(text[:_MESSAGE_LIMIT])}'
+
+
+def _arguments(message: Message) -> str:
+    try:
+        return f',"args":{json_dumps(message.args).decode()},"kwargs":{json_dumps(message.kwargs).decode()}'
+    except SerializationError:  # not JSON-able (a pickle task): say so rather than fail the batch
+        return ',"args":"<not JSON>","kwargs":"<not JSON>"'
+
+
+def _task(code: int, message: Message, timestamp: float, extra: Any, include_args: bool) -> str:
+    head = (
+        f'{{"type":"{TASK_EVENT_TYPES[code]}","uuid":{_s(message.id)},"name":{_s(message.task)},'
+        f'"queue":{_s(message.queue)},"timestamp":{timestamp:.6f}'
+    )
+    if code in (SENT, RECEIVED):
+        tail = f',"retries":{message.retries},"root_id":{_s(message.root_id)}'
+        tail += f',"parent_id":{_s(message.parent_id)}'
+        if message.eta is not None:
+            tail += f',"eta":{message.eta:.6f}'
+        if message.expires is not None:
+            tail += f',"expires":{message.expires:.6f}'
+        if include_args:
+            tail += _arguments(message)
+        return head + tail + "}"
+    if code == STARTED:
+        return head + "}"
+    if code == SUCCEEDED:
+        return f'{head},"runtime":{extra:.6f}}}'
+    if code == FAILED:
+        exc, runtime = extra
+        return f'{head},"runtime":{runtime:.6f}{_exception(exc)}}}'
+    if code == RETRIED:
+        exc, retries, eta = extra
+        tail = f',"retries":{retries}' + ("" if eta is None else f',"eta":{eta:.6f}')
+        return head + tail + ("" if exc is None else _exception(exc)) + "}"
+    reason, requeue = extra if code == REJECTED else (extra, None)
+    tail = f',"reason":{_s(str(reason)[:_MESSAGE_LIMIT])}'
+    if requeue is not None:
+        tail += f',"requeue":{"true" if requeue else "false"}'
+    return head + tail + "}"
+
+
+def _other(code: int, timestamp: float, fields: dict[str, Any]) -> str:
+    body = {"type": EVENT_TYPES[code], "timestamp": round(timestamp, 6), **fields}
+    if code == ONLINE:
+        body.setdefault("sw_ident", "asyncq")
+        body.setdefault("sw_ver", __version__)
+    return json_dumps(body).decode()
+
+
+def encode_batch(hostname: str, pid: int, records: Sequence[Record], *, include_args: bool) -> bytes:
+    """One batch's wire bytes: ``{"v": 1, "hostname": ..., "pid": ..., "events": [...]}``."""
+    parts = [
+        _task(code, message, timestamp, extra, include_args)
+        if message is not None
+        else _other(code, timestamp, extra or {})
+        for code, message, timestamp, extra in records
+    ]
+    head = f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"events":['
+    return (head + ",".join(parts) + "]}").encode()
+
+
+def decode_batch(data: bytes) -> list[dict[str, Any]]:
+    """The events of one batch, each with its batch's ``hostname`` and ``pid``.
+
+    Raises:
+        SerializationError: not a batch of a version this asyncq reads.
+    """
+    try:
+        batch = json.loads(data)
+    except ValueError as exc:
+        raise SerializationError(f"an event batch is not JSON: {exc}") from None
+    if not isinstance(batch, dict) or not isinstance(batch.get("events"), list):
+        raise SerializationError("an event batch must be an object with an 'events' list")
+    if batch.get("v") != EVENTS_VERSION:
+        raise SerializationError(f"unsupported event batch version {batch.get('v')!r}; this asyncq reads 1")
+    common = {"hostname": batch.get("hostname"), "pid": batch.get("pid")}
+    return [{**common, **event} for event in batch["events"] if isinstance(event, dict)]

@@ -1,0 +1,211 @@
+"""Event emission: the hooks the worker and producers call, buffered and published in batches.
+
+A hook costs a tuple and a list append; a named background task (``asyncq.events.flush``)
+sends what gathered every ``event_flush_interval`` seconds as one batch. The bus being slow or
+away never slows tasks down: past :data:`BUFFER_LIMIT` waiting events the oldest are dropped
+(and counted in a warning). With events off, the hooks are :class:`NoEvents`' empty methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from asyncq.events import codec
+from asyncq.exceptions import AsyncqError
+
+if TYPE_CHECKING:
+    from asyncq.events.bus import EventBus
+    from asyncq.message import Message
+
+__all__ = ["BUFFER_LIMIT", "EventEmitter", "NoEvents"]
+
+logger = logging.getLogger(__name__)
+
+#: Events waiting for the bus, at most; beyond, the oldest are dropped.
+BUFFER_LIMIT: Final = 100_000
+
+
+class NoEvents:
+    """The hooks with events off: each does nothing."""
+
+    enabled = False
+
+    def task_sent(self, message: Message) -> None:
+        """A producer published ``message``."""
+
+    def task_received(self, message: Message) -> None:
+        """A worker decoded ``message``."""
+
+    def task_started(self, message: Message) -> None:
+        """Its function is about to run."""
+
+    def task_succeeded(self, message: Message, runtime: float) -> None:
+        """It returned after ``runtime`` seconds."""
+
+    def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
+        """It raised ``exc`` (or gave up retrying) after ``runtime`` seconds."""
+
+    def task_retried(
+        self, message: Message, exc: BaseException | None, retries: int, eta: float | None
+    ) -> None:
+        """Retry number ``retries`` was sent, to run at ``eta``."""
+
+    def task_revoked(self, message: Message, reason: str) -> None:
+        """It will not run (expired)."""
+
+    def task_rejected(self, message: Message, reason: str, requeue: bool) -> None:
+        """The task raised Reject."""
+
+    def task_dead_lettered(
+        self, message: Message | None, reason: str, *, task_id: str = "", queue: str = ""
+    ) -> None:
+        """It was parked in the dead-letter store (``message`` None: it could not be decoded)."""
+
+    def worker_event(self, code: int, **fields: Any) -> None:
+        """A worker-online / -heartbeat / -offline event (``codec.ONLINE`` ...)."""
+
+    async def start(self) -> None:
+        """Start sending."""
+
+    async def aclose(self) -> None:
+        """Send what is buffered, then stop (the bus stays open: others may share it)."""
+
+
+class EventEmitter(NoEvents):
+    """Buffers the events of one process (a worker or a producer) and publishes them in batches.
+
+    Args:
+        bus: where batches go (connected by :meth:`start`).
+        hostname: the emitter's name in every event (a worker's ``host:pid``).
+        include_args: put task args and kwargs in task-sent and task-received events.
+        flush_interval: seconds events gather before they are sent together.
+    """
+
+    enabled = True
+
+    def __init__(self, bus: EventBus, hostname: str, *, include_args: bool, flush_interval: float) -> None:
+        self.bus = bus
+        self.hostname = hostname
+        self.include_args = include_args
+        self.flush_interval = flush_interval
+        self._buffer: list[codec.Record] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+        self.sent = 0
+
+    # -- hooks: a tuple and an append each -----------------------------------------------------
+
+    def _add(self, record: codec.Record) -> None:
+        buffer = self._buffer
+        buffer.append(record)
+        if len(buffer) == 1:
+            self._wake.set()
+        elif len(buffer) > BUFFER_LIMIT:
+            del buffer[: len(buffer) - BUFFER_LIMIT]
+            self.dropped += 1
+
+    def task_sent(self, message: Message) -> None:
+        self._add((codec.SENT, message, time.time(), None))
+
+    def task_received(self, message: Message) -> None:
+        self._add((codec.RECEIVED, message, time.time(), None))
+
+    def task_started(self, message: Message) -> None:
+        self._add((codec.STARTED, message, time.time(), None))
+
+    def task_succeeded(self, message: Message, runtime: float) -> None:
+        self._add((codec.SUCCEEDED, message, time.time(), runtime))
+
+    def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
+        self._add((codec.FAILED, message, time.time(), (exc, runtime)))
+
+    def task_retried(
+        self, message: Message, exc: BaseException | None, retries: int, eta: float | None
+    ) -> None:
+        self._add((codec.RETRIED, message, time.time(), (exc, retries, eta)))
+
+    def task_revoked(self, message: Message, reason: str) -> None:
+        self._add((codec.REVOKED, message, time.time(), reason))
+
+    def task_rejected(self, message: Message, reason: str, requeue: bool) -> None:
+        self._add((codec.REJECTED, message, time.time(), (reason, requeue)))
+
+    def task_dead_lettered(
+        self, message: Message | None, reason: str, *, task_id: str = "", queue: str = ""
+    ) -> None:
+        if message is not None:
+            self._add((codec.DEAD_LETTERED, message, time.time(), reason))
+        else:
+            fields = {"uuid": task_id, "name": None, "queue": queue, "reason": reason[:1000]}
+            self._add((codec.DEAD_LETTERED, None, time.time(), fields))
+
+    def worker_event(self, code: int, **fields: Any) -> None:
+        self._add((code, None, time.time(), fields))
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the bus and start the flusher; idempotent."""
+        if self._flusher is None or self._flusher.done():
+            await self.bus.connect()
+            self._closing = False
+            self._flusher = asyncio.create_task(self._flush_loop(), name="asyncq.events.flush")
+
+    async def _flush_loop(self) -> None:
+        logger.debug("event flusher started for %s", self.hostname)
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                if not self._closing:
+                    # Gather for a while: one batch per interval costs the bus one write.
+                    await asyncio.sleep(self.flush_interval)
+                await self.flush()
+        finally:
+            logger.debug("event flusher stopped for %s (%d events sent)", self.hostname, self.sent)
+
+    async def flush(self) -> None:
+        """Send the buffered events now, as one batch."""
+        records, self._buffer = self._buffer, []
+        self._wake.clear()
+        if self.dropped:
+            logger.warning("dropped %d events: the event bus did not keep up", self.dropped)
+            self.dropped = 0
+        if not records:
+            return
+        data = codec.encode_batch(self.hostname, os.getpid(), records, include_args=self.include_args)
+        try:
+            await self.bus.publish(data)
+        except AsyncqError as exc:  # monitoring must not stop the work it watches
+            logger.warning("could not send %d events: %s", len(records), exc)
+        else:
+            self.sent += len(records)
+
+    def start_heartbeat(self, fields: Callable[[], dict[str, Any]], interval: float) -> None:
+        """Send a worker-heartbeat event with ``fields()`` every ``interval`` seconds until closed."""
+        self._heartbeat = asyncio.create_task(self._beat(fields, interval), name="asyncq.events.heartbeat")
+
+    async def _beat(self, fields: Callable[[], dict[str, Any]], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.worker_event(codec.HEARTBEAT, **fields())
+
+    async def aclose(self) -> None:
+        """Stop the heartbeat, send what is buffered and stop the flusher (the bus stays open)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()
