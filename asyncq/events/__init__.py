@@ -36,6 +36,7 @@ __all__ = [
     "EventBus",
     "EventEmitter",
     "EventReader",
+    "EventStream",
     "Events",
     "NoEvents",
     "decode_batch",
@@ -46,6 +47,31 @@ logger = logging.getLogger(__name__)
 
 #: The hooks with events off (shared: it holds no state).
 NO_EVENTS = NoEvents()
+
+
+class EventStream:
+    """A subscription to an app's events: an async iterator of event dicts."""
+
+    def __init__(self, reader: EventReader) -> None:
+        self._reader = reader
+        self._pending: list[dict[str, Any]] = []
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while not self._pending:
+            batch = await self._reader.__anext__()
+            try:
+                self._pending = decode_batch(batch)
+            except SerializationError as exc:  # another version's, or garbage: skip it, loudly
+                logger.warning("skipping an event batch: %s", exc)
+            self._pending.reverse()  # popped from the end
+        return self._pending.pop()
+
+    async def aclose(self) -> None:
+        """Unsubscribe."""
+        await self._reader.aclose()
 
 
 class _Loop:
@@ -89,25 +115,27 @@ class Events:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def stream(self, *, history: bool = False) -> AsyncIterator[dict[str, Any]]:
-        """Yield events as they arrive (with ``history``, first those the bus kept), forever.
+    async def subscribe(self, *, history: bool = False) -> EventStream:
+        """Start reading: every event sent after this returns (with ``history``, the kept ones first).
 
-        Each event is a dict (schema: docs/protocol.md). Close the iterator to unsubscribe.
+        Iterate the result for event dicts (schema: docs/protocol.md); ``aclose()`` it when done.
         """
         bus = self.bus
         await bus.connect()
-        reader = await bus.subscribe(history=history)
+        return EventStream(await bus.subscribe(history=history))
+
+    async def stream(self, *, history: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Yield events as they arrive (with ``history``, first those the bus kept), forever.
+
+        Subscribes when first iterated (use :meth:`subscribe` to be sure of not missing any
+        sent before then); closing the iterator unsubscribes.
+        """
+        events = await self.subscribe(history=history)
         try:
-            async for batch in reader:
-                try:
-                    events = decode_batch(batch)
-                except SerializationError as exc:  # another version's, or garbage: skip it, loudly
-                    logger.warning("skipping an event batch: %s", exc)
-                    continue
-                for event in events:
-                    yield event
+            async for event in events:
+                yield event
         finally:
-            await reader.aclose()
+            await events.aclose()
 
     # -- producers -----------------------------------------------------------------------------
 

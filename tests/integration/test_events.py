@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from asyncq import App
+from asyncq.events import EventStream
 from asyncq.exceptions import Reject
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
@@ -44,21 +45,18 @@ async def events_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 class Collector:
     """Reads app.events.stream() in the background; waits for conditions on what arrived."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, stream: EventStream) -> None:
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._app = app
+        self._stream = stream
         self._task = asyncio.create_task(self._run())
 
+    @classmethod
+    async def start(cls, app: App) -> Collector:
+        return cls(await app.events.subscribe())  # subscribed once this returns
+
     async def _run(self) -> None:
-        stream = self._app.events.stream()
-        first = asyncio.ensure_future(anext(stream))  # subscribes on the first step
-        await asyncio.sleep(0)
-        self._ready.set()
-        self.events.append(await first)
-        self._changed.set()
-        async for event in stream:
+        async for event in self._stream:
             self.events.append(event)
             self._changed.set()
 
@@ -76,6 +74,7 @@ class Collector:
     async def aclose(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        await self._stream.aclose()
 
 
 async def test_task_and_worker_events(events_app: App) -> None:
@@ -104,7 +103,7 @@ async def test_task_and_worker_events(events_app: App) -> None:
         raise Reject("not for me")
 
     await app.connect()
-    collector = Collector(app)
+    collector = await Collector.start(app)
     try:
         async with app.worker(queues=[queue], send_events=True, hostname="w1"):
             await collector.wait_for(lambda: any(e["type"] == "worker-online" for e in collector.events))
@@ -168,7 +167,7 @@ async def test_events_are_off_by_default_and_args_opt_in(events_app: App) -> Non
         return x
 
     await app.connect()
-    collector = Collector(app)
+    collector = await Collector.start(app)
     try:
         async with app.worker(queues=[queue]):  # events off: nothing is sent
             assert await (await echo.enqueue(1)).get(timeout=TIMEOUT) == 1
