@@ -78,41 +78,44 @@ def _arguments(message: Message) -> str:
         return ',"args":"<not JSON>","kwargs":"<not JSON>"'
 
 
-def _task(code: int, message: Message, timestamp: float, extra: Any, include_args: bool) -> str:
-    head = (
-        f'{{"type":"{TASK_EVENT_TYPES[code]}","uuid":{_s(message.id)},"name":{_s(message.task)},'
-        f'"queue":{_s(message.queue)},"timestamp":{timestamp:.6f}'
-    )
-    if code in (SENT, RECEIVED):
-        tail = f',"retries":{message.retries},"root_id":{_s(message.root_id)}'
-        tail += f',"parent_id":{_s(message.parent_id)}'
-        if message.eta is not None:
-            tail += f',"eta":{message.eta:.6f}'
-        if message.expires is not None:
-            tail += f',"expires":{message.expires:.6f}'
-        if include_args:
-            tail += _arguments(message)
-        return head + tail + "}"
-    if code == STARTED:
-        return head + "}"
+def _details(code: int, extra: Any) -> str:
+    """The fields one task event adds to its task's, as JSON object text ("" for none)."""
+    if code in (SENT, RECEIVED, STARTED):
+        return ""
     if code == SUCCEEDED:
-        return f'{head},"runtime":{extra:.6f}}}'
+        return f'{{"runtime":{extra!r}}}'
     if code == FAILED:
         exc, runtime = extra
-        return f'{head},"runtime":{runtime:.6f}{_exception(exc)}}}'
+        return f'{{"runtime":{runtime!r}{_exception(exc)}}}'
     if code == RETRIED:
-        exc, retries, eta = extra
-        tail = f',"retries":{retries}' + ("" if eta is None else f',"eta":{eta:.6f}')
-        return head + tail + ("" if exc is None else _exception(exc)) + "}"
+        exc, eta = extra
+        fields = "" if eta is None else f',"retry_eta":{eta!r}'
+        fields += "" if exc is None else _exception(exc)
+        return "{" + fields[1:] + "}" if fields else ""
     reason, requeue = extra if code == REJECTED else (extra, None)
-    tail = f',"reason":{_s(str(reason)[:_MESSAGE_LIMIT])}'
+    fields = f'"reason":{_s(str(reason)[:_MESSAGE_LIMIT])}'
     if requeue is not None:
-        tail += f',"requeue":{"true" if requeue else "false"}'
-    return head + tail + "}"
+        fields += f',"requeue":{"true" if requeue else "false"}'
+    return "{" + fields + "}"
+
+
+def _task(message: Message, events: list[str], include_args: bool) -> str:
+    """One task's entry: what it is, once, and its events of this batch."""
+    head = (
+        f'{{"uuid":{_s(message.id)},"name":{_s(message.task)},"queue":{_s(message.queue)},'
+        f'"retries":{message.retries},"root_id":{_s(message.root_id)},"parent_id":{_s(message.parent_id)}'
+    )
+    if message.eta is not None:
+        head += f',"eta":{message.eta!r}'
+    if message.expires is not None:
+        head += f',"expires":{message.expires!r}'
+    if include_args:
+        head += _arguments(message)
+    return f'{head},"events":[{",".join(events)}]}}'
 
 
 def _other(code: int, timestamp: float, fields: dict[str, Any]) -> str:
-    body = {"type": EVENT_TYPES[code], "timestamp": round(timestamp, 6), **fields}
+    body = {"type": EVENT_TYPES[code], "timestamp": timestamp, **fields}
     if code == ONLINE:
         body.setdefault("sw_ident", "asyncq")
         body.setdefault("sw_ver", __version__)
@@ -120,15 +123,24 @@ def _other(code: int, timestamp: float, fields: dict[str, Any]) -> str:
 
 
 def encode_batch(hostname: str, pid: int, records: Sequence[Record], *, include_args: bool) -> bytes:
-    """One batch's wire bytes: ``{"v": 1, "hostname": ..., "pid": ..., "events": [...]}``."""
-    parts = [
-        _task(code, message, timestamp, extra, include_args)
-        if message is not None
-        else _other(code, timestamp, extra or {})
-        for code, message, timestamp, extra in records
-    ]
-    head = f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"events":['
-    return (head + ",".join(parts) + "]}").encode()
+    """One batch's wire bytes (docs/protocol.md): its task events grouped by task, then the others."""
+    tasks: dict[int, tuple[Message, list[str]]] = {}  # by id(): a message object is one attempt
+    others: list[str] = []
+    for code, message, timestamp, extra in records:
+        if message is None:
+            others.append(_other(code, timestamp, extra or {}))
+            continue
+        entry = tasks.get(id(message))
+        if entry is None:
+            entry = tasks[id(message)] = (message, [])
+        details = _details(code, extra)
+        event = f'["{TASK_EVENT_TYPES[code]}",{timestamp!r}' + (f",{details}]" if details else "]")
+        entry[1].append(event)
+    parts = [_task(message, events, include_args) for message, events in tasks.values()]
+    return (
+        f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},'
+        f'"tasks":[{",".join(parts)}],"events":[{",".join(others)}]}}'
+    ).encode()
 
 
 def decode_batch(data: bytes) -> list[dict[str, Any]]:
@@ -141,9 +153,25 @@ def decode_batch(data: bytes) -> list[dict[str, Any]]:
         batch = json.loads(data)
     except ValueError as exc:
         raise SerializationError(f"an event batch is not JSON: {exc}") from None
-    if not isinstance(batch, dict) or not isinstance(batch.get("events"), list):
-        raise SerializationError("an event batch must be an object with an 'events' list")
+    if not isinstance(batch, dict):
+        raise SerializationError("an event batch must be a JSON object")
     if batch.get("v") != EVENTS_VERSION:
         raise SerializationError(f"unsupported event batch version {batch.get('v')!r}; this asyncq reads 1")
     common = {"hostname": batch.get("hostname"), "pid": batch.get("pid")}
-    return [{**common, **event} for event in batch["events"] if isinstance(event, dict)]
+    found: list[dict[str, Any]] = []
+    try:
+        for task in batch.get("tasks") or ():
+            fields = {key: value for key, value in task.items() if key != "events"}
+            args = {key: fields.pop(key) for key in ("args", "kwargs") if key in fields}
+            for kind, timestamp, *details in task["events"]:
+                event = {**common, "type": kind, "timestamp": timestamp, **fields}
+                if args and kind in ("task-sent", "task-received"):
+                    event.update(args)
+                if details:
+                    event.update(details[0])
+                found.append(event)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"a malformed task entry in an event batch: {exc!r}") from None
+    found += [{**common, **event} for event in batch.get("events") or () if isinstance(event, dict)]
+    found.sort(key=lambda event: event.get("timestamp") or 0.0)
+    return found

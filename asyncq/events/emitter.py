@@ -50,10 +50,8 @@ class NoEvents:
     def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
         """It raised ``exc`` (or gave up retrying) after ``runtime`` seconds."""
 
-    def task_retried(
-        self, message: Message, exc: BaseException | None, retries: int, eta: float | None
-    ) -> None:
-        """Retry number ``retries`` was sent, to run at ``eta``."""
+    def task_retried(self, message: Message, exc: BaseException | None, eta: float | None) -> None:
+        """The next attempt was sent, to run at ``eta`` (None: now)."""
 
     def task_revoked(self, message: Message, reason: str) -> None:
         """It will not run (expired)."""
@@ -127,10 +125,8 @@ class EventEmitter(NoEvents):
     def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
         self._add((codec.FAILED, message, time.time(), (exc, runtime)))
 
-    def task_retried(
-        self, message: Message, exc: BaseException | None, retries: int, eta: float | None
-    ) -> None:
-        self._add((codec.RETRIED, message, time.time(), (exc, retries, eta)))
+    def task_retried(self, message: Message, exc: BaseException | None, eta: float | None) -> None:
+        self._add((codec.RETRIED, message, time.time(), (exc, eta)))
 
     def task_revoked(self, message: Message, reason: str) -> None:
         self._add((codec.REVOKED, message, time.time(), reason))

@@ -219,7 +219,7 @@ class JobRunner:
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
-        self.events.task_retried(message, exc, again.retries, again.eta)  # before the next attempt's
+        self.events.task_retried(message, exc, again.eta)  # before the next attempt's
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)

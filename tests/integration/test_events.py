@@ -150,7 +150,7 @@ async def test_task_and_worker_events(events_app: App) -> None:
     failed = by_type[(r_boom.id, "task-failed")]
     assert (failed["exception_type"], failed["exception_message"]) == ("ValueError", "bad input")
     retried = by_type[(r_flaky.id, "task-retried")]
-    assert retried["retries"] == 1 and retried["exception_type"] == "KeyError"
+    assert retried["retries"] == 0 and retried["exception_type"] == "KeyError"  # the failed attempt's
     assert by_type[(r_refuse.id, "task-rejected")]["reason"] == "not for me"
     assert "not for me" in by_type[(r_refuse.id, "task-dead-lettered")]["reason"]
     online = next(e for e in collector.events if e["type"] == "worker-online")
