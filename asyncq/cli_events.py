@@ -52,7 +52,7 @@ def format_event(event: dict[str, Any]) -> str:
     where = str(event.get("hostname") or "")
     if kind.startswith("task-") and event.get("queue"):
         where = f"{where} {event['queue']}".strip()
-    return f"{when}  {kind:<18}  {task}  {where}  {_details(event)}".rstrip()
+    return "  ".join(part for part in (when, f"{kind:<18}", task, where, _details(event)) if part).rstrip()
 
 
 def make_events_command(load_app: Callable[[str], App], run_async: Runner[Any]) -> Callable[..., None]:
