@@ -29,6 +29,8 @@ BusFactory = Callable[..., Awaitable[EventBus]]
         "memory",
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
+        pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
     ]
 )
@@ -42,6 +44,8 @@ async def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         url, options = f"sqlite:///{tmp_path / 'events.db'}?visibility_timeout=5", {"poll_interval": 0.02}
     elif request.param == "redis":
         url, options = require_service("redis"), {"key_prefix": prefix, "visibility_timeout": 5}
+    elif request.param.startswith("redis_"):  # servers the tests start (drivers_redis.py)
+        url, options = request.getfixturevalue(request.param).url, {"key_prefix": prefix}
     else:
         url, options = request.getfixturevalue("rabbitmq_url"), {"queue_type": "classic"}
 
@@ -58,7 +62,7 @@ async def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     yield make
     for bus in made:
         await bus.aclose()
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         await delete_prefix(url, prefix)
 
 
