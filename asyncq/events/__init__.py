@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -145,7 +147,7 @@ class Events:
             return
         state = self._loop()
         if state.producer is None:
-            state.producer = self._emitter(self._app.main)
+            state.producer = self._emitter(f"{socket.gethostname()}:{os.getpid()}")
             state.starting = asyncio.get_running_loop().create_task(
                 state.producer.start(), name="asyncq.events.start"
             )

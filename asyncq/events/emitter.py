@@ -149,9 +149,9 @@ class EventEmitter(NoEvents):
     # -- sending ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the bus and start the flusher; idempotent."""
+        """Start the flusher; idempotent. The bus is connected at the first flush, so a bus
+        that is away delays nothing but the events (each failed flush logs a warning)."""
         if self._flusher is None or self._flusher.done():
-            await self.bus.connect()
             self._closing = False
             self._flusher = asyncio.create_task(self._flush_loop(), name="asyncq.events.flush")
 
@@ -178,6 +178,7 @@ class EventEmitter(NoEvents):
             return
         data = codec.encode_batch(self.hostname, os.getpid(), records, include_args=self.include_args)
         try:
+            await self.bus.connect()
             await self.bus.publish(data)
         except AsyncqError as exc:  # monitoring must not stop the work it watches
             logger.warning("could not send %d events: %s", len(records), exc)

@@ -199,3 +199,18 @@ async def test_events_are_off_by_default_and_args_opt_in(events_app: App) -> Non
     received = next(e for e in collector.events if e["type"] == "task-received")
     assert (received["args"], received["kwargs"]) == ([7], {})
     assert collector.sent(sent.id) == 0  # task_send_sent_event is off
+
+
+async def test_an_unreachable_bus_costs_warnings_not_failures(caplog: pytest.LogCaptureFixture) -> None:
+    from asyncq.events import EventEmitter, event_bus_from_url
+    from asyncq.message import Message
+
+    # A port nothing listens on: connecting fails at once; the emitter logs and drops the batch.
+    bus = event_bus_from_url("redis://127.0.0.1:1/0", retry_timeout=0.2, socket_connect_timeout=0.5)
+    emitter = EventEmitter(bus, "w", include_args=False, flush_interval=0.01)
+    await emitter.start()
+    emitter.task_received(Message(id="1", task="t"))
+    with caplog.at_level("WARNING", logger="asyncq.events.emitter"):
+        await emitter.aclose()
+    assert any("could not send 1 events" in r.getMessage() for r in caplog.records)
+    await bus.aclose()
