@@ -1061,11 +1061,14 @@ class RabbitMQBroker:
         await self._declare(queue)
         connection = await self._ready()
         with translate_errors(action):
-            channel = await connection.channel(publisher_confirms=False)
+            async with asyncio.timeout(self.publish_timeout):
+                channel = await connection.channel(publisher_confirms=False)
             try:
-                yield await channel.declare_queue(
-                    f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
-                )
+                async with asyncio.timeout(self.publish_timeout):
+                    dead = await channel.declare_queue(
+                        f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
+                    )
+                yield dead  # each basic.get in the caller has aio-pika's own deadline (5 s)
             finally:
                 await channel.close()
 
