@@ -8,12 +8,14 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 __all__ = [
     "backoff_delay",
     "import_string",
     "new_id",
     "now",
+    "redact_url",
     "to_epoch",
     "to_seconds",
     "utcnow",
@@ -103,3 +105,21 @@ def backoff_delay(
     if jitter:
         delay = float((rng or random).uniform(0, delay))
     return delay
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user info or a ``*password`` query option) as ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None and "password" not in parts.query:
+        return url  # unchanged: urlunsplit would also rewrite sqlite:/// as sqlite:/
+    if password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    if "password" in parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query="&".join(f"{k}={'***' if 'password' in k else v}" for k, v in query))
+    return urlunsplit(parts)

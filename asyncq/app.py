@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from urllib.parse import quote
 
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
-from asyncq.exceptions import ConfigurationError, NotRegistered
+from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
-__all__ = ["App", "default_store_url"]
+__all__ = ["App", "default_store_url", "resolve_sqlite_url"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,6 +65,33 @@ def default_store_url(app_name: str) -> str:
     return f"sqlite:///{base / safe}.sqlite3"
 
 
+def resolve_sqlite_url(url: str, root: Path | None) -> str:
+    """Make a relative ``sqlite:///path`` absolute, relative to ``root`` (None: the current directory).
+
+    A relative path resolved against the current directory would give a producer and a worker
+    started in different folders two separate stores, each silently waiting for the other.
+    """
+    scheme, sep, rest = url.partition(":///")
+    if scheme.lower() != "sqlite" or not sep or rest.startswith(("/", ":memory:")) or not rest:
+        return url
+    path, query_sep, query = rest.partition("?")
+    # The path is URL-encoded already; the directory is not (a '%', '#' or '?' in it would break).
+    base = quote(str(root or os.getcwd()))
+    return f"sqlite:///{os.path.normpath(os.path.join(base, path))}{query_sep}{query}"
+
+
+def _defining_dir() -> Path | None:
+    """The directory of the first file outside asyncq on the call stack: where the App is made."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != "asyncq" and not name.startswith("asyncq."):
+            file = frame.f_globals.get("__file__")
+            return Path(file).resolve().parent if isinstance(file, str) else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
 class _Drivers:
     """The broker and backend of one app on one event loop (connections are loop-bound)."""
 
@@ -84,6 +113,10 @@ class App:
         backend: result backend URL; else ``result_backend`` (``ASYNCQ_RESULT_BACKEND``),
             else the broker's URL when a backend serves its scheme, rpc:// for AMQP, else the embedded store.
         config: settings to apply (a mapping).
+
+    A relative SQLite path (``sqlite:///asyncq.db``) is relative to the directory of the
+    file that creates the app, not to the current directory, so every process loading the
+    app finds the same store.
     """
 
     def __init__(
@@ -95,6 +128,7 @@ class App:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.main = main
+        self.root_path = _defining_dir()  # relative SQLite paths are resolved against it
         self.conf = Conf(config)
         if broker is not None:
             self.conf.broker_url = broker
@@ -121,7 +155,7 @@ class App:
     @property
     def broker_url(self) -> str:
         """The broker URL in force."""
-        return str(self.conf.broker_url or default_store_url(self.main))
+        return resolve_sqlite_url(str(self.conf.broker_url or default_store_url(self.main)), self.root_path)
 
     @property
     def backend_url(self) -> str:
@@ -132,7 +166,7 @@ class App:
         """
         url = self.conf.result_backend
         if url:
-            return str(url)
+            return resolve_sqlite_url(str(url), self.root_path)
         broker = self.broker_url
         scheme = broker.partition("://")[0].lower()
         if scheme in BACKENDS:
@@ -330,8 +364,19 @@ class App:
     # -- sending -----------------------------------------------------------------------------
 
     def outgoing(self, message: Message) -> OutgoingMessage:
-        """Encode a message for the broker."""
-        body = encode_message(message, self.serializers)
+        """Encode a message for the broker.
+
+        Raises:
+            SerializationError: an argument cannot be encoded; the error names the task and it.
+        """
+        try:
+            body = encode_message(message, self.serializers)
+        except SerializationError as exc:
+            from asyncq._explain import unserializable_argument
+
+            task = self.tasks.get(message.task)
+            fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
+            raise unserializable_argument(message, self.serializers, fn, bound=bound) or exc from exc
         return OutgoingMessage(
             id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
         )
@@ -394,8 +439,10 @@ class App:
 
         Options: see :class:`~asyncq.worker.worker.Worker`.
         """
+        from asyncq.worker.runner import refuse_in_spawned_child
         from asyncq.worker.worker import Worker
 
+        refuse_in_spawned_child()
         return Worker(self, **options)
 
 

@@ -552,11 +552,11 @@ class Chord(Signature[Any]):
             "results": [task.options["task_id"] for task in completions],
         }
         await app.connect()
-        if not getattr(app.backend.capabilities, "counters", True):
+        if not app.backend.capabilities.counters:
             scheme = app.backend_url.partition(":")[0]
             raise ConfigurationError(
                 f"chords join through the result backend's counters, which {scheme}:// does not "
-                "have; use a backend that stores results (redis, sqlite, postgres, ...)"
+                "have; use a backend that stores results (redis, sqlite)"
             )
         await app.backend.set(
             _description_key(group_id), json_dumps(description), final=True, ttl=app.conf.result_expires

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from typing import Any
 
 from asyncq.exceptions import ConfigurationError
 
-__all__ = ["SETTINGS", "Conf", "Setting"]
+__all__ = ["OTHER_ENV_VARS", "SETTINGS", "Conf", "Setting", "unknown_env_vars", "warn_unknown_env"]
+
+logger = logging.getLogger(__name__)
 
 
 def _parse_bool(text: str) -> bool:
@@ -146,6 +149,34 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+#: ``ASYNCQ_*`` variables that are not settings: the command line's options read them.
+OTHER_ENV_VARS: frozenset[str] = frozenset(
+    {"ASYNCQ_APP", "ASYNCQ_QUEUES", "ASYNCQ_LOG_LEVEL", "ASYNCQ_LOG_FORMAT", "ASYNCQ_BEAT"}
+)
+# Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
+_OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_", "ASYNCQ_BENCH_")
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """Each ``ASYNCQ_*`` variable asyncq does not read, with the closest known name (or None)."""
+    environ = os.environ if environ is None else environ
+    known = {setting.env_var for setting in SETTINGS.values()} | OTHER_ENV_VARS
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith("ASYNCQ_") and name not in known and not name.startswith(_OTHER_ENV_PREFIXES):
+            # Compare what follows the prefix: every name shares "ASYNCQ_", which would match anything.
+            close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1)
+            unknown.append((name, f"ASYNCQ_{close[0]}" if close else None))
+    return unknown
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> None:
+    """Log a warning for each ``ASYNCQ_*`` variable that is no setting: a typo is otherwise silent."""
+    for name, close in unknown_env_vars(environ):
+        hint = f"; did you mean {close}?" if close else "; see docs/configuration.md for the settings"
+        logger.warning("environment variable %s is not an asyncq setting and is ignored%s", name, hint)
+
+
 class Conf(MutableMapping[str, Any]):
     """The configuration of one app: a mapping with attribute access.
 
@@ -163,6 +194,8 @@ class Conf(MutableMapping[str, Any]):
         # path, and a resolved mutable default must keep in-place edits (conf.task_routes[k] = v).
         object.__setattr__(self, "_resolved", {})
         object.__setattr__(self, "_environ", os.environ if environ is None else environ)
+        if environ is None:
+            warn_unknown_env()  # once per app, like Celery's warnings for unknown settings
         if values:
             self.update(values)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import logging
 import signal
@@ -44,6 +45,7 @@ __all__ = [
     "CatchUp",
     "Entry",
     "Scheduler",
+    "check_schedule",
     "last_tick",
     "next_tick",
     "tick_task_id",
@@ -320,6 +322,23 @@ def _zone(app: App) -> ZoneInfo:
         raise ConfigurationError(f"setting timezone={name!r} is not a known time zone") from exc
 
 
+def check_schedule(app: App) -> None:
+    """Validate the ``timezone`` and the static entries, whose tasks must be registered in ``app``.
+
+    Run by ``asyncq beat`` and ``asyncq run --beat`` before they start: an entry naming a task
+    the app does not know (a typo, a module the app never imports) would send messages that
+    no worker can run.
+    """
+    _zone(app)
+    for name, entry in app.schedule.static_entries().items():
+        if entry.task in app.tasks:
+            continue
+        own = sorted(task for task in app.tasks if not task.startswith("asyncq."))
+        close = difflib.get_close_matches(entry.task, own, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"registered: {', '.join(own) or 'none'}"
+        raise _fail(name, f"task {entry.task!r} is not registered in app {app.main!r}; {hint}")
+
+
 # -- the app's entries -------------------------------------------------------------------------------
 
 
@@ -558,7 +577,7 @@ class Scheduler:
         try:
             _zone(self.app)
             schedule.static_entries()  # validate at start: a typo in beat_schedule fails loudly
-            if not getattr(self.app.backend.capabilities, "counters", True):
+            if not self.app.backend.capabilities.counters:
                 raise ConfigurationError(
                     f"the beat claims ticks with counters in the result backend, and "
                     f"{self.app.backend_url.split(':', 1)[0]}:// keeps none; set result_backend to "

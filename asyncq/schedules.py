@@ -176,6 +176,14 @@ def _parse_part(spec: _FieldSpec, expr: str, part: str) -> list[int]:
         if not (step_token.isascii() and step_token.isdigit()) or int(step_token) == 0:
             raise _field_error(spec, expr, f"step {step_token!r} is not a positive integer")
         step = int(step_token)
+        span = spec.cycle_high - spec.low + 1
+        if step > span:
+            # "*/61" would silently mean "minute 0 only": almost certainly not what was meant.
+            raise _field_error(
+                spec,
+                expr,
+                f"step {step} is larger than the field's {span} values ({spec.low}-{spec.cycle_high})",
+            )
     if star is not None:
         return list(range(spec.low, spec.cycle_high + 1, step))
     start = _parse_value(spec, expr, start_token)
@@ -205,6 +213,25 @@ def _parse_field(spec: _FieldSpec, raw: object) -> tuple[str, tuple[int, ...]]:
     # Fold day_of_week's second Sunday (7) onto 0 so matching needs one representation.
     values = {v % 7 for v in values} if spec is _DOW_SPEC else values
     return expr, tuple(sorted(values))
+
+
+def _cron_line(raw: object) -> list[str] | None:
+    """The five fields of a cron line given as one string (None if ``raw`` is one field).
+
+    Whitespace around commas is tolerated inside a field (``"1, 2"``); other whitespace
+    separates fields, and anything but five of them is an error that points to from_string.
+    """
+    if not isinstance(raw, str):
+        return None
+    fields = re.sub(r"\s*,\s*", ",", raw.strip()).split()
+    if len(fields) <= 1:
+        return None
+    if len(fields) != 5:
+        raise ConfigurationError(
+            f"invalid crontab field minute={raw!r}: it looks like a cron line with {len(fields)} fields; "
+            "crontab.from_string() takes five: minute hour day_of_month month_of_year day_of_week"
+        )
+    return fields
 
 
 def _coerce_tz(value: object, owner: str) -> ZoneInfo | None:
@@ -297,7 +324,19 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
         *,
         tz: ZoneInfo | str | None = None,
     ) -> None:
-        """Parse and validate every field; raise ConfigurationError naming the bad one."""
+        """Parse and validate every field; raise ConfigurationError naming the bad one.
+
+        A whole five-field cron line as the only field (``crontab("*/15 * * * *")``) is read
+        as :meth:`from_string` reads it.
+        """
+        line = _cron_line(minute)
+        if line is not None:
+            if (hour, day_of_week, day_of_month, month_of_year) != ("*", "*", "*", "*"):
+                raise ConfigurationError(
+                    f"crontab({minute!r}, ...) mixes a cron line with other fields; "
+                    "use crontab.from_string(line) alone, or keyword fields alone"
+                )
+            minute, hour, day_of_month, month_of_year, day_of_week = line
         minute_expr, minutes = _parse_field(_MINUTE_SPEC, minute)
         hour_expr, hours = _parse_field(_HOUR_SPEC, hour)
         dow_expr, dows = _parse_field(_DOW_SPEC, day_of_week)
@@ -563,6 +602,11 @@ def schedule_from(value: object) -> Schedule:
         raise ConfigurationError(f"unknown schedule type {kind!r}; expected 'crontab' or 'interval'")
     if isinstance(value, Schedule):
         return value
+    if isinstance(value, str):
+        raise ConfigurationError(
+            f"cannot use the string {value!r} as a schedule; "
+            f"for a cron line use crontab.from_string({value!r})"
+        )
     raise ConfigurationError(
         f"cannot use {value!r} as a schedule; expected a crontab, an interval, a timedelta, "
         "a number of seconds or a schedule dict"

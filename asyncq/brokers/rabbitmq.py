@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -983,7 +983,9 @@ class RabbitMQBroker:
 
     # -- consuming -----------------------------------------------------------------------------
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``; at most ``prefetch`` unsettled (basic.qos)."""
         if not queues:
             raise ConfigurationError("consume() needs at least one queue")
@@ -1056,7 +1058,7 @@ class RabbitMQBroker:
     # -- dead-letter administration ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _dead_queue(self, queue: str, action: str) -> AsyncIterator[AbstractRobustQueue]:
+    async def _dead_queue(self, queue: str, action: str) -> AsyncGenerator[AbstractRobustQueue, None]:
         """``<queue>.dead`` on a private channel; what it fetched and did not ack goes back on close."""
         await self._declare(queue)
         connection = await self._ready()

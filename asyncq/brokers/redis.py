@@ -38,7 +38,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
@@ -978,7 +978,9 @@ class RedisBroker:
 
     # -- consuming ------------------------------------------------------------------------
 
-    async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncIterator[Delivery]:
+    async def consume(
+        self, queues: Sequence[str], *, prefetch: int
+    ) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``; at most ``prefetch`` claimed and unsettled at a time."""
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")

@@ -223,7 +223,7 @@ class JobRunner:
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
-        await self._store(message, State.RETRY, exc=exc, retries=again.retries)
+        await self._store(message, State.RETRY, exc=exc, retries=again.retries, meta={"eta": again.eta})
         self._outcome(message, State.RETRY)
 
     async def _dead_letter(

@@ -22,6 +22,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -255,6 +256,16 @@ class _Child:
             self._post(self.exited, None)
 
 
+def _main_guard_hint() -> str:
+    """A hint for a child that died while starting, when the parent runs a script (see runner.py)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        return ""  # run with -m or interactively: the child does not re-run a script
+    from asyncq.worker.runner import MAIN_GUARD_HINT
+
+    return f" (if it printed an error about the main module: {MAIN_GUARD_HINT})"
+
+
 class ProcessPool:
     """Run picklable sync callables in up to ``size`` lazily started child processes."""
 
@@ -344,7 +355,10 @@ class ProcessPool:
             raise
         if not ready:
             await self._discard(child)
-            raise TaskError(exc_type="WorkerLostError", exc_message=f"{child.exit_reason()} while starting")
+            hint = _main_guard_hint()
+            raise TaskError(
+                exc_type="WorkerLostError", exc_message=f"{child.exit_reason()} while starting{hint}"
+            )
         return child
 
     async def _discard(self, *children: _Child) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -13,7 +14,26 @@ from asyncq.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from asyncq.app import App
 
-__all__ = ["loop_factory", "run_until_signalled"]
+__all__ = ["MAIN_GUARD_HINT", "loop_factory", "refuse_in_spawned_child", "run_until_signalled"]
+
+#: How to fix a worker started at import time of a script whose process pool uses spawn.
+MAIN_GUARD_HINT = (
+    'a script that starts a worker must do so under `if __name__ == "__main__":`, because the '
+    "process executor's children (start method spawn) import the script again"
+)
+
+
+def refuse_in_spawned_child() -> None:
+    """Fail if called while a spawned child process is importing the parent's main script.
+
+    Without this, a script that starts a worker unguarded would start one more worker in
+    every process-pool child, each consuming tasks, instead of running the call it was made for.
+    """
+    # multiprocessing's own flag for "this child is still bootstrapping" (spawn and forkserver).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigurationError(
+            f"a worker was started while a process-pool child imported the main module: {MAIN_GUARD_HINT}"
+        )
 
 
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

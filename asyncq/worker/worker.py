@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+from asyncq._utils import redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.scheduler import Scheduler
 from asyncq.states import State
@@ -118,7 +119,12 @@ class Worker:
         runner.on_outcome = self._count
         runner.events = await self.app.events.start_worker(self)
         logger.info(
-            "worker %s consuming %s, concurrency %d", self.hostname, ",".join(self.queues), self.concurrency
+            "worker %s consuming %s, concurrency %d, broker %s, backend %s",
+            self.hostname,
+            ",".join(self.queues),
+            self.concurrency,
+            redact_url(self.app.broker_url),
+            redact_url(self.app.backend_url),
         )
         consumer = asyncio.create_task(self._consume(runner), name="asyncq.consumer")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
