@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: Events waiting for the bus, at most; beyond, the oldest are dropped.
 BUFFER_LIMIT: Final = 100_000
+_STRIDE: Final = 9  # values per record (codec.Record)
+_LIMIT: Final = BUFFER_LIMIT * _STRIDE
 
 
 class NoEvents:
@@ -91,7 +93,7 @@ class EventEmitter(NoEvents):
         self.hostname = hostname
         self.include_args = include_args
         self.flush_interval = flush_interval
-        self._buffer: list[codec.Record] = []
+        self._buffer: list[Any] = []  # records, flattened (see _add)
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -102,49 +104,110 @@ class EventEmitter(NoEvents):
     # -- hooks: a tuple and an append each -----------------------------------------------------
 
     def _add(self, record: codec.Record) -> None:
+        # Flat: the record's values go into one list, and the tuple is freed at once. Records
+        # kept as objects until the flush would count towards the collector's thresholds, and
+        # make its full collections (of everything the worker holds) more frequent.
         buffer = self._buffer
-        buffer.append(record)
-        if len(buffer) == 1:
+        buffer += record
+        if len(buffer) == _STRIDE:
             self._wake.set()
-        elif len(buffer) > BUFFER_LIMIT:
-            del buffer[: len(buffer) - BUFFER_LIMIT]
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
             self.dropped += 1
 
+    def _task(self, code: int, message: Message, extra: Any) -> None:
+        # Atomic values only, never the Message: see codec.Record.
+        self._add(
+            (
+                code,
+                time.time(),
+                message.id,
+                message.retries,
+                message.task,
+                message.queue,
+                message.root_id,
+                message.parent_id,
+                extra,
+            )
+        )
+
+    def _taken(self, code: int, message: Message) -> None:
+        # The message's own fields as JSON text: a string keeps the record flat (see codec.Record).
+        fields = "" if message.eta is None else f',"eta":{message.eta!r}'
+        if message.expires is not None:
+            fields += f',"expires":{message.expires!r}'
+        if self.include_args:
+            fields += codec.arguments_json(message)
+        self._task(code, message, fields)
+
     def task_sent(self, message: Message) -> None:
-        self._add((codec.SENT, message, time.time(), None))
+        self._taken(codec.SENT, message)
 
     def task_received(self, message: Message) -> None:
-        self._add((codec.RECEIVED, message, time.time(), None))
+        self._taken(codec.RECEIVED, message)
 
+    # The two hooks every task calls, inlined (_task's body): one call each on the hot path.
     def task_started(self, message: Message) -> None:
-        self._add((codec.STARTED, message, time.time(), None))
+        buffer = self._buffer
+        buffer += (
+            codec.STARTED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            None,
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
 
     def task_succeeded(self, message: Message, runtime: float) -> None:
-        self._add((codec.SUCCEEDED, message, time.time(), runtime))
+        buffer = self._buffer
+        buffer += (
+            codec.SUCCEEDED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            runtime,
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
 
     def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
-        self._add((codec.FAILED, message, time.time(), (exc, runtime)))
+        self._task(codec.FAILED, message, (*codec.exception_fields(exc), runtime))
 
     def task_retried(self, message: Message, exc: BaseException | None, eta: float | None) -> None:
-        self._add((codec.RETRIED, message, time.time(), (exc, eta)))
+        kind, text = codec.exception_fields(exc) if exc is not None else (None, None)
+        self._task(codec.RETRIED, message, (kind, text, eta))
 
     def task_revoked(self, message: Message, reason: str) -> None:
-        self._add((codec.REVOKED, message, time.time(), reason))
+        self._task(codec.REVOKED, message, reason)
 
     def task_rejected(self, message: Message, reason: str, requeue: bool) -> None:
-        self._add((codec.REJECTED, message, time.time(), (reason, requeue)))
+        self._task(codec.REJECTED, message, (reason, requeue))
 
     def task_dead_lettered(
         self, message: Message | None, reason: str, *, task_id: str = "", queue: str = ""
     ) -> None:
         if message is not None:
-            self._add((codec.DEAD_LETTERED, message, time.time(), reason))
+            self._task(codec.DEAD_LETTERED, message, reason)
         else:
-            fields = {"uuid": task_id, "name": None, "queue": queue, "reason": reason[:1000]}
-            self._add((codec.DEAD_LETTERED, None, time.time(), fields))
+            self._add((codec.DEAD_LETTERED, time.time(), task_id, 0, None, queue, None, None, reason))
 
     def worker_event(self, code: int, **fields: Any) -> None:
-        self._add((code, None, time.time(), fields))
+        self._add((code, time.time(), "", 0, "", "", None, None, fields))
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -169,14 +232,15 @@ class EventEmitter(NoEvents):
 
     async def flush(self) -> None:
         """Send the buffered events now, as one batch."""
-        records, self._buffer = self._buffer, []
+        flat, self._buffer = self._buffer, []
+        records: list[codec.Record] = list(zip(*[iter(flat)] * _STRIDE, strict=True))
         self._wake.clear()
         if self.dropped:
             logger.warning("dropped %d events: the event bus did not keep up", self.dropped)
             self.dropped = 0
         if not records:
             return
-        data = codec.encode_batch(self.hostname, os.getpid(), records, include_args=self.include_args)
+        data = codec.encode_batch(self.hostname, os.getpid(), records)
         try:
             await self.bus.connect()
             await self.bus.publish(data)

@@ -1,31 +1,45 @@
-"""The event batch codec: what emitters write is what readers get back, schema as in docs/protocol.md."""
+"""Event hooks -> batch -> events: what an emitter records is what a reader gets (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
-from asyncq.events import codec
-from asyncq.events.codec import decode_batch, encode_batch
+from asyncq.events import EventEmitter, codec, decode_batch
+from asyncq.events.memory import MemoryEventBus
 from asyncq.exceptions import SerializationError
 from asyncq.message import Message
 
 
-def test_round_trip_flattens_each_tasks_events_in_time_order() -> None:
+async def _batch(emit: object, *, include_args: bool) -> bytes:
+    bus = MemoryEventBus()
+    reader = await bus.subscribe()
+    emitter = EventEmitter(bus, "host:1", include_args=include_args, flush_interval=1.0)
+    emit(emitter)  # type: ignore[operator]
+    await emitter.flush()
+    batch = await anext(reader)
+    await reader.aclose()
+    return batch
+
+
+async def test_round_trip_flattens_each_tasks_events_in_time_order() -> None:
     first = Message(id='a"1', task="t.add", args=[1, "x"], kwargs={"k": None}, queue="q", root_id="r")
     again = Message(id='a"1', task="t.add", queue="q", retries=1, eta=1000.5, root_id="r", parent_id="p")
-    records: list[codec.Record] = [
-        (codec.RECEIVED, first, 10.0, None),
-        (codec.STARTED, first, 10.5, None),
-        (codec.ONLINE, None, 9.0, {"active": 0, "processed": 0, "queues": ["q"]}),
-        (codec.RETRIED, first, 11.0, (KeyError("once"), 1000.5)),
-        (codec.RECEIVED, again, 12.0, None),
-        (codec.FAILED, again, 13.0, (ValueError("bad\nthing"), 0.25)),
-        (codec.REJECTED, again, 14.0, ("nope", False)),
-        (codec.DEAD_LETTERED, None, 15.0, {"uuid": "m", "name": None, "queue": "q", "reason": "undecodable"}),
-    ]
-    data = encode_batch("host:1", 42, records, include_args=True)
+
+    def emit(emitter: EventEmitter) -> None:
+        emitter.worker_event(codec.ONLINE, active=0, processed=0, queues=["q"])
+        emitter.task_received(first)
+        emitter.task_started(first)
+        emitter.task_retried(first, KeyError("once"), 1000.5)
+        emitter.task_received(again)
+        emitter.task_started(again)
+        emitter.task_failed(again, ValueError("bad\nthing"), 0.25)
+        emitter.task_rejected(again, "nope", False)
+        emitter.task_dead_lettered(None, "undecodable", task_id="m", queue="q")
+
+    data = await _batch(emit, include_args=True)
     json.loads(data)  # valid JSON
     events = decode_batch(data)
     assert [e["type"] for e in events] == [
@@ -34,18 +48,17 @@ def test_round_trip_flattens_each_tasks_events_in_time_order() -> None:
         "task-started",
         "task-retried",
         "task-received",
+        "task-started",
         "task-failed",
         "task-rejected",
         "task-dead-lettered",
     ]
-    assert all(e["hostname"] == "host:1" and e["pid"] == 42 for e in events)
-    online, received, started, retried, received2, failed, rejected, dead = events
+    assert all(e["hostname"] == "host:1" and isinstance(e["timestamp"], float) for e in events)
+    online, received, started, retried, received2, _, failed, rejected, dead = events
     assert online["sw_ident"] == "asyncq" and online["queues"] == ["q"]
-    assert received == {
+    assert {k: v for k, v in received.items() if k not in ("timestamp", "pid")} == {
         "hostname": "host:1",
-        "pid": 42,
         "type": "task-received",
-        "timestamp": 10.0,
         "uuid": 'a"1',
         "name": "t.add",
         "queue": "q",
@@ -55,7 +68,7 @@ def test_round_trip_flattens_each_tasks_events_in_time_order() -> None:
         "args": [1, "x"],
         "kwargs": {"k": None},
     }
-    assert "args" not in started  # arguments only on task-sent and task-received
+    assert "args" not in started and started["root_id"] == "r"  # arguments only when taken
     assert (retried["exception_type"], retried["exception_message"], retried["retry_eta"]) == (
         "KeyError",
         "'once'",
@@ -68,16 +81,32 @@ def test_round_trip_flattens_each_tasks_events_in_time_order() -> None:
         0.25,
     )
     assert (rejected["reason"], rejected["requeue"]) == ("nope", False)
-    assert (dead["uuid"], dead["name"], dead["reason"]) == ("m", None, "undecodable")
+    assert (dead["uuid"], dead["name"], dead["queue"], dead["reason"]) == ("m", None, "q", "undecodable")
 
 
-def test_arguments_only_when_asked_and_never_break_a_batch() -> None:
+async def test_the_common_case_and_arguments_only_when_asked() -> None:
     message = Message(id="1", task="t", args=[object()])
-    records: list[codec.Record] = [(codec.SENT, message, 1.0, None), (codec.SUCCEEDED, message, 2.0, 0.1)]
-    without = decode_batch(encode_batch("h", 1, records, include_args=False))
-    assert "args" not in without[0] and without[1]["runtime"] == 0.1
-    with_args = decode_batch(encode_batch("h", 1, records, include_args=True))
+
+    def emit(emitter: EventEmitter) -> None:
+        emitter.task_received(message)
+        emitter.task_started(message)
+        emitter.task_succeeded(message, 0.125)
+
+    events = decode_batch(await _batch(emit, include_args=False))
+    assert [e["type"] for e in events] == ["task-received", "task-started", "task-succeeded"]
+    assert "args" not in events[0] and events[2]["runtime"] == 0.125
+    assert events[0]["timestamp"] <= events[1]["timestamp"] <= events[2]["timestamp"]
+    with_args = decode_batch(await _batch(emit, include_args=True))
     assert with_args[0]["args"] == "<not JSON>"
+
+
+def test_buffered_events_are_no_objects_for_the_garbage_collector() -> None:
+    emitter = EventEmitter(MemoryEventBus(), "h", include_args=True, flush_interval=1.0)
+    message = Message(id="1", task="t", queue="q", args=[[1, 2]], eta=5.0)
+    emitter.task_received(message)
+    emitter.task_succeeded(message, 0.1)
+    emitter.task_failed(message, ValueError("x"), 0.1)  # a rare one may hold a tuple
+    assert sum(gc.is_tracked(value) for value in emitter._buffer) <= 1
 
 
 @pytest.mark.parametrize(
