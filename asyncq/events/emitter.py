@@ -163,9 +163,28 @@ class EventEmitter(NoEvents):
         self._taken(codec.SENT, message)
 
     def task_received(self, message: Message) -> None:
-        self._taken(codec.RECEIVED, message)
+        if message.eta is not None or message.expires is not None or self.include_args:
+            self._taken(codec.RECEIVED, message)
+            return
+        buffer = self._buffer  # the usual case inlined, as task_started below
+        buffer += (
+            codec.RECEIVED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            "",
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
 
-    # The two hooks every task calls, inlined (_task's body): one call each on the hot path.
+    # The hooks every task calls, inlined (_task's body): one call each on the hot path.
     def task_started(self, message: Message) -> None:
         buffer = self._buffer
         buffer += (

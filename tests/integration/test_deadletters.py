@@ -13,7 +13,7 @@ from asyncq.exceptions import Reject
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix, wait_until
 from tests.services import require_service
 
-TIMEOUT = 15.0
+TIMEOUT = 30.0
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])

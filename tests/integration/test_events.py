@@ -17,7 +17,7 @@ from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - the 
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
-TIMEOUT = 15.0
+TIMEOUT = 30.0
 
 
 @pytest.fixture(
