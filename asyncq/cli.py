@@ -499,8 +499,10 @@ def purge(
 from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
 from asyncq.cli_events import make_events_command  # noqa: E402 - as above
 
-cli.add_typer(make_dlq_cli(load_app, run_async), name="dlq")
-cli.command("events")(make_events_command(load_app, run_async))
+cli.add_typer(
+    make_dlq_cli(load_app, run_async, command_class=_Command, argument_class=_Argument), name="dlq"
+)
+_command("events")(make_events_command(load_app, run_async))
 
 
 def main() -> None:

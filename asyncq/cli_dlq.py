@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from asyncq.app import App
 from asyncq.deadletters import describe
@@ -22,9 +23,7 @@ Runner = Callable[[Callable[[], Coroutine[Any, Any, T]]], T]
 
 QueueOption = Annotated[
     str | None,
-    typer.Option(
-        "--queue", "-q", help="One queue (default: every queue the app knows).", envvar="ASYNCQ_DLQ_QUEUE"
-    ),
+    typer.Option("--queue", "-q", help="One queue (default: every queue the app knows).", metavar="QUEUE"),
 ]
 
 
@@ -42,15 +41,34 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def make_dlq_cli(load_app: Callable[[str], App], run_async: Runner[Any]) -> typer.Typer:
-    """The ``dlq`` command group, using the main CLI's app loader and coroutine runner."""
-    dlq = typer.Typer(help="List, show, requeue and purge dead-lettered messages.", no_args_is_help=True)
+def make_dlq_cli(
+    load_app: Callable[[str], App],
+    run_async: Runner[Any],
+    *,
+    command_class: type[TyperCommand] = TyperCommand,
+    argument_class: type[TyperArgument] = TyperArgument,
+) -> typer.Typer:
+    """The ``dlq`` command group, using the main CLI's app loader, runner and help classes."""
+
+    class Group(TyperGroup):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for param in self.params:  # shown as the main CLI shows its arguments
+                if type(param) is TyperArgument:
+                    param.__class__ = argument_class
+
+    dlq = typer.Typer(
+        help="List, show, requeue and purge dead-lettered messages.", no_args_is_help=True, cls=Group
+    )
 
     @dlq.callback()
     def _root(
         ctx: typer.Context,
         app_path: Annotated[
-            str, typer.Argument(help="The app to load, as 'package.module:app'.", envvar="ASYNCQ_APP")
+            str,
+            typer.Argument(
+                help="The app to load, as 'package.module:app'.", envvar="ASYNCQ_APP", metavar="APP"
+            ),
         ],
     ) -> None:
         """List, show, requeue and purge dead-lettered messages."""
@@ -68,11 +86,13 @@ def make_dlq_cli(load_app: Callable[[str], App], run_async: Runner[Any]) -> type
         result: T = run_async(go)
         return result
 
-    @dlq.command("list")
+    @dlq.command("list", cls=command_class)
     def list_command(
         ctx: typer.Context,
         queue: QueueOption = None,
-        limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most dead letters shown.")] = 100,
+        limit: Annotated[
+            int, typer.Option("--limit", "-n", min=1, help="Most dead letters shown.", metavar="N")
+        ] = 100,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
         """List dead letters, oldest first."""
@@ -89,10 +109,10 @@ def make_dlq_cli(load_app: Callable[[str], App], run_async: Runner[Any]) -> type
         else:
             typer.echo("no dead letters")
 
-    @dlq.command("show")
+    @dlq.command("show", cls=command_class)
     def show_command(
         ctx: typer.Context,
-        message_id: Annotated[str, typer.Argument(help="The message (task) id.")],
+        message_id: Annotated[str, typer.Argument(help="The message (task) id.", metavar="ID")],
         queue: QueueOption = None,
     ) -> None:
         """Print one dead letter as JSON: where, when, why, and its task message."""
@@ -107,10 +127,10 @@ def make_dlq_cli(load_app: Callable[[str], App], run_async: Runner[Any]) -> type
             raise typer.Exit(2)
         typer.echo(json.dumps(view, default=str, indent=2))
 
-    @dlq.command("requeue")
+    @dlq.command("requeue", cls=command_class)
     def requeue_command(
         ctx: typer.Context,
-        message_id: Annotated[str | None, typer.Argument(help="The message (task) id.")] = None,
+        message_id: Annotated[str | None, typer.Argument(help="The message (task) id.", metavar="ID")] = None,
         requeue_all: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
         queue: QueueOption = None,
     ) -> None:
@@ -127,7 +147,7 @@ def make_dlq_cli(load_app: Callable[[str], App], run_async: Runner[Any]) -> type
             raise typer.Exit(2)
         typer.echo(f"requeued {message_id}")
 
-    @dlq.command("purge")
+    @dlq.command("purge", cls=command_class)
     def purge_command(ctx: typer.Context, queue: QueueOption = None) -> None:
         """Drop dead letters for good."""
         count = run(ctx, lambda app: app.dead_letters.purge(queue))

@@ -60,14 +60,17 @@ def make_events_command(load_app: Callable[[str], App], run_async: Runner[Any]) 
 
     def events(
         app_path: Annotated[
-            str, typer.Argument(help="The app to load, as 'package.module:app'.", envvar="ASYNCQ_APP")
+            str,
+            typer.Argument(
+                help="The app to load, as 'package.module:app'.", envvar="ASYNCQ_APP", metavar="APP"
+            ),
         ],
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
         history: Annotated[
             bool, typer.Option("--history", help="Start with the events the bus kept (not on RabbitMQ).")
         ] = False,
         count: Annotated[
-            int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")
+            int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.", metavar="N")
         ] = None,
     ) -> None:
         """Print task and worker events as they happen (workers need -E / worker_send_task_events)."""
