@@ -273,6 +273,12 @@ def run(
             "--events", "-E", help="Send task and worker events.", envvar="ASYNCQ_WORKER_SEND_TASK_EVENTS"
         ),
     ] = False,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname", "-n", help="The worker's name (default host:pid).", envvar="ASYNCQ_WORKER_HOSTNAME"
+        ),
+    ] = None,
 ) -> None:
     """Start a worker for the app."""
     setup_logging(log_level, log_format)
@@ -291,6 +297,7 @@ def run(
             shutdown_timeout=shutdown_timeout,
             beat=beat,
             send_events=events or None,
+            hostname=hostname,
         )
         worker.run()
     except AsyncqError as exc:
@@ -503,6 +510,9 @@ cli.add_typer(
     make_dlq_cli(load_app, run_async, command_class=_Command, argument_class=_Argument), name="dlq"
 )
 _command("events")(make_events_command(load_app, run_async))
+from asyncq.cli_control import register as _register_control  # noqa: E402 - after the helpers it takes
+
+_register_control(cli, load_app=load_app, run_async=run_async, fail=fail)
 
 
 def main() -> None:

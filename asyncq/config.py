@@ -83,6 +83,13 @@ SETTINGS: dict[str, Setting] = {
         _S("result_backend", None, str, "Result backend URL; unset means the same SQLite file."),
         _S("broker_transport_options", {}, _parse_dict, "Options passed to the broker driver."),
         _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
+        _S(
+            "broker_connection_timeout",
+            10.0,
+            _parse_optional_float,
+            "Seconds a broker or backend connect may take (handshake included) before it fails "
+            "naming the address; None leaves each driver's own default.",
+        ),
         _S("task_default_queue", "default", str, "Queue of tasks that name none."),
         _S("task_routes", {}, _parse_dict, "Task name -> queue name, applied before the default queue."),
         _S("task_serializer", "json", str, "Serializer of task arguments: json, msgpack or pickle."),
@@ -92,6 +99,8 @@ SETTINGS: dict[str, Setting] = {
         _S("task_acks_late", True, _parse_bool, "Ack after the task finishes (at-least-once)."),
         _S("task_ignore_result", False, _parse_bool, "Do not store results unless a task asks to."),
         _S("task_track_started", False, _parse_bool, "Store the STARTED state when a task begins."),
+        _S("task_always_eager", False, _parse_bool, "Run tasks inline at delay/apply_async time (tests)."),
+        _S("task_eager_propagates", False, _parse_bool, "Eager tasks raise their exception at apply time."),
         _S("task_time_limit", None, _parse_optional_float, "Default hard time limit, seconds."),
         _S("task_soft_time_limit", None, _parse_optional_float, "Default soft time limit, seconds."),
         _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),
@@ -132,6 +141,9 @@ SETTINGS: dict[str, Setting] = {
             "event_history_limit", 10_000, int, "Event batches the bus keeps for late readers (not RabbitMQ)."
         ),
         _S("event_heartbeat_interval", 2.0, float, "Seconds between a worker's worker-heartbeat events."),
+        _S("worker_heartbeat_interval", 2.0, float, "Seconds between a worker's presence heartbeats."),
+        _S("worker_heartbeat_misses", 3, int, "Missed heartbeats after which a worker counts as lost."),
+        _S("worker_revoke_expires", 10800.0, float, "Seconds a revocation is kept (and honoured)."),
         _S("timezone", "UTC", str, "Time zone of crontab schedules."),
         _S(
             "beat_schedule",
@@ -151,7 +163,14 @@ SETTINGS: dict[str, Setting] = {
 
 #: ``ASYNCQ_*`` variables that are not settings: the command line's options read them.
 OTHER_ENV_VARS: frozenset[str] = frozenset(
-    {"ASYNCQ_APP", "ASYNCQ_QUEUES", "ASYNCQ_LOG_LEVEL", "ASYNCQ_LOG_FORMAT", "ASYNCQ_BEAT"}
+    {
+        "ASYNCQ_APP",
+        "ASYNCQ_QUEUES",
+        "ASYNCQ_LOG_LEVEL",
+        "ASYNCQ_LOG_FORMAT",
+        "ASYNCQ_BEAT",
+        "ASYNCQ_WORKER_HOSTNAME",
+    }
 )
 # Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
 _OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_", "ASYNCQ_BENCH_")
