@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
-from asyncq._utils import backoff_delay, redact_url
+from asyncq._utils import backoff_delay, describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
 try:
@@ -342,12 +342,12 @@ def translate_error(
     if isinstance(exc, AsyncqError):
         return exc
     if isinstance(exc, PoolExhaustedError | MaxConnectionsError):
-        return connection_error(f"{what}: {exc}")
+        return connection_error(f"{what}: {describe_error(exc)}")
     if isinstance(exc, ReplicaAckError):
-        return connection_error(f"{what}: {exc}")
+        return connection_error(f"{what}: {describe_error(exc)}")
     if is_connection_error(exc):
-        return connection_error(f"{what}: Redis is unreachable ({type(exc).__name__}: {exc})")
-    return error(f"{what}: {exc}")
+        return connection_error(f"{what}: Redis is unreachable ({describe_error(exc, with_type=True)})")
+    return error(f"{what}: {describe_error(exc)}")
 
 
 def retry_pause(attempt: int) -> float:
@@ -951,7 +951,7 @@ class Client:
                 await self._cluster.nodes_manager.initialize()
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             # The next failure asks again; until the Cluster settles, calls keep failing.
-            logger.debug("Redis Cluster slot map refresh failed: %s", exc)
+            logger.debug("Redis Cluster slot map refresh failed: %s", describe_error(exc))
         else:
             logger.debug("Redis Cluster slot map refreshed")
 

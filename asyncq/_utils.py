@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 __all__ = [
     "backoff_delay",
+    "describe_error",
     "import_string",
     "new_id",
     "now",
@@ -123,3 +124,19 @@ def redact_url(url: str) -> str:
         query = parse_qsl(parts.query, keep_blank_values=True)
         parts = parts._replace(query="&".join(f"{k}={'***' if 'password' in k else v}" for k, v in query))
     return urlunsplit(parts)
+
+
+def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
+    """``str(exc)`` for log lines and messages, or the exception's type when that is empty.
+
+    Many exceptions (``TimeoutError()``, ``CancelledError()``) have no message; a line such
+    as "lease renewal failed ()" would hide what happened. ``with_type`` always names it.
+    """
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the log line
+        text = ""
+    name = type(exc).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if with_type else text

@@ -106,7 +106,12 @@ SETTINGS: dict[str, Setting] = {
         _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),
         _S("task_default_retry_delay", 180.0, float, "Seconds before a retry when none is given."),
         _S("task_max_retries", 3, _parse_optional_int, "Default max_retries of a task."),
-        _S("worker_max_deliveries", 5, int, "Deliveries after which a message is dead-lettered."),
+        _S(
+            "worker_max_deliveries",
+            5,
+            int,
+            "Crashes while running isolated after which a redelivered message is dead-lettered.",
+        ),
         _S("worker_concurrency", 100, int, "Tasks a worker runs at once (coroutines, threads included)."),
         _S(
             "worker_prefetch",

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from asyncq._utils import utcnow
+from asyncq._utils import describe_error, utcnow
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.schedules import Schedule, interval, schedule_from
 
@@ -456,7 +456,7 @@ class BeatSchedule:
             except ConfigurationError as exc:
                 # One bad stored entry must not stop the others; it was valid when stored, so
                 # this is a newer asyncq reading an older record or a hand edit.
-                logger.error("ignoring stored periodic entry: %s", exc)
+                logger.error("ignoring stored periodic entry: %s", describe_error(exc))
         self._parsed = (raw, version, entries)
         return version, dict(entries)
 
@@ -636,7 +636,9 @@ class Scheduler:
         except AsyncqError as exc:
             # Keep sending the entries we know; the store may be back at the next wake-up.
             logger.error(
-                "cannot read the periodic entries (%s); keeping the %d known", exc, len(self._states)
+                "cannot read the periodic entries (%s); keeping the %d known",
+                describe_error(exc),
+                len(self._states),
             )
             return
         for name in set(self._states) - set(entries):
@@ -650,7 +652,7 @@ class Scheduler:
             try:
                 self._states[name] = await self._start_entry(entry, zone, fingerprint)
             except AsyncqError as exc:
-                logger.error("cannot start periodic entry %r: %s", name, exc)
+                logger.error("cannot start periodic entry %r: %s", name, describe_error(exc))
 
     async def _start_entry(self, entry: Entry, zone: ZoneInfo, fingerprint: str) -> _State:
         """The state of a new or changed entry, with its catch-up policy applied."""
@@ -726,7 +728,9 @@ class Scheduler:
         try:
             claim = await backend.incr(claim_key, ttl=ttl)
         except AsyncqError as exc:
-            logger.error("cannot claim tick %s of %r (%s); retrying", tick.isoformat(), entry.name, exc)
+            logger.error(
+                "cannot claim tick %s of %r (%s); retrying", tick.isoformat(), entry.name, describe_error(exc)
+            )
             return False
         if claim != 1:
             self.stats["claimed_elsewhere"] += 1
@@ -738,7 +742,9 @@ class Scheduler:
                 entry.task, entry.args, entry.kwargs, **self._send_options(entry, tick, following, task_id)
             )
         except AsyncqError as exc:
-            logger.error("cannot send tick %s of %r (%s); retrying", tick.isoformat(), entry.name, exc)
+            logger.error(
+                "cannot send tick %s of %r (%s); retrying", tick.isoformat(), entry.name, describe_error(exc)
+            )
             # Give the tick back so this or another scheduler can send it once the broker is
             # back. If the broker stored it after all (a timeout), the retry sends a second
             # message with the same task id: visible, and a task can drop it by id.
@@ -757,7 +763,7 @@ class Scheduler:
             await backend.set(_LAST_RUN_PREFIX + entry.name, record, final=False, ttl=None)
         except AsyncqError as exc:
             # Only catch_up="once" reads it, to decide whether a tick was missed.
-            logger.warning("cannot record the last run of %r: %s", entry.name, exc)
+            logger.warning("cannot record the last run of %r: %s", entry.name, describe_error(exc))
         return True
 
     def _send_options(

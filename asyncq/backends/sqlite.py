@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, final
 
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url
+from asyncq._utils import describe_error
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import BackendConnectionError, BackendError
 
@@ -204,7 +205,7 @@ class SQLiteBackend:
                 try:
                     found = await self._db.run(_records, waited, True)
                 except BackendError as exc:  # transient (locked too long): the next tick retries
-                    logger.warning("could not poll results in %s: %s", self.path, exc)
+                    logger.warning("could not poll results in %s: %s", self.path, describe_error(exc))
                     continue
                 for task_id, record in found.items():
                     self._wake(task_id, record)

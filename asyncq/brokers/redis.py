@@ -56,6 +56,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
+from asyncq._utils import describe_error
 from asyncq.brokers import _redis_dead
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
@@ -760,7 +761,7 @@ class _Consumer:
             logger.warning(
                 "could not return %d prefetched messages (%s); they return after the visibility timeout",
                 len(leftovers),
-                exc,
+                describe_error(exc),
             )
         finally:
             await self._close_blockers()
@@ -1080,7 +1081,9 @@ class RedisBroker:
                     async with asyncio.timeout(max(interval, 1.0)):
                         await self._renew()
                 except (BrokerError, TimeoutError) as exc:
-                    logger.warning("lease renewal failed (%s); retrying in %.2fs", exc, interval)
+                    logger.warning(
+                        "lease renewal failed (%s); retrying in %.2fs", describe_error(exc), interval
+                    )
                 else:
                     logger.debug("renewed leases in %.1f ms", (time.monotonic() - started) * 1000)
         finally:

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, final
 
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url, transaction
+from asyncq._utils import describe_error
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
@@ -271,7 +272,7 @@ class SQLiteBroker:
                 try:
                     await self._db.write(partial(_renew, owner=self._owner, lease=self.visibility_timeout))
                 except BrokerError as exc:  # transient (locked too long): the next beat retries
-                    logger.warning("could not renew message leases in %s: %s", self.path, exc)
+                    logger.warning("could not renew message leases in %s: %s", self.path, describe_error(exc))
         finally:
             logger.debug("lease heartbeat stopped for %s (owner %s)", self.path, self._owner)
 
@@ -308,7 +309,9 @@ class SQLiteBroker:
                 try:
                     await self._db.write(lambda conn: _release(conn, seqs, self._owner))
                 except BrokerError as exc:  # not fatal: their leases lapse and they come back
-                    logger.warning("could not hand back %d claimed messages: %s", len(seqs), exc)
+                    logger.warning(
+                        "could not hand back %d claimed messages: %s", len(seqs), describe_error(exc)
+                    )
 
     async def _fill(self, consumer: _Consumer, queues: list[str], prefetch: int) -> None:
         """Claim as many rows as there are free prefetch slots, waiting until there is one."""

@@ -6,7 +6,8 @@ Each executor enforces the soft and hard time limits its medium allows:
   up; the outcome is :class:`SoftTimeLimitExceeded`); the hard limit stops waiting for it.
 * thread: the soft limit raises :class:`SoftTimeLimitExceeded` inside the thread (at the
   next Python bytecode); a thread cannot be killed, so at the hard limit the task is
-  failed with :class:`TimeLimitExceeded` and the thread is left to finish on its own.
+  failed with :class:`TimeLimitExceeded`, the thread is left to finish on its own, and the
+  pool starts a replacement so that its capacity stays as configured.
 * process: the soft limit signals the child, which raises :class:`SoftTimeLimitExceeded`
   inside the function; the hard limit kills the child and starts a fresh one.
 """
@@ -19,12 +20,13 @@ import ctypes
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from asyncq.task import Request, _current, _done
 from asyncq.worker.procpool import ProcessPool, notify_parent
+from asyncq.worker.quarantine import IsolationGate, request_fields, run_suspect
+from asyncq.worker.threads import ThreadPool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -56,6 +58,12 @@ class _ThreadCall:
                 with self._lock:
                     self._ident = None
 
+    def abandon(self, pool: ThreadPool) -> None:
+        """Give up on the thread if it still runs the task's code: the pool replaces it."""
+        with self._lock:
+            if self._ident is not None:
+                pool.abandon(self._ident)
+
     def interrupt(self, exc_type: type[BaseException]) -> bool:
         """Raise ``exc_type`` inside the thread if it is still running the task's code."""
         with self._lock:
@@ -85,15 +93,31 @@ def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], requ
         _current.reset(token)
 
 
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Executor:
     """Runs one task call in the medium its ``executor`` option names, within its time limits."""
 
-    def __init__(self, *, thread_pool_size: int | None = None, process_pool_size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        thread_pool_size: int | None = None,
+        process_pool_size: int | None = None,
+        sandbox_size: int | None = None,
+    ) -> None:
         cpus = os.cpu_count() or 1
         self.thread_pool_size = thread_pool_size or min(32, cpus + 4)
         self.process_pool_size = process_pool_size or cpus
-        self._threads: ThreadPoolExecutor | None = None
+        # Suspects are few (the messages in flight when a worker died); a few children run
+        # them in parallel without each one paying for a process start.
+        self.sandbox_size = sandbox_size or max(2, min(4, cpus))
+        self.gate = IsolationGate()
+        self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
+        self._sandbox: ProcessPool | None = None
 
     async def run(
         self,
@@ -145,7 +169,7 @@ class Executor:
         self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
     ) -> Any:
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix="asyncq-task")
+            self._threads = ThreadPool(self.thread_pool_size, thread_name_prefix="asyncq-task")
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         context.run(_current.set, (task, request))
@@ -163,7 +187,12 @@ class Executor:
             done, _ = await asyncio.wait({future}, timeout=None if hard is None else hard - soft)
             if done:
                 return future.result()
-        call.interrupt(TimeLimitExceeded)  # best effort; a thread in C code cannot be stopped
+        # Best effort: the exception lands at the thread's next bytecode, never inside C code.
+        # Either way the pool replaces the thread now, so capacity stays as configured, and
+        # the late outcome is retrieved so that nothing logs "exception was never retrieved".
+        call.interrupt(TimeLimitExceeded)
+        call.abandon(self._threads)
+        future.add_done_callback(_discard_outcome)
         raise TimeLimitExceeded(f"task {task.name} exceeded its time limit of {hard}s")
 
     async def _run_process(
@@ -171,24 +200,6 @@ class Executor:
     ) -> Any:
         if self._processes is None:
             self._processes = ProcessPool(self.process_pool_size)
-        fields = {
-            name: getattr(request, name)
-            for name in (
-                "id",
-                "task",
-                "args",
-                "kwargs",
-                "retries",
-                "eta",
-                "expires",
-                "headers",
-                "delivery_info",
-                "root_id",
-                "parent_id",
-                "group_id",
-                "hostname",
-            )
-        }
         ref = f"{task.__module__}:{task.__qualname__}"
         writer = request.state_writer
         stores: list[asyncio.Future[None]] = []
@@ -203,7 +214,7 @@ class Executor:
         try:
             return await self._processes.run(
                 _run_in_process,
-                (ref, request.args, request.kwargs, fields),
+                (ref, request.args, request.kwargs, request_fields(request)),
                 {},
                 soft_time_limit=soft,
                 time_limit=hard,
@@ -214,11 +225,36 @@ class Executor:
             # Stored before the outcome is, so a late progress write cannot replace it.
             await asyncio.gather(*stores, return_exceptions=True)
 
+    async def run_isolated(
+        self,
+        ref: str,
+        request: Request,
+        *,
+        soft_time_limit: float | None,
+        time_limit: float | None,
+    ) -> Any:
+        """Run the task importable as ``ref`` alone in a sandbox child, whatever its executor.
+
+        Raises:
+            ProcessLostError: the child died (``in_call`` says whether during the call).
+            SandboxImportError: the child could not import ``ref``.
+        """
+        if self._sandbox is None:
+            self._sandbox = ProcessPool(self.sandbox_size)
+        return await self._sandbox.run(
+            run_suspect,
+            (ref, request.args, request.kwargs, request_fields(request)),
+            {},
+            soft_time_limit=soft_time_limit,
+            time_limit=time_limit,
+        )
+
     async def aclose(self) -> None:
         """Stop the pools: threads finish their current call; processes are terminated."""
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-        if self._processes is not None:
-            await self._processes.aclose()
-            self._processes = None
+        for pool in (self._processes, self._sandbox):
+            if pool is not None:
+                await pool.aclose()
+        self._processes = self._sandbox = None

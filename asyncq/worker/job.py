@@ -1,20 +1,28 @@
 """One message's path through a worker: decode -> resolve -> execute -> record -> settle.
 
 Every outcome settles the delivery exactly once. A message that cannot be processed
-(undecodable, unknown task, delivered too often) goes to the dead-letter store with the
-reason, and its task record says why, so a caller waiting on it is not left hanging.
+(undecodable, unknown task, poison) goes to the dead-letter store with the reason, and its
+task record says why, so a caller waiting on it is not left hanging.
+
+Poison messages: a message delivered again (``delivery_count > 1``) is a *suspect*, since
+its worker may have died of it or of another message it held. A suspect runs isolated (see
+:mod:`asyncq.worker.quarantine`), and only crashes while isolated count towards
+``max_deliveries``; so a message that kills workers is dead-lettered once, and the healthy
+messages that were in flight with it simply run again. A suspect whose record is already
+SUCCESS is acknowledged without running, and a stored SUCCESS is never replaced by a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from asyncq._utils import now
+from asyncq._utils import describe_error, now
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
@@ -27,9 +35,11 @@ from asyncq.exceptions import (
     WorkerLostError,
 )
 from asyncq.message import Message, decode_message
-from asyncq.result import encode_record
+from asyncq.result import decode_record, encode_record
 from asyncq.states import State
 from asyncq.task import Request, Task
+from asyncq.worker.procpool import ProcessLostError
+from asyncq.worker.quarantine import SandboxImportError, sandbox_ref
 from asyncq.worker.tracking import JobBook
 
 if TYPE_CHECKING:
@@ -39,6 +49,21 @@ if TYPE_CHECKING:
 __all__ = ["JobRunner", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
+
+#: A message delivered more than ``max_deliveries * BACKSTOP_FACTOR`` times is dead-lettered
+#: even if it never crashed while isolated: the last resort against a redelivery loop.
+BACKSTOP_FACTOR = 20
+#: Seconds a message's counters (isolated crashes, deliberate returns) live in the result
+#: backend when results never expire.
+COUNTER_TTL = 7 * 24 * 3600.0
+
+
+class _Poison(Exception):
+    """Raised inside the runner when a suspect has crashed isolated too often."""
+
+
+class _AlreadyDeadLettered(Exception):
+    """Raised inside the runner for a copy of a message already dead-lettered as poison."""
 
 
 class RateLimiter:
@@ -71,8 +96,10 @@ class JobRunner:
         self.executor = executor
         self.hostname = hostname
         self.max_deliveries = max_deliveries
+        self.backstop = max_deliveries * BACKSTOP_FACTOR
         self._limiters: dict[str, RateLimiter] = {}
         self._result_ttl: float | None = app.conf.result_expires
+        self._counter_ttl = self._result_ttl or COUNTER_TTL
         self._acks_late_default = bool(app.conf.task_acks_late)
         self._track_started_default = bool(app.conf.task_track_started)
         self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
@@ -81,6 +108,9 @@ class JobRunner:
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
         self._backend = app.backend
+        caps = self._backend.capabilities
+        # rpc:// keeps no readable state (and a get() there subscribes to the id): skip reading.
+        self._reads_records = caps.shared or caps.counters
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
         self.events: NoEvents = NO_EVENTS  # the worker sets live hooks when it sends events
         self.book = JobBook()  # taken and running tasks, for inspect and revoke
@@ -90,6 +120,7 @@ class JobRunner:
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to the end; never raises except on cancellation."""
+        message: Message | None = None
         try:
             message = await self._decode(delivery)
             if message is None:
@@ -107,11 +138,11 @@ class JobRunner:
                 await asyncio.shield(self._skip_revoked(delivery, entry.message, "revoked while running"))
                 raise
             # Shutdown cut the task short: give the message back so another worker runs it.
-            await asyncio.shield(self._settle(delivery.nack()))
+            await asyncio.shield(self._give_back(delivery, message))
             raise
         except Exception:  # a bug in this path must not kill the worker; the message comes back
             logger.exception("internal error handling message %s; returning it to the queue", delivery.id)
-            await self._settle(delivery.nack(delay=1.0))
+            await self._give_back(delivery, message, delay=1.0)
         finally:
             self.book.finish(delivery.id)
 
@@ -127,10 +158,10 @@ class JobRunner:
             return None
 
     async def _resolve(self, delivery: Delivery, message: Message) -> Task[Any, Any] | None:
-        if delivery.delivery_count > self.max_deliveries:
+        if delivery.delivery_count > self.backstop:
             reason = (
                 f"delivered {delivery.delivery_count} times without finishing "
-                f"(max_deliveries={self.max_deliveries}); its worker keeps dying?"
+                f"(backstop {self.backstop} = max_deliveries x {BACKSTOP_FACTOR}); its workers keep dying"
             )
             await self._dead_letter(delivery, message, reason, WorkerLostError(reason))
             return None
@@ -148,7 +179,7 @@ class JobRunner:
             return None
         if message.eta is not None and message.eta > now() + 0.01:
             # Delivered early (a broker without native delays): hand it back until it is due.
-            await self._settle(delivery.nack(delay=message.eta - now()))
+            await self._give_back(delivery, message, delay=message.eta - now())
             return None
         return task
 
@@ -163,6 +194,18 @@ class JobRunner:
 
     async def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> None:
         options = task.options
+        suspect = await self._is_suspect(delivery, message)
+        if suspect and await self._already_succeeded(message):
+            # At-least-once is met: it ran to the end once. Running it again could only turn a
+            # stored success into a failure.
+            logger.info(
+                "task %s[%s] already succeeded; acknowledging delivery %d without running it",
+                message.task,
+                message.id,
+                delivery.delivery_count,
+            )
+            await self._settle(delivery.ack())
+            return
         acks_late = self._acks_late_default if options.acks_late is None else options.acks_late
         if not acks_late:
             await self._settle(delivery.ack())  # at-most-once: a crash from here on loses the task
@@ -181,13 +224,31 @@ class JobRunner:
         started = time.perf_counter()
         self.events.task_started(message)
         try:
-            result = await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
+            if suspect:
+                result = await self._run_suspect(delivery, message, task, request, soft, hard)
+            else:
+                result = await self._run(task, request, soft, hard)
+        except _Poison as poison:
+            if await self._claim_dead_letter(message):
+                await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
+            else:  # another copy of it, run at the same time, was dead-lettered
+                logger.warning(
+                    "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
+                )
+                await self._settle(delivery.ack())
+            return
+        except _AlreadyDeadLettered:
+            logger.warning(
+                "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
+            )
+            await self._settle(delivery.ack())
+            return
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
             self.events.task_rejected(message, reject.reason, reject.requeue)
             if reject.requeue:
-                await self._settle(delivery.nack())
+                await self._give_back(delivery, message)
             else:
                 await self._dead_letter(delivery, message, f"rejected by task: {reject.reason}", reject)
             return
@@ -204,10 +265,10 @@ class JobRunner:
                     time.perf_counter() - started,
                     exc,
                 )
-                await self._store(message, State.FAILURE, exc=exc)
                 self.events.task_failed(message, exc, time.perf_counter() - started)
                 self._outcome(message, State.FAILURE)
-                await self._follow_up(message, State.FAILURE, None, exc)
+                if await self._store(message, State.FAILURE, exc=exc):
+                    await self._follow_up(message, State.FAILURE, None, exc)
         else:
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
@@ -230,10 +291,10 @@ class JobRunner:
             logger.warning(
                 "task %s[%s] gave up after %d retries: %r", task.name, message.id, message.retries, failure
             )
-            await self._store(message, State.FAILURE, exc=failure)
             self.events.task_failed(message, failure, 0.0)
             self._outcome(message, State.FAILURE)
-            await self._follow_up(message, State.FAILURE, None, failure)
+            if await self._store(message, State.FAILURE, exc=failure):
+                await self._follow_up(message, State.FAILURE, None, failure)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
@@ -250,8 +311,8 @@ class JobRunner:
         """Park a message that cannot run; tell its caller and its workflow why."""
         logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
         self.events.task_dead_lettered(message, reason)
-        await self._store(message, State.FAILURE, exc=exc)
-        await self._follow_up(message, State.FAILURE, None, exc)
+        if await self._store(message, State.FAILURE, exc=exc):
+            await self._follow_up(message, State.FAILURE, None, exc)
         await self._settle(delivery.dead_letter(reason))
 
     async def _follow_up(
@@ -266,6 +327,187 @@ class JobRunner:
             await on_task_finished(self.app, message, state, result, exc)
         except Exception:  # the task itself is done; a broken follow-up must not undo that
             logger.exception("could not start the follow-up of task %s[%s]", message.task, message.id)
+
+    # -- running: ordinary tasks and suspects -----------------------------------------------------
+
+    async def _run(
+        self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
+    ) -> Any:
+        gate = self.executor.gate
+        if gate.is_open:
+            gate.enter_open()
+        else:
+            await gate.enter()  # a suspect is running alone in this worker: wait for it
+        try:
+            return await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
+        finally:
+            gate.leave()
+
+    async def _run_suspect(
+        self,
+        delivery: Delivery,
+        message: Message,
+        task: Task[Any, Any],
+        request: Request,
+        soft: float | None,
+        hard: float | None,
+    ) -> Any:
+        """Run a suspect in a sandbox child, retrying in a fresh one after each crash of its own."""
+        crashes = await self._crash_count(message)
+        if crashes >= self.max_deliveries:
+            # Judged poison already: this is a copy of a message that was dead-lettered (a
+            # broker that re-publishes to count deliveries can leave two), or its worker died
+            # before dead-lettering it.
+            if await self._record_status(message) is State.FAILURE:
+                raise _AlreadyDeadLettered
+            raise _Poison(
+                f"crashed {crashes} times while running isolated (max_deliveries={self.max_deliveries})"
+            )
+        ref = sandbox_ref(task)
+        while ref is not None:
+            try:
+                return await self.executor.run_isolated(ref, request, soft_time_limit=soft, time_limit=hard)
+            except SandboxImportError as exc:
+                logger.warning(
+                    "task %s[%s]: %s; running it alone instead", task.name, message.id, describe_error(exc)
+                )
+                break
+            except ProcessLostError as exc:
+                if not exc.in_call:  # the sandbox itself cannot start: not this message's fault
+                    logger.warning(
+                        "sandbox unavailable (%s); running %s[%s] alone",
+                        describe_error(exc),
+                        task.name,
+                        message.id,
+                    )
+                    break
+                counted = await self._count_crash(message, crashes)
+                crashes = crashes + 1 if counted is None else counted
+                logger.warning(
+                    "suspect task %s[%s] crashed its isolated process (%s): crash %d of %d",
+                    task.name,
+                    message.id,
+                    exc.exc_message,
+                    crashes,
+                    self.max_deliveries,
+                )
+                if crashes >= self.max_deliveries:
+                    raise _Poison(
+                        f"crashed {crashes} times while running isolated (max_deliveries="
+                        f"{self.max_deliveries}); last time: {exc.exc_message}"
+                    ) from None
+        return await self._run_alone(delivery, message, task, request, soft, hard)
+
+    async def _run_alone(
+        self,
+        delivery: Delivery,
+        message: Message,
+        task: Task[Any, Any],
+        request: Request,
+        soft: float | None,
+        hard: float | None,
+    ) -> Any:
+        """Run a suspect in this worker with nothing else running; its crash is its own."""
+        # Counted before the run: if it kills the worker, the count survives in the backend.
+        runs = await self._count_crash(message, None)
+        if runs is None:  # no counters (rpc://): fall back to the delivery count
+            crashes = delivery.delivery_count - 1
+            unit = "deliveries ended without an outcome"
+        else:
+            crashes = runs - 1
+            unit = "workers died while it ran alone"
+        if crashes >= self.max_deliveries:
+            raise _Poison(f"{crashes} {unit} (max_deliveries={self.max_deliveries})")
+        logger.warning(
+            "suspect task %s[%s] (delivery %d) runs alone in this worker",
+            task.name,
+            message.id,
+            delivery.delivery_count,
+        )
+        async with self.executor.gate.exclusive():
+            return await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
+
+    async def _is_suspect(self, delivery: Delivery, message: Message) -> bool:
+        """True if an earlier delivery of ``message`` ended without an outcome (its worker lost).
+
+        Deliveries this runner gave back on purpose (shutdown, an early ``eta``, a requeuing
+        ``Reject``) are counted in the backend and do not make a message a suspect.
+        """
+        if delivery.delivery_count <= 1:
+            return False
+        returned = 0
+        if self._backend.capabilities.counters:
+            try:
+                returned = await self._backend.incr(
+                    _counter_key("returned", message), 0, ttl=self._counter_ttl
+                )
+            except AsyncqError as exc:
+                logger.warning("could not read the return count of %s: %r", message.id, exc)
+        return delivery.delivery_count - 1 > returned
+
+    async def _give_back(
+        self, delivery: Delivery, message: Message | None, *, delay: float | None = None
+    ) -> None:
+        """Return a delivery to its queue on purpose, noted so its next delivery is no suspect."""
+        if message is not None and self._backend.capabilities.counters:
+            try:
+                await self._backend.incr(_counter_key("returned", message), 1, ttl=self._counter_ttl)
+            except AsyncqError as exc:  # it will merely run isolated next time
+                logger.warning("could not count the return of %s: %r", message.id, exc)
+        await self._settle(delivery.nack(delay=delay))
+
+    async def _count_crash(self, message: Message, local: int | None) -> int | None:
+        """Add one isolated crash of ``message``; the total, kept in the backend when it can.
+
+        ``local`` is the caller's own count, used when the backend has no counters (None then
+        means "no count available").
+        """
+        if self._backend.capabilities.counters:
+            try:
+                return await self._backend.incr(
+                    _counter_key("isolated-crashes", message), 1, ttl=self._counter_ttl
+                )
+            except AsyncqError as exc:
+                logger.warning("could not count a crash of %s in the backend: %r", message.id, exc)
+        return None if local is None else local + 1
+
+    async def _claim_dead_letter(self, message: Message) -> bool:
+        """True for the first copy of a poison message to be dead-lettered (atomic in the backend)."""
+        if not self._backend.capabilities.counters:
+            return True
+        try:
+            key = _counter_key("dead-lettered", message)
+            return await self._backend.incr(key, 1, ttl=self._counter_ttl) == 1
+        except AsyncqError as exc:
+            logger.warning("could not claim the dead-lettering of %s: %r", message.id, exc)
+            return True
+
+    async def _crash_count(self, message: Message) -> int:
+        """The isolated crashes counted for ``message`` so far (0 without counters)."""
+        if not self._backend.capabilities.counters:
+            return 0
+        try:
+            return await self._backend.incr(
+                _counter_key("isolated-crashes", message), 0, ttl=self._counter_ttl
+            )
+        except AsyncqError as exc:
+            logger.warning("could not read the crash count of %s: %r", message.id, exc)
+            return 0
+
+    async def _already_succeeded(self, message: Message) -> bool:
+        """True if the backend holds a SUCCESS record for ``message`` (which no failure replaces)."""
+        return await self._record_status(message) is State.SUCCESS
+
+    async def _record_status(self, message: Message) -> State | None:
+        """The stored state of ``message``, or None if there is none or it cannot be read."""
+        if not self._reads_records:
+            return None
+        try:
+            data = await self._backend.get(message.id)
+            return None if data is None else decode_record(data, self._serializers).status
+        except AsyncqError as exc:
+            logger.warning("could not read the record of %s: %r", message.id, exc)
+            return None
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -289,11 +531,12 @@ class JobRunner:
             group_id=message.group_id,
             hostname=self.hostname,
             message=message,
-            state_writer=lambda state, meta: self._store(
-                message, State(state) if state in State.__members__ else state, meta=meta
-            ),
+            state_writer=functools.partial(self._write_state, message),
             loop=asyncio.get_running_loop(),
         )
+
+    async def _write_state(self, message: Message, state: State | str, meta: dict[str, Any] | None) -> None:
+        await self._store(message, State(state) if state in State.__members__ else state, meta=meta)
 
     async def _store(
         self,
@@ -304,10 +547,19 @@ class JobRunner:
         exc: BaseException | None = None,
         meta: dict[str, Any] | None = None,
         retries: int | None = None,
-    ) -> None:
+    ) -> bool:
+        """Store a state; False only if a FAILURE was not stored over a SUCCESS (a duplicate)."""
         if message.ignore_result and status not in (State.FAILURE, State.REVOKED):
-            return
+            return True
         state = status if isinstance(status, State) else _custom_state(status)
+        if state is State.FAILURE and await self._already_succeeded(message):
+            logger.warning(
+                "task %s[%s] already succeeded; not replacing its result with %r",
+                message.task,
+                message.id,
+                exc,
+            )
+            return False
         record = encode_record(
             self._serializers,
             task_id=message.id,
@@ -323,6 +575,7 @@ class JobRunner:
             await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
         except AsyncqError:
             logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
+        return True
 
     async def _record_failure(self, task_id: str, task_name: str | None, exc: BaseException) -> None:
         await self._store(Message(id=task_id, task=task_name or "?"), State.FAILURE, exc=exc)
@@ -341,6 +594,11 @@ class JobRunner:
 
 
 _FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
+
+
+def _counter_key(kind: str, message: Message) -> str:
+    # Per attempt: a retry is a new message with the same id and its own delivery count.
+    return f"asyncq.{kind}.{message.id}.{message.retries}"
 
 
 def _custom_state(name: str) -> State:

@@ -33,9 +33,32 @@ from typing import Any, Self
 
 from asyncq.exceptions import SerializationError, SoftTimeLimitExceeded, TaskError, TimeLimitExceeded
 
-__all__ = ["ProcessPool", "notify_parent"]
+__all__ = ["ProcessLostError", "ProcessPool", "notify_parent"]
 
 logger = logging.getLogger(__name__)
+
+
+class ProcessLostError(TaskError):
+    """The child process running a call died (exit code or signal) before it replied.
+
+    Attributes:
+        exitcode: the child's exit code, negative for the signal that killed it (None if unknown).
+        in_call: True if it died running the call, False if it died while starting (so the
+            call itself is not to blame).
+    """
+
+    def __init__(self, reason: str, exitcode: int | None = None, *, in_call: bool = True) -> None:
+        super().__init__(exc_type="WorkerLostError", exc_message=reason)
+        self.exitcode = exitcode
+        self.in_call = in_call
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_lost, (self.exc_message, self.exitcode, self.in_call))
+
+
+def _rebuild_lost(reason: str, exitcode: int | None, in_call: bool) -> ProcessLostError:
+    return ProcessLostError(reason, exitcode, in_call=in_call)
+
 
 # A decoded reply: (True, return value) or (False, exception to raise in the parent).
 _Reply = tuple[bool, Any]
@@ -140,7 +163,10 @@ def _child_main(conn: Connection) -> None:
     _parent = conn
     # The hello tells the parent the signal handlers are installed: time limits start after it,
     # so a slow spawn is never charged to a call, and an early SIGUSR1 cannot kill the child.
-    conn.send_bytes(b"")
+    try:
+        conn.send_bytes(b"")
+    except OSError:
+        return  # the parent died while this child started (e.g. killed by a poison message)
     while True:
         try:
             payload = conn.recv_bytes()
@@ -324,7 +350,7 @@ class ProcessPool:
                     raise TimeLimitExceeded(f"{_qualname(fn)} exceeded its time limit of {time_limit}s")
                 reply = fut.result()
                 if reply is None:
-                    raise TaskError(exc_type="WorkerLostError", exc_message=child.exit_reason())
+                    raise ProcessLostError(child.exit_reason(), child.process.exitcode)
                 healthy = True
             finally:
                 # Any other way out (hard limit, lost child, cancellation) leaves a child that is dead
@@ -356,8 +382,8 @@ class ProcessPool:
         if not ready:
             await self._discard(child)
             hint = _main_guard_hint()
-            raise TaskError(
-                exc_type="WorkerLostError", exc_message=f"{child.exit_reason()} while starting{hint}"
+            raise ProcessLostError(
+                f"{child.exit_reason()} while starting{hint}", child.process.exitcode, in_call=False
             )
         return child
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from asyncq._utils import redact_url
+from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.scheduler import Scheduler
 from asyncq.states import State
@@ -54,7 +54,8 @@ class Worker:
             ``concurrency``); never more, so idle workers are not starved.
         shutdown_timeout: seconds in-flight tasks get to finish when stopping.
         thread_pool_size / process_pool_size: sizes of the sync and process executors.
-        max_deliveries: deliveries of one message after which it is dead-lettered.
+        max_deliveries: crashes of a redelivered (suspect) message while running isolated
+            after which it is dead-lettered; see docs/worker.md.
         loop: event loop for :meth:`run`: auto, asyncio or uvloop.
         hostname: this worker's name in task records and logs (default ``host:pid``).
         beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe
@@ -227,7 +228,7 @@ class Worker:
                 # consumer that stops silently after a broker outage.
                 delay = CONSUME_RETRY_DELAYS[min(failures, len(CONSUME_RETRY_DELAYS) - 1)]
                 failures += 1
-                logger.error("consuming failed (%s); resuming in %.1fs", exc, delay)
+                logger.error("consuming failed (%s); resuming in %.1fs", describe_error(exc), delay)
                 await asyncio.sleep(delay)
 
     def set_queues(self, queues: Sequence[str]) -> None:

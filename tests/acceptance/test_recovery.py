@@ -61,7 +61,9 @@ def test_sigkilled_worker_task_runs_again_on_new_worker(
     assert asyncio.run(result()) == 2
     starts = markers(marks, "start-")
     assert [name.split("-")[-2] for name in starts] == ["1", "2"]  # delivery counts 1 then 2
-    assert markers(marks, "done-") == [f"done-{task_id}-{second.pid}"]
+    # The second delivery is a suspect: it ran in the second worker's sandbox child process.
+    (done,) = markers(marks, "done-")
+    assert done.startswith(f"done-{task_id}-") and int(done.rsplit("-", 1)[1]) not in (first.pid, second.pid)
 
 
 def test_sigterm_lets_in_flight_tasks_finish(

@@ -239,25 +239,6 @@ async def test_undecodable_message_dead_lettered(app: App) -> None:
     assert dead[0].body == b"\x80 not json"  # kept as it came: nothing is lost
 
 
-async def test_message_over_max_deliveries_is_dead_lettered(app: App) -> None:
-    from contextlib import aclosing
-
-    @app.task
-    async def crashy() -> None:
-        pass
-
-    r = await crashy.enqueue()
-    # Simulate a worker that died holding it: take it and hand it back without finishing.
-    async with aclosing(app.broker.consume(["default"], prefetch=1)) as deliveries:
-        delivery = await anext(deliveries)
-        await delivery.nack()
-    async with app.worker(max_deliveries=1):
-        with pytest.raises(Exception, match=r"max_deliveries=1"):
-            await r.get(timeout=TIMEOUT)
-    dead = await app.broker.dead_letters("default")
-    assert [d.id for d in dead] == [r.id]
-
-
 async def test_acks_early_when_acks_late_false(app: App) -> None:
     running = asyncio.Event()
     release = asyncio.Event()
