@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import Concatenate
 
     from asyncq.control import Control
+    from asyncq.deadletters import DeadLetters
+    from asyncq.events import Events
     from asyncq.scheduler import BeatSchedule
     from asyncq.worker.worker import Worker
 
@@ -145,6 +147,8 @@ class App:
         )
         self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
         self._beat_schedule: BeatSchedule | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._events: Events | None = None
         self._control: Control | None = None
 
     def __repr__(self) -> str:
@@ -274,6 +278,24 @@ class App:
             self._beat_schedule = BeatSchedule(self)
         return self._beat_schedule
 
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The dead-letter tools: ``await app.dead_letters.list()``, ``show``, ``requeue``, ``purge``."""
+        if self._dead_letters is None:
+            from asyncq.deadletters import DeadLetters
+
+            self._dead_letters = DeadLetters(self)
+        return self._dead_letters
+
+    @property
+    def events(self) -> Events:
+        """Monitoring events: ``app.events.stream()`` yields them (see docs/monitoring.md)."""
+        if self._events is None:
+            from asyncq.events import Events
+
+            self._events = Events(self)
+        return self._events
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered as ``name``."""
         try:
@@ -343,6 +365,8 @@ class App:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._events is not None:
+            await self._events.aclose()
         if self._control is not None:
             await self._control.aclose()
         drivers = self._drivers.pop(loop, None) or self._shared_drivers
@@ -390,6 +414,7 @@ class App:
             if expect is not None:
                 expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
         await drivers.broker.publish(self.outgoing(message))
+        self.events.task_sent(message)
         return AsyncResult(message.id, self, task_name=task_name or message.task)
 
     async def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
@@ -402,6 +427,7 @@ class App:
                 if not message.ignore_result:
                     await prepare(message.id)
         await drivers.broker.publish_many([self.outgoing(m) for m in messages])
+        self.events.tasks_sent(messages)
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
 
     def send_task(

@@ -267,10 +267,20 @@ def run(
         bool,
         typer.Option("--beat", help="Also send periodic tasks (safe on every worker).", envvar="ASYNCQ_BEAT"),
     ] = False,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events", "-E", help="Send task and worker events.", envvar="ASYNCQ_WORKER_SEND_TASK_EVENTS"
+        ),
+    ] = False,
     hostname: Annotated[
         str | None,
         typer.Option(
-            "--hostname", "-n", help="The worker's name (default host:pid).", envvar="ASYNCQ_WORKER_HOSTNAME"
+            "--hostname",
+            "-n",
+            help="The worker's name (default host:pid).",
+            envvar="ASYNCQ_WORKER_HOSTNAME",
+            metavar="NAME",
         ),
     ] = None,
 ) -> None:
@@ -290,6 +300,7 @@ def run(
             loop=loop,
             shutdown_timeout=shutdown_timeout,
             beat=beat,
+            send_events=events or None,
             hostname=hostname,
         )
         worker.run()
@@ -496,6 +507,13 @@ def purge(
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
 
 
+from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
+from asyncq.cli_events import make_events_command  # noqa: E402 - as above
+
+cli.add_typer(
+    make_dlq_cli(load_app, run_async, command_class=_Command, argument_class=_Argument), name="dlq"
+)
+_command("events")(make_events_command(load_app, run_async))
 from asyncq.cli_control import register as _register_control  # noqa: E402 - after the helpers it takes
 
 _register_control(cli, load_app=load_app, run_async=run_async, fail=fail)

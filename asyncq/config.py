@@ -133,6 +133,19 @@ SETTINGS: dict[str, Setting] = {
         ),
         _S("worker_shutdown_timeout", 30.0, float, "Seconds in-flight tasks get to finish on shutdown."),
         _S("worker_loop", "auto", str, "Event loop: auto (uvloop if installed), asyncio or uvloop."),
+        _S(
+            "worker_send_task_events",
+            False,
+            _parse_bool,
+            "Workers send task and worker events (asyncq run -E); see docs/monitoring.md.",
+        ),
+        _S("task_send_sent_event", False, _parse_bool, "Producers send a task-sent event per task."),
+        _S("events_include_args", False, _parse_bool, "Task args and kwargs in task-sent/-received events."),
+        _S("event_flush_interval", 0.1, float, "Seconds events gather before they are sent as one batch."),
+        _S(
+            "event_history_limit", 10_000, int, "Event batches the bus keeps for late readers (not RabbitMQ)."
+        ),
+        _S("event_heartbeat_interval", 2.0, float, "Seconds between a worker's worker-heartbeat events."),
         _S("worker_heartbeat_interval", 2.0, float, "Seconds between a worker's presence heartbeats."),
         _S("worker_heartbeat_misses", 3, int, "Missed heartbeats after which a worker counts as lost."),
         _S("worker_revoke_expires", 10800.0, float, "Seconds a revocation is kept (and honoured)."),

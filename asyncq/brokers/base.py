@@ -130,3 +130,19 @@ class Broker(Protocol):
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """Return up to ``limit`` dead-lettered messages of ``queue``, oldest first."""
+
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        """Return the oldest dead letter of ``queue`` with this message id, or None."""
+
+    async def requeue_dead_letter(self, queue: str, message_id: str) -> bool:
+        """Move the oldest dead letter with this id back to ``queue`` as a fresh message.
+
+        Its delivery count starts again at zero and it is ready at once. Returns False when
+        there is no such dead letter.
+        """
+
+    async def requeue_dead_letters(self, queue: str) -> int:
+        """Move every dead letter of ``queue`` back to it as fresh messages; return how many."""
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        """Drop every dead letter of ``queue``; return how many."""

@@ -52,7 +52,8 @@ class _MemoryDelivery:
     async def dead_letter(self, reason: str) -> None:
         self._settle()
         msg = self._item.message
-        self._broker._dead[msg.queue].append(DeadLetter(msg.id, msg.queue, msg.body, reason, now()))
+        letter = DeadLetter(msg.id, msg.queue, msg.body, reason, now())
+        self._broker._dead[msg.queue].append((letter, msg.priority))
 
 
 def _settled() -> None:  # sentinel: marks a delivery as settled
@@ -73,7 +74,8 @@ class MemoryBroker:
         self._seq = itertools.count()
         self._ready: dict[str, list[_Entry]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
-        self._dead: dict[str, list[DeadLetter]] = {}
+        # Each dead letter with its priority, which a requeue gives back.
+        self._dead: dict[str, list[tuple[DeadLetter, int | None]]] = {}
         # One event for all consumers: set on every put. Taking and clearing happen with no
         # await in between, so a put can never slip between them and be missed.
         self._wakeup = asyncio.Event()
@@ -161,4 +163,30 @@ class MemoryBroker:
         return len(self._ready.get(queue, ())) + delayed
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
-        return list(self._dead.get(queue, ())[:limit])
+        return [letter for letter, _ in self._dead.get(queue, ())[:limit]]
+
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        return next((letter for letter, _ in self._dead.get(queue, ()) if letter.id == message_id), None)
+
+    async def requeue_dead_letter(self, queue: str, message_id: str) -> bool:
+        letters = self._dead.get(queue, [])
+        for index, (letter, priority) in enumerate(letters):
+            if letter.id == message_id:
+                del letters[index]
+                self._requeue(letter, priority)
+                return True
+        return False
+
+    async def requeue_dead_letters(self, queue: str) -> int:
+        letters, self._dead[queue] = self._dead.get(queue, []), []
+        for letter, priority in letters:
+            self._requeue(letter, priority)
+        return len(letters)
+
+    def _requeue(self, letter: DeadLetter, priority: int | None) -> None:
+        message = OutgoingMessage(letter.id, letter.queue, letter.body, priority)
+        self._put(_Item((-(priority or 0), next(self._seq)), message), None)  # a new item: 0 deliveries
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        letters, self._dead[queue] = self._dead.get(queue, []), []
+        return len(letters)

@@ -114,6 +114,9 @@ _HOP_PRIORITY: Final = MAX_PRIORITY
 #: How many publishes ``publish_many`` keeps awaiting confirms at once.
 PUBLISH_WINDOW: Final = 2000
 
+#: Dead letters one ``requeue_dead_letters`` round fetches, publishes and acks together.
+_REQUEUE_WINDOW: Final = 200
+
 #: Seconds between reconnection attempts unless the URL sets ``reconnect_interval``.
 DEFAULT_RECONNECT_INTERVAL: Final = 1.0
 
@@ -1096,6 +1099,93 @@ class RabbitMQBroker:
             finally:
                 await channel.close()
         return found
+
+    # -- dead-letter administration ------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _dead_queue(self, queue: str, action: str) -> AsyncGenerator[AbstractRobustQueue, None]:
+        """``<queue>.dead`` on a private channel; what it fetched and did not ack goes back on close."""
+        await self._declare(queue)
+        connection = await self._ready()
+        with translate_errors(action):
+            async with asyncio.timeout(self.publish_timeout):
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    dead = await channel.declare_queue(
+                        f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
+                    )
+                yield dead  # each basic.get in the caller has aio-pika's own deadline (5 s)
+            finally:
+                await channel.close()
+
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        """The oldest message of ``<queue>.dead`` with this id (read and left there), or None."""
+        async with self._dead_queue(queue, f"find dead letter {message_id!r} of {queue!r}") as dead:
+            while (message := await dead.get(no_ack=False, fail=False)) is not None:
+                if message.message_id == message_id:
+                    return _dead_letter_of(message, queue)
+        return None
+
+    async def requeue_dead_letter(self, queue: str, message_id: str) -> bool:
+        """Publish the oldest dead letter with this id to its queue afresh (confirmed), then ack it."""
+        async with self._dead_queue(queue, f"requeue dead letter {message_id!r} of {queue!r}") as dead:
+            while (message := await dead.get(no_ack=False, fail=False)) is not None:
+                if message.message_id == message_id:
+                    await self._send_again(message, queue)
+                    await message.ack()
+                    return True
+        return False
+
+    async def requeue_dead_letters(self, queue: str) -> int:
+        """Requeue the messages ``<queue>.dead`` holds now, a window at a time; return how many."""
+        moved = 0
+        async with self._dead_queue(queue, f"requeue the dead letters of {queue!r}") as dead:
+            # Only those there at the start: a task dead-lettered again meanwhile stays dead.
+            remaining = dead.declaration_result.message_count or 0
+            while moved < remaining:
+                window: list[AbstractIncomingMessage] = []
+                while len(window) < min(_REQUEUE_WINDOW, remaining - moved):
+                    message = await dead.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    window.append(message)
+                if not window:
+                    break
+                sent = await asyncio.gather(
+                    *(self._send_again(message, queue) for message in window), return_exceptions=True
+                )
+                for message, outcome in zip(window, sent, strict=True):
+                    if not isinstance(outcome, BaseException):
+                        await message.ack()  # a failed one stays dead: it goes back on close
+                        moved += 1
+                errors = [outcome for outcome in sent if isinstance(outcome, BaseException)]
+                if errors:
+                    raise errors[0]
+        return moved
+
+    async def _send_again(self, message: AbstractIncomingMessage, queue: str) -> None:
+        """Publish a dead letter to its work queue as a new message: no eta, no delivery counts."""
+        headers = _carried_headers(message.headers)
+        priority = self._priority_of(message)
+        origin = headers.get(H_QUEUE)
+        for name in (H_QUEUE, H_REASON, H_DEAD_AT, H_DELIVERIES, H_RETURNS, H_ETA, H_PRIORITY):
+            headers.pop(name, None)
+        target = origin if isinstance(origin, str) else queue
+        message_id = message.message_id or ""
+        route = self._route(message_id, target, message.body, priority, None, headers, via_exchange=False)
+        await self._prepare(route)
+        await self._send(route, f"requeue dead letter {message_id}")
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        """Drop every message of ``<queue>.dead``; return how many."""
+        await self._declare(queue)
+        channel = await self._admin()
+        with translate_errors(f"purge the dead letters of {queue!r}"):
+            dead = await channel.declare_queue(
+                f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
+            )
+            return (await dead.purge()).message_count or 0
 
 
 def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:

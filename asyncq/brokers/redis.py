@@ -57,6 +57,7 @@ from asyncq._redis import (
     translate_error,
 )
 from asyncq._utils import describe_error
+from asyncq.brokers import _redis_dead
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -1163,3 +1164,24 @@ class RedisBroker:
             reason = entry[start:end].decode(errors="replace")
             letters.append(DeadLetter(message_id, queue, body, reason, int(entry[:first]) / 1000))
         return letters
+
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        """The oldest dead letter of ``queue`` with this id, or None."""
+        await self._ensure_connected()
+        found = await _redis_dead.find(self._retrying, self._queue(queue).keys, queue, message_id)
+        return None if found is None else found[1]
+
+    async def requeue_dead_letter(self, queue: str, message_id: str) -> bool:
+        """Move the oldest dead letter with this id back to ``queue`` (priority 0, no deliveries)."""
+        await self._ensure_connected()
+        return await _redis_dead.requeue_one(self._retrying, self._queue(queue).keys, queue, message_id)
+
+    async def requeue_dead_letters(self, queue: str) -> int:
+        """Move every dead letter of ``queue`` back to it; return how many."""
+        await self._ensure_connected()
+        return await _redis_dead.requeue_all(self._retrying, self._queue(queue).keys)
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        """Drop the dead letters of ``queue``; return how many."""
+        await self._ensure_connected()
+        return await _redis_dead.purge(self._retrying, self._queue(queue).keys)

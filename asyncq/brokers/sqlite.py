@@ -350,6 +350,51 @@ class SQLiteBroker:
         rows = await self._db.run(lambda conn: conn.execute(sql, (queue, limit)).fetchall())
         return [DeadLetter(*row) for row in rows]
 
+    async def get_dead_letter(self, queue: str, message_id: str) -> DeadLetter | None:
+        sql = (
+            "SELECT id, queue, body, reason, dead_lettered_at FROM asyncq_dead_letters"
+            " WHERE queue = ? AND id = ? ORDER BY seq LIMIT 1"
+        )
+        row = await self._db.run(lambda conn: conn.execute(sql, (queue, message_id)).fetchone())
+        return None if row is None else DeadLetter(*row)
+
+    async def requeue_dead_letter(self, queue: str, message_id: str) -> bool:
+        moved = await self._db.write(partial(_requeue_dead, queue=queue, message_id=message_id))
+        if moved:
+            self._wake()
+        return moved > 0
+
+    async def requeue_dead_letters(self, queue: str) -> int:
+        moved = await self._db.write(partial(_requeue_dead, queue=queue, message_id=None))
+        if moved:
+            self._wake()
+        return moved
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        return await self._db.write(partial(_purge_dead, queue=queue))
+
+
+def _requeue_dead(conn: sqlite3.Connection, queue: str, message_id: str | None) -> int:
+    """Move the oldest dead letter with ``message_id`` (None: all of them) back as new messages."""
+    # The dead-letter table keeps no priority: requeued messages get the default, 0.
+    params: tuple[str, ...]
+    if message_id is None:
+        where, params = "queue = ?", (queue,)
+    else:
+        where = "seq = (SELECT MIN(seq) FROM asyncq_dead_letters WHERE queue = ? AND id = ?)"
+        params = (queue, message_id)
+    moved = conn.execute(
+        "INSERT INTO asyncq_messages (id, queue, body, priority, available_at)"  # noqa: S608 - fixed text only
+        f" SELECT id, queue, body, 0, ? FROM asyncq_dead_letters WHERE {where} ORDER BY seq",
+        (time.time(), *params),
+    ).rowcount
+    conn.execute(f"DELETE FROM asyncq_dead_letters WHERE {where}", params)  # noqa: S608 - as above
+    return moved
+
+
+def _purge_dead(conn: sqlite3.Connection, queue: str) -> int:
+    return conn.execute("DELETE FROM asyncq_dead_letters WHERE queue = ?", (queue,)).rowcount
+
 
 def _execute(conn: sqlite3.Connection, sql: str, queue: str) -> int:
     return conn.execute(sql, (queue, time.time())).rowcount

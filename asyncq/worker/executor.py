@@ -23,12 +23,15 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from asyncq.task import Request, _current
-from asyncq.worker.procpool import ProcessPool
+from asyncq.task import Request, _current, _done
+from asyncq.worker.procpool import ProcessPool, notify_parent
 from asyncq.worker.quarantine import IsolationGate, request_fields, run_suspect
 from asyncq.worker.threads import ThreadPool
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from asyncq.states import State
     from asyncq.task import Task
 
 __all__ = ["Executor"]
@@ -72,12 +75,18 @@ class _ThreadCall:
             return True
 
 
+def _progress_to_parent(state: State | str, meta: dict[str, Any] | None) -> Awaitable[None]:
+    """Child side of ``update_state``: the parent stores the state; nothing left to await here."""
+    notify_parent((state, meta))
+    return _done()
+
+
 def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], request: dict[str, Any]) -> Any:
     """Child-process entry: import the task by reference and run it with its request context."""
     from asyncq._utils import import_string
 
     task = import_string(task_ref)
-    token = _current.set((task, Request(**request)))
+    token = _current.set((task, Request(**request, state_writer=_progress_to_parent)))
     try:
         return task._invoke(args, kwargs)
     finally:
@@ -192,13 +201,29 @@ class Executor:
         if self._processes is None:
             self._processes = ProcessPool(self.process_pool_size)
         ref = f"{task.__module__}:{task.__qualname__}"
-        return await self._processes.run(
-            _run_in_process,
-            (ref, request.args, request.kwargs, request_fields(request)),
-            {},
-            soft_time_limit=soft,
-            time_limit=hard,
-        )
+        writer = request.state_writer
+        stores: list[asyncio.Future[None]] = []
+        finished = False
+
+        def on_progress(note: Any) -> None:
+            # A note arriving after the call ended (hard limit) must not overwrite its outcome.
+            if writer is not None and not finished:
+                state, meta = note
+                stores.append(asyncio.ensure_future(writer(state, meta)))
+
+        try:
+            return await self._processes.run(
+                _run_in_process,
+                (ref, request.args, request.kwargs, request_fields(request)),
+                {},
+                soft_time_limit=soft,
+                time_limit=hard,
+                on_notify=on_progress,
+            )
+        finally:
+            finished = True
+            # Stored before the outcome is, so a late progress write cannot replace it.
+            await asyncio.gather(*stores, return_exceptions=True)
 
     async def run_isolated(
         self,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import describe_error, now
 from asyncq.brokers import Delivery
+from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
     AsyncqError,
     NotRegistered,
@@ -111,6 +112,7 @@ class JobRunner:
         # rpc:// keeps no readable state (and a get() there subscribes to the id): skip reading.
         self._reads_records = caps.shared or caps.counters
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
+        self.events: NoEvents = NO_EVENTS  # the worker sets live hooks when it sends events
         self.book = JobBook()  # taken and running tasks, for inspect and revoke
         self.is_revoked: Callable[[str], bool] | None = None  # the worker's revocation check
 
@@ -123,6 +125,7 @@ class JobRunner:
             message = await self._decode(delivery)
             if message is None:
                 return
+            self.events.task_received(message)
             self.book.reserve(message, delivery.queue)
             task = await self._resolve(delivery, message)
             if task is None:
@@ -150,6 +153,7 @@ class JobRunner:
             reason = f"undecodable message: {exc}"
             logger.error("dead-lettering message %s: %s", delivery.id, reason)
             await self._record_failure(delivery.id, None, exc)
+            self.events.task_dead_lettered(None, reason, task_id=delivery.id, queue=delivery.queue)
             await self._settle(delivery.dead_letter(reason))
             return None
 
@@ -182,6 +186,7 @@ class JobRunner:
     async def _skip_revoked(self, delivery: Delivery, message: Message, reason: str) -> None:
         """Settle a task that must not run (revoked or expired): REVOKED, and its workflow fails."""
         logger.info("task %s[%s] %s", message.task, message.id, reason)
+        self.events.task_revoked(message, reason)
         revoked = TaskRevokedError(reason)
         await self._store(message, State.REVOKED, exc=revoked)
         await self._follow_up(message, State.REVOKED, None, revoked)
@@ -217,6 +222,7 @@ class JobRunner:
         soft = options.soft_time_limit if options.soft_time_limit is not None else self._default_limits[0]
         hard = options.time_limit if options.time_limit is not None else self._default_limits[1]
         started = time.perf_counter()
+        self.events.task_started(message)
         try:
             if suspect:
                 result = await self._run_suspect(delivery, message, task, request, soft, hard)
@@ -240,6 +246,7 @@ class JobRunner:
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
+            self.events.task_rejected(message, reject.reason, reject.requeue)
             if reject.requeue:
                 await self._give_back(delivery, message)
             else:
@@ -258,6 +265,7 @@ class JobRunner:
                     time.perf_counter() - started,
                     exc,
                 )
+                self.events.task_failed(message, exc, time.perf_counter() - started)
                 self._outcome(message, State.FAILURE)
                 if await self._store(message, State.FAILURE, exc=exc):
                     await self._follow_up(message, State.FAILURE, None, exc)
@@ -268,6 +276,7 @@ class JobRunner:
                 )
             if not message.ignore_result:
                 await self._store(message, State.SUCCESS, result=result)
+            self.events.task_succeeded(message, time.perf_counter() - started)
             self._outcome(message, State.SUCCESS)
             await self._follow_up(message, State.SUCCESS, result, None)
         if acks_late:
@@ -282,12 +291,14 @@ class JobRunner:
             logger.warning(
                 "task %s[%s] gave up after %d retries: %r", task.name, message.id, message.retries, failure
             )
+            self.events.task_failed(message, failure, 0.0)
             self._outcome(message, State.FAILURE)
             if await self._store(message, State.FAILURE, exc=failure):
                 await self._follow_up(message, State.FAILURE, None, failure)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
+        self.events.task_retried(message, exc, again.eta)  # before the next attempt's
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
@@ -299,6 +310,7 @@ class JobRunner:
     ) -> None:
         """Park a message that cannot run; tell its caller and its workflow why."""
         logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
+        self.events.task_dead_lettered(message, reason)
         if await self._store(message, State.FAILURE, exc=exc):
             await self._follow_up(message, State.FAILURE, None, exc)
         await self._settle(delivery.dead_letter(reason))

@@ -8,12 +8,15 @@ kill one stuck worker without breaking the whole pool; here a killed child is si
 Each child runs one call at a time. The parent never blocks its event loop: every child has a
 dedicated thread that does the blocking pipe I/O and hands replies back with
 ``loop.call_soon_threadsafe``. EOF on the pipe is how the parent learns a child has died.
+While a call runs, the child may send notes (:func:`notify_parent`, e.g. task progress) ahead
+of its reply; they reach the call's ``on_notify`` in the parent's loop, in order, before the reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import pickle
@@ -30,7 +33,9 @@ from typing import Any, Self
 
 from asyncq.exceptions import SerializationError, SoftTimeLimitExceeded, TaskError, TimeLimitExceeded
 
-__all__ = ["ProcessLostError", "ProcessPool"]
+__all__ = ["ProcessLostError", "ProcessPool", "notify_parent"]
+
+logger = logging.getLogger(__name__)
 
 
 class ProcessLostError(TaskError):
@@ -66,6 +71,12 @@ _REAP_TIMEOUT = 5.0
 _LOOP_CONTROL = (SystemExit, KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)
 
 _in_call = False  # child side: True only while the user function runs
+_parent: Connection | None = None  # child side: the pipe to the parent
+_send_lock = threading.Lock()  # child side: a note sent from a thread the function started
+# A note frame starts with this byte; a reply is a bare pickle, which starts with b"\x80".
+_NOTE = b"N"
+_OnNotify = Callable[[Any], None]
+_Job = tuple[bytes, _ReplyFuture, _OnNotify | None]  # payload, reply future, notes callback
 
 
 def _qualname(obj: object) -> str:
@@ -123,8 +134,33 @@ def _execute(payload: bytes) -> bytes:
         return _dump_error(SerializationError(message))
 
 
+def notify_parent(note: object) -> None:
+    """Child side: send ``note`` to the running call's ``on_notify`` in the parent, before its reply.
+
+    Raises:
+        RuntimeError: not inside a ProcessPool call.
+        SerializationError: ``note`` cannot be pickled.
+    """
+    conn = _parent
+    if conn is None or not _in_call:
+        raise RuntimeError("notify_parent() works only inside a call run by a ProcessPool")
+    try:
+        data = _NOTE + pickle.dumps(note)
+    except Exception as exc:  # any pickling failure is a SerializationError
+        raise SerializationError(f"cannot pickle a note to the worker: {exc}") from exc
+    # The soft limit's signal must not cut a frame in half: the pipe would be out of step.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        with _send_lock:
+            conn.send_bytes(data)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+
+
 def _child_main(conn: Connection) -> None:
+    global _parent
     _init_child()
+    _parent = conn
     # The hello tells the parent the signal handlers are installed: time limits start after it,
     # so a slow spawn is never charged to a call, and an early SIGUSR1 cannot kill the child.
     try:
@@ -170,8 +206,8 @@ class _Child:
 
     def __init__(self, ctx: _Context, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        # (payload, future for the reply), or None to stop the I/O thread.
-        self._jobs: queue.SimpleQueue[tuple[bytes, _ReplyFuture] | None] = queue.SimpleQueue()
+        # (payload, future for the reply, notes callback), or None to stop the I/O thread.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.ready: asyncio.Future[bool] = loop.create_future()
         self.exited: asyncio.Future[None] = loop.create_future()
         self._conn, child_conn = ctx.Pipe()
@@ -184,8 +220,8 @@ class _Child:
         thread_name = f"asyncq-procpool-io-{self.process.pid}"
         threading.Thread(target=self._serve, name=thread_name, daemon=True).start()
 
-    def submit(self, payload: bytes, fut: _ReplyFuture) -> None:
-        self._jobs.put((payload, fut))
+    def submit(self, payload: bytes, fut: _ReplyFuture, on_notify: _OnNotify | None = None) -> None:
+        self._jobs.put((payload, fut, on_notify))
 
     def soft_interrupt(self) -> None:
         if self.process.exitcode is None and self.process.pid is not None:
@@ -206,6 +242,18 @@ class _Child:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(_resolve, fut, value)
 
+    def _note(self, on_notify: _OnNotify | None, data: bytes) -> None:
+        if on_notify is None:
+            return
+        try:
+            note = pickle.loads(data[1:])  # noqa: S301 - bytes from our own child process
+        except Exception:  # a note is advisory: losing one must not fail the call
+            logger.warning("unreadable note from worker process %s", self.process.pid, exc_info=True)
+            return
+        # Posted like the reply, so every note is handled before the reply resolves the call.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            self._loop.call_soon_threadsafe(on_notify, note)
+
     def _serve(self) -> None:
         try:
             try:
@@ -214,10 +262,14 @@ class _Child:
                 alive = False
             self._post(self.ready, alive)
             while alive and (job := self._jobs.get()) is not None:
-                payload, fut = job
+                payload, fut, on_notify = job
                 try:
                     self._conn.send_bytes(payload)
-                    reply: _Reply | None = _decode_reply(self._conn.recv_bytes())
+                    data = self._conn.recv_bytes()
+                    while data[:1] == _NOTE:
+                        self._note(on_notify, data)
+                        data = self._conn.recv_bytes()
+                    reply: _Reply | None = _decode_reply(data)
                 except (EOFError, OSError):
                     # The child died mid-call. Reap it before answering so its exit code is known.
                     reply, alive = None, False
@@ -268,8 +320,12 @@ class ProcessPool:
         kwargs: dict[str, Any] | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        on_notify: _OnNotify | None = None,
     ) -> Any:
-        """Call ``fn(*args, **kwargs)`` in a child process and return its result."""
+        """Call ``fn(*args, **kwargs)`` in a child process and return its result.
+
+        ``on_notify`` is called in this loop with each note the call sends (:func:`notify_parent`).
+        """
         try:
             payload = pickle.dumps((fn, args, kwargs or {}))
         except Exception as exc:
@@ -280,7 +336,7 @@ class ProcessPool:
             try:
                 loop = asyncio.get_running_loop()
                 fut: _ReplyFuture = loop.create_future()
-                child.submit(payload, fut)
+                child.submit(payload, fut, on_notify)
                 soft = None
                 if soft_time_limit is not None:
                     soft = loop.call_later(soft_time_limit, child.soft_interrupt)

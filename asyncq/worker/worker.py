@@ -60,6 +60,7 @@ class Worker:
         hostname: this worker's name in task records and logs (default ``host:pid``).
         beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe
             on any number of workers, each tick is sent once.
+        send_events: send task and worker events (``worker_send_task_events``; ``-E``).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Worker:
         loop: str | None = None,
         hostname: str | None = None,
         beat: bool = False,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -88,6 +90,7 @@ class Worker:
         self.max_deliveries = int(max_deliveries or conf.worker_max_deliveries)
         self.loop = loop or conf.worker_loop
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
+        self.send_events = bool(conf.worker_send_task_events if send_events is None else send_events)
         if self.concurrency < 1 or self.prefetch < 1:
             raise ConfigurationError("concurrency and prefetch must be at least 1")
         loop_factory(self.loop)  # validate early
@@ -124,6 +127,7 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        runner.events = await self.app.events.start_worker(self)
         presence = Presence(self, runner)
         await presence.start()  # before consuming: a task revoked earlier must already be known
         runner.is_revoked = presence.is_revoked
@@ -154,6 +158,7 @@ class Worker:
             heartbeat.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
+            await self.app.events.stop_worker(self, runner.events)
             await self.executor.aclose()
             await presence.aclose()
             for shrink in self._shrinking:

@@ -94,7 +94,7 @@ def test_user_errors_are_one_line_exit_2(
 # -- the first hour: help, failures, hints ------------------------------------------------------
 
 ONBOARDING = "tests.apps.onboarding_app:app"
-COMMANDS = ["run", "beat", "enqueue", "result", "purge"]
+COMMANDS = ["run", "beat", "enqueue", "result", "purge", "dlq", "events"]
 
 
 def one_line_error(out: subprocess.CompletedProcess[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from asyncq import App, current_task
 from asyncq.exceptions import SoftTimeLimitExceeded
@@ -36,3 +37,14 @@ def soft_limited() -> str:
 def hard_limited() -> str:
     while True:
         time.sleep(0.05)
+
+
+@app.task(executor="process", bind=True)
+def report_progress(self: Any, release_file: str) -> str:
+    """Report progress, then wait (up to 30 s) for the test to create ``release_file``."""
+    self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
+    deadline = time.monotonic() + 30
+    while not os.path.exists(release_file) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    self.update_state(state="PROGRESS", meta={"done": 2, "total": 2})
+    return "finished"

@@ -266,3 +266,64 @@ async def test_live_consumer_keeps_its_claim(broker_factory, queue: str) -> None
             pending = await expect_nothing(it2, 3.0)
             await delivery.ack()
             await cancel(pending)
+
+
+async def _dead_letter_all(broker: Broker, queue: str, count: int, reason: str) -> list[Delivery]:
+    """Take ``count`` messages of ``queue`` one at a time and dead-letter each."""
+    taken = []
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        for _ in range(count):
+            delivery = await take(it)
+            await delivery.dead_letter(reason)
+            taken.append(delivery)
+    return taken
+
+
+async def test_dead_letter_show_and_requeue_one_resets_delivery_count(broker_factory, queue: str) -> None:
+    broker: Broker = await broker_factory()
+    first, second = msg(queue, b"first"), msg(queue, b"second")
+    await broker.publish(first)
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        delivery = await take(it)
+        await delivery.nack()
+        again = await take(it)
+        assert again.id == first.id and again.delivery_count == 2
+        await again.dead_letter("first reason")
+        await broker.publish(second)
+        other = await take(it)
+        await other.dead_letter("second reason")
+    shown = await broker.get_dead_letter(queue, first.id)
+    assert shown is not None
+    assert (shown.id, shown.queue, shown.body, shown.reason) == (first.id, queue, b"first", "first reason")
+    assert await broker.get_dead_letter(queue, "no-such-id") is None
+    assert await broker.get_dead_letter(queue + "-other", first.id) is None
+
+    assert await broker.requeue_dead_letter(queue, first.id) is True
+    assert await broker.requeue_dead_letter(queue, first.id) is False  # moved, not copied
+    assert await broker.requeue_dead_letter(queue, "no-such-id") is False
+    assert [d.id for d in await broker.dead_letters(queue)] == [second.id]
+    assert await broker.queue_length(queue) == 1
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        back = await take(it)
+        assert (back.id, back.body, back.delivery_count) == (first.id, b"first", 1)
+        await back.ack()
+    assert await broker.purge_dead_letters(queue) == 1
+
+
+async def test_requeue_all_then_purge_dead_letters(broker_factory, queue: str) -> None:
+    broker: Broker = await broker_factory()
+    sent = [msg(queue, str(i).encode()) for i in range(5)]
+    await broker.publish_many(sent)
+    await _dead_letter_all(broker, queue, 5, "poison")
+    assert len(await broker.dead_letters(queue)) == 5
+    assert await broker.requeue_dead_letters(queue) == 5
+    assert await broker.dead_letters(queue) == []
+    assert await broker.queue_length(queue) == 5
+    again = await _dead_letter_all(broker, queue, 5, "poison again")
+    assert sorted(d.body for d in again) == sorted(m.body for m in sent)
+    assert all(d.delivery_count == 1 for d in again)
+    assert await broker.purge_dead_letters(queue) == 5
+    assert await broker.dead_letters(queue) == []
+    assert await broker.requeue_dead_letters(queue) == 0
+    assert await broker.purge_dead_letters(queue) == 0
+    assert await broker.queue_length(queue) == 0

@@ -18,6 +18,7 @@ from asyncq.exceptions import (
     TimeLimitExceeded,
 )
 from tests.apps import process_tasks
+from tests.conformance.drivers_redis import wait_until
 
 TIMEOUT = 15.0
 
@@ -442,3 +443,23 @@ async def test_failed_start_raises_from_async_with() -> None:
     with pytest.raises(Exception, match="unknown broker scheme 'nosuch'"):
         async with app.worker():
             pass
+
+
+async def test_update_state_from_a_process_task(tmp_path: Any) -> None:
+    # A fresh memory app (process_tasks.app's broker is bound to another test's loop); the
+    # child process imports the task by reference either way.
+    app = App("progress", broker="memory://")
+    task = process_tasks.report_progress
+    app.tasks[task.name] = task
+    release = tmp_path / "release"
+    async with app.worker(process_pool_size=1):
+        r = await app.send_message(task.build_message([str(release)]))
+
+        async def progressed() -> bool:
+            return await r.info() == {"done": 1, "total": 2, "state": "PROGRESS"}
+
+        await wait_until(progressed, 30)  # a process task's progress reaches the backend
+        assert await r.state() == State.STARTED
+        release.touch()
+        assert await r.get(timeout=30) == "finished"
+        assert await r.state() == State.SUCCESS  # the last progress note did not overwrite it

@@ -11,7 +11,8 @@ import signal
 import threading
 import time
 
-from asyncq.exceptions import SoftTimeLimitExceeded
+from asyncq.exceptions import SerializationError, SoftTimeLimitExceeded
+from asyncq.worker.procpool import notify_parent
 
 
 class Boom(Exception):
@@ -92,3 +93,17 @@ def kill_self(signum: int) -> None:
 
 def sigint_is_ignored() -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def send_notes(count: int) -> str:
+    """Send ``count`` notes to the parent, the last from another thread; then try an unpicklable one."""
+    for i in range(count - 1):
+        notify_parent({"note": i})
+    helper = threading.Thread(target=notify_parent, args=({"note": count - 1},))
+    helper.start()
+    helper.join()
+    try:
+        notify_parent(threading.Lock())
+    except SerializationError:
+        return "refused an unpicklable note"
+    return "sent an unpicklable note?"

@@ -214,3 +214,15 @@ async def test_aclose_kills_a_child_in_the_middle_of_a_call() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="size"):
         ProcessPool(size=0)
+
+
+@pytest.mark.asyncio
+async def test_notes_reach_on_notify_in_order_before_the_result() -> None:
+    notes: list[Any] = []
+    async with ProcessPool(size=1) as pool:
+        result = await call(pool, helpers.send_notes, 5, on_notify=notes.append)
+        assert result == "refused an unpicklable note"
+        assert notes == [{"note": i} for i in range(5)]  # all handled before run() returned
+        assert await call(pool, helpers.add, 1, 2) == 3  # the pipe is still in step
+    with pytest.raises(RuntimeError, match="only inside a call"):
+        helpers.notify_parent("outside any pool")

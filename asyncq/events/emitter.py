@@ -1,0 +1,312 @@
+"""Event emission: the hooks the worker and producers call, buffered and published in batches.
+
+A hook costs a tuple and a list append; a named background task (``asyncq.events.flush``)
+sends what gathered every ``event_flush_interval`` seconds as one batch. The bus being slow or
+away never slows tasks down: past :data:`BUFFER_LIMIT` waiting events the oldest are dropped
+(and counted in a warning). With events off, the hooks are :class:`NoEvents`' empty methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from asyncq.events import codec
+from asyncq.exceptions import AsyncqError
+
+if TYPE_CHECKING:
+    from asyncq.events.bus import EventBus
+    from asyncq.message import Message
+
+__all__ = ["BUFFER_LIMIT", "EventEmitter", "NoEvents"]
+
+logger = logging.getLogger(__name__)
+
+#: Events waiting for the bus, at most; beyond, the oldest are dropped.
+BUFFER_LIMIT: Final = 100_000
+_STRIDE: Final = 9  # values per record (codec.Record)
+_LIMIT: Final = BUFFER_LIMIT * _STRIDE
+
+
+def _encode(hostname: str, flat: list[Any]) -> bytes:
+    """Encode a flat buffer, with the garbage collector paused (no await in between).
+
+    Encoding makes a tuple per event and a list per task, all freed when it returns. A
+    collection triggered meanwhile would find them alive and promote them, bringing the next
+    full collection (of everything the worker holds) closer; measured, that cost a busy worker
+    more than the encoding itself.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        records: list[codec.Record] = list(zip(*[iter(flat)] * _STRIDE, strict=True))
+        return codec.encode_batch(hostname, os.getpid(), records)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class NoEvents:
+    """The hooks with events off: each does nothing."""
+
+    enabled = False
+
+    def task_sent(self, message: Message) -> None:
+        """A producer published ``message``."""
+
+    def task_received(self, message: Message) -> None:
+        """A worker decoded ``message``."""
+
+    def task_started(self, message: Message) -> None:
+        """Its function is about to run."""
+
+    def task_succeeded(self, message: Message, runtime: float) -> None:
+        """It returned after ``runtime`` seconds."""
+
+    def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
+        """It raised ``exc`` (or gave up retrying) after ``runtime`` seconds."""
+
+    def task_retried(self, message: Message, exc: BaseException | None, eta: float | None) -> None:
+        """The next attempt was sent, to run at ``eta`` (None: now)."""
+
+    def task_revoked(self, message: Message, reason: str) -> None:
+        """It will not run (expired)."""
+
+    def task_rejected(self, message: Message, reason: str, requeue: bool) -> None:
+        """The task raised Reject."""
+
+    def task_dead_lettered(
+        self, message: Message | None, reason: str, *, task_id: str = "", queue: str = ""
+    ) -> None:
+        """It was parked in the dead-letter store (``message`` None: it could not be decoded)."""
+
+    def worker_event(self, code: int, **fields: Any) -> None:
+        """A worker-online / -heartbeat / -offline event (``codec.ONLINE`` ...)."""
+
+    async def start(self) -> None:
+        """Start sending."""
+
+    async def aclose(self) -> None:
+        """Send what is buffered, then stop (the bus stays open: others may share it)."""
+
+
+class EventEmitter(NoEvents):
+    """Buffers the events of one process (a worker or a producer) and publishes them in batches.
+
+    Args:
+        bus: where batches go (connected by :meth:`start`).
+        hostname: the emitter's name in every event (a worker's ``host:pid``).
+        include_args: put task args and kwargs in task-sent and task-received events.
+        flush_interval: seconds events gather before they are sent together.
+    """
+
+    enabled = True
+
+    def __init__(self, bus: EventBus, hostname: str, *, include_args: bool, flush_interval: float) -> None:
+        self.bus = bus
+        self.hostname = hostname
+        self.include_args = include_args
+        self.flush_interval = flush_interval
+        self._buffer: list[Any] = []  # records, flattened (see _add)
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+        self.sent = 0
+
+    # -- hooks: a tuple and an append each -----------------------------------------------------
+
+    def _add(self, record: codec.Record) -> None:
+        # Flat: the record's values go into one list, and the tuple is freed at once. Records
+        # kept as objects until the flush would count towards the collector's thresholds, and
+        # make its full collections (of everything the worker holds) more frequent.
+        buffer = self._buffer
+        buffer += record
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
+
+    def _task(self, code: int, message: Message, extra: Any) -> None:
+        # Atomic values only, never the Message: see codec.Record.
+        self._add(
+            (
+                code,
+                time.time(),
+                message.id,
+                message.retries,
+                message.task,
+                message.queue,
+                message.root_id,
+                message.parent_id,
+                extra,
+            )
+        )
+
+    def _taken(self, code: int, message: Message) -> None:
+        # The message's own fields as JSON text: a string keeps the record flat (see codec.Record).
+        fields = "" if message.eta is None else f',"eta":{message.eta!r}'
+        if message.expires is not None:
+            fields += f',"expires":{message.expires!r}'
+        if self.include_args:
+            fields += codec.arguments_json(message)
+        self._task(code, message, fields)
+
+    def task_sent(self, message: Message) -> None:
+        self._taken(codec.SENT, message)
+
+    def task_received(self, message: Message) -> None:
+        if message.eta is not None or message.expires is not None or self.include_args:
+            self._taken(codec.RECEIVED, message)
+            return
+        buffer = self._buffer  # the usual case inlined, as task_started below
+        buffer += (
+            codec.RECEIVED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            "",
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
+
+    # The hooks every task calls, inlined (_task's body): one call each on the hot path.
+    def task_started(self, message: Message) -> None:
+        buffer = self._buffer
+        buffer += (
+            codec.STARTED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            None,
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
+
+    def task_succeeded(self, message: Message, runtime: float) -> None:
+        buffer = self._buffer
+        buffer += (
+            codec.SUCCEEDED,
+            time.time(),
+            message.id,
+            message.retries,
+            message.task,
+            message.queue,
+            message.root_id,
+            message.parent_id,
+            runtime,
+        )
+        if len(buffer) == _STRIDE:
+            self._wake.set()
+        elif len(buffer) > _LIMIT:
+            del buffer[:_STRIDE]
+            self.dropped += 1
+
+    def task_failed(self, message: Message, exc: BaseException, runtime: float) -> None:
+        self._task(codec.FAILED, message, (*codec.exception_fields(exc), runtime))
+
+    def task_retried(self, message: Message, exc: BaseException | None, eta: float | None) -> None:
+        kind, text = codec.exception_fields(exc) if exc is not None else (None, None)
+        self._task(codec.RETRIED, message, (kind, text, eta))
+
+    def task_revoked(self, message: Message, reason: str) -> None:
+        self._task(codec.REVOKED, message, reason)
+
+    def task_rejected(self, message: Message, reason: str, requeue: bool) -> None:
+        self._task(codec.REJECTED, message, (reason, requeue))
+
+    def task_dead_lettered(
+        self, message: Message | None, reason: str, *, task_id: str = "", queue: str = ""
+    ) -> None:
+        if message is not None:
+            self._task(codec.DEAD_LETTERED, message, reason)
+        else:
+            self._add((codec.DEAD_LETTERED, time.time(), task_id, 0, None, queue, None, None, reason))
+
+    def worker_event(self, code: int, **fields: Any) -> None:
+        self._add((code, time.time(), "", 0, "", "", None, None, fields))
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the flusher; idempotent. The bus is connected at the first flush, so a bus
+        that is away delays nothing but the events (each failed flush logs a warning)."""
+        if self._flusher is None or self._flusher.done():
+            self._closing = False
+            self._flusher = asyncio.create_task(self._flush_loop(), name="asyncq.events.flush")
+
+    async def _flush_loop(self) -> None:
+        logger.debug("event flusher started for %s", self.hostname)
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                if not self._closing:
+                    # Gather for a while: one batch per interval costs the bus one write.
+                    await asyncio.sleep(self.flush_interval)
+                await self.flush()
+        finally:
+            logger.debug("event flusher stopped for %s (%d events sent)", self.hostname, self.sent)
+
+    async def flush(self) -> None:
+        """Send the buffered events now, as one batch."""
+        # Copied and cleared, not replaced: the buffer list stays old, so minor collections do
+        # not walk its (up to BUFFER_LIMIT x 9) items every time.
+        flat = self._buffer[:]
+        del self._buffer[:]
+        self._wake.clear()
+        if self.dropped:
+            logger.warning("dropped %d events: the event bus did not keep up", self.dropped)
+            self.dropped = 0
+        if not flat:
+            return
+        data = _encode(self.hostname, flat)
+        try:
+            await self.bus.connect()
+            await self.bus.publish(data)
+        except AsyncqError as exc:  # monitoring must not stop the work it watches
+            logger.warning("could not send %d events: %s", len(flat) // _STRIDE, exc)
+        else:
+            self.sent += len(flat) // _STRIDE
+
+    def start_heartbeat(self, fields: Callable[[], dict[str, Any]], interval: float) -> None:
+        """Send a worker-heartbeat event with ``fields()`` every ``interval`` seconds until closed."""
+        self._heartbeat = asyncio.create_task(self._beat(fields, interval), name="asyncq.events.heartbeat")
+
+    async def _beat(self, fields: Callable[[], dict[str, Any]], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.worker_event(codec.HEARTBEAT, **fields())
+
+    async def aclose(self) -> None:
+        """Stop the heartbeat, send what is buffered and stop the flusher (the bus stays open)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()

@@ -1,0 +1,189 @@
+"""``redis://`` event bus: a capped stream ``<prefix>:events`` (XADD MAXLEN ~), read with XREAD BLOCK.
+
+The stream gives readers a bounded, durable history: a dashboard that starts late, or a tail
+that reconnects, reads what it missed from the entries still kept. Works the same on one
+server, a Cluster (one key, one slot) and a Sentinel-managed master (:class:`asyncq._redis.Client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from asyncq._redis import (
+    CONNECTION_OPTIONS,
+    Client,
+    Option,
+    Script,
+    pack_commands,
+    parse_options,
+    translate_error,
+)
+from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+
+__all__ = ["RedisEventBus"]
+
+logger = logging.getLogger(__name__)
+
+#: Options this bus reads from the broker's (the others belong to the broker and are ignored).
+OPTIONS: Final[dict[str, Option]] = {
+    "key_prefix": Option(str, "asyncq", "first part of the stream's key, as the broker's"),
+    "retry_timeout": Option(float, 10.0, "seconds a publish keeps reconnecting before it fails"),
+}
+
+#: Longest one XREAD blocks before asking again (a wait, not a poll: new entries end it at once).
+BLOCK_SECONDS: Final = 5.0
+#: Loaded at connect, so that Client.open makes a round trip (and fails now if Redis is away).
+_HELLO: Final = Script.build("events_hello", "return 1")
+#: Pause before a reader reconnects after Redis failed.
+RECONNECT_DELAY: Final = 1.0
+
+
+def _entries(reply: Any) -> list[tuple[bytes, bytes]]:
+    """(id, batch) pairs of an XREAD / XRANGE reply, RESP2 (lists) or RESP3 (maps)."""
+    if reply is None:
+        return []
+    streams = list(reply.values()) if isinstance(reply, Mapping) else [item[1] for item in reply]
+    found = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            pairs = dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
+            batch = pairs.get(b"b")
+            if batch is not None:
+                found.append((entry_id, batch))
+    return found
+
+
+class _RedisReader:
+    __slots__ = ("_bus", "_closed", "_conn", "_last", "_pending")
+
+    def __init__(self, bus: RedisEventBus, last: bytes) -> None:
+        self._bus, self._last, self._closed = bus, last, False
+        self._pending: list[bytes] = []
+        self._conn: AbstractConnection | None = None
+
+    def __aiter__(self) -> _RedisReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._pending:
+            if self._closed or self._bus._client is None:
+                raise StopAsyncIteration
+            try:
+                reply = await self._xread()
+            except BrokerError as exc:
+                logger.warning("reading events failed (%s); reconnecting in %.1fs", exc, RECONNECT_DELAY)
+                await self._disconnect()
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            entries = _entries(reply)
+            if entries:
+                self._last = entries[-1][0]
+                self._pending = [batch for _, batch in entries]
+        return self._pending.pop(0)
+
+    async def _xread(self) -> Any:
+        client = self._bus._client
+        assert client is not None
+        if self._conn is None:
+            self._conn = client.dedicated_connection(self._bus.key, name_suffix=":events")
+        conn = self._conn
+        command = (
+            "XREAD",
+            "COUNT",
+            500,
+            "BLOCK",
+            int(BLOCK_SECONDS * 1000),
+            "STREAMS",
+            self._bus.key,
+            self._last,
+        )
+        try:
+            # Our own deadline on top of BLOCK's: a half-open connection must not hang the reader.
+            async with asyncio.timeout(BLOCK_SECONDS + 5.0):
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_packed_command(pack_commands([command]), check_health=False)
+                return await conn.read_response(timeout=math.inf)
+        except Exception as exc:
+            raise translate_error(exc, "read events", BrokerConnectionError, BrokerError) from exc
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._disconnect()
+
+
+class RedisEventBus:
+    """Event batches in the stream ``<key_prefix>:events``, about ``history_limit`` kept."""
+
+    keeps_history = True
+
+    def __init__(self, url: str, *, history_limit: int = 10_000, **options: Any) -> None:
+        self.url = url
+        own = {
+            name: value for name, value in options.items() if name in OPTIONS or name in CONNECTION_OPTIONS
+        }
+        self._target, settings, self._connection = parse_options(url, own, OPTIONS, what="Redis event bus")
+        prefix: str = settings["key_prefix"]
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError(f"key_prefix {prefix!r} must not contain braces")
+        self.key = f"{prefix}:events".encode()
+        self.history_limit = max(1, int(history_limit))
+        self._retry_timeout: float = settings["retry_timeout"]
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._client is not None:
+                return
+            client = Client(
+                self._target,
+                self._connection,
+                client_name="asyncq-events",
+                retry_timeout=self._retry_timeout,
+                connection_error=BrokerConnectionError,
+                error=BrokerError,
+                log=logger,
+            )
+            await client.open((_HELLO,))
+            self._client = client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _connected(self) -> Client:
+        if self._client is None:
+            raise BrokerError("the Redis event bus is not connected; call connect() first")
+        return self._client
+
+    async def publish(self, batch: bytes) -> None:
+        client = self._connected()
+        # A retry after a lost reply may add the batch twice; readers see events at least once.
+        await client.retrying(
+            "publish events",
+            lambda: client.execute("XADD", self.key, "MAXLEN", "~", self.history_limit, "*", "b", batch),
+        )
+
+    async def subscribe(self, *, history: bool = False) -> _RedisReader:
+        await self.connect()
+        if history:
+            return _RedisReader(self, b"0-0")
+        client = self._connected()
+        newest = await client.retrying(
+            "subscribe to events", lambda: client.execute("XREVRANGE", self.key, "+", "-", "COUNT", 1)
+        )
+        return _RedisReader(self, newest[0][0] if newest else b"0-0")

@@ -1,0 +1,133 @@
+"""What task events cost: the no-op drain rate on Redis with events off and on, in one run.
+
+Each round queues --tasks no-op tasks (not timed), then starts an embedded worker and times from
+the first task's start to the last one's end, in wall-clock time and in this process's CPU
+time. Rounds alternate off / on (--rounds of each), so the machine's load drifts over both
+alike; the medians and their ratios are printed. With events on, the worker sends
+task-received, -started and -succeeded for every task (and worker events) to the Redis
+stream; the target is a ratio of at least 0.90.
+
+Usage: python benchmarks/events_overhead.py [--url redis://127.0.0.1:6379/0] [--tasks 20000]
+       [--rounds 3] [--concurrency 500] [--loop auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+
+from asyncq import App
+from asyncq.events import decode_batch
+
+
+async def drain(url: str, prefix: str, n: int, concurrency: int, events: bool) -> tuple[float, float]:
+    """One drain by an embedded worker: tasks per wall-clock second, and per CPU second of this process."""
+    options = {"key_prefix": prefix}
+    app = App(
+        "bench-events",
+        broker=url,
+        config={"broker_transport_options": options, "result_backend_transport_options": options},
+    )
+    done = asyncio.Event()
+    count = 0
+    first = first_cpu = 0.0
+
+    @app.task(ignore_result=True)
+    async def noop() -> None:
+        nonlocal count, first, first_cpu
+        if count == 0:
+            first, first_cpu = time.perf_counter(), time.process_time()
+        count += 1
+        if count == n:
+            done.set()
+
+    messages = [noop.build_message() for _ in range(n)]
+    for start in range(0, n, 1000):
+        await app.send_many(messages[start : start + 1000])
+    worker = app.worker(concurrency=concurrency, send_events=events)
+    async with worker:
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - first
+        cpu = time.process_time() - first_cpu
+    await app.aclose()
+    return n / elapsed, n / cpu
+
+
+async def events_sent(url: str, prefix: str) -> int:
+    """Events in the stream (each entry is a batch)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        entries = await client.xrange(f"{prefix}:events")
+        return sum(len(decode_batch(fields[b"b"])) for _, fields in entries)
+    finally:
+        await client.aclose()
+
+
+async def cleanup(url: str, prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--loop", default="auto", help="auto (uvloop if installed), asyncio, uvloop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for round_number in range(args.rounds):
+        for events in (False, True):
+            prefix = f"asyncq-bench-events-{uuid.uuid4().hex[:8]}"
+            try:
+                rate, cpu_rate = await drain(args.url, prefix, args.tasks, args.concurrency, events)
+                emitted = await events_sent(args.url, prefix)
+            finally:
+                await cleanup(args.url, prefix)
+            wall[events].append(rate)
+            cpu[events].append(cpu_rate)
+            label = "on " if events else "off"
+            print(
+                f"round {round_number + 1} events {label}: {rate:9,.0f} tasks/s, "
+                f"{cpu_rate:9,.0f} tasks/CPU-s ({emitted:,} events sent)"
+            )
+    for name, rates in (("wall clock", wall), ("CPU time", cpu)):
+        off, on = statistics.median(rates[False]), statistics.median(rates[True])
+        verdict = "met" if on / off >= 0.90 else "NOT met"
+        print(
+            f"{name:10}: median drain off {off:,.0f}/s, on {on:,.0f}/s, "
+            f"on/off {on / off:.3f} (target >= 0.90: {verdict})"
+        )
+    print(
+        "(the CPU-time rate counts only this process's CPU: on a loaded machine it is the steadier "
+        "figure; Redis's own share of the events, one XADD per flush, is not in it)"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from asyncq.worker.runner import loop_factory
+
+    loop = sys.argv[sys.argv.index("--loop") + 1] if "--loop" in sys.argv else "auto"
+    factory = loop_factory(loop)
+    print(f"event loop: {'uvloop' if factory else 'asyncio'}")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
