@@ -17,7 +17,7 @@ from subprocess import Popen
 import pytest
 
 from tests.acceptance.conftest import asyncq, wait_for
-from tests.acceptance.test_connection_loss import free_port
+from tests.servers import free_port
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
