@@ -15,6 +15,7 @@ __all__ = [
     "import_string",
     "new_id",
     "now",
+    "redact_settings",
     "redact_url",
     "to_epoch",
     "to_seconds",
@@ -123,3 +124,16 @@ def redact_url(url: str) -> str:
         query = parse_qsl(parts.query, keep_blank_values=True)
         parts = parts._replace(query="&".join(f"{k}={'***' if 'password' in k else v}" for k, v in query))
     return urlunsplit(parts)
+
+
+def redact_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings fit to print: keys as ``***`` and URLs without their passwords."""
+    shown: dict[str, Any] = {}
+    for name, value in values.items():
+        if name.startswith("security_") and name != "security_encrypt" and value:
+            shown[name] = "***"
+        elif isinstance(value, str) and "://" in value:
+            shown[name] = redact_url(value)
+        else:
+            shown[name] = value
+    return shown

@@ -114,6 +114,9 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        from asyncq.security import log_startup_warnings
+
+        log_startup_warnings(self.app.conf, self.app.tasks.values())
         logger.info(
             "worker %s consuming %s, concurrency %d, broker %s, backend %s",
             self.hostname,
