@@ -1,0 +1,173 @@
+"""A real worker with signing, encryption and limits on: what runs, what is refused, and why."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from asyncq import App, State
+from asyncq.brokers import OutgoingMessage
+from asyncq.brokers.base import DeadLetter
+from asyncq.exceptions import TaskRevokedError
+from asyncq.message import Message, encode_message
+from asyncq.security import generate_key
+
+TIMEOUT = 15.0
+KEY = "s" * 32
+
+
+async def _until(check: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _dead(app: App, count: int, queue: str = "default") -> list[DeadLetter]:
+    async def enough() -> bool:
+        return len(await app.broker.dead_letters(queue)) >= count
+
+    await _until(enough, f"{count} dead letters")
+    return await app.broker.dead_letters(queue)
+
+
+def _raw(app: App, message: Message, body: bytes | None = None) -> OutgoingMessage:
+    data = encode_message(message, app.serializers) if body is None else body
+    return OutgoingMessage(id=message.id, queue=message.queue, body=data, priority=None, eta=None)
+
+
+async def test_signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered() -> None:
+    app = App("sig", broker="memory://", config={"security_key": KEY})
+    ran: list[Any] = []
+
+    @app.task
+    async def record(x: Any) -> Any:
+        ran.append(x)
+        return x
+
+    async with app.worker(concurrency=4):
+        assert await (await record.enqueue("signed")).get(timeout=TIMEOUT) == "signed"
+        unsigned = Message(id="forged-1", task=record.name, args=["unsigned"])
+        await app.broker.publish(_raw(app, unsigned))
+        good = app.outgoing(Message(id="forged-2", task=record.name, args=["tampered"]))
+        await app.broker.publish(_raw(app, unsigned, good.body.replace(b"tampered", b"tampere!")))
+        other = App("other", broker="memory://", config={"security_key": "x" * 32})
+        foreign = other.outgoing(Message(id="forged-3", task=record.name, args=["foreign"]))
+        await app.broker.publish(_raw(app, unsigned, foreign.body))
+        dead = await _dead(app, 3)
+    assert ran == ["signed"]
+    reasons = sorted(d.reason for d in dead)
+    assert any("unsigned message refused" in r for r in reasons), reasons
+    assert any("bad signature" in r for r in reasons), reasons
+    assert any("unknown hs256 key" in r for r in reasons), reasons
+    # No result record for an unauthenticated id: a forger cannot overwrite real results.
+    assert await app.backend.get("forged-1") is None
+    await app.aclose()
+
+
+async def test_signed_message_replayed_after_expires_is_refused() -> None:
+    app = App("replay", broker="memory://", config={"security_key": KEY})
+    ran: list[Any] = []
+
+    @app.task
+    async def pay(amount: int) -> int:
+        ran.append(amount)
+        return amount
+
+    captured = app.outgoing(Message(id="pay-1", task=pay.name, args=[100], expires=time.time() - 1))
+    async with app.worker():
+        await app.broker.publish(captured)  # a copy taken off the wire, replayed late
+        result = app.AsyncResult("pay-1")
+
+        async def revoked() -> bool:
+            return await result.state() == State.REVOKED
+
+        await _until(revoked, "the replay to be revoked")
+    assert ran == []
+    try:
+        await result.get(timeout=1)
+    except TaskRevokedError as exc:
+        assert "expired" in str(exc)
+    else:
+        raise AssertionError("the replayed message ran")
+    await app.aclose()
+
+
+async def test_retries_published_by_a_signing_worker_are_signed() -> None:
+    app = App("sig-retry", broker="memory://", config={"security_key": KEY, "task_default_retry_delay": 0.01})
+    attempts: list[int] = []
+
+    @app.task(bind=True, max_retries=2)
+    async def flaky(self: Any) -> int:
+        attempts.append(self.request.retries)
+        if self.request.retries < 2:
+            raise self.retry(countdown=0.01)
+        return len(attempts)
+
+    async with app.worker():
+        assert await (await flaky.enqueue()).get(timeout=TIMEOUT) == 3
+    assert await app.broker.dead_letters("default") == []
+    await app.aclose()
+
+
+async def test_encrypted_task_round_trip_hides_arguments_and_result() -> None:
+    app = App("enc", broker="memory://", config={"security_key": KEY, "security_encryption_key": generate_key()})
+
+    @app.task(encrypt=True)
+    async def echo(secret: str) -> str:
+        return secret.upper()
+
+    @app.task
+    async def plain(x: str) -> str:
+        return x
+
+    assert b"hunter" not in app.outgoing(Message(id="x", task=echo.name, args=["hunter"])).body
+    async with app.worker():
+        r = await echo.enqueue("hunter")
+        assert await r.get(timeout=TIMEOUT) == "HUNTER"
+        p = await plain.enqueue("visible")
+        assert await p.get(timeout=TIMEOUT) == "visible"
+    stored = await app.backend.get(r.id)
+    assert stored is not None and b"HUNTER" not in stored and b'"encryption"' in stored
+    plain_stored = await app.backend.get(p.id)
+    assert plain_stored is not None and b"visible" in plain_stored
+    await app.aclose()
+
+
+async def test_oversized_and_too_deep_messages_are_dead_lettered_at_receive() -> None:
+    app = App("lim", broker="memory://", config={"message_max_bytes": 2000, "message_max_depth": 8})
+    ran: list[Any] = []
+
+    @app.task
+    async def take(x: Any) -> None:
+        ran.append(x)
+
+    async with app.worker():
+        big = Message(id="big", task=take.name, args=["x" * 5000])
+        await app.broker.publish(_raw(app, big))
+        nested: Any = 1
+        for _ in range(20):
+            nested = [nested]
+        await app.broker.publish(_raw(app, Message(id="deep", task=take.name, args=[nested])))
+        dead = await _dead(app, 2)
+    assert ran == []
+    reasons = " | ".join(d.reason for d in dead)
+    assert "over the message_max_bytes limit of 2000" in reasons and "message_max_depth=8" in reasons
+    await app.aclose()
+
+
+async def test_task_names_come_from_the_registry_and_nothing_is_imported() -> None:
+    app = App("names", broker="memory://")
+    module = "tests.apps.never_imported_by_asyncq"
+    assert module not in sys.modules
+    async with app.worker():
+        for name in (f"{module}.run", "os.system", "subprocess:run", "builtins.eval"):
+            await app.broker.publish(_raw(app, Message(id=f"n-{name}", task=name, args=["true"])))
+        dead = await _dead(app, 4)
+    assert all("unknown task" in d.reason for d in dead)
+    assert module not in sys.modules
+    await app.aclose()
