@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from asyncq._utils import import_string
+from asyncq._utils import import_string, redact_url
 from asyncq.exceptions import ConfigurationError, MissingDependencyError
 
 __all__ = ["driver_class", "url_scheme"]
@@ -16,7 +16,7 @@ __all__ = ["driver_class", "url_scheme"]
 def url_scheme(url: str) -> str:
     """Return the scheme of a driver URL, refusing strings that are not URLs."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"{url!r} is not a URL; expected something like 'redis://localhost:6379/0'")
+        raise ConfigurationError(f"{redact_url(url)!r} is not a URL; expected something like 'redis://localhost:6379/0'")
     return urlsplit(url).scheme.lower()
 
 
@@ -36,7 +36,7 @@ def driver_class(kind: str, url: str, builtin: Mapping[str, str], group: str) ->
             if ep.name == scheme:
                 return ep.load()
         known = ", ".join(sorted({*builtin, *(ep.name for ep in entry_points(group=group))}))
-        raise ConfigurationError(f"unknown {kind} scheme {scheme!r} in {url!r}; known: {known}")
+        raise ConfigurationError(f"unknown {kind} scheme {scheme!r} in {redact_url(url)!r}; known: {known}")
     try:
         # A driver whose client library is missing raises MissingDependencyError itself, naming
         # the extra that installs it; that error passes through unchanged.

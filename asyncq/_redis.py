@@ -18,11 +18,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from asyncq._utils import backoff_delay
+from asyncq._utils import backoff_delay, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
 try:
@@ -187,7 +187,7 @@ class Target:
     service: str = ""  # the Sentinel master name
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
 
 
@@ -239,10 +239,10 @@ def _hosts(url: str, netloc: str, default_port: int) -> tuple[tuple[str, int], .
         try:
             port = int(port_text) if port_text else default_port
         except ValueError:
-            raise ConfigurationError(f"bad port {port_text!r} in Redis URL {url!r}") from None
+            raise ConfigurationError(f"bad port {port_text!r} in Redis URL {redact_url(url)!r}") from None
         nodes.append((host or "127.0.0.1", port))
     if not nodes:
-        raise ConfigurationError(f"Redis URL {url!r} names no host")
+        raise ConfigurationError(f"Redis URL {redact_url(url)!r} names no host")
     return tuple(nodes)
 
 
@@ -251,7 +251,7 @@ def _target(url: str, cluster: bool) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         known = ", ".join(f"{name}://" for name in _SCHEMES)
-        raise ConfigurationError(f"Redis URL {url!r} must start with one of {known}")
+        raise ConfigurationError(f"Redis URL {redact_url(url)!r} must start with one of {known}")
     kind, tls = _SCHEMES[scheme]
     clean = urlunsplit(parts._replace(query=""))
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -263,14 +263,14 @@ def _target(url: str, cluster: bool) -> Target:
     if kind == "sentinel":
         if not segments or len(segments) > 2:
             raise ConfigurationError(
-                f"Sentinel URL {url!r} must name the master: redis+sentinel://host:26379[,host:port]/"
+                f"Sentinel URL {redact_url(url)!r} must name the master: redis+sentinel://host:26379[,host:port]/"
                 "<master name>[/<db>]"
             )
         db = _convert("db", segments[1], int) if len(segments) == 2 else 0
         nodes = _hosts(url, hosts, 26379)
         return Target("sentinel", clean, nodes, segments[0], db, user, secret)
     if len(segments) > 1 or (segments and segments[0] != "0"):
-        raise ConfigurationError(f"Redis Cluster has only database 0; remove the path of {url!r}")
+        raise ConfigurationError(f"Redis Cluster has only database 0; remove the path of {redact_url(url)!r}")
     return Target("cluster", clean, _hosts(url, hosts, 6379), username=user, password=secret, tls=tls)
 
 
@@ -575,7 +575,8 @@ class Client:
             else:
                 self.redis = self._cluster_client(kwargs, common)
         except (ValueError, TypeError, RedisError, RedisClusterException) as exc:
-            raise ConfigurationError(f"invalid Redis URL or option for {target.url!r}: {exc}") from exc
+            shown = redact_url(target.url)
+            raise ConfigurationError(f"invalid Redis URL or option for {shown!r}: {exc}") from exc
 
     def _sentinel_client(self, kwargs: dict[str, Any], common: dict[str, Any], auth: dict[str, Any]) -> Redis:
         if any(name.startswith("ssl_") for name in kwargs):
@@ -646,7 +647,7 @@ class Client:
             await self.load_scripts(scripts)
 
         try:
-            await self.retrying(f"connect to {self.target.url}", attempt)
+            await self.retrying(f"connect to {redact_url(self.target.url)}", attempt)
         except BaseException:
             await self.aclose()
             raise
