@@ -170,3 +170,80 @@ async def test_task_names_come_from_the_registry_and_nothing_is_imported() -> No
     assert all("unknown task" in d.reason for d in dead)
     assert module not in sys.modules
     await app.aclose()
+
+
+def _fuzzed_batch(valid: bytes, signed: bytes) -> list[bytes]:
+    """Hostile bodies of every kind the decoder must survive; deterministic, so a failure repeats."""
+    import random
+
+    rng = random.Random(20261201)
+    batch = [
+        b"",
+        b"null",
+        b"[]",
+        b"{}",
+        b"\xff\xfe garbage",
+        b'{"v":1,"id":"a","task":"t","args":' + b"[" * 100_000,
+        b'{"v":1,"id":"a","task":"t","args":[' + b"9" * 5000 + b"]}",
+        b'{"v":1,"id":"h","task":"t","args":[1e999999]}',
+        b'{"v":2,"id":"a","task":"t"}',
+        b'{"v":1,"id":7,"task":["x"]}',
+        b'{"v":1,"id":"b","task":"t","content_type":"application/x-python-serialize","body":"gAR9lC4="}',
+        b'{"v":1,"id":"c","task":"t","content_type":"text/plain","body":"aGk="}',
+        b'{"v":1,"id":"d","task":"t","body":"%%%not base64"}',
+        b'{"v":1,"id":"e","task":"t","eta":"yesterday"}',
+        b'{"v":1,"id":"f","task":"t","retries":"many","headers":[1]}',
+        b'{"v":1,"id":"g","task":"t","encryption":"aes256gcm.00000000","body":"AAAA"}',
+        b'{"sig":"hs256.00000000.AAAA","v":1,"id":"i","task":"t"}',
+        b" " * 3000,  # over the test's message_max_bytes
+    ]
+    for _ in range(60):
+        source = rng.choice([valid, signed])
+        cut = rng.randrange(len(source))
+        kind = rng.randrange(3)
+        if kind == 0:
+            batch.append(source[:cut])  # truncated
+        elif kind == 1:
+            batch.append(source[:cut] + bytes([rng.randrange(256)]) + source[cut + 1 :])  # one byte changed
+        else:
+            batch.append(source[:cut] + source[cut + rng.randrange(1, 8) :])  # bytes dropped
+    return batch
+
+
+@pytest.mark.parametrize("signing", [True, False], ids=["signed", "unsigned"])
+async def test_worker_settles_every_message_of_a_fuzzed_batch(
+    caplog: pytest.LogCaptureFixture, signing: bool
+) -> None:
+    config: dict[str, Any] = {"message_max_bytes": 2000, "task_max_retries": 0}
+    if signing:
+        config["security_key"] = KEY
+    app = App("fuzz", broker="memory://", config=config)
+    ran: list[Any] = []
+
+    @app.task
+    async def target(*args: Any, **kwargs: Any) -> None:
+        ran.append(args)
+
+    good = Message(id="good", task=target.name, args=[1, {"a": [2, 3]}], kwargs={"k": "v"}, headers={"h": 1})
+    signed = app.outgoing(good).body
+    batch = _fuzzed_batch(encode_message(good, app.serializers), signed)
+    async with app.worker(concurrency=8) as worker:
+        for index, body in enumerate(batch):
+            await app.broker.publish(
+                OutgoingMessage(id=f"fuzz-{index}", queue="default", body=body, priority=None, eta=None)
+            )
+        done = await target.enqueue("after the batch")  # the worker is still alive and consuming
+        assert await done.get(timeout=TIMEOUT) is None
+
+        async def drained() -> bool:
+            return await app.broker.queue_length("default") == 0 and worker.in_flight == 0
+
+        await _until(drained, "every message to be settled")
+        dead = await app.broker.dead_letters("default", limit=1000)
+    assert all(d.reason for d in dead)
+    if signing:  # every hostile message was refused: only the signed message's exact bytes verify
+        assert len(dead) == len(batch) - sum(1 for body in batch if body == signed)
+    else:
+        assert len(dead) >= 18  # at least the hand-written ones; mutants may still be valid envelopes
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    await app.aclose()
