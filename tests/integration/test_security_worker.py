@@ -247,3 +247,49 @@ async def test_worker_settles_every_message_of_a_fuzzed_batch(
         assert len(dead) >= 18  # at least the hand-written ones; mutants may still be valid envelopes
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
     await app.aclose()
+
+
+async def test_a_foreign_producer_following_protocol_md_signs_and_encrypts() -> None:
+    """Built with hmac, json and AESGCM only, as docs/protocol.md tells another language to."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    enc_key = os.urandom(32)
+    config = {"security_key": KEY, "security_encryption_key": base64.urlsafe_b64encode(enc_key).decode()}
+    app = App("foreign", broker="memory://", config=config)
+
+    @app.task
+    async def mul(x: int, y: int) -> int:
+        return x * y
+
+    def sign(envelope: dict[str, Any]) -> bytes:
+        data = json.dumps(envelope, separators=(", ", ": ")).encode()  # any spacing: the bytes are signed
+        kid = hashlib.sha256(b"asyncq-kid:" + KEY.encode()).hexdigest()[:8]
+        mac = base64.urlsafe_b64encode(hmac.digest(KEY.encode(), data, "sha256")).rstrip(b"=").decode()
+        return b'{"sig":"hs256.' + kid.encode() + b"." + mac.encode() + b'",' + data[1:]
+
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(enc_key).encrypt(
+        nonce, json.dumps([[6, 7], {}]).encode(), b"asyncq:msg:f-2:" + mul.name.encode()
+    )
+    encrypted = {
+        "id": "f-2",
+        "task": mul.name,
+        "content_type": "application/json",
+        "body": base64.b64encode(sealed).decode(),
+        "body_encoding": "base64",
+        "encryption": "aes256gcm." + hashlib.sha256(b"asyncq-enc-kid:" + enc_key).hexdigest()[:8],
+    }
+    async with app.worker():
+        await app.broker.publish(
+            _raw(app, Message(id="f-1", task=mul.name), sign({"id": "f-1", "task": mul.name, "args": [3, 4]}))
+        )
+        await app.broker.publish(_raw(app, Message(id="f-2", task=mul.name), sign(encrypted)))
+        assert await app.AsyncResult("f-1").get(timeout=TIMEOUT) == 12
+        assert await app.AsyncResult("f-2").get(timeout=TIMEOUT) == 42
+    await app.aclose()
