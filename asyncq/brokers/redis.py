@@ -55,6 +55,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
+from asyncq._utils import redact_url
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -855,7 +856,7 @@ class RedisBroker:
         )
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self._clean_url} prefix={self._prefix!r}>"
+        return f"<RedisBroker {redact_url(self._clean_url)} prefix={self._prefix!r}>"
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -293,3 +293,38 @@ async def test_a_foreign_producer_following_protocol_md_signs_and_encrypts() -> 
         assert await app.AsyncResult("f-1").get(timeout=TIMEOUT) == 12
         assert await app.AsyncResult("f-2").get(timeout=TIMEOUT) == 42
     await app.aclose()
+
+
+async def test_ed25519_producer_and_verify_only_worker_share_a_store(tmp_path: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    producer = App("ed", broker=store, config={"security_private_key": key})
+    worker_app = App("ed", broker=store, config={"security_public_keys": [public.decode()]})
+    intruder = App("ed", broker=store, config={"security_private_key": Ed25519PrivateKey.generate()})
+    for app in (producer, worker_app, intruder):
+
+        @app.task(name="ed.square")
+        async def square(x: int) -> int:
+            return x * x
+
+    async with worker_app.worker():
+        assert await (await producer.send_task("ed.square", [7])).get(timeout=TIMEOUT) == 49
+        forged = await intruder.send_task("ed.square", [8])
+        dead = await _dead(worker_app, 1)
+    assert "unknown ed25519 key" in dead[0].reason and dead[0].id == forged.id
+    for app in (producer, worker_app, intruder):
+        await app.aclose()
+
+
+async def test_worker_warns_at_start_up_when_pickle_is_accepted(caplog: pytest.LogCaptureFixture) -> None:
+    app = App("pickle", broker="memory://", config={"accept_content": ["json", "pickle"]})
+    async with app.worker():
+        pass
+    assert any("accept_content includes pickle" in r.getMessage() for r in caplog.records)
+    await app.aclose()

@@ -277,3 +277,41 @@ def test_conf_repr_hides_keys_and_passwords() -> None:
     conf = Conf({"security_key": KEY, "broker_url": "redis://:hunter2@localhost:6379/0"}, environ={})
     text = repr(conf)
     assert KEY not in text and "hunter2" not in text and "***" in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Pw-9f8e7d@127.0.0.1:6379/0",
+        "rediss://user:Pw-9f8e7d@127.0.0.1:6380/0?ssl_cert_reqs=required",
+        "redis+cluster://:Pw-9f8e7d@127.0.0.1:7000,127.0.0.1:7001",
+        "amqp://guest:Pw-9f8e7d@127.0.0.1:5672/",
+    ],
+)
+def test_driver_reprs_hide_the_password(url: str) -> None:
+    from asyncq.backends import backend_from_url
+    from asyncq.brokers import broker_from_url
+
+    assert "Pw-9f8e7d" not in repr(broker_from_url(url))
+    backend_url = url if url.startswith("redis") else "rpc://"
+    options = {} if url.startswith("redis") else {"broker_url": url}
+    assert "Pw-9f8e7d" not in repr(backend_from_url(backend_url, **options))
+    app = App("reprs", broker=url)
+    assert "Pw-9f8e7d" not in repr(app) + repr(app.conf)
+
+
+def test_bad_urls_do_not_echo_the_password() -> None:
+    from asyncq.backends import backend_from_url
+    from asyncq.brokers import broker_from_url
+
+    for url in (
+        "redis://:Pw-9f8e7d@host:notaport/0",
+        "reds://:Pw-9f8e7d@host/0",
+        "redis+cluster://:Pw-9f8e7d@h:1/3",
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            broker_from_url(url)
+        assert "Pw-9f8e7d" not in str(caught.value) and "***" in str(caught.value)
+    with pytest.raises(ConfigurationError) as caught:
+        backend_from_url("rpc://guest:Pw-9f8e7d@host/")
+    assert "Pw-9f8e7d" not in str(caught.value)
