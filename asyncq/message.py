@@ -20,6 +20,7 @@ __all__ = ["PROTOCOL_VERSION", "Message", "decode_message", "encode_message"]
 
 PROTOCOL_VERSION: Final = 1
 _JSON: Final = "application/json"
+_MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(slots=True)
@@ -60,7 +61,11 @@ def _time_in(value: Any, name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)  # epoch seconds: accepted for producers in other languages
+        # Epoch seconds: accepted for producers in other languages, within the years ISO 8601 can
+        # write; NaN or 1e308 would otherwise overflow a broker's delay arithmetic downstream.
+        if not -_MAX_EPOCH <= value <= _MAX_EPOCH:  # False for NaN too
+            raise SerializationError(f"message field {name!r} is not a usable epoch time: {value!r}")
+        return float(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)

@@ -24,7 +24,9 @@ TASK = "tests.apps.cli_app.add"
 PASSWORD = "Pw-r3dis-0a9f7c"
 WRONG = "Pw-wr0ng-7b1e2d"
 RABBIT_WRONG = "Pw-rabb1t-5c3d9e"
-SECRETS = (PASSWORD, WRONG, RABBIT_WRONG)
+SIGNING_KEY = "Sk-5e9a1c7b3d2f4e6a8b0c"
+ENCRYPTION_KEY = "q2A5Zb9mC1xY7wV3uT6sR0pO8nM4lK2jH5gF1dE3cB0="
+SECRETS = (PASSWORD, WRONG, RABBIT_WRONG, SIGNING_KEY, ENCRYPTION_KEY)
 
 
 def _free_port() -> int:
@@ -60,6 +62,9 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 def _env(base: dict[str, str], url: str) -> dict[str, str]:
     env = {**base, "ASYNCQ_BROKER_URL": url, "ASYNCQ_RESULT_BACKEND": url, "COLUMNS": "200"}
+    # Keys too: signed, encrypted messages, and neither key may show anywhere.
+    env |= {"ASYNCQ_SECURITY_KEY": SIGNING_KEY, "ASYNCQ_SECURITY_ENCRYPTION_KEY": ENCRYPTION_KEY}
+    env["ASYNCQ_SECURITY_ENCRYPT"] = "true"
     if url.startswith("amqp"):
         del env["ASYNCQ_RESULT_BACKEND"]  # rpc://, over the same (refused) connection
     return env

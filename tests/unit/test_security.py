@@ -315,3 +315,11 @@ def test_bad_urls_do_not_echo_the_password() -> None:
     with pytest.raises(ConfigurationError) as caught:
         backend_from_url("rpc://guest:Pw-9f8e7d@host/")
     assert "Pw-9f8e7d" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["1e308", "-1e308", "NaN", "Infinity", "1e20"])
+def test_absurd_epoch_times_are_refused(value: str) -> None:
+    for field in ("eta", "expires"):
+        body = b'{"v":1,"id":"a","task":"t","%s":%s}' % (field.encode(), value.encode())
+        with pytest.raises(SerializationError, match="not a usable epoch time"):
+            decode_message(body, Serializers())
