@@ -16,7 +16,7 @@ __all__ = ["driver_class", "url_scheme"]
 def url_scheme(url: str) -> str:
     """Return the scheme of a driver URL, refusing strings that are not URLs."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"{redact_url(url)!r} is not a URL; expected something like 'redis://localhost:6379/0'")
+        raise ConfigurationError(f"{url!r} is not a URL; expected something like 'redis://localhost:6379/0'")
     return urlsplit(url).scheme.lower()
 
 
