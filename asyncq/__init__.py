@@ -10,6 +10,7 @@ from asyncq.exceptions import ChordError
 from asyncq.result import AsyncResult, GroupResult
 from asyncq.schedules import crontab, interval
 from asyncq.states import State
+from asyncq.sync import SyncGroupResult, SyncResult
 from asyncq.task import AsyncTask, Request, SyncTask, Task, current_task
 from asyncq.worker.worker import Worker
 
@@ -22,6 +23,8 @@ __all__ = [
     "Request",
     "Signature",
     "State",
+    "SyncGroupResult",
+    "SyncResult",
     "SyncTask",
     "Task",
     "Worker",

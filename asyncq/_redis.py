@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
 from asyncq._utils import backoff_delay, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
@@ -30,7 +32,7 @@ try:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, Connection
     from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+    from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
     from redis.backoff import NoBackoff
     from redis.exceptions import (
         ClusterDownError,
@@ -87,6 +89,7 @@ CONNECTION_OPTIONS: Final[dict[str, type]] = {
     "client_name": str,
     "socket_timeout": float,
     "socket_connect_timeout": float,
+    "connect_timeout": float,
     "socket_keepalive": bool,
     "health_check_interval": int,
     "max_connections": int,
@@ -111,6 +114,7 @@ CONNECTION_OPTIONS: Final[dict[str, type]] = {
 CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
     "socket_timeout": 10.0,
     "socket_connect_timeout": 5.0,
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "socket_keepalive": True,
     "max_connections": 50,
     "pool_timeout": 5.0,
@@ -122,6 +126,8 @@ CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
+#: What to check when the first connect fails.
+_UNREACHABLE_HINT: Final = "is Redis running there, and is it the right host, port and password?"
 #: Seconds of silence on the Sentinel subscription before a PING checks it is alive.
 _SENTINEL_PING_INTERVAL: Final = 5.0
 #: Longest commands are held back while Sentinel fails our master over (it normally takes a
@@ -326,8 +332,25 @@ def parse_options(
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors after which a retry on a fresh connection can succeed."""
-    # MaxConnectionsError is a ConnectionError in redis-py, but retrying it only spins.
-    return isinstance(exc, _CONNECTION_ERRORS) and not isinstance(exc, MaxConnectionsError)
+    # MaxConnectionsError is a ConnectionError in redis-py, but retrying it only spins; a
+    # certificate that does not verify will not verify on the next attempt either.
+    return (
+        isinstance(exc, _CONNECTION_ERRORS)
+        and not isinstance(exc, MaxConnectionsError)
+        and not _certificate_refused(exc)
+    )
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """True if the TLS handshake failed because the server's certificate does not verify."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # redis-py wraps the ssl error once or twice
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def translate_error(
@@ -340,6 +363,11 @@ def translate_error(
         return connection_error(f"{what}: {exc}")
     if isinstance(exc, ReplicaAckError):
         return connection_error(f"{what}: {exc}")
+    if _certificate_refused(exc):
+        return connection_error(
+            f"{what}: the server's TLS certificate does not verify ({exc}); "
+            "check ssl_ca_certs and the host name (docs/security.md, TLS)"
+        )
     if is_connection_error(exc):
         return connection_error(f"{what}: Redis is unreachable ({type(exc).__name__}: {exc})")
     return error(f"{what}: {exc}")
@@ -513,6 +541,7 @@ class Client:
         # consumer that will not stop). We apply it around each command with asyncio.timeout
         # instead; redis-py answers that by dropping the connection, as on its own timeout.
         self.command_timeout: float | None = kwargs.pop("socket_timeout") or None
+        self.connect_timeout = connect_timeout_value(kwargs.pop("connect_timeout"))
         self.max_connections: int = kwargs.pop("max_connections")
         self.pool_timeout: float = kwargs.pop("pool_timeout")
         self.min_replicas: int = kwargs.pop("min_replicas")
@@ -646,10 +675,29 @@ class Client:
                 await self._cluster.initialize()
             await self.load_scripts(scripts)
 
+        shown = redact_url(self.target.url)
         try:
-            await self.retrying(f"connect to {redact_url(self.target.url)}", attempt)
-        except BaseException:
+            # One deadline for the whole connect, retries included: an attempt against a
+            # silent host can itself take socket_connect_timeout.
+            async with asyncio.timeout(self.connect_timeout):
+                # Quiet: if it keeps failing, the one error raised says it all.
+                await self.retrying(f"connect to {shown}", attempt, timeout=self.connect_timeout, quiet=True)
+        except BaseException as exc:
             await self.aclose()
+            if isinstance(exc, TimeoutError):
+                raise self._connection_error(
+                    f"connect to {shown}: no answer within connect_timeout={self.connect_timeout:g}s; "
+                    f"{_UNREACHABLE_HINT}"
+                ) from None
+            if isinstance(exc, self._connection_error) and isinstance(exc.__cause__, MasterNotFoundError):
+                # redis-py's message is the repr of its client: name what was asked instead.
+                sentinels = ",".join(f"{host}:{port}" for host, port in self.target.nodes)
+                raise self._connection_error(
+                    f"connect to {shown}: no sentinel at {sentinels} gave the address of master "
+                    f"{self.target.service!r}; are the sentinels running, and is that the master's name?"
+                ) from exc
+            if isinstance(exc, self._connection_error):
+                raise self._connection_error(f"{exc}; {_UNREACHABLE_HINT}") from exc
             raise
         if self.kind == "sentinel":
             self._switch = asyncio.get_running_loop().create_future()
@@ -864,7 +912,9 @@ class Client:
 
     # -- retries -------------------------------------------------------------------------------
 
-    async def retrying(self, what: str, op: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+    async def retrying(
+        self, what: str, op: Callable[[], Awaitable[T]], *, timeout: float | None = None, quiet: bool = False
+    ) -> T:
         """Run ``op``, retrying with backoff on connection errors for up to ``retry_timeout``.
 
         Each attempt may take ``socket_timeout`` seconds before its connection counts as
@@ -887,7 +937,7 @@ class Client:
                 pause = retry_pause(attempt)
                 if time.monotonic() + pause > deadline:
                     raise translate_error(exc, what, self._connection_error, self._error) from exc
-                log = self._log.warning if attempt == 0 else self._log.debug
+                log = self._log.warning if attempt == 0 and not quiet else self._log.debug
                 log("%s: Redis connection failed (%s); retrying in %.2fs", what, exc, pause)
                 attempt += 1
                 await asyncio.sleep(pause)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 from urllib.parse import quote
 
+from asyncq._connect import with_connect_timeout
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
@@ -18,6 +19,7 @@ from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationEr
 from asyncq.message import Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
+from asyncq.sync import SyncResult
 from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -299,8 +301,14 @@ class App:
         loop = asyncio.get_running_loop()
         drivers = self._drivers.get(loop)
         if drivers is None:
-            broker = broker_from_url(self.broker_url, **self.conf.broker_transport_options)
-            options = dict(self.conf.result_backend_transport_options)
+            timeout = self.conf.broker_connection_timeout
+            broker = broker_from_url(
+                self.broker_url,
+                **with_connect_timeout(self.broker_url, self.conf.broker_transport_options, timeout),
+            )
+            options = with_connect_timeout(
+                self.backend_url, self.conf.result_backend_transport_options, timeout
+            )
             if self.backend_url.startswith("rpc:"):
                 options.setdefault("broker_url", self.broker_url)
             backend = backend_from_url(self.backend_url, **options)
@@ -401,19 +409,23 @@ class App:
         await drivers.broker.publish_many([self.outgoing(m) for m in messages])
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
 
-    async def send_task(
+    def send_task(
         self,
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
-        """Send a task by name, without its code (Celery's ``send_task``); options as apply_async."""
+    ) -> SyncResult[Any]:
+        """Send a task by name, without its code (Celery's ``send_task``); options as apply_async.
+
+        Like ``apply_async``: ``await app.send_task(...)`` in async code, a blocking handle
+        from sync code (docs/sync.md).
+        """
         task = self.tasks.get(name)
         if task is None:
             # Not registered here (defined in another code base): build the message with a stand-in.
             task = SyncTask(self, _remote_stub, TaskOptions(name=name))
-        return await task.apply_async(args, kwargs, **options)
+        return task.apply_async(args, kwargs, **options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
         """A handle on the result of the task with this id."""

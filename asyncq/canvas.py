@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
@@ -34,6 +34,8 @@ from asyncq.message import Message
 from asyncq.result import AsyncResult, GroupResult, ResultRecord, decode_record, encode_record
 from asyncq.serializers import json_dumps, json_loads
 from asyncq.states import State
+from asyncq.sync import SyncGroupResult, SyncResult, ensure_no_running_loop, send_group
+from asyncq.sync import send as send_or_defer
 from asyncq.task import BUILTIN_TASKS, AsyncTask, SyncTask, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -76,6 +78,10 @@ OPTIONS: Final = (
     "queue",
     "serializer",
     "task_id",
+)
+#: What a sent workflow's handle has and an unsent one lacks: named in the error that says so.
+_RESULT_NAMES: Final = frozenset(
+    {"get", "wait", "ready", "successful", "failed", "state", "status", "result", "info", "forget", "id"}
 )
 #: Options the engine sets itself: the group a task belongs to, the chord it reports to.
 ENGINE_OPTIONS: Final = ("group_id", "chord")
@@ -206,29 +212,76 @@ class Signature(Generic[R]):
         result: AsyncResult[R] = self._freeze(self._bound_app(app), None)
         return result
 
-    async def apply_async(
+    def apply_async(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         *,
         app: App | None = None,
         **options: Any,
-    ) -> AsyncResult[R]:
+    ) -> SyncResult[R]:
         """Send it (a private copy: the signature can be sent again); return the result handle.
 
         ``args`` are prepended and ``kwargs`` merged, as for a partial; ``options`` as ``set``.
+        In async code ``await sig.apply_async()`` gives the AsyncResult; with no event loop
+        running in the thread it sends at once and returns a blocking SyncResult (docs/sync.md).
         """
+        app, copy, result, sender = self._prepare(args, kwargs, app, options)
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas
+
+            return apply_eagerly(app, result, copy)
+        return send_or_defer(app, result, sender)
+
+    def _prepare(
+        self, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, app: App | None, options: Any
+    ) -> tuple[App, Signature[Any], AsyncResult[Any], Callable[[], Awaitable[None]]]:
+        """Copy and freeze it now (so ids are known); return the copy and what publishes it."""
         app = self._bound_app(app)
         copy = self.clone(args, kwargs)
         if options:
             copy.set(**options)
-        result: AsyncResult[R] = copy._freeze(app, None)
-        await _publish(app, await copy._build(app, _Context()))
-        return result
+        result = copy._freeze(app, None)
+
+        async def publish() -> None:
+            await _publish(app, await copy._build(app, _Context()))
+
+        return app, copy, result, publish
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """Send it with these extra arguments (prepended, as for a partial); return the handle."""
         return await self.apply_async(args, kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> SyncResult[R]:
+        """Send it from sync code and return a blocking handle: ``chain(...).delay().get()``.
+
+        For code with no running event loop (docs/sync.md); in async code, ``await sig.enqueue()``.
+
+        Raises:
+            asyncq.exceptions.BlockingCallError: this thread runs an event loop.
+        """
+        ensure_no_running_loop(f"{self._kind()}.delay()", f"`await {self._kind()}.enqueue()`")
+        return self.apply_async(args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here, in this process, as Celery's ``sig()`` does; workflows are sent."""
+        app = self._bound_app(None)
+        copy = self.clone(args, kwargs)
+        return app.get_task(self.task)._invoke(copy.args, copy.kwargs)
+
+    def _kind(self) -> str:
+        return self.subtask_type or "signature"
+
+    if not TYPE_CHECKING:  # at run time only: the type checker still reports unknown names
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _RESULT_NAMES:
+                raise AttributeError(
+                    f"{type(self).__name__!r} object has no attribute {name!r}: a {self._kind()} is "
+                    f"not sent yet; send it, then wait: `{self._kind()}(...).delay().{name}`, or "
+                    f"`await {self._kind()}(...)` in async code"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __await__(self) -> Generator[Any, None, R]:
         return self._run().__await__()
@@ -326,6 +379,10 @@ class Chain(Signature[Any]):
             step.link_error(errback)
         return errback
 
+    def __call__(self, *args: Any, **kwargs: Any) -> SyncResult[Any]:
+        """Send it, as ``apply_async`` (Celery's ``chain(...)()``)."""
+        return self.apply_async(args, kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         return _container_dict("asyncq.chain", "chain", {"tasks": [s.to_dict() for s in self.tasks]}, {})
 
@@ -412,18 +469,37 @@ class Group(Signature[list[Any]]):
         """Assign the group id and every missing task id in place; return the GroupResult."""
         return self._freeze(self._bound_app(app), None)
 
-    async def apply_async(
+    def apply_async(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         *,
         app: App | None = None,
         **options: Any,
-    ) -> GroupResult:
-        """Send every member (in batches); return the GroupResult."""
-        result = await super().apply_async(args, kwargs, app=app, **options)
+    ) -> SyncGroupResult:
+        """Send every member (in batches); return the group's handle.
+
+        ``await group(...).apply_async()`` gives the GroupResult; with no event loop running in
+        the thread it sends at once and returns a blocking SyncGroupResult (docs/sync.md).
+        """
+        app, copy, result, sender = self._prepare(args, kwargs, app, options)
         assert isinstance(result, GroupResult)
-        return result
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas
+
+            handle = apply_eagerly(app, result, copy)
+            assert isinstance(handle, SyncGroupResult)
+            return handle
+        return send_group(app, result, sender)
+
+    def delay(self, *args: Any, **kwargs: Any) -> SyncGroupResult:
+        """Send every member from sync code; return a blocking handle: ``group(...).delay().get()``."""
+        ensure_no_running_loop("group.delay()", "`await group(...).enqueue()`")
+        return self.apply_async(args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SyncGroupResult:
+        """Send it, as ``apply_async`` (Celery's ``group(...)()``)."""
+        return self.apply_async(args, kwargs)
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> GroupResult:
         """Send every member with these extra arguments prepended; return the GroupResult."""
@@ -509,6 +585,10 @@ class Chord(Signature[Any]):
     def link_error(self, errback: Signature[Any] | Mapping[str, Any]) -> Signature[Any]:
         """Run ``errback`` if the chord's callback fails or cannot run (a header task failed)."""
         return self.body.link_error(errback)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SyncResult[Any]:
+        """Send it, as ``apply_async`` (Celery's ``chord(...)()``)."""
+        return self.apply_async(args, kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         kwargs = {"header": self.header.to_dict(), "body": self.body.to_dict()}

@@ -83,6 +83,13 @@ SETTINGS: dict[str, Setting] = {
         _S("result_backend", None, str, "Result backend URL; unset means the same SQLite file."),
         _S("broker_transport_options", {}, _parse_dict, "Options passed to the broker driver."),
         _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
+        _S(
+            "broker_connection_timeout",
+            10.0,
+            _parse_optional_float,
+            "Seconds a broker or backend connect may take (handshake included) before it fails "
+            "naming the address; None leaves each driver's own default.",
+        ),
         _S("task_default_queue", "default", str, "Queue of tasks that name none."),
         _S("task_routes", {}, _parse_dict, "Task name -> queue name, applied before the default queue."),
         _S("task_serializer", "json", str, "Serializer of task arguments: json, msgpack or pickle."),
@@ -92,6 +99,8 @@ SETTINGS: dict[str, Setting] = {
         _S("task_acks_late", True, _parse_bool, "Ack after the task finishes (at-least-once)."),
         _S("task_ignore_result", False, _parse_bool, "Do not store results unless a task asks to."),
         _S("task_track_started", False, _parse_bool, "Store the STARTED state when a task begins."),
+        _S("task_always_eager", False, _parse_bool, "Run tasks inline at delay/apply_async time (tests)."),
+        _S("task_eager_propagates", False, _parse_bool, "Eager tasks raise their exception at apply time."),
         _S("task_time_limit", None, _parse_optional_float, "Default hard time limit, seconds."),
         _S("task_soft_time_limit", None, _parse_optional_float, "Default soft time limit, seconds."),
         _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),

@@ -21,6 +21,7 @@ broadly still cannot swallow them by accident... unless it really wants to::
     ├── MaxRetriesExceededError
     ├── TimeLimitExceeded             hard time limit hit
     ├── WorkerLostError               the message was delivered max_deliveries times without finishing
+    ├── BlockingCallError             a blocking (sync API) call in a thread that runs an event loop
     └── TimeoutError                  waiting for a result timed out (also a builtin TimeoutError)
 
     SoftTimeLimitExceeded (Exception)  raised inside a task at its soft time limit
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncqError",
     "BackendConnectionError",
     "BackendError",
+    "BlockingCallError",
     "BrokerConnectionError",
     "BrokerError",
     "ChordError",
@@ -166,6 +168,10 @@ class TimeLimitExceeded(AsyncqError):
 
 class WorkerLostError(AsyncqError):
     """The task's worker died (or the message kept failing to finish) before it completed."""
+
+
+class BlockingCallError(AsyncqError, RuntimeError):
+    """A blocking call was made in a thread that runs an event loop; await the async form instead."""
 
 
 class TimeoutError(AsyncqError, builtins.TimeoutError):  # noqa: A001 - the public name is intended

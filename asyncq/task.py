@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, Type
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from asyncq.message import Message
+from asyncq.result import AsyncResult
 from asyncq.states import State
+from asyncq.sync import SyncResult, ensure_no_running_loop
+from asyncq.sync import send as send_or_defer
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     from asyncq.app import App
     from asyncq.canvas import Group, Signature
-    from asyncq.result import AsyncResult
 
     #: ``link`` / ``link_error`` values: a signature, its dict form, or a list of them.
     Links: TypeAlias = Signature[Any] | Mapping[str, Any] | Sequence[Signature[Any] | Mapping[str, Any]]
@@ -222,7 +224,19 @@ class Task(Generic[P, R]):
         """Send the task to a worker with these arguments; return a handle on its result."""
         return await self.apply_async(args, kwargs)
 
-    async def apply_async(
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
+        """Send the task from sync code and return a blocking handle: ``add.delay(4, 4).get()``.
+
+        Celery's ``delay``, for code with no running event loop (see docs/sync.md); in async
+        code, ``await add.enqueue(4, 4)``.
+
+        Raises:
+            asyncq.exceptions.BlockingCallError: this thread runs an event loop.
+        """
+        ensure_no_running_loop(f"{self.__name__}.delay()", f"`await {self.__name__}.enqueue(...)`")
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
@@ -238,8 +252,13 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         link: Links | None = None,
         link_error: Links | None = None,
-    ) -> AsyncResult[R]:
+    ) -> SyncResult[R]:
         """Send the task with explicit options (Celery's names); return a handle on its result.
+
+        In async code ``await task.apply_async(...)`` sends it and gives the
+        :class:`~asyncq.result.AsyncResult`. With no event loop running in the thread it
+        sends at once and returns a blocking :class:`~asyncq.sync.SyncResult`
+        (``task.apply_async((4, 4), countdown=5).get()``).
 
         ``countdown`` and ``expires`` are seconds (or a timedelta) from now; ``eta`` and
         ``expires`` also take an aware datetime. ``priority`` is 0 (lowest) to 9.
@@ -262,7 +281,31 @@ class Task(Generic[P, R]):
             link=link,
             link_error=link_error,
         )
-        return await self.app.send_message(message, task_name=self.name)
+        app = self.app
+        handle: AsyncResult[R] = AsyncResult(message.id, app, task_name=self.name)
+        if app.conf.task_always_eager:
+            from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
+
+            sig = self.signature(
+                message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
+            )
+            return apply_eagerly(app, handle, sig)
+        return send_or_defer(app, handle, lambda: app.send_message(message, task_name=self.name))
+
+    def apply(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None
+    ) -> SyncResult[R]:
+        """Run the task here and now, as eager mode does, whatever the settings (Celery's ``apply``).
+
+        Returns a finished handle (``get()`` gives the result or raises the task's error); in
+        async code, ``await task.apply(...)`` gives it. Nothing is sent or stored.
+        """
+        from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
+
+        message = self.build_message(args, kwargs)
+        handle: AsyncResult[R] = AsyncResult(message.id, self.app, task_name=self.name)
+        sig = self.signature(message.args, message.kwargs, task_id=message.id)
+        return apply_eagerly(self.app, handle, sig)
 
     def build_message(
         self,

@@ -4,7 +4,10 @@ Measures, on a fresh queue:
 
 * ``publish_many``: one call with N messages (confirms pipelined);
 * ``publish``: one message at a time, each awaiting its confirm;
-* consume + ack: N messages through one ``consume()`` iterator with ``--prefetch``.
+* consume + ack: N messages through one ``consume()`` iterator with ``--prefetch``;
+* consume + nack: ``--retries`` messages each nacked once (re-published, the original's ack
+  confirmed before the next delivery is handed out), settled concurrently as a worker does,
+  then their copies acked.
 
 Run: ``python benchmarks/rabbitmq_broker.py [--url amqp://...] [--count 20000] [--prefetch 500]``
 """
@@ -25,7 +28,9 @@ def messages(queue: str, count: int, size: int) -> list[OutgoingMessage]:
     return [OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body) for _ in range(count)]
 
 
-async def run(url: str, count: int, single: int, prefetch: int, size: int, queue_type: str) -> None:
+async def run(
+    url: str, count: int, single: int, prefetch: int, size: int, queue_type: str, retries: int
+) -> None:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     broker = RabbitMQBroker(url, queue_type=queue_type)
     await broker.connect()
@@ -60,6 +65,25 @@ async def run(url: str, count: int, single: int, prefetch: int, size: int, queue
         elapsed = time.perf_counter() - started
         rate = total / elapsed
         print(f"consume+ack   {total:>7} msgs  {elapsed:7.2f} s  {rate:>9.0f} msg/s  (prefetch {prefetch})")
+        await broker.publish_many(messages(queue, retries, size))
+        started = time.perf_counter()
+        settling: set[asyncio.Task[None]] = set()
+        seen = 0
+        iterator = broker.consume([queue], prefetch=prefetch)
+        try:
+            async for delivery in iterator:
+                settle = delivery.nack() if delivery.delivery_count == 1 else delivery.ack()
+                task = asyncio.create_task(settle, name="bench.settle")
+                settling.add(task)
+                task.add_done_callback(settling.discard)
+                seen += 1
+                if seen == 2 * retries:
+                    break
+            await asyncio.gather(*settling)
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+        elapsed = time.perf_counter() - started
+        print(f"consume+nack  {retries:>7} msgs  {elapsed:7.2f} s  {retries / elapsed:>9.0f} retries/s")
     finally:
         await broker.delete_queue(queue)
         await broker.aclose()
@@ -73,8 +97,11 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--size", type=int, default=200, help="body bytes")
     parser.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
+    parser.add_argument("--retries", type=int, default=5_000, help="messages nacked once each")
     args = parser.parse_args()
-    asyncio.run(run(args.url, args.count, args.single, args.prefetch, args.size, args.queue_type))
+    asyncio.run(
+        run(args.url, args.count, args.single, args.prefetch, args.size, args.queue_type, args.retries)
+    )
 
 
 if __name__ == "__main__":

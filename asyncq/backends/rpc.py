@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
 from asyncq._utils import now, redact_url
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import (
@@ -45,7 +45,15 @@ try:
         AbstractRobustQueue,
     )
 
-    from asyncq.brokers.rabbitmq import BROKER_OPTIONS, redact, split_amqp_url, translate_errors
+    from asyncq._amqp import close_robust, open_robust
+    from asyncq.brokers.rabbitmq import (
+        BROKER_OPTIONS,
+        DEFAULT_RECONNECT_INTERVAL,
+        _with_query,
+        redact,
+        split_amqp_url,
+        translate_errors,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -59,6 +67,7 @@ RPC_OPTIONS: Final[dict[str, object]] = {
     "exchange": "asyncq.rpc",
     "cache_size": 10_000,
     "publish_timeout": 30.0,
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "connection_name": "asyncq.rpc",
 }
 
@@ -78,6 +87,8 @@ class RPCBackend:
     * ``exchange`` ("asyncq.rpc"): the direct exchange records are published to.
     * ``cache_size`` (10000): how many task ids' records this process keeps (oldest dropped).
     * ``publish_timeout`` (30.0 s): how long ``set`` waits for RabbitMQ's confirm.
+    * ``connect_timeout`` (10.0 s; the App passes ``broker_connection_timeout``): how long the
+      first connect may take before BackendConnectionError names the address.
     * ``connection_name`` ("asyncq.rpc"): shown in the management UI.
     """
 
@@ -107,6 +118,9 @@ class RPCBackend:
             )
         # Drop the broker driver's own options from the URL; keep the client's (TLS, heartbeat).
         self._client_url, _ = split_amqp_url(broker_url, {}, BROKER_OPTIONS, "amqp broker")
+        if "reconnect_interval" not in urlsplit(self._client_url).query:
+            # As the broker does: aio-pika's 5 s would keep producers failing after the broker is back.
+            self._client_url = _with_query(self._client_url, reconnect_interval=DEFAULT_RECONNECT_INTERVAL)
         self._broker_url = broker_url
         self.exchange = str(settings["exchange"])
         try:
@@ -116,6 +130,7 @@ class RPCBackend:
             raise ConfigurationError(f"rpc:// option is not a number: {exc}") from None
         if self.cache_size < 1 or self.publish_timeout <= 0:
             raise ConfigurationError("rpc:// cache_size must be >= 1 and publish_timeout > 0")
+        self.connect_timeout = connect_timeout_value(settings["connect_timeout"])
         self.connection_name = str(settings["connection_name"])
         self._origin = uuid.uuid4().hex
         # task id -> (record, final, expires_at); insertion order is the eviction order.
@@ -142,32 +157,32 @@ class RPCBackend:
         async with self._connect_lock:
             if self._reply_queue is not None and self._connection is not None:
                 return self._reply_queue
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._client_url, client_properties={"connection_name": self.connection_name}
-                )
-            except Exception as exc:
-                # Connection setup raises a wide range (socket, TLS, auth, protocol).
-                raise BackendConnectionError(
-                    f"rpc:// cannot connect to RabbitMQ at {redact(self._broker_url)}: {exc}"
-                ) from exc
+            connection = await open_robust(
+                self._client_url,
+                self._broker_url,
+                connection_name=self.connection_name,
+                timeout=self.connect_timeout,
+                error=BackendConnectionError,
+                what="RabbitMQ (rpc:// backend)",
+            )
             try:
                 with translate_errors("rpc:// setup", BackendError, BackendConnectionError):
-                    publish_channel = await connection.channel(publisher_confirms=True)
-                    self._publish_exchange = await publish_channel.declare_exchange(
-                        self.exchange, type="direct", durable=True
-                    )
-                    channel = await connection.channel(publisher_confirms=False)
-                    await channel.declare_exchange(self.exchange, type="direct", durable=True)
-                    # Exclusive: it dies with this connection. Declared "robust", so after a
-                    # reconnect aio-pika declares it again with its bindings and consumer;
-                    # records published during the outage are lost.
-                    queue = await channel.declare_queue(
-                        f"asyncq.rpc.{self._origin}", exclusive=True, auto_delete=True
-                    )
-                    await queue.consume(self._on_message_async, no_ack=True)
+                    async with asyncio.timeout(self.connect_timeout):
+                        publish_channel = await connection.channel(publisher_confirms=True)
+                        self._publish_exchange = await publish_channel.declare_exchange(
+                            self.exchange, type="direct", durable=True
+                        )
+                        channel = await connection.channel(publisher_confirms=False)
+                        await channel.declare_exchange(self.exchange, type="direct", durable=True)
+                        # Exclusive: it dies with this connection. Declared "robust", so after a
+                        # reconnect aio-pika declares it again with its bindings and consumer;
+                        # records published during the outage are lost.
+                        queue = await channel.declare_queue(
+                            f"asyncq.rpc.{self._origin}", exclusive=True, auto_delete=True
+                        )
+                        await queue.consume(self._on_message_async, no_ack=True)
             except BaseException:
-                await connection.close()
+                await close_robust(connection)
                 raise
             self._connection, self._reply_queue = connection, queue
             return queue
@@ -184,8 +199,7 @@ class RPCBackend:
         connection, self._connection, self._reply_queue = self._connection, None, None
         self._bound.clear()
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await close_robust(connection)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -238,11 +252,38 @@ class RPCBackend:
         queue = await self._ready()
         self._bound.add(task_id)  # before the await: concurrent callers bind once
         try:
-            with translate_errors(f"rpc:// bind task {task_id}", BackendError, BackendConnectionError):
-                await queue.bind(self.exchange, routing_key=task_id)
+            await self._riding_out(
+                f"rpc:// bind task {task_id}", lambda: queue.bind(self.exchange, routing_key=task_id)
+            )
         except BaseException:
             self._bound.discard(task_id)
             raise
+
+    async def _riding_out(self, action: str, op: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``op``; while the connection is being restored, wait and retry, up to publish_timeout.
+
+        So a producer rides through a broker restart here as the broker's publish does,
+        instead of failing the moment the connection drops.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = self._connection
+                    if connection is not None:
+                        await connection.connected.wait()
+                    with translate_errors(action, BackendError, BackendConnectionError):
+                        await op()
+                return
+            except TimeoutError:
+                raise BackendConnectionError(
+                    f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
+                ) from None
+            except BackendConnectionError:
+                if self._connection is None or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # let the robust connection notice the loss and restore
 
     async def _unbind(self, task_id: str) -> None:
         queue = self._reply_queue
@@ -273,12 +314,16 @@ class RPCBackend:
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # results are not persisted
             expiration=ttl if ttl is not None and ttl > 0 else None,
         )
-        with translate_errors(
-            f"rpc:// publish the record of {task_id}", BackendError, BackendConnectionError
-        ):
-            async with asyncio.timeout(self.publish_timeout):
-                # Not mandatory: with nobody bound the record is dropped, by design.
-                await exchange.publish(message, routing_key=task_id, mandatory=False)
+        try:
+            # Not mandatory: with nobody bound the record is dropped, by design.
+            await self._riding_out(
+                f"rpc:// publish the record of {task_id}",
+                lambda: exchange.publish(message, routing_key=task_id, mandatory=False),
+            )
+        except BackendConnectionError as exc:
+            # Records are not persisted: one lost in an outage is what rpc:// promises, not a
+            # fault of the task. One line, not a traceback per task.
+            log.warning("rpc:// result of task %s lost: %s", task_id, exc)
 
     async def get(self, task_id: str) -> bytes | None:
         """The last record received (or set) in this process; binds ``task_id`` if unknown."""

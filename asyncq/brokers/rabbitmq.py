@@ -20,8 +20,9 @@ Guarantees, in short (docs/brokers/rabbitmq.md has the long form):
   it reaches Q early, the consumer moves it on into a shorter one (a "hop"). It is never
   delivered before its eta and usually within 250 ms after it.
 * ``nack`` re-publishes the message (confirmed) with its delivery count in a header, then acks
-  the original: the count survives, and a crash between the two steps duplicates rather than
-  loses.
+  the original: the count survives. Until that ack is processed by the server no delivery is
+  handed out, and a leftover original that comes back is dropped (``asyncq._amqp.CopyGuard``),
+  so a copy that kills its worker does not fork the message.
 
 aio-pika is imported here and nowhere above the driver layer; its exceptions are translated
 into :class:`~asyncq.exceptions.BrokerError` / :class:`~asyncq.exceptions.BrokerConnectionError`.
@@ -33,13 +34,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from asyncq._utils import now
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
+from asyncq._utils import now, redact_url
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import (
     AsyncqError,
@@ -50,7 +53,6 @@ from asyncq.exceptions import (
 )
 
 try:
-    import aio_pika
     import aiormq
     from aio_pika.abc import (
         AbstractIncomingMessage,
@@ -60,6 +62,8 @@ try:
     )
     from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed, PublishError
     from pamqp.commands import Basic
+
+    from asyncq._amqp import CopyGuard, ack_confirmed, close_robust, open_robust
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -92,6 +96,7 @@ BROKER_OPTIONS: Final[Mapping[str, object]] = {
     "queue_type": "classic",
     "max_deliveries": 10,
     "publish_timeout": 30.0,
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "connection_name": "asyncq",
     "visibility_timeout": None,
 }
@@ -124,6 +129,7 @@ H_PRIORITY: Final = "x-asyncq-priority"  # the caller's priority while a hop use
 H_QUEUE: Final = "x-asyncq-queue"
 H_REASON: Final = "x-asyncq-reason"
 H_DEAD_AT: Final = "x-asyncq-dead-at-ms"
+H_COPY: Final = "x-asyncq-copy"  # a fresh id on every re-publish: names the incarnation (CopyGuard)
 
 # Headers RabbitMQ adds when it dead-letters or redelivers; dropped when asyncq re-publishes
 # so that a message hopping through delay queues for weeks does not grow without bound.
@@ -137,11 +143,7 @@ _QUEUE_SUFFIX_ROOM: Final = len(".delay.16384s")
 
 def redact(url: str) -> str:
     """The URL with its password replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 def split_amqp_url(
@@ -413,6 +415,10 @@ class _Consumer:
         if self._closing:
             self._spawn(_requeue(message), "asyncq.rabbitmq.requeue")
             return
+        broker = self._broker
+        if message.redelivered and broker._copies.was_copied(CopyGuard.incarnation(message, H_COPY)):
+            self._spawn(broker._drop_leftover(message), "asyncq.rabbitmq.drop-leftover")
+            return
         headers = message.headers
         eta_ms = _int_header(headers, H_ETA)
         if eta_ms and eta_ms > now() * 1000:
@@ -447,6 +453,8 @@ class _Consumer:
             if item is None:
                 raise BrokerConnectionError("the RabbitMQ broker was closed while consuming")
             queue, message = item
+            # Not while a re-publish's original is unacked: see CopyGuard.
+            await self._broker._copies.wait_idle()
             if _is_stale(message):
                 continue  # delivered on a channel that died since: the server redelivers it
             self._unsettled += 1
@@ -503,6 +511,9 @@ class RabbitMQBroker:
       queues the next consumer enforces it. Retries (``nack``) reset the run.
     * ``publish_timeout`` (30.0 s): how long a publish waits for the broker's confirm, reconnects
       included, before raising BrokerConnectionError.
+    * ``connect_timeout`` (10.0 s; the App passes ``broker_connection_timeout``): how long the
+      first connect, AMQP handshake included, may take before BrokerConnectionError names
+      the address and what answered there.
     * ``connection_name`` ("asyncq"): shown in the management UI and ``rabbitmqctl``.
     * ``visibility_timeout``: accepted and ignored; an AMQP delivery is held for as long as the
       consumer's channel lives (see RabbitMQ's ``consumer_timeout``).
@@ -527,6 +538,7 @@ class RabbitMQBroker:
         self.queue_type = _choice("queue_type", settings["queue_type"], ("classic", "quorum"))
         self.max_deliveries: int = _number("max_deliveries", settings["max_deliveries"], int, 1)
         self.publish_timeout: float = _number("publish_timeout", settings["publish_timeout"], float, 0.001)
+        self.connect_timeout = connect_timeout_value(settings["connect_timeout"])
         self.connection_name = str(settings["connection_name"])
         if self.exchange.startswith("amq."):
             raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
@@ -548,6 +560,7 @@ class RabbitMQBroker:
         self._declared: set[str] = set()  # work queues (with Q.dead) declared on this connection
         self._delay_declared: set[str] = set()  # work queues whose delay queues are declared
         self._consumers: set[_Consumer] = set()
+        self._copies = CopyGuard()
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -562,28 +575,26 @@ class RabbitMQBroker:
         async with self._connect_lock:
             if self._connection is not None and not self._connection.is_closed:
                 return self._connection
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._client_url, client_properties={"connection_name": self.connection_name}
-                )
-            except Exception as exc:
-                # Connection setup raises a wide range (socket, TLS, auth, protocol); all mean
-                # the same to the caller.
-                raise BrokerConnectionError(
-                    f"cannot connect to RabbitMQ at {redact(self.url)}: {exc}"
-                ) from exc
+            connection = await open_robust(
+                self._client_url,
+                self.url,
+                connection_name=self.connection_name,
+                timeout=self.connect_timeout,
+                error=BrokerConnectionError,
+            )
             try:
                 with translate_errors("open channels and declare the exchange"):
-                    self._publish_channel = await connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                    self._admin_channel = await connection.channel(publisher_confirms=False)
-                    if self.exchange:
-                        await self._admin_channel.declare_exchange(
-                            self.exchange, type=self.exchange_type, durable=True
+                    async with asyncio.timeout(self.connect_timeout):
+                        self._publish_channel = await connection.channel(
+                            publisher_confirms=True, on_return_raises=True
                         )
+                        self._admin_channel = await connection.channel(publisher_confirms=False)
+                        if self.exchange:
+                            await self._admin_channel.declare_exchange(
+                                self.exchange, type=self.exchange_type, durable=True
+                            )
             except BaseException:
-                await connection.close()
+                await close_robust(connection)
                 raise
             version = (
                 connection.transport.connection.server_properties.get("version")
@@ -617,8 +628,7 @@ class RabbitMQBroker:
         self._declared.clear()
         self._delay_declared.clear()
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await close_robust(connection)
 
     # -- topology ------------------------------------------------------------------------------
 
@@ -780,10 +790,20 @@ class RabbitMQBroker:
         )
 
     async def _prepare(self, route: _Route) -> None:
-        if route.is_delayed:
-            await self._declare_delays(route.queue)
-        else:
-            await self._declare(route.queue)
+        """Declare what ``route`` needs, riding out a connection drop as a publish does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while True:
+            try:
+                if route.is_delayed:
+                    await self._declare_delays(route.queue)
+                else:
+                    await self._declare(route.queue)
+                return
+            except BrokerConnectionError:
+                if self._connection is None or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # let the robust connection notice the loss and restore
 
     async def _send(self, route: _Route, action: str) -> None:
         """Publish one message and wait for the broker's confirm, riding out a reconnect.
@@ -896,15 +916,37 @@ class RabbitMQBroker:
             raise BrokerConnectionError(
                 f"cannot {action}: the channel that delivered it is gone, so RabbitMQ will deliver it again"
             )
+        headers = dict(route.properties.headers or {})
+        headers[H_COPY] = uuid.uuid4().hex
+        route.properties.headers = headers
+        copies = self._copies
+        token = copies.begin()
         try:
-            await self._prepare(route)
-            await self._send(route, action)
-        except BaseException:
-            if requeue_on_failure:
-                await _requeue(message)
-            raise
-        with translate_errors(action):
-            await _ack(message)
+            try:
+                await self._prepare(route)
+                if _is_stale(message):
+                    # Lost while declaring: the server redelivers the original, so sending
+                    # the copy now would make two.
+                    raise BrokerConnectionError(f"cannot {action}: the channel that delivered it is gone")
+                await self._send(route, action)
+            except BaseException:
+                if requeue_on_failure:
+                    await _requeue(message)
+                raise
+            copies.copied(CopyGuard.incarnation(message, H_COPY))
+            with translate_errors(action):
+                await ack_confirmed(message, self.publish_timeout)
+        finally:
+            copies.end(token)
+
+    async def _drop_leftover(self, message: AbstractIncomingMessage) -> None:
+        """Ack an original that came back although its copy was sent (its ack was lost)."""
+        log.info("message %s was already re-published; dropping the redelivered original", message.message_id)
+        try:
+            with translate_errors(f"drop message {message.message_id}"):
+                await ack_confirmed(message, self.publish_timeout)
+        except BrokerError as exc:  # the next redelivery tries again
+            log.debug("%s", exc)
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, queue: str, reason: str, *, requeue_on_failure: bool = True

@@ -3,8 +3,10 @@
 ``async with app.worker(...)`` runs it as background tasks of the current loop (e.g. a
 FastAPI lifespan); ``app.worker(...).run()`` blocks (scripts, ``asyncq run``) and handles
 SIGTERM/SIGINT: the first signal stops fetching and lets in-flight tasks finish within
-``shutdown_timeout``, then cancels the rest and returns their messages to the queue; a
-second signal does that at once.
+``shutdown_timeout``, then cancels the rest and returns their messages to the queue (a
+worker still connecting gives up the connect at once); a second signal does that at once,
+whatever the worker waits for, and exits the process within a few seconds even if a sync
+task's thread cannot be stopped (see :mod:`asyncq.worker.runner`).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class Worker:
         """Run until :meth:`stop` is called, then shut down cleanly."""
         self._stop_requested = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
-        await self.app.connect()
+        if not await self._connect_unless_stopped():
+            return
         runner = JobRunner(
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
@@ -145,6 +148,24 @@ class Worker:
             await self.executor.aclose()
             self.ready.clear()
             logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))
+
+    async def _connect_unless_stopped(self) -> bool:
+        """Connect the app's drivers; False if :meth:`stop` came first (the connect is abandoned)."""
+        assert self._stop_requested is not None
+        connecting = asyncio.create_task(self.app.connect(), name="asyncq.connect")
+        stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
+        try:
+            await asyncio.wait((connecting, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+        if connecting.cancelled():
+            logger.info("worker %s stopped before it connected", self.hostname)
+            return False
+        connecting.result()  # a failed connect is raised here
+        return True
 
     async def _consume(self, runner: JobRunner) -> None:
         assert self._slots is not None

@@ -12,7 +12,7 @@ import pytest
 EXAMPLE = textwrap.dedent(
     """
     from typing import Any
-    from asyncq import App
+    from asyncq import App, group
 
     app = App("typed", broker="memory://")
 
@@ -37,8 +37,17 @@ EXAMPLE = textwrap.dedent(
         reveal_type(await (await concat.enqueue("a", "b")).get())
         reveal_type(await (await divide.enqueue(1.0, 2.0)).get())
         reveal_type(concat("a", "b"))
+        reveal_type(await add.apply_async((1, 2), countdown=1))
         await add.enqueue("a", 4)  # E: wrong argument type
         await divide.enqueue(1.0)  # E: missing argument
+
+    def sync_main() -> None:
+        reveal_type(add.delay(4, 4).get(timeout=10))
+        reveal_type(concat.apply_async(("a", "b"), countdown=1).get())
+        reveal_type(group(add.s(i, i) for i in range(3)).delay().get())
+        reveal_type(add.delay(1, 1).ready())
+        add.delay("a", 4)  # E: wrong argument type
+        divide.delay(1.0)  # E: missing argument
     """
 )
 
@@ -69,8 +78,12 @@ def test_mypy_checks_task_signatures(tmp_path: Path) -> None:
         for line in lines
         if "Revealed type is" in line
     ]
-    assert reveals == ["int", "int", "str", "float", "str"], out.stdout
+    assert reveals[:5] == ["int", "int", "str", "float", "str"], out.stdout
+    assert reveals[5].startswith("asyncq.result.AsyncResult[") and reveals[5].endswith("int]"), out.stdout
+    assert reveals[6:] == ["int", "str", "list[Any]", "bool"], out.stdout
     errors = [line for line in lines if ": error:" in line]
-    assert len(errors) == 2, out.stdout
+    assert len(errors) == 4, out.stdout
     assert 'Argument 1 to "enqueue" of "Task" has incompatible type "str"; expected "int"' in errors[0]
     assert 'Missing positional argument "y"' in errors[1]
+    assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in errors[2]
+    assert 'Missing positional argument "y"' in errors[3]

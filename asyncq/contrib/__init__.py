@@ -1,0 +1,1 @@
+"""Integrations with other tools and frameworks (each imports its framework only when used)."""
