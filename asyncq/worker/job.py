@@ -114,7 +114,8 @@ class JobRunner:
         except SerializationError as exc:
             reason = f"undecodable message: {exc}"
             logger.error("dead-lettering message %s: %s", delivery.id, reason)
-            await self._record_failure(delivery.id, None, exc)
+            if self._security.verifier is None:  # with signing on, an id not yet verified is not trusted
+                await self._record_failure(delivery.id, None, exc)
             await self._settle(delivery.dead_letter(reason))
             return None
 

@@ -71,6 +71,16 @@ async def test_signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered
     await app.aclose()
 
 
+async def test_with_signing_on_an_oversized_message_writes_no_result_record() -> None:
+    app = App("sig-size", broker="memory://", config={"security_key": KEY, "message_max_bytes": 500})
+    async with app.worker():
+        await app.broker.publish(_raw(app, Message(id="victim", task="t"), b"{" + b" " * 1000 + b"}"))
+        dead = await _dead(app, 1)
+    assert "message_max_bytes" in dead[0].reason
+    assert await app.backend.get("victim") is None  # the id of an unverified message is not trusted
+    await app.aclose()
+
+
 async def test_signed_message_replayed_after_expires_is_refused() -> None:
     app = App("replay", broker="memory://", config={"security_key": KEY})
     ran: list[Any] = []
