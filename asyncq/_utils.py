@@ -134,6 +134,8 @@ def redact_settings(values: dict[str, Any]) -> dict[str, Any]:
             shown[name] = "***"
         elif isinstance(value, str) and "://" in value:
             shown[name] = redact_url(value)
+        elif isinstance(value, dict):  # transport options: password, sentinel_password, ssl_password
+            shown[name] = {k: "***" if "password" in str(k) else v for k, v in value.items()}
         else:
             shown[name] = value
     return shown

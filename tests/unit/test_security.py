@@ -275,8 +275,9 @@ def test_pickle_warns_at_start_up() -> None:
 
 def test_conf_repr_hides_keys_and_passwords() -> None:
     conf = Conf({"security_key": KEY, "broker_url": "redis://:hunter2@localhost:6379/0"}, environ={})
+    conf.broker_transport_options = {"sentinel_password": "hunter3", "ssl_password": "hunter4", "db": 2}
     text = repr(conf)
-    assert KEY not in text and "hunter2" not in text and "***" in text
+    assert KEY not in text and "hunter" not in text and "***" in text and "'db': 2" in text
 
 
 @pytest.mark.parametrize(
