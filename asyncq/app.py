@@ -25,6 +25,7 @@ from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
 if TYPE_CHECKING:
     from typing import Concatenate
 
+    from asyncq.control import Control
     from asyncq.scheduler import BeatSchedule
     from asyncq.security import MessageSecurity
     from asyncq.worker.worker import Worker
@@ -146,6 +147,7 @@ class App:
         )
         self._shared_drivers: _Drivers | None = None  # memory:// drivers hold state: one per app
         self._beat_schedule: BeatSchedule | None = None
+        self._control: Control | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -329,6 +331,15 @@ class App:
         """This loop's result backend (connect it with ``await app.connect()``)."""
         return self._current_drivers().backend
 
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers: ping, inspect, revoke, rate_limit... (asyncq.control)."""
+        if self._control is None:
+            from asyncq.control import Control  # control builds on app: import when used
+
+            self._control = Control(self)
+        return self._control
+
     async def connect(self) -> None:
         """Connect the broker and backend of the running loop; idempotent and cheap."""
         drivers = self._current_drivers()
@@ -346,6 +357,8 @@ class App:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._control is not None:
+            await self._control.aclose()
         drivers = self._drivers.pop(loop, None) or self._shared_drivers
         if drivers is not None and drivers.connected:
             drivers.connected = False

@@ -269,6 +269,12 @@ def run(
         bool,
         typer.Option("--beat", help="Also send periodic tasks (safe on every worker).", envvar="ASYNCQ_BEAT"),
     ] = False,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname", "-n", help="The worker's name (default host:pid).", envvar="ASYNCQ_WORKER_HOSTNAME"
+        ),
+    ] = None,
 ) -> None:
     """Start a worker for the app."""
     setup_logging(log_level, log_format)
@@ -286,6 +292,7 @@ def run(
             loop=loop,
             shutdown_timeout=shutdown_timeout,
             beat=beat,
+            hostname=hostname,
         )
         worker.run()
     except AsyncqError as exc:
@@ -489,6 +496,11 @@ def purge(
 
     count = run_async(go)
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
+
+
+from asyncq.cli_control import register as _register_control  # noqa: E402 - after the helpers it takes
+
+_register_control(cli, load_app=load_app, run_async=run_async, fail=fail)
 
 
 def main() -> None:

@@ -128,6 +128,9 @@ SETTINGS: dict[str, Setting] = {
         ),
         _S("worker_shutdown_timeout", 30.0, float, "Seconds in-flight tasks get to finish on shutdown."),
         _S("worker_loop", "auto", str, "Event loop: auto (uvloop if installed), asyncio or uvloop."),
+        _S("worker_heartbeat_interval", 2.0, float, "Seconds between a worker's presence heartbeats."),
+        _S("worker_heartbeat_misses", 3, int, "Missed heartbeats after which a worker counts as lost."),
+        _S("worker_revoke_expires", 10800.0, float, "Seconds a revocation is kept (and honoured)."),
         _S("timezone", "UTC", str, "Time zone of crontab schedules."),
         _S(
             "beat_schedule",
@@ -154,7 +157,14 @@ SETTINGS: dict[str, Setting] = {
 
 #: ``ASYNCQ_*`` variables that are not settings: the command line's options read them.
 OTHER_ENV_VARS: frozenset[str] = frozenset(
-    {"ASYNCQ_APP", "ASYNCQ_QUEUES", "ASYNCQ_LOG_LEVEL", "ASYNCQ_LOG_FORMAT", "ASYNCQ_BEAT"}
+    {
+        "ASYNCQ_APP",
+        "ASYNCQ_QUEUES",
+        "ASYNCQ_LOG_LEVEL",
+        "ASYNCQ_LOG_FORMAT",
+        "ASYNCQ_BEAT",
+        "ASYNCQ_WORKER_HOSTNAME",
+    }
 )
 # Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
 _OTHER_ENV_PREFIXES = ("ASYNCQ_TEST_", "ASYNCQ_BENCH_")

@@ -257,6 +257,21 @@ class AsyncResult(Generic[R]):
         """True if the task finished with an exception."""
         return (await self.state()) == State.FAILURE
 
+    def _revoke_ids(self) -> list[str]:
+        """This task's id and those of the workflow steps before it (a chain's earlier links)."""
+        ids = [self.id]
+        if self.parent is not None:
+            ids += self.parent._revoke_ids()
+        return ids
+
+    async def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke the task and, for a workflow's result, every member before it.
+
+        One that has not started is skipped wherever it waits (state REVOKED, its workflow
+        fails); with ``terminate`` a running one is stopped too. See ``app.control.revoke``.
+        """
+        await self.app.control.revoke(list(dict.fromkeys(self._revoke_ids())), terminate=terminate)
+
     async def forget(self) -> None:
         """Delete the task's record from the backend."""
         await self.app.connect()
@@ -303,6 +318,12 @@ class GroupResult(AsyncResult[list[Any]]):
         for result in self.results:
             leaves.extend(result._leaves() if isinstance(result, GroupResult) else [result])
         return leaves
+
+    def _revoke_ids(self) -> list[str]:
+        ids = [i for result in self.results for i in result._revoke_ids()]
+        if self.parent is not None:
+            ids += self.parent._revoke_ids()
+        return ids
 
     async def _ready_records(self, task_ids: list[str]) -> dict[str, ResultRecord]:
         ready: dict[str, ResultRecord] = {}

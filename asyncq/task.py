@@ -73,6 +73,8 @@ class Request:
     # Set by the worker: stores progress from the worker's loop, whichever executor runs the task.
     state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    # Set by the worker when the task is revoked with terminate=True (read by is_revoked()).
+    revoked: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
@@ -193,6 +195,11 @@ class Task(Generic[P, R]):
         if entry is None or entry[0] is not self:
             return Request(id="", task=self.name, is_eager=True)
         return entry[1]
+
+    def is_revoked(self) -> bool:
+        """Whether the running call was revoked with ``terminate=True`` (a thread task polls it to stop)."""
+        entry = _current.get()
+        return entry is not None and entry[1].revoked.is_set()
 
     def _eager_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = Request(id=new_id(), task=self.name, args=list(args), kwargs=dict(kwargs), is_eager=True)
@@ -473,7 +480,8 @@ class Task(Generic[P, R]):
         if writer is None:
             return _done()  # eager call or process executor without a writer: nothing to record
         loop = request.loop
-        in_loop_thread = loop is not None and loop._thread_id == threading.get_ident()  # type: ignore[attr-defined]
+        # Asked of the running loop, not of loop._thread_id: uvloop's loops have no such attribute.
+        in_loop_thread = loop is not None and _running_loop() is loop
         if loop is None or in_loop_thread:
             return writer(state, meta)
         asyncio.run_coroutine_threadsafe(_as_coroutine(writer(state, meta)), loop).result()
@@ -491,6 +499,13 @@ class _Done:
 
 def _done() -> _Done:
     return _Done()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:

@@ -37,6 +37,7 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -91,7 +92,7 @@ _CHUNK: Final = 1000
 _PRIORITY_DIGITS: Final = tuple(str(p).encode() for p in range(10))
 
 # KEYS, in every script: 1..10 ready lists (priority 0..9), 11 delayed, 12 inflight, 13 msg,
-# 14 count, 15 wake, 16 dead.
+# 14 count, 15 wake, 16 dead, 17 owner (handle -> the claiming broker's owner id; see _RECLAIM).
 _PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -164,7 +165,7 @@ return #new
 """,
 )
 
-# ARGV: most to take, visibility ms, move limit.
+# ARGV: most to take, visibility ms, move limit, owner id.
 # Returns {handle, record, count, ...; ms until the next eta or lease deadline (-1: none)}.
 _CLAIM = Script.build(
     "claim",
@@ -197,6 +198,7 @@ if #taken > 0 then
   local recs = redis.call('HMGET', KEYS[13], unpack(taken))
   local deadline = now + tonumber(ARGV[2])
   local lease = {}
+  local owners = {}
   for i = 1, #taken do
     local h = taken[i]
     if recs[i] then
@@ -205,12 +207,17 @@ if #taken > 0 then
       out[#out + 1] = redis.call('HINCRBY', KEYS[14], h, 1)
       lease[#lease + 1] = deadline
       lease[#lease + 1] = h
+      owners[#owners + 1] = h
+      owners[#owners + 1] = ARGV[4]
     else
       -- Acked (or dead-lettered) by a holder whose lease had expired: already done.
       redis.call('HDEL', KEYS[14], h)
     end
   end
-  if #lease > 0 then redis.call('ZADD', KEYS[12], unpack(lease)) end
+  if #lease > 0 then
+    redis.call('ZADD', KEYS[12], unpack(lease))
+    redis.call('HSET', KEYS[17], unpack(owners))
+  end
 end
 local more = false
 for k = 1, 10 do
@@ -258,6 +265,7 @@ _ACK = Script.build(
 redis.call('ZREM', KEYS[12], unpack(ARGV))
 redis.call('HDEL', KEYS[13], unpack(ARGV))
 redis.call('HDEL', KEYS[14], unpack(ARGV))
+redis.call('HDEL', KEYS[17], unpack(ARGV))
 return #ARGV
 """,
 )
@@ -269,6 +277,7 @@ _NACK = Script.build(
     + """
 local h = ARGV[1]
 if redis.call('HGET', KEYS[14], h) ~= ARGV[2] or redis.call('ZREM', KEYS[12], h) == 0 then return 0 end
+redis.call('HDEL', KEYS[17], h)
 local delay = tonumber(ARGV[3])
 if delay > 0 then
   local eta = now_ms() + delay
@@ -294,6 +303,7 @@ for i = 1, #ARGV, 2 do
   local h = ARGV[i]
   if redis.call('HGET', KEYS[14], h) == ARGV[i + 1] and redis.call('ZREM', KEYS[12], h) == 1 then
     redis.call('LPUSH', ready_key(h), h)
+    redis.call('HDEL', KEYS[17], h)
     if ARGV[i + 1] == '1' then redis.call('HDEL', KEYS[14], h) else redis.call('HINCRBY', KEYS[14], h, -1) end
     n = n + 1
   end
@@ -318,6 +328,7 @@ if keep > 0 then redis.call('LTRIM', KEYS[16], -keep, -1) end
 redis.call('HDEL', KEYS[13], h)
 redis.call('ZREM', KEYS[12], h)
 redis.call('HDEL', KEYS[14], h)
+redis.call('HDEL', KEYS[17], h)
 return 1
 """,
 )
@@ -345,6 +356,7 @@ local function drop(hs)
   seen = seen + #hs
   dropped = dropped + redis.call('HDEL', KEYS[13], unpack(hs))
   redis.call('HDEL', KEYS[14], unpack(hs))
+  redis.call('HDEL', KEYS[17], unpack(hs))
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now_ms(), 'LIMIT', 0, chunk)
 if #expired > 0 then
@@ -367,7 +379,30 @@ return {seen, dropped}
 """,
 )
 
-_SCRIPTS: Final = (_PUBLISH, _CLAIM, _RENEW, _ACK, _NACK, _RELEASE, _DEAD, _LENGTH, _PURGE)
+# ARGV: a dead owner's id. Its leases end now (the next claim takes the messages back, first
+# in their queue); a lease taken since by someone else has another owner and is left alone.
+_RECLAIM = Script.build(
+    "reclaim",
+    _PRELUDE
+    + """
+local n = 0
+local flat = redis.call('HGETALL', KEYS[17])
+for i = 1, #flat, 2 do
+  local h = flat[i]
+  if flat[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[17], h)
+    if redis.call('ZSCORE', KEYS[12], h) then
+      redis.call('ZADD', KEYS[12], 'XX', 0, h)
+      n = n + 1
+    end
+  end
+end
+if n > 0 then wake() end
+return n
+""",
+)
+
+_SCRIPTS: Final = (_PUBLISH, _CLAIM, _RENEW, _ACK, _NACK, _RELEASE, _DEAD, _LENGTH, _PURGE, _RECLAIM)
 
 
 class _Queue:
@@ -378,7 +413,7 @@ class _Queue:
     def __init__(self, prefix: str, name: str) -> None:
         base = f"{prefix}:{{{name}}}:"
         suffixes = [f"ready:{p}" for p in range(10)]
-        suffixes += ["delayed", "inflight", "msg", "count", "wake", "dead"]
+        suffixes += ["delayed", "inflight", "msg", "count", "wake", "dead", "owner"]
         self.name = name
         self.keys: tuple[bytes, ...] = tuple((base + s).encode() for s in suffixes)
         self.wake = self.keys[14]
@@ -620,7 +655,7 @@ class _Consumer:
         for i in range(count):
             queue = self._queues[(start + i) % count]
             reply = await client.eval(
-                _CLAIM, queue.keys, (want - got, broker._visibility_ms, _MOVE_LIMIT), _SCRIPTS
+                _CLAIM, queue.keys, (want - got, broker._visibility_ms, _MOVE_LIMIT, broker._owner), _SCRIPTS
             )
             claimed, queue_hint = self._taken(queue, reply)
             got += claimed
@@ -667,7 +702,9 @@ class _Consumer:
         claim = None
         if len(self._queues) == 1:
             claim = script_call(
-                _CLAIM, self._queues[0].keys, (want, self._broker._visibility_ms, _MOVE_LIMIT)
+                _CLAIM,
+                self._queues[0].keys,
+                (want, self._broker._visibility_ms, _MOVE_LIMIT, self._broker._owner),
             )
         waiting: set[asyncio.Future[Any]] = set()
         for slot, keys in groups.items():
@@ -841,6 +878,9 @@ class RedisBroker:
             )
         self._visibility = visibility
         self._visibility_ms = max(1, math.ceil(visibility * 1000))
+        #: Lease owner id of the messages this instance takes; also in its connections' names,
+        #: so that a live worker can tell (CLIENT LIST) that this process is gone.
+        self._owner = uuid.uuid4().hex
         self._new_client()  # refuses bad connection options now, not at the first connect
         self._redis: Client | None = None
         self._connect_lock = asyncio.Lock()
@@ -864,7 +904,7 @@ class RedisBroker:
         return Client(
             self._target,
             self._connection,
-            client_name="asyncq-broker",
+            client_name=f"asyncq-broker-{self._owner}",
             retry_timeout=self._retry_timeout,
             connection_error=BrokerConnectionError,
             error=BrokerError,
@@ -1074,6 +1114,17 @@ class RedisBroker:
                     )
 
     # -- administration ---------------------------------------------------------------------
+
+    async def release_owner(self, owner: str, queues: Sequence[str]) -> int:
+        """End now the leases that broker instance ``owner`` (a dead process) holds in ``queues``.
+
+        Their messages go back to the head of their queues; return how many.
+        """
+        await self._ensure_connected()
+        released = 0
+        for name in queues:
+            released += int(await self._run("release dead leases", _RECLAIM, self._queue(name), (owner,)))
+        return released
 
     async def purge(self, queue: str) -> int:
         """Drop the waiting (ready and delayed) messages of ``queue``; in-flight ones stay."""

@@ -30,6 +30,7 @@ from asyncq.message import Message
 from asyncq.result import encode_record
 from asyncq.states import State
 from asyncq.task import Request, Task
+from asyncq.worker.tracking import JobBook
 
 if TYPE_CHECKING:
     from asyncq.app import App
@@ -82,6 +83,8 @@ class JobRunner:
         self._broker = app.broker
         self._backend = app.backend
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
+        self.book = JobBook()  # taken and running tasks, for inspect and revoke
+        self.is_revoked: Callable[[str], bool] | None = None  # the worker's revocation check
 
     # -- the path -----------------------------------------------------------------------------
 
@@ -91,17 +94,25 @@ class JobRunner:
             message = await self._decode(delivery)
             if message is None:
                 return
+            self.book.reserve(message, delivery.queue)
             task = await self._resolve(delivery, message)
             if task is None:
                 return
             await self._execute(delivery, message, task)
         except asyncio.CancelledError:
+            entry = self.book.entries.get(delivery.id)
+            if entry is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
+                # Revoked with terminate: settled here, so that no other worker starts it.
+                await asyncio.shield(self._skip_revoked(delivery, entry.message, "revoked while running"))
+                raise
             # Shutdown cut the task short: give the message back so another worker runs it.
             await asyncio.shield(self._settle(delivery.nack()))
             raise
         except Exception:  # a bug in this path must not kill the worker; the message comes back
             logger.exception("internal error handling message %s; returning it to the queue", delivery.id)
             await self._settle(delivery.nack(delay=1.0))
+        finally:
+            self.book.finish(delivery.id)
 
     async def _decode(self, delivery: Delivery) -> Message | None:
         try:
@@ -132,20 +143,26 @@ class JobRunner:
             reason = f"unknown task {message.task!r}: not registered in app {self.app.main!r}"
             await self._dead_letter(delivery, message, reason, NotRegistered(reason))
             return None
+        if self.is_revoked is not None and self.is_revoked(message.id):
+            await self._skip_revoked(delivery, message, "revoked before it ran")
+            return None
         if message.expires is not None and now() > message.expires:
             expired_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(message.expires))
-            reason = f"expired at {expired_at} before it ran"
-            logger.info("task %s[%s] %s", message.task, message.id, reason)
-            revoked = TaskRevokedError(reason)
-            await self._store(message, State.REVOKED, exc=revoked)
-            await self._follow_up(message, State.REVOKED, None, revoked)
-            await self._settle(delivery.ack())
+            await self._skip_revoked(delivery, message, f"expired at {expired_at} before it ran")
             return None
         if message.eta is not None and message.eta > now() + 0.01:
             # Delivered early (a broker without native delays): hand it back until it is due.
             await self._settle(delivery.nack(delay=message.eta - now()))
             return None
         return task
+
+    async def _skip_revoked(self, delivery: Delivery, message: Message, reason: str) -> None:
+        """Settle a task that must not run (revoked or expired): REVOKED, and its workflow fails."""
+        logger.info("task %s[%s] %s", message.task, message.id, reason)
+        revoked = TaskRevokedError(reason)
+        await self._store(message, State.REVOKED, exc=revoked)
+        await self._follow_up(message, State.REVOKED, None, revoked)
+        await self._settle(delivery.ack())
 
     async def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> None:
         options = task.options
@@ -158,6 +175,7 @@ class JobRunner:
                 limiter = self._limiters[task.name] = RateLimiter(task.rate)
             await limiter.acquire()
         request = self._request(delivery, message)
+        self.book.start(message.id, request)
         track = self._track_started_default if options.track_started is None else options.track_started
         if track:
             await self._store(message, State.STARTED, meta={"hostname": self.hostname, "pid": _pid()})

@@ -12,6 +12,7 @@ task's thread cannot be stopped (see :mod:`asyncq.worker.runner`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,10 +28,12 @@ from asyncq.scheduler import Scheduler
 from asyncq.states import State
 from asyncq.worker.executor import Executor
 from asyncq.worker.job import JobRunner
+from asyncq.worker.presence import Presence
 from asyncq.worker.runner import loop_factory, run_until_signalled
 
 if TYPE_CHECKING:
     from asyncq.app import App
+    from asyncq.brokers import Delivery
 
 __all__ = ["Worker"]
 
@@ -95,6 +98,9 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
         self._main: asyncio.Task[None] | None = None
+        self._resubscribe = asyncio.Event()
+        self.waiting: Delivery | None = None
+        self._shrinking: set[asyncio.Task[bool]] = set()
         self.scheduler: Scheduler | None = Scheduler(app) if beat else None
 
     def __repr__(self) -> str:
@@ -120,6 +126,9 @@ class Worker:
         from asyncq.security import log_startup_warnings
 
         log_startup_warnings(self.app.conf, self.app.tasks.values())
+        presence = Presence(self, runner)
+        await presence.start()  # before consuming: a task revoked earlier must already be known
+        runner.is_revoked = presence.is_revoked
         logger.info(
             "worker %s consuming %s, concurrency %d, broker %s, backend %s",
             self.hostname,
@@ -130,7 +139,8 @@ class Worker:
         )
         consumer = asyncio.create_task(self._consume(runner), name="asyncq.consumer")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
-        loops = [consumer, stop_wait]
+        heartbeat = asyncio.create_task(presence.serve(), name="asyncq.presence")
+        loops = [consumer, stop_wait, heartbeat]
         if self.scheduler is not None:
             loops.append(asyncio.create_task(self.scheduler.serve(), name="asyncq.beat"))
         self.ready.set()
@@ -143,9 +153,13 @@ class Worker:
                 self.scheduler.stop()  # not cancelled: it finishes the tick it may be sending
             stop_wait.cancel()
             consumer.cancel()
+            heartbeat.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
             await self.executor.aclose()
+            await presence.aclose()
+            for shrink in self._shrinking:
+                shrink.cancel()
             self.ready.clear()
             logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))
 
@@ -168,17 +182,41 @@ class Worker:
         return True
 
     async def _consume(self, runner: JobRunner) -> None:
+        # Consumes in an inner task, started again whenever set_queues() changes the queues.
+        while True:
+            self._resubscribe.clear()
+            inner = asyncio.create_task(self._consume_queues(runner), name="asyncq.consume")
+            change = asyncio.create_task(self._resubscribe.wait(), name="asyncq.resubscribe")
+            try:
+                await asyncio.wait({inner, change}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                change.cancel()
+                inner.cancel()
+                await asyncio.gather(inner, change, return_exceptions=True)
+            if not inner.cancelled() and inner.exception() is not None:
+                inner.result()
+
+    async def _consume_queues(self, runner: JobRunner) -> None:
         assert self._slots is not None
         slots = self._slots
         failures = 0
         while True:
             try:
                 async with aclosing(
-                    self.app.broker.consume(self.queues, prefetch=self.prefetch)
+                    self.app.broker.consume(list(self.queues), prefetch=self.prefetch)
                 ) as deliveries:
                     async for delivery in deliveries:
                         failures = 0
-                        await slots.acquire()
+                        self.waiting = delivery  # taken, waiting for a slot: inspect().reserved()
+                        try:
+                            await slots.acquire()
+                        except asyncio.CancelledError:
+                            # Taken but never started: hand it back now, not after its lease.
+                            with contextlib.suppress(AsyncqError):
+                                await asyncio.shield(delivery.nack())
+                            raise
+                        finally:
+                            self.waiting = None
                         job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
                         self._inflight.add(job)
                         job.add_done_callback(self._job_done)
@@ -189,6 +227,36 @@ class Worker:
                 failures += 1
                 logger.error("consuming failed (%s); resuming in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Consume ``queues`` from now on (tasks already taken still finish)."""
+        if not queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        self.queues = list(dict.fromkeys(queues))
+        self._resubscribe.set()
+
+    def resize(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` tasks at once from now on (running ones are not stopped)."""
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        delta, self.concurrency = concurrency - self.concurrency, concurrency
+        slots = self._slots
+        if slots is None:
+            return
+        for _ in range(max(0, delta)):
+            slots.release()
+        for _ in range(max(0, -delta)):  # take slots away as running tasks give them back
+            shrink = asyncio.create_task(slots.acquire(), name="asyncq.pool-shrink")
+            self._shrinking.add(shrink)
+            shrink.add_done_callback(self._shrinking.discard)
+
+    def cancel_job(self, task_id: str) -> bool:
+        """Cancel the job of ``task_id`` if it is in flight here (the runner settles its message)."""
+        for job in self._inflight:
+            if job.get_name() == f"asyncq.job.{task_id}":
+                job.cancel()
+                return True
+        return False
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)

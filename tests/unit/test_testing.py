@@ -222,7 +222,8 @@ USER_TESTS = textwrap.dedent(
 @pytest.mark.slow
 def test_the_pytest_plugin_provides_the_fixtures(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
-    argv = [sys.executable, "-m", "pytest", "-p", "asyncq.contrib.pytest_plugin", "-q"]
+    # The plugin loads through its pytest11 entry point, as in a user's project.
+    argv = [sys.executable, "-m", "pytest", "-q"]
     argv += ["-p", "no:cacheprovider"]
     argv += ["-o", "asyncio_mode=auto", "--rootdir", str(tmp_path), str(tmp_path)]
     out = subprocess.run(
