@@ -115,6 +115,18 @@ class MessageSecurity:
         check_size(len(body), self.max_bytes, task)
         return body
 
+    def sign_control(self, body: bytes) -> bytes:
+        """Sign a control request (revoke, shutdown, rate limits...) when this app has a key."""
+        return body if self.signer is None else self.signer.sign(body)
+
+    def open_control(self, body: bytes) -> bytes:
+        """A control request's bytes once its signature verifies (as is when signing is off).
+
+        Raises:
+            SignatureError: signing is on and the request is unsigned or badly signed.
+        """
+        return body if self.verifier is None else self.verifier.verify(body)
+
     def open_incoming(self, body: bytes, serializers: Serializers) -> Message:
         """Check a delivery's size and signature, then decode it and check its depth.
 

@@ -338,3 +338,21 @@ async def test_worker_warns_at_start_up_when_pickle_is_accepted(caplog: pytest.L
         pass
     assert any("accept_content includes pickle" in r.getMessage() for r in caplog.records)
     await app.aclose()
+
+
+async def test_with_signing_on_workers_obey_only_signed_control_requests(tmp_path: Any) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    app = App("ctl-sig", broker=store, config={"security_key": KEY})
+    forger = App("ctl-sig", broker=store)  # same broker, no key
+    async with app.worker(hostname="w-signed"):
+
+        async def answers() -> bool:
+            return "w-signed" in await app.control.ping(destination=["w-signed"], timeout=1.0)
+
+        await _until(answers, "the worker to answer a signed ping")
+        # An unsigned request is ignored: no answer, and a forged shutdown does nothing.
+        assert await forger.control.ping(destination=["w-signed"], timeout=1.0) == {}
+        await forger.control.shutdown(destination=["w-signed"])
+        assert "w-signed" in await app.control.ping(destination=["w-signed"], timeout=2.0)
+    await forger.aclose()
+    await app.aclose()
