@@ -116,6 +116,10 @@ def test_no_password_in_output_logs_or_stored_data(
     run(good, "enqueue", APP, "tests.apps.cli_app.no_such_task", "--args", "[1]")
     run(good, "enqueue", APP, TASK, "--args", "[1, 2")  # bad JSON
     run(good, "enqueue", APP, TASK, "--args", '["a", "b", "c"]')  # fails in the worker (TypeError)
+    for what in ("ping", "stats", "active", "registered", "workers", "revoked"):
+        run(good, "inspect", APP, what, "--timeout", "2")
+    run(good, "control", APP, "revoke", "some-task-id", "--timeout", "2")
+    run(good, "control", APP, "rate-limit", TASK, "10/s", "--timeout", "2")
     run(good, "purge", APP)
     run(good, "beat", APP, "--list")
     run(good, "--version")
@@ -126,6 +130,8 @@ def test_no_password_in_output_logs_or_stored_data(
             ("purge", APP),
             ("run", APP),
             ("beat", APP, "--list"),
+            ("inspect", APP, "ping"),
+            ("control", APP, "shutdown"),
         ):
             out = run(url, *args)
             assert out.returncode != 0 or args[0] == "beat", (args, out.stdout, out.stderr)
