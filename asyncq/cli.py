@@ -272,7 +272,11 @@ def run(
     hostname: Annotated[
         str | None,
         typer.Option(
-            "--hostname", "-n", help="The worker's name (default host:pid).", envvar="ASYNCQ_WORKER_HOSTNAME"
+            "--hostname",
+            "-n",
+            help="The worker's name (default host:pid).",
+            envvar="ASYNCQ_WORKER_HOSTNAME",
+            metavar="NAME",
         ),
     ] = None,
 ) -> None:
