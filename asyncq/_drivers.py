@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from asyncq._utils import import_string
+from asyncq._utils import import_string, redact_url
 from asyncq.exceptions import ConfigurationError, MissingDependencyError
 
 __all__ = ["driver_class", "url_scheme"]
@@ -36,7 +36,7 @@ def driver_class(kind: str, url: str, builtin: Mapping[str, str], group: str) ->
             if ep.name == scheme:
                 return ep.load()
         known = ", ".join(sorted({*builtin, *(ep.name for ep in entry_points(group=group))}))
-        raise ConfigurationError(f"unknown {kind} scheme {scheme!r} in {url!r}; known: {known}")
+        raise ConfigurationError(f"unknown {kind} scheme {scheme!r} in {redact_url(url)!r}; known: {known}")
     try:
         # A driver whose client library is missing raises MissingDependencyError itself, naming
         # the extra that installs it; that error passes through unchanged.

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -192,7 +193,7 @@ class Target:
     service: str = ""  # the Sentinel master name
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
 
 
@@ -244,10 +245,10 @@ def _hosts(url: str, netloc: str, default_port: int) -> tuple[tuple[str, int], .
         try:
             port = int(port_text) if port_text else default_port
         except ValueError:
-            raise ConfigurationError(f"bad port {port_text!r} in Redis URL {url!r}") from None
+            raise ConfigurationError(f"bad port {port_text!r} in Redis URL {redact_url(url)!r}") from None
         nodes.append((host or "127.0.0.1", port))
     if not nodes:
-        raise ConfigurationError(f"Redis URL {url!r} names no host")
+        raise ConfigurationError(f"Redis URL {redact_url(url)!r} names no host")
     return tuple(nodes)
 
 
@@ -256,7 +257,7 @@ def _target(url: str, cluster: bool) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         known = ", ".join(f"{name}://" for name in _SCHEMES)
-        raise ConfigurationError(f"Redis URL {url!r} must start with one of {known}")
+        raise ConfigurationError(f"Redis URL {redact_url(url)!r} must start with one of {known}")
     kind, tls = _SCHEMES[scheme]
     clean = urlunsplit(parts._replace(query=""))
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -268,14 +269,14 @@ def _target(url: str, cluster: bool) -> Target:
     if kind == "sentinel":
         if not segments or len(segments) > 2:
             raise ConfigurationError(
-                f"Sentinel URL {url!r} must name the master: redis+sentinel://host:26379[,host:port]/"
+                f"Sentinel URL {redact_url(url)!r} must name the master: redis+sentinel://host:26379[,host:port]/"
                 "<master name>[/<db>]"
             )
         db = _convert("db", segments[1], int) if len(segments) == 2 else 0
         nodes = _hosts(url, hosts, 26379)
         return Target("sentinel", clean, nodes, segments[0], db, user, secret)
     if len(segments) > 1 or (segments and segments[0] != "0"):
-        raise ConfigurationError(f"Redis Cluster has only database 0; remove the path of {url!r}")
+        raise ConfigurationError(f"Redis Cluster has only database 0; remove the path of {redact_url(url)!r}")
     return Target("cluster", clean, _hosts(url, hosts, 6379), username=user, password=secret, tls=tls)
 
 
@@ -331,8 +332,25 @@ def parse_options(
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors after which a retry on a fresh connection can succeed."""
-    # MaxConnectionsError is a ConnectionError in redis-py, but retrying it only spins.
-    return isinstance(exc, _CONNECTION_ERRORS) and not isinstance(exc, MaxConnectionsError)
+    # MaxConnectionsError is a ConnectionError in redis-py, but retrying it only spins; a
+    # certificate that does not verify will not verify on the next attempt either.
+    return (
+        isinstance(exc, _CONNECTION_ERRORS)
+        and not isinstance(exc, MaxConnectionsError)
+        and not _certificate_refused(exc)
+    )
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """True if the TLS handshake failed because the server's certificate does not verify."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # redis-py wraps the ssl error once or twice
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def translate_error(
@@ -345,6 +363,11 @@ def translate_error(
         return connection_error(f"{what}: {describe_error(exc)}")
     if isinstance(exc, ReplicaAckError):
         return connection_error(f"{what}: {describe_error(exc)}")
+    if _certificate_refused(exc):
+        return connection_error(
+            f"{what}: the server's TLS certificate does not verify ({exc}); "
+            "check ssl_ca_certs and the host name (docs/security.md, TLS)"
+        )
     if is_connection_error(exc):
         return connection_error(f"{what}: Redis is unreachable ({describe_error(exc, with_type=True)})")
     return error(f"{what}: {describe_error(exc)}")
@@ -581,7 +604,8 @@ class Client:
             else:
                 self.redis = self._cluster_client(kwargs, common)
         except (ValueError, TypeError, RedisError, RedisClusterException) as exc:
-            raise ConfigurationError(f"invalid Redis URL or option for {target.url!r}: {exc}") from exc
+            shown = redact_url(target.url)
+            raise ConfigurationError(f"invalid Redis URL or option for {shown!r}: {exc}") from exc
 
     def _sentinel_client(self, kwargs: dict[str, Any], common: dict[str, Any], auth: dict[str, Any]) -> Redis:
         if any(name.startswith("ssl_") for name in kwargs):

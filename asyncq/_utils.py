@@ -16,6 +16,7 @@ __all__ = [
     "import_string",
     "new_id",
     "now",
+    "redact_settings",
     "redact_url",
     "to_epoch",
     "to_seconds",
@@ -140,3 +141,16 @@ def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
     if not text:
         return name
     return f"{name}: {text}" if with_type else text
+def redact_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings fit to print: keys as ``***`` and URLs without their passwords."""
+    shown: dict[str, Any] = {}
+    for name, value in values.items():
+        if name.startswith("security_") and name != "security_encrypt" and value:
+            shown[name] = "***"
+        elif isinstance(value, str) and "://" in value:
+            shown[name] = redact_url(value)
+        elif isinstance(value, dict):  # transport options: password, sentinel_password, ssl_password
+            shown[name] = {k: "***" if "password" in str(k) else v for k, v in value.items()}
+        else:
+            shown[name] = value
+    return shown

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from asyncq.deadletters import DeadLetters
     from asyncq.events import Events
     from asyncq.scheduler import BeatSchedule
+    from asyncq.security import MessageSecurity
     from asyncq.worker.worker import Worker
 
 __all__ = ["App", "default_store_url", "resolve_sqlite_url"]
@@ -142,6 +143,7 @@ class App:
 
         register_builtins(self)  # so any worker of this app runs map / starmap / chunks messages
         self._serializers: Serializers | None = None
+        self._security: MessageSecurity | None = None
         self._drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Drivers] = (
             weakref.WeakKeyDictionary()
         )
@@ -183,13 +185,25 @@ class App:
         """Load settings from an object or module (its attributes named like settings)."""
         self.conf.from_object(obj)
         self._serializers = None
+        self._security = None
 
     @property
     def serializers(self) -> Serializers:
         """The serializers this app encodes with and accepts (from ``accept_content``)."""
         if self._serializers is None:
-            self._serializers = Serializers(self.conf.accept_content)
+            serializers = Serializers(self.conf.accept_content)
+            serializers.cipher = self.security.cipher
+            self._serializers = serializers
         return self._serializers
+
+    @property
+    def security(self) -> MessageSecurity:
+        """Signing, encryption and limits from the ``security_*`` and ``message_max_*`` settings."""
+        if self._security is None:
+            from asyncq.security import MessageSecurity
+
+            self._security = MessageSecurity.from_conf(self.conf)
+        return self._security
 
     def route(self, task_name: str, task_queue: str | None = None) -> str:
         """The queue of a task: ``task_routes`` first, then the task's own, then the default."""
@@ -389,15 +403,19 @@ class App:
 
         Raises:
             SerializationError: an argument cannot be encoded; the error names the task and it.
+            MessageTooLargeError: the message is over ``message_max_bytes``.
         """
+        task = self.tasks.get(message.task)
+        security = self.security
+        encrypt = security.should_encrypt(task.options.encrypt if task is not None else None)
         try:
-            body = encode_message(message, self.serializers)
+            body = encode_message(message, self.serializers, encrypt=encrypt)
         except SerializationError as exc:
             from asyncq._explain import unserializable_argument
 
-            task = self.tasks.get(message.task)
             fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
             raise unserializable_argument(message, self.serializers, fn, bound=bound) or exc from exc
+        body = security.seal_outgoing(body, message.task)  # signs; enforces message_max_bytes
         return OutgoingMessage(
             id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
         )

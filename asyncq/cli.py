@@ -173,7 +173,9 @@ def parse_json(option: str, text: str, kind: type) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        fail(f"{option} is not valid JSON ({exc.msg} at position {exc.pos}): {text!r}")
+        fail(f"{option} is not valid JSON ({exc.msg} at position {exc.pos}): {text[:200]!r}")
+    except (ValueError, RecursionError) as exc:  # an over-long integer, nesting past the stack
+        fail(f"{option} is not usable JSON: {str(exc)[:200]}")
     if not isinstance(value, kind):
         fail(f"{option} must be a JSON {'array' if kind is list else 'object'}, got {type(value).__name__}")
     return value

@@ -156,6 +156,13 @@ SETTINGS: dict[str, Setting] = {
             _parse_dict,
             "Periodic tasks: name -> {task, schedule, args, kwargs, options, catch_up}.",
         ),
+        _S("security_key", None, _parse_list, "HMAC secret(s) signing messages; first signs, any verifies."),
+        _S("security_private_key", None, str, "Ed25519 private key signing messages (PEM or a file path)."),
+        _S("security_public_keys", [], _parse_list, "Ed25519 public keys whose signatures workers accept."),
+        _S("security_encryption_key", None, _parse_list, "AES-256 key(s), base64; the first encrypts."),
+        _S("security_encrypt", False, _parse_bool, "Encrypt every task's arguments and results."),
+        _S("message_max_bytes", 1048576, _parse_optional_int, "Largest message accepted (enqueue, receive)."),
+        _S("message_max_depth", 64, _parse_optional_int, "Deepest nesting of containers in task arguments."),
         _S(
             "beat_refresh_interval",
             5.0,
@@ -301,7 +308,9 @@ class Conf(MutableMapping[str, Any]):
                 self[name] = getattr(obj, name)
 
     def __repr__(self) -> str:
-        return f"Conf({self._values!r})"
+        from asyncq._utils import redact_settings
+
+        return f"Conf({redact_settings(self._values)!r})"
 
 
 def settings_markdown() -> str:

@@ -261,7 +261,7 @@ class Control:
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be > 0, got {timeout}")
         channel = await self.channel()
-        body = encode_request(command, arguments, destination)
+        body = self.app.security.sign_control(encode_request(command, arguments, destination))
         expected = len(set(destination)) if destination else None
         return _decode_replies(await channel.broadcast(body, timeout=timeout, replies=expected))
 
@@ -322,7 +322,9 @@ class Control:
         arguments = {"ids": ids, "terminate": terminate}
         if not reply:  # Celery's default: tell the workers, do not wait for them
             await channel.broadcast(
-                encode_request("revoke", arguments, destination), timeout=timeout, replies=0
+                self.app.security.sign_control(encode_request("revoke", arguments, destination)),
+                timeout=timeout,
+                replies=0,
             )
             return {}
         return await self._command("revoke", arguments, destination, timeout)

@@ -12,6 +12,8 @@ broadly still cannot swallow them by accident... unless it really wants to::
     ├── BackendError
     │   └── BackendConnectionError
     ├── SerializationError            cannot encode / decode / content type refused
+    │   ├── SignatureError            a message is unsigned or its signature does not verify
+    │   └── MessageTooLargeError      a message is over message_max_bytes
     ├── NotRegistered                 no task of that name in this app
     ├── TaskError                     a task failed remotely and its type is not importable
     ├── TaskRevokedError              the task was revoked or expired before it ran
@@ -45,7 +47,9 @@ __all__ = [
     "NotRegistered",
     "Reject",
     "Retry",
+    "MessageTooLargeError",
     "SerializationError",
+    "SignatureError",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevokedError",
@@ -96,6 +100,14 @@ class BackendConnectionError(BackendError):
 
 class SerializationError(AsyncqError):
     """A value or message could not be encoded or decoded."""
+
+
+class SignatureError(SerializationError):
+    """The message is unsigned, or its signature does not verify."""
+
+
+class MessageTooLargeError(SerializationError):
+    """The message is larger than the message_max_bytes setting allows."""
 
 
 class NotRegistered(AsyncqError, KeyError):

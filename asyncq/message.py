@@ -9,7 +9,6 @@ base64 of the serialized ``[args, kwargs]`` pair, with ``body_encoding: "base64"
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -21,6 +20,7 @@ __all__ = ["PROTOCOL_VERSION", "Message", "decode_message", "encode_message"]
 
 PROTOCOL_VERSION: Final = 1
 _JSON: Final = "application/json"
+_MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(slots=True)
@@ -61,7 +61,11 @@ def _time_in(value: Any, name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)  # epoch seconds: accepted for producers in other languages
+        # Epoch seconds: accepted for producers in other languages, within the years ISO 8601 can
+        # write; NaN or 1e308 would otherwise overflow a broker's delay arithmetic downstream.
+        if not -_MAX_EPOCH <= value <= _MAX_EPOCH:  # False for NaN too
+            raise SerializationError(f"message field {name!r} is not a usable epoch time: {value!r}")
+        return float(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -73,19 +77,24 @@ def _time_in(value: Any, name: str) -> float | None:
     raise SerializationError(f"message field {name!r} must be an ISO 8601 string, got {type(value).__name__}")
 
 
-def encode_message(message: Message, serializers: Serializers) -> bytes:
+def encode_message(message: Message, serializers: Serializers, *, encrypt: bool = False) -> bytes:
     """Encode a message to its wire bytes (always a JSON envelope).
 
     Fields at their default value are left out: the protocol defines the defaults, and a
-    smaller envelope is cheaper to encode, carry and decode.
+    smaller envelope is cheaper to encode, carry and decode. With ``encrypt`` the arguments
+    travel sealed by ``serializers.cipher`` (see docs/protocol.md, "Encrypted arguments").
     """
     envelope: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": message.id, "task": message.task}
-    if message.content_type == _JSON:
+    if message.content_type == _JSON and not encrypt:
         envelope["args"] = message.args
         envelope["kwargs"] = message.kwargs
     else:
         serializer = serializers.get(message.content_type)
         body = serializer.dumps([list(message.args), message.kwargs])
+        if encrypt:
+            if serializers.cipher is None:
+                raise SerializationError("cannot encrypt: security_encryption_key is not set")
+            envelope["encryption"], body = serializers.cipher.seal(body, _aad(message.id, message.task))
         envelope["content_type"] = serializer.content_type
         envelope["body"] = base64.b64encode(body).decode("ascii")
         envelope["body_encoding"] = "base64"
@@ -107,6 +116,11 @@ def encode_message(message: Message, serializers: Serializers) -> bytes:
     if message.ignore_result:
         envelope["ignore_result"] = True
     return json_dumps(envelope)
+
+
+def _aad(task_id: str, task_name: str) -> bytes:
+    # Binds sealed arguments to their message: moved into another envelope, they do not open.
+    return f"asyncq:msg:{task_id}:{task_name}".encode()
 
 
 _OPTIONAL_SLOTS: Final = ("root_id", "parent_id", "group_id", "callbacks", "errbacks", "chain", "chord")
@@ -132,13 +146,20 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     if not isinstance(task_id, str) or not isinstance(task_name, str) or not task_name:
         raise SerializationError("message fields 'id' and 'task' must be non-empty strings")
     content_type = envelope.get("content_type") or _JSON
+    if not isinstance(content_type, str):
+        kind = type(content_type).__name__
+        raise SerializationError(f"message field 'content_type' must be a string, got {kind}")
     if "body" in envelope:
         if envelope.get("body_encoding", "base64") != "base64":
             raise SerializationError(f"unknown body_encoding {envelope.get('body_encoding')!r}")
         try:
             raw = base64.b64decode(envelope["body"], validate=True)
-        except (binascii.Error, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError, as is non-ASCII text
             raise SerializationError(f"message body is not valid base64: {exc}") from None
+        if "encryption" in envelope:
+            if serializers.cipher is None:
+                raise SerializationError("message is encrypted but security_encryption_key is not set")
+            raw = serializers.cipher.open(envelope["encryption"], raw, _aad(task_id, task_name))
         decoded = serializers.loads(raw, content_type)
         if not (isinstance(decoded, list | tuple) and len(decoded) == 2):
             raise SerializationError("message body must decode to an [args, kwargs] pair")
@@ -165,7 +186,7 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
             read = _OPTIONAL_FIELDS.get(name)
             if read is not None and value is not None:
                 setattr(message, name, read(value))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"message field {name!r} has the wrong type: {exc}") from None
     return message
 

@@ -86,8 +86,9 @@ def encode_record(
     task: str | None = None,
     serializer: str = "json",
     children: list[str] | None = None,
+    encrypt: bool = False,
 ) -> bytes:
-    """Encode a task record for the result backend."""
+    """Encode a task record for the result backend; ``encrypt`` seals the result (serializers.cipher)."""
     record: dict[str, Any] = {"task_id": task_id, "status": str(status), "retries": retries, "task": task}
     if meta:
         record["meta"] = meta
@@ -101,13 +102,23 @@ def encode_record(
         record["exc_args"] = _jsonable_args(exc.args)
         record["traceback"] = "".join(traceback.format_exception(exc))
     elif result is not None:
-        if serializer in ("json", _JSON):
+        if encrypt and serializers.cipher is not None:
+            content_type, data = serializers.dumps(result, serializer)
+            record["encryption"], data = serializers.cipher.seal(data, _result_aad(task_id))
+            record["content_type"] = content_type
+            record["result_body"] = base64.b64encode(data).decode("ascii")
+        elif serializer in ("json", _JSON):
             record["result"] = result  # encoded with the record: one readable JSON document
         else:
             content_type, data = serializers.dumps(result, serializer)
             record["content_type"] = content_type
             record["result_body"] = base64.b64encode(data).decode("ascii")
     return json_dumps(record)
+
+
+def _result_aad(task_id: str) -> bytes:
+    # Binds a sealed result to its task id: copied onto another task's record, it does not open.
+    return f"asyncq:result:{task_id}".encode()
 
 
 def decode_record(data: bytes, serializers: Serializers) -> ResultRecord:
@@ -117,7 +128,12 @@ def decode_record(data: bytes, serializers: Serializers) -> ResultRecord:
         raise SerializationError("result record is not a JSON object with a status")
     result = raw.get("result")
     if "result_body" in raw:
-        result = serializers.loads(base64.b64decode(raw["result_body"]), raw.get("content_type", _JSON))
+        data = base64.b64decode(raw["result_body"])
+        if "encryption" in raw:
+            if serializers.cipher is None:
+                raise SerializationError("the result is encrypted but security_encryption_key is not set")
+            data = serializers.cipher.open(raw["encryption"], data, _result_aad(str(raw.get("task_id"))))
+        result = serializers.loads(data, raw.get("content_type", _JSON))
     return ResultRecord(
         task_id=raw.get("task_id", ""),
         status=State(raw["status"]),

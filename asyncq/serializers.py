@@ -18,9 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from asyncq.exceptions import MissingDependencyError, SerializationError
+
+if TYPE_CHECKING:
+    from asyncq.security.encryption import Cipher
 
 __all__ = [
     "CONTENT_TYPES",
@@ -72,6 +75,9 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+_DECODE_ERRORS: Final = (ValueError, UnicodeDecodeError, RecursionError, TypeError, ArithmeticError)
+
+
 _ENCODER: Final = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
 _DECODER_TAGGED: Final = json.JSONDecoder(object_hook=_json_object_hook)
 
@@ -95,8 +101,9 @@ def json_loads(data: bytes | str) -> Any:
             text = data
             tagged = _TAG in text
         return _DECODER_TAGGED.decode(text) if tagged else json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SerializationError(f"cannot decode JSON: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        # RecursionError: deeply nested input; TypeError/ArithmeticError: a tagged value of the wrong type.
+        raise SerializationError(f"cannot decode JSON: {str(exc)[:200]}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +208,8 @@ class Serializers:
             self.register(serializer)
         self._accept: frozenset[str] = frozenset()
         self.accept(accept)
+        #: Opens encrypted arguments and results, and seals them when asked (set by the app).
+        self.cipher: Cipher | None = None
 
     def register(self, serializer: Serializer) -> None:
         """Add (or replace) a serializer, known by its name and content type."""

@@ -111,6 +111,7 @@ class TaskOptions:
     serializer: str | None = None
     executor: str = "async"
     rate_limit: str | float | None = None
+    encrypt: bool | None = None  # seal arguments and results (docs/security.md); None: security_encrypt
 
     @classmethod
     def known(cls) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
+from asyncq._utils import redact_url
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 
@@ -398,7 +399,7 @@ class RedisBackend:
         )
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {self._clean_url} prefix={self._prefix!r}>"
+        return f"<RedisBackend {redact_url(self._clean_url)} prefix={self._prefix!r}>"
 
     def _key(self, task_id: str) -> bytes:
         return f"{self._prefix}:result:{{{task_id}}}".encode()

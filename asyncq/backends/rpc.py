@@ -27,7 +27,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
-from asyncq._utils import now
+from asyncq._utils import now, redact_url
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import (
     BackendConnectionError,
@@ -99,7 +99,8 @@ class RPCBackend:
         parts = urlsplit(url)
         if parts.netloc or parts.path not in ("", "/"):
             raise ConfigurationError(
-                f"{url!r}: rpc:// takes no host; it connects to the broker_url option (the App's broker)"
+                f"{redact_url(url)!r}: rpc:// takes no host; "
+                "it connects to the broker_url option (the App's broker)"
             )
         merged: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
         merged.update(options)

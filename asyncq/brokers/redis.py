@@ -56,7 +56,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
-from asyncq._utils import describe_error
+from asyncq._utils import describe_error, redact_url
 from asyncq.brokers import _redis_dead
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
@@ -897,7 +897,7 @@ class RedisBroker:
         )
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self._clean_url} prefix={self._prefix!r}>"
+        return f"<RedisBroker {redact_url(self._clean_url)} prefix={self._prefix!r}>"
 
     # -- plumbing -------------------------------------------------------------------------
 

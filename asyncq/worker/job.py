@@ -31,10 +31,11 @@ from asyncq.exceptions import (
     Reject,
     Retry,
     SerializationError,
+    SignatureError,
     TaskRevokedError,
     WorkerLostError,
 )
-from asyncq.message import Message, decode_message
+from asyncq.message import Message
 from asyncq.result import decode_record, encode_record
 from asyncq.states import State
 from asyncq.task import Request, Task
@@ -105,6 +106,7 @@ class JobRunner:
         self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
         # Resolved once: the runner lives on one loop, and these are read for every task.
         self._serializers = app.serializers
+        self._security = app.security
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
         self._backend = app.backend
@@ -148,11 +150,17 @@ class JobRunner:
 
     async def _decode(self, delivery: Delivery) -> Message | None:
         try:
-            return decode_message(delivery.body, self._serializers)
+            return self._security.open_incoming(delivery.body, self._serializers)
+        except SignatureError as exc:
+            # No result record: an unauthenticated message's id must not overwrite a real task's result.
+            logger.error("dead-lettering message %s: %s", delivery.id, exc)
+            await self._settle(delivery.dead_letter(str(exc)))
+            return None
         except SerializationError as exc:
             reason = f"undecodable message: {exc}"
             logger.error("dead-lettering message %s: %s", delivery.id, reason)
-            await self._record_failure(delivery.id, None, exc)
+            if self._security.verifier is None:  # with signing on, an id not yet verified is not trusted
+                await self._record_failure(delivery.id, None, exc)
             self.events.task_dead_lettered(None, reason, task_id=delivery.id, queue=delivery.queue)
             await self._settle(delivery.dead_letter(reason))
             return None
@@ -570,6 +578,7 @@ class JobRunner:
             retries=message.retries if retries is None else retries,
             task=message.task,
             serializer=self._result_serializer,
+            encrypt=self._security.encrypts(self.app.tasks.get(message.task)),
         )
         try:
             await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)

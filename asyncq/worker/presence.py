@@ -33,7 +33,7 @@ from asyncq.brokers.control import (
 )
 from asyncq.brokers.memory_control import MemoryControlChannel
 from asyncq.control import WorkerStats, decode_request, encode_reply, stats_from_json
-from asyncq.exceptions import ConfigurationError, SerializationError
+from asyncq.exceptions import ConfigurationError, SerializationError, SignatureError
 from asyncq.message import decode_message
 from asyncq.task import parse_rate_limit
 
@@ -223,7 +223,11 @@ class Presence:
 
     async def _answer(self, request: ControlRequest) -> None:
         try:
-            command, arguments, destination = decode_request(request.body)
+            body = self.worker.app.security.open_control(request.body)
+            command, arguments, destination = decode_request(body)
+        except SignatureError as exc:  # with signing on, a forged revoke or shutdown does nothing
+            logger.warning("ignoring a control request: %s", exc)
+            return
         except ValueError:
             logger.debug("ignoring a malformed control request")
             return

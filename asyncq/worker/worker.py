@@ -128,6 +128,9 @@ class Worker:
         )
         runner.on_outcome = self._count
         runner.events = await self.app.events.start_worker(self)
+        from asyncq.security import log_startup_warnings
+
+        log_startup_warnings(self.app.conf, self.app.tasks.values())
         presence = Presence(self, runner)
         await presence.start()  # before consuming: a task revoked earlier must already be known
         runner.is_revoked = presence.is_revoked
