@@ -24,6 +24,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 # sun_path is 108 bytes on Linux, 104 on the BSDs and macOS; keep the terminating NUL.
 _MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 _RECV_SIZE = 64
+# A directory's mtime has a coarse clock (a jiffy on ext4): a socket bound in the same tick as
+# our listing leaves it unchanged, so a listing this fresh is not trusted for the next poke.
+_RACY_NS = 100_000_000
 
 
 def wakeup_dir(db_path: Path) -> Path:
@@ -59,6 +63,7 @@ class WakeupChannel:
         self._listing_mtime: int | None = None
         self._targets: list[str] = []
         self._poke_scheduled = False
+        self._is_closed = False
         self._is_usable = hasattr(socket, "AF_UNIX") and (
             len(os.fsencode(self.directory)) + len(self._prefix) + 17 <= _MAX_SOCKET_PATH
         )
@@ -76,6 +81,7 @@ class WakeupChannel:
         """
         if self._sock is not None:
             return True
+        self._is_closed = False
         if not self._is_usable:
             return False
         name = f"{self._prefix}{secrets.token_hex(8)}"
@@ -122,7 +128,8 @@ class WakeupChannel:
                 with contextlib.suppress(OSError):
                     (self.directory / self._own).unlink()
         self._own = self._loop = None
-        if self._sender is not None:
+        self._is_closed = True
+        if self._sender is not None and not self._poke_scheduled:
             self._sender.close()
             self._sender = None
 
@@ -137,6 +144,9 @@ class WakeupChannel:
         self._poke_scheduled = False
         for name in self._listeners():
             self._send(name)
+        if self._is_closed and self._sender is not None:  # a last poke after close()
+            self._sender.close()
+            self._sender = None
 
     def _listeners(self) -> list[str]:
         try:
@@ -149,7 +159,7 @@ class WakeupChannel:
                 names = os.listdir(self.directory)
             except OSError:
                 return []
-            self._listing_mtime = mtime
+            self._listing_mtime = None if time.time_ns() - mtime < _RACY_NS else mtime
             self._targets = [n for n in names if n.startswith(self._prefix) and n != self._own]
         return self._targets
 

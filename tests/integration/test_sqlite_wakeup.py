@@ -167,3 +167,23 @@ async def test_a_path_too_long_for_a_unix_socket_falls_back_to_polling(tmp_path:
         await producer.publish(msg("q", b"long path"))
         assert (await asyncio.wait_for(pending, TIMEOUT)).body == b"long path"
     assert not wakeup_dir(deep).exists()
+
+
+async def test_a_listener_that_joins_right_after_a_poke_gets_the_next_one(db: Path) -> None:
+    # The directory's mtime may not change within one clock tick: the writer must not trust a
+    # listing as fresh as the socket bound right after it.
+    db.parent.mkdir(exist_ok=True)
+    writer = WakeupChannel(db, "messages")
+    first, second = WakeupChannel(db, "messages"), WakeupChannel(db, "messages")
+    woken = {"first": asyncio.Event(), "second": asyncio.Event()}
+    try:
+        assert first.listen(woken["first"].set)
+        writer.poke()
+        await asyncio.wait_for(woken["first"].wait(), TIMEOUT)
+        assert second.listen(woken["second"].set)
+        writer.poke()
+        await asyncio.wait_for(woken["second"].wait(), TIMEOUT)
+    finally:
+        for channel in (writer, first, second):
+            channel.close()
+    assert not sockets(db, "messages")
