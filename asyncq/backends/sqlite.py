@@ -2,9 +2,10 @@
 
 This module owns the results and counters tables, their expiry, and waiting for a final
 record: written by this process it wakes waiters at once; written by another process it is
-found by one shared poller per backend instance. The connection thread, group commit and URL
-parsing are shared with the SQLite broker (asyncq.brokers.sqlite); a broker and a backend may
-use the same file, as the embedded default does.
+found by one shared poller per backend instance, which the writer pokes through a
+wake-up socket (asyncq/_wakeup.py) and which otherwise reads every ``poll_interval``. The
+connection thread, group commit and URL parsing are shared with the SQLite broker
+(asyncq.brokers.sqlite); a broker and a backend may use the same file, as the embedded default does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, final
 
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url
 from asyncq._utils import describe_error
+from asyncq._wakeup import WakeupChannel
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import BackendConnectionError, BackendError
 
@@ -100,7 +102,8 @@ class SQLiteBackend:
 
     Options (driver options, or the URL query; explicit options win):
         poll_interval: seconds between checks for final records written by other processes
-            while something waits (default 0.05); writes from this process wake waiters at once.
+            while something waits (default 0.05), the fallback when a wake-up poke is lost or
+            cannot be used; writes from this process wake waiters at once.
 
     A ``visibility_timeout`` in the URL query is the broker's and is ignored here, so that one
     ``sqlite://`` URL can serve as both broker and backend.
@@ -120,6 +123,8 @@ class SQLiteBackend:
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
+        self._wakeup = WakeupChannel(self.path, "results")
+        self._poked = asyncio.Event()  # another process stored a final record
 
     async def connect(self) -> None:
         """Open the file, create the tables and sweep out expired rows."""
@@ -138,6 +143,7 @@ class SQLiteBackend:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        self._wakeup.close()
         await self._db.close()
 
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
@@ -150,6 +156,7 @@ class SQLiteBackend:
         )
         if final:
             self._wake(task_id, record)
+            self._wakeup.poke()
 
     async def get(self, task_id: str) -> bytes | None:
         return (await self.get_many([task_id]))[0]
@@ -168,6 +175,7 @@ class SQLiteBackend:
         # still resolves the future, and the poller then covers other processes.
         waiters = self._waiters.setdefault(task_id, [])
         waiters.append(future)
+        self._wakeup.listen(self._poked.set)
         try:
             # The first read always completes, so that timeout=0 means "if final already".
             found = await self._db.run(_records, [task_id], True)
@@ -200,7 +208,13 @@ class SQLiteBackend:
         logger.debug("result poller started for %s", self.path)
         try:
             while self._waiters:
-                await asyncio.sleep(self.poll_interval)
+                try:
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._poked.wait()
+                except TimeoutError:
+                    self._check_wakeup()
+                # Cleared before the read: a poke landing during it makes the next tick immediate.
+                self._poked.clear()
                 waited = [task_id for task_id, futures in self._waiters.items() if futures]
                 try:
                     found = await self._db.run(_records, waited, True)
@@ -211,6 +225,12 @@ class SQLiteBackend:
                     self._wake(task_id, record)
         finally:
             logger.debug("result poller stopped for %s", self.path)
+
+    def _check_wakeup(self) -> None:
+        # The wake-up directory may have been deleted under us: bind a new socket, or poll.
+        if self._wakeup.is_listening and not self._wakeup.is_bound():
+            self._wakeup.close()
+            self._wakeup.listen(self._poked.set)
 
     async def forget(self, task_id: str) -> None:
         await self._db.write(

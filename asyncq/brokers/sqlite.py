@@ -9,7 +9,6 @@ The design and its guarantees are written up in docs/brokers/sqlite.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -21,6 +20,7 @@ from typing import Any, final
 
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url, transaction
 from asyncq._utils import describe_error
+from asyncq._wakeup import WakeupChannel
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
@@ -190,7 +190,7 @@ class _SQLiteDelivery:
 
     async def nack(self, *, delay: float | None = None) -> None:
         await self._settle("nack", partial(_nack, lease=self._lease, delay=delay or 0.0))
-        self._broker._wake()
+        self._broker._published()
 
     async def dead_letter(self, reason: str) -> None:
         await self._settle("dead_letter", partial(_dead_letter, lease=self._lease, reason=reason))
@@ -223,7 +223,9 @@ class SQLiteBroker:
             instance renews its claims every third of it, so only a dead consumer's messages
             come back, that long after it died.
         poll_interval: seconds between checks for messages published by other processes
-            (default 0.05); publishes in this process wake its consumers at once.
+            (default 0.05), the fallback when a wake-up poke is lost or cannot be used;
+            publishes in this process wake its consumers at once, and those in other
+            processes poke them through the wake-up sockets (asyncq/_wakeup.py).
     """
 
     capabilities = BrokerCapabilities(
@@ -240,6 +242,7 @@ class SQLiteBroker:
         self._owner = uuid.uuid4().hex
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._wakeup = WakeupChannel(self.path, "messages")
 
     async def connect(self) -> None:
         await self._db.open()
@@ -260,8 +263,10 @@ class SQLiteBroker:
         for consumer in self._consumers:
             consumer.buffer.clear()
             consumer.wakeup.set()  # a waiting consume() finds the broker closed and raises
+        self._wakeup.close()
         if buffered and self._db.is_open:
             await self._db.write(lambda conn: _release(conn, buffered, self._owner))
+            self._wakeup.poke()
         await self._db.close()
 
     async def _renew_leases(self) -> None:
@@ -280,6 +285,11 @@ class SQLiteBroker:
         for consumer in self._consumers:
             consumer.wakeup.set()
 
+    def _published(self) -> None:
+        """After a commit that made messages ready: wake consumers here and in other processes."""
+        self._wake()
+        self._wakeup.poke()
+
     async def publish(self, message: OutgoingMessage) -> None:
         await self.publish_many([message])
 
@@ -288,7 +298,7 @@ class SQLiteBroker:
             return
         rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta) for m in messages]
         await self._db.write(partial(_insert, rows=rows))
-        self._wake()
+        self._published()
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         if prefetch < 1:
@@ -296,6 +306,8 @@ class SQLiteBroker:
         names = list(dict.fromkeys(queues))
         consumer = _Consumer()
         self._consumers.add(consumer)
+        # Bound before the first claim: a message published after that claim pokes us.
+        self._wakeup.listen(self._wake)
         try:
             while True:
                 if not consumer.buffer:
@@ -329,9 +341,17 @@ class SQLiteBroker:
                     consumer.unsettled += len(rows)
                     return
                 delay = self.poll_interval if due is None else min(self.poll_interval, due - time.time())
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(None if delay is None else max(0.0, delay)):
                     await consumer.wakeup.wait()
+            except TimeoutError:
+                self._check_wakeup()
+
+    def _check_wakeup(self) -> None:
+        # The wake-up directory may have been deleted under us: bind a new socket, or poll.
+        if self._wakeup.is_listening and not self._wakeup.is_bound():
+            self._wakeup.close()
+            self._wakeup.listen(self._wake)
 
     async def purge(self, queue: str) -> int:
         op = partial(_execute, sql=f"DELETE FROM asyncq_messages WHERE {_WAITING}", queue=queue)  # noqa: S608

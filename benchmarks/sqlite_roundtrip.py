@@ -1,0 +1,169 @@
+"""Cross-process round trip and enqueue rate of the embedded sqlite:// store, beside huey's SqliteHuey.
+
+Run with ``python benchmarks/sqlite_roundtrip.py [--trees after=.,before=/work/main]
+[--round-trips 500] [--enqueues 2000] [--huey-python ~/venvs/huey/bin/python]``.
+
+For each asyncq source tree a worker (``asyncq run``, default settings) runs in one process and
+a client in another, both on one temporary SQLite file: the client does ``--round-trips``
+sequential ``echo.enqueue()`` + ``result.get()`` calls (p50 / p99 in ms), then ``--enqueues``
+sequential ``noop.enqueue()`` calls while the worker drains them (calls/s). With huey installed
+in the given interpreter, the same is measured for SqliteHuey (a thread consumer, default
+settings). Raw drain and publish rates are in ``benchmarks/sqlite_broker.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# Imported, not run as __main__: huey names tasks by module, as the consumer registered them.
+HUEY_CLIENT = (
+    "import json, sys; from peers.huey_sqlite import client;"
+    " print(json.dumps(client(*map(int, sys.argv[1:]))))"
+)
+
+if os.environ.get("BENCH_SQLITE_URL"):  # imported by the worker or run as the client
+    from asyncq import App
+
+    app = App("bench", broker=os.environ["BENCH_SQLITE_URL"])
+
+    @app.task
+    async def echo() -> int:
+        return 1
+
+    @app.task
+    async def noop() -> None:
+        return None
+
+
+async def enqueue_rate(count: int) -> float:
+    """Sequential ``noop.enqueue()`` calls, each awaited, after 50 untimed ones: calls/s."""
+    for _ in range(50):
+        await noop.enqueue()
+    started = time.perf_counter()
+    for _ in range(count):
+        await noop.enqueue()
+    return count / (time.perf_counter() - started)
+
+
+async def client(round_trips: int, enqueues: int) -> dict[str, float]:
+    """Measure in this process against a running worker (with ``round_trips`` 0: none); return the numbers."""
+    await app.connect()
+    try:
+        if not round_trips:
+            return {"enqueue_idle": await enqueue_rate(enqueues)}
+        deadline = time.monotonic() + 60
+        while True:  # warm up: the worker is ready once a round trip succeeds
+            try:
+                await (await echo.enqueue()).get(timeout=5)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        samples = []
+        for _ in range(round_trips):
+            started = time.perf_counter()
+            await (await echo.enqueue()).get(timeout=10)
+            samples.append((time.perf_counter() - started) * 1000)
+        samples.sort()
+        return {
+            "p50": statistics.median(samples),
+            "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+            "enqueue_busy": await enqueue_rate(enqueues),
+        }
+    finally:
+        await app.aclose()
+
+
+def run_asyncq(tree: Path, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "BENCH_SQLITE_URL": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)]),
+        }
+        client = [sys.executable, str(Path(__file__)), "--client"]
+        idle = _json(subprocess.run([*client, "0", str(args.enqueues)], env=env, cwd=HERE, **_RUN).stdout)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "asyncq", "run", "sqlite_roundtrip:app", "--log-level", "error"],
+            env=env,
+            cwd=HERE,
+        )
+        try:
+            cmd = [*client, str(args.round_trips), str(args.enqueues)]
+            busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        return {**idle, **busy}
+
+
+_RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 600, "check": True}
+
+
+def _json(out: str) -> dict[str, float]:
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run_huey(python: str, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "BENCH_HUEY_DB": str(Path(tmp) / "huey.db"), "PYTHONPATH": str(HERE)}
+        client = [python, "-c", HUEY_CLIENT]
+        idle = _json(subprocess.run([*client, "0", str(args.enqueues)], env=env, cwd=HERE, **_RUN).stdout)
+        consumer_bin = str(Path(python).parent / "huey_consumer")
+        worker = subprocess.Popen(
+            [consumer_bin, "peers.huey_sqlite.huey", "-w", "4", "-k", "thread", "-q"], env=env, cwd=HERE
+        )
+        try:
+            cmd = [*client, str(args.round_trips), str(args.enqueues)]
+            busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        return {**idle, **busy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trees", default="after=.", help="name=path of asyncq source trees, comma-separated"
+    )
+    parser.add_argument("--round-trips", type=int, default=500)
+    parser.add_argument("--enqueues", type=int, default=2000)
+    parser.add_argument("--huey-python", default=str(Path.home() / "venvs/huey/bin/python"))
+    parser.add_argument("--client", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        # Through the module, so that the tasks have the names the worker registered.
+        import sqlite_roundtrip
+
+        print(json.dumps(asyncio.run(sqlite_roundtrip.client(*args.client))))
+        return
+    runs: list[tuple[str, dict[str, float]]] = []
+    for spec in args.trees.split(","):
+        name, _, path = spec.partition("=")
+        runs.append((f"asyncq {name}", run_asyncq(Path(path).resolve(), args)))
+    if Path(args.huey_python).exists():
+        runs.append(("huey SqliteHuey", run_huey(args.huey_python, args)))
+    else:
+        print(f"(huey skipped: no {args.huey_python})")
+    head = ("rtt p50 ms", "rtt p99 ms", "enqueue/s", "enqueue/s busy")
+    print(f"{'':<18}" + "".join(f"{h:>15}" for h in head))
+    for name, r in runs:
+        row = f"{r['p50']:>15.2f}{r['p99']:>15.2f}{r['enqueue_idle']:>15,.0f}{r['enqueue_busy']:>15,.0f}"
+        print(f"{name:<18}{row}")
+
+
+if __name__ == "__main__":
+    main()
