@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -74,7 +73,9 @@ class Request:
     state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     # Set by the worker when the task is revoked with terminate=True (read by is_revoked()).
-    revoked: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # A plain attribute, not a threading.Event: one is built for every task, and a bool write
+    # is seen by the task's thread at once.
+    revoked: bool = field(default=False, repr=False, compare=False)
 
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
@@ -199,7 +200,7 @@ class Task(Generic[P, R]):
     def is_revoked(self) -> bool:
         """Whether the running call was revoked with ``terminate=True`` (a thread task polls it to stop)."""
         entry = _current.get()
-        return entry is not None and entry[1].revoked.is_set()
+        return entry is not None and entry[1].revoked
 
     def _eager_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = Request(id=new_id(), task=self.name, args=list(args), kwargs=dict(kwargs), is_eager=True)

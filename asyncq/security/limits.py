@@ -8,6 +8,8 @@ from asyncq.exceptions import MessageTooLargeError, SerializationError
 
 __all__ = ["check_depth", "check_size"]
 
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
 
 def check_size(size: int, limit: int | None, task: str | None = None) -> None:
     """Raise :class:`MessageTooLargeError` if ``size`` bytes exceed ``limit`` (None: no limit)."""
@@ -24,7 +26,11 @@ def check_depth(value: Any, limit: int | None) -> None:
 
     Iterative, so a hostile structure cannot exhaust the interpreter's stack here.
     """
-    if limit is None:
+    if limit is None or not value:
+        return
+    # Fast path for the common case, flat arguments: no container inside, nothing to walk.
+    items = value.values() if isinstance(value, dict) else value
+    if isinstance(value, dict | list | tuple) and limit > 0 and all(type(v) in _SCALARS for v in items):
         return
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:

@@ -291,7 +291,7 @@ class Presence:
             entry = self.runner.book.entries.get(task_id)
             if arguments.get("terminate") and entry is not None and entry.started is not None:
                 if entry.request is not None:
-                    entry.request.revoked.set()  # a thread task sees it through is_revoked()
+                    entry.request.revoked = True  # a thread task sees it through is_revoked()
                 if self.worker.cancel_job(task_id):
                     terminated.append(task_id)
         return f"revoked {len(ids)}, terminated {len(terminated)}"
