@@ -147,7 +147,7 @@ async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, r
     meta = json.loads(await redis.get(f"celery-task-meta-{seen['id']}"))
     assert meta["status"] == "SUCCESS" and meta["task_id"] == seen["id"] and meta["date_done"]
     assert await redis.llen(queue) == 0
-    assert await redis.hget("unacked", seen["id"]) is None
+    assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
 
 
 async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: str, redis: Redis) -> None:
@@ -233,7 +233,7 @@ async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: s
     )
     async with app.worker():
         deadline = time.monotonic() + WAIT
-        while await redis.hlen("unacked") == 0 or await redis.llen(queue) != 0:
+        while not any(queue.encode() in parked for parked in await redis.hvals("unacked")):
             assert time.monotonic() < deadline, "the worker never took the message"
             await asyncio.sleep(0.05)
     await app.aclose()
@@ -250,7 +250,8 @@ async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: s
 
 
 @pytest.fixture
-def celery_worker(celery_url: str, queue: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(celery_url: str, queue: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / "celery-worker.log").open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -273,8 +274,8 @@ def celery_worker(celery_url: str, queue: str) -> Iterator[subprocess.Popen[byte
         ],
         cwd=ROOT,
         env=_env(celery_url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         yield proc
@@ -285,6 +286,7 @@ def celery_worker(celery_url: str, queue: str) -> Iterator[subprocess.Popen[byte
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
     if proc.returncode not in (0, -signal.SIGTERM):
         missing(f"the Celery worker exited with {proc.returncode}")
 
