@@ -26,6 +26,7 @@ from asyncq.celery.protocol import CeleryTask, decode_envelope, encode_envelope,
 from asyncq.celery.redis_transport import CeleryRedis, Taken
 from asyncq.exceptions import (
     AsyncqError,
+    ConfigurationError,
     MaxRetriesExceededError,
     NotRegistered,
     Reject,
@@ -52,7 +53,9 @@ def celery_urls(app: App) -> tuple[str, str]:
     conf = app.conf
     broker = conf.celery_broker_url or app.broker_url
     if not broker or not str(broker).startswith(("redis://", "rediss://", "unix://")):
-        raise AsyncqError(f"celery_queues need a Redis URL: set celery_broker_url (the broker is {broker!r})")
+        raise ConfigurationError(
+            f"celery_queues need a Redis URL: set celery_broker_url (the broker is {broker!r})"
+        )
     return str(broker), str(conf.celery_result_backend or broker)
 
 
