@@ -72,9 +72,9 @@ async def celery_call(celery_url: str, spec: dict[str, Any]) -> dict[str, Any]:
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
-    except TimeoutError:
+    except BaseException:  # timed out, or the test gave up on it: no producer outlives its test
         proc.kill()
-        await proc.wait()
+        await asyncio.shield(proc.wait())
         raise
     assert proc.returncode == 0, err.decode()
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
@@ -315,3 +315,67 @@ async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None
     app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
     with pytest.raises(Exception, match="unknown options: link"):
         app.send_task("x", protocol="celery", link=None)
+
+
+async def test_started_progress_and_success_are_published_for_celery(
+    celery_url: str, queue: str, redis: Redis
+) -> None:
+    app = make_app(celery_url, queue)
+    app.conf.task_track_started = True
+    gate = asyncio.Event()
+
+    @app.task(name="interop.progress", bind=True)
+    async def progress(self: Any) -> str:
+        await self.update_state(state="PROGRESS", meta={"done": 1})
+        await gate.wait()
+        return "finished"
+
+    task_id = f"{queue}-progress"
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"celery-task-meta-{task_id}")
+    statuses: list[str] = []
+    async with app.worker():
+        sender = asyncio.create_task(
+            celery_call(
+                celery_url, {"name": "interop.progress", "options": {"queue": queue, "task_id": task_id}}
+            )
+        )
+        deadline = time.monotonic() + WAIT
+        while "PROGRESS" not in statuses:
+            assert time.monotonic() < deadline, f"saw only {statuses}"
+            note = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if note is not None:
+                statuses.append(json.loads(note["data"])["status"])
+        meta = json.loads(await redis.get(f"celery-task-meta-{task_id}"))
+        assert meta["result"] == {"done": 1} and meta["date_done"] is None
+        gate.set()
+        seen = await asyncio.wait_for(sender, WAIT + 30)
+    await app.aclose()
+    await pubsub.aclose()
+    assert statuses == ["STARTED", "PROGRESS"]
+    assert seen["ok"] == "finished" and seen["state"] == "SUCCESS"
+
+
+async def test_task_cut_short_by_shutdown_goes_back_to_its_queue(
+    celery_url: str, queue: str, redis: Redis
+) -> None:
+    app = make_app(celery_url, queue)
+    started = asyncio.Event()
+
+    @app.task(name="interop.stuck")
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    sender = asyncio.create_task(
+        celery_call(celery_url, {"name": "interop.stuck", "options": {"queue": queue}})
+    )
+    async with app.worker(shutdown_timeout=0.1):
+        await asyncio.wait_for(started.wait(), WAIT)
+    await app.aclose()
+    assert await redis.llen(queue) == 1
+    envelope = json.loads(await redis.lindex(queue, 0))
+    assert envelope["headers"]["task"] == "interop.stuck" and envelope["headers"]["redelivered"] is True
+    assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
