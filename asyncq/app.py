@@ -417,10 +417,13 @@ class App:
         from sync code (docs/sync.md). ``protocol="celery"`` sends a Celery protocol message to
         a Celery worker instead: awaiting it gives a :class:`~asyncq.celery.producer.CeleryResult`.
         """
-        if options.pop("protocol", "asyncq") == "celery":
+        protocol = options.pop("protocol", "asyncq")
+        if protocol == "celery":
             from asyncq.celery.producer import send_celery_task
 
             return cast("SyncResult[Any]", send_celery_task(self, name, args, kwargs, **options))
+        if protocol != "asyncq":
+            raise ConfigurationError(f"unknown protocol {protocol!r}: use 'asyncq' or 'celery'")
         task = self.tasks.get(name)
         if task is None:
             # Not registered here (defined in another code base): build the message with a stand-in.

@@ -112,7 +112,9 @@ def send_celery_task(
         raise ConfigurationError(
             f"send_task(protocol='celery') got unknown options: {', '.join(sorted(unknown))}"
         )
-    eta: datetime | float | None = options.get("eta")
+    eta: datetime | None = options.get("eta")
+    if eta is not None and not isinstance(eta, datetime):
+        raise ConfigurationError(f"eta must be an aware datetime, got {type(eta).__name__}; or use countdown")
     countdown: float | timedelta | None = options.get("countdown")
     when = (
         to_epoch(eta) if eta is not None else (now() + (to_seconds(countdown) or 0.0) if countdown else None)

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from asyncq import App
 from asyncq.celery.protocol import decode_envelope
+from asyncq.exceptions import ConfigurationError
 from tests.services import missing, require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -313,7 +314,7 @@ async def test_asyncq_sends_to_celery_worker(
 
 async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None:
     app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
-    with pytest.raises(Exception, match="unknown options: link"):
+    with pytest.raises(ConfigurationError, match="unknown options: link"):
         app.send_task("x", protocol="celery", link=None)
 
 
@@ -379,3 +380,11 @@ async def test_task_cut_short_by_shutdown_goes_back_to_its_queue(
     assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
     sender.cancel()
     await asyncio.gather(sender, return_exceptions=True)
+
+
+async def test_send_task_refuses_an_unknown_protocol_and_a_bad_eta(celery_url: str) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
+    with pytest.raises(ConfigurationError, match="unknown protocol 'kombu'"):
+        app.send_task("x", protocol="kombu")
+    with pytest.raises(ConfigurationError, match="eta must be an aware datetime"):
+        app.send_task("x", protocol="celery", eta=5.0)
