@@ -36,11 +36,16 @@ from asyncq.exceptions import (
 from asyncq.task import Request
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from asyncq.app import App
+    from asyncq.celery.amqp_transport import CeleryAMQP
     from asyncq.task import Task
     from asyncq.worker.executor import Executor
 
-__all__ = ["CeleryConsumer", "celery_urls"]
+    Transport: TypeAlias = CeleryRedis | CeleryAMQP
+
+__all__ = ["CeleryConsumer", "celery_urls", "open_transports"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +54,41 @@ RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def celery_urls(app: App) -> tuple[str, str]:
-    """The Redis URLs of the Celery queues and of Celery's results, from the app's settings."""
+    """The URLs of the Celery queues (Redis or RabbitMQ) and of Celery's results, from the settings."""
     conf = app.conf
-    broker = conf.celery_broker_url or app.broker_url
-    if not broker or not str(broker).startswith(("redis://", "rediss://", "unix://")):
+    broker = str(conf.celery_broker_url or app.broker_url or "")
+    if not broker.startswith((*_REDIS, *_AMQP)):
         raise ConfigurationError(
-            f"celery_queues need a Redis URL: set celery_broker_url (the broker is {broker!r})"
+            f"celery_queues need a Redis or RabbitMQ URL: set celery_broker_url (the broker is {broker!r})"
         )
-    return str(broker), str(conf.celery_result_backend or broker)
+    results = str(conf.celery_result_backend or ("rpc://" if broker.startswith(_AMQP) else broker))
+    if results.startswith("rpc://") and not broker.startswith(_AMQP):
+        raise ConfigurationError("celery_result_backend rpc:// needs a RabbitMQ celery_broker_url")
+    if not results.startswith((*_REDIS, "rpc://")):
+        raise ConfigurationError(f"celery_result_backend must be a Redis URL or rpc://, got {results!r}")
+    return broker, results
+
+
+_REDIS = ("redis://", "rediss://", "unix://")
+_AMQP = ("amqp://", "amqps://")
+
+
+def open_transports(app: App) -> tuple[Transport, Transport]:
+    """The transports of the Celery queues and of Celery's results (the same one for rpc://)."""
+    broker_url, results_url = celery_urls(app)
+    conf = app.conf
+    timeout = float(conf.broker_connection_timeout or 10.0)
+    broker: Transport
+    if broker_url.startswith(_AMQP):
+        from asyncq.celery.amqp_transport import CeleryAMQP
+
+        prefetch = int(conf.worker_prefetch or conf.worker_concurrency)
+        broker = CeleryAMQP(broker_url, timeout=timeout, prefetch=prefetch)
+    else:
+        broker = CeleryRedis(broker_url, timeout=timeout)
+    if results_url.startswith("rpc://") or results_url == broker_url:
+        return broker, broker
+    return broker, CeleryRedis(results_url, timeout=timeout)
 
 
 class CeleryConsumer:
@@ -91,10 +123,8 @@ class CeleryConsumer:
         self.result_ttl: float | None = conf.result_expires
         self.track_started = bool(conf.task_track_started)
         self.default_limits = (conf.task_soft_time_limit, conf.task_time_limit)
-        broker_url, results_url = celery_urls(app)
-        timeout = float(conf.broker_connection_timeout or 10.0)
-        self.broker = CeleryRedis(broker_url, timeout=timeout)
-        self.results = self.broker if results_url == broker_url else CeleryRedis(results_url, timeout=timeout)
+        self.broker, self.results = open_transports(app)
+        self._reply_to: dict[str, str] = {}  # task id -> the caller's rpc:// reply queue
         self._held: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -186,6 +216,8 @@ class CeleryConsumer:
         try:
             try:
                 _, message = decode_envelope(taken.raw)
+                if message.reply_to:
+                    self._reply_to[message.id] = message.reply_to
             except SerializationError as exc:
                 logger.error("dropping an undecodable message from Celery queue %s: %s", taken.queue, exc)
                 task_id = _peek_header(taken.raw, "id")
@@ -214,6 +246,8 @@ class CeleryConsumer:
             logger.exception("internal error handling a Celery message; returning it to its queue")
             await asyncio.sleep(1.0)
             await self._settle(self.broker.requeue(taken))
+        finally:
+            self._reply_to.pop(str(_peek_header(taken.raw, "id")), None)
 
     async def _run(self, taken: Taken, message: CeleryTask, task: Task[Any, Any]) -> bool:
         """Run the task and store its outcome; False when the message was settled otherwise."""
@@ -331,7 +365,9 @@ class CeleryConsumer:
             # Celery's JSON result serializer could not carry it either: say so to the caller.
             meta = result_meta(task_id, "FAILURE", exc=SerializationError(f"result is not JSON: {err}"))
         try:
-            await self.results.store_result(task_id, meta, ttl=self.result_ttl)
+            await self.results.store_result(
+                task_id, meta, ttl=self.result_ttl, reply_to=self._reply_to.get(task_id, "")
+            )
         except AsyncqError:
             logger.exception("could not store the %s state of Celery task %s", status, task_id)
 
@@ -344,7 +380,9 @@ class CeleryConsumer:
             "exc_module": "celery.exceptions",
         }
         try:
-            await self.results.store_result(task_id, meta, ttl=self.result_ttl)
+            await self.results.store_result(
+                task_id, meta, ttl=self.result_ttl, reply_to=self._reply_to.get(task_id, "")
+            )
         except AsyncqError:
             logger.exception("could not store the REVOKED state of Celery task %s", task_id)
 

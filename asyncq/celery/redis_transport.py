@@ -170,8 +170,10 @@ class CeleryRedis:
 
     # -- results --------------------------------------------------------------------------------
 
-    async def store_result(self, task_id: str, meta: dict[str, Any], *, ttl: float | None) -> None:
-        """Write Celery's result record and notify the ``AsyncResult`` waiting on it."""
+    async def store_result(
+        self, task_id: str, meta: dict[str, Any], *, ttl: float | None, reply_to: str = ""
+    ) -> None:
+        """Write Celery's result record and notify the ``AsyncResult`` waiting on it (``reply_to`` unused)."""
         key = f"{RESULT_PREFIX}{task_id}"
         value = json.dumps(meta)
         pipe = self._client.pipeline(transaction=True)
