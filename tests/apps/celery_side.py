@@ -1,6 +1,7 @@
 """The Celery half of the interop tests: a real Celery app, run as producer or worker subprocess.
 
-Its broker and result backend come from ``CELERY_INTEROP_URL`` (a Redis db of the tests' own).
+Its broker comes from ``CELERY_INTEROP_URL`` (a Redis db of the tests' own, or RabbitMQ) and
+its result backend from ``CELERY_INTEROP_BACKEND`` (default: the broker URL; ``rpc://`` on RabbitMQ).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from celery import Celery
 
 URL = os.environ.get("CELERY_INTEROP_URL", "redis://127.0.0.1:6379/13")
 
-celery_app = Celery("celery_side", broker=URL, backend=URL)
+BACKEND = os.environ.get("CELERY_INTEROP_BACKEND", URL)
+
+celery_app = Celery("celery_side", broker=URL, backend=BACKEND)
 celery_app.conf.update(
     task_serializer="json",
     result_serializer="json",
