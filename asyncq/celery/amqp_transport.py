@@ -45,6 +45,7 @@ class CeleryAMQP:
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._held: dict[str, AbstractIncomingMessage] = {}
         self._tags = 0
+        self._declared: set[str] = set()
 
     async def _open(self) -> AbstractChannel:
         if self._channel is None:
@@ -75,14 +76,18 @@ class CeleryAMQP:
 
     async def declare(self, queues: Sequence[str]) -> None:
         """Declare each queue as Celery does and start consuming it."""
-        channel = await self._open()
         for name in queues:
-            exchange = await self._bounded(
-                "declare", channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
-            )
-            queue = await self._bounded("declare", channel.declare_queue(name, durable=True))
-            await self._bounded("bind", queue.bind(exchange, routing_key=name))
+            queue = await self._declare_one(name)
             await self._bounded("consume", queue.consume(self._inbox.put))
+
+    async def _declare_one(self, name: str) -> Any:
+        channel = await self._open()
+        exchange = await self._bounded(
+            "declare", channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+        )
+        queue = await self._bounded("declare", channel.declare_queue(name, durable=True))
+        await self._bounded("bind", queue.bind(exchange, routing_key=name))
+        return queue
 
     async def take(self, queues: Sequence[str]) -> Taken | None:
         """The next delivery, as a kombu envelope (None after a quiet poll)."""
@@ -142,6 +147,9 @@ class CeleryAMQP:
             priority=priority or None,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        if queue not in self._declared:  # as a Celery producer does: the queue exists before a worker
+            await self._declare_one(queue)
+            self._declared.add(queue)
         exchange = await self._bounded("get exchange", channel.get_exchange(queue, ensure=False))
         await self._bounded("publish", exchange.publish(message, routing_key=queue))
 

@@ -81,17 +81,24 @@ class CelerySend:
         return self._send().__await__()
 
     async def _send(self) -> CeleryResult:
-        from asyncq.celery.consumer import celery_urls
+        from asyncq.celery.consumer import celery_urls, open_transports
 
-        broker_url, results_url = celery_urls(self.app)
+        _, results_url = celery_urls(self.app)
+        if results_url.startswith("rpc://"):
+            raise ConfigurationError(
+                "send_task(protocol='celery') reads results from a Redis celery_result_backend; "
+                "rpc:// is not supported for it yet"
+            )
         timeout = float(self.app.conf.broker_connection_timeout or 10.0)
-        redis = CeleryRedis(broker_url, timeout=timeout)
+        broker, results = open_transports(self.app)
         try:
-            await redis.publish(
+            await broker.publish(
                 self.queue, encode_envelope(self.task, queue=self.queue), priority=self.task.priority
             )
         finally:
-            await redis.aclose()
+            await broker.aclose()
+            if results is not broker:
+                await results.aclose()
         return CeleryResult(self.task.id, results_url, timeout=timeout)
 
 

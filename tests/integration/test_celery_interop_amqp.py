@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from asyncq import App
+from asyncq.exceptions import ConfigurationError
 from tests.services import require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -101,3 +104,65 @@ async def test_celery_on_rabbitmq_gets_asyncq_results_over_rpc(amqp_url: str, qu
     assert added["ok"] == 5 and added["state"] == "SUCCESS"
     assert failed["error"] == "ValueError" and failed["args"] == ["bad"]
     assert later["ok"] == 1
+
+
+async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue: str, tmp_path: Path) -> None:
+    results_url = os.environ.get("CELERY_INTEROP_URL", require_service("redis").rsplit("/", 1)[0] + "/13")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CELERY_INTEROP_URL": amqp_url,
+        "CELERY_INTEROP_BACKEND": results_url,
+    }
+    log = (tmp_path / "celery-worker.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.celery_side:celery_app",
+            "worker",
+            "-Q",
+            queue,
+            "-P",
+            "solo",
+            "-n",
+            f"{queue}@localhost",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    app = App(
+        "sender",
+        broker="memory://",
+        config={"celery_broker_url": amqp_url, "celery_result_backend": results_url},
+    )
+    try:
+        product = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
+        failing = await app.send_task(
+            "celery_side.boom", ["gone"], queue=queue, protocol="celery", countdown=0.5
+        )
+        assert await product.get(timeout=WAIT) == 12
+        with pytest.raises(KeyError, match="gone"):
+            await failing.get(timeout=WAIT)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        await app.aclose()
+
+
+async def test_send_task_to_celery_refuses_rpc_results(amqp_url: str) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": amqp_url})
+    with pytest.raises(ConfigurationError, match="rpc:// is not supported"):
+        await app.send_task("celery_side.mul", [1, 1], queue="unused", protocol="celery")
