@@ -123,7 +123,9 @@ class CeleryConsumer:
         self.result_ttl: float | None = conf.result_expires
         self.track_started = bool(conf.task_track_started)
         self.default_limits = (conf.task_soft_time_limit, conf.task_time_limit)
-        self.broker, self.results = open_transports(app)
+        # Opened in serve(): a bad URL then fails the worker through its loop, which cleans up.
+        self.broker: Transport
+        self.results: Transport
         self._reply_to: dict[str, str] = {}  # task id -> the caller's rpc:// reply queue
         self._held: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -131,6 +133,7 @@ class CeleryConsumer:
 
     async def serve(self) -> None:
         """Take and run Celery messages until cancelled; held (eta) messages go back on exit."""
+        self.broker, self.results = open_transports(self.app)
         logger.info("consuming Celery queues %s", ",".join(self.queues))
         try:
             await self._consume()

@@ -388,3 +388,10 @@ async def test_send_task_refuses_an_unknown_protocol_and_a_bad_eta(celery_url: s
         app.send_task("x", protocol="kombu")
     with pytest.raises(ConfigurationError, match="eta must be an aware datetime"):
         app.send_task("x", protocol="celery", eta=5.0)
+
+
+async def test_celery_queues_without_a_usable_url_stop_the_worker_in_one_line() -> None:
+    app = App("misconfigured", broker="memory://", config={"celery_queues": ["celery"]})
+    with pytest.raises(ConfigurationError, match="celery_queues need a Redis or RabbitMQ URL"):
+        await asyncio.wait_for(app.worker().serve(), WAIT)
+    await app.aclose()
