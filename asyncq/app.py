@@ -8,7 +8,7 @@ import sys
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 from urllib.parse import quote
 
 from asyncq._connect import with_connect_timeout
@@ -458,8 +458,16 @@ class App:
         """Send a task by name, without its code (Celery's ``send_task``); options as apply_async.
 
         Like ``apply_async``: ``await app.send_task(...)`` in async code, a blocking handle
-        from sync code (docs/sync.md).
+        from sync code (docs/sync.md). ``protocol="celery"`` sends a Celery protocol message to
+        a Celery worker instead: awaiting it gives a :class:`~asyncq.celery.producer.CeleryResult`.
         """
+        protocol = options.pop("protocol", "asyncq")
+        if protocol == "celery":
+            from asyncq.celery.producer import send_celery_task
+
+            return cast("SyncResult[Any]", send_celery_task(self, name, args, kwargs, **options))
+        if protocol != "asyncq":
+            raise ConfigurationError(f"unknown protocol {protocol!r}: use 'asyncq' or 'celery'")
         task = self.tasks.get(name)
         if task is None:
             # Not registered here (defined in another code base): build the message with a stand-in.

@@ -148,6 +148,15 @@ class Worker:
         loops = [consumer, stop_wait, heartbeat]
         if self.scheduler is not None:
             loops.append(asyncio.create_task(self.scheduler.serve(), name="asyncq.beat"))
+        celery_loop: asyncio.Task[None] | None = None
+        if self.app.conf.celery_queues:  # Celery protocol queues, beside the broker's own
+            from asyncq.celery.consumer import CeleryConsumer
+
+            celery = CeleryConsumer(
+                self.app, self.executor, slots=self._slots, adopt=self._adopt, hostname=self.hostname
+            )
+            celery_loop = asyncio.create_task(celery.serve(), name="asyncq.celery")
+            loops.append(celery_loop)
         self.ready.set()
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
@@ -159,6 +168,8 @@ class Worker:
             stop_wait.cancel()
             consumer.cancel()
             heartbeat.cancel()
+            if celery_loop is not None:
+                celery_loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
             await self.app.events.stop_worker(self, runner.events)
@@ -263,6 +274,11 @@ class Worker:
                 job.cancel()
                 return True
         return False
+
+    def _adopt(self, job: asyncio.Task[None]) -> None:
+        """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
+        self._inflight.add(job)
+        job.add_done_callback(self._job_done)
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)

@@ -1,0 +1,144 @@
+"""Sends tasks to Celery workers in Celery's protocol and reads their results from Celery's backend.
+
+``await app.send_task(name, args, kwargs, queue="celery", protocol="celery")`` lands here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Generator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from asyncq._utils import now, to_epoch, to_seconds
+from asyncq.celery.protocol import CeleryTask, encode_envelope, rebuild_exception
+from asyncq.celery.redis_transport import CeleryRedis
+from asyncq.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+
+__all__ = ["CeleryResult", "CelerySend", "send_celery_task"]
+
+_OPTIONS = frozenset(
+    {"queue", "countdown", "eta", "expires", "task_id", "headers", "priority", "ignore_result"}
+)
+
+
+class CeleryResult:
+    """The result of a task sent to Celery, read from Celery's Redis result backend.
+
+    Each call opens and closes its own connection, so a handle can be kept and awaited from
+    any event loop.
+    """
+
+    def __init__(self, task_id: str, results_url: str, *, timeout: float = 10.0) -> None:
+        self.id = task_id
+        self.results_url = results_url
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<CeleryResult {self.id}>"
+
+    async def state(self) -> str:
+        """Celery's state name (PENDING until the worker stores one)."""
+        meta = await self._with(lambda r: r.get_result(self.id))
+        return "PENDING" if meta is None else str(meta.get("status"))
+
+    async def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """Wait for the result; on FAILURE raise the task's exception (rebuilt when importable).
+
+        Raises:
+            asyncq.exceptions.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        meta = await self._with(lambda r: r.wait_result(self.id, timeout=timeout))
+        if meta.get("status") == "SUCCESS" or not propagate:
+            return meta.get("result")
+        raise rebuild_exception(meta.get("result"))
+
+    async def meta(self) -> dict[str, Any] | None:
+        """Celery's whole result record (status, result, traceback, date_done, ...), or None."""
+        meta: dict[str, Any] | None = await self._with(lambda r: r.get_result(self.id))
+        return meta
+
+    async def _with(self, call: Any) -> Any:
+        redis = CeleryRedis(self.results_url, timeout=self._timeout)
+        try:
+            return await call(redis)
+        finally:
+            await redis.aclose()
+
+
+class CelerySend:
+    """The awaitable ``app.send_task(..., protocol="celery")`` returns; awaiting it sends."""
+
+    def __init__(self, app: App, task: CeleryTask, queue: str) -> None:
+        self.app = app
+        self.task = task
+        self.queue = queue
+
+    def __await__(self) -> Generator[Any, None, CeleryResult]:
+        return self._send().__await__()
+
+    async def _send(self) -> CeleryResult:
+        from asyncq.celery.consumer import celery_urls, open_transports
+
+        _, results_url = celery_urls(self.app)
+        if results_url.startswith("rpc://"):
+            raise ConfigurationError(
+                "send_task(protocol='celery') reads results from a Redis celery_result_backend; "
+                "rpc:// is not supported for it yet"
+            )
+        timeout = float(self.app.conf.broker_connection_timeout or 10.0)
+        broker, results = open_transports(self.app)
+        try:
+            await broker.publish(
+                self.queue, encode_envelope(self.task, queue=self.queue), priority=self.task.priority
+            )
+        finally:
+            await broker.aclose()
+            if results is not broker:
+                await results.aclose()
+        return CeleryResult(self.task.id, results_url, timeout=timeout)
+
+
+def send_celery_task(
+    app: App,
+    name: str,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> CelerySend:
+    """Build a Celery protocol-v2 message for ``name``; await the result to send it.
+
+    Options: ``queue`` (default ``celery``), ``countdown``, ``eta``, ``expires`` (seconds
+    from now or a datetime), ``task_id``, ``headers``, ``priority``, ``ignore_result``.
+    """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"send_task(protocol='celery') got unknown options: {', '.join(sorted(unknown))}"
+        )
+    eta: datetime | None = options.get("eta")
+    if eta is not None and not isinstance(eta, datetime):
+        raise ConfigurationError(f"eta must be an aware datetime, got {type(eta).__name__}; or use countdown")
+    countdown: float | timedelta | None = options.get("countdown")
+    when = (
+        to_epoch(eta) if eta is not None else (now() + (to_seconds(countdown) or 0.0) if countdown else None)
+    )
+    expires = options.get("expires")
+    expires_at = to_epoch(expires)  # seconds from now, a timedelta or an aware datetime
+    task_id = str(options.get("task_id") or uuid.uuid4())
+    task = CeleryTask(
+        id=task_id,
+        task=name,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        eta=when,
+        expires=expires_at,
+        root_id=task_id,
+        ignore_result=bool(options.get("ignore_result", False)),
+        headers=dict(options.get("headers") or {}),
+        priority=int(options.get("priority") or 0),
+    )
+    return CelerySend(app, task, str(options.get("queue") or "celery"))

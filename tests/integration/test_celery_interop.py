@@ -1,0 +1,397 @@
+"""Celery interop on Redis, against real Celery processes (producer and worker subprocesses).
+
+Everything lives in Redis db 13 (``CELERY_INTEROP_URL``), under queue names unique to each
+test; the keys a test made are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from asyncq import App
+from asyncq.celery.protocol import decode_envelope
+from asyncq.exceptions import ConfigurationError
+from tests.services import missing, require_service
+
+pytest.importorskip("celery", reason="the celery extra is not installed")
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 90.0  # seconds: generous, the machine is shared
+
+
+@pytest.fixture
+def celery_url() -> str:
+    base = require_service("redis").rsplit("/", 1)[0]
+    return os.environ.get("CELERY_INTEROP_URL", f"{base}/13")
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"celery-it-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(celery_url: str, queue: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(celery_url)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"*{queue}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def _env(celery_url: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "CELERY_INTEROP_URL": celery_url}
+
+
+async def celery_call(celery_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the Celery producer subprocess: send one task, wait for its result, return what it saw."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.apps.celery_producer",
+        json.dumps(spec),
+        cwd=ROOT,
+        env=_env(celery_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
+    except BaseException:  # timed out, or the test gave up on it: no producer outlives its test
+        proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
+    assert proc.returncode == 0, err.decode()
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+def make_app(celery_url: str, queue: str) -> App:
+    app = App(
+        "interop",
+        broker="memory://",
+        config={
+            "celery_queues": [queue],
+            "celery_broker_url": celery_url,
+            "celery_task_map": {"legacy.multiply": "interop.mul"},
+        },
+    )
+
+    @app.task(name="interop.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="interop.mul")
+    async def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app.task(name="interop.fail")
+    async def fail(text: str) -> None:
+        raise ValueError(text)
+
+    @app.task(name="interop.context", bind=True)
+    async def context(self: Any) -> dict[str, Any]:
+        request = self.request
+        return {
+            "id": request.id,
+            "root_id": request.root_id,
+            "parent_id": request.parent_id,
+            "retries": request.retries,
+            "queue": request.delivery_info["queue"],
+            "header": request.headers.get("custom"),
+            "now": time.time(),
+        }
+
+    @app.task(name="interop.flaky", bind=True, max_retries=5)
+    async def flaky(self: Any, until: int) -> int:
+        if self.request.retries < until:
+            raise self.retry(countdown=0.2)
+        return int(self.request.retries)
+
+    @app.task(name="interop.hopeless", bind=True, max_retries=1)
+    async def hopeless(self: Any) -> None:
+        raise self.retry(exc=LookupError("still broken"), countdown=0.1)
+
+    return app
+
+
+# -- Celery producer -> asyncq worker ------------------------------------------------------------
+
+
+async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    async with app.worker():
+        seen = await celery_call(
+            celery_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
+        )
+        mapped = await celery_call(
+            celery_url, {"name": "legacy.multiply", "args": [6, 7], "options": {"queue": queue}}
+        )
+    await app.aclose()
+    assert seen["ok"] == 5 and seen["state"] == "SUCCESS"
+    assert mapped["ok"] == 42
+    meta = json.loads(await redis.get(f"celery-task-meta-{seen['id']}"))
+    assert meta["status"] == "SUCCESS" and meta["task_id"] == seen["id"] and meta["date_done"]
+    assert await redis.llen(queue) == 0
+    assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
+
+
+async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    async with app.worker():
+        failed = await celery_call(
+            celery_url, {"name": "interop.fail", "args": ["bad input"], "options": {"queue": queue}}
+        )
+        unknown = await celery_call(celery_url, {"name": "interop.nope", "options": {"queue": queue}})
+    await app.aclose()
+    assert failed["error"] == "ValueError" and failed["module"] == "builtins"
+    assert failed["args"] == ["bad input"] and failed["state"] == "FAILURE"
+    meta = json.loads(await redis.get(f"celery-task-meta-{failed['id']}"))
+    assert "ValueError: bad input" in meta["traceback"]
+    assert unknown["error"] == "NotRegistered" and "interop.nope" in unknown["args"][0]
+
+
+async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    parent = str(uuid.uuid4())
+    async with app.worker():
+        seen = await celery_call(
+            celery_url,
+            {
+                "name": "interop.context",
+                "options": {
+                    "queue": queue,
+                    "countdown": 1.5,
+                    "headers": {"custom": "value"},
+                    "root_id": "root-1",
+                    "parent_id": parent,
+                },
+            },
+        )
+    await app.aclose()
+    context = seen["ok"]
+    assert context["id"] == seen["id"]
+    assert (context["root_id"], context["parent_id"]) == ("root-1", parent)
+    assert context["header"] == "value" and context["queue"] == queue and context["retries"] == 0
+    assert context["now"] >= seen["sent_at"] + 1.5 - 0.05  # not run before its countdown
+
+
+async def test_retries_are_republished_in_celerys_protocol(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    async with app.worker():
+        retried = await celery_call(
+            celery_url, {"name": "interop.flaky", "args": [2], "options": {"queue": queue}}
+        )
+        gave_up = await celery_call(celery_url, {"name": "interop.hopeless", "options": {"queue": queue}})
+    await app.aclose()
+    assert retried["ok"] == 2
+    assert gave_up["error"] == "LookupError" and gave_up["args"] == ["still broken"]
+
+
+async def test_expired_celery_message_is_revoked(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    # Sent while no worker runs, with an expiry already past by the time one starts.
+    sender = asyncio.create_task(
+        celery_call(
+            celery_url, {"name": "interop.add", "args": [1, 1], "options": {"queue": queue, "expires": 0.5}}
+        )
+    )
+    while await redis.llen(queue) == 0:
+        await asyncio.sleep(0.05)
+    raw = await redis.lindex(queue, 0)
+    _, message = decode_envelope(raw)
+    assert message.expires is not None
+    while time.time() <= message.expires:
+        await asyncio.sleep(0.05)
+    async with app.worker():
+        seen = await asyncio.wait_for(sender, WAIT + 30)
+    await app.aclose()
+    assert seen["error"] == "TaskRevokedError" and seen["state"] == "REVOKED"
+
+
+async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: str, redis: Redis) -> None:
+    app = make_app(celery_url, queue)
+    sender = asyncio.create_task(
+        celery_call(
+            celery_url,
+            {"name": "interop.add", "args": [4, 4], "options": {"queue": queue, "countdown": 3600}},
+        )
+    )
+    async with app.worker():
+        deadline = time.monotonic() + WAIT
+        while not any(queue.encode() in parked for parked in await redis.hvals("unacked")):
+            assert time.monotonic() < deadline, "the worker never took the message"
+            await asyncio.sleep(0.05)
+    await app.aclose()
+    # Stopped before its eta: back in the queue, marked redelivered, not left in unacked.
+    assert await redis.llen(queue) == 1
+    envelope = json.loads(await redis.lindex(queue, 0))
+    assert envelope["headers"]["redelivered"] is True
+    assert await redis.hget("unacked", envelope["properties"]["delivery_tag"]) is None
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
+
+
+# -- asyncq producer -> Celery worker ------------------------------------------------------------
+
+
+@pytest.fixture
+def celery_worker(celery_url: str, queue: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / "celery-worker.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.celery_side:celery_app",
+            "worker",
+            "-Q",
+            queue,
+            "-P",
+            "solo",
+            "-n",
+            f"{queue}@localhost",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=_env(celery_url),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    if proc.returncode not in (0, -signal.SIGTERM):
+        missing(f"the Celery worker exited with {proc.returncode}")
+
+
+async def test_asyncq_sends_to_celery_worker(
+    celery_url: str, queue: str, redis: Redis, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
+    handle = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
+    assert await handle.get(timeout=WAIT) == 12
+    assert await handle.state() == "SUCCESS"
+
+    later = await app.send_task("celery_side.mul", [5, 5], queue=queue, protocol="celery", countdown=1)
+    retried = await app.send_task("celery_side.flaky", [2], queue=queue, protocol="celery")
+    failing = await app.send_task("celery_side.boom", ["missing"], queue=queue, protocol="celery")
+    assert await later.get(timeout=WAIT) == 25
+    assert await retried.get(timeout=WAIT) == 2
+    with pytest.raises(KeyError, match="missing"):
+        await failing.get(timeout=WAIT)
+    meta = await failing.meta()
+    assert meta is not None and meta["status"] == "FAILURE" and "KeyError" in meta["traceback"]
+    await app.aclose()
+
+
+async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
+    with pytest.raises(ConfigurationError, match="unknown options: link"):
+        app.send_task("x", protocol="celery", link=None)
+
+
+async def test_started_progress_and_success_are_published_for_celery(
+    celery_url: str, queue: str, redis: Redis
+) -> None:
+    app = make_app(celery_url, queue)
+    app.conf.task_track_started = True
+    gate = asyncio.Event()
+
+    @app.task(name="interop.progress", bind=True)
+    async def progress(self: Any) -> str:
+        await self.update_state(state="PROGRESS", meta={"done": 1})
+        await gate.wait()
+        return "finished"
+
+    task_id = f"{queue}-progress"
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"celery-task-meta-{task_id}")
+    statuses: list[str] = []
+    async with app.worker():
+        sender = asyncio.create_task(
+            celery_call(
+                celery_url, {"name": "interop.progress", "options": {"queue": queue, "task_id": task_id}}
+            )
+        )
+        deadline = time.monotonic() + WAIT
+        while "PROGRESS" not in statuses:
+            assert time.monotonic() < deadline, f"saw only {statuses}"
+            note = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if note is not None:
+                statuses.append(json.loads(note["data"])["status"])
+        meta = json.loads(await redis.get(f"celery-task-meta-{task_id}"))
+        assert meta["result"] == {"done": 1} and meta["date_done"] is None
+        gate.set()
+        seen = await asyncio.wait_for(sender, WAIT + 30)
+    await app.aclose()
+    await pubsub.aclose()
+    assert statuses == ["STARTED", "PROGRESS"]
+    assert seen["ok"] == "finished" and seen["state"] == "SUCCESS"
+
+
+async def test_task_cut_short_by_shutdown_goes_back_to_its_queue(
+    celery_url: str, queue: str, redis: Redis
+) -> None:
+    app = make_app(celery_url, queue)
+    started = asyncio.Event()
+
+    @app.task(name="interop.stuck")
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    sender = asyncio.create_task(
+        celery_call(celery_url, {"name": "interop.stuck", "options": {"queue": queue}})
+    )
+    async with app.worker(shutdown_timeout=0.1):
+        await asyncio.wait_for(started.wait(), WAIT)
+    await app.aclose()
+    assert await redis.llen(queue) == 1
+    envelope = json.loads(await redis.lindex(queue, 0))
+    assert envelope["headers"]["task"] == "interop.stuck" and envelope["headers"]["redelivered"] is True
+    assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
+
+
+async def test_send_task_refuses_an_unknown_protocol_and_a_bad_eta(celery_url: str) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
+    with pytest.raises(ConfigurationError, match="unknown protocol 'kombu'"):
+        app.send_task("x", protocol="kombu")
+    with pytest.raises(ConfigurationError, match="eta must be an aware datetime"):
+        app.send_task("x", protocol="celery", eta=5.0)
+
+
+async def test_celery_queues_without_a_usable_url_stop_the_worker_in_one_line() -> None:
+    app = App("misconfigured", broker="memory://", config={"celery_queues": ["celery"]})
+    with pytest.raises(ConfigurationError, match="celery_queues need a Redis or RabbitMQ URL"):
+        await asyncio.wait_for(app.worker().serve(), WAIT)
+    await app.aclose()

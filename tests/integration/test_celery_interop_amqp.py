@@ -1,0 +1,168 @@
+"""Celery producers on RabbitMQ (Celery's AMQP layout, results over rpc://) feeding an asyncq worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncq import App
+from asyncq.exceptions import ConfigurationError
+from tests.services import require_service
+
+pytest.importorskip("celery", reason="the celery extra is not installed")
+aio_pika = pytest.importorskip("aio_pika")
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 90.0
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return require_service("rabbitmq")
+
+
+@pytest.fixture
+async def queue(amqp_url: str) -> AsyncIterator[str]:
+    name = f"celery-it-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+        await channel.exchange_delete(name)
+
+
+async def celery_call(amqp_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CELERY_INTEROP_URL": amqp_url,
+        "CELERY_INTEROP_BACKEND": "rpc://",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.apps.celery_producer",
+        json.dumps(spec),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
+    except BaseException:
+        proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
+    assert proc.returncode == 0, err.decode()
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def test_celery_on_rabbitmq_gets_asyncq_results_over_rpc(amqp_url: str, queue: str) -> None:
+    app = App(
+        "interop-amqp", broker="memory://", config={"celery_queues": [queue], "celery_broker_url": amqp_url}
+    )
+
+    @app.task(name="interop.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="interop.fail")
+    async def fail(text: str) -> None:
+        raise ValueError(text)
+
+    @app.task(name="interop.flaky", bind=True, max_retries=5)
+    async def flaky(self: Any, until: int) -> int:
+        if self.request.retries < until:
+            raise self.retry(countdown=0.2)
+        return int(self.request.retries)
+
+    async with app.worker():
+        added = await celery_call(
+            amqp_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
+        )
+        failed = await celery_call(
+            amqp_url, {"name": "interop.fail", "args": ["bad"], "options": {"queue": queue}}
+        )
+        later = await celery_call(
+            amqp_url, {"name": "interop.flaky", "args": [1], "options": {"queue": queue, "countdown": 1}}
+        )
+    await app.aclose()
+    assert added["ok"] == 5 and added["state"] == "SUCCESS"
+    assert failed["error"] == "ValueError" and failed["args"] == ["bad"]
+    assert later["ok"] == 1
+
+
+async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue: str, tmp_path: Path) -> None:
+    results_url = os.environ.get("CELERY_INTEROP_URL", require_service("redis").rsplit("/", 1)[0] + "/13")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CELERY_INTEROP_URL": amqp_url,
+        "CELERY_INTEROP_BACKEND": results_url,
+    }
+    log = (tmp_path / "celery-worker.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.celery_side:celery_app",
+            "worker",
+            "-Q",
+            queue,
+            "-P",
+            "solo",
+            "-n",
+            f"{queue}@localhost",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    app = App(
+        "sender",
+        broker="memory://",
+        config={"celery_broker_url": amqp_url, "celery_result_backend": results_url},
+    )
+    try:
+        product = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
+        failing = await app.send_task(
+            "celery_side.boom", ["gone"], queue=queue, protocol="celery", countdown=0.5
+        )
+        assert await product.get(timeout=WAIT) == 12
+        with pytest.raises(KeyError, match="gone"):
+            await failing.get(timeout=WAIT)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        await app.aclose()
+
+
+async def test_send_task_to_celery_refuses_rpc_results(amqp_url: str) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": amqp_url})
+    with pytest.raises(ConfigurationError, match="rpc:// is not supported"):
+        await app.send_task("celery_side.mul", [1, 1], queue="unused", protocol="celery")
