@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.typecheck import run_mypy
 
 EXAMPLE = textwrap.dedent(
     """
@@ -31,26 +31,11 @@ EXAMPLE = textwrap.dedent(
 def test_mypy_checks_enqueue_on_commit_arguments(tmp_path: Path) -> None:
     path = tmp_path / "typed_on_commit.py"
     path.write_text(EXAMPLE)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = out.stdout.splitlines()
+    lines = run_mypy(path, tmp_path / "c")
     reveals = [line.split("Revealed type is ")[1].strip('"') for line in lines if "Revealed type is" in line]
-    assert [r.removeprefix("builtins.") for r in reveals] == ["int"], out.stdout
+    assert [r.removeprefix("builtins.") for r in reveals] == ["int"], "\n".join(lines)
     errors = [line for line in lines if ": error:" in line]
-    assert len(errors) == 2, out.stdout
+    assert len(errors) == 2, "\n".join(lines)
     # One overload per kind of task (asyncq's, Django's): mypy names the arguments none accepts.
     assert (
         'No overload variant of "enqueue_on_commit" matches argument types "SyncTask[[int, int], int]", "str"'

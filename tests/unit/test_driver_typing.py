@@ -6,8 +6,6 @@ registered; the deliberately broken drivers show the check has teeth.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from asyncq.backends import BACKENDS
 from asyncq.brokers import BROKERS
+from tests.typecheck import run_mypy
 
 BROKEN = textwrap.dedent(
     """
@@ -66,26 +65,11 @@ def test_every_registered_driver_satisfies_its_protocol(tmp_path: Path) -> None:
     path = tmp_path / "drivers_checked.py"
     source = _checked_module()
     path.write_text(source)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
+    lines = run_mypy(path, tmp_path / "cache")
+    errors = [line for line in lines if ": error:" in line]
     source_lines = source.splitlines()
     flagged = {int(line.split(":")[1]) for line in errors}
     broken = {n for n, text in enumerate(source_lines, 1) if "# BROKEN-" in text}
     # Every error is on a broken driver's line, and each broken driver is caught.
-    assert flagged == broken, out.stdout
+    assert flagged == broken, "\n".join(lines)
     assert len(BROKERS) > 0 and len(BACKENDS) > 0

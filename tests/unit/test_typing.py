@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.typecheck import run_mypy
 
 EXAMPLE = textwrap.dedent(
     """
@@ -56,33 +56,19 @@ EXAMPLE = textwrap.dedent(
 def test_mypy_checks_task_signatures(tmp_path: Path) -> None:
     path = tmp_path / "typed_example.py"
     path.write_text(EXAMPLE)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = out.stdout.splitlines()
+    lines = run_mypy(path, tmp_path / "cache")
     # mypy versions differ on whether they print "builtins.int" or "int".
     reveals = [
         line.split("Revealed type is ")[1].strip('"').removeprefix("builtins.")
         for line in lines
         if "Revealed type is" in line
     ]
-    assert reveals[:5] == ["int", "int", "str", "float", "str"], out.stdout
-    assert reveals[5].startswith("asyncq.result.AsyncResult[") and reveals[5].endswith("int]"), out.stdout
-    assert reveals[6:] == ["int", "str", "list[Any]", "bool"], out.stdout
+    assert reveals[:5] == ["int", "int", "str", "float", "str"], "\n".join(lines)
+    shown = "\n".join(lines)
+    assert reveals[5].startswith("asyncq.result.AsyncResult[") and reveals[5].endswith("int]"), shown
+    assert reveals[6:] == ["int", "str", "list[Any]", "bool"], "\n".join(lines)
     errors = [line for line in lines if ": error:" in line]
-    assert len(errors) == 4, out.stdout
+    assert len(errors) == 4, "\n".join(lines)
     assert 'Argument 1 to "enqueue" of "Task" has incompatible type "str"; expected "int"' in errors[0]
     assert 'Missing positional argument "y"' in errors[1]
     assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in errors[2]
