@@ -285,9 +285,25 @@ def run(
             metavar="NAME",
         ),
     ] = None,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Restart the worker when a .py file under the current directory changes "
+            "(in-flight tasks finish first). For development; needs watchfiles.",
+            envvar="ASYNCQ_RELOAD",
+        ),
+    ] = False,
 ) -> None:
     """Start a worker for the app."""
     setup_logging(log_level, log_format)
+    if reload:
+        from asyncq.reload import child_argv, supervise
+
+        try:
+            raise typer.Exit(supervise(child_argv(sys.argv[1:]), [Path.cwd()]))
+        except AsyncqError as exc:
+            fail(str(exc))
     if concurrency is not None and concurrency < 1:
         fail(f"--concurrency must be at least 1, got {concurrency}")
     if shutdown_timeout is not None and shutdown_timeout < 0:

@@ -186,6 +186,7 @@ OTHER_ENV_VARS: frozenset[str] = frozenset(
         "ASYNCQ_LOG_FORMAT",
         "ASYNCQ_BEAT",
         "ASYNCQ_WORKER_HOSTNAME",
+        "ASYNCQ_RELOAD",
     }
 )
 # Variables under these prefixes belong to asyncq's test suite and benchmarks (ASYNCQ_TEST_REDIS_URL, ...).
