@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from asyncq.events import codec
+import asyncq.events.codec as codec
 from asyncq.exceptions import AsyncqError
 
 if TYPE_CHECKING:
