@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from asyncq import App
 from asyncq._resp import open_multiplexed, pack_commands
 from asyncq.exceptions import BackendConnectionError, BrokerConnectionError
+from tests.services import missing
 
 TIMEOUT = 30.0
 
@@ -93,7 +94,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed; this test starts its own")
     d = tmp_path_factory.mktemp("tls")
     ca_key, rogue_key, server_key, client_key = _key(), _key(), _key(), _key()
     ca = _cert("asyncq test CA", ca_key, None, ca=True)
