@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
-from asyncq.message import Message, encode_message
+from asyncq.message import SENT_AT, Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
 from asyncq.sync import SyncResult
@@ -152,6 +153,10 @@ class App:
         self._dead_letters: DeadLetters | None = None
         self._events: Events | None = None
         self._control: Control | None = None
+        # Producer hooks, resolved at connect (not per message: reading conf costs microseconds).
+        self._stamp_sent = False
+        #: Called with each message before it is encoded (tracing injects its context here).
+        self.publish_hook: Callable[[Message], None] | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.main}>"
@@ -371,7 +376,15 @@ class App:
             if not drivers.connected:
                 await drivers.broker.connect()
                 await drivers.backend.connect()
+                self._prepare_publishing()
                 drivers.connected = True
+
+    def _prepare_publishing(self) -> None:
+        self._stamp_sent = bool(self.conf.task_send_sent_time)
+        if self.conf.tracing and self.publish_hook is None:
+            from asyncq.tracing import instrument  # an optional extra: imported only when enabled
+
+            instrument(self)
 
     async def aclose(self) -> None:
         """Close this loop's broker and backend."""
@@ -405,6 +418,10 @@ class App:
             SerializationError: an argument cannot be encoded; the error names the task and it.
             MessageTooLargeError: the message is over ``message_max_bytes``.
         """
+        if self._stamp_sent:  # for the queue-wait metric; a retry is stamped anew
+            message.headers = {**message.headers, SENT_AT: time.time()}
+        if self.publish_hook is not None:
+            self.publish_hook(message)
         task = self.tasks.get(message.task)
         security = self.security
         encrypt = security.should_encrypt(task.options.encrypt if task is not None else None)

@@ -285,6 +285,16 @@ def run(
             metavar="NAME",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on this port (needs asyncq[metrics]). Default: the "
+            "worker_metrics_port setting (none).",
+            envvar="ASYNCQ_WORKER_METRICS_PORT",
+            metavar="PORT",
+        ),
+    ] = None,
     reload: Annotated[
         bool,
         typer.Option(
@@ -320,6 +330,7 @@ def run(
             beat=beat,
             send_events=events or None,
             hostname=hostname,
+            metrics_port=metrics_port,
         )
         worker.run()
     except AsyncqError as exc:

@@ -16,10 +16,12 @@ from typing import Any, Final
 from asyncq.exceptions import SerializationError
 from asyncq.serializers import Serializers, json_dumps, json_loads
 
-__all__ = ["PROTOCOL_VERSION", "Message", "decode_message", "encode_message"]
+__all__ = ["PROTOCOL_VERSION", "SENT_AT", "Message", "decode_message", "encode_message"]
 
 PROTOCOL_VERSION: Final = 1
 _JSON: Final = "application/json"
+#: The header with the epoch time a producer sent the message (``task_send_sent_time``).
+SENT_AT: Final = "sent_at"
 _MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 

@@ -28,6 +28,7 @@ from asyncq.scheduler import Scheduler
 from asyncq.states import State
 from asyncq.worker.executor import Executor
 from asyncq.worker.job import JobRunner
+from asyncq.worker.observers import Observers
 from asyncq.worker.presence import Presence
 from asyncq.worker.runner import loop_factory, run_until_signalled
 
@@ -61,6 +62,8 @@ class Worker:
         beat: also run the periodic scheduler (:class:`~asyncq.scheduler.Scheduler`); safe
             on any number of workers, each tick is sent once.
         send_events: send task and worker events (``worker_send_task_events``; ``-E``).
+        metrics_port: serve Prometheus metrics on this port (``worker_metrics_port``; 0: any
+            free port, then in :attr:`metrics_port` once serving); see docs/monitoring.md.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Worker:
         hostname: str | None = None,
         beat: bool = False,
         send_events: bool | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -91,6 +95,10 @@ class Worker:
         self.loop = loop or conf.worker_loop
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
         self.send_events = bool(conf.worker_send_task_events if send_events is None else send_events)
+        port = conf.worker_metrics_port if metrics_port is None else metrics_port
+        self.metrics_port: int | None = None if port is None else int(port)
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"metrics port must be 0-65535, got {self.metrics_port}")
         if self.concurrency < 1 or self.prefetch < 1:
             raise ConfigurationError("concurrency and prefetch must be at least 1")
         loop_factory(self.loop)  # validate early
@@ -127,7 +135,15 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
-        runner.events = await self.app.events.start_worker(self)
+        emitter = await self.app.events.start_worker(self)
+        observers = Observers()
+        try:
+            await observers.start(self, runner, emitter)  # metrics, tracing: when enabled
+        except BaseException:
+            await observers.aclose()
+            await self.app.events.stop_worker(self, emitter)
+            raise
+        self.metrics_port = observers.metrics_port or self.metrics_port
         from asyncq.security import log_startup_warnings
 
         log_startup_warnings(self.app.conf, self.app.tasks.values())
@@ -172,7 +188,8 @@ class Worker:
                 celery_loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain()
-            await self.app.events.stop_worker(self, runner.events)
+            await self.app.events.stop_worker(self, emitter)
+            await observers.aclose()
             await self.executor.aclose()
             await presence.aclose()
             for shrink in self._shrinking:
