@@ -156,7 +156,12 @@ SETTINGS: dict[str, Setting] = {
             _parse_optional_int,
             "Port of the worker's Prometheus endpoint (asyncq run --metrics-port); None: no metrics.",
         ),
-        _S("worker_metrics_host", "0.0.0.0", str, "Address the worker's Prometheus endpoint binds to."),
+        _S(
+            "worker_metrics_host",
+            "0.0.0.0",  # noqa: S104 - Prometheus scrapes from another host; metrics hold no secrets
+            str,
+            "Address the worker's Prometheus endpoint binds to.",
+        ),
         _S(
             "worker_metrics_interval",
             5.0,
@@ -169,7 +174,12 @@ SETTINGS: dict[str, Setting] = {
             _parse_bool,
             "Producers stamp each message's send time (header sent_at), for the queue-wait metric.",
         ),
-        _S("tracing", False, _parse_bool, "OpenTelemetry spans for publishing and running tasks (asyncq[tracing])."),
+        _S(
+            "tracing",
+            False,
+            _parse_bool,
+            "OpenTelemetry spans for publishing and running tasks (asyncq[tracing]).",
+        ),
         _S("worker_heartbeat_interval", 2.0, float, "Seconds between a worker's presence heartbeats."),
         _S("worker_heartbeat_misses", 3, int, "Missed heartbeats after which a worker counts as lost."),
         _S("worker_revoke_expires", 10800.0, float, "Seconds a revocation is kept (and honoured)."),

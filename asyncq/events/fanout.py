@@ -73,7 +73,7 @@ class FanOut(NoEvents):
 
 def combine(hooks: Sequence[NoEvents]) -> NoEvents:
     """One set of hooks calling all of ``hooks``: the only one itself if there is one, no fan-out."""
-    live = [h for h in hooks if not type(h) is NoEvents]
+    live = [h for h in hooks if type(h) is not NoEvents]
     if not live:
         return hooks[0] if hooks else NoEvents()
     return live[0] if len(live) == 1 else FanOut(live)

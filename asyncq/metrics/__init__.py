@@ -17,9 +17,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     from asyncq.exceptions import ConfigurationError
 
-    raise ConfigurationError(
-        "metrics need prometheus_client: pip install 'asyncq[metrics]'"
-    ) from exc
+    raise ConfigurationError("metrics need prometheus_client: pip install 'asyncq[metrics]'") from exc
 
 from asyncq.metrics.collector import OUTCOMES, QUEUE_WAIT_BUCKETS, RUNTIME_BUCKETS, TaskMetrics
 from asyncq.metrics.worker import WorkerMetrics

@@ -8,6 +8,7 @@ watches a cluster rather than running tasks (the dashboard).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
@@ -49,7 +50,10 @@ class TaskMetrics(NoEvents):
             "asyncq_tasks", "Tasks finished, by outcome.", ["task", "queue", "outcome"], registry=registry
         )
         self.received = Counter(
-            "asyncq_tasks_received", "Task messages taken from the broker.", ["task", "queue"], registry=registry
+            "asyncq_tasks_received",
+            "Task messages taken from the broker.",
+            ["task", "queue"],
+            registry=registry,
         )
         self.retries = Counter("asyncq_task_retries", "Retries sent.", ["task"], registry=registry)
         self.dead_lettered = Counter(
@@ -70,7 +74,9 @@ class TaskMetrics(NoEvents):
             registry=registry,
         )
         self.queue_length = Gauge(
-            "asyncq_queue_length", "Messages waiting in a queue (delayed ones included).", ["queue"],
+            "asyncq_queue_length",
+            "Messages waiting in a queue (delayed ones included).",
+            ["queue"],
             registry=registry,
         )
         # Label lookups take a lock and build a tuple: cache the children the hot path uses.
@@ -91,10 +97,8 @@ class TaskMetrics(NoEvents):
     def forget_queue(self, queue: str) -> None:
         """Stop reporting ``queue``'s length (no longer consumed)."""
         self._children.pop((id(self.queue_length), queue), None)
-        try:
+        with contextlib.suppress(KeyError):  # never sampled
             self.queue_length.remove(queue)
-        except KeyError:
-            pass
 
     # -- the worker's hooks ----------------------------------------------------------------------
 
@@ -166,4 +170,3 @@ class TaskMetrics(NoEvents):
                 self._child(self.dead_lettered, queue).inc()
             runtime = event.get("runtime")
             self._finished(name, queue, outcome, float(runtime) if isinstance(runtime, float | int) else 0.0)
-

@@ -56,11 +56,13 @@ class WorkerMetrics(TaskMetrics):
             lambda: worker.in_flight
         )
         Gauge(
-            "asyncq_tasks_prefetched", "Messages taken from the broker and not started yet.", registry=registry
+            "asyncq_tasks_prefetched",
+            "Messages taken from the broker and not started yet.",
+            registry=registry,
         ).set_function(self._prefetched)
-        Gauge("asyncq_worker_concurrency", "Tasks the worker runs at once, at most.", registry=registry).set_function(
-            lambda: worker.concurrency
-        )
+        Gauge(
+            "asyncq_worker_concurrency", "Tasks the worker runs at once, at most.", registry=registry
+        ).set_function(lambda: worker.concurrency)
         self.loop_lag = Gauge(
             "asyncq_event_loop_lag_seconds",
             "How late the event loop ran a timer, at the last sample.",
@@ -83,7 +85,9 @@ class WorkerMetrics(TaskMetrics):
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self.port = int(self._server.server_port)
         logger.info("metrics on http://%s:%d/metrics", host, self.port)
 

@@ -126,7 +126,11 @@ class TracedJobBook(JobBook):
             attributes["messaging.consumer.group.name"] = message.queue
             attributes["messaging.client.id"] = request.hostname
         span = self.tracer.start_span(
-            f"{message.queue} process", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+            f"{message.queue} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         self.live[task_id] = _Live(span, token)

@@ -20,7 +20,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncq import App, State
-from tests.acceptance.conftest import ROOT
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
@@ -39,7 +38,7 @@ def free_port() -> int:
 
 def scrape(port: int) -> Samples:
     """Every sample of the endpoint, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -95,7 +94,9 @@ def worker_process(
         "ASYNCQ_WORKER_METRICS_INTERVAL": "0.1",
         "ASYNCQ_WORKER_PREFETCH": "1",
     }
-    proc = start_worker("tests.apps.metrics_app:app", "-Q", queue, "-c", "1", "--metrics-port", str(port), env=env)
+    proc = start_worker(
+        "tests.apps.metrics_app:app", "-Q", queue, "-c", "1", "--metrics-port", str(port), env=env
+    )
     yield port, queue
     if proc.poll() is not None:
         print(Path(proc.log_path).read_text())
@@ -121,10 +122,17 @@ async def test_a_scrape_counts_what_the_worker_ran(
         samples = await until_scraped(port, waiting, "one task running and four waiting")
         assert value(samples, "asyncq_worker_concurrency") == 1
         opened.touch()
-        others = [await send(name, queue=queue) for name in (T + "boom", T + "boom", T + "flaky", T + "refuse")]
+        others = [
+            await send(name, queue=queue) for name in (T + "boom", T + "boom", T + "flaky", T + "refuse")
+        ]
         for result in held + others:
             await result.get(timeout=TIMEOUT, propagate=False)
-        assert [await r.state() for r in others] == [State.FAILURE, State.FAILURE, State.SUCCESS, State.FAILURE]
+        assert [await r.state() for r in others] == [
+            State.FAILURE,
+            State.FAILURE,
+            State.SUCCESS,
+            State.FAILURE,
+        ]
 
         expected = {
             (T + "ok", "succeeded"): 4,
@@ -137,10 +145,13 @@ async def test_a_scrape_counts_what_the_worker_ran(
         }
 
         def counted(s: Samples) -> bool:
-            return all(
-                value(s, "asyncq_tasks_total", task=task, queue=queue, outcome=outcome) == n
-                for (task, outcome), n in expected.items()
-            ) and value(s, "asyncq_queue_length", queue=queue) == 0
+            return (
+                all(
+                    value(s, "asyncq_tasks_total", task=task, queue=queue, outcome=outcome) == n
+                    for (task, outcome), n in expected.items()
+                )
+                and value(s, "asyncq_queue_length", queue=queue) == 0
+            )
 
         samples = await until_scraped(port, counted, "the outcome counters")
         # Runs that succeeded or failed are timed; a retried or rejected one is not.
@@ -152,7 +163,10 @@ async def test_a_scrape_counts_what_the_worker_ran(
         assert value(samples, "asyncq_task_queue_wait_seconds_count", queue=queue) == started
         assert value(samples, "asyncq_task_queue_wait_seconds_sum", queue=queue) > 0
         received = sum(value(samples, "asyncq_tasks_received_total", task=t, queue=queue) for t in runs)
-        assert received + value(samples, "asyncq_tasks_received_total", task=T + "refuse", queue=queue) == started
+        assert (
+            received + value(samples, "asyncq_tasks_received_total", task=T + "refuse", queue=queue)
+            == started
+        )
         assert value(samples, "asyncq_task_retries_total", task=T + "flaky") == 1
         assert value(samples, "asyncq_dead_lettered_total", queue=queue) == 1
         assert value(samples, "asyncq_tasks_in_flight") == 0
