@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncq import App, State
+from tests.acceptance.conftest import asyncq
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
@@ -175,3 +176,20 @@ async def test_a_scrape_counts_what_the_worker_ran(
         assert value(samples, "process_resident_memory_bytes") > 0
     finally:
         await producer.aclose()
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_an_unusable_metrics_port_stops_the_worker_with_one_line(
+    store_env: dict[str, str], taken: bool
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1] if taken else 70000
+        result = asyncq("run", "tests.apps.metrics_app:app", "--metrics-port", str(port), env=store_env)
+    assert result.returncode == 2
+    expected = (
+        f"cannot serve metrics on 0.0.0.0:{port}: " if taken else "metrics port must be 0-65535, got 70000"
+    )
+    assert result.stderr.strip().startswith(f"Error: {expected}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
