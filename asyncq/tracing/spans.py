@@ -53,6 +53,9 @@ def _attributes(message: Message, operation: str) -> dict[str, Any]:
 class ProducerTracing:
     """The publish hook (``app.publish_hook``): a PRODUCER span, its context into the headers."""
 
+    #: Workers of an app with this hook open process spans (see asyncq.worker.observers).
+    consumer_spans = True
+
     def __init__(self, tracer: trace.Tracer, propagator: TextMapPropagator | None) -> None:
         self.tracer = tracer
         self.propagator = propagator

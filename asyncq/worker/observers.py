@@ -27,7 +27,7 @@ class Observers:
     async def start(self, worker: Worker, runner: JobRunner, events: NoEvents) -> None:
         """Install the enabled observers in ``runner``, beside the ``events`` hooks."""
         # Optional extras, imported only when enabled.
-        if worker.app.publish_hook is not None:
+        if getattr(worker.app.publish_hook, "consumer_spans", False):  # instrumented for tracing
             from asyncq.tracing import consumer_for
 
             traced = consumer_for(worker.app)
