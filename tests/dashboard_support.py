@@ -88,7 +88,7 @@ def serve(app: App, *, host: str = "127.0.0.1", **options: Any) -> Iterator[str]
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the dashboard did not start")
         time.sleep(0.02)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - what the test binds
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     try:
         yield f"http://{shown}:{port}"
     finally:

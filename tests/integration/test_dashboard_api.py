@@ -206,24 +206,26 @@ def test_history_survives_a_restart_of_the_dashboard(cluster: Cluster, tmp_path:
 
 def test_a_non_loopback_address_needs_a_login(cluster: Cluster, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="needs a login"):
-        serve(client_app(cluster.env), host="0.0.0.0").__enter__()  # noqa: S104
+        serve(client_app(cluster.env), host="0.0.0.0").__enter__()
     app = client_app(cluster.env, dashboard_token="s3cret-token")
-    with serve(app, host="0.0.0.0", history_path=tmp_path / "h.sqlite3") as url:  # noqa: S104
-        with httpx.Client(base_url=url) as http:
-            assert http.get("/api/overview").status_code == 401
-            page = http.get("/tasks")
-            assert page.status_code == 303 and "/login?next=/tasks" in page.headers["location"]
-            bearer = {"Authorization": "Bearer s3cret-token"}
-            overview = http.get("/api/overview", headers=bearer)
-            assert overview.status_code == 200
-            assert "s3cret" not in overview.text
-            wrong = http.get("/api/overview", headers={"Authorization": "Bearer nope"})
-            assert wrong.status_code == 401
-            # The login form: a CSRF token first, then the token; the session cookie opens the pages.
-            csrf = http.get("/login").cookies["asyncq_csrf"]
-            refused = http.post("/login", data={"csrf": csrf, "token": "wrong"})
-            assert refused.status_code == 401
-            login = http.post("/login?next=/tasks", data={"csrf": csrf, "token": "s3cret-token"})
-            assert login.status_code == 303 and login.headers["location"] == "/tasks"
-            assert http.get("/tasks").status_code == 200
-            assert http.get("/api/workers").status_code == 200
+    with (
+        serve(app, host="0.0.0.0", history_path=tmp_path / "h.sqlite3") as url,
+        httpx.Client(base_url=url) as http,
+    ):
+        assert http.get("/api/overview").status_code == 401
+        page = http.get("/tasks")
+        assert page.status_code == 303 and "/login?next=/tasks" in page.headers["location"]
+        bearer = {"Authorization": "Bearer s3cret-token"}
+        overview = http.get("/api/overview", headers=bearer)
+        assert overview.status_code == 200
+        assert "s3cret" not in overview.text
+        wrong = http.get("/api/overview", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        # The login form: a CSRF token first, then the token; the session cookie opens the pages.
+        csrf = http.get("/login").cookies["asyncq_csrf"]
+        refused = http.post("/login", data={"csrf": csrf, "token": "wrong"})
+        assert refused.status_code == 401
+        login = http.post("/login?next=/tasks", data={"csrf": csrf, "token": "s3cret-token"})
+        assert login.status_code == 303 and login.headers["location"] == "/tasks"
+        assert http.get("/tasks").status_code == 200
+        assert http.get("/api/workers").status_code == 200
