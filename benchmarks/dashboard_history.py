@@ -121,12 +121,10 @@ def main() -> None:
         after = rss()
         big.close()
         events_fed = args.tasks * 3
-        print(
-            f"fed {events_fed:,} events ({args.tasks:,} tasks) in {elapsed:.1f} s: {events_fed / elapsed:,.0f} events/s"
-        )
-        print(
-            f"RSS before {before / 1e6:.1f} MB, after {after / 1e6:.1f} MB (grew {(after - before) / 1e6:.1f} MB)"
-        )
+        rate = events_fed / elapsed
+        print(f"fed {events_fed:,} events ({args.tasks:,} tasks) in {elapsed:.1f} s: {rate:,.0f} events/s")
+        grew = (after - before) / 1e6
+        print(f"RSS before {before / 1e6:.1f} MB, after {after / 1e6:.1f} MB (grew {grew:.1f} MB)")
         print(f"history file: {big_path.stat().st_size / 1e6:.1f} MB")
         baseline = asyncio.run(time_pages(base_path, base_id, args.tasks, args.runs))
         measured = asyncio.run(time_pages(big_path, big_id, args.tasks, args.runs))
