@@ -11,16 +11,31 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asyncq.dashboard import api, pages
 from asyncq.dashboard.auth import Auth, LoginMiddleware
 from asyncq.dashboard.history import TaskHistory
+from asyncq.dashboard.live import LiveFeed
 from asyncq.dashboard.web import HERE, Dashboard, default_history_path
 
 if TYPE_CHECKING:
     from asyncq.app import App
 
 __all__ = ["create_app"]
+
+
+class _StartFeed:
+    """Starts the live feed on the first request: Starlette does not run a mounted app's lifespan."""
+
+    def __init__(self, app: ASGIApp, feed: LiveFeed) -> None:
+        self.app = app
+        self.feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.feed.start()
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -70,6 +85,7 @@ def create_app(
         *pages.routes(),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    web = Starlette(routes=routes, middleware=[Middleware(LoginMiddleware, auth=auth)], lifespan=lifespan)
+    middleware = [Middleware(_StartFeed, feed=dashboard.feed), Middleware(LoginMiddleware, auth=auth)]
+    web = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     web.state.dashboard = dashboard
     return web

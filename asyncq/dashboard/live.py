@@ -45,6 +45,9 @@ class LiveFeed:
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
+        """Start reading; idempotent (a mounted dashboard, whose lifespan never runs, starts per request)."""
+        if self._tasks:
+            return
         self._tasks = [
             asyncio.create_task(self._read_events(), name="asyncq.dashboard.events"),
             asyncio.create_task(self._poll_workers(), name="asyncq.dashboard.workers"),
