@@ -27,7 +27,7 @@ from asyncq.dashboard.actions import Action, service
 from asyncq.dashboard.auth import SESSION_COOKIE, SESSION_SECONDS, Auth
 from asyncq.dashboard.history import EVENT_STATES
 from asyncq.dashboard.service import ActionError, Outcome
-from asyncq.dashboard.web import HERE, act, dashboard_of, task_filter
+from asyncq.dashboard.web import HERE, act, dashboard_of, safe_path, task_filter
 
 __all__ = ["routes"]
 
@@ -151,9 +151,7 @@ async def _queues(request: Request) -> dict[str, Any]:
 async def _login(request: Request) -> Response:
     auth = dashboard_of(request).auth
     root = str(request.scope.get("root_path") or "")
-    target = request.query_params.get("next") or "/"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"
+    target = safe_path(request.query_params.get("next") or "/")
     if request.method == "GET":
         return _render(request, "login.html", None, next=target, uses_token=auth.uses_token, failed=False)
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}

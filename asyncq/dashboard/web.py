@@ -21,7 +21,7 @@ from asyncq.dashboard.service import ActionError, DashboardService, Outcome
 if TYPE_CHECKING:
     from asyncq.app import App
 
-__all__ = ["HERE", "Dashboard", "act", "dashboard_of", "default_history_path", "task_filter"]
+__all__ = ["HERE", "Dashboard", "act", "dashboard_of", "default_history_path", "safe_path", "task_filter"]
 
 HERE: Final = Path(__file__).parent
 _SAFE_NEXT: Final = re.compile(r"^/[^/\\]")
@@ -64,6 +64,12 @@ def task_filter(request: Request) -> TaskFilter:
         search=(q.get("q") or "").strip() or None,
         since=since_value,
     )
+
+
+def safe_path(target: str) -> str:
+    """``target`` if it is a path of this dashboard, else "/": redirects never lead elsewhere."""
+    # "//host" and "/\\host" are other sites to a browser; "/" alone is fine.
+    return target if target == "/" or _SAFE_NEXT.match(target) else "/"
 
 
 async def _fields(request: Request) -> dict[str, Any]:
@@ -124,8 +130,7 @@ def _back(
 ) -> Response:
     root = str(request.scope.get("root_path") or "")
     wanted = target or str(fields.get("next") or "/")
-    if not _SAFE_NEXT.match(wanted + "x") or wanted.startswith("//"):
-        wanted = "/"  # only paths of this dashboard: no open redirect
+    wanted = safe_path(wanted)
     path, _, _query = wanted.partition("?")
     flash = urlencode({"msg": message} if message else {"error": error or ""})
     return RedirectResponse(f"{root}{path}?{flash}", status_code=303)

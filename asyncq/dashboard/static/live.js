@@ -11,12 +11,15 @@
   var topics = (live.getAttribute("data-topics") || "").split(" ");
   var root = document.body.getAttribute("data-root") || "";
   var timer = null;
+  var last = 0;
+  var spacing = 1000;  // at least this many ms between two fetches: a busy cluster sends many notices
   function busy() {
     var active = document.activeElement;
     return active && live.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
   }
   function refresh() {
     timer = null;
+    last = Date.now();
     if (busy()) { timer = setTimeout(refresh, 1000); return; }  // do not swap a form being typed in
     var url = new URL(window.location.href);
     url.searchParams.set("partial", "1");
@@ -30,6 +33,9 @@
   }
   var source = new EventSource(root + "/api/events");
   topics.forEach(function (topic) {
-    if (topic) source.addEventListener(topic, function () { if (!timer) timer = setTimeout(refresh, 200); });
+    if (!topic) return;
+    source.addEventListener(topic, function () {
+      if (!timer) timer = setTimeout(refresh, Math.max(150, spacing - (Date.now() - last)));
+    });
   });
 })();
