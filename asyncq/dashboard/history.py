@@ -328,6 +328,30 @@ class TaskHistory:
         failed = by_state.get("FAILURE", 0) + by_state.get("DEAD_LETTERED", 0)
         return {"window": window, "finished": done, "failed": failed, "per_second": round(done / window, 3)}
 
+    async def timeline(self, window: float = 3600.0, step: float = 60.0) -> list[dict[str, Any]]:
+        """Per ``step`` over the last ``window`` seconds: tasks finished, failed, and the mean queue
+        wait (sent to started, for tasks whose task-sent event was seen), oldest first."""
+        now = time.time()
+        first = int((now - window) // step) + 1
+        rows = await self._run(
+            self._query,
+            "SELECT CAST(finished / ? AS INTEGER) AS slot, count(*),"
+            " sum(state IN ('FAILURE', 'DEAD_LETTERED')),"
+            " avg(CASE WHEN started >= sent THEN started - sent END)"
+            " FROM tasks WHERE finished >= ? GROUP BY slot",
+            (step, first * step),
+        )
+        found = {int(slot): (int(done), int(failed or 0), wait) for slot, done, failed, wait in rows}
+        return [
+            {
+                "start": slot * step,
+                "finished": found.get(slot, (0, 0, None))[0],
+                "failed": found.get(slot, (0, 0, None))[1],
+                "queue_wait": found.get(slot, (0, 0, None))[2],
+            }
+            for slot in range(first, int(now // step) + 1)
+        ]
+
     async def states(self) -> dict[str, int]:
         """How many kept tasks are in each state."""
         rows = await self._run(self._query, "SELECT state, count(*) FROM tasks GROUP BY state")

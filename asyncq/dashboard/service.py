@@ -121,6 +121,7 @@ class DashboardService:
             "workers": workers,
             "queues": await self.queues(workers),
             "rates": await self.history.rates(60.0),
+            "timeline": await self.history.timeline(3600.0, 60.0),
             "states": await self.history.states(),
             "history": {
                 "tasks": await self.history.count(),

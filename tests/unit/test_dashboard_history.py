@@ -128,3 +128,21 @@ def test_memory_stays_flat_over_100000_events(tmp_path: Path) -> None:
     (count,) = history._conn.execute("SELECT count(*) FROM tasks").fetchone()
     assert count <= 20_000 + 2_000  # the cap, give or take one trim interval
     history.close()
+
+
+async def test_the_timeline_counts_each_minute_of_the_last_hour(tmp_path: Path) -> None:
+    history = TaskHistory(tmp_path / "h.db")
+    now = time.time()
+    events: list[dict[str, Any]] = []
+    for n, outcome in enumerate(["task-succeeded", "task-failed", "task-succeeded"]):
+        events += [event("task-sent", f"t{n}", now - 3.0), event("task-started", f"t{n}", now - 2.0)]
+        events.append(event(outcome, f"t{n}", now - 1.0))
+    events.append(event("task-succeeded", "old", now - 7200))
+    await history.add(events)
+    timeline = await history.timeline(3600.0, 60.0)
+    assert len(timeline) == 60
+    assert sum(slot["finished"] for slot in timeline) == 3
+    assert sum(slot["failed"] for slot in timeline) == 1
+    busy = [slot for slot in timeline if slot["finished"]]
+    assert all(slot["queue_wait"] == pytest.approx(1.0) for slot in busy)
+    history.close()
