@@ -136,7 +136,7 @@ ENDPOINTS: Final = (
         "/api/tasks",
         "The task history, most recent first",
         _read(_tasks),
-        query=("state", "name", "queue", "worker", "q", "since", "limit", "offset"),
+        query=("state", "name", "queue", "worker", "q", "since", "within", "limit", "offset"),
     ),
     Endpoint("GET", "/api/tasks/{task_id}", "One task: history, result, traceback, children", _read(_task)),
     Endpoint(

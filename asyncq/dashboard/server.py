@@ -31,4 +31,7 @@ def build(app: App, host: str, **options: object) -> Starlette:
 def serve(app: App, *, host: str = "127.0.0.1", port: int = 5555, log_level: str = "info") -> None:
     """Serve the dashboard of ``app`` until interrupted."""
     web = build(app, host)
-    uvicorn.run(web, host=host, port=port, log_level=log_level, proxy_headers=False)
+    # Open SSE streams never end by themselves: give them a few seconds on shutdown, not forever.
+    uvicorn.run(
+        web, host=host, port=port, log_level=log_level, proxy_headers=False, timeout_graceful_shutdown=3
+    )

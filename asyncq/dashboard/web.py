@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -51,11 +52,13 @@ def default_history_path(app: App) -> str:
 def task_filter(request: Request) -> TaskFilter:
     """The task-list filter of a request's query string (empty fields mean "any")."""
     q = request.query_params
-    since = q.get("since")
+    since, within = q.get("since"), q.get("within")
     try:
         since_value = float(since) if since else None
+        if within:  # "updated in the last N seconds", the page's menu
+            since_value = max(since_value or 0.0, time.time() - float(within))
     except ValueError:
-        raise ActionError(f"since must be epoch seconds, got {since!r}") from None
+        raise ActionError(f"since and within must be seconds, got {since or within!r}") from None
     return TaskFilter(
         state=q.get("state") or None,
         name=q.get("name") or None,

@@ -76,6 +76,10 @@ async def test_filters_and_bad_input(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/tasks", params={"state": "SUCCESS"})).json()["total"] == 0
     assert (await client.get("/api/tasks", params={"name": "web.add"})).json()["total"] == 1
     assert (await client.get("/api/tasks", params={"q": "0f0f"})).json()["total"] == 1
+    assert (await client.get("/api/tasks", params={"within": "60"})).json()["total"] == 1
+    assert (await client.get("/api/tasks", params={"since": str(time.time() + 60)})).json()["total"] == 0
+    assert (await client.get("/api/tasks", params={"within": "soon"})).status_code == 400
+    assert (await client.get("/tasks", params={"within": "3600"})).status_code == 200
     bad = await client.get("/api/tasks", params={"limit": "many"})
     assert bad.status_code == 400 and "limit" in bad.json()["error"]
     missing = await client.get("/api/tasks/nope")
