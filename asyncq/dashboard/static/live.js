@@ -31,11 +31,14 @@
       if (html !== null) live.innerHTML = html;
     }).catch(function () {});
   }
+  function schedule() {
+    if (!timer) timer = setTimeout(refresh, Math.max(150, spacing - (Date.now() - last)));
+  }
   var source = new EventSource(root + "/api/events");
+  // What changed between the server's rendering and this subscription has no notice: fetch once.
+  source.addEventListener("open", schedule);
   topics.forEach(function (topic) {
     if (!topic) return;
-    source.addEventListener(topic, function () {
-      if (!timer) timer = setTimeout(refresh, Math.max(150, spacing - (Date.now() - last)));
-    });
+    source.addEventListener(topic, schedule);
   });
 })();
