@@ -145,7 +145,8 @@ def redact_settings(values: dict[str, Any]) -> dict[str, Any]:
     """Settings fit to print: keys as ``***`` and URLs without their passwords."""
     shown: dict[str, Any] = {}
     for name, value in values.items():
-        if name.startswith("security_") and name != "security_encrypt" and value:
+        secret = name.startswith("security_") and name != "security_encrypt"
+        if (secret or name in ("dashboard_token", "dashboard_password")) and value:
             shown[name] = "***"
         elif isinstance(value, str) and "://" in value:
             shown[name] = redact_url(value)

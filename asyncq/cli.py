@@ -374,6 +374,27 @@ def beat_command(
         fail(str(exc))
 
 
+@_command("dashboard")
+def dashboard_command(
+    app_path: AppPath,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; a non-loopback one needs a login.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5555,
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve the web dashboard (extra asyncq[dashboard]); see docs/dashboard.md."""
+    try:
+        from asyncq.dashboard.server import serve
+    except ImportError as exc:
+        fail(f"the dashboard needs its extra: pip install 'asyncq[dashboard]' ({exc})")
+    app = load_app(app_path)
+    try:
+        serve(app, host=host, port=port, log_level=log_level)
+    except AsyncqError as exc:
+        fail(str(exc))
+
+
 WaitTimeout = Annotated[
     float,
     typer.Option("--timeout", help="Seconds --wait waits before giving up (exit 1).", metavar="SECONDS"),

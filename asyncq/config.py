@@ -203,6 +203,12 @@ SETTINGS: dict[str, Setting] = {
             float,
             "Seconds between a scheduler's re-reads of entries stored by other processes.",
         ),
+        _S("dashboard_token", None, str, "Token to log in to the dashboard (or as a bearer token)."),
+        _S("dashboard_username", None, str, "User to log in to the dashboard as (with dashboard_password)."),
+        _S("dashboard_password", None, str, "Password of dashboard_username."),
+        _S("dashboard_history_path", None, str, "SQLite file of the dashboard's task history."),
+        _S("dashboard_history_limit", 100_000, int, "Tasks the dashboard's history keeps at most."),
+        _S("dashboard_history_expires", 604800.0, float, "Seconds a task stays in the dashboard's history."),
     )
 }
 

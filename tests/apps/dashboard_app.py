@@ -1,0 +1,36 @@
+"""The app of the dashboard tests: URLs and options come from ASYNCQ_* variables."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from asyncq import App
+from asyncq.exceptions import Reject
+
+app = App("dashboard-app")
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+async def boom(message: str) -> None:
+    """Fail with ``message`` (the dashboard shows the traceback)."""
+    raise ValueError(message)
+
+
+@app.task
+async def nap(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.task
+async def fragile(ready_file: str) -> str:
+    """Dead-letter itself until ``ready_file`` exists; then succeed (a requeue completes it)."""
+    if not Path(ready_file).exists():
+        raise Reject("input not ready")
+    return "done"
