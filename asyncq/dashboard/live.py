@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from asyncq.exceptions import AsyncqError
@@ -35,8 +35,16 @@ _KEEPALIVE: Final = 15.0  # seconds between SSE comments, so proxies keep the st
 class LiveFeed:
     """Reads events into the history and fans change notices out to SSE listeners."""
 
-    def __init__(self, app: App, history: TaskHistory, *, poll_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        app: App,
+        history: TaskHistory,
+        *,
+        poll_interval: float = 2.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_event = on_event
         self.history = history
         self.poll_interval = poll_interval
         self._listeners: set[asyncio.Queue[str]] = set()
@@ -104,6 +112,8 @@ class LiveFeed:
             try:
                 async for event in stream:
                     self.events_seen += 1
+                    if self.on_event is not None:
+                        self.on_event(event)
                     if event.get("timestamp", time.time()) >= skip_before:
                         await queue.put(event)
             finally:

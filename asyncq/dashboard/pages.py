@@ -8,7 +8,6 @@ one-line message.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -201,15 +200,12 @@ async def _healthz(request: Request) -> Response:
 
 
 async def _metrics(request: Request) -> Response:
-    """Prometheus metrics when ``asyncq.metrics`` and prometheus_client are installed."""
-    if (
-        importlib.util.find_spec("asyncq.metrics") is None
-        or importlib.util.find_spec("prometheus_client") is None
-    ):
+    """The cluster's task metrics (folded from the events) and queue lengths, for Prometheus."""
+    metrics = dashboard_of(request).metrics
+    if not metrics.enabled:
         return PlainTextResponse("metrics need asyncq[metrics] (prometheus_client)\n", status_code=404)
-    importlib.import_module("asyncq.metrics")  # registers asyncq's collectors
-    prometheus: Any = importlib.import_module("prometheus_client")
-    return Response(prometheus.generate_latest(), media_type=prometheus.CONTENT_TYPE_LATEST)
+    body, content_type = await metrics.scrape(service(request), request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 def routes() -> list[BaseRoute]:

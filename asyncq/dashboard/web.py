@@ -17,6 +17,7 @@ from asyncq.app import default_store_url
 from asyncq.dashboard.auth import Auth
 from asyncq.dashboard.history import TaskFilter, TaskHistory
 from asyncq.dashboard.live import LiveFeed
+from asyncq.dashboard.metrics import ClusterMetrics
 from asyncq.dashboard.service import ActionError, DashboardService, Outcome
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ class Dashboard:
         self.history = history
         self.auth = auth
         self.service = DashboardService(app, history)
-        self.feed = LiveFeed(app, history, poll_interval=poll_interval)
+        self.metrics = ClusterMetrics()
+        self.feed = LiveFeed(app, history, poll_interval=poll_interval, on_event=self.metrics.feed)
 
 
 def dashboard_of(request: Request) -> Dashboard:

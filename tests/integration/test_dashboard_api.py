@@ -229,3 +229,36 @@ def test_a_non_loopback_address_needs_a_login(cluster: Cluster, tmp_path: Path) 
         assert login.status_code == 303 and login.headers["location"] == "/tasks"
         assert http.get("/tasks").status_code == 200
         assert http.get("/api/workers").status_code == 200
+
+
+def _scrape(cluster: Cluster) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = cluster.http.get("/metrics")
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_the_clusters_tasks_from_the_events(cluster: Cluster) -> None:
+    name = dashboard_app.add.name
+
+    def succeeded() -> float:
+        return sum(
+            value
+            for (metric, labels), value in _scrape(cluster).items()
+            if metric == "asyncq_tasks_total"
+            and ("task", name) in labels
+            and ("outcome", "succeeded") in labels
+        )
+
+    before = succeeded()
+    ids = [cluster.send(dashboard_app.add, n, 2) for n in range(3)]
+    for task_id in ids:
+        cluster.wait(lambda t=task_id: cluster.task_in(t, "SUCCESS"), f"task {task_id}")
+    cluster.wait(lambda: succeeded() >= before + 3, "the three successes in /metrics")
+    samples = _scrape(cluster)
+    assert any(metric == "asyncq_queue_length" for metric, _ in samples), sorted(samples)[:20]
