@@ -60,6 +60,7 @@ BACKEND_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
+    "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
 }
 
 
