@@ -6,8 +6,9 @@ see each other's tables; the schema is dropped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -45,6 +46,15 @@ async def postgres_schema() -> AsyncIterator[tuple[str, str]]:
     schema = f"asyncq_test_{uuid.uuid4().hex[:12]}"
     yield url, schema
     await drop_schema(url, schema)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """For tests outside an event loop (workers in subprocesses): a URL with a fresh schema."""
+    url = require_service("postgres")
+    schema = f"asyncq_test_{uuid.uuid4().hex[:12]}"
+    yield with_schema(url, schema)
+    asyncio.run(drop_schema(url, schema))
 
 
 @pytest.fixture
