@@ -212,6 +212,8 @@ class Database:
         self.connection_error = connection_error
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        #: The schema versions the last open() applied (empty: the tables were current).
+        self.applied: list[int] = []
 
     @property
     def is_open(self) -> bool:
@@ -240,7 +242,7 @@ class Database:
                 ) from exc
             self._pool = pool
         try:
-            await self.migrate(component, steps)
+            self.applied = await self.migrate(component, steps)
         except BaseException:
             await self.close()
             raise

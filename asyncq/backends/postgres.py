@@ -112,6 +112,7 @@ class PostgresBackend:
         """Create or upgrade the backend's tables now; return the versions applied."""
         if not self._db.is_open:
             await self.connect()
+            return self._db.applied
         return await self._db.migrate("result backend", MIGRATIONS)
 
     async def aclose(self) -> None:

@@ -173,6 +173,7 @@ class PostgresBroker:
         """Create or upgrade the broker's tables now; return the versions applied."""
         if not self._db.is_open:
             await self.connect()
+            return self._db.applied
         return await self._db.migrate("broker", MIGRATIONS)
 
     async def aclose(self) -> None:
