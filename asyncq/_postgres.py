@@ -51,7 +51,11 @@ COMMON_OPTIONS: Final[dict[str, Any]] = {
     "command_timeout": 30.0,
     "retry_timeout": 10.0,
     "pool_size": 10,
+    "synchronous_commit": "on",
 }
+
+#: Values of PostgreSQL's synchronous_commit that a driver may set for its own sessions.
+_SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
 
 #: Seconds between attempts while the server is unreachable, growing up to the last.
 RETRY_PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -124,6 +128,9 @@ def _validated(kind: str, key: str, value: Any, default: Any) -> Any:
         text = str(value)
         if key == "schema" and not text:
             raise ConfigurationError(f"postgresql {kind} option schema must not be empty")
+        if key == "synchronous_commit" and text not in _SYNCHRONOUS_COMMIT:
+            known = ", ".join(sorted(_SYNCHRONOUS_COMMIT))
+            raise ConfigurationError(f"postgresql {kind} option synchronous_commit={text!r}; known: {known}")
         return text
     if key == "connect_timeout":
         return connect_timeout_value(value)
@@ -208,6 +215,7 @@ class Database:
         self.command_timeout: float = settings["command_timeout"]
         self.retry_timeout: float = settings["retry_timeout"]
         self.pool_size: int = settings["pool_size"]
+        self.server_settings = {"synchronous_commit": settings["synchronous_commit"]}
         self.error = error
         self.connection_error = connection_error
         self._pool: asyncpg.Pool | None = None
@@ -234,6 +242,7 @@ class Database:
                         max_size=self.pool_size,
                         timeout=self.connect_timeout,
                         command_timeout=self.command_timeout,
+                        server_settings=self.server_settings,
                     )
             except (*_connection_errors(), asyncpg.PostgresError) as exc:
                 raise self.connection_error(

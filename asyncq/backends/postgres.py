@@ -72,10 +72,16 @@ class PostgresBackend:
         names = self._db.names
         results, counters = names.table("results"), names.table("counters")
         self._channel = names.channel("results")
+        # One statement, so one implicit transaction: a final record's notification goes out
+        # at its commit, when a woken waiter's read can see the row.
         self._set = f"""
-            INSERT INTO {results} (id, record, final, expires_at) VALUES ($1, $2, $3, {NOW} + $4)
-            ON CONFLICT (id) DO UPDATE
-            SET record = excluded.record, final = excluded.final, expires_at = excluded.expires_at
+            WITH written AS (
+                INSERT INTO {results} (id, record, final, expires_at) VALUES ($1, $2, $3, {NOW} + $4)
+                ON CONFLICT (id) DO UPDATE
+                SET record = excluded.record, final = excluded.final, expires_at = excluded.expires_at
+                RETURNING id, final
+            )
+            SELECT count(pg_notify($5, id)) FROM written WHERE final
         """  # noqa: S608 - quoted identifiers only
         self._get = f"SELECT record, final FROM {results} WHERE id = $1 AND {_LIVE}"  # noqa: S608
         self._get_many = f"""
@@ -126,16 +132,7 @@ class PostgresBackend:
         await self._db.close()
 
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
-        async def write(conn: Any) -> None:
-            if not final:
-                await conn.execute(self._set, task_id, record, final, ttl)
-                return
-            # The notification goes out at commit, when a waiter's read can see the row.
-            async with conn.transaction():
-                await conn.execute(self._set, task_id, record, final, ttl)
-                await conn.execute("SELECT pg_notify($1, $2)", self._channel, task_id)
-
-        await self._db.run("set", write)
+        await self._db.run("set", lambda c: c.fetchval(self._set, task_id, record, final, ttl, self._channel))
 
     async def get(self, task_id: str) -> bytes | None:
         row = await self._db.run("get", lambda c: c.fetchrow(self._get, task_id))

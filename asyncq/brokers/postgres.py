@@ -13,7 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, Final, final
+from typing import Any, Final, Generic, TypeVar, final
 
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: The broker's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
 OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0}
+
+T = TypeVar("T")
 
 Row = Any  # an asyncpg Record: seq, id, queue, body, priority, deliveries
 
@@ -47,20 +49,25 @@ class _Consumer:
         self.wakeup.set()
 
 
-class _AckBatch:
-    """Group commit for acks: while one DELETE is in flight, the acks that arrive wait for the next."""
+class _GroupCommit(Generic[T]):
+    """Items submitted while one statement is in flight go together in the next one.
 
-    def __init__(self, flush: Callable[[list[tuple[int, int]]], Awaitable[None]]) -> None:
+    Concurrent acks (or publishes) thus share a transaction and its commit, with no timer:
+    a lone call is written at once.
+    """
+
+    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], name: str) -> None:
         self._flush = flush
-        self._pending: list[tuple[tuple[int, int], asyncio.Future[None]]] = []
+        self._name = name
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, lease: tuple[int, int]) -> None:
+    async def submit(self, item: T) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((lease, future))
+        self._pending.append((item, future))
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="asyncq.postgres.ack")
-        # Shielded: a cancelled caller's ack is still written with its batch.
+            self._task = asyncio.create_task(self._run(), name=self._name)
+        # Shielded: a cancelled caller's item is still written with its batch.
         await asyncio.shield(future)
 
     async def _run(self) -> None:
@@ -68,7 +75,7 @@ class _AckBatch:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._flush([lease for lease, _ in batch])
+                    await self._flush([item for item, _ in batch])
                 except Exception as exc:  # every caller of the batch gets the error to handle
                     for _, future in batch:
                         if not future.done():
@@ -157,7 +164,10 @@ class PostgresBroker:
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener = Listener(self._db, [self._channel], self._notified, self._wake_all)
-        self._acks = _AckBatch(self._ack_many)
+        self._acks: _GroupCommit[tuple[int, int]] = _GroupCommit(self._ack_many, "asyncq.postgres.ack")
+        self._publishes: _GroupCommit[OutgoingMessage] = _GroupCommit(
+            self._publish_batch, "asyncq.postgres.publish"
+        )
 
     @property
     def owner(self) -> str:
@@ -242,11 +252,14 @@ class PostgresBroker:
         )
 
     async def publish(self, message: OutgoingMessage) -> None:
-        await self.publish_many([message])
+        self._insert_args([message])  # a bad message fails alone, not its whole batch
+        await self._publishes.submit(message)
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        if not messages:
-            return
+        if messages:
+            await self._publish_batch(messages)
+
+    async def _publish_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         args = self._insert_args(messages)
         # A retry after a lost commit reply may store a message twice: at-least-once, documented.
         await self._db.run("publish", lambda c: c.fetchval(self._sql.insert, *args))
