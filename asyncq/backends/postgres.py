@@ -24,7 +24,7 @@ __all__ = ["PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 #: The backend's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
-OPTIONS: Final[dict[str, Any]] = {"cleanup_interval": 60.0}
+OPTIONS: Final[dict[str, Any]] = {"cleanup_interval": 60.0, "poll_interval": 5.0}
 
 #: Most expired rows one clean-up statement deletes (short transactions, vacuum-friendly).
 CLEANUP_BATCH: Final = 5000
@@ -60,6 +60,8 @@ class PostgresBackend:
     ``pool_size`` as for the broker, and:
         cleanup_interval: seconds between deletions of expired rows (default 60); expired
             rows are invisible at once, the clean-up only reclaims their space.
+        poll_interval: seconds after which a waiting ``wait`` reads again with no
+            notification (default 5): the fallback for a lost one.
     """
 
     capabilities = BackendCapabilities(persistent=True, notifies=True, shared=True, counters=True)
@@ -68,6 +70,7 @@ class PostgresBackend:
         self.url = url
         dsn, settings = parse_postgres_url(url, options, OPTIONS, kind="result backend")
         self.cleanup_interval: float = settings["cleanup_interval"]
+        self.poll_interval: float = settings["poll_interval"]
         self._db = Database(url, dsn, settings, error=BackendError, connection_error=BackendConnectionError)
         names = self._db.names
         results, counters = names.table("results"), names.table("counters")
@@ -156,11 +159,11 @@ class PostgresBackend:
                 row = await self._db.run("wait", lambda c: c.fetchrow(self._get, task_id))
                 if row is not None and row["final"]:
                     return bytes(row["record"])
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
+                remaining = self.poll_interval if deadline is None else deadline - loop.time()
+                if remaining <= 0:
                     return None
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(min(remaining, self.poll_interval)):
                         await future
             finally:
                 waiters = self._waiters.get(task_id)
