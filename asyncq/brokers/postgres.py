@@ -170,6 +170,11 @@ class PostgresBroker:
         )
 
     @property
+    def database(self) -> Database:
+        """The pool and schema names, shared with this broker's control channel."""
+        return self._db
+
+    @property
     def owner(self) -> str:
         """This instance's lease owner id (the ``owner`` column of the rows it claimed)."""
         return self._owner
