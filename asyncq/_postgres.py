@@ -243,6 +243,9 @@ class Database:
                         timeout=self.connect_timeout,
                         command_timeout=self.command_timeout,
                         server_settings=self.server_settings,
+                        # Connections stay open while the process lives: the server's list of
+                        # them is the broker's liveness signal (see postgres_control.release_dead).
+                        max_inactive_connection_lifetime=0,
                     )
             except (*_connection_errors(), asyncpg.PostgresError) as exc:
                 raise self.connection_error(
@@ -391,7 +394,11 @@ class Listener:
             conn = None
             try:
                 async with asyncio.timeout(self._db.connect_timeout):
-                    conn = await asyncpg.connect(self._db.dsn, timeout=self._db.connect_timeout)
+                    conn = await asyncpg.connect(
+                        self._db.dsn,
+                        timeout=self._db.connect_timeout,
+                        server_settings=self._db.server_settings,
+                    )
                     for channel in self._channels:
                         await conn.add_listener(channel, self._notified)
                 lost = asyncio.Event()

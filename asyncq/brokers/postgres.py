@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: The broker's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
 OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0}
 
+#: Prefix of the ``application_name`` of a broker's connections; its lease owner id follows.
+APPLICATION_NAME: Final = "asyncq-broker-"
+
 T = TypeVar("T")
 
 Row = Any  # an asyncpg Record: seq, id, queue, body, priority, deliveries
@@ -161,6 +164,8 @@ class PostgresBroker:
         self._sql = Statements(self._db.names)
         self._channel = self._db.names.channel("jobs")
         self._owner = uuid.uuid4().hex
+        # The server lists this name while the process lives: a dead worker's is gone at once.
+        self._db.server_settings["application_name"] = f"{APPLICATION_NAME}{self._owner}"
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener = Listener(self._db, [self._channel], self._notified, self._wake_all)
@@ -375,6 +380,16 @@ class PostgresBroker:
         row = await self._db.run("nack", lambda c: c.fetchrow(self._sql.nack, *lease, delay, self._channel))
         if not row[0]:
             logger.warning("nack of message seq %d had no effect: its lease lapsed", lease[0])
+
+    async def release_owner(self, owner: str) -> int:
+        """Hand back now every row leased by ``owner`` (a dead instance); return how many.
+
+        They stay counted as delivered: the dead instance may have started them.
+        """
+        row = await self._db.run(
+            "release owner", lambda c: c.fetchrow(self._sql.release_owner, owner, self._channel)
+        )
+        return int(row[0])
 
     # -- administration ------------------------------------------------------------------------
 

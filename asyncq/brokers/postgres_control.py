@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from asyncq._postgres import Listener, Step
 from asyncq._utils import now
-from asyncq.brokers.control import ControlRequest, PresenceRecord
+from asyncq.brokers.control import ControlRequest, LeaseHolder, PresenceRecord
+from asyncq.brokers.postgres import APPLICATION_NAME
 
 if TYPE_CHECKING:
     from asyncq.brokers.postgres import PostgresBroker
@@ -31,6 +33,8 @@ POLL_INTERVAL: Final = 2.0
 KEEP_SECONDS: Final = 60.0
 #: Seconds a lost worker's record is still listed before it is deleted.
 FORGET_LOST_AFTER: Final = 3600.0
+#: Seconds a worker's connections must stay missing before its leases are released.
+ABSENT_FOR: Final = 1.0
 
 #: Step n takes the control tables to schema version n; released steps never change.
 MIGRATIONS: Final[tuple[Step, ...]] = (
@@ -68,6 +72,8 @@ class PostgresControlChannel:
     """Control channel over tables of a ``postgresql://`` broker's schema (its pool)."""
 
     def __init__(self, broker: PostgresBroker) -> None:
+        self._broker = broker
+        self._absent: dict[str, float] = {}  # owner -> monotonic time first seen without connections
         self._db = db = broker.database
         names = db.names
         workers, control = names.table("workers"), names.table("control")
@@ -108,6 +114,8 @@ class PostgresControlChannel:
                 ON CONFLICT (task_id) DO UPDATE SET expires = excluded.expires
             """,  # noqa: S608
             "revoked": f"SELECT task_id, expires FROM {revoked} WHERE expires > $1",  # noqa: S608
+            "present": "SELECT DISTINCT application_name FROM pg_stat_activity"
+            " WHERE application_name = ANY($1::text[])",
         }
         self._request_events: set[asyncio.Event] = set()  # one per listen(): a request was notified
         self._reply_events: dict[str, asyncio.Event] = {}
@@ -200,6 +208,35 @@ class PostgresControlChannel:
                         await notified.wait()
         finally:
             self._request_events.discard(notified)
+
+    async def release_dead(self, holders: Sequence[LeaseHolder]) -> dict[str, int]:
+        """Release the leases of workers whose broker connections are gone from the server.
+
+        A dead process's sockets are closed by its kernel, so the server drops its connections
+        (named ``asyncq-broker-<owner>``) at once; a paused process keeps them. An owner counts
+        as dead once absent twice, :data:`ABSENT_FOR` seconds apart, so that a live worker
+        reconnecting after a blip keeps its jobs. Behind a connection pooler (PgBouncer) the
+        server does not see the workers' names: only the visibility timeout applies there.
+        """
+        if not holders:
+            return {}
+        names = [f"{APPLICATION_NAME}{h.owner}" for h in holders]
+        present = {str(r[0])[len(APPLICATION_NAME) :] for r in await self._fetch("present", names)}
+        current = time.monotonic()
+        for owner in [o for o in self._absent if o in present]:
+            del self._absent[owner]
+        released: dict[str, int] = {}
+        for holder in holders:
+            if holder.owner in present:
+                continue
+            since = self._absent.setdefault(holder.owner, current)
+            if current - since < ABSENT_FOR:
+                continue
+            del self._absent[holder.owner]
+            count = await self._broker.release_owner(holder.owner)
+            if count:
+                released[holder.worker] = count
+        return released
 
     async def revoke(self, task_ids: Sequence[str], *, expires: float) -> None:
         current = now()

@@ -127,6 +127,13 @@ class Statements:
             SELECT (SELECT count(*) FROM back),
                 (SELECT count(pg_notify($1, queue)) FROM (SELECT DISTINCT queue FROM back) s)
         """  # noqa: S608
+        self.release_owner = f"""
+            WITH back AS (
+                UPDATE {jobs} SET owner = NULL, locked_until = NULL WHERE owner = $1 RETURNING queue
+            )
+            SELECT (SELECT count(*) FROM back),
+                (SELECT count(pg_notify($2, queue)) FROM (SELECT DISTINCT queue FROM back) s)
+        """  # noqa: S608
         self.purge = f"DELETE FROM {jobs} WHERE queue = $1 AND owner IS NULL"  # noqa: S608
         self.length = f"SELECT count(*) FROM {jobs} WHERE queue = $1 AND owner IS NULL"  # noqa: S608
         self.dead_letters = f"""
