@@ -54,6 +54,10 @@ COMMON_OPTIONS: Final[dict[str, Any]] = {
     "synchronous_commit": "on",
 }
 
+#: Options of any PostgreSQL driver (broker, backend, event bus). A URL shared by broker and
+#: backend may carry the other's: those are skipped, never handed to asyncpg as server settings.
+DRIVER_OPTIONS: Final = frozenset({"visibility_timeout", "poll_interval", "cleanup_interval"})
+
 #: Values of PostgreSQL's synchronous_commit that a driver may set for its own sessions.
 _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
 
@@ -108,7 +112,7 @@ def parse_postgres_url(
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in known:
             ours[key] = value
-        else:
+        elif key not in DRIVER_OPTIONS:
             kept.append((key, value))
     for key, value in options.items():
         if key not in known:

@@ -11,9 +11,13 @@ Workloads, each run on both brokers with the same messages:
 
 PostgreSQL runs in a fresh schema, Redis under a fresh key prefix; both are dropped after.
 
+``--bloat N`` instead drains N jobs in waves of 10,000 (publish a wave, drain it) on
+PostgreSQL alone and prints the size of the jobs table and its indexes after each wave: with
+finished jobs deleted and autovacuum at work, the sizes stay bounded instead of growing with N.
+
 Usage::
 
-    python benchmarks/postgres_broker.py [--count 5000] [--round-trips 300]
+    python benchmarks/postgres_broker.py [--count 5000] [--round-trips 300] [--bloat N]
         [--postgres postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
 """
 
@@ -139,14 +143,48 @@ async def bench(target: Target, count: int, trips: int) -> dict[str, float]:
     return results
 
 
+WAVE = 10_000
+
+
+async def bloat(server: str, schema: str, total: int, vacuum_interval: float) -> None:
+    url = f"{server}?schema={schema}&vacuum_interval={vacuum_interval}"
+    broker = broker_from_url(url)
+    await broker.connect()
+    conn = await asyncpg.connect(server, timeout=10)
+    table = f'"{schema}".asyncq_jobs'
+    sizes = f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"
+    try:
+        print(f"{'drained':>10}{'table KiB':>12}{'indexes KiB':>14}{'jobs/s':>10}")
+        done = 0
+        while done < total:
+            wave = min(WAVE, total - done)
+            speed = await drain(broker, "bloat", wave)
+            done += wave
+            table_bytes, index_bytes = await conn.fetchrow(sizes)
+            print(f"{done:>10,}{table_bytes // 1024:>12,}{index_bytes // 1024:>14,}{speed:>10,.0f}")
+    finally:
+        await conn.close()
+        await broker.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--bloat", type=int, default=0, help="drain this many jobs, printing table sizes")
+    parser.add_argument("--vacuum-interval", type=float, default=10.0, help="the broker's vacuum_interval")
     args = parser.parse_args()
     schema = f"asyncq_bench_{uuid.uuid4().hex[:8]}"
+    if args.bloat:
+        try:
+            await bloat(args.postgres, schema, args.bloat, args.vacuum_interval)
+        finally:
+            conn = await asyncpg.connect(args.postgres, timeout=10)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+        return
     prefix = f"asyncq-bench-{uuid.uuid4().hex[:8]}"
     pg_url = f"{args.postgres}?schema={schema}"
     redis_url = f"{args.redis}?key_prefix={prefix}"

@@ -26,7 +26,7 @@ __all__ = ["PostgresBroker"]
 logger = logging.getLogger(__name__)
 
 #: The broker's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
-OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0}
+OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0, "vacuum_interval": 60.0}
 
 #: Prefix of the ``application_name`` of a broker's connections; its lease owner id follows.
 APPLICATION_NAME: Final = "asyncq-broker-"
@@ -144,6 +144,9 @@ class PostgresBroker:
             come back, that long after it died.
         poll_interval: seconds between claims when no notification came (default 5): the
             fallback for a lost notification; LISTEN/NOTIFY wakes consumers at once.
+        vacuum_interval: seconds between ``VACUUM`` runs of the jobs table by one of the
+            connected instances (default 60), so the table of a busy queue stays small even
+            where autovacuum is off or slow; set it high to leave the table to autovacuum.
         connect_timeout: seconds a connect may take (default 10; ``broker_connection_timeout``).
         command_timeout: seconds one statement may take (default 30).
         retry_timeout: seconds publish, ack and admin calls keep retrying a lost connection
@@ -160,6 +163,7 @@ class PostgresBroker:
         dsn, settings = parse_postgres_url(url, options, OPTIONS, kind="broker")
         self.visibility_timeout: float = settings["visibility_timeout"]
         self.poll_interval: float = settings["poll_interval"]
+        self.vacuum_interval: float = settings["vacuum_interval"]
         self._db = Database(url, dsn, settings, error=BrokerError, connection_error=BrokerConnectionError)
         self._sql = Statements(self._db.names)
         self._channel = self._db.names.channel("jobs")
@@ -229,10 +233,16 @@ class PostgresBroker:
     async def _renew_leases(self) -> None:
         interval = self.visibility_timeout / 3
         sql = self._sql
+        loop = asyncio.get_running_loop()
+        next_vacuum = loop.time() + self.vacuum_interval
         logger.debug("lease heartbeat started (owner %s)", self._owner)
         try:
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(max(0.0, min(interval, next_vacuum - loop.time())))
+                if loop.time() >= next_vacuum:
+                    next_vacuum = loop.time() + self.vacuum_interval
+                    await self._vacuum()
+                    continue
                 try:
                     await self._db.run(
                         "renew leases", lambda c: c.execute(sql.renew, self._owner, self.visibility_timeout)
@@ -245,6 +255,20 @@ class PostgresBroker:
                     logger.warning("lease heartbeat: %s", describe_error(exc))
         finally:
             logger.debug("lease heartbeat stopped (owner %s)", self._owner)
+
+    async def _vacuum(self) -> None:
+        # Deleted jobs leave dead rows; one instance at a time (the advisory lock) reclaims them.
+        async def run(conn: Any) -> None:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._sql.vacuum_lock):
+                try:
+                    await conn.execute(self._sql.vacuum)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", self._sql.vacuum_lock)
+
+        try:
+            await self._db.run("vacuum", run)
+        except BrokerError as exc:  # e.g. not the table's owner: autovacuum is left to do it
+            logger.warning("VACUUM of the jobs table: %s", describe_error(exc))
 
     # -- publishing ----------------------------------------------------------------------------
 

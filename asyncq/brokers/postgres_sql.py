@@ -6,6 +6,7 @@ prefix, ``{ix:name}`` an index name (see asyncq._postgres.Names).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 from asyncq._postgres import NOW, Names, Step
@@ -33,6 +34,12 @@ MIGRATIONS: Final[tuple[Step, ...]] = (
     -- Lease renewal by owner, and the release of lapsed leases.
     CREATE INDEX {ix:jobs_owner} ON {jobs} (owner) WHERE owner IS NOT NULL;
     CREATE INDEX {ix:jobs_lapsed} ON {jobs} (locked_until) WHERE owner IS NOT NULL;
+    -- Every job is inserted, updated once per claim and deleted: vacuum after a fixed number of
+    -- dead rows (not a fraction of a table that is small when drained), without throttling.
+    ALTER TABLE {jobs} SET (
+        autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_cost_delay = 0
+    );
     CREATE TABLE {dead_letters} (
         seq bigserial PRIMARY KEY,
         id text NOT NULL,
@@ -134,6 +141,10 @@ class Statements:
             SELECT (SELECT count(*) FROM back),
                 (SELECT count(pg_notify($2, queue)) FROM (SELECT DISTINCT queue FROM back) s)
         """  # noqa: S608
+        self.vacuum = f"VACUUM (SKIP_LOCKED) {jobs}"
+        self.vacuum_lock = int.from_bytes(
+            hashlib.sha256(f"vacuum {jobs}".encode()).digest()[:8], "big", signed=True
+        )
         self.purge = f"DELETE FROM {jobs} WHERE queue = $1 AND owner IS NULL"  # noqa: S608
         self.length = f"SELECT count(*) FROM {jobs} WHERE queue = $1 AND owner IS NULL"  # noqa: S608
         self.dead_letters = f"""

@@ -64,6 +64,10 @@ def test_options_are_validated() -> None:
     assert isinstance(broker, PostgresBroker) and broker.poll_interval == 2.0
     # asyncq's options are taken out; asyncpg's stay in the DSN.
     assert broker._db.dsn == "postgresql://u:secret@h/db?sslmode=disable"
+    # One URL for broker and backend: each skips the other's options.
+    shared = "postgresql://h/db?visibility_timeout=5&cleanup_interval=9"
+    assert broker_from_url(shared)._db.dsn == "postgresql://h/db"  # type: ignore[attr-defined]
+    assert backend_from_url(shared).cleanup_interval == 9.0  # type: ignore[attr-defined]
 
 
 async def test_connect_deadline_and_redacted_error() -> None:
