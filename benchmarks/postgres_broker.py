@@ -15,6 +15,8 @@ PostgreSQL runs in a fresh schema, Redis under a fresh key prefix; both are drop
 PostgreSQL alone and prints the size of the jobs table and its indexes after each wave: with
 finished jobs deleted and autovacuum at work, the sizes stay bounded instead of growing with N.
 
+PostgreSQL options go in its URL (``--postgres 'postgresql://…/test?synchronous_commit=off'``).
+
 Usage::
 
     python benchmarks/postgres_broker.py [--count 5000] [--round-trips 300] [--bloat N]
@@ -47,6 +49,11 @@ class Target:
     name: str
     broker_url: str
     backend_url: str
+
+
+def with_option(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` added to its query."""
+    return f"{url}{'&' if '?' in url else '?'}{key}={value}"
 
 
 def messages(queue: str, count: int) -> list[OutgoingMessage]:
@@ -147,10 +154,10 @@ WAVE = 10_000
 
 
 async def bloat(server: str, schema: str, total: int, vacuum_interval: float) -> None:
-    url = f"{server}?schema={schema}&vacuum_interval={vacuum_interval}"
+    url = f"{with_option(server, 'schema', schema)}&vacuum_interval={vacuum_interval}"
     broker = broker_from_url(url)
     await broker.connect()
-    conn = await asyncpg.connect(server, timeout=10)
+    conn = await asyncpg.connect(server.split("?")[0], timeout=10)
     table = f'"{schema}".asyncq_jobs'
     sizes = f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"
     try:
@@ -181,23 +188,23 @@ async def main() -> None:
         try:
             await bloat(args.postgres, schema, args.bloat, args.vacuum_interval)
         finally:
-            conn = await asyncpg.connect(args.postgres, timeout=10)
+            conn = await asyncpg.connect(args.postgres.split("?")[0], timeout=10)
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             await conn.close()
         return
     prefix = f"asyncq-bench-{uuid.uuid4().hex[:8]}"
-    pg_url = f"{args.postgres}?schema={schema}"
-    redis_url = f"{args.redis}?key_prefix={prefix}"
+    pg_url = with_option(args.postgres, "schema", schema)
+    redis_url = with_option(args.redis, "key_prefix", prefix)
     targets = [Target("redis", redis_url, args.redis), Target("postgresql", pg_url, pg_url)]
     table: dict[str, dict[str, float]] = {}
     try:
         for target in targets:
             table[target.name] = await bench(target, args.count, args.round_trips)
     finally:
-        conn = await asyncpg.connect(args.postgres, timeout=10)
+        conn = await asyncpg.connect(args.postgres.split("?")[0], timeout=10)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
-        client = Redis.from_url(args.redis)
+        client = Redis.from_url(args.redis.split("?")[0])
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             await client.delete(key)
         await client.aclose()
