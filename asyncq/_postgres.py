@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from asyncq._connect import connect_timeout_value
+from asyncq._connect import connect_timeout_value, describe_peer
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
@@ -63,6 +63,9 @@ _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "r
 
 #: Seconds between attempts while the server is unreachable, growing up to the last.
 RETRY_PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+#: A PostgreSQL SSLRequest: any PostgreSQL server answers it with one byte, S or N.
+_SSL_REQUEST: Final = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
 #: Longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer ones are silently cut.
 _MAX_IDENTIFIER = 63
@@ -252,9 +255,14 @@ class Database:
                         max_inactive_connection_lifetime=0,
                     )
             except (*_connection_errors(), asyncpg.PostgresError) as exc:
+                cause = describe_error(exc, with_type=True)
+                if isinstance(exc, TimeoutError):
+                    parts = urlsplit(self.dsn)
+                    cause = await describe_peer(
+                        parts.hostname or "127.0.0.1", parts.port or 5432, _SSL_REQUEST
+                    )
                 raise self.connection_error(
-                    f"cannot connect to {redact_url(self.url)} within {self.connect_timeout:g}s: "
-                    f"{describe_error(exc, with_type=True)}"
+                    f"cannot connect to {redact_url(self.url)} within {self.connect_timeout:g}s: {cause}"
                 ) from exc
             self._pool = pool
         try:
