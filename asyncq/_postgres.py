@@ -88,6 +88,8 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         asyncpg.PostgresConnectionError,  # SQLSTATE class 08
         asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, cannot connect now
         asyncpg.InterfaceError,  # "connection is closed", a pool closing under us
+        # A connection the server dropped mid-message can be left in a state asyncpg rejects.
+        asyncpg.exceptions.InternalClientError,
     )
 
 
@@ -299,7 +301,11 @@ class Database:
             pool = self._require_pool()
             try:
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
-                    return await op(conn)
+                    try:
+                        return await op(conn)
+                    except lost:
+                        conn.terminate()  # half-broken: the pool must open a fresh one
+                        raise
             except lost as exc:
                 if not forever and time.monotonic() >= deadline:
                     raise self.connection_error(
