@@ -171,6 +171,7 @@ class PostgresBroker:
         # The server lists this name while the process lives: a dead worker's is gone at once.
         self._db.server_settings["application_name"] = f"{APPLICATION_NAME}{self._owner}"
         self._consumers: set[_Consumer] = set()
+        self._has_consumed = False  # the heartbeat's upkeep (renew, release, vacuum) runs only then
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener = Listener(self._db, [self._channel], self._notified, self._wake_all)
         self._acks: _GroupCommit[tuple[int, int]] = _GroupCommit(self._ack_many, "asyncq.postgres.ack")
@@ -239,6 +240,8 @@ class PostgresBroker:
         try:
             while True:
                 await asyncio.sleep(max(0.0, min(interval, next_vacuum - loop.time())))
+                if not self._has_consumed:
+                    continue  # a producer-only instance holds no leases and leaves upkeep to workers
                 if loop.time() >= next_vacuum:
                     next_vacuum = loop.time() + self.vacuum_interval
                     await self._vacuum()
@@ -333,6 +336,7 @@ class PostgresBroker:
             raise ValueError("consume needs at least one queue")
         consumer = _Consumer(names)
         self._consumers.add(consumer)
+        self._has_consumed = True
         self._listener.start()
         try:
             while True:
