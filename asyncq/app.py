@@ -15,6 +15,7 @@ from urllib.parse import quote
 from asyncq._connect import with_connect_timeout
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
+from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.config import Conf
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import SENT_AT, Message, encode_message
@@ -437,10 +438,17 @@ class App:
             id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
         )
 
-    async def send_message(self, message: Message, *, task_name: str | None = None) -> AsyncResult[Any]:
-        """Publish a built message; return the handle on its result."""
+    async def send_message(
+        self, message: Message, *, task_name: str | None = None, connection: Any = None
+    ) -> AsyncResult[Any]:
+        """Publish a built message; return the handle on its result.
+
+        With ``connection`` (a database connection, see :meth:`send_many`) the message is
+        written in that connection's transaction.
+        """
         await self.connect()
         drivers = self._current_drivers()
+        transactional = None if connection is None else self._transactional(drivers.broker)
         if not message.ignore_result:
             prepare = getattr(drivers.backend, "prepare", None)
             if prepare is not None:
@@ -448,22 +456,47 @@ class App:
             expect = getattr(drivers.backend, "expect", None)
             if expect is not None:
                 expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
-        await drivers.broker.publish(self.outgoing(message))
+        if transactional is None:
+            await drivers.broker.publish(self.outgoing(message))
+        else:
+            await transactional.publish_in_transaction(connection, [self.outgoing(message)])
         self.events.task_sent(message)
         return AsyncResult(message.id, self, task_name=task_name or message.task)
 
-    async def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
-        """Publish many messages in as few broker round trips as the driver allows."""
+    async def send_many(
+        self, messages: Sequence[Message], *, connection: Any = None
+    ) -> list[AsyncResult[Any]]:
+        """Publish many messages in as few broker round trips as the driver allows.
+
+        With ``connection``, an open connection to the broker's own database (an asyncpg
+        connection for postgresql://), the messages are written in that connection's current
+        transaction: they run only if it commits. Other brokers raise ConfigurationError.
+        """
         await self.connect()
         drivers = self._current_drivers()
+        transactional = None if connection is None else self._transactional(drivers.broker)
         prepare = getattr(drivers.backend, "prepare", None)
         if prepare is not None:
             for message in messages:
                 if not message.ignore_result:
                     await prepare(message.id)
-        await drivers.broker.publish_many([self.outgoing(m) for m in messages])
+        outgoing = [self.outgoing(m) for m in messages]
+        if transactional is None:
+            await drivers.broker.publish_many(outgoing)
+        else:
+            await transactional.publish_in_transaction(connection, outgoing)
         self.events.tasks_sent(messages)
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
+
+    def _transactional(self, broker: Broker) -> TransactionalBroker:
+        """``broker`` as one that writes through a caller's connection, or a clear error."""
+        if not isinstance(broker, TransactionalBroker):
+            scheme = self.broker_url.partition(":")[0]
+            raise ConfigurationError(
+                f"the {scheme}:// broker cannot enqueue in a database transaction (connection=);"
+                " use the postgresql:// broker, or enqueue after your commit"
+            )
+        return broker
 
     def send_task(
         self,

@@ -26,6 +26,7 @@ from asyncq.app import App
 from asyncq.config import SETTINGS
 from asyncq.exceptions import AsyncqError, TaskError
 from asyncq.exceptions import TimeoutError as ResultTimeoutError
+from asyncq.migrate import migrate as migrate_schemas
 
 __all__ = ["cli", "main"]
 
@@ -557,12 +558,26 @@ def purge(
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
 
 
+@_command()
+def migrate(app_path: AppPath) -> None:
+    """Create or upgrade the broker's and result backend's tables (postgresql://)."""
+    app = load_app(app_path)
+    done = run_async(lambda: migrate_schemas(app))
+    for role, applied in done.items():
+        url = app.broker_url if role == "broker" else app.backend_url
+        scheme = url.partition(":")[0]
+        if applied is None:
+            typer.echo(f"{role}: {scheme}:// keeps no schema, nothing to migrate")
+        elif applied:
+            typer.echo(f"{role}: schema migrated to version {applied[-1]}")
+        else:
+            typer.echo(f"{role}: schema up to date")
+
+
 from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
 from asyncq.cli_events import make_events_command  # noqa: E402 - as above
 
-cli.add_typer(
-    make_dlq_cli(load_app, run_async, command_class=_Command, argument_class=_Argument), name="dlq"
-)
+cli.add_typer(make_dlq_cli(load_app, run_async, command_class=_Command, argument_class=_Argument), name="dlq")
 _command("events")(make_events_command(load_app, run_async))
 from asyncq.cli_control import register as _register_control  # noqa: E402 - after the helpers it takes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -229,8 +230,25 @@ class Task(Generic[P, R]):
     # -- sending ----------------------------------------------------------------------------
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Send the task to a worker with these arguments; return a handle on its result."""
+        """Send the task to a worker with these arguments; return a handle on its result.
+
+        ``connection=conn`` (an asyncpg connection, postgresql:// broker) writes the job in
+        ``conn``'s transaction: it runs only if that commits. It is an option, not a task
+        argument, unless the task's function has a parameter named ``connection``; type
+        checkers know it only on :meth:`apply_async`.
+        """
+        if "connection" in kwargs and not self._takes_connection:
+            options = dict(kwargs)
+            connection = options.pop("connection")
+            return await self.apply_async(args, options, connection=connection)
         return await self.apply_async(args, kwargs)
+
+    @functools.cached_property
+    def _takes_connection(self) -> bool:
+        try:
+            return "connection" in inspect.signature(self.run).parameters
+        except (TypeError, ValueError):  # no signature (a builtin): nothing to clash with
+            return False
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
         """Send the task from sync code and return a blocking handle: ``add.delay(4, 4).get()``.
@@ -260,6 +278,7 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         link: Links | None = None,
         link_error: Links | None = None,
+        connection: Any = None,
     ) -> SyncResult[R]:
         """Send the task with explicit options (Celery's names); return a handle on its result.
 
@@ -273,6 +292,8 @@ class Task(Generic[P, R]):
         ``link`` signatures run with the result prepended once the task succeeds;
         ``link_error`` signatures run with ``(task_id, {"type": ..., "message": ...})``
         prepended if it fails (see docs/canvas.md).
+        ``connection`` writes the job in that database connection's transaction (see
+        :meth:`enqueue`); it needs a running event loop.
         """
         message = self.build_message(
             args,
@@ -298,7 +319,9 @@ class Task(Generic[P, R]):
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
             return apply_eagerly(app, handle, sig)
-        return send_or_defer(app, handle, lambda: app.send_message(message, task_name=self.name))
+        return send_or_defer(
+            app, handle, lambda: app.send_message(message, task_name=self.name, connection=connection)
+        )
 
     def apply(
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None

@@ -3,15 +3,19 @@
 * ``RedisServer``: a ``redis-server`` on a free loopback port, in the test's directory.
 * ``RabbitNode``: a second RabbitMQ node (own node name, AMQP and distribution ports, data,
   logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``.
+* ``PostgresCluster``: a PostgreSQL cluster of its own (``initdb``/``pg_ctl``) on a free port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -224,3 +228,75 @@ class RabbitNode:
     def close_all_connections(self) -> None:
         done = self.ctl("close_all_connections", "asyncq chaos test")
         assert done.returncode == 0, done.stderr
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free loopback port.
+
+    Its data directory is a fresh temporary directory owned by the ``postgres`` user when
+    the tests run as root (initdb refuses root); ``stop`` is a fast shutdown, so clients see
+    their connections end as in a real restart; trust auth, database ``postgres``.
+    """
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        self.bin = found[-1].parent if found else None
+        if self.bin is None:
+            initdb = shutil.which("initdb")
+            if initdb is None:
+                missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+            self.bin = Path(initdb).parent
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="asyncq-pg-"))
+        self.data = self.directory / "data"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            os.chown(self.directory, *_postgres_ids())
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        assert self.bin is not None
+        done = subprocess.run(
+            [*self._as, str(self.bin / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory}"
+        options += " -c fsync=off -c max_connections=100"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-o", options, "-w", "start"
+        )
+
+    def stop(self) -> None:
+        if self.data.exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self, outage: float = 1.0) -> None:
+        """Stop, stay down ``outage`` seconds (an outage, not a blip), start on the same port."""
+        self.stop()
+        time.sleep(outage)
+        self.start()
+
+    def remove(self) -> None:
+        """Stop (if running) and delete the cluster's files."""
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _postgres_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid

@@ -32,6 +32,8 @@ BROKERS: Final[dict[str, str]] = {
     "redis+sentinel": "asyncq.brokers.redis:RedisBroker",
     "amqp": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
+    "postgresql": "asyncq.brokers.postgres:PostgresBroker",
+    "postgres": "asyncq.brokers.postgres:PostgresBroker",
 }
 
 

@@ -147,6 +147,8 @@ CONTROL_CHANNELS: Final[dict[str, str]] = {
     "redis+sentinel": "asyncq.brokers.redis_control:RedisControlChannel",
     "amqp": "asyncq.brokers.rabbitmq_control:RabbitMQControlChannel",
     "amqps": "asyncq.brokers.rabbitmq_control:RabbitMQControlChannel",
+    "postgresql": "asyncq.brokers.postgres_control:PostgresControlChannel",
+    "postgres": "asyncq.brokers.postgres_control:PostgresControlChannel",
 }
 
 

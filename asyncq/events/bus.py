@@ -26,6 +26,8 @@ EVENT_BUSES: Final[dict[str, str]] = {
     "redis+sentinel": "asyncq.events.redis:RedisEventBus",
     "amqp": "asyncq.events.rabbitmq:RabbitMQEventBus",
     "amqps": "asyncq.events.rabbitmq:RabbitMQEventBus",
+    "postgresql": "asyncq.events.postgres:PostgresEventBus",
+    "postgres": "asyncq.events.postgres:PostgresEventBus",
 }
 
 

@@ -3,6 +3,8 @@
 * Redis: a private ``redis-server`` with an append-only file is stopped and restarted on the
   same port while a worker process drains a batch.
 * RabbitMQ: the server closes every client connection of the test's vhost mid-run.
+* PostgreSQL: a private cluster (``initdb``/``pg_ctl``) is restarted on the same port while a
+  worker process drains a batch and a producer keeps sending.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import cli_app
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
-from tests.servers import RedisServer
+from tests.servers import PostgresCluster, RedisServer
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
@@ -125,3 +127,68 @@ def test_rabbitmq_connections_closed_mid_run_loses_nothing(
     # are still queued). Every one is a copy of a task that is already done.
     duplicates = sum(done_counts(marks).values()) - TOTAL
     print(f"{duplicates} duplicate runs; {left} copies still queued at the end")
+
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.init()
+        cluster.start()
+    except Exception:
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
+
+
+@pytest.mark.postgres
+def test_postgres_restart_mid_run_loses_nothing(
+    postgres_cluster: PostgresCluster,
+    store_env: dict[str, str],
+    start_worker: Callable[..., Popen[str]],
+    tmp_path: Path,
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    url = postgres_cluster.url
+    env = {**store_env, "ASYNCQ_BROKER_URL": url + "?visibility_timeout=3", "ASYNCQ_RESULT_BACKEND": url}
+    queue = env["ASYNCQ_TASK_DEFAULT_QUEUE"] = f"restart-{uuid.uuid4().hex[:8]}"
+    # retry_timeout covers the outage: a producer's publish waits for the server to return.
+    producer = App("cli-app", broker=url + "?retry_timeout=60", backend=url)
+    later = 100  # sent one by one by a producer connected before, during and after the outage
+
+    async def scenario() -> None:
+        try:
+            await producer.send_many(
+                [cli_app.mark.build_message((i, str(marks)), queue=queue) for i in range(TOTAL)]
+            )
+            worker = start_worker(APP, "--concurrency", "20", env=env)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: sum(done_counts(marks).values()) >= TOTAL // 4,
+                what="a quarter of the batch",
+            )
+
+            async def trickle() -> None:
+                for i in range(TOTAL, TOTAL + later):
+                    await producer.send_message(cli_app.mark.build_message((i, str(marks)), queue=queue))
+                    await asyncio.sleep(0.02)
+
+            sending = asyncio.create_task(trickle())
+            await asyncio.to_thread(postgres_cluster.restart, 1.0)
+            await asyncio.wait_for(sending, 90)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: len(done_counts(marks)) == TOTAL + later,
+                timeout=90,
+                what="every task after the restart",
+            )
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 30) == 0
+        finally:
+            await producer.aclose()
+
+    asyncio.run(scenario())
+    assert sorted(done_counts(marks)) == list(range(TOTAL + later))
+    print(f"\n{sum(done_counts(marks).values()) - TOTAL - later} duplicate runs")

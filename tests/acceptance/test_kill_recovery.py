@@ -1,8 +1,8 @@
 """A worker SIGKILLed in the middle of a batch: a second worker completes every task.
 
-Runs over every durable broker that is available: the embedded SQLite store, Redis and
-RabbitMQ. Nothing may be lost; a task the dead worker finished but had not yet acknowledged
-may run twice (at-least-once), and the duplicates are counted and reported.
+Runs over every durable broker that is available: the embedded SQLite store, Redis,
+RabbitMQ and PostgreSQL. Nothing may be lost; a task the dead worker finished but had not
+yet acknowledged may run twice (at-least-once), and the duplicates are counted and reported.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import cli_app
+from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
 from tests.services import require_service
 
@@ -33,6 +34,7 @@ TOTAL = 200
         pytest.param("sqlite"),
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -45,6 +47,10 @@ def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_pa
     elif request.param == "rabbitmq":
         env["ASYNCQ_BROKER_URL"] = request.getfixturevalue("rabbitmq_url")
         env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
+    elif request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        env["ASYNCQ_BROKER_URL"] = url + "&visibility_timeout=2"
+        env["ASYNCQ_RESULT_BACKEND"] = url
     return env
 
 

@@ -21,6 +21,7 @@ import pytest
 from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import control_app
+from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
@@ -30,7 +31,13 @@ TASKS = 3
 RECOVERY_BOUND = 20.0
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Workers' environment: default visibility timeout (30 s), default heartbeats (2 s)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCQ_")}
@@ -40,6 +47,8 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, st
     prefix = None
     if request.param == "sqlite":
         base["ASYNCQ_BROKER_URL"] = f"sqlite:///{tmp_path / 'broker.db'}"
+    elif request.param == "postgres":
+        base["ASYNCQ_BROKER_URL"] = request.getfixturevalue("postgres_url")
     else:
         prefix = unique_prefix()
         base["ASYNCQ_BROKER_URL"] = f"{require_service('redis')}?key_prefix={prefix}"

@@ -21,6 +21,11 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_backend_factory,
     sqlite_broker_factory,
 )
+from tests.conformance.drivers_postgres import (  # noqa: F401
+    postgres_backend_factory,
+    postgres_broker_factory,
+    postgres_schema,
+)
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
@@ -45,6 +50,7 @@ BROKER_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
@@ -54,6 +60,7 @@ BACKEND_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
+    "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
 }
 
 

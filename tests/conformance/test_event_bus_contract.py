@@ -17,6 +17,7 @@ import pytest
 
 from asyncq.brokers import BROKERS
 from asyncq.events.bus import EVENT_BUSES, EventBus, EventReader, event_bus_from_url
+from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
 from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
@@ -32,6 +33,7 @@ BusFactory = Callable[..., Awaitable[EventBus]]
         pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
         pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BusFactory]:
@@ -46,6 +48,8 @@ async def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         url, options = require_service("redis"), {"key_prefix": prefix, "visibility_timeout": 5}
     elif request.param.startswith("redis_"):  # servers the tests start (drivers_redis.py)
         url, options = request.getfixturevalue(request.param).url, {"key_prefix": prefix}
+    elif request.param == "postgres":  # a schema of its own, dropped after (drivers_postgres.py)
+        url, options = request.getfixturevalue("postgres_url"), {"visibility_timeout": 5}
     else:
         url, options = request.getfixturevalue("rabbitmq_url"), {"queue_type": "classic"}
 

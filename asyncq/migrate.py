@@ -1,0 +1,39 @@
+"""``asyncq migrate``: create or upgrade the tables of drivers that keep a versioned schema.
+
+Drivers with tables (postgresql://) create and upgrade them on first connect too; running
+this at deploy time does it once, up front, with a role allowed to run DDL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from asyncq.app import App
+
+__all__ = ["SchemaOwner", "migrate"]
+
+
+@runtime_checkable
+class SchemaOwner(Protocol):
+    """A driver whose tables carry a schema version."""
+
+    async def migrate(self) -> list[int]:
+        """Apply the missing schema versions (connecting if needed); return those applied."""
+
+    async def aclose(self) -> None:
+        """Release the driver's connections."""
+
+
+async def migrate(app: App) -> dict[str, list[int] | None]:
+    """Migrate ``app``'s broker and result backend: role -> versions applied (None: no schema)."""
+    done: dict[str, list[int] | None] = {}
+    for role, driver in (("broker", app.broker), ("result backend", app.backend)):
+        if not isinstance(driver, SchemaOwner):
+            done[role] = None
+            continue
+        try:
+            done[role] = await driver.migrate()
+        finally:
+            await driver.aclose()
+    return done

@@ -1,0 +1,219 @@
+"""The postgresql:// broker next to redis:// on this machine, in one invocation (ratios).
+
+Workloads, each run on both brokers with the same messages:
+
+* enqueue, concurrent: N ``publish`` calls in flight at once (50 producers' worth);
+* enqueue, batch: ``publish_many`` of N messages in one call;
+* drain: consume + ack N waiting messages (prefetch 200), each ack from its own task, as a
+  worker's concurrently running jobs do;
+* round trip: ``await (await task.enqueue()).get()`` one after another through an in-process
+  worker, broker and result backend on the same server.
+
+PostgreSQL runs in a fresh schema, Redis under a fresh key prefix; both are dropped after.
+
+``--bloat N`` instead drains N jobs in waves of 10,000 (publish a wave, drain it) on
+PostgreSQL alone and prints the size of the jobs table and its indexes after each wave: with
+finished jobs deleted and autovacuum at work, the sizes stay bounded instead of growing with N.
+
+PostgreSQL options go in its URL (``--postgres 'postgresql://…/test?synchronous_commit=off'``).
+
+Usage::
+
+    python benchmarks/postgres_broker.py [--count 5000] [--round-trips 300] [--bloat N]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from asyncq import App
+from asyncq.brokers import Broker, Delivery, OutgoingMessage, broker_from_url
+
+BODY = b'{"task":"bench.add","args":[1,2],"kwargs":{}}' * 4  # ~200 bytes, a small envelope
+PREFETCH = 200
+CONCURRENCY = 50
+
+
+@dataclass
+class Target:
+    name: str
+    broker_url: str
+    backend_url: str
+
+
+def with_option(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` added to its query."""
+    return f"{url}{'&' if '?' in url else '?'}{key}={value}"
+
+
+def messages(queue: str, count: int) -> list[OutgoingMessage]:
+    return [OutgoingMessage(id=str(uuid.uuid4()), queue=queue, body=BODY) for _ in range(count)]
+
+
+async def rate(count: int, op: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await op()
+    return count / (time.perf_counter() - started)
+
+
+async def enqueue_concurrent(broker: Broker, queue: str, count: int) -> float:
+    batch = messages(queue, count)
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(message: OutgoingMessage) -> None:
+        async with gate:
+            await broker.publish(message)
+
+    return await rate(count, lambda: _gather(one(m) for m in batch))
+
+
+async def _gather(coros: object) -> None:
+    await asyncio.gather(*coros)  # type: ignore[call-overload]
+
+
+async def enqueue_batch(broker: Broker, queue: str, count: int) -> float:
+    batch = messages(queue, count)
+    return await rate(count, lambda: broker.publish_many(batch))
+
+
+async def drain(broker: Broker, queue: str, count: int) -> float:
+    await broker.publish_many(messages(queue, count))
+    done = asyncio.Event()
+    acked = 0
+    jobs: set[asyncio.Task[None]] = set()
+
+    async def job(delivery: Delivery) -> None:
+        nonlocal acked
+        await delivery.ack()
+        acked += 1
+        if acked == count:
+            done.set()
+
+    async def run() -> None:
+        async with aclosing(broker.consume([queue], prefetch=PREFETCH)) as deliveries:
+            taken = 0
+            async for delivery in deliveries:
+                task = asyncio.create_task(job(delivery), name="bench.ack")
+                jobs.add(task)
+                task.add_done_callback(jobs.discard)
+                taken += 1
+                if taken == count:
+                    break
+            await done.wait()
+
+    return await rate(count, run)
+
+
+async def round_trips(target: Target, count: int) -> float:
+    app = App("bench", broker=target.broker_url, backend=target.backend_url)
+    app.conf.task_default_queue = f"bench-rt-{uuid.uuid4().hex[:8]}"
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async def run() -> None:
+        for i in range(count):
+            assert await (await add.enqueue(i, 1)).get(timeout=30) == i + 1
+
+    try:
+        async with app.worker(concurrency=10):
+            await (await add.enqueue(0, 0)).get(timeout=30)  # warm up: connections, LISTEN
+            return await rate(count, run)
+    finally:
+        await app.aclose()
+
+
+async def bench(target: Target, count: int, trips: int) -> dict[str, float]:
+    broker = broker_from_url(target.broker_url)
+    await broker.connect()
+    results: dict[str, float] = {}
+    try:
+        results["enqueue, concurrent"] = await enqueue_concurrent(
+            broker, f"bench-{uuid.uuid4().hex[:8]}", count
+        )
+        results["enqueue, batch"] = await enqueue_batch(broker, f"bench-{uuid.uuid4().hex[:8]}", count)
+        results["drain"] = await drain(broker, f"bench-{uuid.uuid4().hex[:8]}", count)
+    finally:
+        await broker.aclose()
+    results["round trip"] = await round_trips(target, trips)
+    return results
+
+
+WAVE = 10_000
+
+
+async def bloat(server: str, schema: str, total: int, vacuum_interval: float) -> None:
+    url = f"{with_option(server, 'schema', schema)}&vacuum_interval={vacuum_interval}"
+    broker = broker_from_url(url)
+    await broker.connect()
+    conn = await asyncpg.connect(server.split("?")[0], timeout=10)
+    table = f'"{schema}".asyncq_jobs'
+    sizes = f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"
+    try:
+        print(f"{'drained':>10}{'table KiB':>12}{'indexes KiB':>14}{'jobs/s':>10}")
+        done = 0
+        while done < total:
+            wave = min(WAVE, total - done)
+            speed = await drain(broker, "bloat", wave)
+            done += wave
+            table_bytes, index_bytes = await conn.fetchrow(sizes)
+            print(f"{done:>10,}{table_bytes // 1024:>12,}{index_bytes // 1024:>14,}{speed:>10,.0f}")
+    finally:
+        await conn.close()
+        await broker.aclose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--round-trips", type=int, default=300)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--bloat", type=int, default=0, help="drain this many jobs, printing table sizes")
+    parser.add_argument("--vacuum-interval", type=float, default=10.0, help="the broker's vacuum_interval")
+    args = parser.parse_args()
+    schema = f"asyncq_bench_{uuid.uuid4().hex[:8]}"
+    if args.bloat:
+        try:
+            await bloat(args.postgres, schema, args.bloat, args.vacuum_interval)
+        finally:
+            conn = await asyncpg.connect(args.postgres.split("?")[0], timeout=10)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+        return
+    prefix = f"asyncq-bench-{uuid.uuid4().hex[:8]}"
+    pg_url = with_option(args.postgres, "schema", schema)
+    redis_url = with_option(args.redis, "key_prefix", prefix)
+    targets = [Target("redis", redis_url, args.redis), Target("postgresql", pg_url, pg_url)]
+    table: dict[str, dict[str, float]] = {}
+    try:
+        for target in targets:
+            table[target.name] = await bench(target, args.count, args.round_trips)
+    finally:
+        conn = await asyncpg.connect(args.postgres.split("?")[0], timeout=10)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+        client = Redis.from_url(args.redis.split("?")[0])
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+        await client.aclose()
+    print(f"count={args.count} round_trips={args.round_trips} (per second; ratio = postgresql / redis)")
+    print(f"{'workload':<22}{'redis':>12}{'postgresql':>12}{'ratio':>8}")
+    for workload, value in table["redis"].items():
+        pg = table["postgresql"][workload]
+        print(f"{workload:<22}{value:>12,.0f}{pg:>12,.0f}{pg / value:>8.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
