@@ -48,7 +48,7 @@ def test_options_and_registry() -> None:
     backend = backend_from_url("rediss://example:6380/1?key_prefix=app&ping_interval=5&ssl_cert_reqs=none")
     assert isinstance(backend, RedisBackend)
     assert (backend._prefix, backend._ping_interval) == ("app", 5.0)
-    assert backend._connection == {"ssl_cert_reqs": "none"}
+    assert backend._redis.connection == {"ssl_cert_reqs": "none"}
     with pytest.raises(ConfigurationError, match=r"known:.*key_prefix"):
         RedisBackend("redis://example/0", visibility_timeout=3)
 
@@ -57,7 +57,7 @@ def test_a_url_shared_with_the_broker_may_carry_its_options() -> None:
     # An App's result backend follows its broker URL, options and all.
     url = "redis://example/0?visibility_timeout=3&poll_interval=0.5&key_prefix=app&ping_interval=4"
     backend = RedisBackend(url)
-    assert (backend._prefix, backend._ping_interval, backend._connection) == ("app", 4.0, {})
+    assert (backend._prefix, backend._ping_interval, backend._redis.connection) == ("app", 4.0, {})
     broker = RedisBroker(url)
     assert (broker._visibility, broker._prefix) == (3.0, "app")
     with pytest.raises(ConfigurationError, match="visibility_tmeout"):
