@@ -43,6 +43,7 @@ from asyncq._redis.options import (
     Option,
     Target,
     parse_options,
+    plain_prefix,
 )
 from asyncq._redis.scripts import Script, load_lua, script_call
 
@@ -64,6 +65,7 @@ __all__ = [
     "is_connection_error",
     "load_lua",
     "parse_options",
+    "plain_prefix",
     "retry_pause",
     "script_call",
     "translate_error",

@@ -267,10 +267,7 @@ class Client:
             async with asyncio.timeout(self.pool_timeout):
                 await gate.acquire()
         except TimeoutError:
-            raise PoolExhaustedError(
-                f"no free Redis connection within pool_timeout={self.pool_timeout}s "
-                f"(max_connections={self.max_connections}); raise max_connections"
-            ) from None
+            raise PoolExhaustedError.after(self.pool_timeout, self.max_connections) from None
         try:
             return await op()
         finally:

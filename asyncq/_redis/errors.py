@@ -40,6 +40,13 @@ __all__ = [
 class PoolExhaustedError(RedisError):
     """No connection of the pool became free within ``pool_timeout``."""
 
+    @classmethod
+    def after(cls, pool_timeout: float | None, max_connections: int | None) -> PoolExhaustedError:
+        return cls(
+            f"no free Redis connection within pool_timeout={pool_timeout}s "
+            f"(max_connections={max_connections}); raise max_connections"
+        )
+
 
 class ReplicaAckError(RedisConnectionError):
     """The master applied a write, but fewer than ``min_replicas`` replicas confirmed it in time."""

@@ -24,6 +24,7 @@ __all__ = [
     "Option",
     "Target",
     "parse_options",
+    "plain_prefix",
 ]
 
 #: Connection options, with the type a URL query string becomes. Most go to redis-py as they
@@ -228,3 +229,10 @@ def parse_options(
         raise ConfigurationError(f"unknown {what} option(s) {', '.join(sorted(unknown))}; known: {names}")
     target = _target(url, bool(connection.get("cluster", False)))
     return target, settings, connection
+
+
+def plain_prefix(prefix: str) -> str:
+    """``prefix``, refused if it has braces (they would make it the Cluster hash tag of every key)."""
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"key_prefix {prefix!r} must not contain braces")
+    return prefix

@@ -28,10 +28,7 @@ class BlockingPool(BlockingConnectionPool):
             connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except RedisConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError):
-                raise PoolExhaustedError(
-                    f"no free Redis connection within pool_timeout={self.timeout}s "
-                    f"(max_connections={self.max_connections}); raise max_connections"
-                ) from exc
+                raise PoolExhaustedError.after(self.timeout, self.max_connections) from exc
             raise
         return connection
 

@@ -24,7 +24,30 @@ from typing import Final
 from asyncq._redis import Script, load_lua
 from asyncq.brokers.base import DeadLetter, OutgoingMessage
 
-__all__ = ["SCRIPTS", "Queue", "pack_record", "parse_dead_entry", "split_record", "token"]
+__all__ = [
+    "ACK",
+    "CHUNK",
+    "CLAIM",
+    "DEAD",
+    "DEAD_PURGE",
+    "DEAD_REQUEUE_ALL",
+    "DEAD_REQUEUE_ONE",
+    "LENGTH",
+    "MOVE_LIMIT",
+    "NACK",
+    "PRIORITY_DIGITS",
+    "PUBLISH",
+    "PURGE",
+    "RECLAIM",
+    "RELEASE",
+    "RENEW",
+    "SCRIPTS",
+    "Queue",
+    "pack_record",
+    "parse_dead_entry",
+    "split_record",
+    "token",
+]
 
 
 def _load(name: str, *prelude: str) -> Script:

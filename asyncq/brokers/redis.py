@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
 
-from asyncq._redis import ClientHolder, GroupCommit, Option, script_call
+from asyncq._redis import ClientHolder, GroupCommit, Option, plain_prefix, script_call
 from asyncq._utils import redact_url
 from asyncq.brokers import _redis_dead
 from asyncq.brokers._redis_consumer import Consumer
@@ -53,7 +53,7 @@ __all__ = ["RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
-#: Kept under the names tests and tools have used.
+#: The name this module has long exported it under.
 _Queue = Queue
 
 #: Driver options (keyword arguments or URL query), documented in one place.
@@ -122,10 +122,7 @@ class RedisBroker:
             log=logger,
         )
         settings = self._redis.settings
-        self._prefix: str = settings["key_prefix"]
-        if "{" in self._prefix or "}" in self._prefix:
-            # Braces would make the prefix the Cluster hash tag: every queue in one slot.
-            raise ConfigurationError(f"key_prefix {self._prefix!r} must not contain braces")
+        self._prefix = plain_prefix(settings["key_prefix"])
         self._visibility: float = settings["visibility_timeout"]
         self._poll_interval: float = settings["poll_interval"]
         self._batch_size: int = settings["batch_size"]

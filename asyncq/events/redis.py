@@ -13,9 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from asyncq._redis import CONNECTION_OPTIONS, ClientHolder, Option, Script, translate_error
+from asyncq._redis import CONNECTION_OPTIONS, ClientHolder, Option, Script, plain_prefix, translate_error
 from asyncq._resp import pack_commands
-from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -137,9 +137,7 @@ class RedisEventBus:
             error=BrokerError,
             log=logger,
         )
-        prefix: str = self._redis.settings["key_prefix"]
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"key_prefix {prefix!r} must not contain braces")
+        prefix = plain_prefix(self._redis.settings["key_prefix"])
         self.key = f"{prefix}:events".encode()
         self.history_limit = max(1, int(history_limit))
 

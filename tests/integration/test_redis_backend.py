@@ -211,10 +211,11 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
     monkeypatch.setattr(backend_module, "_PREPARED_MAX", 3)
     backend = await factory()
     assert await backend.wait("warm-up", timeout=0.01) is None
-    for i in range(5):
-        backend.expect(f"t{i}")
     listener = backend._listener
     assert listener is not None
+    await wait_until(lambda: listener.live)  # expect() only acts on a live subscription
+    for i in range(5):
+        backend.expect(f"t{i}")
     assert sorted(channel.task_id for channel in listener.channels.values()) == ["t0", "t1", "t2"]
     await wait_until(lambda: numsub_is(admin, backend, "t2", 1))
     # Nobody waited: after the ttl they are dropped and unsubscribed, and room is made again.
