@@ -31,17 +31,16 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
     CLIENT_ERRORS,
-    Client,
+    ClientHolder,
     GroupCommit,
     MasterSwitchedError,
     Option,
-    Script,
-    parse_options,
+    load_lua,
     retry_pause,
     script_call,
     translate_error,
@@ -68,40 +67,10 @@ OPTIONS: Final[dict[str, Option]] = {
 
 _FINAL, _PENDING = b"F", b"P"
 
-# KEYS: record. ARGV: flagged value, ttl ms (0: none), channel.
-# KEYS: records (on a Cluster, of one slot). ARGV: per record, its flagged value and ttl ms
-# (0: none). A final record is also PUBLISHed on the channel named like its key. One call
-# stores a whole batch: Redis runs one script instead of one per record.
-_SET_MANY = Script.build(
-    "set_many",
-    """
-for i = 1, #KEYS do
-  local value, ttl = ARGV[2 * i - 1], ARGV[2 * i]
-  if ttl == '0' then
-    redis.call('SET', KEYS[i], value)
-  else
-    redis.call('SET', KEYS[i], value, 'PX', ttl)
-  end
-  if string.byte(value, 1) == 70 then redis.call('PUBLISH', KEYS[i], value) end  -- 70: "F"
-end
-return #KEYS
-""",
-)
-
-# KEYS: counter. ARGV: amount, ttl ms (0: no expiry).
-_INCR = Script.build(
-    "incr",
-    """
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if ARGV[2] == '0' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return value
-""",
-)
-
+# Sources in redis_lua/: set_many stores a batch of records (one slot on a Cluster) and
+# PUBLISHes the final ones; incr is INCRBY with (P)EXPIRE/PERSIST, atomic for chord joins.
+_SET_MANY: Final = load_lua("asyncq.backends", "redis_lua", "set_many")
+_INCR: Final = load_lua("asyncq.backends", "redis_lua", "incr")
 _SCRIPTS: Final = (_SET_MANY, _INCR)
 
 #: Seconds a channel subscribed ahead of its wait (RedisBackend.prepare) waits for a waiter.
@@ -236,7 +205,7 @@ class _Listener:
     async def _run(self) -> None:
         failures = 0
         while True:
-            client = self._backend._client()
+            client = self._backend._redis.client()
             pause = retry_pause(failures)
             conn: AbstractConnection | None = None
             try:
@@ -307,7 +276,7 @@ class _Listener:
             batch, self._outbox = self._outbox, []
             if batch:
                 packed = conn.pack_commands(batch)
-                async with asyncio.timeout(self._backend._client().command_timeout):
+                async with asyncio.timeout(self._backend._redis.client().command_timeout):
                     await conn.send_packed_command(packed, check_health=False)
 
     async def _read_loop(self, conn: AbstractConnection) -> None:
@@ -375,22 +344,27 @@ class RedisBackend:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any) -> None:
         self.url = url
-        self._target, settings, self._connection = parse_options(
-            url, options, OPTIONS, what="Redis result backend"
+        self._redis = ClientHolder(
+            url,
+            options,
+            OPTIONS,
+            what="Redis result backend",
+            client_name="asyncq-backend",
+            scripts=_SCRIPTS,
+            connection_error=BackendConnectionError,
+            error=BackendError,
+            log=logger,
         )
-        self._clean_url = self._target.url
+        settings = self._redis.settings
         self._prefix: str = settings["key_prefix"]
-        self._retry_timeout: float = settings["retry_timeout"]
+        retry_timeout: float = settings["retry_timeout"]
         self._ping_interval: float = settings["ping_interval"]
-        if self._retry_timeout < 0 or self._ping_interval <= 0:
+        if retry_timeout < 0 or self._ping_interval <= 0:
             raise ConfigurationError(
-                f"retry_timeout must be >= 0 and ping_interval > 0; got {self._retry_timeout}, "
+                f"retry_timeout must be >= 0 and ping_interval > 0; got {retry_timeout}, "
                 f"{self._ping_interval}"
             )
-        self._new_client()  # refuses bad connection options now, not at the first connect
-        self._redis: Client | None = None
         self._listener: _Listener | None = None
-        self._connect_lock = asyncio.Lock()
         self._sets: GroupCommit[tuple[bytes, bytes, bool, int], None] = GroupCommit(
             self._flush_sets, "asyncq.redis.results-set", _closed
         )
@@ -399,41 +373,14 @@ class RedisBackend:
         )
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {redact_url(self._clean_url)} prefix={self._prefix!r}>"
+        return f"<RedisBackend {redact_url(self._redis.target.url)} prefix={self._prefix!r}>"
 
     def _key(self, task_id: str) -> bytes:
         return f"{self._prefix}:result:{{{task_id}}}".encode()
 
-    def _new_client(self) -> Client:
-        return Client(
-            self._target,
-            self._connection,
-            client_name="asyncq-backend",
-            retry_timeout=self._retry_timeout,
-            connection_error=BackendConnectionError,
-            error=BackendError,
-            log=logger,
-        )
-
-    def _client(self) -> Client:
-        if self._redis is None:
-            raise BackendError("the Redis result backend is not connected; call connect() first")
-        return self._redis
-
-    async def _retrying(self, what: str, op: Callable[[Client], Awaitable[T]]) -> T:
-        if self._redis is None:
-            await self.connect()
-        client = self._client()
-        return await client.retrying(what, lambda: op(client))
-
     async def connect(self) -> None:
         """Open the connection pool and load the scripts; idempotent."""
-        async with self._connect_lock:
-            if self._redis is not None:
-                return
-            client = self._new_client()
-            await client.open(_SCRIPTS)
-            self._redis = client
+        await self._redis.connect()
 
     async def aclose(self) -> None:
         """Apply pending writes, wake every pending ``wait`` with None and close the connections."""
@@ -442,9 +389,7 @@ class RedisBackend:
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
-        client, self._redis = self._redis, None
-        if client is not None:
-            await client.aclose()
+        await self._redis.aclose()
 
     async def __aenter__(self) -> RedisBackend:
         await self.connect()
@@ -459,12 +404,12 @@ class RedisBackend:
         Calls that arrive together share one pipelined round trip; each returns once its own
         record was stored.
         """
-        if self._redis is None:
-            await self.connect()
+        if not self._redis.connected:
+            await self._redis.connect()
         await self._sets.submit((self._key(task_id), record, final, _ttl_ms(ttl)))
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
-        client = self._client()
+        client = self._redis.client()
         by_slot: dict[int, tuple[list[bytes], list[Any]]] = {}
         for key, record, final, ttl_ms in items:
             keys, args = by_slot.setdefault(client.slot_of(key), ([], []))
@@ -477,20 +422,21 @@ class RedisBackend:
         ]
         # Replayed as a whole after a lost reply: SET and PUBLISH are idempotent for waiters,
         # and one task's writes keep their order (within a script, and flush after flush).
-        await self._retrying("set result", lambda client: client.pipeline(commands, _SCRIPTS, replicate=True))
+        await self._redis.pipeline("set result", commands, replicate=True)
         return [None] * len(items)
 
     async def _flush_gets(self, keys: list[bytes]) -> list[bytes | None]:
-        return await self._retrying("get result", lambda client: client.get_many(keys))
+        return await self._redis.retrying("get result", lambda client: client.get_many(keys))
 
     async def _get_raw_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         keys = [self._key(task_id) for task_id in task_ids]
-        return await self._retrying("get results", lambda client: client.get_many(keys))
+        await self._redis.ensure()
+        return await self._redis.retrying("get results", lambda client: client.get_many(keys))
 
     async def get(self, task_id: str) -> bytes | None:
         """The record, final or not; concurrent calls share one MGET."""
-        if self._redis is None:
-            await self.connect()
+        if not self._redis.connected:
+            await self._redis.connect()
         value = await self._gets.submit(self._key(task_id))
         return None if value is None else value[1:]
 
@@ -518,8 +464,7 @@ class RedisBackend:
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
         """Subscribe (confirmed), then read; return the final record once there is one."""
-        if self._redis is None:
-            await self.connect()
+        await self._redis.ensure()
         if self._listener is None:
             self._listener = _Listener(self)
         if timeout is not None and timeout <= 0:
@@ -547,21 +492,18 @@ class RedisBackend:
 
     async def forget(self, task_id: str) -> None:
         key = self._key(task_id)
-        await self._retrying("forget result", lambda client: client.execute("DEL", key))
+        await self._redis.ensure()
+        await self._redis.retrying("forget result", lambda client: client.execute("DEL", key))
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         """INCRBY and (P)EXPIRE/PERSIST in one script: atomic, as chord joins need."""
         counter = f"{self._prefix}:counter:{{{key}}}".encode()
         call = script_call(_INCR, (counter,), (amount, _ttl_ms(ttl)))
-        if self._redis is None:
-            await self.connect()
-        client = self._client()
+        await self._redis.ensure()
         # One attempt only: an increment whose reply was lost may have been applied, and
         # counting it twice would fire a chord early. The pool still replaces connections
         # the server closed before sending, so a restart between calls is not an error.
-        (value,) = await client.once(
-            "incr counter", lambda: client.pipeline([call], _SCRIPTS, replicate=True)
-        )
+        (value,) = await self._redis.pipeline("incr counter", [call], replicate=True, retry=False)
         return int(value)
 
 

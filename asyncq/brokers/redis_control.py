@@ -54,7 +54,7 @@ class RedisControlChannel:
         self._absent: dict[str, float] = {}  # owner -> when its connections were first missing
 
     def _client(self) -> Client:
-        return self._broker._client()
+        return self._broker._redis.client()
 
     async def connect(self) -> None:
         await self._broker.connect()
@@ -145,7 +145,7 @@ class RedisControlChannel:
         has its own client list): there the visibility timeout applies.
         """
         client = self._client()
-        if getattr(client, "_cluster", None) is not None or not holders:
+        if client.kind == "cluster" or not holders:
             return {}
         listing = await client.execute("CLIENT", "LIST", "TYPE", "normal")
         text = listing.decode() if isinstance(listing, bytes) else str(listing)

@@ -13,16 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from asyncq._redis import (
-    CONNECTION_OPTIONS,
-    Client,
-    Option,
-    Script,
-    pack_commands,
-    parse_options,
-    translate_error,
-)
-from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from asyncq._redis import CONNECTION_OPTIONS, ClientHolder, Option, Script, plain_prefix, translate_error
+from asyncq._resp import pack_commands
+from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -73,7 +66,7 @@ class _RedisReader:
 
     async def __anext__(self) -> bytes:
         while not self._pending:
-            if self._closed or self._bus._client is None:
+            if self._closed or not self._bus._redis.connected:
                 raise StopAsyncIteration
             try:
                 reply = await self._xread()
@@ -89,8 +82,7 @@ class _RedisReader:
         return self._pending.pop(0)
 
     async def _xread(self) -> Any:
-        client = self._bus._client
-        assert client is not None
+        client = self._bus._redis.client()
         if self._conn is None:
             self._conn = client.dedicated_connection(self._bus.key, name_suffix=":events")
         conn = self._conn
@@ -134,56 +126,41 @@ class RedisEventBus:
         own = {
             name: value for name, value in options.items() if name in OPTIONS or name in CONNECTION_OPTIONS
         }
-        self._target, settings, self._connection = parse_options(url, own, OPTIONS, what="Redis event bus")
-        prefix: str = settings["key_prefix"]
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"key_prefix {prefix!r} must not contain braces")
+        self._redis = ClientHolder(
+            url,
+            own,
+            OPTIONS,
+            what="Redis event bus",
+            client_name="asyncq-events",
+            scripts=(_HELLO,),
+            connection_error=BrokerConnectionError,
+            error=BrokerError,
+            log=logger,
+        )
+        prefix = plain_prefix(self._redis.settings["key_prefix"])
         self.key = f"{prefix}:events".encode()
         self.history_limit = max(1, int(history_limit))
-        self._retry_timeout: float = settings["retry_timeout"]
-        self._client: Client | None = None
-        self._lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        async with self._lock:
-            if self._client is not None:
-                return
-            client = Client(
-                self._target,
-                self._connection,
-                client_name="asyncq-events",
-                retry_timeout=self._retry_timeout,
-                connection_error=BrokerConnectionError,
-                error=BrokerError,
-                log=logger,
-            )
-            await client.open((_HELLO,))
-            self._client = client
+        await self._redis.connect()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    def _connected(self) -> Client:
-        if self._client is None:
-            raise BrokerError("the Redis event bus is not connected; call connect() first")
-        return self._client
+        await self._redis.aclose()
 
     async def publish(self, batch: bytes) -> None:
-        client = self._connected()
         # A retry after a lost reply may add the batch twice; readers see events at least once.
-        await client.retrying(
+        await self._redis.retrying(
             "publish events",
-            lambda: client.execute("XADD", self.key, "MAXLEN", "~", self.history_limit, "*", "b", batch),
+            lambda client: client.execute(
+                "XADD", self.key, "MAXLEN", "~", self.history_limit, "*", "b", batch
+            ),
         )
 
     async def subscribe(self, *, history: bool = False) -> _RedisReader:
         await self.connect()
         if history:
             return _RedisReader(self, b"0-0")
-        client = self._connected()
-        newest = await client.retrying(
-            "subscribe to events", lambda: client.execute("XREVRANGE", self.key, "+", "-", "COUNT", 1)
+        newest = await self._redis.retrying(
+            "subscribe to events", lambda client: client.execute("XREVRANGE", self.key, "+", "-", "COUNT", 1)
         )
         return _RedisReader(self, newest[0][0] if newest else b"0-0")

@@ -48,7 +48,7 @@ def test_options_and_registry() -> None:
     backend = backend_from_url("rediss://example:6380/1?key_prefix=app&ping_interval=5&ssl_cert_reqs=none")
     assert isinstance(backend, RedisBackend)
     assert (backend._prefix, backend._ping_interval) == ("app", 5.0)
-    assert backend._connection == {"ssl_cert_reqs": "none"}
+    assert backend._redis.connection == {"ssl_cert_reqs": "none"}
     with pytest.raises(ConfigurationError, match=r"known:.*key_prefix"):
         RedisBackend("redis://example/0", visibility_timeout=3)
 
@@ -57,7 +57,7 @@ def test_a_url_shared_with_the_broker_may_carry_its_options() -> None:
     # An App's result backend follows its broker URL, options and all.
     url = "redis://example/0?visibility_timeout=3&poll_interval=0.5&key_prefix=app&ping_interval=4"
     backend = RedisBackend(url)
-    assert (backend._prefix, backend._ping_interval, backend._connection) == ("app", 4.0, {})
+    assert (backend._prefix, backend._ping_interval, backend._redis.connection) == ("app", 4.0, {})
     broker = RedisBroker(url)
     assert (broker._visibility, broker._prefix) == (3.0, "app")
     with pytest.raises(ConfigurationError, match="visibility_tmeout"):
@@ -211,10 +211,11 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
     monkeypatch.setattr(backend_module, "_PREPARED_MAX", 3)
     backend = await factory()
     assert await backend.wait("warm-up", timeout=0.01) is None
-    for i in range(5):
-        backend.expect(f"t{i}")
     listener = backend._listener
     assert listener is not None
+    await wait_until(lambda: listener.live)  # expect() only acts on a live subscription
+    for i in range(5):
+        backend.expect(f"t{i}")
     assert sorted(channel.task_id for channel in listener.channels.values()) == ["t0", "t1", "t2"]
     await wait_until(lambda: numsub_is(admin, backend, "t2", 1))
     # Nobody waited: after the ttl they are dropped and unsubscribed, and room is made again.

@@ -130,8 +130,8 @@ async def private_redis() -> AsyncIterator[tuple[str, RedisProcess]]:
 def test_options_come_from_url_and_keywords_win() -> None:
     broker = RedisBroker("redis://example:6379/0?visibility_timeout=5&key_prefix=app&db=3&poll_interval=0.5")
     assert (broker._visibility, broker._prefix, broker._poll_interval) == (5.0, "app", 0.5)
-    assert broker._connection == {"db": 3}
-    assert broker._clean_url == "redis://example:6379/0"
+    assert broker._redis.connection == {"db": 3}
+    assert broker._redis.target.url == "redis://example:6379/0"
     broker = RedisBroker("redis://example/0?visibility_timeout=5", visibility_timeout=7)
     assert broker._visibility == 7.0
 
@@ -152,7 +152,7 @@ def test_unknown_or_bad_options_are_refused_by_name() -> None:
 async def test_rediss_url_selects_tls() -> None:
     broker = broker_from_url("rediss://user:pw@example:6380/2?ssl_cert_reqs=none&visibility_timeout=4")
     assert isinstance(broker, RedisBroker)
-    client = broker._new_client()
+    client = broker._redis.new_client()
     try:
         pool = client.redis.connection_pool  # type: ignore[union-attr]
         assert pool.connection_class.__name__ == "SSLConnection"
@@ -286,8 +286,8 @@ async def test_frozen_holder_loses_its_lease_and_its_late_ack_still_counts(
     it = frozen.consume([queue], prefetch=1)
     first = await take(it)
     await it.aclose()  # type: ignore[attr-defined]
-    assert frozen._heartbeat is not None
-    frozen._heartbeat.cancel()  # the holder stops renewing, as a frozen process would
+    assert frozen._leases._heartbeat is not None
+    frozen._leases._heartbeat.cancel()  # the holder stops renewing, as a frozen process would
     async with aclosing(survivor.consume([queue], prefetch=1)) as it2:
         again = await take(it2)
         assert again.id == first.id and again.delivery_count == 2
@@ -323,8 +323,8 @@ async def test_nack_by_a_holder_that_lost_its_lease_is_ignored(factory: Factory,
     it = frozen.consume([queue], prefetch=1)
     first = await take(it)
     await it.aclose()  # type: ignore[attr-defined]
-    assert frozen._heartbeat is not None
-    frozen._heartbeat.cancel()
+    assert frozen._leases._heartbeat is not None
+    frozen._leases._heartbeat.cancel()
     async with aclosing(survivor.consume([queue], prefetch=1)) as it2:
         again = await take(it2)
         await first.nack()  # must not put a second copy in the queue
@@ -342,13 +342,13 @@ async def test_acks_arriving_together_share_round_trips(
     total = 1000
     await broker.publish_many([msg(queue, str(i).encode()) for i in range(total)])
     flushes: list[int] = []
-    flush = broker._acks._flush
+    flush = broker._leases.acks._flush
 
     async def counting_flush(items: list[Any]) -> list[None]:
         flushes.append(len(items))
         return await flush(items)
 
-    broker._acks._flush = counting_flush  # type: ignore[method-assign]
+    broker._leases.acks._flush = counting_flush  # type: ignore[method-assign]
     deliveries = []
     async with aclosing(broker.consume([queue], prefetch=total)) as it:
         for _ in range(total):
@@ -419,7 +419,7 @@ async def test_bursts_share_connections(
 
 async def test_a_full_pool_fails_after_pool_timeout_without_retrying(factory: Factory, queue: str) -> None:
     broker = await factory(multiplex=False, max_connections=1, pool_timeout=0.2, retry_timeout=10)
-    client = broker._client()
+    client = broker._redis.client()
     holding = asyncio.create_task(client.execute("BLPOP", f"{queue}-nothing", 1))  # the one connection
     await asyncio.sleep(0.1)
     started = time.monotonic()

@@ -54,15 +54,15 @@ async def prefix(redis_cluster: ClusterServers) -> AsyncIterator[str]:
 def test_cluster_urls() -> None:
     broker = broker_from_url("redis+cluster://u:p@h1:7000,h2,[::1]:7002/?key_prefix=k")
     assert isinstance(broker, RedisBroker)
-    target = broker._target
+    target = broker._redis.target
     assert (target.kind, target.nodes, target.tls) == (
         "cluster",
         (("h1", 7000), ("h2", 6379), ("::1", 7002)),
         False,
     )
     assert (target.username, target.password) == ("u", "p")
-    assert RedisBroker("redis://h1:7000?cluster=true")._target.nodes == (("h1", 7000),)
-    assert RedisBroker("rediss+cluster://h1:7000")._target.tls
+    assert RedisBroker("redis://h1:7000?cluster=true")._redis.target.nodes == (("h1", 7000),)
+    assert RedisBroker("rediss+cluster://h1:7000")._redis.target.tls
     assert isinstance(backend_from_url("redis+cluster://h1:7000"), RedisBackend)
     with pytest.raises(ConfigurationError, match="only database 0"):
         RedisBroker("redis+cluster://h1:7000/2")

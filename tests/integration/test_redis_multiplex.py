@@ -154,7 +154,7 @@ async def test_a_retried_publish_stores_nothing_twice() -> None:
                 [OutgoingMessage(id=str(i), queue="q", body=b"b", priority=i % 3) for i in range(3)]
             )
             for calls in (one, batch, one, batch):  # each sent twice: a reply was lost, say
-                await broker._run_many("publish", calls)
+                await broker._redis.pipeline("publish", calls)
             assert await broker.queue_length("q") == 4
             async with aclosing(broker.consume(["q"], prefetch=10)) as deliveries:
                 got = [await asyncio.wait_for(anext(deliveries), TIMEOUT) for _ in range(4)]

@@ -51,7 +51,7 @@ async def prefix(redis_sentinel: SentinelServers) -> AsyncIterator[str]:
 def test_sentinel_urls() -> None:
     broker = broker_from_url("redis+sentinel://u:p@h1:26380,h2/mymaster/3?sentinel_password=s&key_prefix=k")
     assert isinstance(broker, RedisBroker)
-    target = broker._target
+    target = broker._redis.target
     assert (target.kind, target.nodes, target.service, target.db) == (
         "sentinel",
         (("h1", 26380), ("h2", 26379)),
@@ -59,8 +59,9 @@ def test_sentinel_urls() -> None:
         3,
     )
     assert (target.username, target.password) == ("u", "p")
-    client = broker._new_client()
-    assert client._sentinel_kwargs["password"] == "s"
+    client = broker._redis.new_client()
+    assert client._sentinel is not None
+    assert client._sentinel.sentinel_kwargs["password"] == "s"
     assert client.redis.connection_pool.connection_kwargs["db"] == 3  # type: ignore[union-attr]
     assert isinstance(backend_from_url("redis+sentinel://h1/mymaster"), RedisBackend)
     with pytest.raises(ConfigurationError, match="must name the master"):
