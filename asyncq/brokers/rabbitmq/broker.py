@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 
 from asyncq._amqp import translate_errors
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import Delivery
 from asyncq.brokers.rabbitmq.consumer import Consumer
 from asyncq.brokers.rabbitmq.dead_letters import DeadLetters
 from asyncq.brokers.rabbitmq.wire import DELAY_LEVELS_MS, level_name
-from asyncq.exceptions import ConfigurationError
 
 __all__ = ["RabbitMQBroker"]
 
@@ -50,10 +50,7 @@ class RabbitMQBroker(DeadLetters):
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``; at most ``prefetch`` unsettled (basic.qos)."""
-        if not queues:
-            raise ConfigurationError("consume() needs at least one queue")
-        if prefetch < 1:
-            raise ConfigurationError(f"prefetch={prefetch!r} must be at least 1")
+        queues = check_consume(queues, prefetch)
         for queue in queues:
             await self._declare(queue)
         consumer = Consumer(self, queues, prefetch)

@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from asyncq._amqp import CopyGuard, ack, is_stale, requeue, translate_errors
 from asyncq._utils import now
+from asyncq.brokers._kit import PrefetchGate, SettleOnce
 from asyncq.brokers.base import Delivery
 from asyncq.brokers.rabbitmq.publisher import Publisher
 from asyncq.brokers.rabbitmq.wire import H_COPY, H_DELIVERIES, H_ETA, H_RETURNS, carried_headers, int_header
-from asyncq.exceptions import BrokerConnectionError, BrokerError
+from asyncq.exceptions import BrokerConnectionError
 
 __all__ = ["Consumer", "RabbitMQDelivery"]
 
@@ -26,7 +27,7 @@ log = logging.getLogger("asyncq.brokers.rabbitmq")
 class RabbitMQDelivery:
     """One message delivered from a RabbitMQ queue; settle it once with ack, nack or dead_letter."""
 
-    __slots__ = ("_broker", "_message", "_on_settle", "body", "delivery_count", "id", "queue")
+    __slots__ = ("_broker", "_message", "_once", "body", "delivery_count", "id", "queue")
 
     def __init__(
         self,
@@ -34,19 +35,17 @@ class RabbitMQDelivery:
         message: AbstractIncomingMessage,
         queue: str,
         delivery_count: int,
-        on_settle: Callable[[], None],
+        gate: PrefetchGate,
     ) -> None:
-        self._broker, self._message, self._on_settle = broker, message, on_settle
+        self._broker, self._message = broker, message
         self.id = message.message_id or ""
+        self._once = SettleOnce(self.id, gate)
         self.queue = queue
         self.body = message.body
         self.delivery_count = delivery_count
 
     def _settle(self) -> None:
-        on_settle, self._on_settle = self._on_settle, _noop
-        if on_settle is _noop:
-            raise BrokerError(f"delivery {self.id} was already settled")
-        on_settle()  # frees the iterator's prefetch slot whatever happens next
+        self._once.settle()  # frees the iterator's prefetch slot whatever happens next
 
     async def ack(self) -> None:
         self._settle()
@@ -76,10 +75,6 @@ class RabbitMQDelivery:
         await self._broker._dead_letter(self._message, self.queue, reason)
 
 
-def _noop() -> None:
-    """Stands in for the settle callback once a delivery is settled."""
-
-
 class Consumer:
     """The state behind one ``consume()`` iterator: its channel, buffer and unsettled count.
 
@@ -92,10 +87,8 @@ class Consumer:
     def __init__(self, broker: Publisher, queues: Sequence[str], prefetch: int) -> None:
         self._broker = broker
         self._queues = list(dict.fromkeys(queues))
-        self._prefetch = prefetch
         self._buffer: asyncio.Queue[tuple[str, AbstractIncomingMessage] | None] = asyncio.Queue()
-        self._unsettled = 0
-        self._slot_free = asyncio.Event()
+        self._gate = PrefetchGate(prefetch, self._on_release)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractRobustChannel | None = None
         self._subscriptions: list[tuple[AbstractRobustQueue, str]] = []
@@ -111,7 +104,7 @@ class Consumer:
             is_classic = broker.queue_type == "classic"
             await channel.set_qos(
                 # prefetch-count is a 16-bit field; above that the iterator's own count bounds it.
-                prefetch_count=min(self._prefetch, 65535),
+                prefetch_count=min(self._gate.prefetch, 65535),
                 global_=is_classic and len(self._queues) > 1,
             )
             for name in self._queues:
@@ -148,10 +141,8 @@ class Consumer:
             return
         self._buffer.put_nowait((queue, message))
 
-    def _on_settle(self) -> None:
-        self._unsettled -= 1
-        self._slot_free.set()
-        if self._closing and self._unsettled == 0:
+    def _on_release(self) -> None:
+        if self._closing and self._gate.unsettled == 0:
             self._spawn(self._close_channel(), "asyncq.rabbitmq.close-consumer")
 
     def _delivery_count(self, message: AbstractIncomingMessage) -> int:
@@ -165,9 +156,7 @@ class Consumer:
 
     async def next(self) -> Delivery:
         while True:
-            while self._unsettled >= self._prefetch and not self._broker_closed:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+            await self._gate.wait()
             item = None if self._broker_closed else await self._buffer.get()
             if item is None:
                 raise BrokerConnectionError("the RabbitMQ broker was closed while consuming")
@@ -176,16 +165,16 @@ class Consumer:
             await self._broker._copies.wait_idle()
             if is_stale(message):
                 continue  # delivered on a channel that died since: the server redelivers it
-            self._unsettled += 1
+            self._gate.take()
             return RabbitMQDelivery(
-                self._broker, message, queue, self._delivery_count(message), self._on_settle
+                self._broker, message, queue, self._delivery_count(message), self._gate
             )
 
     def wake_closed(self) -> None:
         """The broker is closing: make a waiting ``next()`` raise instead of hanging."""
         self._broker_closed = True
         self._buffer.put_nowait(None)
-        self._slot_free.set()
+        self._gate.wake()
 
     async def stop(self) -> None:
         """Stop consuming; return buffered messages; close the channel once all are settled."""
@@ -201,7 +190,7 @@ class Consumer:
                 await requeue(item[1])
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._unsettled == 0:
+        if self._gate.unsettled == 0:
             await self._close_channel()
         # Otherwise the last settle closes it: yielded deliveries stay valid until settled.
 
