@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from asyncq._amqp import client_url, split_amqp_url
 from asyncq._options import Option, boolean, choice, integer, optional, parse_options, seconds, text
+from asyncq.brokers.rabbitmq import BROKER_OPTIONS
 from asyncq.exceptions import ConfigurationError
 
 NAME = Option("name", text, "asyncq")
@@ -85,3 +87,18 @@ def test_passthrough_options_are_returned_as_strings_and_shared_ones_skipped() -
         shared=("theirs",),
     )
     assert settings.passthrough == {"heartbeat": "30", "verify": "1"} and settings[COUNT] == 2
+
+
+def test_amqp_url_keeps_client_options_and_defaults_reconnect_interval() -> None:
+    url, settings = split_amqp_url(
+        "amqp://u:p@host/vh?heartbeat=30&queue_type=quorum",
+        {"max_deliveries": "4"},
+        BROKER_OPTIONS,
+        what="amqp broker",
+    )
+    assert "heartbeat=30" in url and "reconnect_interval=1.0" in url and "queue_type" not in url
+    assert settings["queue_type"] == "quorum" and settings["max_deliveries"] == 4
+    kept = client_url("amqp://host/?queue_type=quorum&reconnect_interval=3")
+    assert kept == "amqp://host/?reconnect_interval=3"
+    with pytest.raises(ConfigurationError, match="is not an amqp:// or amqps:// URL"):
+        client_url("redis://host/")
