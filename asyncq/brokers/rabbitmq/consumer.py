@@ -166,9 +166,7 @@ class Consumer:
             if is_stale(message):
                 continue  # delivered on a channel that died since: the server redelivers it
             self._gate.take()
-            return RabbitMQDelivery(
-                self._broker, message, queue, self._delivery_count(message), self._gate
-            )
+            return RabbitMQDelivery(self._broker, message, queue, self._delivery_count(message), self._gate)
 
     def wake_closed(self) -> None:
         """The broker is closing: make a waiting ``next()`` raise instead of hanging."""
