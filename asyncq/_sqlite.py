@@ -12,13 +12,15 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
 
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
+from asyncq._options import Option, Settings, parse_options, seconds
 from asyncq.exceptions import AsyncqError, ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -27,11 +29,20 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock before failing
 
+#: Seconds opening the file (WAL switch and schema included) may wait for another process's
+#: lock; the App passes ``broker_connection_timeout``.
+CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT)
+
 
 def parse_sqlite_url(
-    url: str, options: Mapping[str, Any], defaults: Mapping[str, float], *, kind: str, shared: frozenset[str]
-) -> tuple[Path, dict[str, float]]:
-    """Split ``sqlite:///path?opt=x`` into an absolute path and validated options (seconds, > 0).
+    url: str,
+    options: Mapping[str, Any],
+    specs: Iterable[Option[Any]],
+    *,
+    what: str,
+    shared: Collection[str] = (),
+) -> tuple[Path, Settings]:
+    """Split ``sqlite:///path?opt=x`` into an absolute path and validated options.
 
     Explicit ``options`` win over the URL query. Query keys in ``shared`` belong to the other
     driver of a URL that broker and backend share, and are skipped rather than refused.
@@ -43,19 +54,7 @@ def parse_sqlite_url(
         raise ConfigurationError(
             f"{url!r} is not a SQLite URL; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    query = {key: value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key not in shared}
-    settings = dict(defaults)
-    for name, value in {**query, **options}.items():
-        if name not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise ConfigurationError(f"unknown sqlite {kind} option {name!r}; known: {known}")
-        try:
-            seconds = float(value) if not isinstance(value, bool) else -1.0
-        except (TypeError, ValueError):
-            seconds = -1.0
-        if not seconds > 0:
-            raise ConfigurationError(f"sqlite {kind} option {name}={value!r}: expected seconds > 0")
-        settings[name] = seconds
+    settings = parse_options(parts.query, options, specs, what=what, shared=shared)
     # One leading slash separates the empty host from the path: what remains is the path as
     # written, relative (to the current directory, resolved now) or absolute.
     return Path(os.path.abspath(unquote(parts.path[1:]))), settings
@@ -93,9 +92,16 @@ class SQLiteThread:
     """
 
     def __init__(
-        self, path: Path, schema: str, *, error: type[AsyncqError], connection_error: type[AsyncqError]
+        self,
+        path: Path,
+        schema: str,
+        *,
+        error: type[AsyncqError],
+        connection_error: type[AsyncqError],
+        open_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.path = path
+        self.open_timeout = open_timeout
         self._schema = schema
         self._error, self._connection_error = error, connection_error
         self._executor: ThreadPoolExecutor | None = None
@@ -123,18 +129,20 @@ class SQLiteThread:
             raise
 
     def _open(self) -> None:
+        # The whole open (connect, WAL switch, schema) waits at most open_timeout for another
+        # process's lock, then fails in one line; later statements wait BUSY_TIMEOUT each.
+        deadline = time.monotonic() + self.open_timeout
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.open_timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise self._connection_error(f"cannot open SQLite database {self.path}: {exc}") from exc
         # Switching a fresh file to WAL needs an exclusive lock, and SQLite may refuse it at
         # once (SQLITE_BUSY without calling the busy handler) while other processes open the
-        # same file: retry the setup here, on the driver's thread, up to the busy timeout.
-        deadline = time.monotonic() + BUSY_TIMEOUT
+        # same file: retry the setup here, on the driver's thread, until the deadline.
         while True:
             try:
-                mode = self._setup(conn)
+                mode = self._setup(conn, deadline)
                 break
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -143,20 +151,31 @@ class SQLiteThread:
                     time.sleep(0.01)
                     continue
                 conn.close()
+                if _is_busy(exc):
+                    raise self._connection_error(
+                        f"cannot open SQLite database {self.path}: another connection held a lock on it "
+                        f"for connect_timeout={self.open_timeout:g}s ({exc})"
+                    ) from None
                 raise self._connection_error(f"cannot use SQLite database {self.path}: {exc}") from exc
         if mode != "wal":  # e.g. a network file system: still correct, but readers block writers
             logger.warning("SQLite database %s is in %s journal mode, not WAL", self.path, mode)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         self._conn = conn
 
-    def _setup(self, conn: sqlite3.Connection) -> str:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    def _setup(self, conn: sqlite3.Connection, deadline: float) -> str:
+        def bounded() -> sqlite3.Connection:
+            # Each statement may wait for a lock: only for what is left of the deadline.
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            conn.execute(f"PRAGMA busy_timeout = {remaining_ms}")
+            return conn
+
+        (mode,) = bounded().execute("PRAGMA journal_mode").fetchone()
         if mode != "wal":  # the mode is stored in the file: only its first opener switches it
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            (mode,) = bounded().execute("PRAGMA journal_mode = WAL").fetchone()
         # In WAL mode, NORMAL survives a crash of any process; only a power loss can undo
         # the last commits. FULL would fsync every commit, capping acks at the disk's rate.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(self._schema)
+        bounded().execute("PRAGMA synchronous = NORMAL")
+        bounded().executescript(self._schema)
         return str(mode)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

@@ -144,7 +144,7 @@ async def drain(
             if item is None:
                 break
             item.deliveries += 1
-            delivery = _MemoryDelivery(broker, item, _no_prefetch)
+            delivery = _MemoryDelivery(broker, item, None)  # one at a time: no prefetch window
             current[0] = delivery.id
             runs[delivery.id] = runs.get(delivery.id, 0) + 1
             await runner.handle(delivery)
@@ -159,10 +159,6 @@ async def drain(
         await _outcome(app, task_id, names.get(task_id, ""), states.get(task_id), count)
         for task_id, count in runs.items()
     ]
-
-
-def _no_prefetch() -> None:
-    """drain() takes one message at a time: there is no prefetch window to free."""
 
 
 async def _outcome(app: App, task_id: str, name: str, state: State | None, runs: int) -> Outcome:

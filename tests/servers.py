@@ -2,7 +2,8 @@
 
 * ``RedisServer``: a ``redis-server`` on a free loopback port, in the test's directory.
 * ``RabbitNode``: a second RabbitMQ node (own node name, AMQP and distribution ports, data,
-  logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``.
+  logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``;
+  the ``rabbitmq_node`` fixture gives a test one, started, and removes it afterwards.
 * ``PostgresCluster``: a PostgreSQL cluster of its own (``initdb``/``pg_ctl``) on a free port.
 """
 
@@ -18,9 +19,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import Popen
+
+import pytest
 
 from tests.services import missing
 
@@ -225,6 +228,11 @@ class RabbitNode:
         time.sleep(outage)
         self.start()
 
+    def remove(self) -> None:
+        """Stop the node and delete its directory (data, logs, cookie)."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def close_all_connections(self) -> None:
         done = self.ctl("close_all_connections", "asyncq chaos test")
         assert done.returncode == 0, done.stderr
@@ -300,3 +308,16 @@ class PostgresCluster:
 def _postgres_ids() -> tuple[int, int]:
     entry = pwd.getpwnam("postgres")
     return entry.pw_uid, entry.pw_gid
+
+
+@pytest.fixture
+def rabbitmq_node(tmp_path: Path) -> Iterator[RabbitNode]:
+    """A started RabbitMQ node of the test's own (it may stop and start it), removed afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        missing("rabbitmqctl is not installed; this test needs a RabbitMQ node of its own")
+    node = RabbitNode(tmp_path / "rabbit")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.remove()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+from asyncq._options import parse_options
 from asyncq._utils import now
 from asyncq.backends.base import BackendCapabilities
 
@@ -21,6 +23,7 @@ class MemoryBackend:
 
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         self.url = url
+        parse_options(urlsplit(url).query, options, (), what="memory backend")  # it has none
         self._records: dict[str, tuple[bytes, bool, float | None]] = {}
         self._counters: dict[str, tuple[int, float | None]] = {}
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}

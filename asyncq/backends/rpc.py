@@ -24,9 +24,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
+from asyncq._options import Option, integer, optional, parse_options, seconds, text
 from asyncq._utils import now, redact_url
 from asyncq.backends.base import BackendCapabilities
 from asyncq.exceptions import (
@@ -45,15 +46,7 @@ try:
         AbstractRobustQueue,
     )
 
-    from asyncq._amqp import close_robust, open_robust
-    from asyncq.brokers.rabbitmq import (
-        BROKER_OPTIONS,
-        DEFAULT_RECONNECT_INTERVAL,
-        _with_query,
-        redact,
-        split_amqp_url,
-        translate_errors,
-    )
+    from asyncq._amqp import client_url, close_robust, open_robust, translate_errors
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -61,15 +54,15 @@ __all__ = ["RPCBackend"]
 
 log = logging.getLogger(__name__)
 
+BROKER_URL: Final = Option("broker_url", optional(text), None)
+EXCHANGE: Final = Option("exchange", text, "asyncq.rpc")
+CACHE_SIZE: Final = Option("cache_size", integer(1), 10_000)
+PUBLISH_TIMEOUT: Final = Option("publish_timeout", seconds, 30.0)
+CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT)
+CONNECTION_NAME: Final = Option("connection_name", text, "asyncq.rpc")
+
 #: Options of this backend (URL query or keyword), with their defaults; ``broker_url`` is required.
-RPC_OPTIONS: Final[dict[str, object]] = {
-    "broker_url": None,
-    "exchange": "asyncq.rpc",
-    "cache_size": 10_000,
-    "publish_timeout": 30.0,
-    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-    "connection_name": "asyncq.rpc",
-}
+RPC_OPTIONS: Final = (BROKER_URL, EXCHANGE, CACHE_SIZE, PUBLISH_TIMEOUT, CONNECT_TIMEOUT, CONNECTION_NAME)
 
 H_ORIGIN: Final = "x-asyncq-origin"  # the publishing backend instance: it ignores its own echo
 H_TASK: Final = "x-asyncq-task-id"
@@ -102,36 +95,22 @@ class RPCBackend:
                 f"{redact_url(url)!r}: rpc:// takes no host; "
                 "it connects to the broker_url option (the App's broker)"
             )
-        merged: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
-        merged.update(options)
-        unknown = sorted(set(merged) - set(RPC_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown rpc:// option(s) {', '.join(unknown)}; known: {', '.join(sorted(RPC_OPTIONS))}"
-            )
-        settings = {**RPC_OPTIONS, **merged}
-        broker_url = settings["broker_url"]
-        if not isinstance(broker_url, str) or urlsplit(broker_url).scheme not in ("amqp", "amqps"):
-            shown = redact(broker_url) if isinstance(broker_url, str) else broker_url
+        settings = parse_options(parts.query, options, RPC_OPTIONS, what="rpc:// backend")
+        broker_url = settings[BROKER_URL]
+        if broker_url is None or urlsplit(broker_url).scheme not in ("amqp", "amqps"):
+            shown = redact_url(broker_url) if broker_url is not None else broker_url
             raise ConfigurationError(
                 f"rpc:// needs an amqp:// broker: set broker_url to an amqp(s):// URL (got {shown!r})"
             )
-        # Drop the broker driver's own options from the URL; keep the client's (TLS, heartbeat).
-        self._client_url, _ = split_amqp_url(broker_url, {}, BROKER_OPTIONS, "amqp broker")
-        if "reconnect_interval" not in urlsplit(self._client_url).query:
-            # As the broker does: aio-pika's 5 s would keep producers failing after the broker is back.
-            self._client_url = _with_query(self._client_url, reconnect_interval=DEFAULT_RECONNECT_INTERVAL)
+        # The broker driver's own options in the URL (queue_type, ...) are the broker's
+        # business; the client's (TLS, heartbeat) are kept, reconnect_interval defaulted.
+        self._client_url = client_url(broker_url)
         self._broker_url = broker_url
-        self.exchange = str(settings["exchange"])
-        try:
-            self.cache_size = int(settings["cache_size"])
-            self.publish_timeout = float(settings["publish_timeout"])
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"rpc:// option is not a number: {exc}") from None
-        if self.cache_size < 1 or self.publish_timeout <= 0:
-            raise ConfigurationError("rpc:// cache_size must be >= 1 and publish_timeout > 0")
-        self.connect_timeout = connect_timeout_value(settings["connect_timeout"])
-        self.connection_name = str(settings["connection_name"])
+        self.exchange = settings[EXCHANGE]
+        self.cache_size = settings[CACHE_SIZE]
+        self.publish_timeout = settings[PUBLISH_TIMEOUT]
+        self.connect_timeout = settings[CONNECT_TIMEOUT]
+        self.connection_name = settings[CONNECTION_NAME]
         self._origin = uuid.uuid4().hex
         # task id -> (record, final, expires_at); insertion order is the eviction order.
         self._records: collections.OrderedDict[str, tuple[bytes, bool, float | None]] = (

@@ -17,9 +17,10 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, final
+from typing import Any, Final, final
 
-from asyncq._sqlite import SQLiteThread, parse_sqlite_url
+from asyncq._options import Option, seconds
+from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url
 from asyncq._utils import describe_error
 from asyncq._wakeup import WakeupChannel
 from asyncq.backends.base import BackendCapabilities
@@ -96,6 +97,11 @@ def _incr(conn: sqlite3.Connection, key: str, amount: int, expires_at: float | N
     return int(value)
 
 
+POLL_INTERVAL: Final = Option("poll_interval", seconds, 0.05)
+#: Options of this backend (URL query or keyword), with their defaults.
+BACKEND_OPTIONS: Final = (POLL_INTERVAL, CONNECT_TIMEOUT)
+
+
 @final
 class SQLiteBackend:
     """``sqlite:///path.db``: task records in a SQLite file that every local process can share.
@@ -104,6 +110,8 @@ class SQLiteBackend:
         poll_interval: seconds between checks for final records written by other processes
             while something waits (default 0.05), the fallback when a wake-up poke is lost or
             cannot be used; writes from this process wake waiters at once.
+        connect_timeout: seconds opening the file may wait for another process's lock
+            (default 10; the App passes ``broker_connection_timeout``).
 
     A ``visibility_timeout`` in the URL query is the broker's and is ignored here, so that one
     ``sqlite://`` URL can serve as both broker and backend.
@@ -114,11 +122,15 @@ class SQLiteBackend:
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self.path, settings = parse_sqlite_url(
-            url, options, {"poll_interval": 0.05}, kind="backend", shared=frozenset({"visibility_timeout"})
+            url, options, BACKEND_OPTIONS, what="sqlite backend", shared=("visibility_timeout",)
         )
-        self.poll_interval = settings["poll_interval"]
+        self.poll_interval = settings[POLL_INTERVAL]
         self._db = SQLiteThread(
-            self.path, _SCHEMA, error=BackendError, connection_error=BackendConnectionError
+            self.path,
+            _SCHEMA,
+            error=BackendError,
+            connection_error=BackendConnectionError,
+            open_timeout=settings[CONNECT_TIMEOUT],
         )
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._poller: asyncio.Task[None] | None = None

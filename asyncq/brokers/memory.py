@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from asyncq._options import parse_options
 from asyncq._utils import now
+from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
-from asyncq.exceptions import BrokerError
 
 __all__ = ["MemoryBroker"]
 
@@ -29,18 +31,16 @@ _Entry = tuple[tuple[int, int], _Item]
 
 
 class _MemoryDelivery:
-    __slots__ = ("_broker", "_item", "_on_settle", "body", "delivery_count", "id", "queue")
+    __slots__ = ("_broker", "_item", "_once", "body", "delivery_count", "id", "queue")
 
-    def __init__(self, broker: MemoryBroker, item: _Item, on_settle: Callable[[], None]) -> None:
-        self._broker, self._item, self._on_settle = broker, item, on_settle
+    def __init__(self, broker: MemoryBroker, item: _Item, gate: PrefetchGate | None) -> None:
+        self._broker, self._item = broker, item
         self.id, self.queue, self.body = item.message.id, item.message.queue, item.message.body
+        self._once = SettleOnce(self.id, gate)
         self.delivery_count = item.deliveries
 
     def _settle(self) -> None:
-        if self._on_settle is _settled:
-            raise BrokerError(f"delivery {self.id} was already settled")
-        self._on_settle()
-        self._on_settle = _settled
+        self._once.settle()
 
     async def ack(self) -> None:
         self._settle()
@@ -56,10 +56,6 @@ class _MemoryDelivery:
         self._broker._dead[msg.queue].append((letter, msg.priority))
 
 
-def _settled() -> None:  # sentinel: marks a delivery as settled
-    raise AssertionError("unreachable")
-
-
 class MemoryBroker:
     """``memory://``: queues in this process's memory.
 
@@ -71,6 +67,7 @@ class MemoryBroker:
 
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         self.url = url
+        parse_options(urlsplit(url).query, options, (), what="memory broker")  # it has none
         self._seq = itertools.count()
         self._ready: dict[str, list[_Entry]] = {}
         self._delayed: list[tuple[float, int, _Item]] = []
@@ -122,20 +119,12 @@ class MemoryBroker:
         return heapq.heappop(best)[1] if best else None
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
+        queues = check_consume(queues, prefetch)
         for name in queues:
             self._queue(name)
-        unsettled = 0
-        slot_free = asyncio.Event()
-
-        def on_settle() -> None:
-            nonlocal unsettled
-            unsettled -= 1
-            slot_free.set()
-
+        gate = PrefetchGate(prefetch)
         while True:
-            while unsettled >= prefetch:
-                slot_free.clear()
-                await slot_free.wait()
+            await gate.wait()
             while True:
                 next_eta = self._promote_due()
                 item = self._take(queues)
@@ -146,8 +135,8 @@ class MemoryBroker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
             item.deliveries += 1
-            unsettled += 1
-            yield _MemoryDelivery(self, item, on_settle)
+            gate.take()
+            yield _MemoryDelivery(self, item, gate)
 
     async def purge(self, queue: str) -> int:
         count = len(self._ready.get(queue, ()))

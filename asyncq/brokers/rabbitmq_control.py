@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
 from asyncq.brokers.control import ControlRequest, PresenceRecord
-from asyncq.brokers.rabbitmq import translate_errors
 
 try:
     import aio_pika
     from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+    from asyncq._amqp import translate_errors
 except ImportError as exc:  # pragma: no cover - the broker module already refused
     from asyncq.exceptions import MissingDependencyError
 

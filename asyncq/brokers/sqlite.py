@@ -16,11 +16,13 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
-from typing import Any, final
+from typing import Any, Final, final
 
-from asyncq._sqlite import SQLiteThread, parse_sqlite_url, transaction
+from asyncq._options import Option, seconds
+from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url, transaction
 from asyncq._utils import describe_error
 from asyncq._wakeup import WakeupChannel
+from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
@@ -160,29 +162,32 @@ def _renew(conn: sqlite3.Connection, owner: str, lease: float) -> int:
     ).rowcount
 
 
+VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", seconds, 30.0)
+POLL_INTERVAL: Final = Option("poll_interval", seconds, 0.05)
+#: Options of this broker (URL query or keyword), with their defaults.
+BROKER_OPTIONS: Final = (VISIBILITY_TIMEOUT, POLL_INTERVAL, CONNECT_TIMEOUT)
+
+
 class _Consumer:
     """One consume() iterator: rows claimed but not yet yielded, and claims not yet settled."""
 
-    __slots__ = ("buffer", "unsettled", "wakeup")
+    __slots__ = ("buffer", "gate", "wakeup")
 
-    def __init__(self) -> None:
+    def __init__(self, prefetch: int) -> None:
         self.buffer: deque[Row] = deque()
-        self.unsettled = 0  # claimed and not settled, buffered ones included: at most prefetch
         self.wakeup = asyncio.Event()  # a slot freed, or this instance published or nacked
-
-    def settled(self) -> None:
-        self.unsettled -= 1
-        self.wakeup.set()
+        # Counts claimed and not settled rows, buffered ones included: at most prefetch.
+        self.gate = PrefetchGate(prefetch, self.wakeup.set)
 
 
 class _SQLiteDelivery:
     """A claimed row; each settle is one statement matched on the lease, group-committed."""
 
-    __slots__ = ("_broker", "_consumer", "_is_settled", "_lease", "body", "delivery_count", "id", "queue")
+    __slots__ = ("_broker", "_lease", "_once", "body", "delivery_count", "id", "queue")
 
     def __init__(self, broker: SQLiteBroker, consumer: _Consumer, row: Row) -> None:
         seq, self.id, self.queue, self.body, _, self.delivery_count = row
-        self._broker, self._consumer, self._is_settled = broker, consumer, False
+        self._broker, self._once = broker, SettleOnce(self.id, consumer.gate)
         self._lease: Lease = (seq, broker._owner, self.delivery_count)
 
     async def ack(self) -> None:
@@ -196,18 +201,15 @@ class _SQLiteDelivery:
         await self._settle("dead_letter", partial(_dead_letter, lease=self._lease, reason=reason))
 
     async def _settle(self, verb: str, op: Callable[[sqlite3.Connection], bool]) -> None:
-        if self._is_settled:
-            raise BrokerError(f"delivery {self.id} was already settled")
-        self._is_settled = True
+        self._once.begin()
         try:
             held = await self._broker._db.write(op)
         except BrokerError:
-            self._is_settled = False  # the transaction rolled back: the caller may settle again
+            self._once.undo()  # the transaction rolled back: the caller may settle again
             raise
         finally:
             # A cancelled caller's write still commits (it is queued), so the slot is free either way.
-            if self._is_settled:
-                self._consumer.settled()
+            self._once.done()
         if not held:
             logger.warning(
                 "%s of message %s had no effect: its lease lapsed and it was redelivered", verb, self.id
@@ -226,6 +228,8 @@ class SQLiteBroker:
             (default 0.05), the fallback when a wake-up poke is lost or cannot be used;
             publishes in this process wake its consumers at once, and those in other
             processes poke them through the wake-up sockets (asyncq/_wakeup.py).
+        connect_timeout: seconds opening the file may wait for another process's lock
+            (default 10; the App passes ``broker_connection_timeout``).
     """
 
     capabilities = BrokerCapabilities(
@@ -234,11 +238,16 @@ class SQLiteBroker:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
-        defaults = {"visibility_timeout": 30.0, "poll_interval": 0.05}
-        self.path, settings = parse_sqlite_url(url, options, defaults, kind="broker", shared=frozenset())
-        self.visibility_timeout = settings["visibility_timeout"]
-        self.poll_interval = settings["poll_interval"]
-        self._db = SQLiteThread(self.path, _SCHEMA, error=BrokerError, connection_error=BrokerConnectionError)
+        self.path, settings = parse_sqlite_url(url, options, BROKER_OPTIONS, what="sqlite broker")
+        self.visibility_timeout = settings[VISIBILITY_TIMEOUT]
+        self.poll_interval = settings[POLL_INTERVAL]
+        self._db = SQLiteThread(
+            self.path,
+            _SCHEMA,
+            error=BrokerError,
+            connection_error=BrokerConnectionError,
+            open_timeout=settings[CONNECT_TIMEOUT],
+        )
         self._owner = uuid.uuid4().hex
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -301,17 +310,15 @@ class SQLiteBroker:
         self._published()
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        names = list(dict.fromkeys(queues))
-        consumer = _Consumer()
+        names = check_consume(queues, prefetch)
+        consumer = _Consumer(prefetch)
         self._consumers.add(consumer)
         # Bound before the first claim: a message published after that claim pokes us.
         self._wakeup.listen(self._wake)
         try:
             while True:
                 if not consumer.buffer:
-                    await self._fill(consumer, names, prefetch)
+                    await self._fill(consumer, names)
                 yield _SQLiteDelivery(self, consumer, consumer.buffer.popleft())
         finally:
             self._consumers.discard(consumer)
@@ -325,20 +332,20 @@ class SQLiteBroker:
                         "could not hand back %d claimed messages: %s", len(seqs), describe_error(exc)
                     )
 
-    async def _fill(self, consumer: _Consumer, queues: list[str], prefetch: int) -> None:
+    async def _fill(self, consumer: _Consumer, queues: list[str]) -> None:
         """Claim as many rows as there are free prefetch slots, waiting until there is one."""
         undo = partial(_undo_claim, owner=self._owner)
         while True:
             # Cleared before the claim: a publish or settle landing during it sets it again.
             consumer.wakeup.clear()
             delay: float | None = None  # no free slot: only a settle (which sets wakeup) helps
-            free = prefetch - consumer.unsettled
+            free = consumer.gate.free
             if free > 0:
                 args = (queues, free, self._owner, self.visibility_timeout)
                 rows, due = await self._db.run(_claim, *args, orphaned=undo)
                 if rows:
                     consumer.buffer.extend(rows)
-                    consumer.unsettled += len(rows)
+                    consumer.gate.take(len(rows))
                     return
                 delay = self.poll_interval if due is None else min(self.poll_interval, due - time.time())
             try:

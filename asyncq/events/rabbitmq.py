@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
-from asyncq.brokers.rabbitmq import BROKER_OPTIONS, redact, split_amqp_url, translate_errors
+from asyncq._utils import redact_url
 from asyncq.exceptions import BrokerConnectionError, MissingDependencyError
 
 try:
     import aio_pika
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+    from asyncq._amqp import split_amqp_url, translate_errors
+    from asyncq.brokers.rabbitmq.wire import BROKER_OPTIONS, PUBLISH_TIMEOUT
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -64,9 +67,12 @@ class RabbitMQEventBus:
 
     def __init__(self, url: str, *, history_limit: int = 10_000, **options: Any) -> None:
         self.url = url
-        broker_options = {name: value for name, value in options.items() if name in BROKER_OPTIONS}
-        self._client_url, own = split_amqp_url(url, broker_options, BROKER_OPTIONS, "amqp event bus")
-        self.publish_timeout = float(own.get("publish_timeout") or BROKER_OPTIONS["publish_timeout"])  # type: ignore[arg-type]
+        names = {option.name for option in BROKER_OPTIONS}
+        broker_options = {name: value for name, value in options.items() if name in names}
+        self._client_url, settings = split_amqp_url(
+            url, broker_options, BROKER_OPTIONS, what="amqp event bus"
+        )
+        self.publish_timeout = settings[PUBLISH_TIMEOUT]
         self.history_limit = max(1, int(history_limit))
         self._connection: AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -76,7 +82,7 @@ class RabbitMQEventBus:
         async with self._lock:
             if self._connection is not None and not self._connection.is_closed:
                 return
-            with translate_errors(f"connect to RabbitMQ at {redact(self.url)} for events"):
+            with translate_errors(f"connect to RabbitMQ at {redact_url(self.url)} for events"):
                 async with asyncio.timeout(self.publish_timeout):
                     connection = await aio_pika.connect_robust(
                         self._client_url, client_properties={"connection_name": "asyncq-events"}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from functools import partial
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from asyncq._options import Option, seconds
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
@@ -63,6 +64,9 @@ class _SQLiteReader:
         self._closed = True
 
 
+POLL_INTERVAL: Final = Option("poll_interval", seconds, 0.1)
+
+
 class SQLiteEventBus:
     """``sqlite:///path.db``: event batches in the table ``asyncq_events``, the last ``history_limit`` kept.
 
@@ -75,8 +79,8 @@ class SQLiteEventBus:
         self.url = url
         others = frozenset(name for name, _ in parse_qsl(urlsplit(url).query) if name != "poll_interval")
         own = {"poll_interval": options["poll_interval"]} if "poll_interval" in options else {}
-        path, settings = parse_sqlite_url(url, own, {"poll_interval": 0.1}, kind="event bus", shared=others)
-        self.poll_interval = settings["poll_interval"]
+        path, settings = parse_sqlite_url(url, own, (POLL_INTERVAL,), what="sqlite event bus", shared=others)
+        self.poll_interval = settings[POLL_INTERVAL]
         self.history_limit = max(1, int(history_limit))
         self._db = SQLiteThread(path, _SCHEMA, error=BrokerError, connection_error=BrokerConnectionError)
 

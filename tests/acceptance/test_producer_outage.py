@@ -24,7 +24,7 @@ from asyncq.backends.rpc import RPCBackend
 from tests.acceptance.conftest import ROOT, wait_for
 from tests.acceptance.test_connect_deadlines import SilentServer
 from tests.acceptance.test_connection_loss import RedisServer, redis_server  # noqa: F401 - fixture
-from tests.rabbitmq_node import RabbitMQNode, rabbitmq_node  # noqa: F401 - fixture
+from tests.servers import RabbitNode, rabbitmq_node  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ async def produce_through(app: App, queue: str, restart: Callable[[], None]) -> 
 
 
 @pytest.mark.rabbitmq
-async def test_rabbitmq_producer_rides_through_a_broker_restart(rabbitmq_node: RabbitMQNode) -> None:  # noqa: F811
+async def test_rabbitmq_producer_rides_through_a_broker_restart(rabbitmq_node: RabbitNode) -> None:  # noqa: F811
     def restart() -> None:
         rabbitmq_node.stop()
         rabbitmq_node.start()
@@ -94,7 +94,7 @@ async def test_redis_producer_rides_through_a_server_restart(redis_server: Redis
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("closes", [False, True], ids=["without-closing", "closing"])
 def test_producer_whose_send_failed_during_a_reconnect_exits(
-    rabbitmq_node: RabbitMQNode,  # noqa: F811
+    rabbitmq_node: RabbitNode,  # noqa: F811
     tmp_path: Path,
     closes: bool,
 ) -> None:
@@ -148,7 +148,7 @@ def _bind_silent(port: int) -> SilentServer:
 
 @pytest.mark.rabbitmq
 async def test_rpc_result_lost_in_an_outage_is_one_warning_line(
-    rabbitmq_node: RabbitMQNode,  # noqa: F811
+    rabbitmq_node: RabbitNode,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend = RPCBackend("rpc://", broker_url=rabbitmq_node.url, publish_timeout=1)

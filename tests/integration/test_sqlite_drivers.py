@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import asyncq._sqlite as sqlite_plumbing
+from asyncq import App
 from asyncq.backends import backend_from_url
 from asyncq.backends.sqlite import SQLiteBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
@@ -135,7 +136,9 @@ def test_query_options_and_explicit_options_win(db: Path) -> None:
     ],
 )
 def test_unknown_option_is_refused_naming_the_known_ones(db: Path, make, bad: str) -> None:
-    with pytest.raises(ConfigurationError, match=rf"unknown sqlite .*option '{bad}'; known: .*poll_interval"):
+    with pytest.raises(
+        ConfigurationError, match=rf"unknown sqlite .*option '{bad}'.*; known: .*poll_interval"
+    ):
         make(url_for(db))
 
 
@@ -441,3 +444,45 @@ async def test_aclose_wakes_pending_waits_with_none(open_backend) -> None:
     await until(lambda: len(backend._waiters) == 3, "the waiters to register")
     await backend.aclose()
     assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [None, None, None]
+
+
+@pytest.mark.parametrize("driver", ["broker", "backend"])
+async def test_open_of_a_locked_file_fails_within_connect_timeout_in_one_line(db: Path, driver: str) -> None:
+    # A real second connection holds an exclusive lock on a fresh (rollback-journal) file:
+    # reading its schema, let alone switching it to WAL, must wait for it.
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    error = BrokerConnectionError if driver == "broker" else BackendConnectionError
+    store = SQLiteBroker(url_for(db), connect_timeout=0.3) if driver == "broker" else None
+    backend = SQLiteBackend(url_for(db), connect_timeout=0.3) if driver == "backend" else None
+    try:
+        # Bounded well below a statement's own busy wait: the open honours connect_timeout.
+        async with asyncio.timeout(sqlite_plumbing.BUSY_TIMEOUT - 1):
+            with pytest.raises(error) as caught:
+                await (store or backend).connect()  # type: ignore[union-attr]
+        message = str(caught.value)
+        assert "\n" not in message and str(db) in message
+        assert "another connection held a lock on it for connect_timeout=0.3s" in message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Nothing was lost or left half-open: once the lock is gone, the same instance connects.
+    opened = store or backend
+    assert opened is not None
+    await asyncio.wait_for(opened.connect(), TIMEOUT)
+    await opened.aclose()
+
+
+async def test_app_passes_broker_connection_timeout_to_sqlite(db: Path) -> None:
+    app = App("locked", broker=url_for(db), config={"broker_connection_timeout": 0.4})
+    assert app.broker.path == db  # type: ignore[attr-defined]
+    assert app.broker._db.open_timeout == 0.4  # type: ignore[attr-defined]
+    assert app.backend._db.open_timeout == 0.4  # type: ignore[attr-defined]
+    await app.aclose()
+
+
+def test_connect_timeout_option_is_validated(db: Path) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"sqlite broker option connect_timeout=0: expected a number > 0"
+    ):
+        SQLiteBroker(url_for(db), connect_timeout=0)

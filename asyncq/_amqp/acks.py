@@ -1,149 +1,55 @@
-"""aio-pika plumbing shared by the RabbitMQ broker and rpc://: deadlines, exits, acks.
+"""Settling AMQP deliveries: plain and confirmed acks, requeues, and the copy guard.
 
-Two aio-pika behaviours are guarded here:
-
-* ``connect_robust`` has no overall deadline: against a port where something else listens
-  the AMQP handshake waits forever, and a cancelled ``connect_robust`` leaves its
-  reconnection task running. :func:`open_robust` builds the connection itself, bounds the
-  connect, closes it on failure and says what answered at the address.
-* The reconnection task swallows a cancellation that arrives during a connect attempt
-  ("Reconnecting after N seconds"), so ``asyncio.run`` leaving without closing the
-  connection waited on it for ever. Each connection gets a guard task: when the guard is
-  cancelled (``asyncio.run`` cancels every task on its way out), it marks the connection
-  closed and cancels the reconnection task again, which then ends.
-
-It also holds :class:`CopyGuard` and :func:`ack_confirmed`, which keep the RabbitMQ broker's
-publish-then-ack settlements from forking a message.
+:class:`CopyGuard` and :func:`ack_confirmed` keep publish-then-ack settlements (the RabbitMQ
+broker's retries, hops and dead letters) from forking a message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import logging
 import weakref
-from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from typing import cast
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.connection import make_url
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import ChannelInvalidStateError
 
-from asyncq._connect import describe_peer
-from asyncq._utils import redact_url
-from asyncq.exceptions import AsyncqError
-
-__all__ = ["CopyGuard", "ack_confirmed", "close_robust", "open_robust"]
+__all__ = ["CopyGuard", "ack", "ack_confirmed", "is_stale", "requeue"]
 
 log = logging.getLogger(__name__)
 
-#: The probe sent after a connect timed out: a line-based server (Redis, HTTP, SMTP) answers
-#: it with an error, an AMQP server with its protocol header (8 bytes, not a valid header).
-_AMQP_HELLO: Final = b"AMQP\r\n\r\n"
 
-_AMQP_ANSWERS: Final = ("it speaks something else (got b'AMQP", "it speaks something else (got b'\\x01")
-
-#: Seconds closing a connection may take before it is abandoned.
-CLOSE_TIMEOUT: Final = 5.0
-
-_GUARDS: dict[int, asyncio.Task[None]] = {}
+def is_stale(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel that delivered ``message`` is gone (the server will redeliver it)."""
+    try:
+        message.channel  # noqa: B018 - the property raises once the channel is closed
+    except ChannelInvalidStateError:
+        return True
+    return False
 
 
-def _drop_duplicate_connect_error(record: logging.LogRecord) -> bool:
-    # aiormq logs every failed connect attempt at ERROR; the first connect raises our own
-    # one-line error and aio-pika warns about each reconnect attempt, so it only repeats them.
-    return record.msg != "error when creating transport: %r"
+async def ack(message: AbstractIncomingMessage) -> None:
+    """basic.ack without waiting for the socket to drain.
 
-
-logging.getLogger("aiormq.connection").addFilter(_drop_duplicate_connect_error)
-
-
-async def open_robust(
-    client_url: str,
-    shown_url: str,
-    *,
-    connection_name: str,
-    timeout: float,
-    error: type[AsyncqError],
-    what: str = "RabbitMQ",
-) -> AbstractRobustConnection:
-    """Open a robust connection within ``timeout`` seconds, or raise ``error`` in one line.
-
-    ``shown_url`` is the URL as configured (its password is redacted in the message).
+    AMQP acks are never confirmed by the server, so waiting for the write buys nothing but a
+    loop round trip per message; an ack lost with the connection means a redelivery either way.
     """
-    connection = aio_pika.RobustConnection(
-        make_url(client_url), client_properties={"connection_name": connection_name}
-    )
-    _guard(connection)
+    if message.delivery_tag is None:
+        return
+    channel = cast(aiormq.Channel, message.channel)
+    await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+
+
+async def requeue(message: AbstractIncomingMessage) -> None:
+    """Hand an unsettled message back to its queue, if its channel still lives."""
+    if is_stale(message) or message.processed:
+        return
     try:
-        async with asyncio.timeout(timeout):
-            await connection.connect()
-    except BaseException as exc:
-        await close_robust(connection)
-        if not isinstance(exc, Exception):
-            raise
-        parts = urlsplit(client_url)
-        host = parts.hostname or "localhost"
-        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-        shown = redact_url(shown_url)
-        if isinstance(exc, TimeoutError):
-            answer = await describe_peer(host, port, _AMQP_HELLO)
-            if answer.startswith(_AMQP_ANSWERS):
-                answer = "an AMQP server answered but did not finish the handshake"
-            raise error(
-                f"no AMQP server answered at {host}:{port} within {timeout:g}s: {answer} ({what} URL {shown})"
-            ) from None
-        reason = "connection refused" if _is_refused(exc) else f"{exc}"
-        raise error(f"cannot connect to {what} at {host}:{port}: {reason} (URL {shown})") from exc
-    return connection
-
-
-def _is_refused(exc: BaseException) -> bool:
-    # aiormq wraps the socket error as AMQPConnectionError(errno, message).
-    return isinstance(exc, ConnectionRefusedError) or bool(exc.args and exc.args[0] == errno.ECONNREFUSED)
-
-
-async def close_robust(connection: AbstractRobustConnection) -> None:
-    """Close ``connection`` (reconnection included) within CLOSE_TIMEOUT; never raises."""
-    guard = _GUARDS.pop(id(connection), None)
-    if guard is not None:
-        guard.cancel()
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await connection.close()
-    except Exception:  # closing is best effort: the server drops what we leave behind
-        log.debug("closing the RabbitMQ connection failed", exc_info=True)
-        _stop_reconnecting(connection)
-
-
-def _reconnection_task(connection: Any) -> asyncio.Task[Any] | None:
-    task = getattr(connection, "_RobustConnection__reconnection_task", None)
-    return task if isinstance(task, asyncio.Task) else None
-
-
-def _stop_reconnecting(connection: Any) -> None:
-    connection._close_called = True  # aio-pika re-raises a cancellation once this is set
-    task = _reconnection_task(connection)
-    if task is not None and not task.done():
-        task.cancel()
-
-
-def _guard(connection: AbstractRobustConnection) -> None:
-    key = id(connection)
-
-    async def watch() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            if _GUARDS.get(key) is task:
-                _GUARDS.pop(key, None)
-                _stop_reconnecting(connection)
-            raise
-
-    task = asyncio.get_running_loop().create_task(watch(), name="asyncq.amqp.exit-guard")
-    _GUARDS[key] = task
+        await message.reject(requeue=True)
+    except Exception:  # best effort: a channel that dies requeues it anyway
+        log.debug("could not requeue message %s", message.message_id, exc_info=True)
 
 
 async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> None:

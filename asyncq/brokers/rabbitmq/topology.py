@@ -1,0 +1,252 @@
+"""The RabbitMQ broker's connection, its two channels, and the queues it declares.
+
+:class:`Topology` is the base of the broker class: option parsing, the robust connection
+(publish channel with confirms, admin channel), and declaring a work queue with its
+dead-letter and delay queues once per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol, cast
+
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from asyncq._amqp import CopyGuard, close_robust, open_robust, split_amqp_url, translate_errors
+from asyncq._utils import redact_url
+from asyncq.brokers.base import BrokerCapabilities
+from asyncq.brokers.rabbitmq.wire import (
+    BROKER_OPTIONS,
+    CONNECT_TIMEOUT,
+    CONNECTION_NAME,
+    DELAY_LEVELS_MS,
+    EXCHANGE,
+    EXCHANGE_TYPE,
+    MAX_DELIVERIES,
+    MAX_PRIORITY,
+    PUBLISH_TIMEOUT,
+    QUEUE_SUFFIX_ROOM,
+    QUEUE_TYPE,
+    level_name,
+)
+from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+__all__ = ["Closable", "Topology"]
+
+log = logging.getLogger("asyncq.brokers.rabbitmq")
+
+
+class Closable(Protocol):
+    """A consumer the broker wakes when it closes."""
+
+    def wake_closed(self) -> None: ...
+
+
+class Topology:
+    """Connection and declarations; the publishing and consuming layers build on it."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        self._client_url, settings = split_amqp_url(url, options, BROKER_OPTIONS, what="amqp broker")
+        self.exchange = settings[EXCHANGE]
+        self.exchange_type = settings[EXCHANGE_TYPE]
+        self.queue_type = settings[QUEUE_TYPE]
+        self.max_deliveries = settings[MAX_DELIVERIES]
+        self.publish_timeout = settings[PUBLISH_TIMEOUT]
+        self.connect_timeout = settings[CONNECT_TIMEOUT]
+        self.connection_name = settings[CONNECTION_NAME]
+        if self.exchange.startswith("amq."):
+            raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
+        self.capabilities = BrokerCapabilities(
+            durable=True,
+            redelivers_lost=True,
+            notifies=True,
+            # Quorum queues have no priorities before RabbitMQ 4.0 and two levels after:
+            # not the 0-9 ordering the contract asks for.
+            priorities=self.queue_type == "classic",
+            delayed_delivery=True,
+        )
+        self.server_version: str | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._admin_channel: AbstractRobustChannel | None = None
+        self._connect_lock = asyncio.Lock()
+        self._declare_lock = asyncio.Lock()
+        self._declared: set[str] = set()  # work queues (with Q.dead) declared on this connection
+        self._delay_declared: set[str] = set()  # work queues whose delay queues are declared
+        self._consumers: set[Closable] = set()
+        self._copies = CopyGuard()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the robust connection, its publish and admin channels, and the exchange."""
+        await self._ready()
+
+    async def _ready(self) -> AbstractRobustConnection:
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            return connection
+        async with self._connect_lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return self._connection
+            connection = await open_robust(
+                self._client_url,
+                self.url,
+                connection_name=self.connection_name,
+                timeout=self.connect_timeout,
+                error=BrokerConnectionError,
+            )
+            try:
+                with translate_errors("open channels and declare the exchange"):
+                    async with asyncio.timeout(self.connect_timeout):
+                        self._publish_channel = await connection.channel(
+                            publisher_confirms=True, on_return_raises=True
+                        )
+                        self._admin_channel = await connection.channel(publisher_confirms=False)
+                        if self.exchange:
+                            await self._admin_channel.declare_exchange(
+                                self.exchange, type=self.exchange_type, durable=True
+                            )
+            except BaseException:
+                await close_robust(connection)
+                raise
+            version = (
+                connection.transport.connection.server_properties.get("version")
+                if connection.transport
+                else None
+            )
+            self.server_version = (
+                version.decode() if isinstance(version, bytes) else cast(str | None, version)
+            )
+            connection.close_callbacks.add(self._on_connection_lost)
+            connection.reconnect_callbacks.add(self._on_reconnected)
+            self._connection = connection
+            return connection
+
+    def _on_connection_lost(self, _sender: object, exc: BaseException | None = None) -> None:
+        if self._connection is not None and not self._connection.close_called:
+            log.warning("connection to RabbitMQ at %s lost (%r); reconnecting", redact_url(self.url), exc)
+
+    def _on_reconnected(self, _sender: object) -> None:
+        # The server may have lost non-durable state (or been reset): declare again lazily.
+        self._declared.clear()
+        self._delay_declared.clear()
+        log.info("reconnected to RabbitMQ at %s; consumers resumed", redact_url(self.url))
+
+    async def aclose(self) -> None:
+        """Close the connection; unsettled deliveries go back to their queues (server rule)."""
+        connection, self._connection = self._connection, None
+        for consumer in list(self._consumers):
+            consumer.wake_closed()
+        self._consumers.clear()
+        self._declared.clear()
+        self._delay_declared.clear()
+        if connection is not None:
+            await close_robust(connection)
+
+    # -- topology ------------------------------------------------------------------------------
+
+    def _check_queue(self, queue: str) -> None:
+        if not queue or queue.startswith("amq.") or len(queue.encode()) > 255 - QUEUE_SUFFIX_ROOM:
+            raise BrokerError(
+                f"queue name {queue!r} is not usable: it must be non-empty, not start with 'amq.', "
+                f"and leave room for asyncq's suffixes (at most {255 - QUEUE_SUFFIX_ROOM} bytes)"
+            )
+
+    def _type_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": self.queue_type}
+
+    def _work_arguments(self, queue: str) -> dict[str, Any]:
+        arguments = {
+            **self._type_arguments(),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{queue}.dead",
+        }
+        if self.queue_type == "quorum":
+            arguments["x-delivery-limit"] = self.max_deliveries - 1
+        else:
+            arguments["x-max-priority"] = MAX_PRIORITY
+        return arguments
+
+    def _delay_arguments(self, queue: str, level_ms: int) -> dict[str, Any]:
+        arguments = {
+            **self._type_arguments(),
+            "x-message-ttl": level_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue,
+        }
+        if self.queue_type == "quorum":
+            # Quorum queues can dead-letter at-least-once (confirmed by the target), which
+            # needs reject-publish overflow; classic queues dead-letter at-most-once.
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
+        return arguments
+
+    async def _admin(self) -> AbstractRobustChannel:
+        await self._ready()
+        channel = self._admin_channel
+        assert channel is not None
+        try:
+            # During an outage, fail like a publish would rather than hang an inspection.
+            async with asyncio.timeout(self.publish_timeout):
+                await channel.ready()
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"RabbitMQ at {redact_url(self.url)} unreachable for publish_timeout={self.publish_timeout}s"
+            ) from None
+        return channel
+
+    async def _declare(self, queue: str) -> None:
+        """Declare ``queue``, its dead-letter queue and its binding, once per connection."""
+        if queue in self._declared:
+            return
+        self._check_queue(queue)
+        async with self._declare_lock:
+            if queue in self._declared:
+                return
+            channel = await self._admin()
+            with translate_errors(f"declare queue {queue!r}"):
+                await channel.declare_queue(
+                    f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
+                )
+                declared = await channel.declare_queue(
+                    queue, durable=True, arguments=self._work_arguments(queue), robust=False
+                )
+                if self.exchange:
+                    await declared.bind(self.exchange, routing_key=queue, robust=False)
+            self._declared.add(queue)
+
+    async def _declare_delays(self, queue: str) -> None:
+        """Declare the delay queues of ``queue``, once per connection."""
+        await self._declare(queue)
+        if queue in self._delay_declared:
+            return
+        async with self._declare_lock:
+            if queue in self._delay_declared:
+                return
+            channel = await self._admin()
+            with translate_errors(f"declare the delay queues of {queue!r}"):
+                for level in DELAY_LEVELS_MS:
+                    await channel.declare_queue(
+                        level_name(queue, level),
+                        durable=True,
+                        arguments=self._delay_arguments(queue, level),
+                        robust=False,
+                    )
+            self._delay_declared.add(queue)
+
+    async def delete_queue(self, queue: str) -> None:
+        """Delete ``queue`` with its delay and dead-letter queues, messages included.
+
+        Driver-specific (not part of the Broker protocol): for tests and operations.
+        """
+        self._check_queue(queue)
+        channel = await self._admin()
+        names = [queue, f"{queue}.dead", *(level_name(queue, level) for level in DELAY_LEVELS_MS)]
+        with translate_errors(f"delete queue {queue!r}"):
+            for name in names:
+                await channel.queue_delete(name, if_unused=False, if_empty=False)
+        self._declared.discard(queue)
+        self._delay_declared.discard(queue)
