@@ -23,6 +23,8 @@ BACKENDS: Final[dict[str, str]] = {
     "rediss+cluster": "asyncq.backends.redis:RedisBackend",
     "redis+sentinel": "asyncq.backends.redis:RedisBackend",
     "rpc": "asyncq.backends.rpc:RPCBackend",
+    "mysql": "asyncq.backends.mysql:MySQLBackend",
+    "mariadb": "asyncq.backends.mysql:MySQLBackend",
 }
 
 

@@ -21,6 +21,7 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_backend_factory,
     sqlite_broker_factory,
 )
+from tests.conformance.drivers_mysql import mysql_backend_factory, mysql_url  # noqa: F401
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
@@ -54,6 +55,7 @@ BACKEND_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
+    "mysql": pytest.param("mysql", marks=pytest.mark.mysql),
 }
 
 
