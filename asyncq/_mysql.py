@@ -79,9 +79,7 @@ def parse_mysql_url(url: str, options: Mapping[str, Any]) -> MySQLSettings:
         raise ConfigurationError(f"{shown!r} is not a valid MySQL URL: {exc}") from None
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
-        raise ConfigurationError(
-            f"{shown!r} names no database; use mysql://user:password@host:3306/database"
-        )
+        raise ConfigurationError(f"{shown!r} names no database; use mysql://user:password@host:3306/database")
     values: dict[str, Any] = {**dict(parse_qsl(parts.query, keep_blank_values=True)), **options}
     known = sorted([*_SECONDS, "table_prefix", "max_connections"])
     unknown = sorted(set(values) - set(known))
@@ -90,23 +88,22 @@ def parse_mysql_url(url: str, options: Mapping[str, Any]) -> MySQLSettings:
     seconds = {name: default for name, default in _SECONDS.items()}
     for name in _SECONDS:
         if name in values:
-            # The same checks (a number > 0) as the other drivers' connect_timeout.
+            # connect_timeout: the same checks and message as the other drivers'.
             value = values[name]
-            seconds[name] = connect_timeout_value(value) if name == "connect_timeout" else _positive(name, value)
+            checked = connect_timeout_value(value) if name == "connect_timeout" else _positive(name, value)
+            seconds[name] = checked
     prefix = str(values.get("table_prefix", "asyncq_"))
     if not _PREFIX_RE.fullmatch(prefix):
         raise ConfigurationError(
             f"mysql backend option table_prefix={prefix!r}: use up to 48 letters, digits or underscores"
         )
-    max_connections = values.get("max_connections", 10)
+    given = values.get("max_connections", 10)
     try:
-        max_connections = int(max_connections)
+        max_connections = int(given) if not isinstance(given, bool) else 0
     except (TypeError, ValueError):
         max_connections = 0
-    if isinstance(values.get("max_connections"), bool) or max_connections < 1:
-        raise ConfigurationError(
-            f"mysql backend option max_connections={values.get('max_connections')!r}: expected an integer >= 1"
-        )
+    if max_connections < 1:
+        raise ConfigurationError(f"mysql backend option max_connections={given!r}: expected an integer >= 1")
     return MySQLSettings(
         host=parts.hostname or "localhost",
         port=port,
@@ -153,13 +150,19 @@ class MySQLPool:
     """Up to ``max_connections`` autocommit sessions, each call under ``command_timeout``."""
 
     def __init__(
-        self, url: str, settings: MySQLSettings, *, error: type[AsyncqError], connection_error: type[AsyncqError]
+        self,
+        url: str,
+        settings: MySQLSettings,
+        *,
+        error: type[AsyncqError],
+        connection_error: type[AsyncqError],
     ) -> None:
         self._shown = redact_url(url)
         self.settings = settings
         self._error, self._connection_error = error, connection_error
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[tuple[Connection, float]] = []  # (connection, when it was put back)
+        self._kills: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def open(self) -> None:
@@ -171,6 +174,8 @@ class MySQLPool:
     async def close(self) -> None:
         """Close the idle sessions; those in use are closed when their call ends."""
         self._closed = True
+        if self._kills:  # each is bounded by its own deadline
+            await asyncio.gather(*self._kills, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             await _close(conn)
@@ -217,12 +222,16 @@ class MySQLPool:
                     await _close(candidate)
             if conn is None:
                 conn = await self._connect()
+            # Read now: asyncmy forgets it when a statement is cancelled.
+            thread_id = int(conn.thread_id())
             try:
                 async with conn.cursor() as cursor:
                     yield cursor
-            except BaseException:
+            except BaseException as exc:
                 # Interrupted or failed mid-statement: the session state is unknown.
                 conn.close()
+                if isinstance(exc, asyncio.CancelledError):
+                    self._kill_statement(thread_id)
                 raise
             if self._closed:
                 await _close(conn)
@@ -241,6 +250,10 @@ class MySQLPool:
                     async with self._session() as cursor:
                         return await fn(cursor)
             except TimeoutError:
+                # Stopped on the server before we answer, so that a timed-out write does not
+                # land later (a closed socket alone does not stop a statement waiting on a lock).
+                if self._kills:
+                    await asyncio.wait(set(self._kills))
                 raise self._connection_error(
                     f"MySQL did not answer within {timeout:g}s while {what} ({self._shown})"
                 ) from None
@@ -255,6 +268,24 @@ class MySQLPool:
                 raise kind(f"MySQL failed while {what}: {_oneline(_reason(exc))} ({self._shown})") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _kill_statement(self, thread_id: int) -> None:
+        task = asyncio.create_task(self._kill(thread_id), name="asyncq.mysql.kill-query")
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+
+    async def _kill(self, thread_id: int) -> None:
+        """KILL QUERY the statement an interrupted session was running; never raises."""
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout + 1.0):
+                conn = await self._connect()
+                try:
+                    async with conn.cursor() as cursor:
+                        await cursor.execute(f"KILL QUERY {int(thread_id)}")
+                finally:
+                    await _close(conn)
+        except Exception as exc:
+            logger.debug("could not stop MySQL session %s: %s", thread_id, describe_error(exc))
+
 
 def _oneline(text: str) -> str:
     return " ".join(text.split())
@@ -265,5 +296,5 @@ async def _close(conn: Connection) -> None:
     try:
         async with asyncio.timeout(1.0):
             await conn.ensure_closed()
-    except Exception:  # noqa: BLE001 - closing must not fail the caller
+    except Exception:
         conn.close()

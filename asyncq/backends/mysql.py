@@ -67,8 +67,12 @@ class MySQLBackend:
         self.settings = parse_mysql_url(url, options)
         self.poll_interval = self.settings.poll_interval
         prefix = self.settings.table_prefix
-        self._results, self._counters, self._schema = (f"`{prefix}{name}`" for name in ("results", "counters", "schema"))
-        self._pool = MySQLPool(url, self.settings, error=BackendError, connection_error=BackendConnectionError)
+        self._results, self._counters, self._schema = (
+            f"`{prefix}{name}`" for name in ("results", "counters", "schema")
+        )
+        self._pool = MySQLPool(
+            url, self.settings, error=BackendError, connection_error=BackendConnectionError
+        )
         self._connected = False
         self._connecting: asyncio.Lock | None = None
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
