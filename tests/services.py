@@ -19,6 +19,7 @@ DEFAULT_URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
     "postgres": "postgresql://postgres@127.0.0.1:5432/test",
     "mongodb": "mongodb://127.0.0.1:27017/",
+    "mysql": "mysql://root@127.0.0.1:3306/test",
 }
 
 

@@ -25,6 +25,8 @@ BACKENDS: Final[dict[str, str]] = {
     "rpc": "asyncq.backends.rpc:RPCBackend",
     "postgresql": "asyncq.backends.postgres:PostgresBackend",
     "postgres": "asyncq.backends.postgres:PostgresBackend",
+    "mysql": "asyncq.backends.mysql:MySQLBackend",
+    "mariadb": "asyncq.backends.mysql:MySQLBackend",
 }
 
 

@@ -26,6 +26,7 @@ from tests.conformance.drivers_postgres import (  # noqa: F401
     postgres_broker_factory,
     postgres_schema,
 )
+from tests.conformance.drivers_mysql import mysql_backend_factory, mysql_url  # noqa: F401
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
@@ -61,6 +62,7 @@ BACKEND_PARAMS = {
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rpc": pytest.param("rpc", marks=pytest.mark.rabbitmq),
     "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
+    "mysql": pytest.param("mysql", marks=pytest.mark.mysql),
 }
 
 
