@@ -21,12 +21,12 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_backend_factory,
     sqlite_broker_factory,
 )
+from tests.conformance.drivers_mysql import mysql_backend_factory, mysql_url  # noqa: F401
 from tests.conformance.drivers_postgres import (  # noqa: F401
     postgres_backend_factory,
     postgres_broker_factory,
     postgres_schema,
 )
-from tests.conformance.drivers_mysql import mysql_backend_factory, mysql_url  # noqa: F401
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
