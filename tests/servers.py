@@ -3,10 +3,13 @@
 * ``RedisServer``: a ``redis-server`` on a free loopback port, in the test's directory.
 * ``RabbitNode``: a second RabbitMQ node (own node name, AMQP and distribution ports, data,
   logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``.
+* ``MotoServer``: moto's SQS-compatible server (``moto_server``) on a free loopback port: real
+  HTTP and real request signing, started once per test session by ``moto_sqs()``.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -224,3 +227,64 @@ class RabbitNode:
     def close_all_connections(self) -> None:
         done = self.ctl("close_all_connections", "asyncq chaos test")
         assert done.returncode == 0, done.stderr
+
+
+class MotoServer:
+    """``moto_server`` on a free loopback port, in its own process (so the workers share it)."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("moto_server")
+        if exe is None:
+            missing("moto_server is not installed (pip install 'moto[server]')")
+        self.exe, self.port = exe, free_port()
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """An ``sqs://`` URL for it: dummy keys (moto checks the signature's form only)."""
+        return f"sqs://testing:testing@127.0.0.1:{self.port}?tls=false&region=us-east-1"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._listens, timeout=30, what="moto_server to listen")
+
+    def _listens(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited ({self.proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+_moto: MotoServer | None = None
+
+
+def moto_sqs() -> MotoServer:
+    """The test session's one running moto server, started on first use, stopped at exit."""
+    global _moto
+    if _moto is None:
+        server = MotoServer()
+        server.start()
+        atexit.register(server.stop)
+        _moto = server
+    return _moto

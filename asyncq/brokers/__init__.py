@@ -32,6 +32,7 @@ BROKERS: Final[dict[str, str]] = {
     "redis+sentinel": "asyncq.brokers.redis:RedisBroker",
     "amqp": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
+    "sqs": "asyncq.brokers.sqs:SQSBroker",
 }
 
 

@@ -34,6 +34,7 @@ from tests.conformance.drivers_redis import (  # noqa: F401
     redis_sentinel_backend_factory,
     redis_sentinel_broker_factory,
 )
+from tests.conformance.drivers_sqs import sqs_broker_factory, sqs_fifo_broker_factory  # noqa: F401
 
 #: Driver name -> pytest param (with the service marker). Keep in step with the registries.
 BROKER_PARAMS = {
@@ -45,6 +46,9 @@ BROKER_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    # moto's server, started by the tests: standard queues, and FIFO queues with priority bands.
+    "sqs": pytest.param("sqs", marks=pytest.mark.sqs),
+    "sqs_fifo": pytest.param("sqs_fifo", marks=pytest.mark.sqs),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
