@@ -1,7 +1,7 @@
 """A worker SIGKILLed in the middle of a batch: a second worker completes every task.
 
-Runs over every durable broker that is available: the embedded SQLite store, Redis and
-RabbitMQ. Nothing may be lost; a task the dead worker finished but had not yet acknowledged
+Runs over every durable broker that is available: the embedded SQLite store, Redis,
+RabbitMQ and SQS (a moto server the tests start). Nothing may be lost; a task the dead worker finished but had not yet acknowledged
 may run twice (at-least-once), and the duplicates are counted and reported.
 """
 
@@ -22,6 +22,7 @@ from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import cli_app
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
+from tests.servers import moto_sqs
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
@@ -33,6 +34,7 @@ TOTAL = 200
         pytest.param("sqlite"),
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("sqs", marks=pytest.mark.sqs),
     ]
 )
 def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -44,6 +46,9 @@ def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_pa
         env["ASYNCQ_RESULT_BACKEND"] = require_service("redis")
     elif request.param == "rabbitmq":
         env["ASYNCQ_BROKER_URL"] = request.getfixturevalue("rabbitmq_url")
+        env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
+    elif request.param == "sqs":
+        env["ASYNCQ_BROKER_URL"] = moto_sqs().url + "&visibility_timeout=2&wait_time=1"
         env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
     return env
 
