@@ -34,7 +34,10 @@ logger = logging.getLogger(__name__)
 BATCH: Final = 10
 #: Most messages one dead-letter scan reads (each scan reads the whole dead-letter queue).
 SCAN_LIMIT: Final = 100_000
-_RECEIVE: dict[str, Any] = {"MessageAttributeNames": ["All"], "MessageSystemAttributeNames": ["ApproximateReceiveCount"]}
+_RECEIVE: dict[str, Any] = {
+    "MessageAttributeNames": ["All"],
+    "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+}
 
 Entry = dict[str, Any]
 Taken = tuple[Received, str]  # a received message and its asyncq queue

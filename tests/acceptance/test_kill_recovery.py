@@ -1,8 +1,9 @@
 """A worker SIGKILLed in the middle of a batch: a second worker completes every task.
 
 Runs over every durable broker that is available: the embedded SQLite store, Redis,
-RabbitMQ and SQS (a moto server the tests start). Nothing may be lost; a task the dead worker finished but had not yet acknowledged
-may run twice (at-least-once), and the duplicates are counted and reported.
+RabbitMQ and SQS (a moto server the tests start). Nothing may be lost; a task the dead worker
+finished but had not yet acknowledged may run twice (at-least-once), and the duplicates are
+counted and reported.
 """
 
 from __future__ import annotations
