@@ -8,16 +8,16 @@ own endpoint). Keyword options win over the URL query.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
 from asyncq._utils import redact_url
+from asyncq.brokers._options import boolean, merge_options, number
 from asyncq.brokers.base import OutgoingMessage
 from asyncq.exceptions import ConfigurationError
 
@@ -75,24 +75,11 @@ class SQSSettings:
 
 
 def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"sqs:// option {name}={value!r} is not a boolean (true/false)")
+    return boolean("sqs", name, value)
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"sqs:// option {name}={value!r} is not a number") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise ConfigurationError(f"sqs:// option {name}={value!r} must be between {low:g} and {high:g}")
-    return number
+    return number("sqs", name, value, low, high)
 
 
 def _steps(name: str, value: Any) -> tuple[int, ...]:
@@ -139,20 +126,6 @@ _DEFAULTS: Final[dict[str, Any]] = {
 }
 
 
-def _merge(url: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """URL query and keyword options over the defaults; unknown names are refused."""
-    merged = dict(_DEFAULTS)
-    given = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    given.update(options)
-    for name, value in given.items():
-        if name not in _DEFAULTS:
-            close = difflib.get_close_matches(name, _DEFAULTS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(_DEFAULTS))}"
-            raise ConfigurationError(f"unknown sqs:// option {name!r}{hint}")
-        merged[name] = value
-    return merged
-
-
 def parse_sqs_url(url: str, options: Mapping[str, Any]) -> SQSSettings:
     """Validate an ``sqs://`` URL and its options into :class:`SQSSettings`."""
     try:
@@ -166,7 +139,7 @@ def parse_sqs_url(url: str, options: Mapping[str, Any]) -> SQSSettings:
         raise ConfigurationError(
             f"sqs:// URL {redact_url(url)!r} has a path; give the region as ?region=NAME"
         )
-    merged = _merge(url, options)
+    merged = merge_options("sqs", url, options, _DEFAULTS)
     endpoint = merged["endpoint_url"]
     if endpoint is None and parts.hostname:
         scheme = "https" if _boolean("tls", merged["tls"]) else "http"
