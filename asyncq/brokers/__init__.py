@@ -33,6 +33,7 @@ BROKERS: Final[dict[str, str]] = {
     "amqp": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "sqs": "asyncq.brokers.sqs:SQSBroker",
+    "kafka": "asyncq.brokers.kafka:KafkaBroker",
 }
 
 

@@ -21,6 +21,7 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_backend_factory,
     sqlite_broker_factory,
 )
+from tests.conformance.drivers_kafka import kafka_broker_factory  # noqa: F401
 from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
@@ -49,6 +50,8 @@ BROKER_PARAMS = {
     # moto's server, started by the tests: standard queues, and FIFO queues with priority bands.
     "sqs": pytest.param("sqs", marks=pytest.mark.sqs),
     "sqs_fifo": pytest.param("sqs_fifo", marks=pytest.mark.sqs),
+    # A Tansu broker (Kafka protocol), started by the tests.
+    "kafka": pytest.param("kafka", marks=pytest.mark.kafka),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),
