@@ -121,6 +121,9 @@ class KafkaBroker:
         self._producer: Any = None
         self._admin: Any = None
         self._topics: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._sessions: set[ConsumerSession] = set()
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class KafkaBroker:
     async def connect(self) -> None:
         if self._producer is not None:
             return
+        self._stopping = False
         s = self.settings
         producer = AIOKafkaProducer(acks="all", max_request_size=s.max_message_size + 4096, **self._common())
         admin = AIOKafkaAdminClient(**self._common())
@@ -148,6 +152,11 @@ class KafkaBroker:
         self._producer, self._admin = producer, admin
 
     async def aclose(self) -> None:
+        """Close the consumers left (committing what was settled), then the producer."""
+        self._stopping = True  # unsettled deliveries stay uncommitted: the group hands them on
+        for session in self._sessions:
+            session.wakeup.set()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         producer, admin, self._producer, self._admin = self._producer, self._admin, None, None
         if producer is not None:
             with contextlib.suppress(Exception):
@@ -293,7 +302,22 @@ class KafkaBroker:
                 session.out += 1
                 yield _KafkaDelivery(self, session, lease, record, by_topic[record.topic])
         finally:
-            await session.close(s.request_timeout)
+            # Deliveries already yielded are still settled (a stopping worker finishes its
+            # tasks): the session stays a group member and commits them, then leaves.
+            closing = asyncio.create_task(self._close_settled(session), name="asyncq.kafka.close")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _close_settled(self, session: ConsumerSession) -> None:
+        session.buffer.clear()  # fetched, never yielded: left uncommitted for the next owner
+        self._sessions.add(session)
+        try:
+            while session.out > 0 and not self._stopping:
+                session.wakeup.clear()
+                await session.wakeup.wait()
+        finally:
+            self._sessions.discard(session)
+            await session.close(self.settings.request_timeout)
 
     # -- inspection --------------------------------------------------------------------------
 
