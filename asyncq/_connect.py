@@ -29,7 +29,8 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: Schemes of the built-in drivers that take the ``connect_timeout`` option. Other drivers
 #: (third-party ones included) are left alone: they may refuse options they do not know.
 CONNECT_TIMEOUT_SCHEMES: Final = frozenset(
-    {"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "amqp", "amqps", "rpc", "sqs", "kafka"}
+    {"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "amqp", "amqps", "rpc"}
+    | {"sqs", "kafka"}
 )
 
 #: The longest a probe of "what answered" waits for each of its steps.
