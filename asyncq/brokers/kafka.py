@@ -285,6 +285,11 @@ class KafkaBroker:
             # A join waits for the members of the last generation: bound that by the session too.
             rebalance_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 10),
+            # A worker whose prefetch is full of long tasks fetches nothing for as long as they
+            # run; liveness is the heartbeat's (session_timeout), not the time between fetches.
+            max_poll_interval_ms=86_400_000,
+            # Some servers hold a fetch for its whole max wait even when records are there.
+            fetch_max_wait_ms=100,
             max_partition_fetch_bytes=s.max_message_size + 65536,
             **self._common(),
         )
