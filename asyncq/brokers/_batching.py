@@ -1,7 +1,7 @@
 """Coalescing single calls into batch calls: many acks or publishes in one request.
 
-Items handed in during one event-loop iteration for the same key (a queue URL) go out
-together, in chunks of ``size``, one chunk after another (so publish order is kept). Each
+Items handed in during one event-loop iteration (or a short linger) for the same key (a
+queue URL) go out together, in chunks of ``size``, one chunk after another (so publish order is kept). Each
 caller waits for its own item's outcome. Generic: nothing here knows a product.
 """
 
@@ -22,8 +22,9 @@ Sender = Callable[[str, Sequence[T]], Awaitable[Sequence[BaseException | None]]]
 class BatchCalls(Generic[T]):
     """``await calls.call(key, item)`` sends ``item`` in a batch with its neighbours."""
 
-    def __init__(self, send: Sender[T], size: int) -> None:
-        self._send, self._size = send, size
+    def __init__(self, send: Sender[T], size: int, *, linger: float = 0.0) -> None:
+        # linger: seconds the first item of a batch waits for neighbours (0: this loop turn).
+        self._send, self._size, self._linger = send, size, linger
         self._pending: dict[str, list[tuple[T, asyncio.Future[None]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -32,7 +33,10 @@ class BatchCalls(Generic[T]):
         waiting = self._pending.get(key)
         if waiting is None:
             waiting = self._pending[key] = []
-            loop.call_soon(self._start, key)
+            if self._linger > 0:
+                loop.call_later(self._linger, self._start, key)
+            else:
+                loop.call_soon(self._start, key)
         done: asyncio.Future[None] = loop.create_future()
         waiting.append((item, done))
         # A cancelled caller's item still goes out (it is queued): only the wait is dropped.

@@ -136,7 +136,9 @@ class SQSBroker:
         self._background: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._sends: BatchCalls[Entry] = BatchCalls(self._send_batch, BATCH)
-        self._deletes: BatchCalls[str] = BatchCalls(self._delete_batch, BATCH)
+        # Acks of a busy worker come from many jobs finishing apart: a short linger puts them
+        # in one DeleteMessageBatch instead of one request each.
+        self._deletes: BatchCalls[str] = BatchCalls(self._delete_batch, BATCH, linger=0.01)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
