@@ -16,6 +16,8 @@ concurrency 100), so only the broker differs:
 The table gives each broker's numbers and their ratio to Redis (rates broker/redis, times
 redis/broker: below 1 is slower than Redis). moto and Tansu are test servers on one machine,
 not AWS or a Kafka cluster: the figures compare client paths and protocols, not services.
+Kafka's queue length is consumer lag, which moves when offsets are committed (every 0.2 s):
+its drain figure is an upper bound. Results of one run: benchmarks/README.md.
 """
 
 from __future__ import annotations
