@@ -8,6 +8,8 @@ from contextlib import aclosing
 
 import pytest
 
+pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
+
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers.kafka import KafkaBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError

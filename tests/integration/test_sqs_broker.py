@@ -10,6 +10,8 @@ from contextlib import aclosing
 
 import pytest
 
+pytest.importorskip("aiobotocore", reason="the sqs extra is not installed")
+
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers._sqs_codec import encode
 from asyncq.brokers.sqs import SQSBroker
