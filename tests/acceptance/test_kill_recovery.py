@@ -1,8 +1,10 @@
 """A worker SIGKILLed in the middle of a batch: a second worker completes every task.
 
 Runs over every durable broker that is available: the embedded SQLite store, Redis,
-RabbitMQ and PostgreSQL. Nothing may be lost; a task the dead worker finished but had not
-yet acknowledged may run twice (at-least-once), and the duplicates are counted and reported.
+RabbitMQ, PostgreSQL, SQS (a moto server the tests start) and Kafka (a Tansu broker the tests
+start).
+Nothing may be lost; a task the dead worker finished but had not yet acknowledged may run
+twice (at-least-once), and the duplicates are counted and reported.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.acceptance.conftest import wait_for
 from tests.apps import cli_app
 from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
+from tests.servers import moto_sqs, tansu_kafka
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
@@ -35,6 +38,8 @@ TOTAL = 200
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("sqs", marks=pytest.mark.sqs),
+        pytest.param("kafka", marks=pytest.mark.kafka),
     ]
 )
 def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
@@ -51,6 +56,13 @@ def broker_env(request: pytest.FixtureRequest, store_env: dict[str, str], tmp_pa
         url = request.getfixturevalue("postgres_url")
         env["ASYNCQ_BROKER_URL"] = url + "&visibility_timeout=2"
         env["ASYNCQ_RESULT_BACKEND"] = url
+    elif request.param == "sqs":
+        env["ASYNCQ_BROKER_URL"] = moto_sqs().url + "&visibility_timeout=2&wait_time=1"
+        env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
+    elif request.param == "kafka":
+        group = uuid.uuid4().hex[:10]
+        env["ASYNCQ_BROKER_URL"] = f"{tansu_kafka().url}?group_id=g{group}&session_timeout=2&partitions=4"
+        env["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
     return env
 
 
@@ -87,9 +99,12 @@ def test_sigkill_mid_batch_loses_nothing(
     counts = done_counts(marks)
     assert sorted(counts) == list(range(TOTAL)), "a task was lost"
     duplicates = sum(counts.values()) - TOTAL
-    # At-least-once: only tasks in flight at the kill may run twice (at most the concurrency).
-    assert duplicates <= 20, f"{duplicates} duplicates"
     scheme = broker_env["ASYNCQ_BROKER_URL"].split(":")[0]
+    # At-least-once: only tasks in flight at the kill may run twice (at most the concurrency).
+    # Kafka commits a partition only up to its lowest unfinished record: finished ones above
+    # it, and those of the last commit interval, run again too (bounded by the records taken).
+    allowed = 20 if scheme != "kafka" else at_kill
+    assert duplicates <= allowed, f"{duplicates} duplicates"
     print(f"\n{scheme}: killed after {at_kill}/{TOTAL} done, {duplicates} duplicates")
 
     async def left() -> int:

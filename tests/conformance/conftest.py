@@ -21,6 +21,7 @@ from tests.conformance.drivers_embedded import (  # noqa: F401
     sqlite_backend_factory,
     sqlite_broker_factory,
 )
+from tests.conformance.drivers_kafka import kafka_broker_factory  # noqa: F401
 from tests.conformance.drivers_mysql import mysql_backend_factory, mysql_url  # noqa: F401
 from tests.conformance.drivers_postgres import (  # noqa: F401
     postgres_backend_factory,
@@ -40,6 +41,7 @@ from tests.conformance.drivers_redis import (  # noqa: F401
     redis_sentinel_backend_factory,
     redis_sentinel_broker_factory,
 )
+from tests.conformance.drivers_sqs import sqs_broker_factory, sqs_fifo_broker_factory  # noqa: F401
 
 #: Driver name -> pytest param (with the service marker). Keep in step with the registries.
 BROKER_PARAMS = {
@@ -52,6 +54,11 @@ BROKER_PARAMS = {
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
     "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
+    # moto's server, started by the tests: standard queues, and FIFO queues with priority bands.
+    "sqs": pytest.param("sqs", marks=pytest.mark.sqs),
+    "sqs_fifo": pytest.param("sqs_fifo", marks=pytest.mark.sqs),
+    # A Tansu broker (Kafka protocol), started by the tests.
+    "kafka": pytest.param("kafka", marks=pytest.mark.kafka),
 }
 BACKEND_PARAMS = {
     "memory": pytest.param("memory"),

@@ -1,0 +1,68 @@
+"""kafka:// behaviour beyond the shared contract, against a Tansu broker the tests start."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import aclosing
+
+import pytest
+
+pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
+
+from asyncq.brokers import OutgoingMessage, broker_from_url
+from asyncq.brokers.kafka import KafkaBroker
+from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError
+from tests.servers import tansu_kafka
+from tests.services import require_service
+
+pytestmark = pytest.mark.kafka
+
+
+def broker(**options: object) -> KafkaBroker:
+    tag = uuid.uuid4().hex[:10]
+    defaults: dict[str, object] = {"topic_prefix": f"i{tag}.", "group_id": f"g{tag}", "session_timeout": 2}
+    return KafkaBroker(tansu_kafka().url, **{**defaults, **options})
+
+
+def msg(queue: str, body: bytes = b"x") -> OutgoingMessage:
+    return OutgoingMessage(id=str(uuid.uuid4()), queue=queue, body=body)
+
+
+async def test_message_over_the_size_limit_is_refused_and_nothing_is_sent() -> None:
+    async with broker(max_message_size=4096, partitions=1) as kafka:
+        with pytest.raises(MessageTooLargeError, match="at most 4096"):
+            await kafka.publish_many([msg("big"), msg("big", b"a" * 5000)])
+        assert await kafka.queue_length("big") == 0
+
+
+async def test_records_with_one_key_keep_their_order_across_partitions() -> None:
+    async with broker(partitions=4, partition_key="queue") as kafka:
+        sent = [msg("ordered", str(i).encode()) for i in range(30)]
+        await kafka.publish_many(sent)
+        got = []
+        async with aclosing(kafka.consume(["ordered"], prefetch=30)) as it:
+            for _ in sent:
+                delivery = await asyncio.wait_for(anext(it), 20)
+                got.append(delivery.body)
+                await delivery.ack()
+        assert got == [m.body for m in sent]
+        assert await kafka.queue_length("ordered") == 0
+
+
+def test_bad_urls_and_options_are_one_line_errors() -> None:
+    with pytest.raises(ConfigurationError, match="names no broker"):
+        broker_from_url("kafka://")
+    with pytest.raises(ConfigurationError, match="is not HOST:PORT"):
+        broker_from_url("kafka://host:port")
+    with pytest.raises(ConfigurationError, match="did you mean 'partitions'"):
+        broker_from_url("kafka://localhost:9092?partitons=3")
+    with pytest.raises(ConfigurationError, match="Kafka topic"):
+        KafkaBroker("kafka://localhost:9092").settings.topic("a b")
+
+
+async def test_wrong_server_is_a_clear_error_within_the_deadline() -> None:
+    redis_port = require_service("redis").rsplit(":", 1)[1].split("/")[0]
+    kafka = broker_from_url(f"kafka://127.0.0.1:{redis_port}?connect_timeout=3&request_timeout=3")
+    with pytest.raises(BrokerConnectionError, match=r"Kafka connect at 127\.0\.0\.1"):
+        await asyncio.wait_for(kafka.connect(), 30)
