@@ -180,6 +180,8 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
         queue=str(envelope.get("queue") or "default"),
         content_type=content_type,
     )
+    if envelope.keys() <= _BASE_FIELDS:  # the usual envelope: no optional field to read
+        return message
     try:
         # Only the fields present: an envelope leaves defaults out, so this loop is short.
         for name, value in envelope.items():
@@ -189,6 +191,12 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"message field {name!r} has the wrong type: {exc}") from None
     return message
+
+
+#: Envelope fields read before the optional ones (decode_message).
+_BASE_FIELDS: Final = frozenset(
+    {"v", "id", "task", "args", "kwargs", "queue", "content_type", "body", "body_encoding", "encryption"}
+)
 
 
 def _dict(value: Any) -> dict[str, Any]:

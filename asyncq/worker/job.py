@@ -36,7 +36,7 @@ from asyncq.exceptions import (
     TaskRevokedError,
     WorkerLostError,
 )
-from asyncq.message import Message, decode_message
+from asyncq.message import Message
 from asyncq.result import encode_record
 from asyncq.states import State
 from asyncq.task import Request, Task
@@ -78,11 +78,8 @@ class JobRunner(SuspectRuns):
         self._tasks = app.tasks
         self._serializers = app.serializers
         security = self._security = app.security
-        # With no signature, size or depth check configured, a delivery is only decoded.
-        checks = (
-            security.verifier is not None or security.max_bytes is not None or security.max_depth is not None
-        )
-        self._open: Callable[[bytes, Any], Message] = security.open_incoming if checks else decode_message
+        # Built once: with signing off, a delivery is decoded and size/depth-checked inline.
+        self._open = security.incoming_opener()
         self._seals_results = security.cipher is not None
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
