@@ -21,6 +21,7 @@ __all__ = [
     "to_epoch",
     "to_seconds",
     "utcnow",
+    "utcnow_iso",
 ]
 
 
@@ -37,6 +38,23 @@ def now() -> float:
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second utcnow_iso() formatted
+
+
+def utcnow_iso() -> str:
+    """``utcnow().isoformat()``, several times cheaper: the date and time of day are formatted
+    once per second (a worker writes one such stamp per finished task)."""
+    global _second
+    current = time.time()
+    whole = int(current)
+    micro = int((current - whole) * 1e6)
+    cached, prefix = _second
+    if whole != cached:
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, prefix)
+    return f"{prefix}.{micro:06d}+00:00" if micro else f"{prefix}+00:00"
 
 
 def import_string(path: str) -> Any:
@@ -141,6 +159,8 @@ def describe_error(exc: BaseException, *, with_type: bool = False) -> str:
     if not text:
         return name
     return f"{name}: {text}" if with_type else text
+
+
 def redact_settings(values: dict[str, Any]) -> dict[str, Any]:
     """Settings fit to print: keys as ``***`` and URLs without their passwords."""
     shown: dict[str, Any] = {}

@@ -20,7 +20,15 @@ from typing import Any
 
 from asyncq.exceptions import ConfigurationError
 
-__all__ = ["OTHER_ENV_VARS", "SETTINGS", "Conf", "Setting", "unknown_env_vars", "warn_unknown_env"]
+__all__ = [
+    "OTHER_ENV_VARS",
+    "SETTINGS",
+    "Conf",
+    "Setting",
+    "heartbeat_interval",
+    "unknown_env_vars",
+    "warn_unknown_env",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +157,6 @@ SETTINGS: dict[str, Setting] = {
         _S(
             "event_history_limit", 10_000, int, "Event batches the bus keeps for late readers (not RabbitMQ)."
         ),
-        _S("event_heartbeat_interval", 2.0, float, "Seconds between a worker's worker-heartbeat events."),
         _S(
             "worker_metrics_port",
             None,
@@ -180,7 +187,18 @@ SETTINGS: dict[str, Setting] = {
             _parse_bool,
             "OpenTelemetry spans for publishing and running tasks (asyncq[tracing]).",
         ),
-        _S("worker_heartbeat_interval", 2.0, float, "Seconds between a worker's presence heartbeats."),
+        _S(
+            "event_heartbeat_interval",
+            None,
+            _parse_optional_float,
+            "Old name of worker_heartbeat_interval, used when only it is set; None: follow that.",
+        ),
+        _S(
+            "worker_heartbeat_interval",
+            2.0,
+            float,
+            "Seconds between a worker's heartbeats (presence record and worker-heartbeat event).",
+        ),
         _S("worker_heartbeat_misses", 3, int, "Missed heartbeats after which a worker counts as lost."),
         _S("worker_revoke_expires", 10800.0, float, "Seconds a revocation is kept (and honoured)."),
         _S("timezone", "UTC", str, "Time zone of crontab schedules."),
@@ -360,3 +378,15 @@ def settings_markdown() -> str:
     for setting in SETTINGS.values():
         rows.append(f"| `{setting.name}` | `{setting.env_var}` | `{setting.default!r}` | {setting.doc} |")
     return "\n".join(rows) + "\n"
+
+
+def heartbeat_interval(conf: Conf) -> float:
+    """Seconds between a worker's heartbeats: ``worker_heartbeat_interval``, or its old name.
+
+    ``event_heartbeat_interval`` (the name the worker-heartbeat event had) counts only when it
+    is set and ``worker_heartbeat_interval`` is not: one interval serves presence and events.
+    """
+    old = conf.event_heartbeat_interval
+    if old is not None and not conf.is_set("worker_heartbeat_interval"):
+        return float(old)
+    return float(conf.worker_heartbeat_interval)

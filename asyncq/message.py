@@ -163,7 +163,7 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
                 raise SerializationError("message is encrypted but security_encryption_key is not set")
             raw = serializers.cipher.open(envelope["encryption"], raw, _aad(task_id, task_name))
         decoded = serializers.loads(raw, content_type)
-        if not (isinstance(decoded, list | tuple) and len(decoded) == 2):
+        if not (isinstance(decoded, _SEQUENCES) and len(decoded) == 2):
             raise SerializationError("message body must decode to an [args, kwargs] pair")
         args, kwargs = decoded
     else:
@@ -172,16 +172,19 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
         if _JSON not in serializers.accepted:
             raise SerializationError("content type 'application/json' is not accepted (see accept_content)")
         args, kwargs = envelope.get("args", []), envelope.get("kwargs", {})
-    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+    if not isinstance(args, _SEQUENCES) or not isinstance(kwargs, dict):
         raise SerializationError("message 'args' must be a list and 'kwargs' an object")
+    queue = envelope.get("queue") or "default"
     message = Message(
         id=task_id,
         task=task_name,
-        args=list(args),
+        args=args if type(args) is list else list(args),  # freshly decoded: no copy needed
         kwargs=kwargs,
-        queue=str(envelope.get("queue") or "default"),
+        queue=queue if type(queue) is str else str(queue),
         content_type=content_type,
     )
+    if envelope.keys() <= _BASE_FIELDS:  # the usual envelope: no optional field to read
+        return message
     try:
         # Only the fields present: an envelope leaves defaults out, so this loop is short.
         for name, value in envelope.items():
@@ -191,6 +194,14 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"message field {name!r} has the wrong type: {exc}") from None
     return message
+
+
+#: A tuple, not ``list | tuple``: the union would be built again on every call.
+_SEQUENCES: Final = (list, tuple)
+#: Envelope fields read before the optional ones (decode_message).
+_BASE_FIELDS: Final = frozenset(
+    {"v", "id", "task", "args", "kwargs", "queue", "content_type", "body", "body_encoding", "encryption"}
+)
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from asyncq._utils import utcnow
+from asyncq._utils import utcnow_iso
 from asyncq.exceptions import SerializationError, TaskError, TaskRevokedError
 from asyncq.exceptions import TimeoutError as ResultTimeoutError
 from asyncq.serializers import Serializers, json_dumps, json_loads
@@ -95,7 +95,7 @@ def encode_record(
     if children:
         record["children"] = children
     if status in READY_STATES:
-        record["date_done"] = utcnow().isoformat()
+        record["date_done"] = utcnow_iso()
     if exc is not None:
         record["exc_type"] = _qualified_name(type(exc))
         record["exc_message"] = str(exc)

@@ -80,6 +80,8 @@ _DECODE_ERRORS: Final = (ValueError, UnicodeDecodeError, RecursionError, TypeErr
 
 _ENCODER: Final = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
 _DECODER_TAGGED: Final = json.JSONDecoder(object_hook=_json_object_hook)
+_DECODER: Final = json.JSONDecoder()
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def json_dumps(obj: Any) -> bytes:
@@ -100,7 +102,15 @@ def json_loads(data: bytes | str) -> Any:
         else:
             text = data
             tagged = _TAG in text
-        return _DECODER_TAGGED.decode(text) if tagged else json.loads(text)
+        if tagged:
+            return _DECODER_TAGGED.decode(text)
+        try:
+            # What JSONDecoder.decode does, minus its two whitespace regexes: our own
+            # documents have no whitespace around them. Anything else takes the full path.
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            return _DECODER.decode(text)  # leading whitespace, or not JSON: it says which
+        return value if end == len(text) else _DECODER.decode(text)
     except _DECODE_ERRORS as exc:
         # RecursionError: deeply nested input; TypeError/ArithmeticError: a tagged value of the wrong type.
         raise SerializationError(f"cannot decode JSON: {str(exc)[:200]}") from exc

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from asyncq.config import heartbeat_interval
 from asyncq.events import codec
 from asyncq.events.bus import EVENT_BUSES, EventBus, EventReader, event_bus_from_url
 from asyncq.events.codec import EVENT_TYPES, TASK_EVENT_TYPES, WORKER_EVENT_TYPES, decode_batch
@@ -177,7 +178,7 @@ class Events:
         emitter = self._emitter(worker.hostname)
         await emitter.start()
         emitter.worker_event(codec.ONLINE, **_worker_fields(worker), queues=list(worker.queues))
-        interval = float(self._app.conf.event_heartbeat_interval)
+        interval = heartbeat_interval(self._app.conf)
         emitter.start_heartbeat(lambda: {**_worker_fields(worker), "freq": interval}, interval)
         return emitter
 

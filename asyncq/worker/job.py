@@ -4,12 +4,12 @@ Every outcome settles the delivery exactly once. A message that cannot be proces
 (undecodable, unknown task, poison) goes to the dead-letter store with the reason, and its
 task record says why, so a caller waiting on it is not left hanging.
 
-Poison messages: a message delivered again (``delivery_count > 1``) is a *suspect*, since
-its worker may have died of it or of another message it held. A suspect runs isolated (see
-:mod:`asyncq.worker.quarantine`), and only crashes while isolated count towards
-``max_deliveries``; so a message that kills workers is dead-lettered once, and the healthy
-messages that were in flight with it simply run again. A suspect whose record is already
-SUCCESS is acknowledged without running, and a stored SUCCESS is never replaced by a failure.
+A redelivered message is a *suspect* and runs isolated: :mod:`asyncq.worker.suspects` holds
+that rule. A suspect whose record is already SUCCESS is acknowledged without running, and a
+stored SUCCESS is never replaced by a failure.
+
+The first delivery of an ordinary task is the hot path: what is off (security checks,
+events, tracking of STARTED) is decided once when the runner is built, not per message.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from asyncq._utils import describe_error, now
+from asyncq._utils import now
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
@@ -36,60 +37,29 @@ from asyncq.exceptions import (
     WorkerLostError,
 )
 from asyncq.message import Message
-from asyncq.result import decode_record, encode_record
+from asyncq.result import encode_record
 from asyncq.states import State
 from asyncq.task import Request, Task
-from asyncq.worker.procpool import ProcessLostError
-from asyncq.worker.quarantine import SandboxImportError, sandbox_ref
-from asyncq.worker.tracking import JobBook
+from asyncq.worker.ratelimit import RateLimiter
+from asyncq.worker.suspects import (
+    BACKSTOP_FACTOR,
+    COUNTER_TTL,
+    AlreadyDeadLettered,
+    Poison,
+    SuspectRuns,
+)
+from asyncq.worker.tracking import JobBook, JobEntry
 
 if TYPE_CHECKING:
     from asyncq.app import App
     from asyncq.worker.executor import Executor
 
-__all__ = ["JobRunner", "RateLimiter"]
+__all__ = ["BACKSTOP_FACTOR", "COUNTER_TTL", "JobRunner", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
 
-#: A message delivered more than ``max_deliveries * BACKSTOP_FACTOR`` times is dead-lettered
-#: even if it never crashed while isolated: the last resort against a redelivery loop.
-BACKSTOP_FACTOR = 20
-#: Seconds a message's counters (isolated crashes, deliberate returns) live in the result
-#: backend when results never expire.
-COUNTER_TTL = 7 * 24 * 3600.0
 
-
-class _Poison(Exception):
-    """Raised inside the runner when a suspect has crashed isolated too often."""
-
-
-class _AlreadyDeadLettered(Exception):
-    """Raised inside the runner for a copy of a message already dead-lettered as poison."""
-
-
-class RateLimiter:
-    """A per-task token bucket: at most ``rate`` starts per second in this worker."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._tokens = 1.0
-        self._updated = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        """Wait until the task may start."""
-        async with self._lock:  # FIFO: waiters start in arrival order
-            current = time.monotonic()
-            self._tokens = min(1.0, self._tokens + (current - self._updated) * self.rate)
-            self._updated = current
-            if self._tokens < 1.0:
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
-                self._updated = time.monotonic()
-                self._tokens = 1.0
-            self._tokens -= 1.0
-
-
-class JobRunner:
+class JobRunner(SuspectRuns):
     """Runs deliveries for one worker."""
 
     def __init__(self, app: App, executor: Executor, *, hostname: str, max_deliveries: int) -> None:
@@ -105,39 +75,69 @@ class JobRunner:
         self._track_started_default = bool(app.conf.task_track_started)
         self._default_limits = (app.conf.task_soft_time_limit, app.conf.task_time_limit)
         # Resolved once: the runner lives on one loop, and these are read for every task.
+        self._tasks = app.tasks
         self._serializers = app.serializers
-        self._security = app.security
+        security = self._security = app.security
+        # Built once: with signing off, a delivery is decoded and size/depth-checked inline.
+        self._open = security.incoming_opener()
+        self._seals_results = security.cipher is not None
         self._result_serializer = app.conf.result_serializer
         self._broker = app.broker
         self._backend = app.backend
+        self._gate = executor.gate
+        self._loop: asyncio.AbstractEventLoop | None = None  # the runner's loop, taken at the first job
         caps = self._backend.capabilities
         # rpc:// keeps no readable state (and a get() there subscribes to the id): skip reading.
         self._reads_records = caps.shared or caps.counters
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
-        self.events: NoEvents = NO_EVENTS  # the worker sets live hooks when it sends events
+        self._events: NoEvents = NO_EVENTS
+        self._events_on = False
         self.book = JobBook()  # taken and running tasks, for inspect and revoke
         self.is_revoked: Callable[[str], bool] | None = None  # the worker's revocation check
+
+    @property
+    def events(self) -> NoEvents:
+        """The event hooks (the worker sets live ones when it sends events)."""
+        return self._events
+
+    @events.setter
+    def events(self, hooks: NoEvents) -> None:
+        self._events = hooks
+        self._events_on = hooks.enabled  # read per task instead of calling empty hooks
 
     # -- the path -----------------------------------------------------------------------------
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to the end; never raises except on cancellation."""
         message: Message | None = None
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         try:
-            message = await self._decode(delivery)
-            if message is None:
+            try:
+                message = self._open(delivery.body, self._serializers)
+            except (SignatureError, SerializationError) as exc:
+                await self._undecodable(delivery, exc)
                 return
-            self.events.task_received(message)
-            self.book.reserve(message, delivery.queue)
-            task = await self._resolve(delivery, message)
-            if task is None:
-                return
-            await self._execute(delivery, message, task)
+            if self._events_on:
+                self._events.task_received(message)
+            entry = self.book.reserve(message, delivery.queue)
+            task = self._tasks.get(message.task)
+            if (
+                task is None
+                or delivery.delivery_count > self.backstop
+                or message.expires is not None
+                or message.eta is not None
+                or (self.is_revoked is not None and self.is_revoked(message.id))
+            ):
+                task = await self._resolve(delivery, message)
+                if task is None:
+                    return
+            await self._execute(delivery, message, task, entry)
         except asyncio.CancelledError:
-            entry = self.book.entries.get(delivery.id)
-            if entry is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
+            held = self.book.entries.get(delivery.id)
+            if held is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
                 # Revoked with terminate: settled here, so that no other worker starts it.
-                await asyncio.shield(self._skip_revoked(delivery, entry.message, "revoked while running"))
+                await asyncio.shield(self._skip_revoked(delivery, held.message, "revoked while running"))
                 raise
             # Shutdown cut the task short: give the message back so another worker runs it.
             await asyncio.shield(self._give_back(delivery, message))
@@ -148,22 +148,18 @@ class JobRunner:
         finally:
             self.book.finish(delivery.id)
 
-    async def _decode(self, delivery: Delivery) -> Message | None:
-        try:
-            return self._security.open_incoming(delivery.body, self._serializers)
-        except SignatureError as exc:
+    async def _undecodable(self, delivery: Delivery, exc: SignatureError | SerializationError) -> None:
+        if isinstance(exc, SignatureError):
             # No result record: an unauthenticated message's id must not overwrite a real task's result.
             logger.error("dead-lettering message %s: %s", delivery.id, exc)
             await self._settle(delivery.dead_letter(str(exc)))
-            return None
-        except SerializationError as exc:
-            reason = f"undecodable message: {exc}"
-            logger.error("dead-lettering message %s: %s", delivery.id, reason)
-            if self._security.verifier is None:  # with signing on, an id not yet verified is not trusted
-                await self._record_failure(delivery.id, None, exc)
-            self.events.task_dead_lettered(None, reason, task_id=delivery.id, queue=delivery.queue)
-            await self._settle(delivery.dead_letter(reason))
-            return None
+            return
+        reason = f"undecodable message: {exc}"
+        logger.error("dead-lettering message %s: %s", delivery.id, reason)
+        if self._security.verifier is None:  # with signing on, an id not yet verified is not trusted
+            await self._record_failure(delivery.id, None, exc)
+        self._events.task_dead_lettered(None, reason, task_id=delivery.id, queue=delivery.queue)
+        await self._settle(delivery.dead_letter(reason))
 
     async def _resolve(self, delivery: Delivery, message: Message) -> Task[Any, Any] | None:
         if delivery.delivery_count > self.backstop:
@@ -173,7 +169,7 @@ class JobRunner:
             )
             await self._dead_letter(delivery, message, reason, WorkerLostError(reason))
             return None
-        task = self.app.tasks.get(message.task)
+        task = self._tasks.get(message.task)
         if task is None:
             reason = f"unknown task {message.task!r}: not registered in app {self.app.main!r}"
             await self._dead_letter(delivery, message, reason, NotRegistered(reason))
@@ -194,15 +190,17 @@ class JobRunner:
     async def _skip_revoked(self, delivery: Delivery, message: Message, reason: str) -> None:
         """Settle a task that must not run (revoked or expired): REVOKED, and its workflow fails."""
         logger.info("task %s[%s] %s", message.task, message.id, reason)
-        self.events.task_revoked(message, reason)
+        self._events.task_revoked(message, reason)
         revoked = TaskRevokedError(reason)
         await self._store(message, State.REVOKED, exc=revoked)
         await self._follow_up(message, State.REVOKED, None, revoked)
         await self._settle(delivery.ack())
 
-    async def _execute(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> None:
+    async def _execute(
+        self, delivery: Delivery, message: Message, task: Task[Any, Any], entry: JobEntry
+    ) -> None:
         options = task.options
-        suspect = await self._is_suspect(delivery, message)
+        suspect = delivery.delivery_count > 1 and await self._is_suspect(delivery, message)
         if suspect and await self._already_succeeded(message):
             # At-least-once is met: it ran to the end once. Running it again could only turn a
             # stored success into a failure.
@@ -223,20 +221,29 @@ class JobRunner:
                 limiter = self._limiters[task.name] = RateLimiter(task.rate)
             await limiter.acquire()
         request = self._request(delivery, message)
-        self.book.start(message.id, request)
+        entry.started, entry.request = time.time(), request
         track = self._track_started_default if options.track_started is None else options.track_started
         if track:
-            await self._store(message, State.STARTED, meta={"hostname": self.hostname, "pid": _pid()})
+            await self._store(message, State.STARTED, meta={"hostname": self.hostname, "pid": os.getpid()})
         soft = options.soft_time_limit if options.soft_time_limit is not None else self._default_limits[0]
         hard = options.time_limit if options.time_limit is not None else self._default_limits[1]
         started = time.perf_counter()
-        self.events.task_started(message)
+        if self._events_on:
+            self._events.task_started(message)
         try:
             if suspect:
                 result = await self._run_suspect(delivery, message, task, request, soft, hard)
             else:
-                result = await self._run(task, request, soft, hard)
-        except _Poison as poison:
+                gate = self._gate
+                if gate.is_open:
+                    gate.enter_open()
+                else:
+                    await gate.enter()  # a suspect is running alone in this worker: wait for it
+                try:
+                    result = await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
+                finally:
+                    gate.leave()
+        except Poison as poison:
             if await self._claim_dead_letter(message):
                 await self._dead_letter(delivery, message, str(poison), WorkerLostError(str(poison)))
             else:  # another copy of it, run at the same time, was dead-lettered
@@ -245,7 +252,7 @@ class JobRunner:
                 )
                 await self._settle(delivery.ack())
             return
-        except _AlreadyDeadLettered:
+        except AlreadyDeadLettered:
             logger.warning(
                 "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
             )
@@ -254,7 +261,7 @@ class JobRunner:
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
-            self.events.task_rejected(message, reject.reason, reject.requeue)
+            self._events.task_rejected(message, reject.reason, reject.requeue)
             if reject.requeue:
                 await self._give_back(delivery, message)
             else:
@@ -266,14 +273,9 @@ class JobRunner:
             if options.autoretry_for and isinstance(exc, options.autoretry_for):
                 await self._retry(message, task, exc, None)
             else:
-                logger.warning(
-                    "task %s[%s] failed in %.3fs: %r",
-                    task.name,
-                    message.id,
-                    time.perf_counter() - started,
-                    exc,
-                )
-                self.events.task_failed(message, exc, time.perf_counter() - started)
+                runtime = time.perf_counter() - started
+                logger.warning("task %s[%s] failed in %.3fs: %r", task.name, message.id, runtime, exc)
+                self._events.task_failed(message, exc, runtime)
                 self._outcome(message, State.FAILURE)
                 if await self._store(message, State.FAILURE, exc=exc):
                     await self._follow_up(message, State.FAILURE, None, exc)
@@ -283,12 +285,18 @@ class JobRunner:
                     "task %s[%s] succeeded in %.3fs", task.name, message.id, time.perf_counter() - started
                 )
             if not message.ignore_result:
-                await self._store(message, State.SUCCESS, result=result)
-            self.events.task_succeeded(message, time.perf_counter() - started)
-            self._outcome(message, State.SUCCESS)
-            await self._follow_up(message, State.SUCCESS, result, None)
+                await self._store(message, State.SUCCESS, result=result, task=task)
+            if self._events_on:
+                self._events.task_succeeded(message, time.perf_counter() - started)
+            if self.on_outcome is not None:
+                self.on_outcome(message.task, State.SUCCESS)
+            if message.callbacks or message.errbacks or message.chain or message.chord:
+                await self._follow_up(message, State.SUCCESS, result, None)
         if acks_late:
-            await self._settle(delivery.ack())
+            try:
+                await delivery.ack()
+            except AsyncqError:
+                logger.exception("could not settle a delivery; the broker will deliver it again")
 
     async def _retry(
         self, message: Message, task: Task[Any, Any], exc: BaseException | None, when: float | None
@@ -299,14 +307,14 @@ class JobRunner:
             logger.warning(
                 "task %s[%s] gave up after %d retries: %r", task.name, message.id, message.retries, failure
             )
-            self.events.task_failed(message, failure, 0.0)
+            self._events.task_failed(message, failure, 0.0)
             self._outcome(message, State.FAILURE)
             if await self._store(message, State.FAILURE, exc=failure):
                 await self._follow_up(message, State.FAILURE, None, failure)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
-        self.events.task_retried(message, exc, again.eta)  # before the next attempt's
+        self._events.task_retried(message, exc, again.eta)  # before the next attempt's
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
@@ -318,7 +326,7 @@ class JobRunner:
     ) -> None:
         """Park a message that cannot run; tell its caller and its workflow why."""
         logger.error("dead-lettering %s[%s]: %s", message.task, message.id, reason)
-        self.events.task_dead_lettered(message, reason)
+        self._events.task_dead_lettered(message, reason)
         if await self._store(message, State.FAILURE, exc=exc):
             await self._follow_up(message, State.FAILURE, None, exc)
         await self._settle(delivery.dead_letter(reason))
@@ -336,186 +344,13 @@ class JobRunner:
         except Exception:  # the task itself is done; a broken follow-up must not undo that
             logger.exception("could not start the follow-up of task %s[%s]", message.task, message.id)
 
-    # -- running: ordinary tasks and suspects -----------------------------------------------------
-
-    async def _run(
-        self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
-    ) -> Any:
-        gate = self.executor.gate
-        if gate.is_open:
-            gate.enter_open()
-        else:
-            await gate.enter()  # a suspect is running alone in this worker: wait for it
-        try:
-            return await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
-        finally:
-            gate.leave()
-
-    async def _run_suspect(
-        self,
-        delivery: Delivery,
-        message: Message,
-        task: Task[Any, Any],
-        request: Request,
-        soft: float | None,
-        hard: float | None,
-    ) -> Any:
-        """Run a suspect in a sandbox child, retrying in a fresh one after each crash of its own."""
-        crashes = await self._crash_count(message)
-        if crashes >= self.max_deliveries:
-            # Judged poison already: this is a copy of a message that was dead-lettered (a
-            # broker that re-publishes to count deliveries can leave two), or its worker died
-            # before dead-lettering it.
-            if await self._record_status(message) is State.FAILURE:
-                raise _AlreadyDeadLettered
-            raise _Poison(
-                f"crashed {crashes} times while running isolated (max_deliveries={self.max_deliveries})"
-            )
-        ref = sandbox_ref(task)
-        while ref is not None:
-            try:
-                return await self.executor.run_isolated(ref, request, soft_time_limit=soft, time_limit=hard)
-            except SandboxImportError as exc:
-                logger.warning(
-                    "task %s[%s]: %s; running it alone instead", task.name, message.id, describe_error(exc)
-                )
-                break
-            except ProcessLostError as exc:
-                if not exc.in_call:  # the sandbox itself cannot start: not this message's fault
-                    logger.warning(
-                        "sandbox unavailable (%s); running %s[%s] alone",
-                        describe_error(exc),
-                        task.name,
-                        message.id,
-                    )
-                    break
-                counted = await self._count_crash(message, crashes)
-                crashes = crashes + 1 if counted is None else counted
-                logger.warning(
-                    "suspect task %s[%s] crashed its isolated process (%s): crash %d of %d",
-                    task.name,
-                    message.id,
-                    exc.exc_message,
-                    crashes,
-                    self.max_deliveries,
-                )
-                if crashes >= self.max_deliveries:
-                    raise _Poison(
-                        f"crashed {crashes} times while running isolated (max_deliveries="
-                        f"{self.max_deliveries}); last time: {exc.exc_message}"
-                    ) from None
-        return await self._run_alone(delivery, message, task, request, soft, hard)
-
-    async def _run_alone(
-        self,
-        delivery: Delivery,
-        message: Message,
-        task: Task[Any, Any],
-        request: Request,
-        soft: float | None,
-        hard: float | None,
-    ) -> Any:
-        """Run a suspect in this worker with nothing else running; its crash is its own."""
-        # Counted before the run: if it kills the worker, the count survives in the backend.
-        runs = await self._count_crash(message, None)
-        if runs is None:  # no counters (rpc://): fall back to the delivery count
-            crashes = delivery.delivery_count - 1
-            unit = "deliveries ended without an outcome"
-        else:
-            crashes = runs - 1
-            unit = "workers died while it ran alone"
-        if crashes >= self.max_deliveries:
-            raise _Poison(f"{crashes} {unit} (max_deliveries={self.max_deliveries})")
-        logger.warning(
-            "suspect task %s[%s] (delivery %d) runs alone in this worker",
-            task.name,
-            message.id,
-            delivery.delivery_count,
-        )
-        async with self.executor.gate.exclusive():
-            return await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
-
-    async def _is_suspect(self, delivery: Delivery, message: Message) -> bool:
-        """True if an earlier delivery of ``message`` ended without an outcome (its worker lost).
-
-        Deliveries this runner gave back on purpose (shutdown, an early ``eta``, a requeuing
-        ``Reject``) are counted in the backend and do not make a message a suspect.
-        """
-        if delivery.delivery_count <= 1:
-            return False
-        returned = 0
-        if self._backend.capabilities.counters:
-            try:
-                returned = await self._backend.incr(
-                    _counter_key("returned", message), 0, ttl=self._counter_ttl
-                )
-            except AsyncqError as exc:
-                logger.warning("could not read the return count of %s: %r", message.id, exc)
-        return delivery.delivery_count - 1 > returned
-
     async def _give_back(
         self, delivery: Delivery, message: Message | None, *, delay: float | None = None
     ) -> None:
         """Return a delivery to its queue on purpose, noted so its next delivery is no suspect."""
-        if message is not None and self._backend.capabilities.counters:
-            try:
-                await self._backend.incr(_counter_key("returned", message), 1, ttl=self._counter_ttl)
-            except AsyncqError as exc:  # it will merely run isolated next time
-                logger.warning("could not count the return of %s: %r", message.id, exc)
+        if message is not None:
+            await self._count_return(message)
         await self._settle(delivery.nack(delay=delay))
-
-    async def _count_crash(self, message: Message, local: int | None) -> int | None:
-        """Add one isolated crash of ``message``; the total, kept in the backend when it can.
-
-        ``local`` is the caller's own count, used when the backend has no counters (None then
-        means "no count available").
-        """
-        if self._backend.capabilities.counters:
-            try:
-                return await self._backend.incr(
-                    _counter_key("isolated-crashes", message), 1, ttl=self._counter_ttl
-                )
-            except AsyncqError as exc:
-                logger.warning("could not count a crash of %s in the backend: %r", message.id, exc)
-        return None if local is None else local + 1
-
-    async def _claim_dead_letter(self, message: Message) -> bool:
-        """True for the first copy of a poison message to be dead-lettered (atomic in the backend)."""
-        if not self._backend.capabilities.counters:
-            return True
-        try:
-            key = _counter_key("dead-lettered", message)
-            return await self._backend.incr(key, 1, ttl=self._counter_ttl) == 1
-        except AsyncqError as exc:
-            logger.warning("could not claim the dead-lettering of %s: %r", message.id, exc)
-            return True
-
-    async def _crash_count(self, message: Message) -> int:
-        """The isolated crashes counted for ``message`` so far (0 without counters)."""
-        if not self._backend.capabilities.counters:
-            return 0
-        try:
-            return await self._backend.incr(
-                _counter_key("isolated-crashes", message), 0, ttl=self._counter_ttl
-            )
-        except AsyncqError as exc:
-            logger.warning("could not read the crash count of %s: %r", message.id, exc)
-            return 0
-
-    async def _already_succeeded(self, message: Message) -> bool:
-        """True if the backend holds a SUCCESS record for ``message`` (which no failure replaces)."""
-        return await self._record_status(message) is State.SUCCESS
-
-    async def _record_status(self, message: Message) -> State | None:
-        """The stored state of ``message``, or None if there is none or it cannot be read."""
-        if not self._reads_records:
-            return None
-        try:
-            data = await self._backend.get(message.id)
-            return None if data is None else decode_record(data, self._serializers).status
-        except AsyncqError as exc:
-            logger.warning("could not read the record of %s: %r", message.id, exc)
-            return None
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -540,7 +375,7 @@ class JobRunner:
             hostname=self.hostname,
             message=message,
             state_writer=functools.partial(self._write_state, message),
-            loop=asyncio.get_running_loop(),
+            loop=self._loop,
         )
 
     async def _write_state(self, message: Message, state: State | str, meta: dict[str, Any] | None) -> None:
@@ -555,6 +390,7 @@ class JobRunner:
         exc: BaseException | None = None,
         meta: dict[str, Any] | None = None,
         retries: int | None = None,
+        task: Task[Any, Any] | None = None,
     ) -> bool:
         """Store a state; False only if a FAILURE was not stored over a SUCCESS (a duplicate)."""
         if message.ignore_result and status not in (State.FAILURE, State.REVOKED):
@@ -578,7 +414,8 @@ class JobRunner:
             retries=message.retries if retries is None else retries,
             task=message.task,
             serializer=self._result_serializer,
-            encrypt=self._security.encrypts(self.app.tasks.get(message.task)),
+            encrypt=self._seals_results
+            and self._security.encrypts(task if task is not None else self._tasks.get(message.task)),
         )
         try:
             await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
@@ -605,17 +442,6 @@ class JobRunner:
 _FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
 
 
-def _counter_key(kind: str, message: Message) -> str:
-    # Per attempt: a retry is a new message with the same id and its own delivery count.
-    return f"asyncq.{kind}.{message.id}.{message.retries}"
-
-
 def _custom_state(name: str) -> State:
     # Custom progress states (e.g. "PROGRESS") are stored as STARTED with the name in meta.
     return State.STARTED if name not in State.__members__ else State(name)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

@@ -32,6 +32,7 @@ from asyncq.brokers.control import (
     control_channel_for,
 )
 from asyncq.brokers.memory_control import MemoryControlChannel
+from asyncq.config import heartbeat_interval
 from asyncq.control import WorkerStats, decode_request, encode_reply, stats_from_json
 from asyncq.exceptions import ConfigurationError, SerializationError, SignatureError
 from asyncq.message import decode_message
@@ -65,7 +66,7 @@ class Presence:
         conf = worker.app.conf
         self.worker = worker
         self.runner = runner
-        self.interval = float(conf.worker_heartbeat_interval)
+        self.interval = heartbeat_interval(conf)
         self.misses = int(conf.worker_heartbeat_misses)
         if self.interval <= 0 or self.misses < 1:
             raise ConfigurationError("worker_heartbeat_interval must be > 0 and worker_heartbeat_misses >= 1")

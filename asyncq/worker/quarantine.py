@@ -12,7 +12,7 @@ the two places a suspect can run so that a crash during it is its own:
   closure, a test function): the task runs in the worker with nothing else running.
 
 The rule built on these (how crashes are counted, when a message is dead-lettered) lives in
-:mod:`asyncq.worker.job`; docs/worker.md describes it.
+:mod:`asyncq.worker.suspects`; docs/worker.md describes it.
 """
 
 from __future__ import annotations

@@ -29,9 +29,10 @@ class JobBook:
     def __init__(self) -> None:
         self.entries: dict[str, JobEntry] = {}
 
-    def reserve(self, message: Message, queue: str) -> None:
-        """``message`` was taken from ``queue`` and decoded."""
-        self.entries[message.id] = JobEntry(message, queue)
+    def reserve(self, message: Message, queue: str) -> JobEntry:
+        """``message`` was taken from ``queue`` and decoded; its entry (the runner sets ``started``)."""
+        entry = self.entries[message.id] = JobEntry(message, queue)
+        return entry
 
     def start(self, task_id: str, request: Request) -> None:
         """The task starts running with ``request``."""

@@ -40,6 +40,9 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
 
+#: The stats counter of each outcome (computed once, not per task).
+_STAT_NAMES = {state: str(state).lower() for state in State}
+
 #: Seconds between attempts to resume consuming after the broker failed.
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -305,7 +308,7 @@ class Worker:
             logger.error("job crashed", exc_info=job.exception())
 
     def _count(self, task_name: str, state: State) -> None:
-        self.stats[str(state).lower()] += 1
+        self.stats[_STAT_NAMES[state]] += 1
 
     async def _drain(self) -> None:
         """Let in-flight tasks finish within the grace period, then cancel (and requeue) the rest."""

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from asyncq import App
-from asyncq.config import SETTINGS, Conf
+from asyncq.config import SETTINGS, Conf, heartbeat_interval
 from asyncq.exceptions import ConfigurationError
 
 
@@ -93,3 +93,12 @@ def test_in_place_edits_of_defaults_persist() -> None:
     assert conf.task_routes == {"tasks.add": "fast"}
     assert "tick" in conf.beat_schedule
     assert Conf(environ={}).task_routes == {}  # each Conf gets its own copy
+
+
+def test_one_heartbeat_interval_with_the_old_event_name_as_alias() -> None:
+    assert heartbeat_interval(Conf(environ={})) == 2.0
+    assert heartbeat_interval(Conf({"worker_heartbeat_interval": 0.5}, environ={})) == 0.5
+    # The old name alone still sets it; beside the new name, the new name wins.
+    assert heartbeat_interval(Conf({"event_heartbeat_interval": 3}, environ={})) == 3.0
+    both = Conf({"event_heartbeat_interval": 3, "worker_heartbeat_interval": 1}, environ={})
+    assert heartbeat_interval(both) == 1.0

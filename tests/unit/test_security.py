@@ -324,3 +324,19 @@ def test_absurd_epoch_times_are_refused(value: str) -> None:
         body = b'{"v":1,"id":"a","task":"t","%s":%s}' % (field.encode(), value.encode())
         with pytest.raises(SerializationError, match="not a usable epoch time"):
             decode_message(body, Serializers())
+
+
+def test_incoming_opener_keeps_the_checks_that_are_on() -> None:
+    serializers = Serializers()
+    body = encode_message(Message(id="a", task="t", args=[[[1]]]), serializers)
+    # Signing off: a plain decode when no limit is set, the limits inline when they are.
+    assert MessageSecurity().incoming_opener() is decode_message
+    assert MessageSecurity(max_bytes=10_000, max_depth=8).incoming_opener()(body, serializers).args == [[[1]]]
+    with pytest.raises(MessageTooLargeError):
+        MessageSecurity(max_bytes=10).incoming_opener()(body, serializers)
+    with pytest.raises(SerializationError, match="message_max_depth"):
+        MessageSecurity(max_depth=2).incoming_opener()(body, serializers)
+    # Signing on: the full check, so an unsigned message is refused.
+    signed = MessageSecurity(verifier=Verifier([b"k" * 32], []))
+    with pytest.raises(SignatureError):
+        signed.incoming_opener()(body, serializers)

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from asyncq._utils import utcnow_iso
 from asyncq.exceptions import SerializationError
 from asyncq.serializers import CONTENT_TYPES, Serializers, json_dumps, json_loads
 
@@ -65,3 +66,25 @@ def test_pickle_only_when_accepted() -> None:
 def test_unknown_serializer_names_known_ones() -> None:
     with pytest.raises(SerializationError, match="known: json, msgpack, pickle"):
         Serializers(["yaml"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [('{"a":1}', {"a": 1}), (' {"a": 1} \n', {"a": 1}), (b"[1,2]", [1, 2]), ("3", 3)],
+)
+def test_json_loads_accepts_whitespace_around_a_document(text: str | bytes, expected: object) -> None:
+    assert json_loads(text) == expected
+
+
+@pytest.mark.parametrize("text", ['{"a":1} x', '{"a":1}{}', "", "  ", "{", "nope"])
+def test_json_loads_rejects_what_is_not_one_document(text: str) -> None:
+    with pytest.raises(SerializationError, match="cannot decode JSON"):
+        json_loads(text)
+
+
+def test_utcnow_iso_has_the_isoformat_form() -> None:
+    stamp = utcnow_iso()
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.tzinfo is not None and parsed.utcoffset() is not None
+    assert stamp == parsed.astimezone(UTC).isoformat()
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60

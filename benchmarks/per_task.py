@@ -1,0 +1,102 @@
+"""The worker's own cost per task: an embedded drain, per asyncq source tree, interleaved.
+
+Each run queues --tasks no-op tasks (not timed), starts an embedded worker (concurrency 500)
+and times the drain: wall-clock tasks/s and this process's CPU microseconds per task (the
+steadier figure on a loaded machine). With --trees, every tree runs in its own process
+(PYTHONPATH set to it), tree after tree, --rounds times; the medians and each tree's ratio to
+the first one are printed.
+
+Usage: python benchmarks/per_task.py [--url memory://] [--tasks 20000] [--rounds 3]
+       [--trees base=/path/to/old/checkout,new=.]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from asyncq import App
+
+
+async def drain(url: str, n: int) -> tuple[float, float]:
+    """One drain: (tasks per wall-clock second, CPU microseconds per task)."""
+    options = {"key_prefix": f"asyncq-bench-per-task-{uuid.uuid4().hex[:8]}"}
+    # A unique prefix, and results that expire soon: the shared Redis keeps nothing of the run.
+    config = {
+        "broker_transport_options": options,
+        "result_backend_transport_options": options,
+        "result_expires": 60,
+    }
+    app = App("bench-per-task", broker=url, config=config if url.startswith("redis") else {})
+    done = asyncio.Event()
+    count = 0
+
+    @app.task
+    async def noop() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    messages = [noop.build_message() for _ in range(n)]
+    for start in range(0, n, 1000):
+        await app.send_many(messages[start : start + 1000])
+    wall, cpu = time.perf_counter(), time.process_time()
+    async with app.worker(concurrency=500):
+        await asyncio.wait_for(done.wait(), 600)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    await app.aclose()
+    return n / wall, cpu / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", default="memory://")
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--trees", default="", help="name=path,...: source trees to compare (first: baseline)"
+    )
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's single run
+    args = parser.parse_args()
+    if args.one or not args.trees:
+        rate, micros = asyncio.run(drain(args.url, args.tasks))
+        print(
+            json.dumps({"rate": rate, "cpu_us": micros})
+            if args.one
+            else f"{rate:,.0f} tasks/s, {micros:.1f} us CPU/task"
+        )
+        return
+    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    for round_number in range(args.rounds):
+        for name, path in trees.items():
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(path)}
+            command = [sys.executable, __file__, "--one", "--url", args.url, "--tasks", str(args.tasks)]
+            out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=True)
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name].append((figures["rate"], figures["cpu_us"]))
+            rate, micros = figures["rate"], figures["cpu_us"]
+            print(f"round {round_number + 1} {name}: {rate:,.0f} tasks/s, {micros:.1f} us CPU/task")
+    first = next(iter(trees))
+    base_rate = statistics.median(r for r, _ in results[first])
+    base_cpu = statistics.median(c for _, c in results[first])
+    for name, runs in results.items():
+        rate, micros = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
+        print(
+            f"{name:10} median {rate:9,.0f} tasks/s ({rate / base_rate:.2f}x {first}), "
+            f"{micros:6.1f} us CPU/task ({micros / base_cpu:.2f}x {first})"
+        )
+
+
+if __name__ == "__main__":
+    main()
