@@ -90,6 +90,13 @@ SETTINGS: dict[str, Setting] = {
         _S("broker_url", None, str, "Broker URL; unset means the embedded SQLite file (see docs)."),
         _S("result_backend", None, str, "Result backend URL; unset means the same SQLite file."),
         _S("broker_transport_options", {}, _parse_dict, "Options passed to the broker driver."),
+        _S(
+            "control_url",
+            None,
+            str,
+            "Store of presence, control, revocations and events when not the broker (e.g. redis:// "
+            "beside an sqs:// or kafka:// broker); None: the broker's own.",
+        ),
         _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
         _S(
             "broker_connection_timeout",

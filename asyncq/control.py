@@ -238,7 +238,10 @@ class Control:
         broker = self.app.broker
         channel = self._channels.get(id(broker))
         if channel is None:
-            channel = control_channel_for(broker)
+            conf = self.app.conf
+            channel = control_channel_for(
+                broker, conf.control_url, connect_timeout=conf.broker_connection_timeout
+            )
             await channel.connect()
             self._channels = {id(broker): channel}  # one loop's broker at a time is enough
         return channel

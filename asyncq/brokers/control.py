@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
+from asyncq._connect import with_connect_timeout
 from asyncq._utils import import_string
+from asyncq.brokers import broker_from_url
 from asyncq.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -152,11 +154,42 @@ CONTROL_CHANNELS: Final[dict[str, str]] = {
 }
 
 
-def control_channel_for(broker: Broker) -> ControlChannel:
-    """Build (not connect) the control channel of ``broker``.
+#: Broker schemes whose product has no place for a control channel (a log, a plain queue
+#: service): their control plane lives in the store named by the ``control_url`` setting.
+NEEDS_CONTROL_URL: Final = frozenset({"sqs", "kafka"})
+
+
+class _SeparateStore:
+    """A control channel on a broker of its own (the ``control_url`` store), opened and closed with it."""
+
+    def __init__(self, broker: Broker, channel: ControlChannel) -> None:
+        self._broker = broker
+        self._channel = channel
+
+    async def connect(self) -> None:
+        await self._broker.connect()
+        await self._channel.connect()
+
+    async def aclose(self) -> None:
+        try:
+            await self._channel.aclose()
+        finally:
+            await self._broker.aclose()
+
+    def __getattr__(self, name: str) -> object:  # beat, workers, broadcast, ...: the channel's
+        return getattr(self._channel, name)
+
+
+def control_channel_for(
+    broker: Broker, control_url: str | None = None, *, connect_timeout: float | None = None
+) -> ControlChannel:
+    """Build (not connect) the control channel of ``broker``, or of the store at ``control_url``.
 
     A driver outside asyncq offers one with a ``control_channel()`` method.
     """
+    if control_url:
+        store = broker_from_url(control_url, **with_connect_timeout(control_url, {}, connect_timeout))
+        return cast("ControlChannel", _SeparateStore(store, control_channel_for(store)))
     own = getattr(broker, "control_channel", None)
     if callable(own):
         channel: ControlChannel = own()
@@ -164,7 +197,14 @@ def control_channel_for(broker: Broker) -> ControlChannel:
     scheme = urlsplit(broker.url).scheme
     path = CONTROL_CHANNELS.get(scheme)
     if path is None:
-        raise ConfigurationError(f"the {scheme}:// broker has no control channel (inspect, control, revoke)")
+        hint = (
+            "; set control_url to a redis://, postgresql:// or sqlite:// store for them"
+            if scheme in NEEDS_CONTROL_URL
+            else ""
+        )
+        raise ConfigurationError(
+            f"the {scheme}:// broker has no control channel (inspect, control, revoke){hint}"
+        )
     cls = import_string(path)
     channel = cls(broker)
     return channel

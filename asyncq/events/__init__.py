@@ -101,8 +101,9 @@ class Events:
         state = self._loops.get(loop)
         if state is None:
             conf = self._app.conf
-            url = self._app.broker_url
-            options = dict(conf.broker_transport_options)
+            url = conf.control_url or self._app.broker_url
+            # The broker's transport options are for the broker's driver, not another store's.
+            options = {} if conf.control_url else dict(conf.broker_transport_options)
             bus = event_bus_from_url(url, history_limit=conf.event_history_limit, **options)
             state = _Loop(bus)
             if url.startswith("memory:"):

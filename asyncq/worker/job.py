@@ -92,7 +92,8 @@ class JobRunner(SuspectRuns):
         self.on_outcome: Callable[[str, State], None] | None = None  # stats hook for the worker
         self._events: NoEvents = NO_EVENTS
         self._events_on = False
-        self.book = JobBook()  # taken and running tasks, for inspect and revoke
+        self._book = JobBook()  # taken and running tasks, for inspect and revoke
+        self._plain_book = True
         self.is_revoked: Callable[[str], bool] | None = None  # the worker's revocation check
 
     @property
@@ -104,6 +105,16 @@ class JobRunner(SuspectRuns):
     def events(self, hooks: NoEvents) -> None:
         self._events = hooks
         self._events_on = hooks.enabled  # read per task instead of calling empty hooks
+
+    @property
+    def book(self) -> JobBook:
+        """Taken and running tasks, for inspect and revoke (tracing installs a subclass)."""
+        return self._book
+
+    @book.setter
+    def book(self, book: JobBook) -> None:
+        self._book = book
+        self._plain_book = type(book) is JobBook  # a subclass hears start() (tracing opens spans)
 
     # -- the path -----------------------------------------------------------------------------
 
@@ -221,7 +232,10 @@ class JobRunner(SuspectRuns):
                 limiter = self._limiters[task.name] = RateLimiter(task.rate)
             await limiter.acquire()
         request = self._request(delivery, message)
-        entry.started, entry.request = time.time(), request
+        if self._plain_book:
+            entry.started, entry.request = time.time(), request
+        else:
+            self._book.start(message.id, request)
         track = self._track_started_default if options.track_started is None else options.track_started
         if track:
             await self._store(message, State.STARTED, meta={"hostname": self.hostname, "pid": os.getpid()})

@@ -75,7 +75,9 @@ class Presence:
         self.loop_lag = 0.0
         self.revoked: dict[str, float] = {}
         try:
-            self.channel: ControlChannel = control_channel_for(worker.app.broker)
+            self.channel: ControlChannel = control_channel_for(
+                worker.app.broker, conf.control_url, connect_timeout=conf.broker_connection_timeout
+            )
         except ConfigurationError as exc:  # a third-party broker without one: this process only
             logger.warning("%s; presence and control work within this process only", exc)
             self.channel = MemoryControlChannel(worker.app.broker)
