@@ -15,12 +15,15 @@ from asyncq._connect import with_connect_timeout
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.config import Conf
+from asyncq.eager import apply_eagerly
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
+from asyncq.signature import Signature
 from asyncq.sync import SyncResult
 from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
+from asyncq.workflow import register_builtins
 
 if TYPE_CHECKING:
     from typing import Concatenate
@@ -139,8 +142,6 @@ class App:
         if backend is not None:
             self.conf.result_backend = backend
         self.tasks: dict[str, Task[Any, Any]] = {}
-        from asyncq.canvas import register_builtins  # canvas builds on app: import when used
-
         register_builtins(self)  # so any worker of this app runs map / starmap / chunks messages
         self._serializers: Serializers | None = None
         self._security: MessageSecurity | None = None
@@ -468,11 +469,22 @@ class App:
             return cast("SyncResult[Any]", send_celery_task(self, name, args, kwargs, **options))
         if protocol != "asyncq":
             raise ConfigurationError(f"unknown protocol {protocol!r}: use 'asyncq' or 'celery'")
-        task = self.tasks.get(name)
-        if task is None:
-            # Not registered here (defined in another code base): build the message with a stand-in.
-            task = SyncTask(self, _remote_stub, TaskOptions(name=name))
+        task = self.tasks.get(name) or self.stand_in_task(name)
         return task.apply_async(args, kwargs, **options)
+
+    def stand_in_task(self, name: str) -> Task[Any, Any]:
+        """A task object for a name not registered here (its code lives elsewhere), to build messages.
+
+        It has the default options; calling it raises ``NotRegistered``.
+        """
+        return SyncTask(self, _remote_stub, TaskOptions(name=name))
+
+    def apply_eagerly(self, handle: AsyncResult[Any], sig: Signature[Any]) -> SyncResult[Any]:
+        """Run a frozen signature inline (``task_always_eager``, ``task.apply``); ``handle`` is its id.
+
+        Tasks and signatures reach eager mode through their app, so they need not import it.
+        """
+        return apply_eagerly(self, handle, sig)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
         """A handle on the result of the task with this id."""
