@@ -502,7 +502,7 @@ class App:
 
         Options: see :class:`~asyncq.worker.worker.Worker`.
         """
-        from asyncq.worker.runner import refuse_in_spawned_child
+        from asyncq.runner import refuse_in_spawned_child
         from asyncq.worker.worker import Worker
 
         refuse_in_spawned_child()

@@ -618,7 +618,7 @@ class Scheduler:
 
     def run(self, *, loop: str | None = None) -> None:
         """Run in a fresh event loop until SIGTERM/SIGINT (``asyncq beat``)."""
-        from asyncq.worker.runner import run_until_signalled
+        from asyncq.runner import run_until_signalled
 
         def on_signal(signum: int) -> None:
             logger.warning("%s received: stopping the beat", signal.Signals(signum).name)
