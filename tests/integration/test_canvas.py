@@ -17,9 +17,9 @@ import pytest
 
 from asyncq import App, ChordError, GroupResult, State, chain, chord, group
 from asyncq.canvas import on_task_finished
-from asyncq.signature import _Context
 from asyncq.exceptions import ConfigurationError, TaskRevokedError
 from asyncq.result import encode_record
+from asyncq.signature import _Context
 from tests.services import require_service
 
 TIMEOUT = 20.0

@@ -11,9 +11,9 @@ import pytest
 import asyncq
 from asyncq import App, ChordError, GroupResult, Signature, chain, chord, group, signature
 from asyncq.canvas import Chain, Chord, Group
-from asyncq.signature import _Context
 from asyncq.exceptions import ConfigurationError
 from asyncq.result import decode_record, encode_record, exception_from_record
+from asyncq.signature import _Context
 from asyncq.states import State
 
 
