@@ -426,12 +426,8 @@ class App:
         await self.connect()
         drivers = self._current_drivers()
         if not message.ignore_result:
-            prepare = getattr(drivers.backend, "prepare", None)
-            if prepare is not None:
-                await prepare(message.id)  # e.g. rpc:// binds the reply route before the result can arrive
-            expect = getattr(drivers.backend, "expect", None)
-            if expect is not None:
-                expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
+            await drivers.backend.prepare(message.id)  # rpc:// binds its reply route before a record comes
+            drivers.backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
         await drivers.broker.publish(self.outgoing(message))
         self.events.task_sent(message)
         return AsyncResult(message.id, self, task_name=task_name or message.task)
@@ -440,11 +436,11 @@ class App:
         """Publish many messages in as few broker round trips as the driver allows."""
         await self.connect()
         drivers = self._current_drivers()
-        prepare = getattr(drivers.backend, "prepare", None)
-        if prepare is not None:
-            for message in messages:
-                if not message.ignore_result:
-                    await prepare(message.id)
+        backend = drivers.backend
+        for message in messages:
+            if not message.ignore_result:
+                await backend.prepare(message.id)
+                backend.expect(message.id)
         await drivers.broker.publish_many([self.outgoing(m) for m in messages])
         self.events.tasks_sent(messages)
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]

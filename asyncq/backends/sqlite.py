@@ -22,7 +22,7 @@ from typing import Any, final
 from asyncq._sqlite import SQLiteThread, parse_sqlite_url
 from asyncq._utils import describe_error
 from asyncq._wakeup import WakeupChannel
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
 __all__ = ["SQLiteBackend"]
@@ -97,7 +97,7 @@ def _incr(conn: sqlite3.Connection, key: str, amount: int, expires_at: float | N
 
 
 @final
-class SQLiteBackend:
+class SQLiteBackend(BackendDefaults):
     """``sqlite:///path.db``: task records in a SQLite file that every local process can share.
 
     Options (driver options, or the URL query; explicit options win):

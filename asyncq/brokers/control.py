@@ -153,16 +153,15 @@ CONTROL_CHANNELS: Final[dict[str, str]] = {
 def control_channel_for(broker: Broker) -> ControlChannel:
     """Build (not connect) the control channel of ``broker``.
 
-    A driver outside asyncq offers one with a ``control_channel()`` method.
+    A driver outside asyncq offers one from its ``control_channel()`` method.
     """
-    own = getattr(broker, "control_channel", None)
-    if callable(own):
-        channel: ControlChannel = own()
-        return channel
+    own = broker.control_channel()
+    if own is not None:
+        return own
     scheme = urlsplit(broker.url).scheme
     path = CONTROL_CHANNELS.get(scheme)
     if path is None:
         raise ConfigurationError(f"the {scheme}:// broker has no control channel (inspect, control, revoke)")
     cls = import_string(path)
-    channel = cls(broker)
+    channel: ControlChannel = cls(broker)
     return channel

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncq._utils import now
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerError
 
 __all__ = ["MemoryBroker"]
@@ -60,7 +60,7 @@ def _settled() -> None:  # sentinel: marks a delivery as settled
     raise AssertionError("unreachable")
 
 
-class MemoryBroker:
+class MemoryBroker(BrokerDefaults):
     """``memory://``: queues in this process's memory.
 
     Producers and workers must share the same App (and so the same broker instance). Good

@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
 from asyncq._utils import now, redact_url
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import (
     AsyncqError,
     BrokerConnectionError,
@@ -497,7 +497,7 @@ class _Consumer:
                 await channel.close()
 
 
-class RabbitMQBroker:
+class RabbitMQBroker(BrokerDefaults):
     """``amqp://`` / ``amqps://``: RabbitMQ through aio-pika, with a robust connection.
 
     Options (keyword or URL query; keywords win):

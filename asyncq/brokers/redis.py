@@ -58,7 +58,7 @@ from asyncq._redis import (
 )
 from asyncq._utils import describe_error, redact_url
 from asyncq.brokers import _redis_dead
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -822,7 +822,7 @@ class _Blocker:
         await self.conn.disconnect()
 
 
-class RedisBroker:
+class RedisBroker(BrokerDefaults):
     """At-least-once queues in Redis: one server, a Cluster, or a Sentinel-managed master.
 
     URLs: ``redis://`` and ``rediss://`` (TLS) for one server; ``redis+cluster://host:port
