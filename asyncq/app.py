@@ -28,10 +28,10 @@ from asyncq.workflow import register_builtins
 if TYPE_CHECKING:
     from typing import Concatenate
 
+    from asyncq.beat_schedule import BeatSchedule
     from asyncq.control import Control
     from asyncq.deadletters import DeadLetters
     from asyncq.events import Events
-    from asyncq.scheduler import BeatSchedule
     from asyncq.security import MessageSecurity
     from asyncq.worker.worker import Worker
 
@@ -272,7 +272,7 @@ class App:
         passed at every tick; ``catch_up`` is the missed-ticks policy (see docs/scheduling.md).
         The other options are :meth:`task`'s; the entry is named after the task.
         """
-        from asyncq.scheduler import Entry
+        from asyncq.beat_entries import Entry
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             name = task_options.get("name") or self._task_name(fn)
@@ -288,7 +288,7 @@ class App:
     def schedule(self) -> BeatSchedule:
         """The periodic entries: ``await app.schedule.add(...)``, ``remove``, ``entries``."""
         if self._beat_schedule is None:
-            from asyncq.scheduler import BeatSchedule
+            from asyncq.beat_schedule import BeatSchedule
 
             self._beat_schedule = BeatSchedule(self)
         return self._beat_schedule
