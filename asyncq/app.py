@@ -17,20 +17,23 @@ from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.config import Conf
+from asyncq.eager import apply_eagerly
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import SENT_AT, Message, encode_message
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
+from asyncq.signature import Signature
 from asyncq.sync import SyncResult
 from asyncq.task import AsyncTask, SyncTask, Task, TaskOptions
+from asyncq.workflow import register_builtins
 
 if TYPE_CHECKING:
     from typing import Concatenate
 
+    from asyncq.beat_schedule import BeatSchedule
     from asyncq.control import Control
     from asyncq.deadletters import DeadLetters
     from asyncq.events import Events
-    from asyncq.scheduler import BeatSchedule
     from asyncq.security import MessageSecurity
     from asyncq.worker.worker import Worker
 
@@ -141,8 +144,6 @@ class App:
         if backend is not None:
             self.conf.result_backend = backend
         self.tasks: dict[str, Task[Any, Any]] = {}
-        from asyncq.canvas import register_builtins  # canvas builds on app: import when used
-
         register_builtins(self)  # so any worker of this app runs map / starmap / chunks messages
         self._serializers: Serializers | None = None
         self._security: MessageSecurity | None = None
@@ -277,7 +278,7 @@ class App:
         passed at every tick; ``catch_up`` is the missed-ticks policy (see docs/scheduling.md).
         The other options are :meth:`task`'s; the entry is named after the task.
         """
-        from asyncq.scheduler import Entry
+        from asyncq.beat_entries import Entry
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             name = task_options.get("name") or self._task_name(fn)
@@ -293,7 +294,7 @@ class App:
     def schedule(self) -> BeatSchedule:
         """The periodic entries: ``await app.schedule.add(...)``, ``remove``, ``entries``."""
         if self._beat_schedule is None:
-            from asyncq.scheduler import BeatSchedule
+            from asyncq.beat_schedule import BeatSchedule
 
             self._beat_schedule = BeatSchedule(self)
         return self._beat_schedule
@@ -450,12 +451,8 @@ class App:
         drivers = self._current_drivers()
         transactional = None if connection is None else self._transactional(drivers.broker)
         if not message.ignore_result:
-            prepare = getattr(drivers.backend, "prepare", None)
-            if prepare is not None:
-                await prepare(message.id)  # e.g. rpc:// binds the reply route before the result can arrive
-            expect = getattr(drivers.backend, "expect", None)
-            if expect is not None:
-                expect(message.id)  # e.g. redis:// subscribes ahead, for a wait that may follow
+            await drivers.backend.prepare(message.id)  # rpc:// binds its reply route before a record comes
+            drivers.backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
         if transactional is None:
             await drivers.broker.publish(self.outgoing(message))
         else:
@@ -475,11 +472,11 @@ class App:
         await self.connect()
         drivers = self._current_drivers()
         transactional = None if connection is None else self._transactional(drivers.broker)
-        prepare = getattr(drivers.backend, "prepare", None)
-        if prepare is not None:
-            for message in messages:
-                if not message.ignore_result:
-                    await prepare(message.id)
+        backend = drivers.backend
+        for message in messages:
+            if not message.ignore_result:
+                await backend.prepare(message.id)
+                backend.expect(message.id)
         outgoing = [self.outgoing(m) for m in messages]
         if transactional is None:
             await drivers.broker.publish_many(outgoing)
@@ -518,11 +515,22 @@ class App:
             return cast("SyncResult[Any]", send_celery_task(self, name, args, kwargs, **options))
         if protocol != "asyncq":
             raise ConfigurationError(f"unknown protocol {protocol!r}: use 'asyncq' or 'celery'")
-        task = self.tasks.get(name)
-        if task is None:
-            # Not registered here (defined in another code base): build the message with a stand-in.
-            task = SyncTask(self, _remote_stub, TaskOptions(name=name))
+        task = self.tasks.get(name) or self.stand_in_task(name)
         return task.apply_async(args, kwargs, **options)
+
+    def stand_in_task(self, name: str) -> Task[Any, Any]:
+        """A task object for a name not registered here (its code lives elsewhere), to build messages.
+
+        It has the default options; calling it raises ``NotRegistered``.
+        """
+        return SyncTask(self, _remote_stub, TaskOptions(name=name))
+
+    def apply_eagerly(self, handle: AsyncResult[Any], sig: Signature[Any]) -> SyncResult[Any]:
+        """Run a frozen signature inline (``task_always_eager``, ``task.apply``); ``handle`` is its id.
+
+        Tasks and signatures reach eager mode through their app, so they need not import it.
+        """
+        return apply_eagerly(self, handle, sig)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
         """A handle on the result of the task with this id."""
@@ -540,7 +548,7 @@ class App:
 
         Options: see :class:`~asyncq.worker.worker.Worker`.
         """
-        from asyncq.worker.runner import refuse_in_spawned_child
+        from asyncq.runner import refuse_in_spawned_child
         from asyncq.worker.worker import Worker
 
         refuse_in_spawned_child()

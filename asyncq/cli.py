@@ -196,7 +196,7 @@ def setup_logging(log_level: str, log_format: str) -> None:
 
 def check_beat(app: App) -> None:
     """Validate the periodic entries before a beat starts: names, schedules, registered tasks."""
-    from asyncq.scheduler import check_schedule
+    from asyncq.beat_entries import check_schedule
 
     try:
         check_schedule(app)

@@ -18,9 +18,10 @@ from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
 
 from asyncq._utils import new_id
-from asyncq.canvas import Chain, Chord, Group, Signature, signature
+from asyncq.constructs import Chain, Chord, Group
 from asyncq.exceptions import ChordError, Retry
 from asyncq.result import AsyncResult, GroupResult
+from asyncq.signature import Signature, signature
 from asyncq.states import State
 from asyncq.sync import SyncGroupResult, SyncResult, blocking, is_loop_running
 from asyncq.task import Request, Task, _current

@@ -25,15 +25,26 @@ Crontab semantics, in brief (details in :class:`crontab`):
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_left
 from calendar import monthrange
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol, Self, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from asyncq._cron import (
+    DOM_SPEC,
+    DOW_SPEC,
+    FIELD_NAMES,
+    HOUR_SPEC,
+    MAX_MONTH_DAYS,
+    MINUTE_SPEC,
+    MONTH_SPEC,
+    FieldValue,
+    cron_line,
+    parse_field,
+)
 from asyncq.exceptions import ConfigurationError
 
 __all__ = ["Schedule", "crontab", "interval", "schedule_from"]
@@ -45,48 +56,6 @@ _ZERO = timedelta(0)
 # of weeks). Construction rejects crontabs whose (month, day) pairs can never exist, so every
 # accepted crontab fires within one cycle; the horizon only guards against bugs and year 9999.
 _HORIZON_YEARS = 400
-
-_WEEKDAY_NAMES = {
-    name: number
-    for number, names in enumerate(
-        [
-            ("sun", "sunday"),
-            ("mon", "monday"),
-            ("tue", "tuesday"),
-            ("wed", "wednesday"),
-            ("thu", "thursday"),
-            ("fri", "friday"),
-            ("sat", "saturday"),
-        ]
-    )
-    for name in names
-}
-_MONTH_NAMES = {
-    name: number
-    for number, names in enumerate(
-        [
-            ("jan", "january"),
-            ("feb", "february"),
-            ("mar", "march"),
-            ("apr", "april"),
-            ("may", "may"),
-            ("jun", "june"),
-            ("jul", "july"),
-            ("aug", "august"),
-            ("sep", "september"),
-            ("oct", "october"),
-            ("nov", "november"),
-            ("dec", "december"),
-        ],
-        start=1,
-    )
-    for name in names
-}
-# Days a month can ever have; February counts its leap day.
-_MAX_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
-
-_PART = re.compile(r"^(?:(?P<star>\*)|(?P<start>\w+)(?:-(?P<end>\w+))?)(?:/(?P<step>\w+))?$")
-
 
 @runtime_checkable
 class Schedule(Protocol):
@@ -109,129 +78,6 @@ class Schedule(Protocol):
     def with_tz(self, tz: ZoneInfo | str | None) -> Schedule:
         """Return a copy using ``tz`` if this schedule has no time zone yet, else ``self``."""
         ...
-
-
-@dataclass(frozen=True)
-class _FieldSpec:
-    name: str
-    low: int
-    # Highest value an expression may name; day_of_week accepts 7 as a second Sunday.
-    high: int
-    # Highest value of the cycle ``*`` and wrap-around ranges run over.
-    cycle_high: int
-    names: Mapping[str, int]
-
-
-_MINUTE_SPEC = _FieldSpec("minute", 0, 59, 59, {})
-_HOUR_SPEC = _FieldSpec("hour", 0, 23, 23, {})
-_DOW_SPEC = _FieldSpec("day_of_week", 0, 7, 6, _WEEKDAY_NAMES)
-_DOM_SPEC = _FieldSpec("day_of_month", 1, 31, 31, {})
-_MONTH_SPEC = _FieldSpec("month_of_year", 1, 12, 12, _MONTH_NAMES)
-
-_FieldValue = int | str | Iterable[int]
-_FIELD_NAMES = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
-
-
-def _field_error(spec: _FieldSpec, expr: object, reason: str) -> ConfigurationError:
-    return ConfigurationError(f"invalid crontab field {spec.name}={expr!r}: {reason}")
-
-
-def _normalise_field(spec: _FieldSpec, raw: object) -> str:
-    """Turn an int, a string or an iterable of ints into the canonical expression string."""
-    if isinstance(raw, bool):
-        # bool is an int subclass; crontab(minute=True) is a mistake, not minute 1.
-        raise _field_error(spec, raw, "expected an int, a string or an iterable of ints")
-    if isinstance(raw, int):
-        return str(raw)
-    if isinstance(raw, str):
-        return "".join(raw.split()).lower()
-    if isinstance(raw, Iterable) and not isinstance(raw, bytes | bytearray):
-        values = list(raw)
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise _field_error(spec, values, "expected a non-empty iterable of ints")
-        return ",".join(str(v) for v in sorted(set(values)))
-    raise _field_error(spec, raw, "expected an int, a string or an iterable of ints")
-
-
-def _parse_value(spec: _FieldSpec, expr: str, token: str) -> int:
-    if token.isascii() and token.isdigit():
-        value = int(token)
-    elif token in spec.names:
-        value = spec.names[token]
-    else:
-        kind = "a number or a name" if spec.names else "a number"
-        raise _field_error(spec, expr, f"{token!r} is not {kind}")
-    if not spec.low <= value <= spec.high:
-        raise _field_error(spec, expr, f"value {value} out of range {spec.low}-{spec.high}")
-    return value
-
-
-def _parse_part(spec: _FieldSpec, expr: str, part: str) -> list[int]:
-    match = _PART.match(part)
-    if match is None:
-        raise _field_error(spec, expr, f"cannot parse {part!r}")
-    star, start_token, end_token, step_token = match.group("star", "start", "end", "step")
-    step = 1
-    if step_token is not None:
-        if not (step_token.isascii() and step_token.isdigit()) or int(step_token) == 0:
-            raise _field_error(spec, expr, f"step {step_token!r} is not a positive integer")
-        step = int(step_token)
-        span = spec.cycle_high - spec.low + 1
-        if step > span:
-            # "*/61" would silently mean "minute 0 only": almost certainly not what was meant.
-            raise _field_error(
-                spec,
-                expr,
-                f"step {step} is larger than the field's {span} values ({spec.low}-{spec.cycle_high})",
-            )
-    if star is not None:
-        return list(range(spec.low, spec.cycle_high + 1, step))
-    start = _parse_value(spec, expr, start_token)
-    if end_token is None:
-        # "a/n" is the cron shorthand for "a-<max>/n"; a bare "a" is just that value.
-        end = spec.cycle_high if step_token is not None else start
-    else:
-        end = _parse_value(spec, expr, end_token)
-    if start > spec.cycle_high and end < start:
-        # Only day_of_week gets here: "7-2" reads as Sunday through Tuesday.
-        start = spec.low
-    if end < start:
-        # Celery's wrap-around: "fri-mon" or "22-2" run past the top of the cycle.
-        values = list(range(start, spec.cycle_high + 1)) + list(range(spec.low, end + 1))
-    else:
-        values = list(range(start, end + 1))
-    return values[::step]
-
-
-def _parse_field(spec: _FieldSpec, raw: object) -> tuple[str, tuple[int, ...]]:
-    expr = _normalise_field(spec, raw)
-    values: set[int] = set()
-    for part in expr.split(","):
-        if not part:
-            raise _field_error(spec, expr, "empty value")
-        values.update(_parse_part(spec, expr, part))
-    # Fold day_of_week's second Sunday (7) onto 0 so matching needs one representation.
-    values = {v % 7 for v in values} if spec is _DOW_SPEC else values
-    return expr, tuple(sorted(values))
-
-
-def _cron_line(raw: object) -> list[str] | None:
-    """The five fields of a cron line given as one string (None if ``raw`` is one field).
-
-    Whitespace around commas is tolerated inside a field (``"1, 2"``); other whitespace
-    separates fields, and anything but five of them is an error that points to from_string.
-    """
-    if not isinstance(raw, str):
-        return None
-    fields = re.sub(r"\s*,\s*", ",", raw.strip()).split()
-    if len(fields) <= 1:
-        return None
-    if len(fields) != 5:
-        raise ConfigurationError(
-            f"invalid crontab field minute={raw!r}: it looks like a cron line with {len(fields)} fields; "
-            "crontab.from_string() takes five: minute hour day_of_month month_of_year day_of_week"
-        )
-    return fields
 
 
 def _coerce_tz(value: object, owner: str) -> ZoneInfo | None:
@@ -316,11 +162,11 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
 
     def __init__(
         self,
-        minute: _FieldValue = "*",
-        hour: _FieldValue = "*",
-        day_of_week: _FieldValue = "*",
-        day_of_month: _FieldValue = "*",
-        month_of_year: _FieldValue = "*",
+        minute: FieldValue = "*",
+        hour: FieldValue = "*",
+        day_of_week: FieldValue = "*",
+        day_of_month: FieldValue = "*",
+        month_of_year: FieldValue = "*",
         *,
         tz: ZoneInfo | str | None = None,
     ) -> None:
@@ -329,7 +175,7 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
         A whole five-field cron line as the only field (``crontab("*/15 * * * *")``) is read
         as :meth:`from_string` reads it.
         """
-        line = _cron_line(minute)
+        line = cron_line(minute)
         if line is not None:
             if (hour, day_of_week, day_of_month, month_of_year) != ("*", "*", "*", "*"):
                 raise ConfigurationError(
@@ -337,15 +183,15 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
                     "use crontab.from_string(line) alone, or keyword fields alone"
                 )
             minute, hour, day_of_month, month_of_year, day_of_week = line
-        minute_expr, minutes = _parse_field(_MINUTE_SPEC, minute)
-        hour_expr, hours = _parse_field(_HOUR_SPEC, hour)
-        dow_expr, dows = _parse_field(_DOW_SPEC, day_of_week)
-        dom_expr, doms = _parse_field(_DOM_SPEC, day_of_month)
-        month_expr, months = _parse_field(_MONTH_SPEC, month_of_year)
+        minute_expr, minutes = parse_field(MINUTE_SPEC, minute)
+        hour_expr, hours = parse_field(HOUR_SPEC, hour)
+        dow_expr, dows = parse_field(DOW_SPEC, day_of_week)
+        dom_expr, doms = parse_field(DOM_SPEC, day_of_month)
+        month_expr, months = parse_field(MONTH_SPEC, month_of_year)
         zone = _coerce_tz(tz, "crontab")
         # Every (month, day) pair that can exist occurs on every weekday within a 400-year
         # cycle, so this is exactly the test for "fires at least once".
-        if not any(day <= _MAX_MONTH_DAYS[month] for month in months for day in doms):
+        if not any(day <= MAX_MONTH_DAYS[month] for month in months for day in doms):
             raise ConfigurationError(
                 f"crontab can never fire: day_of_month={dom_expr!r} never occurs in "
                 f"month_of_year={month_expr!r}"
@@ -385,13 +231,13 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Rebuild a crontab from :meth:`to_dict` output; missing fields default to ``*``."""
-        _check_keys(data, "crontab", {*_FIELD_NAMES, "tz"})
-        return cls(**{name: data.get(name, "*") for name in _FIELD_NAMES}, tz=data.get("tz"))
+        _check_keys(data, "crontab", {*FIELD_NAMES, "tz"})
+        return cls(**{name: data.get(name, "*") for name in FIELD_NAMES}, tz=data.get("tz"))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict that :meth:`from_dict` and :func:`schedule_from` accept."""
         data: dict[str, Any] = {"type": "crontab"}
-        data.update((name, getattr(self, name)) for name in _FIELD_NAMES)
+        data.update((name, getattr(self, name)) for name in FIELD_NAMES)
         if self._tz_key is not None:
             data["tz"] = self._tz_key
         return data
@@ -405,7 +251,7 @@ class crontab:  # noqa: N801 - Celery's name, kept for familiarity
         )
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_NAMES)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELD_NAMES)
         tz = f", tz={self._tz_key!r}" if self._tz_key is not None else ""
         return f"crontab({fields}{tz})"
 

@@ -18,9 +18,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
 
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
+from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from asyncq.message import Message
 from asyncq.result import AsyncResult
+from asyncq.signature import Signature, signature_dicts
 from asyncq.states import State
 from asyncq.sync import SyncResult, ensure_no_running_loop
 from asyncq.sync import send as send_or_defer
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from asyncq.app import App
-    from asyncq.canvas import Group, Signature
 
     #: ``link`` / ``link_error`` values: a signature, its dict form, or a list of them.
     Links: TypeAlias = Signature[Any] | Mapping[str, Any] | Sequence[Signature[Any] | Mapping[str, Any]]
@@ -313,12 +314,10 @@ class Task(Generic[P, R]):
         app = self.app
         handle: AsyncResult[R] = AsyncResult(message.id, app, task_name=self.name)
         if app.conf.task_always_eager:
-            from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
-
             sig = self.signature(
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
-            return apply_eagerly(app, handle, sig)
+            return app.apply_eagerly(handle, sig)
         return send_or_defer(
             app, handle, lambda: app.send_message(message, task_name=self.name, connection=connection)
         )
@@ -331,12 +330,10 @@ class Task(Generic[P, R]):
         Returns a finished handle (``get()`` gives the result or raises the task's error); in
         async code, ``await task.apply(...)`` gives it. Nothing is sent or stored.
         """
-        from asyncq.eager import apply_eagerly  # eager builds on canvas, which builds on task
-
         message = self.build_message(args, kwargs)
         handle: AsyncResult[R] = AsyncResult(message.id, self.app, task_name=self.name)
         sig = self.signature(message.args, message.kwargs, task_id=message.id)
-        return apply_eagerly(self.app, handle, sig)
+        return self.app.apply_eagerly(handle, sig)
 
     def build_message(
         self,
@@ -416,26 +413,18 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> Signature[R]:
         """A signature of this task with send ``options`` (``apply_async``'s names)."""
-        from asyncq.canvas import Signature
-
         return Signature(self.name, args, kwargs, options, immutable=immutable, app=self.app)
 
     def map(self, it: Iterable[Any]) -> Signature[list[R]]:
         """One message that calls the task on each item of ``it`` on one worker: ``[task(x) ...]``."""
-        from asyncq.canvas import map_signature
-
         return map_signature(self, it, star=False)
 
     def starmap(self, it: Iterable[Iterable[Any]]) -> Signature[list[R]]:
         """One message that calls ``task(*args)`` for each ``args`` of ``it`` on one worker."""
-        from asyncq.canvas import map_signature
-
         return map_signature(self, it, star=True)
 
     def chunks(self, it: Iterable[Iterable[Any]], n: int) -> Group:
         """A group of starmaps over ``n`` items of ``it`` each: many calls in few messages."""
-        from asyncq.canvas import chunks_group
-
         return chunks_group(self, it, n)
 
     @property
@@ -535,8 +524,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
     if value is None:
         return None
-    from asyncq.canvas import signature_dicts
-
     return signature_dicts(value)
 
 

@@ -128,7 +128,7 @@ async def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    from asyncq.worker.runner import loop_factory
+    from asyncq.runner import loop_factory
 
     factory = loop_factory("auto")
     print(f"event loop: {'uvloop' if factory else 'asyncio'}")

@@ -124,7 +124,7 @@ async def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    from asyncq.worker.runner import loop_factory
+    from asyncq.runner import loop_factory
 
     loop = sys.argv[sys.argv.index("--loop") + 1] if "--loop" in sys.argv else "auto"
     factory = loop_factory(loop)

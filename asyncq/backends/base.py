@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["BackendCapabilities", "ResultBackend"]
+__all__ = ["BackendCapabilities", "BackendDefaults", "ResultBackend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +64,29 @@ class ResultBackend(Protocol):
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         """Atomically add ``amount`` to counter ``key`` (created at 0) and return the new value."""
+
+    # -- hooks the App calls around sending; BackendDefaults has the do-nothing versions -------
+
+    async def prepare(self, task_id: str) -> None:
+        """Get ready to receive the record of ``task_id``, which is about to be sent.
+
+        The App awaits it before publishing every message whose result is kept (``send_message``
+        and ``send_many``): rpc:// binds its reply route here, since a record published before
+        the route exists is lost. Most backends do nothing.
+        """
+
+    def expect(self, task_id: str) -> None:
+        """A hint, right before ``task_id`` is published: a ``wait`` on it may follow.
+
+        Must not block or raise; redis:// subscribes ahead here. Most backends do nothing.
+        """
+
+
+class BackendDefaults:
+    """The optional hooks of :class:`ResultBackend`, doing nothing: a driver inherits what it lacks."""
+
+    async def prepare(self, task_id: str) -> None:
+        """Nothing to prepare: the record can be stored and read without setup."""
+
+    def expect(self, task_id: str) -> None:
+        """No use for the hint."""

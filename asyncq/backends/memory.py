@@ -9,14 +9,14 @@ from urllib.parse import urlsplit
 
 from asyncq._options import parse_options
 from asyncq._utils import now
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 
 __all__ = ["MemoryBackend"]
 
 _PRUNE_INTERVAL = 60.0  # seconds between sweeps of expired entries
 
 
-class MemoryBackend:
+class MemoryBackend(BackendDefaults):
     """``memory://``: records in this process's memory, with expiry and immediate wake-ups."""
 
     capabilities = BackendCapabilities(persistent=False, notifies=True, shared=False)

@@ -19,7 +19,7 @@ from typing import Any, Final, final
 
 from asyncq._mysql import MySQLPool, error_number, parse_mysql_url
 from asyncq._utils import describe_error
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
 __all__ = ["MySQLBackend"]
@@ -45,7 +45,7 @@ def _key(value: str) -> bytes:
 
 
 @final
-class MySQLBackend:
+class MySQLBackend(BackendDefaults):
     """``mysql://user:password@host:3306/database``: task records in MySQL or MariaDB.
 
     Options (driver options, or the URL query; explicit options win):

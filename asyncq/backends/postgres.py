@@ -16,7 +16,7 @@ from typing import Any, Final, final
 
 from asyncq._postgres import NOW, Database, Listener, Step, parse_postgres_url
 from asyncq._utils import describe_error
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
 __all__ = ["PostgresBackend"]
@@ -52,7 +52,7 @@ _LIVE = f"(expires_at IS NULL OR expires_at > {NOW})"
 
 
 @final
-class PostgresBackend:
+class PostgresBackend(BackendDefaults):
     """``postgresql://user@host/db``: results, states and chord counters in PostgreSQL.
 
     Options (transport options, or the URL query; explicit options win): ``schema``,

@@ -46,7 +46,7 @@ from asyncq._redis import (
     translate_error,
 )
 from asyncq._utils import redact_url
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -318,7 +318,7 @@ class _Listener:
                 self.deliver(self._backend._key(channel.task_id), record)
 
 
-class RedisBackend:
+class RedisBackend(BackendDefaults):
     """Task records in Redis, waits woken by pub/sub: one server, a Cluster, or Sentinel.
 
     URLs: ``redis://`` and ``rediss://`` (TLS) for one server; ``redis+cluster://host:port

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
 from asyncq._options import Option, integer, optional, parse_options, seconds, text
 from asyncq._utils import now, redact_url
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import (
     BackendConnectionError,
     BackendError,
@@ -70,7 +70,7 @@ H_FINAL: Final = "x-asyncq-final"
 H_TTL: Final = "x-asyncq-ttl-ms"  # integer ms: AMQP tables would carry floats as 32-bit
 
 
-class RPCBackend:
+class RPCBackend(BackendDefaults):
     """``rpc://``: task records published back to the waiting caller over RabbitMQ.
 
     Options (keyword or ``rpc://?...`` query):

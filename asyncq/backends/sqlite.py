@@ -23,7 +23,7 @@ from asyncq._options import Option, seconds
 from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url
 from asyncq._utils import describe_error
 from asyncq._wakeup import WakeupChannel
-from asyncq.backends.base import BackendCapabilities
+from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
 __all__ = ["SQLiteBackend"]
@@ -103,7 +103,7 @@ BACKEND_OPTIONS: Final = (POLL_INTERVAL, CONNECT_TIMEOUT)
 
 
 @final
-class SQLiteBackend:
+class SQLiteBackend(BackendDefaults):
     """``sqlite:///path.db``: task records in a SQLite file that every local process can share.
 
     Options (driver options, or the URL query; explicit options win):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from asyncq.brokers.control import ControlChannel
 
 __all__ = [
     "Broker",
     "BrokerCapabilities",
+    "BrokerDefaults",
     "DeadLetter",
     "Delivery",
     "OutgoingMessage",
@@ -146,3 +150,20 @@ class Broker(Protocol):
 
     async def purge_dead_letters(self, queue: str) -> int:
         """Drop every dead letter of ``queue``; return how many."""
+
+    # -- optional; BrokerDefaults has the default ------------------------------------------------
+
+    def control_channel(self) -> ControlChannel | None:
+        """The channel for presence, inspect, control and revoke, or None to use the registry.
+
+        asyncq's own drivers are found in ``asyncq.brokers.control.CONTROL_CHANNELS`` by URL
+        scheme; a driver outside asyncq returns its channel here (built, not connected).
+        """
+
+
+class BrokerDefaults:
+    """The optional methods of :class:`Broker` with their defaults: a driver inherits what it lacks."""
+
+    def control_channel(self) -> ControlChannel | None:
+        """None: the control channel is looked up by URL scheme."""
+        return None

@@ -185,15 +185,14 @@ def control_channel_for(
 ) -> ControlChannel:
     """Build (not connect) the control channel of ``broker``, or of the store at ``control_url``.
 
-    A driver outside asyncq offers one with a ``control_channel()`` method.
+    A driver outside asyncq offers one from its ``control_channel()`` method.
     """
     if control_url:
         store = broker_from_url(control_url, **with_connect_timeout(control_url, {}, connect_timeout))
         return cast("ControlChannel", _SeparateStore(store, control_channel_for(store)))
-    own = getattr(broker, "control_channel", None)
-    if callable(own):
-        channel: ControlChannel = own()
-        return channel
+    own = broker.control_channel()
+    if own is not None:
+        return own
     scheme = urlsplit(broker.url).scheme
     path = CONTROL_CHANNELS.get(scheme)
     if path is None:
@@ -206,5 +205,5 @@ def control_channel_for(
             f"the {scheme}:// broker has no control channel (inspect, control, revoke){hint}"
         )
     cls = import_string(path)
-    channel = cls(broker)
+    channel: ControlChannel = cls(broker)
     return channel

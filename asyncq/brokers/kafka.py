@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar, final
 from asyncq._connect import describe_peer
 from asyncq._utils import describe_error
 from asyncq.brokers._kafka_options import KafkaSettings, parse_kafka_url
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, MessageTooLargeError, MissingDependencyError
 
 try:
@@ -99,7 +99,7 @@ class _KafkaDelivery:
 
 
 @final
-class KafkaBroker:
+class KafkaBroker(BrokerDefaults):
     """``kafka://host:9092[,host:9092]``: task queues on Kafka topics, one consumer group.
 
     Options (transport options, or the URL query): ``group_id`` ("asyncq"), ``topic_prefix``,

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from asyncq._options import parse_options
 from asyncq._utils import now
 from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 
 __all__ = ["MemoryBroker"]
 
@@ -56,7 +56,7 @@ class _MemoryDelivery:
         self._broker._dead[msg.queue].append((letter, msg.priority))
 
 
-class MemoryBroker:
+class MemoryBroker(BrokerDefaults):
     """``memory://``: queues in this process's memory.
 
     Producers and workers must share the same App (and so the same broker instance). Good

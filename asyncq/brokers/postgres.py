@@ -17,7 +17,7 @@ from typing import Any, Final, Generic, TypeVar, final
 
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.brokers.postgres_sql import MIGRATIONS, Statements
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -133,7 +133,7 @@ class _PostgresDelivery:
 
 
 @final
-class PostgresBroker:
+class PostgresBroker(BrokerDefaults):
     """``postgresql://user@host/db``: durable queues in PostgreSQL, at-least-once.
 
     Options (transport options, or the URL query; explicit options win):

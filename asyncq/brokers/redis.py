@@ -46,7 +46,7 @@ from asyncq.brokers._redis_scripts import (
     parse_dead_entry,
     token,
 )
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 __all__ = ["RedisBroker"]
@@ -73,7 +73,7 @@ OPTIONS: Final[dict[str, Option]] = {
 }
 
 
-class RedisBroker:
+class RedisBroker(BrokerDefaults):
     """At-least-once queues in Redis: one server, a Cluster, or a Sentinel-managed master.
 
     URLs: ``redis://`` and ``rediss://`` (TLS) for one server; ``redis+cluster://host:port

@@ -23,7 +23,7 @@ from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url, tran
 from asyncq._utils import describe_error
 from asyncq._wakeup import WakeupChannel
 from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 __all__ = ["SQLiteBroker"]
@@ -217,7 +217,7 @@ class _SQLiteDelivery:
 
 
 @final
-class SQLiteBroker:
+class SQLiteBroker(BrokerDefaults):
     """``sqlite:///path.db``: durable queues in a SQLite file that every local process can share.
 
     Options (transport options, or the URL query; explicit options win):

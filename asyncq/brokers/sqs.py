@@ -23,7 +23,7 @@ from asyncq.brokers._batching import BatchCalls
 from asyncq.brokers._sqs_client import SQSClient, error_code, is_missing_queue
 from asyncq.brokers._sqs_codec import Received, decode, encode
 from asyncq.brokers._sqs_options import MAX_DELAY, MAX_VISIBILITY, SQSSettings, parse_sqs_url
-from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerError, ConfigurationError
 
 __all__ = ["SQSBroker"]
@@ -106,7 +106,7 @@ class _SQSDelivery:
 
 
 @final
-class SQSBroker:
+class SQSBroker(BrokerDefaults):
     """``sqs://``: task queues on Amazon SQS (or an SQS-compatible service).
 
     Options (transport options, or the URL query; explicit options win): ``region``,

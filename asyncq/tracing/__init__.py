@@ -21,9 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from asyncq.tracing.spans import (
     LINK_HEADER,
     SYSTEM,
-    ConsumerTracing,
     ProducerTracing,
-    TracedJobBook,
     tracer_for,
 )
 
@@ -35,10 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LINK_HEADER",
     "SYSTEM",
-    "ConsumerTracing",
     "ProducerTracing",
-    "TracedJobBook",
-    "consumer_for",
     "instrument",
     "uninstrument",
 ]
@@ -64,12 +59,3 @@ def uninstrument(app: App) -> None:
     """Stop tracing ``app``'s messages (workers started after no longer open spans)."""
     if isinstance(app.publish_hook, ProducerTracing):
         app.publish_hook = None
-
-
-def consumer_for(app: App) -> tuple[TracedJobBook, ConsumerTracing] | None:
-    """A worker's job book and hooks for tracing, if ``app`` is instrumented."""
-    producer = app.publish_hook
-    if not isinstance(producer, ProducerTracing):
-        return None
-    book = TracedJobBook(producer.tracer, producer.propagator)
-    return book, ConsumerTracing(book)

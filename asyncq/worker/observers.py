@@ -28,7 +28,7 @@ class Observers:
         """Install the enabled observers in ``runner``, beside the ``events`` hooks."""
         # Optional extras, imported only when enabled.
         if getattr(worker.app.publish_hook, "consumer_spans", False):  # instrumented for tracing
-            from asyncq.tracing import consumer_for
+            from asyncq.worker.traced import consumer_for
 
             traced = consumer_for(worker.app)
             if traced is not None:

@@ -23,7 +23,7 @@ from contextlib import aclosing
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from asyncq import __version__
+from asyncq.__about__ import __version__
 from asyncq.brokers.control import (
     ControlChannel,
     ControlRequest,

@@ -287,7 +287,7 @@ def _main_guard_hint() -> str:
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
         return ""  # run with -m or interactively: the child does not re-run a script
-    from asyncq.worker.runner import MAIN_GUARD_HINT
+    from asyncq.runner import MAIN_GUARD_HINT
 
     return f" (if it printed an error about the main module: {MAIN_GUARD_HINT})"
 

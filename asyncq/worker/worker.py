@@ -6,7 +6,7 @@ SIGTERM/SIGINT: the first signal stops fetching and lets in-flight tasks finish 
 ``shutdown_timeout``, then cancels the rest and returns their messages to the queue (a
 worker still connecting gives up the connect at once); a second signal does that at once,
 whatever the worker waits for, and exits the process within a few seconds even if a sync
-task's thread cannot be stopped (see :mod:`asyncq.worker.runner`).
+task's thread cannot be stopped (see :mod:`asyncq.runner`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.runner import loop_factory, run_until_signalled
 from asyncq.scheduler import Scheduler
 from asyncq.states import State
 from asyncq.worker.executor import Executor
 from asyncq.worker.job import JobRunner
 from asyncq.worker.observers import Observers
 from asyncq.worker.presence import Presence
-from asyncq.worker.runner import loop_factory, run_until_signalled
 
 if TYPE_CHECKING:
     from asyncq.app import App

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,9 @@ def _leaks(text: str) -> list[str]:
     return [secret for secret in SECRETS if secret in text]
 
 
+INSPECTIONS = ("ping", "stats", "active", "registered", "workers", "revoked")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_no_password_in_output_logs_or_stored_data(
@@ -117,14 +121,21 @@ def test_no_password_in_output_logs_or_stored_data(
     run(good, "enqueue", APP, "tests.apps.cli_app.no_such_task", "--args", "[1]")
     run(good, "enqueue", APP, TASK, "--args", "[1, 2")  # bad JSON
     run(good, "enqueue", APP, TASK, "--args", '["a", "b", "c"]')  # fails in the worker (TypeError)
-    for what in ("ping", "stats", "active", "registered", "workers", "revoked"):
-        run(good, "inspect", APP, what, "--timeout", "2")
-    run(good, "control", APP, "revoke", "some-task-id", "--timeout", "2")
-    run(good, "control", APP, "rate-limit", TASK, "10/s", "--timeout", "2")
+    # The commands below are independent of each other: they run side by side, since most of
+    # their time is spent waiting (for replies, or for connections that fail).
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        inspections = [("inspect", APP, what, "--timeout", "2") for what in INSPECTIONS]
+        controls = [
+            ("control", APP, "revoke", "some-task-id", "--timeout", "2"),
+            ("control", APP, "rate-limit", TASK, "10/s", "--timeout", "2"),
+        ]
+        list(pool.map(lambda args: run(good, *args), [*inspections, *controls]))
     run(good, "purge", APP)
     run(good, "beat", APP, "--list")
     run(good, "--version")
-    for url in (wrong_password, wrong_port, rabbit):
+    failing = [
+        (url, args)
+        for url in (wrong_password, wrong_port, rabbit)
         for args in (
             ("enqueue", APP, TASK, "--args", "[1, 2]"),
             ("result", APP, "some-id"),
@@ -133,9 +144,12 @@ def test_no_password_in_output_logs_or_stored_data(
             ("beat", APP, "--list"),
             ("inspect", APP, "ping"),
             ("control", APP, "shutdown"),
-        ):
-            out = run(url, *args)
-            assert out.returncode != 0 or args[0] == "beat", (args, out.stdout, out.stderr)
+        )
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda job: (job[1], run(job[0], *job[1])), failing))
+    for args, out in outcomes:
+        assert out.returncode != 0 or args[0] == "beat", (args, out.stdout, out.stderr)
     # A worker and a producer of its own, with the wrong password: they must fail, quietly.
     bad_worker = start_worker(APP, env=_env(store_env, wrong_password))
     bad_worker.wait(timeout=90)

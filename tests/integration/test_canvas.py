@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from asyncq import App, ChordError, GroupResult, State, chain, chord, group
-from asyncq.canvas import _Context, on_task_finished
+from asyncq.canvas import on_task_finished
 from asyncq.exceptions import ConfigurationError, TaskRevokedError
 from asyncq.result import encode_record
+from asyncq.signature import _Context
 from tests.services import require_service
 
 TIMEOUT = 20.0

@@ -10,9 +10,10 @@ import pytest
 
 import asyncq
 from asyncq import App, ChordError, GroupResult, Signature, chain, chord, group, signature
-from asyncq.canvas import Chain, Chord, Group, _Context
+from asyncq.canvas import Chain, Chord, Group
 from asyncq.exceptions import ConfigurationError
 from asyncq.result import decode_record, encode_record, exception_from_record
+from asyncq.signature import _Context
 from asyncq.states import State
 
 

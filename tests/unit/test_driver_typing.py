@@ -19,6 +19,8 @@ BROKEN = textwrap.dedent(
     """
     from collections.abc import AsyncIterator, Sequence
 
+    from asyncq.backends.base import BackendCapabilities
+    from asyncq.backends.memory import MemoryBackend
     from asyncq.brokers.memory import MemoryBroker
 
 
@@ -41,6 +43,47 @@ BROKEN = textwrap.dedent(
 
     def _broken_purge(driver: NoPurge) -> Broker:
         return driver  # BROKEN-2
+
+
+    class BlockingExpect(MemoryBackend):
+        async def expect(self, task_id: str) -> None:  # type: ignore[override]
+            raise NotImplementedError
+
+
+    class WithoutHooks:  # a backend written against the old contract: no prepare / expect
+
+        url = "broken://"
+        capabilities = BackendCapabilities()
+
+        async def connect(self) -> None: ...
+        async def aclose(self) -> None: ...
+        async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None: ...
+        async def get(self, task_id: str) -> bytes | None:
+            return None
+        async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+            return []
+        async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
+            return None
+        async def forget(self, task_id: str) -> None: ...
+        async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+            return amount
+
+
+    class ControlChannelOfWrongType(MemoryBroker):
+        def control_channel(self) -> str:  # type: ignore[override]
+            return "channel"
+
+
+    def _broken_expect(driver: BlockingExpect) -> ResultBackend:
+        return driver  # BROKEN-3
+
+
+    def _broken_hooks(driver: WithoutHooks) -> ResultBackend:
+        return driver  # BROKEN-4
+
+
+    def _broken_control(driver: ControlChannelOfWrongType) -> Broker:
+        return driver  # BROKEN-5
     """
 )
 
@@ -61,6 +104,7 @@ def _checked_module() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a cold mypy run of the whole package; slow on a loaded machine
 def test_every_registered_driver_satisfies_its_protocol(tmp_path: Path) -> None:
     path = tmp_path / "drivers_checked.py"
     source = _checked_module()

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from asyncq._amqp import CopyGuard, close_robust, open_robust, split_amqp_url, translate_errors
 from asyncq._utils import redact_url
-from asyncq.brokers.base import BrokerCapabilities
+from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults
 from asyncq.brokers.rabbitmq.wire import (
     BROKER_OPTIONS,
     CONNECT_TIMEOUT,
@@ -43,7 +43,7 @@ class Closable(Protocol):
     def wake_closed(self) -> None: ...
 
 
-class Topology:
+class Topology(BrokerDefaults):
     """Connection and declarations; the publishing and consuming layers build on it."""
 
     def __init__(self, url: str, **options: Any) -> None:
