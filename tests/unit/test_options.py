@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from asyncq._amqp import client_url, split_amqp_url
-from asyncq._options import Option, boolean, choice, integer, optional, parse_options, seconds, text
+from asyncq._options import (
+    Option,
+    boolean,
+    choice,
+    integer,
+    items,
+    option_error,
+    optional,
+    parse_options,
+    seconds,
+    text,
+)
 from asyncq.brokers.rabbitmq import BROKER_OPTIONS
 from asyncq.exceptions import ConfigurationError
 
@@ -102,3 +113,14 @@ def test_amqp_url_keeps_client_options_and_defaults_reconnect_interval() -> None
     assert kept == "amqp://host/?reconnect_interval=3"
     with pytest.raises(ConfigurationError, match="is not an amqp:// or amqps:// URL"):
         client_url("redis://host/")
+
+
+def test_bounds_and_lists_name_what_is_expected() -> None:
+    specs = (Option("size", integer(1, 10), 5), Option("steps", items(integer(0, 9)), (0,)))
+    assert parse_options("steps=1,3", {}, specs, what="test driver")["steps"] == (1, 3)
+    with pytest.raises(ConfigurationError, match=r"size='11': expected an integer between 1 and 10$"):
+        parse_options("size=11", {}, specs, what="test driver")
+    with pytest.raises(ConfigurationError, match=r"steps='1,x': expected a comma-separated list of an"):
+        parse_options("steps=1,x", {}, specs, what="test driver")
+    with pytest.raises(ConfigurationError, match=r"^test driver option secret_key='\*\*\*': too short$"):
+        raise option_error("test driver", "secret_key", "hunter2", "too short")
