@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, Generic, TypeVar, final
 
+from asyncq._options import Option, seconds
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
@@ -26,7 +27,11 @@ __all__ = ["PostgresBroker"]
 logger = logging.getLogger(__name__)
 
 #: The broker's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
-OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0, "vacuum_interval": 60.0}
+OPTIONS: Final[tuple[Option[float], ...]] = (
+    Option("visibility_timeout", seconds, 30.0),
+    Option("poll_interval", seconds, 5.0),
+    Option("vacuum_interval", seconds, 60.0),
+)
 
 #: Prefix of the ``application_name`` of a broker's connections; its lease owner id follows.
 APPLICATION_NAME: Final = "asyncq-broker-"
