@@ -18,6 +18,7 @@ from typing import Any, Final, Generic, TypeVar, final
 from asyncq._options import Option, seconds
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import BrokerCapabilities, DeadLetter, Delivery, OutgoingMessage
 from asyncq.brokers.postgres_sql import MIGRATIONS, Statements
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
@@ -334,11 +335,7 @@ class PostgresBroker:
     # -- consuming -----------------------------------------------------------------------------
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        names = list(dict.fromkeys(queues))
-        if not names:
-            raise ValueError("consume needs at least one queue")
+        names = check_consume(queues, prefetch)
         consumer = _Consumer(names)
         self._consumers.add(consumer)
         self._has_consumed = True
