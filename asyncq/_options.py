@@ -16,11 +16,10 @@ Options that belong to someone else pass through instead of being refused: ``pas
 names those handed on to the client library (returned as strings, e.g. aio-pika's
 ``heartbeat``), ``shared`` those of the other driver of a shared URL (skipped).
 
-Adopting it in a driver with its own option table (the Redis drivers' ``Option(kind,
-default)`` map, for instance) takes one adapter: build ``Option(name, KIND[kind], default)``
-for each entry, with ``KIND = {int: integer(), float: number(), bool: boolean, str: text}``,
-pass the client library's option names as ``passthrough``, and convert those with the same
-converters afterwards.
+Every driver parses with it: a driver module keeps only its spec table and product-specific
+checks, and reports those with :func:`option_error` so every message reads alike. The Redis
+drivers keep their ``Option(kind, default, doc)`` tables and convert them by kind
+(asyncq/_redis/options.py).
 """
 
 from __future__ import annotations
