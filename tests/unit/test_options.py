@@ -17,8 +17,10 @@ from asyncq._options import (
     seconds,
     text,
 )
+from asyncq.backends import backend_from_url
+from asyncq.brokers import broker_from_url
 from asyncq.brokers.rabbitmq import BROKER_OPTIONS
-from asyncq.exceptions import ConfigurationError
+from asyncq.exceptions import ConfigurationError, MissingDependencyError
 
 NAME = Option("name", text, "asyncq")
 COUNT = Option("count", integer(1), 5)
@@ -124,3 +126,40 @@ def test_bounds_and_lists_name_what_is_expected() -> None:
         parse_options("steps=1,x", {}, specs, what="test driver")
     with pytest.raises(ConfigurationError, match=r"^test driver option secret_key='\*\*\*': too short$"):
         raise option_error("test driver", "secret_key", "hunter2", "too short")
+
+
+#: One URL per driver that takes ``connect_timeout``; building a driver opens no connection.
+DRIVER_URLS = [
+    ("broker", "redis://127.0.0.1:1/0"),
+    ("backend", "redis://127.0.0.1:1/0"),
+    ("broker", "amqp://guest:guest@127.0.0.1:1/"),
+    ("backend", "rpc://"),
+    ("broker", "postgresql://127.0.0.1:1/db"),
+    ("backend", "postgresql://127.0.0.1:1/db"),
+    ("backend", "mysql://root@127.0.0.1:1/test"),
+    ("broker", "sqs://?region=us-east-1"),
+    ("broker", "kafka://127.0.0.1:1"),
+]
+
+
+def _build(kind: str, url: str, **options: object) -> object:
+    try:
+        return (broker_from_url if kind == "broker" else backend_from_url)(url, **options)
+    except MissingDependencyError as exc:  # the driver's extra is not installed here
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize(("kind", "url"), DRIVER_URLS)
+def test_every_driver_reports_option_mistakes_alike(kind: str, url: str) -> None:
+    with pytest.raises(ConfigurationError) as unknown:
+        _build(kind, url, connect_timeot=1)
+    assert " option 'connect_timeot' (did you mean 'connect_timeout'?); known: " in str(unknown.value)
+    with pytest.raises(ConfigurationError) as bad:
+        _build(kind, url, connect_timeout="soon")
+    assert " option connect_timeout='soon': expected a number" in str(bad.value)
+    assert "\n" not in str(unknown.value) + str(bad.value)
+
+
+def test_a_secret_option_value_is_never_shown() -> None:
+    with pytest.raises(ConfigurationError, match=r"aws_secret_access_key='\*\*\*': expected a string"):
+        _build("broker", "sqs://?region=us-east-1", aws_access_key_id="a", aws_secret_access_key=12345)
