@@ -37,7 +37,7 @@ __all__ = [
     "Settings",
     "boolean",
     "choice",
-    "anything",
+    "convert",
     "integer",
     "items",
     "number",
@@ -265,8 +265,3 @@ def items(inner: Converter[T]) -> Converter[tuple[T, ...]]:
             raise ValueError(f"a comma-separated list of {exc}") from None
 
     return convert
-
-
-def anything(value: object) -> object:
-    """The value as given (a driver checks it itself, e.g. a string or a callable)."""
-    return value

@@ -100,11 +100,10 @@ class Target:
 
 def _boolean(value: object) -> bool:
     # An empty query value (``?ssl_check_hostname=``) means off, as it always has here.
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return False
-    return boolean(value)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()  # a keyword 1 or "On " counts, as it always has here
+    return False if not text else boolean(text)
 
 
 def _integer(value: object) -> int:
