@@ -15,9 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value, describe_peer
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, describe_peer
+from asyncq._options import Option, integer, parse_options, seconds
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
@@ -43,13 +44,22 @@ _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_]{0,48}")
 #: Client-side error numbers (CR_*) that mean the session is gone, not that a statement failed.
 _CLIENT_ERRORS: Final = range(2000, 3000)
 
-#: Seconds options: name -> default.
-_SECONDS: Final[dict[str, float]] = {
-    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-    "command_timeout": 30.0,
-    "poll_interval": 0.05,
-    "cleanup_interval": 60.0,
-}
+
+def _table_prefix(value: object) -> str:
+    if not isinstance(value, str) or not _PREFIX_RE.fullmatch(value):
+        raise ValueError("up to 48 letters, digits or underscores")
+    return value
+
+
+#: The backend's options, with their defaults.
+OPTIONS: Final[tuple[Option[Any], ...]] = (
+    Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT),
+    Option("command_timeout", seconds, 30.0),
+    Option("poll_interval", seconds, 0.05),
+    Option("cleanup_interval", seconds, 60.0),
+    Option("table_prefix", _table_prefix, "asyncq_"),
+    Option("max_connections", integer(1), 10),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,50 +90,15 @@ def parse_mysql_url(url: str, options: Mapping[str, Any]) -> MySQLSettings:
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise ConfigurationError(f"{shown!r} names no database; use mysql://user:password@host:3306/database")
-    values: dict[str, Any] = {**dict(parse_qsl(parts.query, keep_blank_values=True)), **options}
-    known = sorted([*_SECONDS, "table_prefix", "max_connections"])
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigurationError(f"unknown mysql backend option {unknown[0]!r}; known: {', '.join(known)}")
-    seconds = {name: default for name, default in _SECONDS.items()}
-    for name in _SECONDS:
-        if name in values:
-            # connect_timeout: the same checks and message as the other drivers'.
-            value = values[name]
-            checked = connect_timeout_value(value) if name == "connect_timeout" else _positive(name, value)
-            seconds[name] = checked
-    prefix = str(values.get("table_prefix", "asyncq_"))
-    if not _PREFIX_RE.fullmatch(prefix):
-        raise ConfigurationError(
-            f"mysql backend option table_prefix={prefix!r}: use up to 48 letters, digits or underscores"
-        )
-    given = values.get("max_connections", 10)
-    try:
-        max_connections = int(given) if not isinstance(given, bool) else 0
-    except (TypeError, ValueError):
-        max_connections = 0
-    if max_connections < 1:
-        raise ConfigurationError(f"mysql backend option max_connections={given!r}: expected an integer >= 1")
+    values = parse_options(parts.query, options, OPTIONS, what="mysql backend").values
     return MySQLSettings(
         host=parts.hostname or "localhost",
         port=port,
         user=unquote(parts.username or "root"),
         password=unquote(parts.password or ""),
         database=database,
-        table_prefix=prefix,
-        max_connections=max_connections,
-        **seconds,
+        **values,
     )
-
-
-def _positive(name: str, value: object) -> float:
-    try:
-        seconds = float(value) if not isinstance(value, bool) else -1.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigurationError(f"mysql backend option {name}={value!r}: expected seconds > 0")
-    return seconds
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -16,11 +16,10 @@ Options that belong to someone else pass through instead of being refused: ``pas
 names those handed on to the client library (returned as strings, e.g. aio-pika's
 ``heartbeat``), ``shared`` those of the other driver of a shared URL (skipped).
 
-Adopting it in a driver with its own option table (the Redis drivers' ``Option(kind,
-default)`` map, for instance) takes one adapter: build ``Option(name, KIND[kind], default)``
-for each entry, with ``KIND = {int: integer(), float: number(), bool: boolean, str: text}``,
-pass the client library's option names as ``passthrough``, and convert those with the same
-converters afterwards.
+Every driver parses with it: a driver module keeps only its spec table and product-specific
+checks, and reports those with :func:`option_error` so every message reads alike. The Redis
+drivers keep their ``Option(kind, default, doc)`` tables and convert them by kind
+(asyncq/_redis/options.py).
 """
 
 from __future__ import annotations
@@ -38,8 +37,11 @@ __all__ = [
     "Settings",
     "boolean",
     "choice",
+    "convert",
     "integer",
+    "items",
     "number",
+    "option_error",
     "optional",
     "parse_options",
     "seconds",
@@ -126,8 +128,17 @@ def convert(spec: Option[T], value: object, what: str) -> T:
     try:
         return spec.convert(value)
     except (TypeError, ValueError) as exc:
-        shown = "'***'" if any(word in spec.name for word in _SECRET_WORDS) else repr(value)
-        raise ConfigurationError(f"{what} option {spec.name}={shown}: expected {exc}") from None
+        raise option_error(what, spec.name, value, f"expected {exc}") from None
+
+
+def option_error(what: str, name: str, value: object, problem: str) -> ConfigurationError:
+    """The one-line error for option ``name``'s ``value`` (hidden for a password-like name).
+
+    For a driver's own checks beyond a converter, so every message reads alike:
+    ``sqs broker option endpoint_url='x': must start with http:// or https://``.
+    """
+    shown = "'***'" if any(word in name for word in _SECRET_WORDS) else repr(value)
+    return ConfigurationError(f"{what} option {name}={shown}: {problem}")
 
 
 def _unknown_message(unknown: list[str], known: list[str], what: str) -> str:
@@ -164,9 +175,9 @@ def boolean(value: object) -> bool:
     raise ValueError("a boolean (true/false, 1/0, yes/no, on/off)")
 
 
-def integer(minimum: int | None = None) -> Converter[int]:
-    """An int (or a URL string of one), at least ``minimum``."""
-    expected = "an integer" if minimum is None else f"an integer >= {minimum}"
+def integer(minimum: int | None = None, maximum: int | None = None) -> Converter[int]:
+    """An int (or a URL string of one), at least ``minimum`` and at most ``maximum``."""
+    expected = _expected("an integer", minimum, maximum)
 
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int | str):
@@ -175,16 +186,18 @@ def integer(minimum: int | None = None) -> Converter[int]:
             number = int(value)
         except ValueError:
             raise ValueError(expected) from None
-        if minimum is not None and number < minimum:
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise ValueError(expected)
         return number
 
     return convert
 
 
-def number(minimum: float | None = None, *, positive: bool = False) -> Converter[float]:
-    """A float (or a URL string of one): at least ``minimum``, or above 0 with ``positive``."""
-    expected = "a number > 0" if positive else "a number" if minimum is None else f"a number >= {minimum:g}"
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, positive: bool = False
+) -> Converter[float]:
+    """A float (or a URL string of one): within [``minimum``, ``maximum``], above 0 with ``positive``."""
+    expected = "a number > 0" if positive and maximum is None else _expected("a number", minimum, maximum)
 
     def convert(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -193,11 +206,20 @@ def number(minimum: float | None = None, *, positive: bool = False) -> Converter
             result = float(value)
         except ValueError:
             raise ValueError(expected) from None
-        if result != result or (positive and not result > 0) or (minimum is not None and result < minimum):
+        low = (positive and not result > 0) or (minimum is not None and result < minimum)
+        if result != result or low or (maximum is not None and result > maximum):
             raise ValueError(expected)  # NaN compares false with everything: refused too
         return result
 
     return convert
+
+
+def _expected(noun: str, minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{noun} between {minimum:g} and {maximum:g}"
+    if minimum is not None:
+        return f"{noun} >= {minimum:g}"
+    return noun if maximum is None else f"{noun} <= {maximum:g}"
 
 
 #: Seconds, above zero (timeouts, intervals).
@@ -223,5 +245,23 @@ def optional(inner: Converter[T]) -> Converter[T | None]:
         if value is None or value == "":
             return None
         return inner(value)
+
+    return convert
+
+
+def items(inner: Converter[T]) -> Converter[tuple[T, ...]]:
+    """A comma-separated URL string (or a keyword list/tuple), each item converted by ``inner``."""
+
+    def convert(value: object) -> tuple[T, ...]:
+        if isinstance(value, str):
+            parts: list[object] = [part.strip() for part in value.split(",")]
+        elif isinstance(value, list | tuple):
+            parts = list(value)
+        else:
+            raise ValueError("a comma-separated list")
+        try:
+            return tuple(inner(part) for part in parts)
+        except ValueError as exc:
+            raise ValueError(f"a comma-separated list of {exc}") from None
 
     return convert

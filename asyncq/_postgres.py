@@ -12,12 +12,13 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from asyncq._connect import connect_timeout_value, describe_peer
+from asyncq._connect import describe_peer
+from asyncq._options import Option, choice, integer, parse_options, seconds, text
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError, MissingDependencyError
 
@@ -43,23 +44,27 @@ T = TypeVar("T")
 #: clients with skewed clocks still agree (an ``eta`` given by a client is its own clock's).
 NOW: Final = "extract(epoch from clock_timestamp())"
 
+
+def _schema(value: object) -> str:
+    if not text(value):
+        raise ValueError("a non-empty schema name")
+    return str(value)
+
+
 #: Options every PostgreSQL driver takes, with their defaults.
-COMMON_OPTIONS: Final[dict[str, Any]] = {
-    "schema": "public",
-    "table_prefix": "asyncq_",
-    "connect_timeout": 10.0,
-    "command_timeout": 30.0,
-    "retry_timeout": 10.0,
-    "pool_size": 10,
-    "synchronous_commit": "on",
-}
+COMMON_OPTIONS: Final[tuple[Option[Any], ...]] = (
+    Option("schema", _schema, "public"),
+    Option("table_prefix", text, "asyncq_"),
+    Option("connect_timeout", seconds, 10.0),
+    Option("command_timeout", seconds, 30.0),
+    Option("retry_timeout", seconds, 10.0),
+    Option("pool_size", integer(1), 10),
+    Option("synchronous_commit", choice("on", "off", "local", "remote_write", "remote_apply"), "on"),
+)
 
 #: Options of any PostgreSQL driver (broker, backend, event bus). A URL shared by broker and
 #: backend may carry the other's: those are skipped, never handed to asyncpg as server settings.
 DRIVER_OPTIONS: Final = frozenset({"visibility_timeout", "poll_interval", "cleanup_interval"})
-
-#: Values of PostgreSQL's synchronous_commit that a driver may set for its own sessions.
-_SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
 
 #: Seconds between attempts while the server is unreachable, growing up to the last.
 RETRY_PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -100,56 +105,29 @@ def is_connection(value: object) -> bool:
 
 
 def parse_postgres_url(
-    url: str, options: Mapping[str, Any], defaults: Mapping[str, Any], *, kind: str
+    url: str, options: Mapping[str, Any], specs: Iterable[Option[Any]], *, kind: str
 ) -> tuple[str, dict[str, Any]]:
     """Split a ``postgresql://`` URL into asyncpg's DSN and validated asyncq options.
 
-    ``defaults`` are the driver's own options beside :data:`COMMON_OPTIONS`. Query keys
-    that are neither are left in the DSN for asyncpg (``sslmode``, ``application_name``...).
-    Explicit ``options`` win over the URL query.
+    ``specs`` are the driver's own options beside :data:`COMMON_OPTIONS`. Query keys that are
+    neither are left in the DSN for asyncpg (``sslmode``, ``application_name``...); keyword
+    options must be known. Explicit ``options`` win over the URL query.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigurationError(f"{redact_url(url)!r} is not a postgresql:// URL")
-    known = {**COMMON_OPTIONS, **defaults}
-    ours: dict[str, Any] = {}
+    known = (*COMMON_OPTIONS, *specs)
+    names = {spec.name for spec in known}
+    ours: list[tuple[str, str]] = []
     kept: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in known:
-            ours[key] = value
+        if key in names:
+            ours.append((key, value))
         elif key not in DRIVER_OPTIONS:
             kept.append((key, value))
-    for key, value in options.items():
-        if key not in known:
-            raise ConfigurationError(
-                f"unknown postgresql {kind} option {key!r}; known: {', '.join(sorted(known))}"
-            )
-        ours[key] = value
-    settings = dict(known)
-    for key, value in ours.items():
-        settings[key] = _validated(kind, key, value, known[key])
+    settings = parse_options(ours, options, known, what=f"postgresql {kind}")
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(kept)))
-    return dsn, settings
-
-
-def _validated(kind: str, key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, str):
-        text = str(value)
-        if key == "schema" and not text:
-            raise ConfigurationError(f"postgresql {kind} option schema must not be empty")
-        if key == "synchronous_commit" and text not in _SYNCHRONOUS_COMMIT:
-            known = ", ".join(sorted(_SYNCHRONOUS_COMMIT))
-            raise ConfigurationError(f"postgresql {kind} option synchronous_commit={text!r}; known: {known}")
-        return text
-    if key == "connect_timeout":
-        return connect_timeout_value(value)
-    try:
-        number = (int if isinstance(default, int) else float)(value)
-    except (TypeError, ValueError):
-        number = -1
-    if isinstance(value, bool) or not number > 0:
-        raise ConfigurationError(f"postgresql {kind} option {key}={value!r}: expected a number > 0")
-    return number
+    return dsn, settings.values
 
 
 def quote(identifier: str) -> str:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
+from asyncq._options import Converter, boolean, convert, integer, number
+from asyncq._options import Option as GenericOption
+from asyncq._options import parse_options as parse_generic
 from asyncq._utils import redact_url
 from asyncq.exceptions import ConfigurationError
 
@@ -71,9 +74,6 @@ CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
     "replica_timeout": 1.0,
 }
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-
 
 @dataclass(frozen=True, slots=True)
 class Option:
@@ -98,28 +98,39 @@ class Target:
     tls: bool = False
 
 
-def _convert(name: str, value: Any, kind: type) -> Any:
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError(text)
-        if isinstance(value, bool):  # bool is an int: refuse visibility_timeout=True
-            raise ValueError(value)
-        if kind is float:
-            return float(value)
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"option {name}={value!r} is not a valid {kind.__name__}") from None
+def _boolean(value: object) -> bool:
+    # An empty query value (``?ssl_check_hostname=``) means off, as it always has here.
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()  # a keyword 1 or "On " counts, as it always has here
+    return False if not text else boolean(text)
+
+
+def _integer(value: object) -> int:
+    # A keyword may be a whole float (``db=2.0``); bool is an int but never a count.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return integer()(value)
+
+
+def _number(value: object) -> float:
+    return number()(value)
+
+
+def _string(value: object) -> str:
+    return str(value)  # a keyword ``client_name=7`` has always been taken as "7"
+
+
+#: How a URL query string becomes each option type of the tables.
+_CONVERTERS: Final[dict[type, Converter[Any]]] = {bool: _boolean, int: _integer, float: _number, str: _string}
+
+
+def _spec(name: str, kind: type, default: Any) -> GenericOption[Any]:
+    return GenericOption(name, _CONVERTERS[kind], default)
+
+
+_CONNECTION_SPECS: Final = tuple(_spec(name, kind, None) for name, kind in CONNECTION_OPTIONS.items())
+_DB: Final = _spec("db", int, 0)
 
 
 _SCHEMES: Final[dict[str, tuple[Literal["server", "cluster", "sentinel"], bool]]] = {
@@ -173,7 +184,7 @@ def _target(url: str, cluster: bool) -> Target:
                 f"Sentinel URL {redact_url(url)!r} must name the master: redis+sentinel://host:26379[,host:port]/"
                 "<master name>[/<db>]"
             )
-        db = _convert("db", segments[1], int) if len(segments) == 2 else 0
+        db = convert(_DB, segments[1], "Redis URL") if len(segments) == 2 else 0
         nodes = _hosts(url, hosts, 26379)
         return Target("sentinel", clean, nodes, segments[0], db, user, secret)
     if len(segments) > 1 or (segments and segments[0] != "0"):
@@ -208,25 +219,13 @@ def parse_options(
     Raises:
         ConfigurationError: a bad URL, an unknown option name, or a value of the wrong type.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    merged: dict[str, Any] = {
-        name: value for name, value in query if name in known or name not in DRIVER_OPTION_NAMES
+    specs = [_spec(name, option.kind, option.default) for name, option in known.items()]
+    specs += [spec for spec in _CONNECTION_SPECS if spec.name not in known]
+    parsed = parse_generic(urlsplit(url).query, options, specs, what=what, shared=DRIVER_OPTION_NAMES)
+    settings = {name: parsed[name] for name in known}
+    connection = {
+        spec.name: parsed[spec] for spec in _CONNECTION_SPECS if spec.name not in known and parsed.given(spec)
     }
-    merged.update(options)
-    settings = {name: option.default for name, option in known.items()}
-    connection: dict[str, Any] = {}
-    unknown = []
-    for name, value in merged.items():
-        if name in known:
-            settings[name] = _convert(name, value, known[name].kind)
-        elif name in CONNECTION_OPTIONS:
-            connection[name] = _convert(name, value, CONNECTION_OPTIONS[name])
-        else:
-            unknown.append(name)
-    if unknown:
-        names = ", ".join(sorted([*known, *CONNECTION_OPTIONS]))
-        raise ConfigurationError(f"unknown {what} option(s) {', '.join(sorted(unknown))}; known: {names}")
     target = _target(url, bool(connection.get("cluster", False)))
     return target, settings, connection
 

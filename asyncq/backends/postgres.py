@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Final, final
 
+from asyncq._options import Option, seconds
 from asyncq._postgres import NOW, Database, Listener, Step, parse_postgres_url
 from asyncq._utils import describe_error
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
@@ -24,7 +25,10 @@ __all__ = ["PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 #: The backend's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
-OPTIONS: Final[dict[str, Any]] = {"cleanup_interval": 60.0, "poll_interval": 5.0}
+OPTIONS: Final[tuple[Option[float], ...]] = (
+    Option("cleanup_interval", seconds, 60.0),
+    Option("poll_interval", seconds, 5.0),
+)
 
 #: Most expired rows one clean-up statement deletes (short transactions, vacuum-friendly).
 CLEANUP_BATCH: Final = 5000

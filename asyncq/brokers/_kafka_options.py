@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
+from asyncq._options import Option, integer, number, parse_options, seconds, text
 from asyncq._utils import redact_url
-from asyncq.brokers._options import merge_options, number
 from asyncq.brokers.base import OutgoingMessage
 from asyncq.exceptions import ConfigurationError
 
@@ -23,18 +23,36 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,240}")
 
 PartitionKey = Callable[[OutgoingMessage], str]
 
-_DEFAULTS: Final[dict[str, Any]] = {
-    "group_id": "asyncq",
-    "topic_prefix": "",
-    "partitions": 6,
-    "replication_factor": 1,
-    "partition_key": "id",
-    "commit_interval": 0.2,
-    "session_timeout": 10.0,
-    "max_message_size": 1_048_576,
-    "request_timeout": 30.0,
-    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-}
+_WHAT: Final = "kafka broker"
+
+
+def _partition_key(value: object) -> str | PartitionKey:
+    if callable(value) or value in {"id", "queue"}:
+        return value
+    raise ValueError("'id', 'queue', or a callable(message) -> str")
+
+
+def _group_id(value: object) -> str:
+    if not text(value):
+        raise ValueError("a non-empty string")
+    return str(value)
+
+
+GROUP_ID: Final = Option("group_id", _group_id, "asyncq")
+TOPIC_PREFIX: Final = Option("topic_prefix", text, "")
+PARTITIONS: Final = Option("partitions", integer(1, 10_000), 6)
+REPLICATION_FACTOR: Final = Option("replication_factor", integer(1, 100), 1)
+PARTITION_KEY: Final[Option[str | PartitionKey]] = Option("partition_key", _partition_key, "id")
+COMMIT_INTERVAL: Final = Option("commit_interval", number(0.01, 60), 0.2)
+SESSION_TIMEOUT: Final = Option("session_timeout", number(1, 3600), 10.0)
+MAX_MESSAGE_SIZE: Final = Option("max_message_size", integer(1024, 100 * 1_048_576), 1_048_576)
+REQUEST_TIMEOUT: Final = Option("request_timeout", number(0.1, 3600), 30.0)
+CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT)
+
+SPECS: Final[tuple[Option[Any], ...]] = (
+    GROUP_ID, TOPIC_PREFIX, PARTITIONS, REPLICATION_FACTOR, PARTITION_KEY, COMMIT_INTERVAL,
+    SESSION_TIMEOUT, MAX_MESSAGE_SIZE, REQUEST_TIMEOUT, CONNECT_TIMEOUT,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,29 +106,17 @@ def parse_kafka_url(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         bootstrap.append(f"{name}:{port}")
     if parts.path not in {"", "/"}:
         raise ConfigurationError(f"kafka:// URL {redact_url(url)!r} has a path; options go in the query")
-    merged = merge_options("kafka", url, options, _DEFAULTS)
-    rule = merged["partition_key"]
-    if not callable(rule) and rule not in {"id", "queue"}:
-        raise ConfigurationError(
-            f"kafka:// option partition_key={rule!r}: 'id', 'queue', or a callable(message) -> str"
-        )
-    group = str(merged["group_id"])
-    if not group:
-        raise ConfigurationError("kafka:// option group_id must not be empty")
-
-    def num(name: str, low: float, high: float) -> float:
-        return number("kafka", name, merged[name], low, high)
-
+    given = parse_options(parts.query, options, SPECS, what=_WHAT)
     return KafkaSettings(
         bootstrap=bootstrap,
-        group_id=group,
-        topic_prefix=str(merged["topic_prefix"]),
-        partitions=int(num("partitions", 1, 10_000)),
-        replication_factor=int(num("replication_factor", 1, 100)),
-        partition_key=rule,
-        commit_interval=num("commit_interval", 0.01, 60),
-        session_timeout=num("session_timeout", 1, 3600),
-        max_message_size=int(num("max_message_size", 1024, 100 * 1_048_576)),
-        request_timeout=num("request_timeout", 0.1, 3600),
-        connect_timeout=connect_timeout_value(merged["connect_timeout"]),
+        group_id=given[GROUP_ID],
+        topic_prefix=given[TOPIC_PREFIX],
+        partitions=given[PARTITIONS],
+        replication_factor=given[REPLICATION_FACTOR],
+        partition_key=given[PARTITION_KEY],
+        commit_interval=given[COMMIT_INTERVAL],
+        session_timeout=given[SESSION_TIMEOUT],
+        max_message_size=given[MAX_MESSAGE_SIZE],
+        request_timeout=given[REQUEST_TIMEOUT],
+        connect_timeout=given[CONNECT_TIMEOUT],
     )

@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-from asyncq._connect import DEFAULT_CONNECT_TIMEOUT, connect_timeout_value
+from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
+from asyncq._options import (
+    Option,
+    boolean,
+    integer,
+    items,
+    number,
+    option_error,
+    optional,
+    parse_options,
+    seconds,
+    text,
+)
 from asyncq._utils import redact_url
-from asyncq.brokers._options import boolean, merge_options, number
 from asyncq.brokers.base import OutgoingMessage
 from asyncq.exceptions import ConfigurationError
 
@@ -74,56 +85,45 @@ class SQSSettings:
         return max((s for s in self.priority_steps if s <= value), default=self.priority_steps[0])
 
 
-def _boolean(name: str, value: Any) -> bool:
-    return boolean("sqs", name, value)
+_WHAT: Final = "sqs broker"
 
 
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    return number("sqs", name, value, low, high)
-
-
-def _steps(name: str, value: Any) -> tuple[int, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        steps = tuple(sorted({int(item) for item in items}))
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"sqs:// option {name}={value!r} is not a list of priorities") from None
-    if not steps or steps[0] < 0 or steps[-1] > 9:
-        raise ConfigurationError(f"sqs:// option {name}={value!r}: priorities go from 0 to 9")
+def _steps(value: object) -> tuple[int, ...]:
+    steps = tuple(sorted(set(items(integer(0, 9))(value))))
+    if not steps:
+        raise ValueError("a comma-separated list of priorities from 0 to 9")
     return steps
 
 
-def _weights(value: Any, count: int) -> tuple[float, ...]:
-    if value is None:
-        return (1.0,) * count
-    items = value.split(",") if isinstance(value, str) else list(value)
-    weights = tuple(_number("priority_weights", item, 0.001, 1e6) for item in items)
-    if len(weights) != count:
-        raise ConfigurationError(
-            f"sqs:// option priority_weights={value!r} needs one weight per priority step ({count})"
-        )
-    return weights
+def _group(value: object) -> str | GroupKey:
+    if callable(value) or value in {"queue", "id"}:
+        return value
+    raise ValueError("'queue', 'id', or a callable(message) -> str")
 
 
-_DEFAULTS: Final[dict[str, Any]] = {
-    "region": None,
-    "endpoint_url": None,
-    "tls": True,
-    "aws_access_key_id": None,
-    "aws_secret_access_key": None,
-    "aws_session_token": None,
-    "queue_prefix": "",
-    "fifo": False,
-    "message_group": "queue",
-    "priority_steps": "0",
-    "priority_weights": None,
-    "visibility_timeout": 30,
-    "wait_time": 10,
-    "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
-    "request_timeout": 30.0,
-    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-    "create_queues": True,
-}
+REGION: Final = Option("region", optional(text), None)
+ENDPOINT_URL: Final = Option("endpoint_url", optional(text), None)
+TLS: Final = Option("tls", boolean, True)
+ACCESS_KEY: Final = Option("aws_access_key_id", optional(text), None)
+SECRET_KEY: Final = Option("aws_secret_access_key", optional(text), None)
+SESSION_TOKEN: Final = Option("aws_session_token", optional(text), None)
+QUEUE_PREFIX: Final = Option("queue_prefix", text, "")
+FIFO: Final = Option("fifo", boolean, False)
+MESSAGE_GROUP: Final[Option[str | GroupKey]] = Option("message_group", _group, "queue")
+PRIORITY_STEPS: Final[Option[tuple[int, ...]]] = Option("priority_steps", _steps, (0,))
+PRIORITY_WEIGHTS: Final = Option("priority_weights", optional(items(number(0.001, 1e6))), None)
+VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", number(1, MAX_VISIBILITY), 30.0)
+WAIT_TIME: Final = Option("wait_time", integer(0, 20), 10)
+MAX_MESSAGE_SIZE: Final = Option("max_message_size", integer(1024, 1_048_576), DEFAULT_MAX_MESSAGE_SIZE)
+REQUEST_TIMEOUT: Final = Option("request_timeout", number(0.1, 3600), 30.0)
+CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT)
+CREATE_QUEUES: Final = Option("create_queues", boolean, True)
+
+SPECS: Final[tuple[Option[Any], ...]] = (
+    REGION, ENDPOINT_URL, TLS, ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, QUEUE_PREFIX, FIFO,
+    MESSAGE_GROUP, PRIORITY_STEPS, PRIORITY_WEIGHTS, VISIBILITY_TIMEOUT, WAIT_TIME,
+    MAX_MESSAGE_SIZE, REQUEST_TIMEOUT, CONNECT_TIMEOUT, CREATE_QUEUES,
+)  # fmt: skip
 
 
 def parse_sqs_url(url: str, options: Mapping[str, Any]) -> SQSSettings:
@@ -139,47 +139,42 @@ def parse_sqs_url(url: str, options: Mapping[str, Any]) -> SQSSettings:
         raise ConfigurationError(
             f"sqs:// URL {redact_url(url)!r} has a path; give the region as ?region=NAME"
         )
-    merged = merge_options("sqs", url, options, _DEFAULTS)
-    endpoint = merged["endpoint_url"]
+    given = parse_options(parts.query, options, SPECS, what=_WHAT)
+    endpoint = given[ENDPOINT_URL]
     if endpoint is None and parts.hostname:
-        scheme = "https" if _boolean("tls", merged["tls"]) else "http"
+        scheme = "https" if given[TLS] else "http"
         endpoint = f"{scheme}://{parts.hostname}" + (f":{port}" if port else "")
-    if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):
-        raise ConfigurationError(
-            f"sqs:// option endpoint_url={endpoint!r} must start with http:// or https://"
-        )
-    access = merged["aws_access_key_id"] or (unquote(parts.username) if parts.username else None)
-    secret = merged["aws_secret_access_key"] or (unquote(parts.password) if parts.password else None)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise option_error(_WHAT, "endpoint_url", endpoint, "must start with http:// or https://")
+    access = given[ACCESS_KEY] or (unquote(parts.username) if parts.username else None)
+    secret = given[SECRET_KEY] or (unquote(parts.password) if parts.password else None)
     if (access is None) != (secret is None):
         raise ConfigurationError("sqs:// needs both an access key id and a secret access key, or neither")
-    group = merged["message_group"]
-    if not callable(group) and group not in {"queue", "id"}:
-        raise ConfigurationError(
-            f"sqs:// option message_group={group!r}: 'queue', 'id', or a callable(message) -> str"
-        )
-    prefix = str(merged["queue_prefix"])
+    prefix = given[QUEUE_PREFIX]
     if prefix and not _NAME.fullmatch(prefix):
-        raise ConfigurationError(f"sqs:// option queue_prefix={prefix!r}: letters, digits, '-' and '_' only")
-    steps = _steps("priority_steps", merged["priority_steps"])
-    wait = _number("wait_time", merged["wait_time"], 0, 20)
+        raise option_error(_WHAT, "queue_prefix", prefix, "letters, digits, '-' and '_' only")
+    steps = given[PRIORITY_STEPS]
+    weights = given[PRIORITY_WEIGHTS] or (1.0,) * len(steps)
+    if len(weights) != len(steps):
+        shown = ",".join(f"{weight:g}" for weight in weights)
+        problem = f"needs one weight per priority step ({len(steps)})"
+        raise option_error(_WHAT, "priority_weights", shown, problem)
     return SQSSettings(
-        region=merged["region"] or None,
+        region=given[REGION] or None,
         endpoint_url=endpoint,
         access_key=access,
         secret_key=secret,
-        session_token=merged["aws_session_token"],
+        session_token=given[SESSION_TOKEN],
         queue_prefix=prefix,
-        fifo=_boolean("fifo", merged["fifo"]),
-        message_group=group,
+        fifo=given[FIFO],
+        message_group=given[MESSAGE_GROUP],
         priority_steps=steps,
-        priority_weights=_weights(merged["priority_weights"], len(steps)),
+        priority_weights=weights,
         # SQS counts visibility in whole seconds; rounding up never hands a message out early.
-        visibility_timeout=math.ceil(
-            _number("visibility_timeout", merged["visibility_timeout"], 1, MAX_VISIBILITY)
-        ),
-        wait_time=int(wait),
-        max_message_size=int(_number("max_message_size", merged["max_message_size"], 1024, 1_048_576)),
-        request_timeout=_number("request_timeout", merged["request_timeout"], 0.1, 3600),
-        connect_timeout=connect_timeout_value(merged["connect_timeout"]),
-        create_queues=_boolean("create_queues", merged["create_queues"]),
+        visibility_timeout=math.ceil(given[VISIBILITY_TIMEOUT]),
+        wait_time=given[WAIT_TIME],
+        max_message_size=given[MAX_MESSAGE_SIZE],
+        request_timeout=given[REQUEST_TIMEOUT],
+        connect_timeout=given[CONNECT_TIMEOUT],
+        create_queues=given[CREATE_QUEUES],
     )

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar, final
 from asyncq._connect import describe_peer
 from asyncq._utils import describe_error
 from asyncq.brokers._kafka_options import KafkaSettings, parse_kafka_url
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError, MessageTooLargeError, MissingDependencyError
 
@@ -266,11 +267,7 @@ class KafkaBroker(BrokerDefaults):
     # -- consuming ---------------------------------------------------------------------------
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        names = list(dict.fromkeys(queues))
-        if not names:
-            raise ValueError("consume() needs at least one queue")
+        names = check_consume(queues, prefetch)
         s = self.settings
         by_topic = {s.topic(q): q for q in names}
         topics = [*by_topic, *(t + DELAY for t in by_topic)]

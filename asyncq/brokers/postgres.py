@@ -15,8 +15,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, Generic, TypeVar, final
 
+from asyncq._options import Option, seconds
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.brokers.postgres_sql import MIGRATIONS, Statements
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
@@ -26,7 +28,11 @@ __all__ = ["PostgresBroker"]
 logger = logging.getLogger(__name__)
 
 #: The broker's own options (besides asyncq._postgres.COMMON_OPTIONS), with their defaults.
-OPTIONS: Final[dict[str, Any]] = {"visibility_timeout": 30.0, "poll_interval": 5.0, "vacuum_interval": 60.0}
+OPTIONS: Final[tuple[Option[float], ...]] = (
+    Option("visibility_timeout", seconds, 30.0),
+    Option("poll_interval", seconds, 5.0),
+    Option("vacuum_interval", seconds, 60.0),
+)
 
 #: Prefix of the ``application_name`` of a broker's connections; its lease owner id follows.
 APPLICATION_NAME: Final = "asyncq-broker-"
@@ -329,11 +335,7 @@ class PostgresBroker(BrokerDefaults):
     # -- consuming -----------------------------------------------------------------------------
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        names = list(dict.fromkeys(queues))
-        if not names:
-            raise ValueError("consume needs at least one queue")
+        names = check_consume(queues, prefetch)
         consumer = _Consumer(names)
         self._consumers.add(consumer)
         self._has_consumed = True

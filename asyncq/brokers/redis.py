@@ -31,6 +31,7 @@ from typing import Any, Final
 from asyncq._redis import ClientHolder, GroupCommit, Option, plain_prefix, script_call
 from asyncq._utils import redact_url
 from asyncq.brokers import _redis_dead
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers._redis_consumer import Consumer
 from asyncq.brokers._redis_leases import Leases
 from asyncq.brokers._redis_scripts import (
@@ -229,12 +230,9 @@ class RedisBroker(BrokerDefaults):
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queues``; at most ``prefetch`` claimed and unsettled at a time."""
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        if not queues:
-            raise ValueError("consume() needs at least one queue")
+        names = check_consume(queues, prefetch)
         await self._redis.ensure()
-        consumer = Consumer(self._leases, [self._queue(name) for name in dict.fromkeys(queues)], prefetch)
+        consumer = Consumer(self._leases, [self._queue(name) for name in names], prefetch)
         self._consumers.add(consumer)
         try:
             while True:

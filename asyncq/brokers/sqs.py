@@ -20,6 +20,7 @@ from typing import Any, Final, final
 
 from asyncq._utils import describe_error
 from asyncq.brokers._batching import BatchCalls
+from asyncq.brokers._kit import check_consume
 from asyncq.brokers._sqs_client import SQSClient, error_code, is_missing_queue
 from asyncq.brokers._sqs_codec import Received, decode, encode
 from asyncq.brokers._sqs_options import MAX_DELAY, MAX_VISIBILITY, SQSSettings, parse_sqs_url
@@ -356,11 +357,7 @@ class SQSBroker(BrokerDefaults):
     # -- consuming ---------------------------------------------------------------------------
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        names = list(dict.fromkeys(queues))
-        if not names:
-            raise ValueError("consume() needs at least one queue")
+        names = check_consume(queues, prefetch)
         targets = [
             _Target(queue, await self._url_of(name), weight)
             for queue in names

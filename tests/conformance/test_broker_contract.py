@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from asyncq.brokers import BROKERS, Broker, Delivery, OutgoingMessage
+from asyncq.exceptions import ConfigurationError
 from tests.conformance.conftest import BROKER_PARAMS
 
 TIMEOUT = 10.0
@@ -55,6 +56,16 @@ def test_every_registered_driver_has_a_contract_param() -> None:
     drivers = {target.split(":")[0].rsplit(".", 1)[1] for target in BROKERS.values()}
     params = {p.values[0] for p in BROKER_PARAMS.values()}
     assert drivers <= params, f"drivers without a conformance param: {drivers - params}"
+
+
+@pytest.mark.parametrize(("queues", "prefetch"), [([], 1), ("jobs", 1), (["jobs"], 0), (["jobs"], True)])
+async def test_bad_consume_arguments_are_configuration_errors(
+    broker_factory, queues: list[str], prefetch: int
+) -> None:
+    # One error type and style for every driver (asyncq/brokers/_kit.py check_consume).
+    broker: Broker = await broker_factory()
+    with pytest.raises(ConfigurationError, match=r"^consume\(\) "):
+        await anext(broker.consume(queues, prefetch=prefetch))
 
 
 async def test_publish_consume_ack(broker_factory, queue: str) -> None:

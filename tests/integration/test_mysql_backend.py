@@ -115,7 +115,7 @@ def test_url_and_options_are_parsed() -> None:
         ("mysql://root@localhost", {}, "names no database"),
         ("mysql://root@localhost:99999/test", {}, "not a valid MySQL URL"),
         ("mysql://root@localhost/test?pool=3", {}, "unknown mysql backend option 'pool'"),
-        ("mysql://root@localhost/test", {"poll_interval": 0}, "poll_interval=0: expected seconds > 0"),
+        ("mysql://root@localhost/test", {"poll_interval": 0}, "poll_interval=0: expected a number > 0"),
         ("mysql://root@localhost/test", {"table_prefix": "x`; DROP"}, "table_prefix="),
         ("mysql://root@localhost/test", {"max_connections": "many"}, "max_connections='many'"),
         ("mysql://root@localhost/test", {"connect_timeout": -1}, "connect_timeout=-1"),

@@ -58,7 +58,7 @@ def test_options_are_validated() -> None:
         broker_from_url("postgresql://h/db", visibilty_timeout=3)
     with pytest.raises(ConfigurationError, match="visibility_timeout='soon'"):
         broker_from_url("postgresql://h/db?visibility_timeout=soon")
-    with pytest.raises(ConfigurationError, match="schema must not be empty"):
+    with pytest.raises(ConfigurationError, match="schema='': expected a non-empty schema name"):
         backend_from_url("postgres://h/db?schema=")
     broker = broker_from_url("postgres://u:secret@h/db?sslmode=disable&schema=jobs&poll_interval=2")
     assert isinstance(broker, PostgresBroker) and broker.poll_interval == 2.0

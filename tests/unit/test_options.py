@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest
 
 from asyncq._amqp import client_url, split_amqp_url
-from asyncq._options import Option, boolean, choice, integer, optional, parse_options, seconds, text
+from asyncq._options import (
+    Option,
+    boolean,
+    choice,
+    integer,
+    items,
+    option_error,
+    optional,
+    parse_options,
+    seconds,
+    text,
+)
+from asyncq.backends import backend_from_url
+from asyncq.brokers import broker_from_url
 from asyncq.brokers.rabbitmq import BROKER_OPTIONS
-from asyncq.exceptions import ConfigurationError
+from asyncq.exceptions import ConfigurationError, MissingDependencyError
 
 NAME = Option("name", text, "asyncq")
 COUNT = Option("count", integer(1), 5)
@@ -102,3 +115,51 @@ def test_amqp_url_keeps_client_options_and_defaults_reconnect_interval() -> None
     assert kept == "amqp://host/?reconnect_interval=3"
     with pytest.raises(ConfigurationError, match="is not an amqp:// or amqps:// URL"):
         client_url("redis://host/")
+
+
+def test_bounds_and_lists_name_what_is_expected() -> None:
+    specs = (Option("size", integer(1, 10), 5), Option("steps", items(integer(0, 9)), (0,)))
+    assert parse_options("steps=1,3", {}, specs, what="test driver")["steps"] == (1, 3)
+    with pytest.raises(ConfigurationError, match=r"size='11': expected an integer between 1 and 10$"):
+        parse_options("size=11", {}, specs, what="test driver")
+    with pytest.raises(ConfigurationError, match=r"steps='1,x': expected a comma-separated list of an"):
+        parse_options("steps=1,x", {}, specs, what="test driver")
+    with pytest.raises(ConfigurationError, match=r"^test driver option secret_key='\*\*\*': too short$"):
+        raise option_error("test driver", "secret_key", "hunter2", "too short")
+
+
+#: One URL per driver that takes ``connect_timeout``; building a driver opens no connection.
+DRIVER_URLS = [
+    ("broker", "redis://127.0.0.1:1/0"),
+    ("backend", "redis://127.0.0.1:1/0"),
+    ("broker", "amqp://guest:guest@127.0.0.1:1/"),
+    ("backend", "rpc://"),
+    ("broker", "postgresql://127.0.0.1:1/db"),
+    ("backend", "postgresql://127.0.0.1:1/db"),
+    ("backend", "mysql://root@127.0.0.1:1/test"),
+    ("broker", "sqs://?region=us-east-1"),
+    ("broker", "kafka://127.0.0.1:1"),
+]
+
+
+def _build(kind: str, url: str, **options: object) -> object:
+    try:
+        return (broker_from_url if kind == "broker" else backend_from_url)(url, **options)
+    except MissingDependencyError as exc:  # the driver's extra is not installed here
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize(("kind", "url"), DRIVER_URLS)
+def test_every_driver_reports_option_mistakes_alike(kind: str, url: str) -> None:
+    with pytest.raises(ConfigurationError) as unknown:
+        _build(kind, url, connect_timeot=1)
+    assert " option 'connect_timeot' (did you mean 'connect_timeout'?); known: " in str(unknown.value)
+    with pytest.raises(ConfigurationError) as bad:
+        _build(kind, url, connect_timeout="soon")
+    assert " option connect_timeout='soon': expected a number" in str(bad.value)
+    assert "\n" not in str(unknown.value) + str(bad.value)
+
+
+def test_a_secret_option_value_is_never_shown() -> None:
+    with pytest.raises(ConfigurationError, match=r"aws_secret_access_key='\*\*\*': expected a string"):
+        _build("broker", "sqs://?region=us-east-1", aws_access_key_id="a", aws_secret_access_key=12345)
