@@ -268,3 +268,25 @@ async def test_connection_errors_without_an_outbox(redis_broker: str, pg_url: st
         await outbox.publish_in_transaction("not a connection", [])
     with pytest.raises(ConfigurationError, match="batch_size='many': expected a number > 0"):
         Outbox(pg_url + "&batch_size=many")
+
+
+def test_migrate_and_relay_commands(redis_broker: str, pg_url: str, tmp_path: Path) -> None:
+    module = tmp_path / "cmdapp.py"
+    module.write_text(
+        "from asyncq import App\n"
+        f"app = App('outbox', broker={redis_broker!r}, config={{'outbox_url': {pg_url!r}}})\n"
+        f"bare = App('outbox', broker={redis_broker!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+
+    def asyncq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "asyncq", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    done = asyncq("migrate", "cmdapp:app")
+    assert done.returncode == 0, done.stderr
+    assert "outbox: schema migrated to version 1" in done.stdout
+    assert "outbox: schema up to date" in asyncq("migrate", "cmdapp:app").stdout
+    refused = asyncq("relay", "cmdapp:bare")
+    assert refused.returncode != 0 and "the outbox_url setting is not set" in refused.stderr
