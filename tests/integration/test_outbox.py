@@ -207,7 +207,7 @@ async def test_sigkilled_relay_loses_nothing(
             seen.append(n)
 
         await app.connect()
-        total = 600
+        total = 1000
         async with conn.transaction():
             await app.send_many([record.build_message((n,)) for n in range(total)], connection=conn)
         queue = app.conf.task_default_queue
