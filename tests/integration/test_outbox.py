@@ -290,3 +290,26 @@ def test_migrate_and_relay_commands(redis_broker: str, pg_url: str, tmp_path: Pa
     assert "outbox: schema up to date" in asyncq("migrate", "cmdapp:app").stdout
     refused = asyncq("relay", "cmdapp:bare")
     assert refused.returncode != 0 and "the outbox_url setting is not set" in refused.stderr
+    # SIGTERM: the relay finishes its batch and leaves with status 0.
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "asyncq", "relay", "cmdapp:app"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.stderr is not None
+        for line in relay.stderr:
+            if "outbox relay of" in line and "ready" in line:
+                break
+        else:
+            pytest.fail("asyncq relay ended before it was ready")
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait(timeout=30)
+        if relay.stderr is not None:
+            relay.stderr.close()
