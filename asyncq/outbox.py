@@ -241,6 +241,7 @@ def run_relay(app: App, *, loop: str | None = None) -> None:
     if app.conf.outbox_url is None:
         raise ConfigurationError("the outbox_url setting is not set: there is no outbox to relay")
     relays: list[Relay] = []
+    signalled: list[int] = []
 
     async def serve() -> None:
         await app.connect()
@@ -248,9 +249,12 @@ def run_relay(app: App, *, loop: str | None = None) -> None:
         assert outbox is not None  # outbox_url is set
         relay = Relay(outbox, app.broker)
         relays.append(relay)
+        if signalled:  # stopped while connecting
+            return
         await relay.serve()
 
-    def on_signal(_signum: int) -> None:
+    def on_signal(signum: int) -> None:
+        signalled.append(signum)
         for relay in relays:
             relay.stop()  # a second signal cancels: that batch is rolled back, relayed later
 
