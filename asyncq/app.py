@@ -20,6 +20,7 @@ from asyncq.config import Conf
 from asyncq.eager import apply_eagerly
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
 from asyncq.message import SENT_AT, Message, encode_message
+from asyncq.outbox import Outbox
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
 from asyncq.signature import Signature
@@ -104,9 +105,10 @@ def _defining_dir() -> Path | None:
 class _Drivers:
     """The broker and backend of one app on one event loop (connections are loop-bound)."""
 
-    def __init__(self, broker: Broker, backend: ResultBackend) -> None:
+    def __init__(self, broker: Broker, backend: ResultBackend, outbox: Outbox | None) -> None:
         self.broker = broker
         self.backend = backend
+        self.outbox = outbox  # with the outbox_url setting
         self.connected = False
         self.lock = asyncio.Lock()
 
@@ -343,12 +345,18 @@ class App:
             if self.backend_url.startswith("rpc:"):
                 options.setdefault("broker_url", self.broker_url)
             backend = backend_from_url(self.backend_url, **options)
-            drivers = _Drivers(broker, backend)
+            outbox = None if self.conf.outbox_url is None else Outbox(self.conf.outbox_url)
+            drivers = _Drivers(broker, backend, outbox)
             if self.broker_url.startswith("memory:") or self.backend_url.startswith("memory:"):
                 self._shared_drivers = drivers
             else:
                 self._drivers[loop] = drivers
         return drivers
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The transactional outbox of the running loop (the ``outbox_url`` setting), or None."""
+        return self._current_drivers().outbox
 
     @property
     def broker(self) -> Broker:
@@ -378,6 +386,8 @@ class App:
             if not drivers.connected:
                 await drivers.broker.connect()
                 await drivers.backend.connect()
+                if drivers.outbox is not None:
+                    await drivers.outbox.connect()
                 self._prepare_publishing()
                 drivers.connected = True
 
@@ -403,6 +413,8 @@ class App:
             drivers.connected = False
             await drivers.broker.aclose()
             await drivers.backend.aclose()
+            if drivers.outbox is not None:
+                await drivers.outbox.aclose()
 
     async def __aenter__(self) -> App:
         await self.connect()
@@ -449,7 +461,7 @@ class App:
         """
         await self.connect()
         drivers = self._current_drivers()
-        transactional = None if connection is None else self._transactional(drivers.broker)
+        transactional = None if connection is None else self._transactional(drivers)
         if not message.ignore_result:
             await drivers.backend.prepare(message.id)  # rpc:// binds its reply route before a record comes
             drivers.backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
@@ -471,7 +483,7 @@ class App:
         """
         await self.connect()
         drivers = self._current_drivers()
-        transactional = None if connection is None else self._transactional(drivers.broker)
+        transactional = None if connection is None else self._transactional(drivers)
         backend = drivers.backend
         for message in messages:
             if not message.ignore_result:
@@ -485,15 +497,18 @@ class App:
         self.events.tasks_sent(messages)
         return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
 
-    def _transactional(self, broker: Broker) -> TransactionalBroker:
-        """``broker`` as one that writes through a caller's connection, or a clear error."""
-        if not isinstance(broker, TransactionalBroker):
-            scheme = self.broker_url.partition(":")[0]
-            raise ConfigurationError(
-                f"the {scheme}:// broker cannot enqueue in a database transaction (connection=);"
-                " use the postgresql:// broker, or enqueue after your commit"
-            )
-        return broker
+    def _transactional(self, drivers: _Drivers) -> TransactionalBroker:
+        """What writes through a caller's connection: the broker itself, or the outbox; else an error."""
+        if isinstance(drivers.broker, TransactionalBroker):
+            return drivers.broker
+        if drivers.outbox is not None:
+            return drivers.outbox
+        scheme = self.broker_url.partition(":")[0]
+        raise ConfigurationError(
+            f"the {scheme}:// broker cannot enqueue in a database transaction (connection=):"
+            " set outbox_url to a postgresql:// URL (docs/outbox.md), use the postgresql://"
+            " broker, or enqueue after your commit"
+        )
 
     def send_task(
         self,

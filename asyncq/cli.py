@@ -558,13 +558,28 @@ def purge(
     typer.echo(f"purged {count} message(s) from {queue or app.conf.task_default_queue}")
 
 
+@_command("relay")
+def relay_command(
+    app_path: AppPath, loop: Loop = None, log_level: LogLevel = "info", log_format: LogFormat = "text"
+) -> None:
+    """Move the app's committed outbox rows (the outbox_url setting) to its broker until stopped."""
+    from asyncq.outbox import run_relay
+
+    setup_logging(log_level, log_format)
+    app = load_app(app_path)
+    try:
+        run_relay(app, loop=loop)
+    except AsyncqError as exc:
+        fail(str(exc))
+
+
 @_command()
 def migrate(app_path: AppPath) -> None:
-    """Create or upgrade the broker's and result backend's tables (postgresql://)."""
+    """Create or upgrade the broker's, result backend's and outbox's tables (postgresql://)."""
     app = load_app(app_path)
     done = run_async(lambda: migrate_schemas(app))
     for role, applied in done.items():
-        url = app.broker_url if role == "broker" else app.backend_url
+        url = {"broker": app.broker_url, "outbox": app.conf.outbox_url}.get(role) or app.backend_url
         scheme = url.partition(":")[0]
         if applied is None:
             typer.echo(f"{role}: {scheme}:// keeps no schema, nothing to migrate")

@@ -97,6 +97,13 @@ SETTINGS: dict[str, Setting] = {
             "Store of presence, control, revocations and events when not the broker (e.g. redis:// "
             "beside an sqs:// or kafka:// broker); None: the broker's own.",
         ),
+        _S(
+            "outbox_url",
+            None,
+            str,
+            "postgresql:// URL of the transactional outbox: enqueue(..., connection=conn) on any "
+            "broker writes there in the caller's transaction; workers relay it (docs/outbox.md).",
+        ),
         _S("result_backend_transport_options", {}, _parse_dict, "Options passed to the backend driver."),
         _S(
             "broker_connection_timeout",

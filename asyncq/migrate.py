@@ -28,7 +28,10 @@ class SchemaOwner(Protocol):
 async def migrate(app: App) -> dict[str, list[int] | None]:
     """Migrate ``app``'s broker and result backend: role -> versions applied (None: no schema)."""
     done: dict[str, list[int] | None] = {}
-    for role, driver in (("broker", app.broker), ("result backend", app.backend)):
+    drivers: list[tuple[str, object]] = [("broker", app.broker), ("result backend", app.backend)]
+    if app.outbox is not None:
+        drivers.append(("outbox", app.outbox))
+    for role, driver in drivers:
         if not isinstance(driver, SchemaOwner):
             done[role] = None
             continue

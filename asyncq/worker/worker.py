@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.outbox import Relay
 from asyncq.runner import loop_factory, run_until_signalled
 from asyncq.scheduler import Scheduler
 from asyncq.states import State
@@ -167,6 +168,11 @@ class Worker:
         loops = [consumer, stop_wait, heartbeat]
         if self.scheduler is not None:
             loops.append(asyncio.create_task(self.scheduler.serve(), name="asyncq.beat"))
+        relay: Relay | None = None
+        outbox = self.app.outbox
+        if outbox is not None:  # every worker of the app relays its outbox (SKIP LOCKED shares it)
+            relay = Relay(outbox, self.app.broker)
+            loops.append(asyncio.create_task(relay.serve(), name="asyncq.relay"))
         celery_loop: asyncio.Task[None] | None = None
         if self.app.conf.celery_queues:  # Celery protocol queues, beside the broker's own
             from asyncq.celery.consumer import CeleryConsumer
@@ -187,6 +193,8 @@ class Worker:
             stop_wait.cancel()
             consumer.cancel()
             heartbeat.cancel()
+            if relay is not None:
+                relay.stop()  # not cancelled: it deletes the batch it has published
             if celery_loop is not None:
                 celery_loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
