@@ -64,7 +64,7 @@ COMMON_OPTIONS: Final[tuple[Option[Any], ...]] = (
 
 #: Options of any PostgreSQL driver (broker, backend, event bus). A URL shared by broker and
 #: backend may carry the other's: those are skipped, never handed to asyncpg as server settings.
-DRIVER_OPTIONS: Final = frozenset({"visibility_timeout", "poll_interval", "cleanup_interval"})
+DRIVER_OPTIONS: Final = frozenset({"visibility_timeout", "poll_interval", "cleanup_interval", "batch_size"})
 
 #: Seconds between attempts while the server is unreachable, growing up to the last.
 RETRY_PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from asyncq._options import Option, integer, seconds
 from asyncq._postgres import Database, Listener, Step, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import describe_error, redact_url
 from asyncq.brokers import Broker, OutgoingMessage
@@ -35,10 +36,10 @@ __all__ = ["Outbox", "Relay", "run_relay"]
 logger = logging.getLogger(__name__)
 
 #: Options of an ``outbox_url`` beside those of every PostgreSQL driver.
-OUTBOX_OPTIONS: Final[dict[str, Any]] = {
-    "poll_interval": 5.0,  # fallback poll: covers notifications lost while LISTEN reconnects
-    "batch_size": 100,  # rows one relay claims, publishes and deletes per transaction
-}
+OUTBOX_OPTIONS: Final[tuple[Option[Any], ...]] = (
+    Option("poll_interval", seconds, 5.0),  # fallback poll: covers notifications lost while LISTEN reconnects
+    Option("batch_size", integer(1), 100),  # rows one relay claims, publishes and deletes per transaction
+)
 
 #: Seconds a relay waits after a failed batch (broker down), growing up to the last.
 _FAILURE_PAUSES: Final = (0.1, 0.5, 1.0, 2.0, 5.0)

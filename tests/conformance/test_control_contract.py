@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from asyncq.brokers import Broker
+from asyncq.brokers.base import BrokerDefaults
 from asyncq.brokers.control import (
     CONTROL_CHANNELS,
     NEEDS_CONTROL_URL,
@@ -57,7 +58,7 @@ def test_every_broker_scheme_has_a_channel() -> None:
 
 
 def test_unknown_scheme_is_refused() -> None:
-    class Foreign:
+    class Foreign(BrokerDefaults):  # a third-party broker with no channel of its own
         url = "foreign://x"
 
     with pytest.raises(ConfigurationError, match="no control channel"):
