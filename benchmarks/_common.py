@@ -1,4 +1,4 @@
-"""What several benchmark scripts share: counting task runs, batched enqueue, Redis cleanup.
+"""What several benchmark scripts share: counting runs, batched enqueue, acks, Redis cleanup.
 
 Scripts import it as ``from _common import ...``: run as ``python benchmarks/x.py``, a script
 has this folder first on ``sys.path``.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from contextlib import aclosing
 
 from asyncq import App
+from asyncq.brokers import Broker, Delivery
 from asyncq.message import Message
 
 
@@ -34,6 +36,27 @@ async def send_all(app: App, messages: Sequence[Message], batch: int = 1000) -> 
     """Enqueue ``messages`` with ``send_many``, ``batch`` at a time."""
     for start in range(0, len(messages), batch):
         await app.send_many(messages[start : start + batch])
+
+
+async def ack_concurrently(broker: Broker, queue: str, count: int, prefetch: int) -> None:
+    """Take ``count`` deliveries from ``queue``, ack each from a task of its own, wait for all."""
+    acks = Countdown(count)
+    jobs: set[asyncio.Task[None]] = set()
+
+    async def job(delivery: Delivery) -> None:
+        await delivery.ack()
+        acks.tick()
+
+    async with aclosing(broker.consume([queue], prefetch=prefetch)) as deliveries:
+        taken = 0
+        async for delivery in deliveries:
+            task = asyncio.create_task(job(delivery), name="bench.ack")
+            jobs.add(task)
+            task.add_done_callback(jobs.discard)
+            taken += 1
+            if taken == count:
+                break
+        await acks.done.wait()
 
 
 async def delete_prefix(url: str, prefix: str) -> None:

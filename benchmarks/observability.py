@@ -40,7 +40,8 @@ from asyncq import App
 from asyncq.message import Message
 from asyncq.metrics import TaskMetrics
 from asyncq.task import Request
-from asyncq.tracing import consumer_for, instrument
+from asyncq.tracing import instrument
+from asyncq.worker.traced import consumer_for
 
 MODES = ("off", "bare", "metrics", "tracing", "both")
 
