@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Final, final
 
 from asyncq._mysql import MySQLPool, error_number, parse_mysql_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.backends._waiters import ResultWaiters
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
@@ -135,9 +135,7 @@ class MySQLBackend(BackendDefaults):
     async def aclose(self) -> None:
         self._waiters.wake_all()
         for task in (self._poller, self._sweeper):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         self._poller = self._sweeper = None
         self._connected = False
         await self._pool.close()

@@ -20,7 +20,7 @@ from typing import Any, Final, final
 
 from asyncq._options import Option, seconds
 from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq._wakeup import WakeupChannel
 from asyncq.backends._waiters import ResultWaiters
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
@@ -147,10 +147,8 @@ class SQLiteBackend(BackendDefaults):
 
     async def aclose(self) -> None:
         self._waiters.wake_all()
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
-            self._poller = None
+        await cancel_and_wait(self._poller)
+        self._poller = None
         self._wakeup.close()
         await self._db.close()
 
