@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import random
 import time
@@ -23,6 +24,13 @@ __all__ = [
     "utcnow",
     "utcnow_iso",
 ]
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (``None``: nothing to do) and wait until it has finished, quietly."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def new_id() -> str:

@@ -19,6 +19,8 @@ import time
 from contextlib import aclosing
 from pathlib import Path
 
+from _common import Countdown, send_all
+
 from asyncq import App
 from asyncq.brokers import OutgoingMessage, broker_from_url
 
@@ -53,22 +55,16 @@ async def raw_drain(url: str, n: int) -> float:
 
 async def drain(url: str, n: int) -> float:
     app = App("bench-drain", broker=url)
-    done = asyncio.Event()
-    count = 0
+    runs = Countdown(n)
 
     @app.task
     async def noop() -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+        runs.tick()
 
-    messages = [noop.build_message() for _ in range(n)]
-    for start in range(0, n, 1000):
-        await app.send_many(messages[start : start + 1000])
+    await send_all(app, [noop.build_message() for _ in range(n)])
     started = time.perf_counter()
     async with app.worker(concurrency=500):
-        await asyncio.wait_for(done.wait(), 600)
+        await asyncio.wait_for(runs.done.wait(), 600)
         elapsed = time.perf_counter() - started
     await app.aclose()
     return n / elapsed
@@ -76,23 +72,17 @@ async def drain(url: str, n: int) -> float:
 
 async def fan_out(url: str, n: int, concurrency: int) -> float:
     app = App("bench-fanout", broker=url)
-    done = asyncio.Event()
-    count = 0
+    runs = Countdown(n)
 
     @app.task
     async def sleeper() -> None:
-        nonlocal count
         await asyncio.sleep(0.5)
-        count += 1
-        if count == n:
-            done.set()
+        runs.tick()
 
-    messages = [sleeper.build_message() for _ in range(n)]
-    for start in range(0, n, 1000):
-        await app.send_many(messages[start : start + 1000])
+    await send_all(app, [sleeper.build_message() for _ in range(n)])
     started = time.perf_counter()
     async with app.worker(concurrency=concurrency):
-        await asyncio.wait_for(done.wait(), 600)
+        await asyncio.wait_for(runs.done.wait(), 600)
         elapsed = time.perf_counter() - started
     await app.aclose()
     return elapsed

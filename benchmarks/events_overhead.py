@@ -20,6 +20,8 @@ import statistics
 import time
 import uuid
 
+from _common import Countdown, delete_prefix, send_all
+
 from asyncq import App
 from asyncq.events import decode_batch
 
@@ -32,27 +34,18 @@ async def drain(url: str, prefix: str, n: int, concurrency: int, events: bool) -
         broker=url,
         config={"broker_transport_options": options, "result_backend_transport_options": options},
     )
-    done = asyncio.Event()
-    count = 0
-    first = first_cpu = 0.0
+    runs = Countdown(n)
 
     @app.task(ignore_result=True)
     async def noop() -> None:
-        nonlocal count, first, first_cpu
-        if count == 0:
-            first, first_cpu = time.perf_counter(), time.process_time()
-        count += 1
-        if count == n:
-            done.set()
+        runs.tick()
 
-    messages = [noop.build_message() for _ in range(n)]
-    for start in range(0, n, 1000):
-        await app.send_many(messages[start : start + 1000])
+    await send_all(app, [noop.build_message() for _ in range(n)])
     worker = app.worker(concurrency=concurrency, send_events=events)
     async with worker:
-        await asyncio.wait_for(done.wait(), 600)
-        elapsed = time.perf_counter() - first
-        cpu = time.process_time() - first_cpu
+        await asyncio.wait_for(runs.done.wait(), 600)
+        elapsed = time.perf_counter() - runs.first
+        cpu = time.process_time() - runs.first_cpu
     await app.aclose()
     return n / elapsed, n / cpu
 
@@ -65,17 +58,6 @@ async def events_sent(url: str, prefix: str) -> int:
     try:
         entries = await client.xrange(f"{prefix}:events")
         return sum(len(decode_batch(fields[b"b"])) for _, fields in entries)
-    finally:
-        await client.aclose()
-
-
-async def cleanup(url: str, prefix: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            await client.delete(key)
     finally:
         await client.aclose()
 
@@ -100,7 +82,7 @@ async def main() -> None:
                 rate, cpu_rate = await drain(args.url, prefix, args.tasks, args.concurrency, events)
                 emitted = await events_sent(args.url, prefix)
             finally:
-                await cleanup(args.url, prefix)
+                await delete_prefix(args.url, prefix)
             wall[events].append(rate)
             cpu[events].append(cpu_rate)
             label = "on " if events else "off"

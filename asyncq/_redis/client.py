@@ -39,7 +39,7 @@ from asyncq._redis.pools import BlockingPool, no_retry
 from asyncq._redis.scripts import Script, script_call
 from asyncq._redis.sentinel import SentinelWatcher
 from asyncq._resp import pack_commands
-from asyncq._utils import describe_error, redact_url
+from asyncq._utils import cancel_and_wait, describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
 
 __all__ = ["Client"]
@@ -236,10 +236,8 @@ class Client:
     async def aclose(self) -> None:
         """Stop the Sentinel watcher and close every pooled connection."""
         self._closing = True
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-            await asyncio.gather(self._refreshing, return_exceptions=True)
-            self._refreshing = None
+        await cancel_and_wait(self._refreshing)
+        self._refreshing = None
         if self._sentinel is not None:
             await self._sentinel.stop()
         self._drop_mux()

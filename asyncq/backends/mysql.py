@@ -11,14 +11,14 @@ query every ``poll_interval`` for writes from other processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Final, final
 
 from asyncq._mysql import MySQLPool, error_number, parse_mysql_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
+from asyncq.backends._waiters import ResultWaiters
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
@@ -75,7 +75,7 @@ class MySQLBackend(BackendDefaults):
         )
         self._connected = False
         self._connecting: asyncio.Lock | None = None
-        self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._waiters = ResultWaiters()
         self._poller: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -133,15 +133,9 @@ class MySQLBackend(BackendDefaults):
             await cursor.execute(statement)
 
     async def aclose(self) -> None:
-        for futures in self._waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-        self._waiters.clear()
+        self._waiters.wake_all()
         for task in (self._poller, self._sweeper):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         self._poller = self._sweeper = None
         self._connected = False
         await self._pool.close()
@@ -159,7 +153,7 @@ class MySQLBackend(BackendDefaults):
 
         await self._pool.run(run, what=f"storing the result of {task_id}")
         if final:
-            self._wake(task_id, bytes(record))
+            self._waiters.wake(task_id, bytes(record))
 
     async def get(self, task_id: str) -> bytes | None:
         return (await self.get_many([task_id]))[0]
@@ -190,35 +184,10 @@ class MySQLBackend(BackendDefaults):
         return found
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        # Registered before the first read: a set() in this process landing during the read
-        # still resolves the future, and the poller then covers other processes.
-        waiters = self._waiters.setdefault(task_id, [])
-        waiters.append(future)
-        try:
-            # The first read always completes, so that timeout=0 means "if final already".
-            found = await self._records([task_id], final_only=True)
-            record = found.get(_key(task_id))
-            if record is not None and not future.done():
-                future.set_result(record)
-            elif not future.done():
-                self._ensure_poller()
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            return None
-        finally:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-            if not waiters and self._waiters.get(task_id) is waiters:
-                del self._waiters[task_id]
+        async def read() -> bytes | None:
+            return (await self._records([task_id], final_only=True)).get(_key(task_id))
 
-    def _wake(self, task_id: str, record: bytes | None) -> None:
-        for future in self._waiters.get(task_id, ()):
-            if not future.done():
-                future.set_result(record)
+        return await self._waiters.wait(task_id, timeout, read, self._ensure_poller)
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
@@ -229,7 +198,7 @@ class MySQLBackend(BackendDefaults):
         # waited id in one query, so a thousand waiters cost what one does.
         while self._waiters:
             await asyncio.sleep(self.poll_interval)
-            waited = [task_id for task_id, futures in self._waiters.items() if futures]
+            waited = self._waiters.waited()
             if not waited:
                 continue
             try:
@@ -240,7 +209,7 @@ class MySQLBackend(BackendDefaults):
             for task_id in waited:
                 record = found.get(_key(task_id))
                 if record is not None:
-                    self._wake(task_id, record)
+                    self._waiters.wake(task_id, record)
 
     async def _sweep_forever(self) -> None:
         while True:

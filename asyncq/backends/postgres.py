@@ -16,7 +16,7 @@ from typing import Any, Final, final
 
 from asyncq._options import Option, seconds
 from asyncq._postgres import NOW, Database, Listener, Step, parse_postgres_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
@@ -129,10 +129,8 @@ class PostgresBackend(BackendDefaults):
         return await self._db.migrate("result backend", MIGRATIONS)
 
     async def aclose(self) -> None:
-        if self._janitor is not None:
-            self._janitor.cancel()
-            await asyncio.gather(self._janitor, return_exceptions=True)
-            self._janitor = None
+        await cancel_and_wait(self._janitor)
+        self._janitor = None
         await self._listener.aclose()
         self._closed = True
         self._wake_all()  # pending waits find the backend closed and return None

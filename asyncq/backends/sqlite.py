@@ -11,7 +11,6 @@ connection thread, group commit and URL parsing are shared with the SQLite broke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -21,8 +20,9 @@ from typing import Any, Final, final
 
 from asyncq._options import Option, seconds
 from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq._wakeup import WakeupChannel
+from asyncq.backends._waiters import ResultWaiters
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError
 
@@ -132,7 +132,7 @@ class SQLiteBackend(BackendDefaults):
             connection_error=BackendConnectionError,
             open_timeout=settings[CONNECT_TIMEOUT],
         )
-        self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._waiters = ResultWaiters()
         self._poller: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
         self._wakeup = WakeupChannel(self.path, "results")
@@ -146,15 +146,9 @@ class SQLiteBackend(BackendDefaults):
             await self._db.write(_delete_expired)
 
     async def aclose(self) -> None:
-        for futures in self._waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-        self._waiters.clear()
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
-            self._poller = None
+        self._waiters.wake_all()
+        await cancel_and_wait(self._poller)
+        self._poller = None
         self._wakeup.close()
         await self._db.close()
 
@@ -167,7 +161,7 @@ class SQLiteBackend(BackendDefaults):
             partial(_upsert, row=(task_id, bytes(record), int(final), expires_at), sweep=sweep)
         )
         if final:
-            self._wake(task_id, record)
+            self._waiters.wake(task_id, record)
             self._wakeup.poke()
 
     async def get(self, task_id: str) -> bytes | None:
@@ -180,35 +174,12 @@ class SQLiteBackend(BackendDefaults):
         return [found.get(task_id) for task_id in task_ids]
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        # Registered before the first read: a set() in this process landing during the read
-        # still resolves the future, and the poller then covers other processes.
-        waiters = self._waiters.setdefault(task_id, [])
-        waiters.append(future)
         self._wakeup.listen(self._poked.set)
-        try:
-            # The first read always completes, so that timeout=0 means "if final already".
-            found = await self._db.run(_records, [task_id], True)
-            if task_id in found and not future.done():
-                future.set_result(found[task_id])
-            elif not future.done():
-                self._ensure_poller()
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            return None
-        finally:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-            if not waiters and self._waiters.get(task_id) is waiters:
-                del self._waiters[task_id]
 
-    def _wake(self, task_id: str, record: bytes | None) -> None:
-        for future in self._waiters.get(task_id, ()):
-            if not future.done():
-                future.set_result(record)
+        async def read() -> bytes | None:
+            return (await self._db.run(_records, [task_id], True)).get(task_id)
+
+        return await self._waiters.wait(task_id, timeout, read, self._ensure_poller)
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
@@ -227,14 +198,14 @@ class SQLiteBackend(BackendDefaults):
                     self._check_wakeup()
                 # Cleared before the read: a poke landing during it makes the next tick immediate.
                 self._poked.clear()
-                waited = [task_id for task_id, futures in self._waiters.items() if futures]
+                waited = self._waiters.waited()
                 try:
                     found = await self._db.run(_records, waited, True)
                 except BackendError as exc:  # transient (locked too long): the next tick retries
                     logger.warning("could not poll results in %s: %s", self.path, describe_error(exc))
                     continue
                 for task_id, record in found.items():
-                    self._wake(task_id, record)
+                    self._waiters.wake(task_id, record)
         finally:
             logger.debug("result poller stopped for %s", self.path)
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.brokers._offsets import OffsetTracker
 
 __all__ = ["DELAY", "H_ETA", "ConsumerSession", "Lease", "header"]
@@ -74,9 +74,7 @@ class ConsumerSession:
         self._committer = asyncio.create_task(self._commit_loop(), name="asyncq.kafka.commit")
 
     async def close(self, timeout: float) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
+        await cancel_and_wait(self._committer)
         for handles in self._held.values():
             for handle in handles:
                 handle.cancel()  # their records stay uncommitted: read again by the next owner

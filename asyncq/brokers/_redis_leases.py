@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from asyncq._redis import ClientHolder, GroupCommit, script_call
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW, Queue, split_record
 from asyncq.exceptions import BrokerError
 
@@ -61,10 +61,8 @@ class Leases:
     async def close(self) -> None:
         """Apply pending acks and stop renewing (what is still held is redelivered later)."""
         await self.acks.close()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         self.held.clear()
 
     async def _flush_acks(self, items: list[tuple[Queue, bytes]]) -> list[None]:

@@ -17,7 +17,7 @@ from typing import Any, Final, Generic, TypeVar, final
 
 from asyncq._options import Option, seconds
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.brokers.postgres_sql import MIGRATIONS, Statements
@@ -213,10 +213,8 @@ class PostgresBroker(BrokerDefaults):
         Messages yielded and not settled keep their lease until it lapses, then come back as a
         dead consumer's would; messages claimed but never yielded are handed back now.
         """
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         await self._listener.aclose()
         buffered = [row["seq"] for consumer in self._consumers for row in consumer.buffer]
         for consumer in self._consumers:

@@ -20,7 +20,7 @@ from typing import Any, Final, final
 
 from asyncq._options import Option, seconds
 from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url, transaction
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq._wakeup import WakeupChannel
 from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
@@ -264,10 +264,8 @@ class SQLiteBroker(BrokerDefaults):
         Messages yielded and not settled keep their lease until it lapses, then come back as a
         dead consumer's would; messages claimed but never yielded are handed back now.
         """
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         buffered = [row[0] for consumer in self._consumers for row in consumer.buffer]
         for consumer in self._consumers:
             consumer.buffer.clear()

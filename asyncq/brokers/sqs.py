@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
-from asyncq._utils import describe_error
+from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.brokers._batching import BatchCalls
 from asyncq.brokers._kit import check_consume
 from asyncq.brokers._sqs_client import SQSClient, error_code, is_missing_queue
@@ -157,10 +157,8 @@ class SQSBroker(BrokerDefaults):
             await asyncio.wait(set(self._background), timeout=limit)
         await self._sends.drain()
         await self._deletes.drain()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         await self._client.close()
 
     async def __aenter__(self) -> SQSBroker:

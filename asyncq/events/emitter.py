@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncq.events.codec as codec
+from asyncq._utils import cancel_and_wait
 from asyncq.exceptions import AsyncqError
 
 if TYPE_CHECKING:
@@ -300,10 +301,8 @@ class EventEmitter(NoEvents):
 
     async def aclose(self) -> None:
         """Stop the heartbeat, send what is buffered and stop the flusher (the bus stays open)."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         self._closing = True
         self._wake.set()
         if self._flusher is not None:

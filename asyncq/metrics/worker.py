@@ -21,6 +21,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from asyncq._utils import cancel_and_wait
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.metrics.collector import TaskMetrics
 
@@ -119,10 +120,8 @@ class WorkerMetrics(TaskMetrics):
 
     async def aclose(self) -> None:
         """Stop sampling and serving."""
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
-            self._sampler = None
+        await cancel_and_wait(self._sampler)
+        self._sampler = None
         if self._server is not None:
             server, self._server = self._server, None
             # shutdown() waits for the serving thread's loop: not on the event loop's thread.

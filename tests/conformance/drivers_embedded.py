@@ -10,6 +10,7 @@ import pytest
 
 from asyncq.backends import ResultBackend, backend_from_url
 from asyncq.brokers import Broker, broker_from_url
+from tests.factories import connected
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
 BackendFactory = Callable[..., Awaitable[ResultBackend]]
@@ -41,29 +42,13 @@ async def memory_backend_factory() -> AsyncIterator[BackendFactory]:
 
 @pytest.fixture
 async def sqlite_broker_factory(tmp_path: Path) -> AsyncIterator[BrokerFactory]:
-    made: list[Broker] = []
-
-    async def make(**options: Any) -> Broker:
-        broker = broker_from_url(f"sqlite:///{tmp_path / 'broker.db'}", **options)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    async with connected(lambda **options: broker_from_url(url, **options)) as make:
+        yield make
 
 
 @pytest.fixture
 async def sqlite_backend_factory(tmp_path: Path) -> AsyncIterator[BackendFactory]:
-    made: list[ResultBackend] = []
-
-    async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url(f"sqlite:///{tmp_path / 'results.db'}", **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    async with connected(lambda **options: backend_from_url(url, **options)) as make:
+        yield make

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from asyncq.brokers import Broker, broker_from_url
+from tests.factories import connected
 from tests.servers import tansu_kafka
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -22,18 +23,11 @@ BrokerFactory = Callable[..., Awaitable[Broker]]
 async def kafka_broker_factory() -> AsyncIterator[BrokerFactory]:
     url = tansu_kafka().url
     tag = uuid.uuid4().hex[:10]
-    made: list[Broker] = []
 
-    async def make(**options: Any) -> Broker:
+    def build(**options: Any) -> Broker:
         options.pop("visibility_timeout", None)  # a lease option: Kafka has consumer groups instead
         fixed = {"topic_prefix": f"t{tag}.", "group_id": f"g{tag}", "partitions": 1, "session_timeout": 2}
-        broker = broker_from_url(url, **{**fixed, **options})
-        await broker.connect()
-        made.append(broker)
-        return broker
+        return broker_from_url(url, **{**fixed, **options})
 
-    try:
+    async with connected(build) as make:
         yield make
-    finally:
-        for broker in made:
-            await broker.aclose()

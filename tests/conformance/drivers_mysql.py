@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 
 from asyncq.backends import ResultBackend, backend_from_url
+from tests.factories import connected
 from tests.services import require_service
 
 BackendFactory = Callable[..., Awaitable[ResultBackend]]
@@ -50,15 +50,11 @@ def mysql_url() -> str:
 async def mysql_backend_factory(mysql_url: str) -> AsyncIterator[BackendFactory]:
     pytest.importorskip("asyncmy")
     prefix = unique_table_prefix()
-    made: list[ResultBackend] = []
 
-    async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url(mysql_url, table_prefix=prefix, **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
+    async def cleanup(_: object) -> None:
+        await drop_tables(mysql_url, prefix)
 
-    yield make
-    for backend in made:
-        await backend.aclose()
-    await drop_tables(mysql_url, prefix)
+    async with connected(
+        lambda **options: backend_from_url(mysql_url, table_prefix=prefix, **options), cleanup
+    ) as make:
+        yield make

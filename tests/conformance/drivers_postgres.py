@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import asyncpg
@@ -17,6 +16,7 @@ import pytest
 
 from asyncq.backends import ResultBackend, backend_from_url
 from asyncq.brokers import Broker, broker_from_url
+from tests.factories import connected
 from tests.services import require_service
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -59,31 +59,13 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 async def postgres_broker_factory(postgres_schema: tuple[str, str]) -> AsyncIterator[BrokerFactory]:
-    url, schema = postgres_schema
-    made: list[Broker] = []
-
-    async def make(**options: Any) -> Broker:
-        broker = broker_from_url(with_schema(url, schema), **options)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
+    url = with_schema(*postgres_schema)
+    async with connected(lambda **options: broker_from_url(url, **options)) as make:
+        yield make
 
 
 @pytest.fixture
 async def postgres_backend_factory(postgres_schema: tuple[str, str]) -> AsyncIterator[BackendFactory]:
-    url, schema = postgres_schema
-    made: list[ResultBackend] = []
-
-    async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url(with_schema(url, schema), **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
+    url = with_schema(*postgres_schema)
+    async with connected(lambda **options: backend_from_url(url, **options)) as make:
+        yield make

@@ -19,6 +19,7 @@ import pytest
 
 from asyncq.backends import ResultBackend, backend_from_url
 from asyncq.brokers import Broker, broker_from_url
+from tests.factories import connected
 from tests.services import require_service
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -79,14 +80,7 @@ async def rabbitmq_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFact
 
 @pytest.fixture
 async def rpc_backend_factory(rabbitmq_url: str) -> AsyncIterator[BackendFactory]:
-    made: list[ResultBackend] = []
-
-    async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url("rpc://", broker_url=rabbitmq_url, **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
+    async with connected(
+        lambda **options: backend_from_url("rpc://", broker_url=rabbitmq_url, **options)
+    ) as make:
+        yield make

@@ -32,6 +32,7 @@ from asyncq.backends import ResultBackend, backend_from_url
 from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
+from tests.factories import connected
 from tests.services import missing, require_service
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -268,40 +269,28 @@ def redis_sentinel() -> Iterator[SentinelServers]:
 async def broker_factory(url: str, **fixed: Any) -> AsyncIterator[BrokerFactory]:
     """Make connected brokers on ``url`` sharing one fresh key prefix; close and clean up after."""
     prefix = unique_prefix()
-    made: list[Broker] = []
 
-    async def make(**options: Any) -> Broker:
-        broker = broker_from_url(url, key_prefix=prefix, **fixed, **options)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    try:
-        yield make
-    finally:
-        for broker in made:
-            await broker.aclose()
+    async def cleanup(_: object) -> None:
         await delete_prefix(url, prefix)
+
+    async with connected(
+        lambda **options: broker_from_url(url, key_prefix=prefix, **fixed, **options), cleanup
+    ) as make:
+        yield make
 
 
 @asynccontextmanager
 async def backend_factory(url: str, **fixed: Any) -> AsyncIterator[BackendFactory]:
     """Make connected result backends on ``url`` sharing one fresh key prefix; clean up after."""
     prefix = unique_prefix()
-    made: list[ResultBackend] = []
 
-    async def make(**options: Any) -> ResultBackend:
-        backend = backend_from_url(url, key_prefix=prefix, **fixed, **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    try:
-        yield make
-    finally:
-        for backend in made:
-            await backend.aclose()
+    async def cleanup(_: object) -> None:
         await delete_prefix(url, prefix)
+
+    async with connected(
+        lambda **options: backend_from_url(url, key_prefix=prefix, **fixed, **options), cleanup
+    ) as make:
+        yield make
 
 
 @pytest.fixture

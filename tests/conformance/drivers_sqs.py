@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from asyncq.brokers import Broker, broker_from_url
+from tests.factories import connected
 from tests.servers import moto_sqs
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -38,20 +39,15 @@ async def delete_queues(url: str, prefix: str) -> int:
 async def _factory(**fixed: Any) -> AsyncIterator[BrokerFactory]:
     url = moto_sqs().url
     prefix = f"t{uuid.uuid4().hex[:10]}-"
-    made: list[Broker] = []
 
-    async def make(**options: Any) -> Broker:
-        broker = broker_from_url(url, queue_prefix=prefix, wait_time=1, **{**fixed, **options})
-        await broker.connect()
-        made.append(broker)
-        return broker
+    def build(**options: Any) -> Broker:
+        return broker_from_url(url, queue_prefix=prefix, wait_time=1, **{**fixed, **options})
 
-    try:
-        yield make
-    finally:
-        for broker in made:
-            await broker.aclose()
+    async def cleanup(_: object) -> None:
         await delete_queues(url, prefix)
+
+    async with connected(build, cleanup) as make:
+        yield make
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from asyncq import App, State, chord
 from asyncq.backends import backend_from_url
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 from tests.conformance.drivers_mysql import drop_tables, unique_table_prefix
+from tests.factories import connected
 from tests.services import require_service
 
 asyncmy = pytest.importorskip("asyncmy")
@@ -47,18 +48,13 @@ def prefix() -> str:
 
 @pytest.fixture
 async def open_backend(mysql_url: str, prefix: str) -> AsyncIterator[Callable[..., Awaitable[MySQLBackend]]]:
-    made: list[MySQLBackend] = []
+    async def cleanup(_: object) -> None:
+        await drop_tables(mysql_url, prefix)
 
-    async def make(**options: Any) -> MySQLBackend:
-        backend = MySQLBackend(mysql_url, table_prefix=prefix, **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
-    await drop_tables(mysql_url, prefix)
+    async with connected(
+        lambda **options: MySQLBackend(mysql_url, table_prefix=prefix, **options), cleanup
+    ) as make:
+        yield make
 
 
 async def admin_query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:

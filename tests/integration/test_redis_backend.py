@@ -22,6 +22,7 @@ from asyncq.brokers import redis as broker_module
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 from tests.conformance.drivers_redis import wait_until
+from tests.factories import connected
 
 pytestmark = pytest.mark.redis
 
@@ -31,17 +32,8 @@ Factory = Callable[..., Awaitable[RedisBackend]]
 
 @pytest.fixture
 async def factory(redis_url: str, prefix: str, admin: Redis) -> AsyncIterator[Factory]:
-    made: list[RedisBackend] = []
-
-    async def make(**options: Any) -> RedisBackend:
-        backend = RedisBackend(redis_url, key_prefix=prefix, **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
+    async with connected(lambda **options: RedisBackend(redis_url, key_prefix=prefix, **options)) as make:
+        yield make
 
 
 def test_options_and_registry() -> None:

@@ -27,6 +27,7 @@ from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
 from tests.conformance.drivers_redis import wait_until
+from tests.factories import connected
 from tests.services import missing
 
 pytestmark = pytest.mark.redis
@@ -50,17 +51,8 @@ def queue() -> str:
 
 @pytest.fixture
 async def factory(redis_url: str, prefix: str, admin: Redis) -> AsyncIterator[Factory]:
-    made: list[RedisBroker] = []
-
-    async def make(**options: Any) -> RedisBroker:
-        broker = RedisBroker(redis_url, key_prefix=prefix, **options)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
+    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
+        yield make
 
 
 def key(prefix: str, queue: str, suffix: str) -> str:

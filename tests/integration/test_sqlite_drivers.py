@@ -27,6 +27,7 @@ from asyncq.backends.sqlite import SQLiteBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.sqlite import SQLiteBroker
 from asyncq.exceptions import BackendConnectionError, BrokerConnectionError, BrokerError, ConfigurationError
+from tests.factories import connected
 
 TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parents[2]
@@ -48,32 +49,14 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def open_broker(db: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[SQLiteBroker] = []
-
-    async def make(**options: Any) -> SQLiteBroker:
-        broker = SQLiteBroker(url_for(db), **options)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
+    async with connected(lambda **options: SQLiteBroker(url_for(db), **options)) as make:
+        yield make
 
 
 @pytest.fixture
 async def open_backend(db: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[SQLiteBackend] = []
-
-    async def make(**options: Any) -> SQLiteBackend:
-        backend = SQLiteBackend(url_for(db), **options)
-        await backend.connect()
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await backend.aclose()
+    async with connected(lambda **options: SQLiteBackend(url_for(db), **options)) as make:
+        yield make
 
 
 async def take(it: AsyncIterator[Delivery], timeout: float = TIMEOUT) -> Delivery:
