@@ -26,7 +26,7 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
-from tests.conformance.drivers_redis import wait_until
+from tests.helpers import until
 from tests.services import missing
 
 pytestmark = pytest.mark.redis
@@ -528,7 +528,7 @@ async def test_consumers_survive_client_kill_mid_consume(private_redis: tuple[st
                     await admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
                 await delivery.ack()
         assert seen == {m.id for m in sent}  # nothing lost; a claim whose reply was lost is redelivered
-        await wait_until(lambda: _drained(producer, queue))
+        await until(lambda: _drained(producer, queue))
     finally:
         await admin.aclose()
         await producer.aclose()
@@ -552,7 +552,7 @@ async def test_idle_consumer_survives_kill_of_its_blocking_connection(
 
     async with aclosing(consumer.consume([queue], prefetch=1)) as it:
         pending = asyncio.ensure_future(anext(it))
-        await wait_until(lambda: _nonempty(blocked_ids))
+        await until(lambda: _nonempty(blocked_ids))
         for client_id in await blocked_ids():
             await admin.client_kill_filter(_id=client_id)
         await asyncio.sleep(0.2)

@@ -22,12 +22,11 @@ from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError
 from tests.conformance.drivers_redis import (
     SentinelServers,
-    delete_prefix,
     redis_sentinel,
     run_through_failover,
-    unique_prefix,
     wait_until,
 )
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 __all__ = ["redis_sentinel"]  # the session fixture, imported so that pytest finds it here
