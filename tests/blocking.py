@@ -1,4 +1,6 @@
-"""The blocking-call detector the async tests run under (blockbuster).
+"""The blocking-call detector the async unit tests run under (blockbuster).
+
+tests/unit/conftest.py turns it on for every async test there.
 
 While an async test runs, a call that blocks the event loop's thread (``time.sleep``, file or
 socket I/O, ``sqlite3``, a contended ``threading.Lock``) raises ``BlockingError`` when it is made
@@ -35,6 +37,11 @@ ALLOWED: list[tuple[str, set[str]]] = [
     # ZoneInfo finds and reads a zone's tz file the first time the zone is named (cached
     # afterwards): once per zone when the scheduler starts.
     ("asyncq/beat_entries.py", {"_zone"}),
+    # The SQLite drivers' wake-up sockets: a local directory of Unix datagram sockets, made and
+    # bound when an instance first listens and unlinked on close; a poke stats the directory
+    # (listing it only when its mtime changed) and sends non-blocking datagrams. Metadata on a
+    # local directory, by design cheaper than a thread hop per write.
+    ("asyncq/_wakeup.py", {"listen", "close", "is_bound", "_listeners", "_send", "_send_pokes"}),
     # Starlette's StaticFiles stats the file it serves in the loop (its code, reached through
     # the dashboard's middleware, which is asyncq's and so checked).
     ("starlette/staticfiles.py", {"get_response", "file_response", "lookup_path"}),

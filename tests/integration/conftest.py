@@ -9,11 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from asyncq import App
-from tests.blocking import no_blocking_calls
 from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
-
-__all__ = ["no_blocking_calls"]  # the autouse blocking-call detector, found by pytest here
 
 
 @pytest.fixture(params=["memory", "sqlite"])
