@@ -64,8 +64,17 @@ def _megabytes(value: Any) -> str:
     return f"{value / 1e6:.0f} MB" if isinstance(value, int | float) else ""
 
 
+_TEMPLATES = HERE / "templates"
+
+# Read once at import: a FileSystemLoader would read (and stat, to check for edits) the files
+# from inside the event loop on every page.
 ENV: Final = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    loader=jinja2.DictLoader(
+        {
+            p.relative_to(_TEMPLATES).as_posix(): p.read_text(encoding="utf-8")
+            for p in _TEMPLATES.rglob("*.html")
+        }
+    ),
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,

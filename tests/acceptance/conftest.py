@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import wait_for as wait_for  # re-exported: the acceptance tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,12 +66,3 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]
         proc.wait(timeout=10)
     for log in logs:
         log.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    """Poll a cheap local predicate (files, process state) until true, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)

@@ -17,7 +17,7 @@ from asyncq import App, State
 from tests.acceptance.conftest import asyncq, wait_for
 from tests.apps import control_app
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 APP = "tests.apps.control_app:app"

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncq import App, State
 from tests.acceptance.conftest import asyncq
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 pytest.importorskip("prometheus_client")

@@ -22,7 +22,7 @@ from asyncq import App
 from tests.acceptance.conftest import wait_for
 from tests.apps import control_app
 from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 APP = "tests.apps.control_app:app"

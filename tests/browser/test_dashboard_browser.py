@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.apps import dashboard_app
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.dashboard_support import client_app, redis_env, serve, start_worker
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import missing, require_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.timeout(120)]

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager
@@ -33,6 +32,7 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from tests.factories import connected
+from tests.helpers import delete_prefix, unique_prefix, until, wait_for
 from tests.services import missing, require_service
 
 BrokerFactory = Callable[..., Awaitable[Broker]]
@@ -41,46 +41,8 @@ BackendFactory = Callable[..., Awaitable[ResultBackend]]
 #: Seconds a Cluster node or sentinel waits before it declares a silent peer down.
 NODE_TIMEOUT_MS = 1000
 
-
-def unique_prefix() -> str:
-    """A key prefix no other test uses (hex only: safe inside a SCAN pattern)."""
-    return f"asyncq-test-{uuid.uuid4().hex[:12]}"
-
-
-async def delete_prefix(url: str, prefix: str) -> int:
-    """Delete every key under ``prefix``; return how many (``url``: any Redis URL asyncq takes)."""
-    from redis.asyncio import Redis, RedisCluster
-    from redis.asyncio.sentinel import Sentinel
-
-    scheme, _, rest = url.partition("://")
-    first_host = rest.split(",")[0].split("/")[0]
-    host, _, port = first_host.partition(":")
-    if scheme == "redis+cluster":
-        cluster = RedisCluster(host=host, port=int(port))
-        try:
-            await cluster.initialize()
-            deleted = 0
-            for node in cluster.get_primaries():
-                async for key in cluster.scan_iter(match=f"{prefix}:*", count=1000, target_nodes=node):
-                    deleted += await cluster.delete(key)
-            return deleted
-        finally:
-            await cluster.aclose()
-    if scheme == "redis+sentinel":
-        sentinel = Sentinel([(host, int(port))])
-        try:
-            master_host, master_port = await sentinel.discover_master(rest.split("/")[1])
-        finally:
-            await sentinel.aclose()
-        url = f"redis://{master_host}:{master_port}/0"
-    client = Redis.from_url(url)
-    try:
-        deleted = 0
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            deleted += await client.delete(key)
-        return deleted
-    finally:
-        await client.aclose()
+#: What a starting server answers before it is ready: a wait counts these as "not yet".
+_NOT_YET = (redis.RedisError, OSError)
 
 
 def free_ports(count: int) -> list[int]:
@@ -93,20 +55,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``predicate`` (a sync fixture's wait for servers) until true or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def admin(port: int) -> redis.Redis:
@@ -133,7 +81,7 @@ class Servers:
         command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
         command += ["--save", "", "--appendonly", "no", *args]
         self.processes[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: bool(admin(port).ping()), f"redis-server on port {port}")
+        wait_for(lambda: bool(admin(port).ping()), f"redis-server on port {port}", ignore=_NOT_YET)
 
     def kill(self, port: int) -> None:
         process = self.processes.pop(port)
@@ -169,7 +117,7 @@ class ClusterServers(Servers):
             stderr=subprocess.DEVNULL,
             timeout=60,
         )
-        wait_for(self.is_ready, "the Redis Cluster to settle")
+        wait_for(self.is_ready, "the Redis Cluster to settle", ignore=_NOT_YET)
         self.url = "redis+cluster://" + ",".join(nodes[:2])
 
     def is_ready(self) -> bool:
@@ -211,7 +159,7 @@ class SentinelServers(Servers):
             f"sentinel failover-timeout {self.service} 10000\n"
         )
         self.spawn(self.sentinel, conf=conf)
-        wait_for(self.is_ready, "the sentinel to know the master and its replica")
+        wait_for(self.is_ready, "the sentinel to know the master and its replica", ignore=_NOT_YET)
         self.url = f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.service}/0"
 
     def is_ready(self) -> bool:
@@ -354,16 +302,8 @@ def _msg(queue: str) -> OutgoingMessage:
 async def wait_until(
     predicate: Callable[[], bool | Awaitable[bool]], timeout: float = FAILOVER_TIMEOUT
 ) -> None:
-    """Poll ``predicate`` (plain or async) until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = predicate()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+    """:func:`tests.helpers.until` with the failover bound (kept for the contract tests)."""
+    await until(predicate, "the failover condition", timeout)
 
 
 async def run_through_failover(

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from asyncq import App
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 

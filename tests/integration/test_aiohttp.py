@@ -12,7 +12,7 @@ from asyncq import App
 from asyncq.contrib.aiohttp import get_app, setup
 from asyncq.exceptions import ConfigurationError
 from examples import aiohttp_app as example
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix, wait_until
+from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 pytestmark = pytest.mark.redis
@@ -56,7 +56,7 @@ async def check_routes(base: str) -> None:
             body = (await client.get(f"/jobs/{task_id}")).json()
             return body["state"] == "SUCCESS" and body["result"] == 3
 
-        await wait_until(finished, timeout=60)
+        await until(finished, timeout=60)
 
 
 async def test_handlers_with_the_worker_in_cleanup_ctx(redis_app: App) -> None:
@@ -85,7 +85,7 @@ async def test_handlers_with_a_worker_elsewhere(redis_app: App) -> None:
                 async def done() -> bool:
                     return (await client.get(f"/jobs/{task_id}")).json().get("result") == 10
 
-                await wait_until(done, timeout=60)
+                await until(done, timeout=60)
                 await check_routes(base)
     finally:
         await runner.cleanup()

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from asyncq import App, State, chain, chord, current_task, group
 from asyncq.brokers.control import control_channel_for
 from asyncq.exceptions import ChordError, ConfigurationError, TaskRevokedError, TimeLimitExceeded
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - session fixture
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 TIMEOUT = 15.0
@@ -53,14 +53,6 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
     await app.aclose()
     if prefix is not None:
         await delete_prefix(require_service("redis"), prefix)
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def answering(app: App, *names: str) -> None:

@@ -15,8 +15,8 @@ import pytest
 from asyncq.dashboard.api import ENDPOINTS
 from asyncq.exceptions import ConfigurationError
 from tests.apps import dashboard_app
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.dashboard_support import client_app, redis_env, serve, start_worker
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]

@@ -10,7 +10,7 @@ import pytest
 
 from asyncq import App, State
 from asyncq.exceptions import Reject
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix, wait_until
+from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 TIMEOUT = 30.0
@@ -56,7 +56,7 @@ async def test_rejected_task_is_listed_shown_requeued_and_its_result_readable(dl
         async def parked() -> bool:
             return bool(await app.dead_letters.list())
 
-        await wait_until(parked, TIMEOUT)  # the record is stored just before the settle
+        await until(parked, timeout=TIMEOUT)  # the record is stored just before the settle
         (letter,) = await app.dead_letters.list()  # found without naming the queue
         assert (letter.id, letter.queue) == (sent.id, queue)
         assert "input not ready" in letter.reason
@@ -91,7 +91,7 @@ async def test_requeue_all_and_purge(dlq_app: App) -> None:
         async def all_parked() -> bool:
             return len(await app.dead_letters.list(queue)) == 4
 
-        await wait_until(all_parked, TIMEOUT)
+        await until(all_parked, timeout=TIMEOUT)
         fixed.append(True)
         assert await app.dead_letters.requeue_all() == 4
         assert [await r.get(timeout=TIMEOUT) for r in sent] == [1, 2, 3, 4]
@@ -103,7 +103,7 @@ async def test_requeue_all_and_purge(dlq_app: App) -> None:
         async def parked_again() -> bool:
             return len(await app.dead_letters.list(queue)) == 1
 
-        await wait_until(parked_again, TIMEOUT)
+        await until(parked_again, timeout=TIMEOUT)
         assert await app.dead_letters.purge(queue) == 1
         assert await app.dead_letters.list(queue) == []
         assert await app.dead_letters.requeue(last.id) is False

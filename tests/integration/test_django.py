@@ -25,7 +25,7 @@ import pytest
 
 from asyncq import App
 from asyncq.exceptions import ConfigurationError
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service, service_url
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

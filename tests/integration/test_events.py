@@ -14,7 +14,7 @@ from asyncq import App
 from asyncq.events import EventStream
 from asyncq.exceptions import Reject
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - the fixture
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 TIMEOUT = 30.0

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from asyncq import App
 from asyncq.contrib.fastapi import AsyncqApp, get_app, lifespan
 from asyncq.exceptions import ConfigurationError
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix, wait_until
+from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 pytestmark = pytest.mark.redis
@@ -95,7 +95,7 @@ async def serve(
         except httpx.TransportError:
             return False
 
-    await wait_until(answers, timeout=60)
+    await until(answers, timeout=60)
     return proc, base
 
 
@@ -119,7 +119,7 @@ async def check_routes(base: str) -> None:
             assert body["state"] in ("PENDING", "RECEIVED", "STARTED", "SUCCESS"), body
             return body["state"] == "SUCCESS" and body["result"] == 3
 
-        await wait_until(finished, timeout=60)
+        await until(finished, timeout=60)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:
@@ -160,7 +160,7 @@ async def test_routes_with_a_separate_worker_process(
         async def done() -> bool:
             return (await client.get(f"/jobs/{task_id}")).json().get("result") == 10
 
-        await wait_until(done, timeout=60)
+        await until(done, timeout=60)
     await check_routes(base)
     assert "Application shutdown complete" in stop(server)
     stop(worker)
@@ -177,7 +177,7 @@ async def serve_in_process(api: FastAPI) -> AsyncIterator[tuple[uvicorn.Server, 
         server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="on"))
         task = asyncio.create_task(server.serve(sockets=[sock]), name="test.uvicorn")
         try:
-            await wait_until(lambda: server.started or task.done(), timeout=60)
+            await until(lambda: server.started or task.done(), timeout=60)
             yield server, f"http://127.0.0.1:{sock.getsockname()[1]}"
         finally:
             server.should_exit = True

@@ -18,7 +18,7 @@ import pytest
 
 from asyncq.brokers import Broker, Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.control import LeaseHolder, LeaseReclaimer, control_channel_for
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 TIMEOUT = 10.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from asyncq.backends import backend_from_url
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 from tests.conformance.drivers_mysql import drop_tables, unique_table_prefix
 from tests.factories import connected
+from tests.helpers import until
 from tests.services import require_service
 
 asyncmy = pytest.importorskip("asyncmy")
@@ -69,13 +69,6 @@ async def admin_query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return list(await cursor.fetchall() or [])
     finally:
         conn.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

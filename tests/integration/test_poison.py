@@ -19,7 +19,7 @@ from asyncq.exceptions import WorkerLostError
 from asyncq.result import encode_record
 from asyncq.task import Task
 from tests.apps import poison_tasks
-from tests.conformance.drivers_redis import wait_until
+from tests.helpers import until
 
 TIMEOUT = 30.0
 
@@ -80,7 +80,7 @@ async def test_poison_suspect_is_dead_lettered_once_after_isolated_crashes(
         assert (await healthy.get(timeout=TIMEOUT))["index"] == 1
         with pytest.raises(WorkerLostError, match=r"crashed 2 times while running isolated"):
             await poison.get(timeout=TIMEOUT)
-        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     dead = await app.broker.dead_letters("default")
     assert [d.id for d in dead] == [poison.id]
     assert "exit code 1" in dead[0].reason
@@ -104,8 +104,8 @@ async def test_suspect_that_already_succeeded_is_acked_without_running(app: App)
     await app.backend.set(r.id, record, final=True, ttl=None)
     await lose(app)
     async with app.worker() as worker:
-        await wait_until(_empty(app), timeout=TIMEOUT)
-        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+        await until(_empty(app), timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     assert runs == 0
     assert await r.get(timeout=1) == "first"
     assert await app.broker.dead_letters("default") == []
@@ -132,8 +132,8 @@ async def test_a_failing_duplicate_does_not_overwrite_success(app: App) -> None:
     message = flaky.build_message()
     r, _ = await app.send_many([message, message])  # the same task id twice (a duplicate publish)
     async with app.worker(concurrency=1) as worker:
-        await wait_until(lambda: calls == 2, timeout=TIMEOUT)
-        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+        await until(lambda: calls == 2, timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     assert await r.state() == State.SUCCESS
     assert await r.get(timeout=1) == "done"
 
@@ -171,9 +171,9 @@ async def test_unimportable_suspect_runs_alone(app: App) -> None:
     s = await suspect.enqueue()
     await lose(app)
     async with app.worker(concurrency=4) as worker:
-        await wait_until(lambda: order == ["suspect start"], timeout=TIMEOUT)
+        await until(lambda: order == ["suspect start"], timeout=TIMEOUT)
         o = await ordinary.enqueue()
-        await wait_until(lambda: worker.in_flight == 2, timeout=TIMEOUT)  # taken, held at the gate
+        await until(lambda: worker.in_flight == 2, timeout=TIMEOUT)  # taken, held at the gate
         await asyncio.sleep(0.2)  # give an unheld task every chance to start (no timing asserted)
         release.set()
         await s.get(timeout=TIMEOUT)
@@ -199,7 +199,7 @@ async def test_a_message_given_back_at_shutdown_is_not_a_suspect(app: App) -> No
     await app.connect()
     (r,) = await app.send_many([poison_tasks.hold.build_message()])
     async with app.worker(shutdown_timeout=0.05) as worker:
-        await wait_until(lambda: worker.in_flight == 1, timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 1, timeout=TIMEOUT)
     # The worker cut it short and gave it back on purpose: it runs normally, in the worker.
     async with app.worker():
         assert await r.get(timeout=TIMEOUT) == os.getpid()
@@ -219,8 +219,8 @@ async def test_a_copy_of_a_dead_lettered_poison_message_is_acked_not_dead_letter
     await app.backend.set(r.id, record, final=True, ttl=None)
     await lose(app)
     async with app.worker(max_deliveries=2) as worker:
-        await wait_until(_empty(app), timeout=TIMEOUT)
-        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+        await until(_empty(app), timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     assert await app.broker.dead_letters("default") == []
     assert await r.state() == State.FAILURE
 
@@ -234,6 +234,6 @@ async def test_two_copies_of_a_poison_message_are_dead_lettered_once(app: App) -
     async with app.worker(max_deliveries=1) as worker:
         with pytest.raises(WorkerLostError):
             await r.get(timeout=TIMEOUT)
-        await wait_until(_empty(app), timeout=TIMEOUT)
-        await wait_until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
+        await until(_empty(app), timeout=TIMEOUT)
+        await until(lambda: worker.in_flight == 0, timeout=TIMEOUT)
     assert [d.id for d in await app.broker.dead_letters("default")] == [r.id]

@@ -21,8 +21,8 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import redis as broker_module
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
-from tests.conformance.drivers_redis import wait_until
 from tests.factories import connected
+from tests.helpers import until
 
 pytestmark = pytest.mark.redis
 
@@ -73,7 +73,7 @@ async def test_many_waiters_share_one_subscription_connection(factory: Factory, 
         found = await listeners(admin, name)
         return len(found) == 1 and int(found[0]["sub"]) == 201
 
-    await wait_until(all_subscribed)  # 201 channels (20 waiters share one) on ONE connection
+    await until(all_subscribed)  # 201 channels (20 waiters share one) on ONE connection
     assert backend._listener is not None and len(backend._listener.channels) == 201
     writer = await factory()
     for tid in [*ids, shared]:
@@ -85,7 +85,7 @@ async def test_many_waiters_share_one_subscription_connection(factory: Factory, 
         found = await listeners(admin, name)
         return len(found) == 1 and int(found[0]["sub"]) == 0
 
-    await wait_until(all_unsubscribed)
+    await until(all_unsubscribed)
     assert backend._listener.channels == {}
 
 
@@ -100,12 +100,12 @@ async def test_waiter_survives_a_killed_subscription_connection(factory: Factory
         found = await listeners(admin, name)
         return len(found) == 1 and int(found[0]["sub"]) == count
 
-    await wait_until(lambda: subscribed(2))
+    await until(lambda: subscribed(2))
     (listener,) = await listeners(admin, name)
     await admin.client_kill_filter(_id=listener["id"])
     # Published while nobody listens: the reconnect must re-read the record, not wait for ever.
     await writer.set(early, b"while down", final=True, ttl=60)
-    await wait_until(lambda: subscribed(1))  # resubscribed on a new connection
+    await until(lambda: subscribed(1))  # resubscribed on a new connection
     await writer.set(late, b"after", final=True, ttl=60)
     assert await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT) == [b"while down", b"after"]
 
@@ -177,12 +177,12 @@ async def test_expect_subscribes_ahead_and_a_later_wait_gets_the_record(
     backend = await factory()
     assert await backend.wait("warm-up", timeout=0.01) is None  # the subscription connection is up
     backend.expect("t1")
-    await wait_until(lambda: numsub_is(admin, backend, "t1", 1))
+    await until(lambda: numsub_is(admin, backend, "t1", 1))
     # The task finishes before anyone waits: the record is kept for the wait, no read needed.
     await backend.set("t1", b"done", final=True, ttl=60)
     listener = backend._listener
     assert listener is not None
-    await wait_until(lambda: listener.channels[backend._key("t1")].record == b"done")
+    await until(lambda: listener.channels[backend._key("t1")].record == b"done")
     reads: list[int] = []
     flush = backend._gets._flush
 
@@ -193,7 +193,7 @@ async def test_expect_subscribes_ahead_and_a_later_wait_gets_the_record(
     backend._gets._flush = counting  # type: ignore[method-assign]
     assert await backend.wait("t1", timeout=TIMEOUT) == b"done"
     assert reads == []
-    await wait_until(lambda: numsub_is(admin, backend, "t1", 0))  # the wait left: unsubscribed
+    await until(lambda: numsub_is(admin, backend, "t1", 0))  # the wait left: unsubscribed
 
 
 async def test_channels_subscribed_ahead_expire_and_are_capped(
@@ -205,15 +205,15 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
     assert await backend.wait("warm-up", timeout=0.01) is None
     listener = backend._listener
     assert listener is not None
-    await wait_until(lambda: listener.live)  # expect() only acts on a live subscription
+    await until(lambda: listener.live)  # expect() only acts on a live subscription
     for i in range(5):
         backend.expect(f"t{i}")
     assert sorted(channel.task_id for channel in listener.channels.values()) == ["t0", "t1", "t2"]
-    await wait_until(lambda: numsub_is(admin, backend, "t2", 1))
+    await until(lambda: numsub_is(admin, backend, "t2", 1))
     # Nobody waited: after the ttl they are dropped and unsubscribed, and room is made again.
-    await wait_until(lambda: not listener.channels)
+    await until(lambda: not listener.channels)
     for i in range(3):
-        await wait_until(lambda i=i: numsub_is(admin, backend, f"t{i}", 0))  # type: ignore[misc]
+        await until(lambda i=i: numsub_is(admin, backend, f"t{i}", 0))  # type: ignore[misc]
     backend.expect("t9")
     assert [channel.task_id for channel in listener.channels.values()] == ["t9"]
 

@@ -26,8 +26,8 @@ from asyncq.backends.redis import RedisBackend
 from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError, MissingDependencyError
-from tests.conformance.drivers_redis import wait_until
 from tests.factories import connected
+from tests.helpers import until
 from tests.services import missing
 
 pytestmark = pytest.mark.redis
@@ -412,8 +412,10 @@ async def test_bursts_share_connections(
 async def test_a_full_pool_fails_after_pool_timeout_without_retrying(factory: Factory, queue: str) -> None:
     broker = await factory(multiplex=False, max_connections=1, pool_timeout=0.2, retry_timeout=10)
     client = broker._redis.client()
-    holding = asyncio.create_task(client.execute("BLPOP", f"{queue}-nothing", 1))  # the one connection
-    await asyncio.sleep(0.1)
+    holding = asyncio.create_task(client.execute("BLPOP", f"{queue}-nothing", 1))
+    pool = client._pool
+    assert pool is not None
+    await until(lambda: len(pool._in_use_connections) == 1, "the BLPOP to take the one connection")
     started = time.monotonic()
     with pytest.raises(BrokerConnectionError, match=r"no free Redis connection within pool_timeout=0\.2s"):
         await broker.queue_length(queue)
@@ -457,8 +459,7 @@ async def test_expired_leases_count_as_waiting_and_are_purged(factory: Factory, 
     await it.aclose()  # type: ignore[attr-defined]
     await dead.aclose()  # died holding one message: nobody renews its lease
     assert await dead.queue_length(queue) == 1
-    await asyncio.sleep(0.5)
-    assert await dead.queue_length(queue) == 2
+    await until(lambda: _length_is(dead, queue, 2), "the expired lease to count as waiting")
     assert await dead.purge(queue) == 2
     assert await dead.queue_length(queue) == 0
 
@@ -520,7 +521,7 @@ async def test_consumers_survive_client_kill_mid_consume(private_redis: tuple[st
                     await admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
                 await delivery.ack()
         assert seen == {m.id for m in sent}  # nothing lost; a claim whose reply was lost is redelivered
-        await wait_until(lambda: _drained(producer, queue))
+        await until(lambda: _drained(producer, queue))
     finally:
         await admin.aclose()
         await producer.aclose()
@@ -544,7 +545,7 @@ async def test_idle_consumer_survives_kill_of_its_blocking_connection(
 
     async with aclosing(consumer.consume([queue], prefetch=1)) as it:
         pending = asyncio.ensure_future(anext(it))
-        await wait_until(lambda: _nonempty(blocked_ids))
+        await until(lambda: _nonempty(blocked_ids))
         for client_id in await blocked_ids():
             await admin.client_kill_filter(_id=client_id)
         await asyncio.sleep(0.2)
@@ -635,3 +636,7 @@ async def test_rediss_against_a_real_tls_server(tmp_path: Path) -> None:
     finally:
         await broker.aclose()
         await server.stop()
+
+
+async def _length_is(broker: RedisBroker, queue: str, expected: int) -> bool:
+    return await broker.queue_length(queue) == expected

@@ -26,12 +26,11 @@ from asyncq.brokers.redis import RedisBroker, _Queue
 from asyncq.exceptions import ConfigurationError
 from tests.conformance.drivers_redis import (
     ClusterServers,
-    delete_prefix,
     redis_cluster,
     run_through_failover,
-    unique_prefix,
     wait_until,
 )
+from tests.helpers import delete_prefix, unique_prefix
 
 __all__ = ["redis_cluster"]  # the session fixture, imported so that pytest finds it here
 

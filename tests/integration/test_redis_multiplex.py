@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from asyncq._resp import Multiplexed, open_multiplexed, pack_commands
 from asyncq.brokers import OutgoingMessage
 from asyncq.brokers.redis import RedisBroker
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 pytestmark = pytest.mark.redis

@@ -22,12 +22,11 @@ from asyncq.brokers.redis import RedisBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError
 from tests.conformance.drivers_redis import (
     SentinelServers,
-    delete_prefix,
     redis_sentinel,
     run_through_failover,
-    unique_prefix,
     wait_until,
 )
+from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 __all__ = ["redis_sentinel"]  # the session fixture, imported so that pytest finds it here
@@ -91,7 +90,8 @@ async def test_an_idle_consumer_is_woken_on_the_master(redis_sentinel: SentinelS
     async with broker:
         iterator = broker.consume(["q"], prefetch=1)
         taking = asyncio.ensure_future(anext(iterator))
-        await asyncio.sleep(0.5)  # the consumer found the queue empty and is blocked
+        # The consumer found the queue empty and is blocked on the master.
+        await until(lambda: _blocked_on_master(redis_sentinel), "the consumer to block on the master")
         assert not taking.done()
         await broker.publish(msg("q", b"wake"))
         delivery = await asyncio.wait_for(taking, 10)
@@ -132,3 +132,17 @@ async def test_failover_mid_run_loses_nothing(redis_sentinel: SentinelServers, p
 
 async def _differs(current: Awaitable[Any], before: Any) -> bool:
     return await current != before
+
+
+async def _blocked_on_master(servers: SentinelServers) -> bool:
+    """Whether a client is blocked on the master the sentinel names now (a private server)."""
+    sentinel = Redis(port=servers.sentinel)
+    try:
+        host, port = await sentinel.sentinel_get_master_addr_by_name(servers.service)
+    finally:
+        await sentinel.aclose()
+    master = Redis(host=host, port=int(port))
+    try:
+        return int((await master.info("clients"))["blocked_clients"]) >= 1
+    finally:
+        await master.aclose()

@@ -28,6 +28,7 @@ from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.sqlite import SQLiteBroker
 from asyncq.exceptions import BackendConnectionError, BrokerConnectionError, BrokerError, ConfigurationError
 from tests.factories import connected
+from tests.helpers import until
 
 TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parents[2]
@@ -61,19 +62,6 @@ async def open_backend(db: Path) -> AsyncIterator[Callable[..., Any]]:
 
 async def take(it: AsyncIterator[Delivery], timeout: float = TIMEOUT) -> Delivery:
     return await asyncio.wait_for(anext(it), timeout)
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait (bounded) for ``predicate()`` (sync or async) to become true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:

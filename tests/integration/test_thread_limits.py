@@ -12,7 +12,7 @@ import pytest
 from asyncq import App
 from asyncq.exceptions import TimeLimitExceeded
 from asyncq.worker.threads import ThreadPool
-from tests.conformance.drivers_redis import wait_until
+from tests.helpers import until
 
 TIMEOUT = 15.0
 
@@ -47,7 +47,7 @@ async def test_stuck_threads_past_their_hard_limit_do_not_starve_a_quick_task(
             # Both pool threads are still stuck; without replacements this would never run.
             assert await (await quick.enqueue()).get(timeout=TIMEOUT) == "quick"
             unblock.set()
-            await wait_until(lambda: finished == 2, timeout=TIMEOUT)
+            await until(lambda: finished == 2, timeout=TIMEOUT)
             await asyncio.sleep(0.05)  # let the late outcomes reach the loop
     finally:
         unblock.set()  # never leave a thread blocked behind a failed test

@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from asyncq import App, chain, chord
 from asyncq.tracing import LINK_HEADER, instrument, uninstrument
-from tests.conformance.drivers_redis import delete_prefix, unique_prefix
+from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 TIMEOUT = 15.0

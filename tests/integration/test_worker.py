@@ -18,7 +18,7 @@ from asyncq.exceptions import (
     TimeLimitExceeded,
 )
 from tests.apps import process_tasks
-from tests.conformance.drivers_redis import wait_until
+from tests.helpers import until
 
 TIMEOUT = 15.0
 
@@ -458,7 +458,7 @@ async def test_update_state_from_a_process_task(tmp_path: Any) -> None:
         async def progressed() -> bool:
             return await r.info() == {"done": 1, "total": 2, "state": "PROGRESS"}
 
-        await wait_until(progressed, 30)  # a process task's progress reaches the backend
+        await until(progressed, timeout=30)  # a process task's progress reaches the backend
         assert await r.state() == State.STARTED
         release.touch()
         assert await r.get(timeout=30) == "finished"

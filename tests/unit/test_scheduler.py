@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -558,10 +558,17 @@ def test_refresh_interval_must_be_positive(app: App) -> None:
 
 # -- the loop (real time, sub-second ticks) ------------------------------------------------------------------
 
+#: How long a stopped scheduler may take to return from serve() before the fixture cancels it.
+STOP_WITHIN = 10.0
+
 
 @pytest.fixture
-def serve() -> Iterator[Any]:
-    """Start schedulers as named tasks; stop and await them all at the end."""
+async def serve() -> AsyncIterator[Any]:
+    """Start schedulers as named tasks; at the end stop them and await every task.
+
+    A scheduler that does not stop within the bound is cancelled (and still awaited), and the
+    test fails: nothing a test started outlives it.
+    """
     running: list[tuple[Scheduler, asyncio.Task[None]]] = []
 
     def start(scheduler: Scheduler) -> asyncio.Task[None]:
@@ -572,6 +579,15 @@ def serve() -> Iterator[Any]:
     yield start
     for scheduler, _ in running:
         scheduler.stop()
+    tasks = [task for _, task in running]
+    _, late = await asyncio.wait(tasks, timeout=STOP_WITHIN) if tasks else (set(), set())
+    for task in late:
+        task.cancel()
+    # Exceptions of tasks the test already awaited were seen by it; these are the rest.
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert not late, (
+        f"schedulers still serving {STOP_WITHIN}s after stop(): {sorted(t.get_name() for t in late)}"
+    )
 
 
 async def wait_for_queue(app: App, count: int, timeout: float = 10) -> None:

@@ -1,0 +1,154 @@
+"""JobRunner and Executor over memory:// drivers: a delivery taken, run and settled to the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+from asyncq import State
+from asyncq.brokers import Delivery
+from asyncq.exceptions import TimeLimitExceeded
+from asyncq.task import Request
+from asyncq.testing import memory_app
+from asyncq.worker.executor import Executor
+from asyncq.worker.job import JobRunner
+
+#: Bound on a wait for a delivery or a result (never reached when the code is right).
+TIMEOUT = 10.0
+
+# Module level: a process executor's child imports the task by its module and name.
+app = memory_app("job-tests", task_default_retry_delay=0)
+
+
+class Boom(Exception):
+    pass
+
+
+@app.task
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+async def explode() -> None:
+    raise Boom("no luck")
+
+
+@app.task(bind=True, max_retries=3)
+async def flaky(self: Any, failures: int) -> int:
+    if self.request.retries < failures:
+        raise self.retry(exc=Boom("again"), countdown=0)
+    return self.request.retries
+
+
+@app.task(time_limit=0.2)
+async def stuck() -> None:
+    await asyncio.Event().wait()  # never set: only the time limit ends it
+
+
+@app.task(executor="thread")
+def in_thread() -> bool:
+    return threading.current_thread() is not threading.main_thread()
+
+
+@app.task(executor="process")
+def in_process() -> int:
+    return os.getpid()
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[JobRunner]:
+    executor = Executor(thread_pool_size=2, process_pool_size=1)
+    yield JobRunner(app, executor, hostname="job-test@host", max_deliveries=10)
+    await executor.aclose()
+    await app.broker.purge("default")
+
+
+async def take(queue: str = "default") -> Delivery:
+    async with aclosing(app.broker.consume([queue], prefetch=1)) as deliveries:
+        return await asyncio.wait_for(anext(deliveries), TIMEOUT)
+
+
+async def run_once(runner: JobRunner) -> None:
+    await runner.handle(await take())
+
+
+async def test_success_stores_the_value_and_acks(runner: JobRunner) -> None:
+    result = await add.enqueue(2, 3)
+    await run_once(runner)
+    assert await result.get(timeout=TIMEOUT) == 5
+    assert await app.broker.queue_length("default") == 0
+
+
+async def test_failure_stores_the_exception(runner: JobRunner) -> None:
+    result = await explode.enqueue()
+    await run_once(runner)
+    assert await result.state() == State.FAILURE
+    with pytest.raises(Boom, match="no luck"):
+        await result.get(timeout=TIMEOUT)
+    assert await app.broker.queue_length("default") == 0
+
+
+async def test_retry_sends_the_task_again_until_it_succeeds(runner: JobRunner) -> None:
+    result = await flaky.enqueue(2)
+    await run_once(runner)
+    assert await result.state() == State.RETRY
+    await run_once(runner)
+    await run_once(runner)
+    assert await result.get(timeout=TIMEOUT) == 2  # succeeded on its third run
+    assert await app.broker.queue_length("default") == 0
+
+
+async def test_retries_past_max_retries_fail_with_the_original_error(runner: JobRunner) -> None:
+    result = await flaky.enqueue(10)
+    for _ in range(4):  # the first run and max_retries=3 retries
+        await run_once(runner)
+    with pytest.raises(Boom, match="again"):
+        await result.get(timeout=TIMEOUT)
+    assert await app.broker.queue_length("default") == 0
+
+
+async def test_the_time_limit_ends_the_task_as_a_failure(runner: JobRunner) -> None:
+    result = await stuck.enqueue()
+    await run_once(runner)
+    with pytest.raises(TimeLimitExceeded):
+        await result.get(timeout=TIMEOUT)
+
+
+async def test_a_revoked_task_is_not_run(runner: JobRunner) -> None:
+    result = await add.enqueue(1, 1)
+    runner.is_revoked = lambda task_id: task_id == result.id
+    await run_once(runner)
+    assert await result.state() == State.REVOKED
+    assert await app.broker.queue_length("default") == 0
+
+
+async def test_the_thread_executor_runs_off_the_loop(runner: JobRunner) -> None:
+    result = await in_thread.enqueue()
+    await run_once(runner)
+    assert await result.get(timeout=TIMEOUT) is True
+
+
+async def test_the_process_executor_runs_in_a_child(runner: JobRunner) -> None:
+    result = await in_process.enqueue()
+    await run_once(runner)
+    assert await result.get(timeout=TIMEOUT) != os.getpid()
+
+
+async def test_executor_run_returns_and_raises_like_the_call(runner: JobRunner) -> None:
+    # Executor.run without a broker in between: the value and the exception come straight back.
+    executor = runner.executor
+    unlimited: dict[str, Any] = {"soft_time_limit": None, "time_limit": None}
+    assert await executor.run(add, Request(id="direct", task=add.name, args=[4, 5]), **unlimited) == 9
+    with pytest.raises(Boom):
+        await executor.run(explode, Request(id="direct-2", task=explode.name), **unlimited)
+    with pytest.raises(TimeLimitExceeded):
+        await executor.run(
+            stuck, Request(id="direct-3", task=stuck.name), soft_time_limit=None, time_limit=0.1
+        )
