@@ -22,6 +22,8 @@ from tests.conformance.drivers_redis import delete_prefix, unique_prefix
 from tests.services import require_service
 
 APP = "tests.apps.control_app:app"
+# About twenty CLI processes, each a Python start: seconds apiece on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(
