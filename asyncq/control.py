@@ -2,8 +2,9 @@
 
 Requests are broadcast over the broker's control channel
 (:mod:`asyncq.brokers.control`) and every worker, or those named in ``destination``,
-answers; the caller collects the replies until ``timeout`` (or until every named worker
-answered). This module owns the wire format of requests and replies (JSON) and the reply
+answers; the caller collects the replies until ``timeout``, or until every named worker
+answered (with no ``destination``: every live worker the presence records know, on channels
+that store them). This module owns the wire format of requests and replies (JSON) and the reply
 types; the worker side is :mod:`asyncq.worker.presence`.
 """
 
@@ -158,6 +159,20 @@ def encode_reply(worker: str, *, ok: bool = True, result: Any = None, error: str
     return json.dumps({"worker": worker, "ok": ok, "result": result, "error": error}, default=str).encode()
 
 
+async def _live_workers(channel: ControlChannel, timeout: float) -> int | None:
+    """How many replies a broadcast to every worker can stop at: the live presence records.
+
+    None (wait the whole timeout) when the channel gathers presence by broadcasting (asking
+    would cost a timeout itself) or knows no live worker. A worker writes its first heartbeat
+    before it listens, so the count never leaves out one that could answer.
+    """
+    if not getattr(channel, "stores_presence", False):
+        return None
+    current = time.time()
+    live = {r.worker for r in await channel.workers(timeout=timeout) if r.expires >= current}
+    return len(live) or None
+
+
 def _decode_replies(raw: list[bytes]) -> list[dict[str, Any]]:
     replies = []
     for body in raw:
@@ -226,6 +241,8 @@ class Control:
 
     Every method broadcasts one request and returns the replies keyed by worker; ``destination``
     (worker hostnames) limits who acts and lets the call return as soon as they all answered.
+    Without it the call returns once every live worker in the presence records answered, when
+    the channel stores presence (``timeout`` stays the upper bound: a lost worker is waited for).
     """
 
     def __init__(self, app: App) -> None:
@@ -265,7 +282,7 @@ class Control:
             raise ConfigurationError(f"timeout must be > 0, got {timeout}")
         channel = await self.channel()
         body = self.app.security.sign_control(encode_request(command, arguments, destination))
-        expected = len(set(destination)) if destination else None
+        expected = len(set(destination)) if destination else await _live_workers(channel, timeout)
         return _decode_replies(await channel.broadcast(body, timeout=timeout, replies=expected))
 
     def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0) -> Inspect:

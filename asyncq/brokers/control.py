@@ -102,7 +102,12 @@ class LeaseReclaimer(Protocol):
 
 @runtime_checkable
 class ControlChannel(Protocol):
-    """A broker's side channel for presence, broadcast with replies and revocations."""
+    """A broker's side channel for presence, broadcast with replies and revocations.
+
+    A channel that stores the presence records (so :meth:`workers` is one quick read) says so
+    with a class attribute ``stores_presence = True``; then a broadcast to every worker returns
+    as soon as each live worker answered. Without it the broadcast waits its whole timeout.
+    """
 
     async def connect(self) -> None:
         """Open what the channel needs (its broker is connected already); idempotent."""

@@ -29,6 +29,9 @@ _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 class MemoryControlChannel:
     """In-process channel: every channel made for the same broker instance sees the same state."""
 
+    #: Presence records are stored, so ``workers()`` answers at once (broadcasts stop early).
+    stores_presence = True
+
     def __init__(self, broker: Any) -> None:
         state = _STATES.get(broker)
         if state is None:

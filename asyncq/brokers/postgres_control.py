@@ -71,6 +71,9 @@ MIGRATIONS: Final[tuple[Step, ...]] = (
 class PostgresControlChannel:
     """Control channel over tables of a ``postgresql://`` broker's schema (its pool)."""
 
+    #: Presence records are stored, so ``workers()`` answers at once (broadcasts stop early).
+    stores_presence = True
+
     def __init__(self, broker: PostgresBroker) -> None:
         self._broker = broker
         self._absent: dict[str, float] = {}  # owner -> monotonic time first seen without connections

@@ -42,6 +42,9 @@ ABSENT_FOR = 1.0
 class RedisControlChannel:
     """Control channel over a connected :class:`~asyncq.brokers.redis.RedisBroker`."""
 
+    #: Presence records are stored, so ``workers()`` answers at once (broadcasts stop early).
+    stores_presence = True
+
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
         prefix = broker._prefix

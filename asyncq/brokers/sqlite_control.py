@@ -122,6 +122,9 @@ def _last_seq(conn: sqlite3.Connection) -> int:
 class SQLiteControlChannel:
     """Control channel over the tables of a ``sqlite://`` broker's file (its own connection)."""
 
+    #: Presence records are stored, so ``workers()`` answers at once (broadcasts stop early).
+    stores_presence = True
+
     def __init__(self, broker: SQLiteBroker) -> None:
         self.path = broker.path
         self._db = SQLiteThread(self.path, _SCHEMA, error=BrokerError, connection_error=BrokerConnectionError)

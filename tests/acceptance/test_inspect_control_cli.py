@@ -7,6 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
@@ -21,6 +22,8 @@ from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
 APP = "tests.apps.control_app:app"
+# About twenty CLI processes, each a Python start: seconds apiece on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(
@@ -53,6 +56,12 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
     done = asyncq(*args, "--json", env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def cli_json_all(env: dict[str, str], *commands: list[str]) -> list[Any]:
+    """Run independent CLI commands at once (each is a process start): their JSON, in order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: cli_json(env, *command), commands))
 
 
 def client(env: dict[str, str]) -> App:
@@ -101,14 +110,17 @@ def test_inspect_and_control_two_worker_processes(
     table = asyncq("inspect", APP, "ping", "--timeout", "2", env=env)
     assert table.returncode == 0 and "w1" in table.stdout and "pong" in table.stdout
 
-    stats = cli_json(env, "inspect", APP, "stats", "--destination", "w1", "--timeout", "5")
+    stored_presence = not env["ASYNCQ_BROKER_URL"].startswith("amqp")
+    stats, registered, *listed_workers = cli_json_all(
+        env,
+        ["inspect", APP, "stats", "--destination", "w1", "--timeout", "5"],
+        ["inspect", APP, "registered", "--timeout", "2"],
+        *([["inspect", APP, "workers"]] if stored_presence else []),
+    )
     assert list(stats) == ["w1"] and stats["w1"]["concurrency"] == 2
-
-    if not env["ASYNCQ_BROKER_URL"].startswith("amqp"):
-        listed = {w["hostname"]: w for w in cli_json(env, "inspect", APP, "workers")}
+    for workers_list in listed_workers:
+        listed = {w["hostname"]: w for w in workers_list}
         assert {"w1", "w2"} <= set(listed) and not listed["w1"]["is_lost"]
-
-    registered = cli_json(env, "inspect", APP, "registered", "--timeout", "2")
     assert control_app.nap.name in registered["w1"]
 
     running = enqueue(env, 60.0, str(marks))
@@ -130,19 +142,24 @@ def test_inspect_and_control_two_worker_processes(
     # skip (and the REVOKED record) happens when the broker delivers it at its eta.
     later = enqueue(env, 0.01, str(marks), countdown=10.0)
     cli_json(env, "control", APP, "revoke", later)
-    wait_for(lambda: state_of(env, later) == State.REVOKED, timeout=60, what="the queued task to be REVOKED")
 
-    for command in (
-        ["rate-limit", control_app.nap.name, "100/s"],
-        ["time-limit", control_app.nap.name, "none", "50"],
-        ["add-consumer", "extra-" + env["ASYNCQ_TASK_DEFAULT_QUEUE"]],
-        ["cancel-consumer", "extra-" + env["ASYNCQ_TASK_DEFAULT_QUEUE"]],
-        ["pool-resize", "5"],
+    extra = "extra-" + env["ASYNCQ_TASK_DEFAULT_QUEUE"]
+    for batch in (  # independent commands at once; cancel-consumer needs add-consumer done
+        [
+            ["rate-limit", control_app.nap.name, "100/s"],
+            ["time-limit", control_app.nap.name, "none", "50"],
+            ["add-consumer", extra],
+            ["pool-resize", "5"],
+        ],
+        [["cancel-consumer", extra]],
     ):
-        replies = cli_json(env, "control", APP, *command, "--destination", "w1,w2", "--timeout", "5")
-        assert set(replies) == {"w1", "w2"} and all(r["ok"] for r in replies.values()), (command, replies)
+        to_all = [["control", APP, *c, "--destination", "w1,w2", "--timeout", "5"] for c in batch]
+        for command, replies in zip(batch, cli_json_all(env, *to_all), strict=True):
+            assert set(replies) == {"w1", "w2"} and all(r["ok"] for r in replies.values()), (command, replies)
     stats = cli_json(env, "inspect", APP, "stats", "--destination", "w1,w2", "--timeout", "5")
     assert {s["concurrency"] for s in stats.values()} == {5}
+    # Checked after the commands above, which run while the revoked task waits for its eta.
+    wait_for(lambda: state_of(env, later) == State.REVOKED, timeout=60, what="the queued task to be REVOKED")
 
     bad = asyncq("control", APP, "pool-resize", "many", env=env)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("Error:") and "\n" not in bad.stderr.strip()

@@ -2,7 +2,8 @@
 
 A SIGKILLed worker's tasks are finished by another worker within seconds (not after the
 30 s visibility timeout); a worker paused with SIGSTOP for less than the visibility timeout
-keeps its tasks, and finishes them after SIGCONT, each run exactly once.
+keeps its tasks, and finishes them after SIGCONT, each run exactly once. Heartbeats come every
+half second, so a worker counts as lost after 1.5 s (three missed beats).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from subprocess import Popen
 import pytest
 
 from asyncq import App
+from asyncq.control import WorkerStatus
 from tests.acceptance.conftest import wait_for
 from tests.apps import control_app
 from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
@@ -29,6 +31,7 @@ APP = "tests.apps.control_app:app"
 TASKS = 3
 #: Well below the default 30 s visibility timeout: recovery came from presence, not the lease.
 RECOVERY_BOUND = 20.0
+HEARTBEAT = 0.5
 
 
 @pytest.fixture(
@@ -39,11 +42,12 @@ RECOVERY_BOUND = 20.0
     ]
 )
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Workers' environment: default visibility timeout (30 s), default heartbeats (2 s)."""
+    """Workers' environment: default visibility timeout (30 s), heartbeats every ``HEARTBEAT`` s."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCQ_")}
     base["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     base["ASYNCQ_TASK_DEFAULT_QUEUE"] = f"presence-{uuid.uuid4().hex[:10]}"
     base["ASYNCQ_RESULT_BACKEND"] = f"sqlite:///{tmp_path / 'results.db'}"
+    base["ASYNCQ_WORKER_HEARTBEAT_INTERVAL"] = str(HEARTBEAT)
     prefix = None
     if request.param == "sqlite":
         base["ASYNCQ_BROKER_URL"] = f"sqlite:///{tmp_path / 'broker.db'}"
@@ -83,16 +87,38 @@ def send(env: dict[str, str], task: object, *args: object) -> list[str]:
     return asyncio.run(go())
 
 
-def visible_workers(env: dict[str, str]) -> set[str]:
+def presence(env: dict[str, str]) -> dict[str, WorkerStatus]:
+    """The presence records, live and lost, by worker."""
     app = App("control-app", broker=env["ASYNCQ_BROKER_URL"], backend=env["ASYNCQ_RESULT_BACKEND"])
 
-    async def go() -> set[str]:
+    async def go() -> dict[str, WorkerStatus]:
         try:
-            return {s.hostname for s in await app.control.workers() if not s.is_lost}
+            return {s.hostname: s for s in await app.control.workers()}
         finally:
             await app.aclose()
 
     return asyncio.run(go())
+
+
+def visible_workers(env: dict[str, str]) -> set[str]:
+    return {name for name, status in presence(env).items() if not status.is_lost}
+
+
+def judged(env: dict[str, str], watcher: str, instant: float, passes: int) -> Callable[[], bool]:
+    """A predicate: ``watcher`` has looked for dead workers ``passes`` times since ``instant``.
+
+    A worker looks right after each heartbeat and heartbeats only after that look is done, so
+    ``passes + 1`` distinct heartbeats stored after ``instant`` prove ``passes`` complete looks.
+    """
+    seen: set[float] = set()
+
+    def predicate() -> bool:
+        status = presence(env).get(watcher)
+        if status is not None and status.seen > instant:
+            seen.add(status.seen)
+        return len(seen) > passes
+
+    return predicate
 
 
 def start(start_worker: Callable[..., Popen[str]], env: dict[str, str], name: str) -> Popen[str]:
@@ -139,8 +165,11 @@ def test_sigstop_keeps_the_tasks_and_sigcont_finishes_them_once(
     second = start(start_worker, env, "second")
     os.kill(first.pid, signal.SIGSTOP)
     try:
-        # The pause under test: longer than three missed heartbeats, shorter than the lease.
-        time.sleep(10)
+        # The pause under test: longer than three missed heartbeats, shorter than the lease;
+        # it lasts until the second worker has twice looked for dead workers with the first lost.
+        wait_for(lambda: presence(env)["first"].is_lost, timeout=60, what="the pause to be seen")
+        lost_at = presence(env)["first"].expires
+        wait_for(judged(env, "second", lost_at, 2), timeout=60, what="the paused worker judged")
         assert second.poll() is None
         assert len(markers(marks, "start")) == TASKS, "a paused worker's task was started elsewhere"
     finally:

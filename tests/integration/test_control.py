@@ -106,6 +106,35 @@ async def test_ping_and_destination(app: App) -> None:
         assert list(only) == ["w2"] and only["w2"].ok and only["w2"].message == "pong"
 
 
+async def test_a_broadcast_to_every_worker_returns_once_each_live_one_answered(app: App) -> None:
+    if app.broker_url.startswith("amqp"):
+        pytest.skip("RabbitMQ stores no presence: a broadcast to every worker waits its timeout")
+    await app.connect()
+    channel = control_channel_for(app.broker)
+    await channel.connect()
+    info = b'{"hostname": "gone", "pid": 1, "version": "0", "started": 0}'
+    try:
+        async with app.worker(hostname="w1"), app.worker(hostname="w2"):
+            await answering(app, "w1", "w2")
+            await channel.beat("gone", info, ttl=0.01)  # a lost worker is not waited for
+
+            async def gone_lost() -> bool:
+                return any(s.hostname == "gone" and s.is_lost for s in await app.control.workers())
+
+            await until(gone_lost, "the silent worker to count as lost")
+            async with asyncio.timeout(TIMEOUT):  # far below the broadcast's own timeout
+                replies = await app.control.ping(timeout=TIMEOUT * 4)
+            assert set(replies) == {"w1", "w2"}
+            # A live record whose worker never answers: the timeout stays the upper bound.
+            await channel.beat("silent", info, ttl=TIMEOUT * 4)
+            replies = await app.control.ping(timeout=0.5)
+            assert set(replies) == {"w1", "w2"}
+    finally:
+        for name in ("gone", "silent"):
+            await channel.leave(name)
+        await channel.aclose()
+
+
 async def test_inspect_active_reserved_registered_stats_queues(app: App) -> None:
     release = asyncio.Event()
 
