@@ -27,6 +27,7 @@ from asyncq.config import SETTINGS
 from asyncq.exceptions import AsyncqError, TaskError
 from asyncq.exceptions import TimeoutError as ResultTimeoutError
 from asyncq.migrate import migrate as migrate_schemas
+from asyncq.migrate import report as migration_report
 
 __all__ = ["cli", "main"]
 
@@ -578,16 +579,8 @@ def migrate(app_path: AppPath) -> None:
     """Create or upgrade the broker's, result backend's and outbox's tables (postgresql://)."""
     app = load_app(app_path)
     done = run_async(lambda: migrate_schemas(app))
-    for role, applied in done.items():
-        url = {"broker": app.broker_url, "outbox": app.conf.outbox_url}.get(role) or app.backend_url
-        scheme = url.partition(":")[0]
-        if applied is None:
-            typer.echo(f"{role}: {scheme}:// keeps no schema, nothing to migrate")
-        elif applied:
-            typer.echo(f"{role}: schema migrated to version {applied[-1]}")
-        else:
-            typer.echo(f"{role}: schema up to date")
-
+    for line in migration_report(app, done):
+        typer.echo(line)
 
 from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
 from asyncq.cli_events import make_events_command  # noqa: E402 - as above

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from asyncq.app import App
 
-__all__ = ["SchemaOwner", "migrate"]
+__all__ = ["SchemaOwner", "migrate", "report"]
 
 
 @runtime_checkable
@@ -40,3 +40,18 @@ async def migrate(app: App) -> dict[str, list[int] | None]:
         finally:
             await driver.aclose()
     return done
+
+
+def report(app: App, done: dict[str, list[int] | None]) -> list[str]:
+    """One line per driver of what :func:`migrate` did, as ``asyncq migrate`` prints it."""
+    lines = []
+    for role, applied in done.items():
+        url = {"broker": app.broker_url, "outbox": app.conf.outbox_url}.get(role) or app.backend_url
+        scheme = url.partition(":")[0]
+        if applied is None:
+            lines.append(f"{role}: {scheme}:// keeps no schema, nothing to migrate")
+        elif applied:
+            lines.append(f"{role}: schema migrated to version {applied[-1]}")
+        else:
+            lines.append(f"{role}: schema up to date")
+    return lines

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+import asyncq.dashboard.actions as actions
 from asyncq.__about__ import __version__
-from asyncq.dashboard import actions
 from asyncq.dashboard.actions import Action, service
 from asyncq.dashboard.auth import Auth
 from asyncq.dashboard.service import ActionError

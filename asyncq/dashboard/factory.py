@@ -13,7 +13,8 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from asyncq.dashboard import api, pages
+import asyncq.dashboard.api as api
+import asyncq.dashboard.pages as pages
 from asyncq.dashboard.auth import Auth, LoginMiddleware
 from asyncq.dashboard.history import TaskHistory
 from asyncq.dashboard.live import LiveFeed

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+import asyncq.dashboard.actions as actions
 from asyncq.__about__ import __version__
-from asyncq.dashboard import actions
 from asyncq.dashboard.actions import Action, service
 from asyncq.dashboard.auth import SESSION_COOKIE, SESSION_SECONDS, Auth
 from asyncq.dashboard.history import EVENT_STATES
