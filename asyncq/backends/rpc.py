@@ -42,6 +42,7 @@ try:
     from aio_pika.abc import (
         AbstractExchange,
         AbstractIncomingMessage,
+        AbstractRobustChannel,
         AbstractRobustConnection,
         AbstractRobustQueue,
     )
@@ -122,6 +123,7 @@ class RPCBackend(BackendDefaults):
         self._connection: AbstractRobustConnection | None = None
         self._publish_exchange: AbstractExchange | None = None
         self._reply_queue: AbstractRobustQueue | None = None
+        self._channels: tuple[AbstractRobustChannel, ...] = ()
         self._connect_lock = asyncio.Lock()
 
     # -- connection ----------------------------------------------------------------------------
@@ -164,6 +166,7 @@ class RPCBackend(BackendDefaults):
                 await close_robust(connection)
                 raise
             self._connection, self._reply_queue = connection, queue
+            self._channels = (publish_channel, channel)
             return queue
 
     async def aclose(self) -> None:
@@ -252,6 +255,10 @@ class RPCBackend(BackendDefaults):
                     connection = self._connection
                     if connection is not None:
                         await connection.connected.wait()
+                    # aio-pika sets ``connected`` before it has declared the reply queue
+                    # again on a restored channel: a bind in between finds no queue.
+                    for channel in self._channels:
+                        await channel.ready()
                     with translate_errors(action, BackendError, BackendConnectionError):
                         await op()
                 return
