@@ -329,10 +329,12 @@ class JobRunner(SuspectRuns):
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(message, retries=message.retries + 1, eta=now() + delay if delay > 0 else None)
         self._events.task_retried(message, exc, again.eta)  # before the next attempt's
+        # RETRY is stored before the next attempt exists: stored after, it could land on top of
+        # that attempt's SUCCESS (countdown=0, a fast worker) and leave the caller waiting.
+        await self._store(message, State.RETRY, exc=exc, retries=again.retries, meta={"eta": again.eta})
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self._broker.publish(self.app.outgoing(again))
         logger.info("task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc)
-        await self._store(message, State.RETRY, exc=exc, retries=again.retries, meta={"eta": again.eta})
         self._outcome(message, State.RETRY)
 
     async def _dead_letter(

@@ -419,3 +419,43 @@ async def test_app_and_worker_over_amqp_and_rpc(rabbitmq_url: str, queue: str) -
             broker = app.broker
             assert isinstance(broker, RabbitMQBroker)
             await broker.delete_queue(queue)
+
+
+async def test_an_immediate_retry_never_hides_its_success(
+    rabbitmq_url: str,  # noqa: F811
+    queue: str,
+    tmp_path: Any,
+) -> None:
+    """The RETRY state is stored before the next attempt is published.
+
+    Stored after, it could land on top of that attempt's SUCCESS (RabbitMQ hands the new
+    attempt straight back to the same worker), and the caller never saw the result.
+    """
+    app = App(
+        "it-rabbitmq-retry",
+        broker=rabbitmq_url,
+        backend=f"sqlite:///{tmp_path / 'results.db'}",
+        config={"task_default_queue": queue},
+    )
+    runs: dict[int, int] = {}
+
+    @app.task(bind=True, max_retries=1)
+    async def once_more(self: Any, k: int) -> int:
+        runs[k] = runs.get(k, 0) + 1
+        if runs[k] == 1:
+            raise self.retry(countdown=0)
+        return k
+
+    async with app:
+        try:
+            async with app.worker(concurrency=50):
+                handles = [await once_more.enqueue(k) for k in range(300)]
+                results = await asyncio.wait_for(
+                    asyncio.gather(*(h.get(timeout=TIMEOUT) for h in handles)), TIMEOUT * 2
+                )
+            assert results == list(range(300))
+            assert set(runs.values()) == {2}
+        finally:
+            broker = app.broker
+            assert isinstance(broker, RabbitMQBroker)
+            await broker.delete_queue(queue)
