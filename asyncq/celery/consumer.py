@@ -344,6 +344,12 @@ class CeleryConsumer:
             eta=now() + delay if delay > 0 else None,
             headers={k: v for k, v in message.headers.items() if k != "redelivered"},
         )
+        # RETRY first: stored after the next attempt is published, it could replace that
+        # attempt's SUCCESS (see the native worker's retry).
+        if exc is not None:
+            await self._store(message.id, "RETRY", exc=exc)
+        else:
+            await self._store(message.id, "RETRY", result=None)
         # Publish the next attempt before acking this one: a crash in between duplicates, never loses.
         await self.broker.publish(
             taken.queue, encode_envelope(again, queue=taken.routing_key), priority=message.priority
@@ -351,10 +357,6 @@ class CeleryConsumer:
         logger.info(
             "Celery task %s[%s] retry %d in %.2fs: %r", task.name, message.id, again.retries, delay, exc
         )
-        if exc is not None:
-            await self._store(message.id, "RETRY", exc=exc)
-        else:
-            await self._store(message.id, "RETRY", result=None)
 
     # -- helpers ------------------------------------------------------------------------------
 
