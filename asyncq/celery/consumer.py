@@ -260,15 +260,9 @@ class CeleryConsumer:
             await self._store(message.id, "STARTED", result={"hostname": self.hostname, "pid": os.getpid()})
         soft = _first(message.timelimit[0], options.soft_time_limit, self.default_limits[0])
         hard = _first(message.timelimit[1], options.time_limit, self.default_limits[1])
-        request = Request(
-            id=message.id,
+        request = Request.delivered(
+            message,
             task=task.name,
-            args=message.args,
-            kwargs=message.kwargs,
-            retries=message.retries,
-            eta=message.eta,
-            expires=message.expires,
-            headers=message.headers,
             delivery_info={
                 "queue": taken.queue,
                 "exchange": taken.exchange,
@@ -276,9 +270,6 @@ class CeleryConsumer:
                 "priority": message.priority,
                 "redelivered": bool(message.headers.get("redelivered")),
             },
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            group_id=message.group_id,
             hostname=self.hostname,
             state_writer=lambda state, meta: self._store(message.id, str(state), result=meta),
             loop=asyncio.get_running_loop(),
