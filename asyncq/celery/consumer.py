@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
-from asyncq.celery.protocol import CeleryTask, decode_envelope, encode_envelope, result_meta
+from asyncq.celery.protocol import CeleryTask, decode_envelope, encode_envelope, follow_ups, result_meta
 from asyncq.celery.redis_transport import CeleryRedis, Taken
 from asyncq.exceptions import (
     AsyncqError,
@@ -285,6 +285,7 @@ class CeleryConsumer:
                 return False
             logger.error("Celery task %s[%s] rejected: %s", task.name, message.id, reject.reason)
             await self._store(message.id, "FAILURE", exc=reject)
+            await self._follow_up(taken, message, succeeded=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -299,6 +300,7 @@ class CeleryConsumer:
                     exc,
                 )
                 await self._store(message.id, "FAILURE", exc=exc)
+                await self._follow_up(taken, message, succeeded=False)
         else:
             logger.info(
                 "Celery task %s[%s] succeeded in %.3fs", task.name, message.id, time.perf_counter() - started
@@ -306,7 +308,34 @@ class CeleryConsumer:
             ignore = message.ignore_result or bool(options.ignore_result)
             if not ignore:
                 await self._store(message.id, "SUCCESS", result=result)
+            await self._follow_up(taken, message, succeeded=True, result=result)
         return True
+
+    async def _follow_up(
+        self, taken: Taken, message: CeleryTask, *, succeeded: bool, result: Any = None
+    ) -> None:
+        """Send the message's links (or link errors) and next chain step, in Celery's protocol.
+
+        A signature without a queue goes to the queue the finished task came from: a Celery
+        producer's links then run where its task ran, on asyncq or on Celery workers.
+        """
+        embed = message.embed
+        if not (embed.get("callbacks") or embed.get("errbacks") or embed.get("chain")):
+            return
+        try:
+            for queue, follow in follow_ups(message, succeeded=succeeded, result=result):
+                target = queue or taken.queue
+                routing_key = queue or taken.routing_key
+                await self.broker.publish(
+                    target, encode_envelope(follow, queue=routing_key), priority=follow.priority
+                )
+                logger.info(
+                    "Celery task %s[%s] sent %s[%s]", message.task, message.id, follow.task, follow.id
+                )
+        except (AsyncqError, TypeError, ValueError) as exc:  # the task is done: a bad follow-up can't undo it
+            logger.error(
+                "could not send the follow-ups of Celery task %s[%s]: %s", message.task, message.id, exc
+            )
 
     async def _retry(
         self,
@@ -327,6 +356,7 @@ class CeleryConsumer:
                 failure,
             )
             await self._store(message.id, "FAILURE", exc=failure)
+            await self._follow_up(taken, message, succeeded=False)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(
