@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,17 +20,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+import tests.celery_procs as procs
 from asyncq import App
 from asyncq.celery.protocol import decode_envelope
 from asyncq.exceptions import ConfigurationError
+from tests.celery_procs import WAIT
 from tests.services import missing, require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90.0  # seconds: generous, the machine is shared
 
 
 @pytest.fixture
@@ -55,30 +53,9 @@ async def redis(celery_url: str, queue: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def _env(celery_url: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "CELERY_INTEROP_URL": celery_url}
-
-
 async def celery_call(celery_url: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the Celery producer subprocess: send one task, wait for its result, return what it saw."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.apps.celery_producer",
-        json.dumps(spec),
-        cwd=ROOT,
-        env=_env(celery_url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
-    except BaseException:  # timed out, or the test gave up on it: no producer outlives its test
-        proc.kill()
-        await asyncio.shield(proc.wait())
-        raise
-    assert proc.returncode == 0, err.decode()
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    """Send one task with the Celery producer (broker and results on ``celery_url``)."""
+    return await procs.celery_call(celery_url, spec)
 
 
 def make_app(celery_url: str, queue: str) -> App:
@@ -252,42 +229,8 @@ async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: s
 
 @pytest.fixture
 def celery_worker(celery_url: str, queue: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / "celery-worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.celery_side:celery_app",
-            "worker",
-            "-Q",
-            queue,
-            "-P",
-            "solo",
-            "-n",
-            f"{queue}@localhost",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=_env(celery_url),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with procs.celery_worker(celery_url, queue, tmp_path / "celery-worker.log") as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     if proc.returncode not in (0, -signal.SIGTERM):
         missing(f"the Celery worker exited with {proc.returncode}")
 
