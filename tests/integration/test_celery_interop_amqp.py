@@ -92,7 +92,9 @@ async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue:
             failing = await app.send_task(
                 "celery_side.boom", ["gone"], queue=queue, protocol="celery", countdown=0.5
             )
+            retried = await app.send_task("celery_side.flaky", [2], queue=queue, protocol="celery")
             assert await product.get(timeout=WAIT) == 12
+            assert await retried.get(timeout=WAIT) == 2
             with pytest.raises(KeyError, match="gone"):
                 await failing.get(timeout=WAIT)
     finally:
