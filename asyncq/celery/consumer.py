@@ -1,4 +1,4 @@
-"""Runs Celery protocol-v2 messages from kombu-layout Redis queues in an asyncq worker.
+"""Runs Celery protocol-v2 messages from Celery's queues (Redis or RabbitMQ) in an asyncq worker.
 
 The worker starts one :class:`CeleryConsumer` beside its own consumer when
 ``celery_queues`` is set. It shares the worker's concurrency slots and executor, so a Celery
@@ -6,7 +6,9 @@ message runs exactly like a native one (async, thread or process task; time limi
 ``self.request``), and writes every state to Celery's result keys, where a Celery
 ``AsyncResult`` reads it. A message is acked after its outcome is stored (at-least-once); one
 with a future ``eta`` (Celery's countdown) is held here, unacked, until due, as a Celery
-worker does; a cut-short one goes back to the head of its queue.
+worker does; a cut-short one goes back to the head of its queue. When a task ends, its
+``link`` / ``link_error`` signatures and the next step of its chain are sent on in Celery's
+protocol, before the ack.
 """
 
 from __future__ import annotations
@@ -284,8 +286,7 @@ class CeleryConsumer:
                 await self._settle(self.broker.requeue(taken))
                 return False
             logger.error("Celery task %s[%s] rejected: %s", task.name, message.id, reject.reason)
-            await self._store(message.id, "FAILURE", exc=reject)
-            await self._follow_up(taken, message, succeeded=False)
+            await self._store(message.id, "FAILURE", exc=reject)  # no link_error: Celery sends none
         except asyncio.CancelledError:
             raise
         except Exception as exc:
