@@ -12,10 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from asyncq import App
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 90.0  # seconds: generous, the machine is shared
@@ -91,3 +94,53 @@ def celery_worker(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def interop_app(celery_url: str, queue: str) -> App:
+    """An asyncq app consuming the Celery queue ``queue`` on ``celery_url``, with the interop tasks."""
+    app = App(
+        "interop",
+        broker="memory://",
+        config={
+            "celery_queues": [queue],
+            "celery_broker_url": celery_url,
+            "celery_task_map": {"legacy.multiply": "interop.mul"},
+        },
+    )
+
+    @app.task(name="interop.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="interop.mul")
+    async def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app.task(name="interop.fail")
+    async def fail(text: str) -> None:
+        raise ValueError(text)
+
+    @app.task(name="interop.context", bind=True)
+    async def context(self: Any) -> dict[str, Any]:
+        request = self.request
+        return {
+            "id": request.id,
+            "root_id": request.root_id,
+            "parent_id": request.parent_id,
+            "retries": request.retries,
+            "queue": request.delivery_info["queue"],
+            "header": request.headers.get("custom"),
+            "now": time.time(),
+        }
+
+    @app.task(name="interop.flaky", bind=True, max_retries=5)
+    async def flaky(self: Any, until: int) -> int:
+        if self.request.retries < until:
+            raise self.retry(countdown=0.2)
+        return int(self.request.retries)
+
+    @app.task(name="interop.hopeless", bind=True, max_retries=1)
+    async def hopeless(self: Any) -> None:
+        raise self.retry(exc=LookupError("still broken"), countdown=0.1)
+
+    return app

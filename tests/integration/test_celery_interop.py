@@ -58,60 +58,11 @@ async def celery_call(celery_url: str, spec: dict[str, Any]) -> dict[str, Any]:
     return await procs.celery_call(celery_url, spec)
 
 
-def make_app(celery_url: str, queue: str) -> App:
-    app = App(
-        "interop",
-        broker="memory://",
-        config={
-            "celery_queues": [queue],
-            "celery_broker_url": celery_url,
-            "celery_task_map": {"legacy.multiply": "interop.mul"},
-        },
-    )
-
-    @app.task(name="interop.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="interop.mul")
-    async def mul(x: int, y: int) -> int:
-        return x * y
-
-    @app.task(name="interop.fail")
-    async def fail(text: str) -> None:
-        raise ValueError(text)
-
-    @app.task(name="interop.context", bind=True)
-    async def context(self: Any) -> dict[str, Any]:
-        request = self.request
-        return {
-            "id": request.id,
-            "root_id": request.root_id,
-            "parent_id": request.parent_id,
-            "retries": request.retries,
-            "queue": request.delivery_info["queue"],
-            "header": request.headers.get("custom"),
-            "now": time.time(),
-        }
-
-    @app.task(name="interop.flaky", bind=True, max_retries=5)
-    async def flaky(self: Any, until: int) -> int:
-        if self.request.retries < until:
-            raise self.retry(countdown=0.2)
-        return int(self.request.retries)
-
-    @app.task(name="interop.hopeless", bind=True, max_retries=1)
-    async def hopeless(self: Any) -> None:
-        raise self.retry(exc=LookupError("still broken"), countdown=0.1)
-
-    return app
-
-
 # -- Celery producer -> asyncq worker ------------------------------------------------------------
 
 
 async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         seen = await celery_call(
             celery_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
@@ -129,7 +80,7 @@ async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, r
 
 
 async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         failed = await celery_call(
             celery_url, {"name": "interop.fail", "args": ["bad input"], "options": {"queue": queue}}
@@ -144,7 +95,7 @@ async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: 
 
 
 async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     parent = str(uuid.uuid4())
     async with app.worker():
         seen = await celery_call(
@@ -169,7 +120,7 @@ async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str,
 
 
 async def test_retries_are_republished_in_celerys_protocol(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         retried = await celery_call(
             celery_url, {"name": "interop.flaky", "args": [2], "options": {"queue": queue}}
@@ -181,7 +132,7 @@ async def test_retries_are_republished_in_celerys_protocol(celery_url: str, queu
 
 
 async def test_expired_celery_message_is_revoked(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     # Sent while no worker runs, with an expiry already past by the time one starts.
     sender = asyncio.create_task(
         celery_call(
@@ -202,7 +153,7 @@ async def test_expired_celery_message_is_revoked(celery_url: str, queue: str, re
 
 
 async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     sender = asyncio.create_task(
         celery_call(
             celery_url,
@@ -264,7 +215,7 @@ async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None
 async def test_started_progress_and_success_are_published_for_celery(
     celery_url: str, queue: str, redis: Redis
 ) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     app.conf.task_track_started = True
     gate = asyncio.Event()
 
@@ -303,7 +254,7 @@ async def test_started_progress_and_success_are_published_for_celery(
 async def test_task_cut_short_by_shutdown_goes_back_to_its_queue(
     celery_url: str, queue: str, redis: Redis
 ) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     started = asyncio.Event()
 
     @app.task(name="interop.stuck")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -44,38 +45,22 @@ async def celery_call(amqp_url: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_celery_on_rabbitmq_gets_asyncq_results_over_rpc(amqp_url: str, queue: str) -> None:
-    app = App(
-        "interop-amqp", broker="memory://", config={"celery_queues": [queue], "celery_broker_url": amqp_url}
-    )
-
-    @app.task(name="interop.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="interop.fail")
-    async def fail(text: str) -> None:
-        raise ValueError(text)
-
-    @app.task(name="interop.flaky", bind=True, max_retries=5)
-    async def flaky(self: Any, until: int) -> int:
-        if self.request.retries < until:
-            raise self.retry(countdown=0.2)
-        return int(self.request.retries)
-
+    app = procs.interop_app(amqp_url, queue)
     async with app.worker():
-        added = await celery_call(
-            amqp_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
-        )
-        failed = await celery_call(
-            amqp_url, {"name": "interop.fail", "args": ["bad"], "options": {"queue": queue}}
-        )
-        later = await celery_call(
-            amqp_url, {"name": "interop.flaky", "args": [1], "options": {"queue": queue, "countdown": 1}}
+        # Producers at once: each is a Celery process start, the slow part here.
+        added, failed, later, retried, gave_up = await asyncio.gather(
+            celery_call(amqp_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.fail", "args": ["bad"], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.context", "options": {"queue": queue, "countdown": 1.5}}),
+            celery_call(amqp_url, {"name": "interop.flaky", "args": [2], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.hopeless", "options": {"queue": queue}}),
         )
     await app.aclose()
     assert added["ok"] == 5 and added["state"] == "SUCCESS"
     assert failed["error"] == "ValueError" and failed["args"] == ["bad"]
-    assert later["ok"] == 1
+    assert later["ok"]["now"] >= later["sent_at"] + 1.5 - 0.05  # not run before its countdown
+    assert retried["ok"] == 2
+    assert gave_up["error"] == "LookupError" and gave_up["args"] == ["still broken"]
 
 
 async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue: str, tmp_path: Path) -> None:
