@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from asyncq import App
-from tests.celery_procs import WAIT, celery_call, celery_worker
+from tests.celery_procs import WAIT, celery_call, celery_worker, interop_app
 from tests.helpers import until
 from tests.services import require_service
 
@@ -73,24 +72,8 @@ def sig(task: str, *args: Any, **options: Any) -> dict[str, Any]:
 
 
 async def test_links_errbacks_and_chains_cross_over(side: Side, tmp_path: Path) -> None:
-    app = App(
-        "links",
-        broker="memory://",
-        config={"celery_queues": [side.queue], "celery_broker_url": side.broker},
-    )
+    app = interop_app(side.broker, side.queue)  # interop.add, .mul, .fail, ...
     seen: list[dict[str, Any]] = []
-
-    @app.task(name="interop.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="interop.mul")
-    async def mul(x: int, y: int) -> int:
-        return x * y
-
-    @app.task(name="interop.fail")
-    async def fail(text: str) -> None:
-        raise ValueError(text)
 
     @app.task(name="interop.record", bind=True)
     async def record(self: Any, value: Any, tag: str) -> None:
