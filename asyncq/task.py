@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, Protocol, TypeVar
 
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     #: ``link`` / ``link_error`` values: a signature, its dict form, or a list of them.
     Links: TypeAlias = Signature[Any] | Mapping[str, Any] | Sequence[Signature[Any] | Mapping[str, Any]]
 
-__all__ = ["AsyncTask", "Request", "SyncTask", "Task", "TaskOptions", "current_task"]
+__all__ = ["AsyncTask", "Delivered", "Request", "SyncTask", "Task", "TaskOptions", "current_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -78,6 +78,53 @@ class Request:
     # A plain attribute, not a threading.Event: one is built for every task, and a bool write
     # is seen by the task's thread at once.
     revoked: bool = field(default=False, repr=False, compare=False)
+
+    @classmethod
+    def delivered(
+        cls,
+        message: Delivered,
+        *,
+        task: str,
+        delivery_info: dict[str, Any],
+        hostname: str,
+        state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop | None,
+        native: Message | None = None,
+    ) -> Request:
+        """The request of a message a worker took: asyncq's own, or another protocol's (``native=None``)."""
+        return cls(
+            id=message.id,
+            task=task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            headers=message.headers,
+            delivery_info=delivery_info,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group_id=message.group_id,
+            hostname=hostname,
+            message=native,
+            state_writer=state_writer,
+            loop=loop,
+        )
+
+
+class Delivered(Protocol):
+    """What a worker reads from any task message to build its :class:`Request`."""
+
+    id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    retries: int
+    eta: float | None
+    expires: float | None
+    headers: dict[str, Any]
+    root_id: str | None
+    parent_id: str | None
+    group_id: str | None
 
 
 _current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(

@@ -1,4 +1,4 @@
-"""Celery interop: consume and produce messages in Celery's wire protocol (v2) on Redis.
+"""Celery interop: consume and produce messages in Celery's wire protocol (v2) on Redis and RabbitMQ.
 
 :mod:`~asyncq.celery.protocol` is the codec (kombu's envelope, Celery's headers, result
 records and exception records); :mod:`~asyncq.celery.redis_transport` reads and writes kombu's

@@ -1,4 +1,4 @@
-"""Runs Celery protocol-v2 messages from kombu-layout Redis queues in an asyncq worker.
+"""Runs Celery protocol-v2 messages from Celery's queues (Redis or RabbitMQ) in an asyncq worker.
 
 The worker starts one :class:`CeleryConsumer` beside its own consumer when
 ``celery_queues`` is set. It shares the worker's concurrency slots and executor, so a Celery
@@ -6,7 +6,9 @@ message runs exactly like a native one (async, thread or process task; time limi
 ``self.request``), and writes every state to Celery's result keys, where a Celery
 ``AsyncResult`` reads it. A message is acked after its outcome is stored (at-least-once); one
 with a future ``eta`` (Celery's countdown) is held here, unacked, until due, as a Celery
-worker does; a cut-short one goes back to the head of its queue.
+worker does; a cut-short one goes back to the head of its queue. When a task ends, its
+``link`` / ``link_error`` signatures and the next step of its chain are sent on in Celery's
+protocol, before the ack.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
-from asyncq.celery.protocol import CeleryTask, decode_envelope, encode_envelope, result_meta
+from asyncq.celery.protocol import CeleryTask, decode_envelope, encode_envelope, follow_ups, result_meta
 from asyncq.celery.redis_transport import CeleryRedis, Taken
 from asyncq.exceptions import (
     AsyncqError,
@@ -260,15 +262,9 @@ class CeleryConsumer:
             await self._store(message.id, "STARTED", result={"hostname": self.hostname, "pid": os.getpid()})
         soft = _first(message.timelimit[0], options.soft_time_limit, self.default_limits[0])
         hard = _first(message.timelimit[1], options.time_limit, self.default_limits[1])
-        request = Request(
-            id=message.id,
+        request = Request.delivered(
+            message,
             task=task.name,
-            args=message.args,
-            kwargs=message.kwargs,
-            retries=message.retries,
-            eta=message.eta,
-            expires=message.expires,
-            headers=message.headers,
             delivery_info={
                 "queue": taken.queue,
                 "exchange": taken.exchange,
@@ -276,9 +272,6 @@ class CeleryConsumer:
                 "priority": message.priority,
                 "redelivered": bool(message.headers.get("redelivered")),
             },
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            group_id=message.group_id,
             hostname=self.hostname,
             state_writer=lambda state, meta: self._store(message.id, str(state), result=meta),
             loop=asyncio.get_running_loop(),
@@ -293,7 +286,7 @@ class CeleryConsumer:
                 await self._settle(self.broker.requeue(taken))
                 return False
             logger.error("Celery task %s[%s] rejected: %s", task.name, message.id, reject.reason)
-            await self._store(message.id, "FAILURE", exc=reject)
+            await self._store(message.id, "FAILURE", exc=reject)  # no link_error: Celery sends none
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -308,6 +301,7 @@ class CeleryConsumer:
                     exc,
                 )
                 await self._store(message.id, "FAILURE", exc=exc)
+                await self._follow_up(taken, message, succeeded=False)
         else:
             logger.info(
                 "Celery task %s[%s] succeeded in %.3fs", task.name, message.id, time.perf_counter() - started
@@ -315,7 +309,34 @@ class CeleryConsumer:
             ignore = message.ignore_result or bool(options.ignore_result)
             if not ignore:
                 await self._store(message.id, "SUCCESS", result=result)
+            await self._follow_up(taken, message, succeeded=True, result=result)
         return True
+
+    async def _follow_up(
+        self, taken: Taken, message: CeleryTask, *, succeeded: bool, result: Any = None
+    ) -> None:
+        """Send the message's links (or link errors) and next chain step, in Celery's protocol.
+
+        A signature without a queue goes to the queue the finished task came from: a Celery
+        producer's links then run where its task ran, on asyncq or on Celery workers.
+        """
+        embed = message.embed
+        if not (embed.get("callbacks") or embed.get("errbacks") or embed.get("chain")):
+            return
+        try:
+            for queue, follow in follow_ups(message, succeeded=succeeded, result=result):
+                target = queue or taken.queue
+                routing_key = queue or taken.routing_key
+                await self.broker.publish(
+                    target, encode_envelope(follow, queue=routing_key), priority=follow.priority
+                )
+                logger.info(
+                    "Celery task %s[%s] sent %s[%s]", message.task, message.id, follow.task, follow.id
+                )
+        except (AsyncqError, TypeError, ValueError) as exc:  # the task is done: a bad follow-up can't undo it
+            logger.error(
+                "could not send the follow-ups of Celery task %s[%s]: %s", message.task, message.id, exc
+            )
 
     async def _retry(
         self,
@@ -336,6 +357,7 @@ class CeleryConsumer:
                 failure,
             )
             await self._store(message.id, "FAILURE", exc=failure)
+            await self._follow_up(taken, message, succeeded=False)
             return
         delay = task.retry_delay(message.retries) if when is None else when
         again = replace(

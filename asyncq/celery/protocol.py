@@ -29,6 +29,7 @@ __all__ = [
     "decode_envelope",
     "encode_envelope",
     "exception_record",
+    "follow_ups",
     "from_iso",
     "rebuild_exception",
     "result_meta",
@@ -185,6 +186,55 @@ def encode_envelope(task: CeleryTask, *, queue: str, exchange: str = "") -> byte
         },
     }
     return json.dumps(envelope).encode()
+
+
+def follow_ups(message: CeleryTask, *, succeeded: bool, result: Any = None) -> list[tuple[str, CeleryTask]]:
+    """The messages a Celery worker sends when ``message`` ends, each with its queue ('' = unset).
+
+    On success: every ``link`` signature with the result as its first argument (unless
+    immutable), and the next step of the chain, which carries the rest of the chain. On
+    failure: every ``link_error`` signature with the failed task's id as its first argument
+    (Celery's form for an errback it does not run in-process). Nested canvas (a group or
+    chord as a link) is refused with :class:`SerializationError`.
+    """
+    embed = message.embed
+    plan: list[tuple[dict[str, Any], list[Any], list[Any] | None]] = []
+    if succeeded:
+        plan += [(link, [result], None) for link in embed.get("callbacks") or []]
+        chain = list(embed.get("chain") or [])
+        if chain:
+            step = chain.pop()  # Celery keeps a chain's remaining steps last-first
+            plan.append((step, [result], chain))
+    else:
+        plan += [(link, [message.id], None) for link in embed.get("errbacks") or []]
+    sent = []
+    for sig, leading, chain_rest in plan:
+        if not isinstance(sig, dict) or "task" not in sig or sig.get("subtask_type"):
+            raise SerializationError(f"cannot send Celery signature {sig!r}: only plain task signatures")
+        options = dict(sig.get("options") or {})
+        args = list(sig.get("args") or [])
+        sent.append(
+            (
+                str(options.get("queue") or ""),
+                CeleryTask(
+                    id=str(options.get("task_id") or uuid.uuid4()),
+                    task=str(sig["task"]),
+                    args=args if sig.get("immutable") else [*leading, *args],
+                    kwargs=dict(sig.get("kwargs") or {}),
+                    root_id=message.root_id or message.id,
+                    parent_id=message.id,
+                    embed={
+                        "callbacks": options.get("link"),
+                        "errbacks": options.get("link_error"),
+                        "chain": chain_rest or None,
+                    },
+                    # The caller's rpc:// reply queue: a chain's last result reaches the caller.
+                    reply_to=message.reply_to,
+                    priority=int(options.get("priority") or 0),
+                ),
+            )
+        )
+    return sent
 
 
 def exception_record(exc: BaseException) -> dict[str, Any]:

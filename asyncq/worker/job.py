@@ -371,27 +371,18 @@ class JobRunner(SuspectRuns):
     # -- helpers --------------------------------------------------------------------------------
 
     def _request(self, delivery: Delivery, message: Message) -> Request:
-        return Request(
-            id=message.id,
+        return Request.delivered(
+            message,
             task=message.task,
-            args=message.args,
-            kwargs=message.kwargs,
-            retries=message.retries,
-            eta=message.eta,
-            expires=message.expires,
-            headers=message.headers,
             delivery_info={
                 "queue": delivery.queue,
                 "delivery_count": delivery.delivery_count,
                 "priority": message.priority,
             },
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            group_id=message.group_id,
             hostname=self.hostname,
-            message=message,
             state_writer=functools.partial(self._write_state, message),
             loop=self._loop,
+            native=message,
         )
 
     async def _write_state(self, message: Message, state: State | str, meta: dict[str, Any] | None) -> None:

@@ -1,6 +1,8 @@
-"""Sends one task with a real Celery producer and prints what ``AsyncResult.get()`` gave, as JSON.
+"""Sends one task (or chain) with a real Celery producer and prints what ``AsyncResult.get()`` gave.
 
-Usage: python -m tests.apps.celery_producer '<json: name, args, kwargs, options>'.
+Usage: python -m tests.apps.celery_producer '<json: name, args, kwargs, options, link, link_error, chain>'.
+``link`` / ``link_error`` / ``chain`` are lists of signatures as JSON (task, args, kwargs,
+options, immutable); with ``chain`` the chain is sent and its last result awaited.
 Prints {"ok": result} or {"error": type name, "module": its module, "args": exception args}.
 """
 
@@ -9,17 +11,36 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
+
+from celery import chain, signature
 
 from tests.apps.celery_side import celery_app
+
+
+def _signature(spec: dict[str, Any]) -> Any:
+    return signature(
+        spec["task"],
+        args=spec.get("args"),
+        kwargs=spec.get("kwargs"),
+        options=spec.get("options"),
+        immutable=spec.get("immutable", False),
+        app=celery_app,
+    )
 
 
 def main() -> None:
     """Send, wait, print."""
     spec = json.loads(sys.argv[1])
+    options = dict(spec.get("options", {}))
+    for key in ("link", "link_error"):
+        if key in spec:
+            options[key] = [_signature(sig) for sig in spec[key]]
     sent_at = time.time()
-    result = celery_app.send_task(
-        spec["name"], spec.get("args"), spec.get("kwargs"), **spec.get("options", {})
-    )
+    if "chain" in spec:
+        result = chain(*(_signature(sig) for sig in spec["chain"])).apply_async(**options)
+    else:
+        result = celery_app.send_task(spec["name"], spec.get("args"), spec.get("kwargs"), **options)
     try:
         value = result.get(timeout=spec.get("timeout", 60))
     except Exception as exc:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,17 +20,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+import tests.celery_procs as procs
 from asyncq import App
 from asyncq.celery.protocol import decode_envelope
 from asyncq.exceptions import ConfigurationError
+from tests.celery_procs import WAIT
 from tests.services import missing, require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90.0  # seconds: generous, the machine is shared
 
 
 @pytest.fixture
@@ -55,86 +53,16 @@ async def redis(celery_url: str, queue: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def _env(celery_url: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "CELERY_INTEROP_URL": celery_url}
-
-
 async def celery_call(celery_url: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the Celery producer subprocess: send one task, wait for its result, return what it saw."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.apps.celery_producer",
-        json.dumps(spec),
-        cwd=ROOT,
-        env=_env(celery_url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
-    except BaseException:  # timed out, or the test gave up on it: no producer outlives its test
-        proc.kill()
-        await asyncio.shield(proc.wait())
-        raise
-    assert proc.returncode == 0, err.decode()
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
-
-
-def make_app(celery_url: str, queue: str) -> App:
-    app = App(
-        "interop",
-        broker="memory://",
-        config={
-            "celery_queues": [queue],
-            "celery_broker_url": celery_url,
-            "celery_task_map": {"legacy.multiply": "interop.mul"},
-        },
-    )
-
-    @app.task(name="interop.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="interop.mul")
-    async def mul(x: int, y: int) -> int:
-        return x * y
-
-    @app.task(name="interop.fail")
-    async def fail(text: str) -> None:
-        raise ValueError(text)
-
-    @app.task(name="interop.context", bind=True)
-    async def context(self: Any) -> dict[str, Any]:
-        request = self.request
-        return {
-            "id": request.id,
-            "root_id": request.root_id,
-            "parent_id": request.parent_id,
-            "retries": request.retries,
-            "queue": request.delivery_info["queue"],
-            "header": request.headers.get("custom"),
-            "now": time.time(),
-        }
-
-    @app.task(name="interop.flaky", bind=True, max_retries=5)
-    async def flaky(self: Any, until: int) -> int:
-        if self.request.retries < until:
-            raise self.retry(countdown=0.2)
-        return int(self.request.retries)
-
-    @app.task(name="interop.hopeless", bind=True, max_retries=1)
-    async def hopeless(self: Any) -> None:
-        raise self.retry(exc=LookupError("still broken"), countdown=0.1)
-
-    return app
+    """Send one task with the Celery producer (broker and results on ``celery_url``)."""
+    return await procs.celery_call(celery_url, spec)
 
 
 # -- Celery producer -> asyncq worker ------------------------------------------------------------
 
 
 async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         seen = await celery_call(
             celery_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
@@ -152,7 +80,7 @@ async def test_celery_producer_gets_asyncq_result(celery_url: str, queue: str, r
 
 
 async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         failed = await celery_call(
             celery_url, {"name": "interop.fail", "args": ["bad input"], "options": {"queue": queue}}
@@ -167,7 +95,7 @@ async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: 
 
 
 async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     parent = str(uuid.uuid4())
     async with app.worker():
         seen = await celery_call(
@@ -192,7 +120,7 @@ async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str,
 
 
 async def test_retries_are_republished_in_celerys_protocol(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     async with app.worker():
         retried = await celery_call(
             celery_url, {"name": "interop.flaky", "args": [2], "options": {"queue": queue}}
@@ -204,7 +132,7 @@ async def test_retries_are_republished_in_celerys_protocol(celery_url: str, queu
 
 
 async def test_expired_celery_message_is_revoked(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     # Sent while no worker runs, with an expiry already past by the time one starts.
     sender = asyncio.create_task(
         celery_call(
@@ -225,7 +153,7 @@ async def test_expired_celery_message_is_revoked(celery_url: str, queue: str, re
 
 
 async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: str, redis: Redis) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     sender = asyncio.create_task(
         celery_call(
             celery_url,
@@ -252,42 +180,8 @@ async def test_shutdown_returns_held_countdown_message(celery_url: str, queue: s
 
 @pytest.fixture
 def celery_worker(celery_url: str, queue: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / "celery-worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.celery_side:celery_app",
-            "worker",
-            "-Q",
-            queue,
-            "-P",
-            "solo",
-            "-n",
-            f"{queue}@localhost",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=_env(celery_url),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with procs.celery_worker(celery_url, queue, tmp_path / "celery-worker.log") as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
     if proc.returncode not in (0, -signal.SIGTERM):
         missing(f"the Celery worker exited with {proc.returncode}")
 
@@ -321,7 +215,7 @@ async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None
 async def test_started_progress_and_success_are_published_for_celery(
     celery_url: str, queue: str, redis: Redis
 ) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     app.conf.task_track_started = True
     gate = asyncio.Event()
 
@@ -360,7 +254,7 @@ async def test_started_progress_and_success_are_published_for_celery(
 async def test_task_cut_short_by_shutdown_goes_back_to_its_queue(
     celery_url: str, queue: str, redis: Redis
 ) -> None:
-    app = make_app(celery_url, queue)
+    app = procs.interop_app(celery_url, queue)
     started = asyncio.Event()
 
     @app.task(name="interop.stuck")

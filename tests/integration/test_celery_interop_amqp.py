@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,17 +11,16 @@ from typing import Any
 
 import pytest
 
+import tests.celery_procs as procs
 from asyncq import App
 from asyncq.exceptions import ConfigurationError
+from tests.celery_procs import WAIT
 from tests.services import require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
 aio_pika = pytest.importorskip("aio_pika")
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90.0
 
 
 @pytest.fixture
@@ -45,120 +40,49 @@ async def queue(amqp_url: str) -> AsyncIterator[str]:
 
 
 async def celery_call(amqp_url: str, spec: dict[str, Any]) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CELERY_INTEROP_URL": amqp_url,
-        "CELERY_INTEROP_BACKEND": "rpc://",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.apps.celery_producer",
-        json.dumps(spec),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 30)
-    except BaseException:
-        proc.kill()
-        await asyncio.shield(proc.wait())
-        raise
-    assert proc.returncode == 0, err.decode()
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    """Send one task with the Celery producer on RabbitMQ, reading its result over rpc://."""
+    return await procs.celery_call(amqp_url, spec, backend="rpc://")
 
 
 async def test_celery_on_rabbitmq_gets_asyncq_results_over_rpc(amqp_url: str, queue: str) -> None:
-    app = App(
-        "interop-amqp", broker="memory://", config={"celery_queues": [queue], "celery_broker_url": amqp_url}
-    )
-
-    @app.task(name="interop.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="interop.fail")
-    async def fail(text: str) -> None:
-        raise ValueError(text)
-
-    @app.task(name="interop.flaky", bind=True, max_retries=5)
-    async def flaky(self: Any, until: int) -> int:
-        if self.request.retries < until:
-            raise self.retry(countdown=0.2)
-        return int(self.request.retries)
-
+    app = procs.interop_app(amqp_url, queue)
     async with app.worker():
-        added = await celery_call(
-            amqp_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}
-        )
-        failed = await celery_call(
-            amqp_url, {"name": "interop.fail", "args": ["bad"], "options": {"queue": queue}}
-        )
-        later = await celery_call(
-            amqp_url, {"name": "interop.flaky", "args": [1], "options": {"queue": queue, "countdown": 1}}
+        # Producers at once: each is a Celery process start, the slow part here.
+        added, failed, later, retried, gave_up = await asyncio.gather(
+            celery_call(amqp_url, {"name": "interop.add", "args": [2, 3], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.fail", "args": ["bad"], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.context", "options": {"queue": queue, "countdown": 1.5}}),
+            celery_call(amqp_url, {"name": "interop.flaky", "args": [2], "options": {"queue": queue}}),
+            celery_call(amqp_url, {"name": "interop.hopeless", "options": {"queue": queue}}),
         )
     await app.aclose()
     assert added["ok"] == 5 and added["state"] == "SUCCESS"
     assert failed["error"] == "ValueError" and failed["args"] == ["bad"]
-    assert later["ok"] == 1
+    assert later["ok"]["now"] >= later["sent_at"] + 1.5 - 0.05  # not run before its countdown
+    assert retried["ok"] == 2
+    assert gave_up["error"] == "LookupError" and gave_up["args"] == ["still broken"]
 
 
 async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue: str, tmp_path: Path) -> None:
     results_url = os.environ.get("CELERY_INTEROP_URL", require_service("redis").rsplit("/", 1)[0] + "/13")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CELERY_INTEROP_URL": amqp_url,
-        "CELERY_INTEROP_BACKEND": results_url,
-    }
-    log = (tmp_path / "celery-worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.celery_side:celery_app",
-            "worker",
-            "-Q",
-            queue,
-            "-P",
-            "solo",
-            "-n",
-            f"{queue}@localhost",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "celery-worker.log"
     app = App(
         "sender",
         broker="memory://",
         config={"celery_broker_url": amqp_url, "celery_result_backend": results_url},
     )
     try:
-        product = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
-        failing = await app.send_task(
-            "celery_side.boom", ["gone"], queue=queue, protocol="celery", countdown=0.5
-        )
-        assert await product.get(timeout=WAIT) == 12
-        with pytest.raises(KeyError, match="gone"):
-            await failing.get(timeout=WAIT)
+        with procs.celery_worker(amqp_url, queue, log, backend=results_url):
+            product = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
+            failing = await app.send_task(
+                "celery_side.boom", ["gone"], queue=queue, protocol="celery", countdown=0.5
+            )
+            retried = await app.send_task("celery_side.flaky", [2], queue=queue, protocol="celery")
+            assert await product.get(timeout=WAIT) == 12
+            assert await retried.get(timeout=WAIT) == 2
+            with pytest.raises(KeyError, match="gone"):
+                await failing.get(timeout=WAIT)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
         await app.aclose()
 
 

@@ -12,6 +12,7 @@ from asyncq.celery.protocol import (
     decode_envelope,
     encode_envelope,
     exception_record,
+    follow_ups,
     from_iso,
     rebuild_exception,
     result_meta,
@@ -93,3 +94,35 @@ def test_failure_meta_carries_record_and_traceback() -> None:
     assert meta["result"]["exc_type"] == "ValueError"
     assert "ValueError: bad" in meta["traceback"] and meta["date_done"]
     assert result_meta("t-1", "STARTED")["date_done"] is None
+
+
+def test_follow_ups_are_celerys_links_errbacks_and_next_chain_step() -> None:
+    link = {"task": "t.record", "args": ["tag"], "options": {"queue": "q2", "task_id": "l-1"}}
+    frozen = {"task": "t.ping", "args": [1], "immutable": True}
+    steps = [{"task": "t.last", "args": []}, {"task": "t.next", "args": [2]}]  # last-first, as Celery
+    errback = {"task": "t.on_error", "args": []}
+    message = CeleryTask(
+        id="p-1",
+        task="t.add",
+        root_id="r-1",
+        reply_to="caller",
+        embed={"callbacks": [link, frozen], "errbacks": [errback], "chain": steps},
+    )
+    sent = follow_ups(message, succeeded=True, result=5)
+    assert [(queue, f.task, f.args) for queue, f in sent] == [
+        ("q2", "t.record", [5, "tag"]),
+        ("", "t.ping", [1]),
+        ("", "t.next", [5, 2]),
+    ]
+    assert sent[0][1].id == "l-1" and {f.parent_id for _, f in sent} == {"p-1"}
+    assert {f.root_id for _, f in sent} == {"r-1"} and {f.reply_to for _, f in sent} == {"caller"}
+    assert sent[2][1].embed["chain"] == [steps[0]] and sent[1][1].embed["chain"] is None
+    [(_, failed)] = follow_ups(message, succeeded=False)
+    assert failed.task == "t.on_error" and failed.args == ["p-1"]
+
+
+def test_follow_ups_refuse_nested_canvas() -> None:
+    group = {"task": "celery.group", "subtask_type": "group", "kwargs": {"tasks": []}}
+    message = CeleryTask(id="p-1", task="t.add", embed={"callbacks": [group]})
+    with pytest.raises(SerializationError, match="only plain task signatures"):
+        follow_ups(message, succeeded=True, result=1)
