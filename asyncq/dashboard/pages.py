@@ -233,6 +233,8 @@ def routes() -> list[BaseRoute]:
         Route("/dead-letters/{message_id}", _page("dead_letter.html", None, _dead_letter)),
         Route("/dead-letters/{message_id}/requeue", _form(actions.requeue), methods=["POST"]),
         Route("/scheduled", _page("scheduled.html", None, _scheduled)),
+        Route("/scheduled/{name}/enable", _form(actions.set_entry_enabled(True)), methods=["POST"]),
+        Route("/scheduled/{name}/disable", _form(actions.set_entry_enabled(False)), methods=["POST"]),
         Route("/queues", _page("queues.html", "queues_live.html", _queues)),
         Route("/queues/{queue}/purge", _form(actions.purge_queue), methods=["POST"]),
         Route("/login", _login, methods=["GET", "POST"]),
