@@ -238,6 +238,13 @@ SETTINGS: dict[str, Setting] = {
         _S("dashboard_token", None, str, "Token to log in to the dashboard (or as a bearer token)."),
         _S("dashboard_username", None, str, "User to log in to the dashboard as (with dashboard_password)."),
         _S("dashboard_password", None, str, "Password of dashboard_username."),
+        _S(
+            "dashboard_login_attempts",
+            5,
+            int,
+            "Failed dashboard logins allowed per client address or user per window (0: no limit).",
+        ),
+        _S("dashboard_login_window", 60.0, float, "Seconds a failed dashboard login counts for."),
         _S("dashboard_history_path", None, str, "SQLite file of the dashboard's task history."),
         _S("dashboard_history_limit", 100_000, int, "Tasks the dashboard's history keeps at most."),
         _S("dashboard_history_expires", 604800.0, float, "Seconds a task stays in the dashboard's history."),

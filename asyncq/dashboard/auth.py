@@ -24,6 +24,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from asyncq.dashboard.throttle import LoginThrottle
+
 __all__ = ["CSRF_COOKIE", "SESSION_COOKIE", "Auth", "LoginMiddleware", "is_loopback"]
 
 SESSION_COOKIE: Final = "asyncq_session"
@@ -56,6 +58,7 @@ class Auth:
         token: a shared secret to log in with (and to send as a bearer token).
         username / password: a user to log in as (both or neither).
         required: ask for a login (default: whenever credentials are configured).
+        throttle: the limit on failed logins per client address and user name.
     """
 
     token: str | None = None
@@ -63,6 +66,7 @@ class Auth:
     password: str | None = None
     required: bool | None = None
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle, repr=False)
 
     def __post_init__(self) -> None:
         if bool(self.username) != bool(self.password):

@@ -165,10 +165,23 @@ async def _login(request: Request) -> Response:
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     if not auth.csrf_valid(request, form):
         return PlainTextResponse("missing or wrong CSRF token (reload the page)", status_code=403)
+    throttle = auth.throttle
+    keys = throttle.keys(request.client.host if request.client else None, form.get("username"))
+    wait = throttle.retry_after(keys)
+    if wait:
+        # Refused unheard, right credentials or not, so guessing cannot outpace the limit.
+        response = _render(
+            request, "login.html", None, next=target, uses_token=auth.uses_token, failed=False, wait=wait
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(wait)
+        return response
     if not auth.check_login(form):
+        throttle.failed(keys)
         response = _render(request, "login.html", None, next=target, uses_token=auth.uses_token, failed=True)
         response.status_code = 401
         return response
+    throttle.succeeded(keys)
     response = RedirectResponse(root + target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

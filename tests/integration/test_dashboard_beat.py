@@ -91,9 +91,7 @@ def test_a_disabled_entry_is_not_sent_by_running_beats_until_enabled(
             )
             dropped = datetime.now().astimezone()
             # The beats go on: tick-b runs three more ticks meanwhile.
-            wait_for(
-                lambda: sum(tick > dropped for tick in ticks(record, "tick-b")) >= 3, "tick-b to go on"
-            )
+            wait_for(lambda: sum(tick > dropped for tick in ticks(record, "tick-b")) >= 3, "tick-b to go on")
             assert not [tick for tick in ticks(record, "tick-a") if tick > dropped]
 
             enabled = http.post("/api/scheduled/tick-a/enable", headers=headers)
