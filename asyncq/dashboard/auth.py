@@ -171,10 +171,25 @@ class LoginMiddleware:
             return
         conn = HTTPConnection(scope)
         path = scope["path"][len(scope.get("root_path") or "") :] if scope.get("root_path") else scope["path"]
-        if path.startswith(_OPEN_PATHS) or self.auth.authenticated(conn):
+        if path.startswith(_OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         response: Response
+        if "authorization" in conn.headers:
+            # Bearer tokens are guesses too: limited per client address like the login form.
+            throttle = self.auth.throttle
+            keys = throttle.keys(conn.client.host if conn.client else None, None)
+            wait = throttle.retry_after(keys)
+            if wait:
+                response = JSONResponse({"ok": False, "error": "too many failed logins"}, status_code=429)
+                response.headers["Retry-After"] = str(wait)
+                await response(scope, receive, send)
+                return
+            if not self.auth.bearer_valid(conn):
+                throttle.failed(keys)
+        if self.auth.authenticated(conn):
+            await self.app(scope, receive, send)
+            return
         if path.startswith("/api/"):
             response = JSONResponse({"ok": False, "error": "log in first"}, status_code=401)
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -3,7 +3,8 @@
 After ``attempts`` failures within ``window`` seconds, from one address or against one user
 name, further attempts are refused with 429 and ``Retry-After`` until the oldest failure in the
 window ages out, whether or not their credentials are right: guessing gets a few tries a
-minute, wherever it comes from. A successful login clears its address and user name.
+minute, wherever it comes from. A successful login clears its address and user name. Wrong
+bearer tokens on the API count against the client's address too.
 
 The counts live in the dashboard's memory (one process): bounded to ``max_keys`` keys, the
 least recently failed forgotten first.

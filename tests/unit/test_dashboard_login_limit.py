@@ -74,6 +74,21 @@ async def test_a_successful_login_clears_its_failures(client: Client) -> None:
         assert (await log_in(http, "ops", "pw")).status_code == 303
 
 
+async def test_wrong_bearer_tokens_count_against_the_address(tmp_path: Path) -> None:
+    app = App("web", broker="memory://", backend="memory://", config={"dashboard_login_attempts": 2})
+    web = create_app(app, token="right-token", history_path=tmp_path / "h.sqlite3")
+    transport = httpx.ASGITransport(app=web, client=("10.0.3.1", 40000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.example") as http:
+            for _ in range(2):
+                wrong = await http.get("/api/tasks", headers={"Authorization": "Bearer guess"})
+                assert wrong.status_code == 401
+            refused = await http.get("/api/tasks", headers={"Authorization": "Bearer right-token"})
+            assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    finally:
+        web.state.dashboard.history.close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
