@@ -86,16 +86,23 @@ class _RabbitMQReader:
 class _StreamReader(_RabbitMQReader):
     """Reads the history stream: the last ``limit`` batches before its marker, then on live."""
 
-    __slots__ = ("_kept", "_marker")
+    __slots__ = ("_kept", "_marker", "arguments")
 
     def __init__(self, limit: int, marker: str) -> None:
         super().__init__()
         self._marker: str | None = marker
         self._kept: deque[bytes] = deque(maxlen=limit)
+        # The consume arguments: the robust channel consumes again with them after a reconnect,
+        # so the offset moves on with what was read, and a reconnect resumes where it stopped.
+        self.arguments: dict[str, Any] = {"x-stream-offset": "first"}
 
     async def deliver(self, message: AbstractIncomingMessage) -> None:
         await message.ack()  # a stream's consumer credit: it keeps nothing per consumer
-        marker = (message.headers or {}).get(_MARKER_HEADER)
+        headers = message.headers or {}
+        offset = headers.get("x-stream-offset")
+        if isinstance(offset, int):
+            self.arguments["x-stream-offset"] = offset + 1
+        marker = headers.get(_MARKER_HEADER)
         if marker is not None:
             if marker == self._marker:  # the end of the history: hand it over, then live
                 self._marker = None
@@ -203,10 +210,12 @@ class RabbitMQEventBus:
             async with asyncio.timeout(self.publish_timeout):
                 channel = await connection.channel()
                 await channel.set_qos(prefetch_count=500)  # a stream consumer needs a prefetch
-                stream = await channel.get_queue(HISTORY_STREAM, ensure=False)
+                # Declared as connect() did, so the robust channel's redeclaration after a
+                # reconnect matches too.
+                stream = await channel.declare_queue(HISTORY_STREAM, durable=True, arguments=STREAM_ARGUMENTS)
                 reader = _StreamReader(self.history_limit, marker)
                 reader._channel = channel
-                await stream.consume(reader.deliver, arguments={"x-stream-offset": "first"})
+                await stream.consume(reader.deliver, arguments=reader.arguments)
                 # Straight into the stream (not through the exchange): live readers never see it.
                 await channel.default_exchange.publish(
                     aio_pika.Message(b"", headers={_MARKER_HEADER: marker}), routing_key=HISTORY_STREAM
