@@ -168,9 +168,7 @@ SETTINGS: dict[str, Setting] = {
         _S("task_send_sent_event", False, _parse_bool, "Producers send a task-sent event per task."),
         _S("events_include_args", False, _parse_bool, "Task args and kwargs in task-sent/-received events."),
         _S("event_flush_interval", 0.1, float, "Seconds events gather before they are sent as one batch."),
-        _S(
-            "event_history_limit", 10_000, int, "Event batches the bus keeps for late readers."
-        ),
+        _S("event_history_limit", 10_000, int, "Event batches the bus keeps for late readers."),
         _S(
             "worker_metrics_port",
             None,
