@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATCH_UP_POLICIES",
     "KEY_PREFIX",
+    "LAST_RUN_PREFIX",
     "CatchUp",
     "Entry",
     "check_schedule",
@@ -49,6 +50,8 @@ _ENTRY_KEYS: Final = frozenset({"task", "schedule", "args", "kwargs", "options",
 
 #: Keys in the result backend. Entry names may contain ':'; the tick is always the last part.
 KEY_PREFIX: Final = "asyncq:beat:"
+#: The last tick each entry sent (read by catch_up="once").
+LAST_RUN_PREFIX: Final = KEY_PREFIX + "last:"
 
 # Ticks closer together than this are not distinguished by the catch-up search (crontabs fire on
 # whole minutes; intervals are computed exactly and never reach it).

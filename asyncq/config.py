@@ -168,9 +168,7 @@ SETTINGS: dict[str, Setting] = {
         _S("task_send_sent_event", False, _parse_bool, "Producers send a task-sent event per task."),
         _S("events_include_args", False, _parse_bool, "Task args and kwargs in task-sent/-received events."),
         _S("event_flush_interval", 0.1, float, "Seconds events gather before they are sent as one batch."),
-        _S(
-            "event_history_limit", 10_000, int, "Event batches the bus keeps for late readers (not RabbitMQ)."
-        ),
+        _S("event_history_limit", 10_000, int, "Event batches the bus keeps for late readers."),
         _S(
             "worker_metrics_port",
             None,
@@ -238,6 +236,13 @@ SETTINGS: dict[str, Setting] = {
         _S("dashboard_token", None, str, "Token to log in to the dashboard (or as a bearer token)."),
         _S("dashboard_username", None, str, "User to log in to the dashboard as (with dashboard_password)."),
         _S("dashboard_password", None, str, "Password of dashboard_username."),
+        _S(
+            "dashboard_login_attempts",
+            5,
+            int,
+            "Failed dashboard logins allowed per client address or user per window (0: no limit).",
+        ),
+        _S("dashboard_login_window", 60.0, float, "Seconds a failed dashboard login counts for."),
         _S("dashboard_history_path", None, str, "SQLite file of the dashboard's task history."),
         _S("dashboard_history_limit", 100_000, int, "Tasks the dashboard's history keeps at most."),
         _S("dashboard_history_expires", 604800.0, float, "Seconds a task stays in the dashboard's history."),

@@ -29,6 +29,7 @@ from asyncq._utils import describe_error, utcnow
 from asyncq.beat_entries import (
     CATCH_UP_POLICIES,
     KEY_PREFIX,
+    LAST_RUN_PREFIX,
     CatchUp,
     Entry,
     _zone,
@@ -63,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LAST_RUN_PREFIX: Final = KEY_PREFIX + "last:"
 _CLAIM_PREFIX: Final = KEY_PREFIX + "claim:"
 
 #: Headers every beat-sent message carries, so a task (or an operator) can tell which tick it is.
@@ -179,7 +179,7 @@ class Scheduler:
     async def _refresh(self) -> None:
         """Bring the entry states in line with the entries in force."""
         try:
-            entries = await self.app.schedule.entries()
+            every, disabled = await self.app.schedule.snapshot()
             zone = _zone(self.app)
         except AsyncqError as exc:
             # Keep sending the entries we know; the store may be back at the next wake-up.
@@ -189,8 +189,9 @@ class Scheduler:
                 len(self._states),
             )
             return
+        entries = {name: entry for name, entry in every.items() if name not in disabled}
         for name in set(self._states) - set(entries):
-            logger.info("periodic entry %r removed", name)
+            logger.info("periodic entry %r %s", name, "disabled" if name in disabled else "removed")
             del self._states[name]
         for name, entry in entries.items():
             fingerprint = f"{entry.fingerprint()} {zone.key}"
@@ -218,7 +219,7 @@ class Scheduler:
         return _State(entry=entry, schedule=schedule, fingerprint=fingerprint, due=due)
 
     async def _last_run(self, name: str) -> datetime | None:
-        raw = await self.app.backend.get(_LAST_RUN_PREFIX + name)
+        raw = await self.app.backend.get(LAST_RUN_PREFIX + name)
         if raw is None:
             return None
         try:
@@ -308,7 +309,7 @@ class Scheduler:
         logger.info("sent %s[%s] for tick %s of %r", entry.task, task_id, tick.isoformat(), entry.name)
         record = json.dumps({"tick": tick.timestamp(), "task_id": task_id}).encode()
         try:
-            await backend.set(_LAST_RUN_PREFIX + entry.name, record, final=False, ttl=None)
+            await backend.set(LAST_RUN_PREFIX + entry.name, record, final=False, ttl=None)
         except AsyncqError as exc:
             # Only catch_up="once" reads it, to decide whether a tick was missed.
             logger.warning("cannot record the last run of %r: %s", entry.name, describe_error(exc))
@@ -335,13 +336,21 @@ class Scheduler:
 
 
 async def upcoming(
-    app: App, count: int = 3, *, now: datetime | None = None
+    app: App, count: int = 3, *, now: datetime | None = None, include_disabled: bool = False
 ) -> list[tuple[Entry, list[datetime]]]:
-    """Every entry in force with its next ``count`` ticks, in the entry's time zone (``beat --list``)."""
+    """Every entry in force with its next ``count`` ticks, in the entry's time zone (``beat --list``).
+
+    With ``include_disabled``, disabled entries are listed too, with no ticks.
+    """
     zone = _zone(app)
     start = now or utcnow()
     listed: list[tuple[Entry, list[datetime]]] = []
-    for entry in (await app.schedule.entries()).values():
+    every, disabled = await app.schedule.snapshot()
+    for entry in every.values():
+        if entry.name in disabled:
+            if include_disabled:
+                listed.append((entry, []))
+            continue
         schedule = entry.schedule.with_tz(zone)
         shown_in = schedule.tz or zone
         ticks: list[datetime] = []

@@ -19,6 +19,7 @@ __all__ = [
     "retry",
     "revoke",
     "service",
+    "set_entry_enabled",
     "worker_action",
 ]
 
@@ -67,3 +68,12 @@ async def purge_dead_letters(request: Request, fields: dict[str, Any]) -> Outcom
 
 async def purge_queue(request: Request, fields: dict[str, Any]) -> Outcome:
     return await service(request).purge_queue(request.path_params["queue"])
+
+
+def set_entry_enabled(enabled: bool) -> Action:
+    """The runner that enables (or disables) the beat entry named in the path."""
+
+    async def run(request: Request, fields: dict[str, Any]) -> Outcome:
+        return await service(request).set_entry_enabled(request.path_params["name"], enabled)
+
+    return run

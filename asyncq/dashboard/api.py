@@ -184,7 +184,21 @@ ENDPOINTS: Final = (
         "Drop every waiting message of a queue",
         _action(actions.purge_queue),
     ),
-    Endpoint("GET", "/api/scheduled", "Beat entries with their next run times", _read(_scheduled)),
+    Endpoint(
+        "GET", "/api/scheduled", "Beat entries, enabled or not, with their next run times", _read(_scheduled)
+    ),
+    Endpoint(
+        "POST",
+        "/api/scheduled/{name}/enable",
+        "Let every beat send a periodic entry again",
+        _action(actions.set_entry_enabled(True)),
+    ),
+    Endpoint(
+        "POST",
+        "/api/scheduled/{name}/disable",
+        "Stop every beat sending a periodic entry (it stays listed)",
+        _action(actions.set_entry_enabled(False)),
+    ),
     Endpoint("GET", "/api/csrf", "A CSRF token (also set as the asyncq_csrf cookie)", _csrf),
     Endpoint("GET", "/api/events", "Server-sent change notices (event: tasks | workers)", _events),
 )

@@ -24,6 +24,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from asyncq.dashboard.throttle import LoginThrottle
+
 __all__ = ["CSRF_COOKIE", "SESSION_COOKIE", "Auth", "LoginMiddleware", "is_loopback"]
 
 SESSION_COOKIE: Final = "asyncq_session"
@@ -56,6 +58,7 @@ class Auth:
         token: a shared secret to log in with (and to send as a bearer token).
         username / password: a user to log in as (both or neither).
         required: ask for a login (default: whenever credentials are configured).
+        throttle: the limit on failed logins per client address and user name.
     """
 
     token: str | None = None
@@ -63,6 +66,7 @@ class Auth:
     password: str | None = None
     required: bool | None = None
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle, repr=False)
 
     def __post_init__(self) -> None:
         if bool(self.username) != bool(self.password):
@@ -167,10 +171,25 @@ class LoginMiddleware:
             return
         conn = HTTPConnection(scope)
         path = scope["path"][len(scope.get("root_path") or "") :] if scope.get("root_path") else scope["path"]
-        if path.startswith(_OPEN_PATHS) or self.auth.authenticated(conn):
+        if path.startswith(_OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         response: Response
+        if "authorization" in conn.headers:
+            # Bearer tokens are guesses too: limited per client address like the login form.
+            throttle = self.auth.throttle
+            keys = throttle.keys(conn.client.host if conn.client else None, None)
+            wait = throttle.retry_after(keys)
+            if wait:
+                response = JSONResponse({"ok": False, "error": "too many failed logins"}, status_code=429)
+                response.headers["Retry-After"] = str(wait)
+                await response(scope, receive, send)
+                return
+            if not self.auth.bearer_valid(conn):
+                throttle.failed(keys)
+        if self.auth.authenticated(conn):
+            await self.app(scope, receive, send)
+            return
         if path.startswith("/api/"):
             response = JSONResponse({"ok": False, "error": "log in first"}, status_code=401)
             response.headers["WWW-Authenticate"] = "Bearer"

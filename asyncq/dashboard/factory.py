@@ -18,6 +18,7 @@ import asyncq.dashboard.pages as pages
 from asyncq.dashboard.auth import Auth, LoginMiddleware
 from asyncq.dashboard.history import TaskHistory
 from asyncq.dashboard.live import LiveFeed
+from asyncq.dashboard.throttle import LoginThrottle
 from asyncq.dashboard.web import HERE, Dashboard, default_history_path
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def create_app(
 
     Credentials and history settings default to the app's ``dashboard_*`` settings (and so to
     ``ASYNCQ_DASHBOARD_*`` variables). A login is required when credentials are set, or when
-    ``require_login`` says so (then credentials must be set).
+    ``require_login`` says so (then credentials must be set). Failed logins are limited by
+    ``dashboard_login_attempts`` per ``dashboard_login_window`` seconds.
     """
     conf = app.conf
     auth = Auth(
@@ -63,6 +65,7 @@ def create_app(
         username=username or conf.dashboard_username,
         password=password or conf.dashboard_password,
         required=require_login,
+        throttle=LoginThrottle(int(conf.dashboard_login_attempts), float(conf.dashboard_login_window)),
     )
     history = TaskHistory(
         history_path or conf.dashboard_history_path or default_history_path(app),

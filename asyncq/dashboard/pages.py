@@ -165,10 +165,23 @@ async def _login(request: Request) -> Response:
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     if not auth.csrf_valid(request, form):
         return PlainTextResponse("missing or wrong CSRF token (reload the page)", status_code=403)
+    throttle = auth.throttle
+    keys = throttle.keys(request.client.host if request.client else None, form.get("username"))
+    wait = throttle.retry_after(keys)
+    if wait:
+        # Refused unheard, right credentials or not, so guessing cannot outpace the limit.
+        response = _render(
+            request, "login.html", None, next=target, uses_token=auth.uses_token, failed=False, wait=wait
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(wait)
+        return response
     if not auth.check_login(form):
+        throttle.failed(keys)
         response = _render(request, "login.html", None, next=target, uses_token=auth.uses_token, failed=True)
         response.status_code = 401
         return response
+    throttle.succeeded(keys)
     response = RedirectResponse(root + target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -233,6 +246,8 @@ def routes() -> list[BaseRoute]:
         Route("/dead-letters/{message_id}", _page("dead_letter.html", None, _dead_letter)),
         Route("/dead-letters/{message_id}/requeue", _form(actions.requeue), methods=["POST"]),
         Route("/scheduled", _page("scheduled.html", None, _scheduled)),
+        Route("/scheduled/{name}/enable", _form(actions.set_entry_enabled(True)), methods=["POST"]),
+        Route("/scheduled/{name}/disable", _form(actions.set_entry_enabled(False)), methods=["POST"]),
         Route("/queues", _page("queues.html", "queues_live.html", _queues)),
         Route("/queues/{queue}/purge", _form(actions.purge_queue), methods=["POST"]),
         Route("/login", _login, methods=["GET", "POST"]),

@@ -190,8 +190,9 @@ class DashboardService:
         return describe(letter, self.app)
 
     async def scheduled(self) -> list[dict[str, Any]]:
-        """The beat entries in force with their next three run times."""
-        entries = await _deadline(upcoming(self.app, 3), "the beat schedule")
+        """Every beat entry, enabled or not, with the next three run times of the enabled ones."""
+        entries = await _deadline(upcoming(self.app, 3, include_disabled=True), "the beat schedule")
+        _, disabled = await _deadline(self.app.schedule.snapshot(), "the beat schedule")
         return [
             {
                 "name": entry.name,
@@ -200,6 +201,7 @@ class DashboardService:
                 "args": list(entry.args),
                 "kwargs": entry.kwargs,
                 "queue": entry.options.get("queue"),
+                "enabled": entry.name not in disabled,
                 "next": [tick.isoformat() for tick in ticks],
             }
             for entry, ticks in entries
@@ -252,6 +254,14 @@ class DashboardService:
         else:
             raise ActionError(f"unknown worker action {action!r}", status=404)
         return _replies(replies, f"{action} on {hostname}")
+
+    async def set_entry_enabled(self, name: str, enabled: bool) -> Outcome:
+        """Enable or disable a beat entry for every scheduler sharing the result backend."""
+        schedule = self.app.schedule
+        change = schedule.enable(name) if enabled else schedule.disable(name)
+        if not await _deadline(change, "the beat schedule"):
+            raise ActionError(f"no periodic entry {name!r}", status=404)
+        return Outcome(f"periodic entry {name} {'enabled' if enabled else 'disabled'}")
 
     async def requeue(self, message_id: str) -> Outcome:
         """Send one dead letter back to its queue."""

@@ -2,13 +2,22 @@
 
 A reader's queue is exclusive and auto-deleted (it lives as long as the reader), capped at
 ``history_limit`` batches with the oldest dropped, so a stalled reader cannot fill the server.
-RabbitMQ keeps no history for readers that were not there: ``keeps_history`` is False.
+
+History: the exchange also feeds the stream ``asyncq.events.history`` (``x-queue-type=stream``),
+which RabbitMQ bounds by size and age (:data:`STREAM_ARGUMENTS`). A reader asking for history
+reads the stream from its start, keeping the last ``history_limit`` batches, until it meets a
+marker it put at the end when it subscribed: those are the history, and it reads on live from
+there. A server without streams (before RabbitMQ 3.9) keeps no history: ``keeps_history`` is
+then False.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
+from collections import deque
 from typing import Any, Final
 
 from asyncq._utils import redact_url
@@ -23,11 +32,25 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
-__all__ = ["EXCHANGE", "RabbitMQEventBus"]
+__all__ = ["EXCHANGE", "HISTORY_STREAM", "STREAM_ARGUMENTS", "RabbitMQEventBus"]
+
+logger = logging.getLogger(__name__)
 
 #: The topic exchange events are published to, with the routing key ``events``.
 EXCHANGE: Final = "asyncq.events"
 ROUTING_KEY: Final = "events"
+#: The stream that keeps the history, bound to the exchange.
+HISTORY_STREAM: Final = "asyncq.events.history"
+#: The stream's bounds: RabbitMQ drops whole segments past 64 MiB or a day old. Every bus declares
+#: it with these arguments (a declaration with others fails).
+STREAM_ARGUMENTS: Final = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 64 * 1024 * 1024,
+    "x-max-age": "1D",
+    "x-stream-max-segment-size-bytes": 8 * 1024 * 1024,
+}
+# A header marking a history reader's end-of-history marker (never a batch).
+_MARKER_HEADER: Final = "x-asyncq-history-marker"
 
 
 class _RabbitMQReader:
@@ -60,10 +83,43 @@ class _RabbitMQReader:
                 await channel.close()
 
 
-class RabbitMQEventBus:
-    """Event batches through the topic exchange ``asyncq.events``."""
+class _StreamReader(_RabbitMQReader):
+    """Reads the history stream: the last ``limit`` batches before its marker, then on live."""
 
-    keeps_history = False
+    __slots__ = ("_kept", "_marker", "arguments")
+
+    def __init__(self, limit: int, marker: str) -> None:
+        super().__init__()
+        self._marker: str | None = marker
+        self._kept: deque[bytes] = deque(maxlen=limit)
+        # The consume arguments: the robust channel consumes again with them after a reconnect,
+        # so the offset moves on with what was read, and a reconnect resumes where it stopped.
+        self.arguments: dict[str, Any] = {"x-stream-offset": "first"}
+
+    async def deliver(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()  # a stream's consumer credit: it keeps nothing per consumer
+        headers = message.headers or {}
+        offset = headers.get("x-stream-offset")
+        if isinstance(offset, int):
+            self.arguments["x-stream-offset"] = offset + 1
+        marker = headers.get(_MARKER_HEADER)
+        if marker is not None:
+            if marker == self._marker:  # the end of the history: hand it over, then live
+                self._marker = None
+                for batch in self._kept:
+                    self._inbox.put_nowait(batch)
+                self._kept.clear()
+            return  # other readers' markers are not batches
+        if self._marker is None:
+            self._inbox.put_nowait(message.body)
+        else:
+            self._kept.append(message.body)
+
+
+class RabbitMQEventBus:
+    """Event batches through the topic exchange ``asyncq.events``, with history in a stream."""
+
+    keeps_history = True  # False after connect() if the server has no streams
 
     def __init__(self, url: str, *, history_limit: int = 10_000, **options: Any) -> None:
         self.url = url
@@ -91,7 +147,22 @@ class RabbitMQEventBus:
                     self._exchange = await channel.declare_exchange(
                         EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
                     )
+                    if self.keeps_history:
+                        await self._declare_stream(connection)
             self._connection = connection
+
+    async def _declare_stream(self, connection: AbstractRobustConnection) -> None:
+        # On a channel of its own: a server that refuses the declaration closes that channel.
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            stream = await channel.declare_queue(HISTORY_STREAM, durable=True, arguments=STREAM_ARGUMENTS)
+            await stream.bind(EXCHANGE, routing_key="#")
+        except aio_pika.exceptions.AMQPError as exc:
+            self.keeps_history = False
+            logger.warning("RabbitMQ refused the event history stream (%s): no history for late readers", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def aclose(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
@@ -116,6 +187,8 @@ class RabbitMQEventBus:
         await self.connect()
         connection = self._connection
         assert connection is not None
+        if history and self.keeps_history:
+            return await self._subscribe_stream(connection)
         with translate_errors("subscribe to events"):
             async with asyncio.timeout(self.publish_timeout):
                 channel = await connection.channel()
@@ -129,4 +202,22 @@ class RabbitMQEventBus:
                 reader = _RabbitMQReader()
                 reader._channel = channel
                 await queue.consume(reader.deliver, no_ack=True)
+        return reader
+
+    async def _subscribe_stream(self, connection: AbstractRobustConnection) -> _StreamReader:
+        marker = uuid.uuid4().hex
+        with translate_errors("subscribe to events with their history"):
+            async with asyncio.timeout(self.publish_timeout):
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=500)  # a stream consumer needs a prefetch
+                # Declared as connect() did, so the robust channel's redeclaration after a
+                # reconnect matches too.
+                stream = await channel.declare_queue(HISTORY_STREAM, durable=True, arguments=STREAM_ARGUMENTS)
+                reader = _StreamReader(self.history_limit, marker)
+                reader._channel = channel
+                await stream.consume(reader.deliver, arguments=reader.arguments)
+                # Straight into the stream (not through the exchange): live readers never see it.
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"", headers={_MARKER_HEADER: marker}), routing_key=HISTORY_STREAM
+                )
         return reader

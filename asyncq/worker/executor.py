@@ -20,6 +20,7 @@ import ctypes
 import functools
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -87,10 +88,27 @@ def _run_in_process(task_ref: str, args: list[Any], kwargs: dict[str, Any], requ
 
     task = import_string(task_ref)
     token = _current.set((task, Request(**request, state_writer=_progress_to_parent)))
+    trace = _attach_trace(request.get("headers") or {})
     try:
         return task._invoke(args, kwargs)
     finally:
+        if trace is not None:
+            trace()
         _current.reset(token)
+
+
+def _attach_trace(headers: dict[str, Any]) -> Callable[[], None] | None:
+    """Child side: make the trace context in ``headers`` current, so spans the task opens here,
+    and what it sends, continue the worker's process span; return what undoes it.
+    """
+    if "traceparent" not in headers:
+        return None
+    try:
+        from opentelemetry import context, propagate
+    except ImportError:  # a producer traced, this worker's environment has no opentelemetry
+        return None
+    token = context.attach(propagate.extract(headers))
+    return lambda: context.detach(token)
 
 
 def _discard_outcome(future: asyncio.Future[Any]) -> None:
@@ -115,6 +133,8 @@ class Executor:
         # them in parallel without each one paying for a process start.
         self.sandbox_size = sandbox_size or max(2, min(4, cpus))
         self.gate = IsolationGate()
+        #: When tracing: the headers that carry the current trace context into a child process.
+        self.child_trace_headers: Callable[[], dict[str, str]] | None = None
         self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
         self._sandbox: ProcessPool | None = None
@@ -202,6 +222,13 @@ class Executor:
         future.add_done_callback(_discard_outcome)
         raise TimeLimitExceeded(f"task {task.name} exceeded its time limit of {hard}s")
 
+    def _child_fields(self, request: Request) -> dict[str, Any]:
+        """The request to rebuild in a child, its headers carrying the current trace context."""
+        fields = request_fields(request)
+        if self.child_trace_headers is not None:
+            fields["headers"] = {**(fields.get("headers") or {}), **self.child_trace_headers()}
+        return fields
+
     async def _run_process(
         self, task: Task[Any, Any], request: Request, soft: float | None, hard: float | None
     ) -> Any:
@@ -221,7 +248,7 @@ class Executor:
         try:
             return await self._processes.run(
                 _run_in_process,
-                (ref, request.args, request.kwargs, request_fields(request)),
+                (ref, request.args, request.kwargs, self._child_fields(request)),
                 {},
                 soft_time_limit=soft,
                 time_limit=hard,

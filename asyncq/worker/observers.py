@@ -27,6 +27,7 @@ class Observers:
     async def start(self, worker: Worker, runner: JobRunner, events: NoEvents) -> None:
         """Install the enabled observers in ``runner``, beside the ``events`` hooks."""
         # Optional extras, imported only when enabled.
+        worker.executor.child_trace_headers = None
         if getattr(worker.app.publish_hook, "consumer_spans", False):  # instrumented for tracing
             from asyncq.worker.traced import consumer_for
 
@@ -34,6 +35,8 @@ class Observers:
             if traced is not None:
                 runner.book, hooks = traced
                 self.hooks.append(hooks)
+                # executor="process" tasks run under the process span in their child too.
+                worker.executor.child_trace_headers = traced[0].context_headers
         if worker.metrics_port is not None:
             from asyncq.metrics import WorkerMetrics
 

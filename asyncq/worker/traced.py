@@ -91,6 +91,15 @@ class TracedJobBook(JobBook):
             otel_context.detach(live.token)  # type: ignore[arg-type]
         live.span.end()
 
+    def context_headers(self) -> dict[str, str]:
+        """The current trace context (the running job's process span) as message headers."""
+        carrier: dict[str, str] = {}
+        if self.propagator is not None:
+            self.propagator.inject(carrier)
+        else:
+            propagate.inject(carrier)
+        return carrier
+
     def span(self, task_id: str) -> trace.Span | None:
         """The open process span of ``task_id``."""
         live = self.live.get(task_id)

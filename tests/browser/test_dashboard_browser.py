@@ -76,6 +76,19 @@ def send(env: dict[str, str], task: Any, *args: Any) -> str:
         return pool.submit(asyncio.run, go()).result(timeout=30)
 
 
+def add_entry(env: dict[str, str], name: str) -> None:
+    app = client_app(env)
+
+    async def go() -> None:
+        try:
+            await app.schedule.add(name, dashboard_app.add, 3600, args=[1, 2])
+        finally:
+            await app.aclose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result(timeout=30)
+
+
 def test_the_dashboard_in_a_browser(
     chromium: str, shots: Path, cluster: tuple[dict[str, str], str], tmp_path: Path
 ) -> None:
@@ -134,6 +147,17 @@ def test_the_dashboard_in_a_browser(
             page.wait_for_selector("p.flash.ok")
             page.goto(f"{url}/tasks/{parked}")
             page.wait_for_selector("#task-state:text('SUCCESS')")
+
+            # A beat entry disabled and enabled again from the scheduled page.
+            add_entry(env, "hourly-add")
+            page.goto(f"{url}/scheduled")
+            entry = 'tr[data-entry="hourly-add"]'
+            page.click(f"{entry} button:text('Disable')")
+            page.wait_for_selector("p.flash.ok")
+            assert "disabled" in page.inner_text(entry)
+            page.screenshot(path=shots / "dashboard-scheduled.png")
+            page.click(f"{entry} button:text('Enable')")
+            page.wait_for_selector(f"{entry} button:text('Disable')")
 
             # Overview and workers, live; then the task list at phone width.
             page.goto(f"{url}/")

@@ -188,6 +188,30 @@ async def test_a_failure_is_recorded_on_its_process_span(
     assert (run.events[0].attributes or {})["exception.type"] == "ValueError"
 
 
+async def test_a_process_task_runs_under_its_process_span_in_the_child(
+    exporter: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    from tests.apps import traced_process_app
+
+    provider, spans = exporter
+    app = traced_process_app.app
+    instrument(app, tracer_provider=provider)
+    try:
+        async with app.worker():
+            seen = await (await traced_process_app.traced_work.enqueue()).get(timeout=30)
+            (run,) = [s for s in await finished(spans, 1) if s.kind is SpanKind.CONSUMER]
+    finally:
+        uninstrument(app)
+        await app.aclose()
+    assert run.context is not None and run.start_time is not None and run.end_time is not None
+    assert message_id(run) == (run.attributes or {})["messaging.message.id"]
+    # In the child, the worker's process span is current, and a span opened there is its child.
+    assert seen["current"] == [run.context.trace_id, run.context.span_id]
+    assert seen["parent"] == seen["current"] and seen["trace_id"] == run.context.trace_id
+    # ...and lies within it in time (both clocks are this machine's).
+    assert run.start_time <= seen["start"] <= seen["end"] <= run.end_time
+
+
 async def test_uninstrumented_apps_add_no_trace_headers(
     app: App, exporter: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
