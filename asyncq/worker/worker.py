@@ -139,6 +139,7 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        runner.on_finish = self._job_finished
         emitter = await self.app.events.start_worker(self)
         observers = Observers()
         try:
@@ -262,9 +263,10 @@ class Worker:
                             raise
                         finally:
                             self.waiting = None
+                        # No done callback: handle() frees the slot as it ends (on_finish), one
+                        # loop callback less per task; _cancel() covers a job cancelled unstarted.
                         job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
                         self._inflight.add(job)
-                        job.add_done_callback(self._job_done)
             except AsyncqError as exc:
                 # Drivers reconnect on their own; this is the last line of defence against a
                 # consumer that stops silently after a broker outage.
@@ -299,7 +301,7 @@ class Worker:
         """Cancel the job of ``task_id`` if it is in flight here (the runner settles its message)."""
         for job in self._inflight:
             if job.get_name() == f"asyncq.job.{task_id}":
-                job.cancel()
+                self._cancel(job)
                 return True
         return False
 
@@ -307,6 +309,21 @@ class Worker:
         """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
         self._inflight.add(job)
         job.add_done_callback(self._job_done)
+
+    def _job_finished(self) -> None:
+        """The runner's last step in a job's task: forget the job, free its slot."""
+        self._inflight.discard(asyncio.current_task())
+        if self._slots is not None:
+            self._slots.release()
+
+    def _cancel(self, job: asyncio.Task[None]) -> None:
+        # A job cancelled before its first step never runs handle(), so never reaches on_finish.
+        job.cancel()
+        job.add_done_callback(self._reap)
+
+    def _reap(self, job: asyncio.Task[None]) -> None:
+        if job in self._inflight:
+            self._job_done(job)
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)
@@ -333,7 +350,7 @@ class Worker:
                 "cancelling %d unfinished tasks; their messages go back to the queue", len(pending)
             )
             for job in pending:
-                job.cancel()
+                self._cancel(job)
             await asyncio.gather(*pending, return_exceptions=True)
 
     def stop(self, *, graceful: bool = True) -> None:
@@ -343,7 +360,7 @@ class Worker:
         if self._stop_requested.is_set() or not graceful:
             self._force = True
             for job in list(self._inflight):
-                job.cancel()
+                self._cancel(job)
         self._stop_requested.set()
 
     # -- embedding ----------------------------------------------------------------------------
