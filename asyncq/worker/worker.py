@@ -48,6 +48,17 @@ _STAT_NAMES = {state: str(state).lower() for state in State}
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+class _Slots(asyncio.Semaphore):
+    """The concurrency semaphore, with a synchronous take for the consumer's every delivery."""
+
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody waits (acquire()'s fast path, minus a coroutine)."""
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return True
+        return False
+
+
 class Worker:
     """Consumes tasks from queues and runs them, up to ``concurrency`` at once.
 
@@ -112,7 +123,8 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._force = False
         self._inflight: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: _Slots | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
         self.waiting: Delivery | None = None
@@ -132,7 +144,8 @@ class Worker:
     async def serve(self) -> None:
         """Run until :meth:`stop` is called, then shut down cleanly."""
         self._stop_requested = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = _Slots(self.concurrency)
+        self._loop = asyncio.get_running_loop()
         if not await self._connect_unless_stopped():
             return
         runner = JobRunner(
@@ -245,6 +258,7 @@ class Worker:
     async def _consume_queues(self, runner: JobRunner) -> None:
         assert self._slots is not None
         slots = self._slots
+        start_job = asyncio.get_running_loop().create_task
         failures = 0
         while True:
             try:
@@ -255,7 +269,8 @@ class Worker:
                         failures = 0
                         self.waiting = delivery  # taken, waiting for a slot: inspect().reserved()
                         try:
-                            await slots.acquire()
+                            if not slots.take_now():
+                                await slots.acquire()
                         except asyncio.CancelledError:
                             # Taken but never started: hand it back now, not after its lease.
                             with contextlib.suppress(AsyncqError):
@@ -265,7 +280,7 @@ class Worker:
                             self.waiting = None
                         # No done callback: handle() frees the slot as it ends (on_finish), one
                         # loop callback less per task; _cancel() covers a job cancelled unstarted.
-                        job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
+                        job = start_job(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
                         self._inflight.add(job)
             except AsyncqError as exc:
                 # Drivers reconnect on their own; this is the last line of defence against a
@@ -312,7 +327,7 @@ class Worker:
 
     def _job_finished(self) -> None:
         """The runner's last step in a job's task: forget the job, free its slot."""
-        self._inflight.discard(asyncio.current_task())
+        self._inflight.discard(asyncio.current_task(self._loop))
         if self._slots is not None:
             self._slots.release()
 
