@@ -109,11 +109,15 @@ def json_dumps(obj: Any) -> bytes:
         raise SerializationError(f"cannot encode as JSON: {exc}") from exc
 
 
+#: A tuple, not ``bytes | bytearray``: the union would be built again on every call.
+_BYTES: Final = (bytes, bytearray)
+
+
 def json_loads(data: bytes | str) -> Any:
     """Decode asyncq JSON; tagged objects become their Python types."""
     try:
         # Fast path: most payloads carry no tagged values, and the object hook costs a call per dict.
-        if isinstance(data, bytes | bytearray):
+        if isinstance(data, _BYTES):
             tagged = _TAG_BYTES in data
             text = data.decode("utf-8")
         else:

@@ -44,7 +44,7 @@ class _MemoryDelivery:
         self._once.settle()
 
     async def ack(self) -> None:
-        self._settle()
+        self._once.settle()
 
     async def nack(self, *, delay: float | None = None) -> None:
         self._settle()
