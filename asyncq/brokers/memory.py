@@ -89,12 +89,16 @@ class MemoryBroker(BrokerDefaults):
         return self._ready.setdefault(name, [])
 
     def _put(self, item: _Item, eta: float | None) -> None:
-        queue = self._queue(item.message.queue)
         if eta is not None and eta > now():
+            self._queue(item.message.queue)  # the queue exists while its first message waits
             heapq.heappush(self._delayed, (eta, next(self._seq), item))
         else:
-            heapq.heappush(queue, (*item.sort_key, item))
+            self._push_ready(item)
         self._wakeup.set()
+
+    def _push_ready(self, item: _Item) -> None:
+        """Queue ``item`` for consumers now (its eta is due or there is none)."""
+        heapq.heappush(self._queue(item.message.queue), (*item.sort_key, item))
 
     async def publish(self, message: OutgoingMessage) -> None:
         self._put(_Item((-(message.priority or 0), next(self._seq)), message), message.eta)
@@ -108,7 +112,7 @@ class MemoryBroker(BrokerDefaults):
         current = now()
         while self._delayed and self._delayed[0][0] <= current:
             _, _, item = heapq.heappop(self._delayed)
-            heapq.heappush(self._queue(item.message.queue), (*item.sort_key, item))
+            self._push_ready(item)
         return self._delayed[0][0] if self._delayed else None
 
     def _take(self, queues: Sequence[str]) -> _Item | None:
