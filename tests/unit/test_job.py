@@ -190,3 +190,19 @@ async def test_the_request_carries_each_field_of_the_message(runner: JobRunner) 
         "same_loop": True,
         "writer": True,
     }
+
+
+async def test_a_job_cancelled_before_its_first_step_frees_its_slot() -> None:
+    # A job frees its slot as handle() ends; one cancelled before it ever ran never gets there.
+    local = memory_app("job-tests-slots")
+    async with local.worker(concurrency=1) as worker:
+        slots = worker._slots
+        assert slots is not None and slots.take_now()  # the consumer's take, for this job
+        job = asyncio.get_running_loop().create_task(asyncio.sleep(0), name="asyncq.job.unstarted")
+        worker._inflight.add(job)
+        worker._cancel(job)  # as stop() or a revoke with terminate does, before its first step
+        await asyncio.gather(job, return_exceptions=True)
+        await asyncio.wait_for(slots.acquire(), TIMEOUT)  # the slot came back
+        slots.release()
+        assert job not in worker._inflight
+    await local.aclose()
