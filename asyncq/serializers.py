@@ -84,19 +84,40 @@ _DECODER: Final = json.JSONDecoder()
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
+# The C encoder that _ENCODER.encode() builds anew on every call, built once. It skips the
+# circular-reference bookkeeping: a cycle ends in RecursionError, and then _ENCODER, which
+# does keep it, runs again to name the problem.
+_C_ENCODE: Final[Callable[[Any, int], tuple[str, ...] | list[str]] | None] = (
+    None
+    if json.encoder.c_make_encoder is None  # type: ignore[attr-defined]
+    else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _json_default, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+)
+
+
 def json_dumps(obj: Any) -> bytes:
     """Encode with asyncq's JSON conventions (compact, UTF-8, tagged extra types)."""
     try:
+        if _C_ENCODE is not None:
+            try:
+                return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
+            except RecursionError:
+                pass
         return _ENCODER.encode(obj).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+
+
+#: A tuple, not ``bytes | bytearray``: the union would be built again on every call.
+_BYTES: Final = (bytes, bytearray)
 
 
 def json_loads(data: bytes | str) -> Any:
     """Decode asyncq JSON; tagged objects become their Python types."""
     try:
         # Fast path: most payloads carry no tagged values, and the object hook costs a call per dict.
-        if isinstance(data, bytes | bytearray):
+        if isinstance(data, _BYTES):
             tagged = _TAG_BYTES in data
             text = data.decode("utf-8")
         else:

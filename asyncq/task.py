@@ -92,23 +92,25 @@ class Request:
         native: Message | None = None,
     ) -> Request:
         """The request of a message a worker took: asyncq's own, or another protocol's (``native=None``)."""
+        # Positional, in the field order (a test pins it): one is built per task.
         return cls(
-            id=message.id,
-            task=task,
-            args=message.args,
-            kwargs=message.kwargs,
-            retries=message.retries,
-            eta=message.eta,
-            expires=message.expires,
-            headers=message.headers,
-            delivery_info=delivery_info,
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            group_id=message.group_id,
-            hostname=hostname,
-            message=native,
-            state_writer=state_writer,
-            loop=loop,
+            message.id,
+            task,
+            message.args,
+            message.kwargs,
+            message.retries,
+            message.eta,
+            message.expires,
+            message.headers,
+            delivery_info,
+            message.root_id,
+            message.parent_id,
+            message.group_id,
+            hostname,
+            False,
+            native,
+            state_writer,
+            loop,
         )
 
 

@@ -86,7 +86,7 @@ def _promote(app: App, broker: MemoryBroker, horizon: float) -> None:
         if item.message.eta is not None and item.message.eta > current:
             message = replace(decode_message(item.message.body, app.serializers), eta=None)
             item = _Item(item.sort_key, app.outgoing(message), item.deliveries)
-        heapq.heappush(broker._queue(item.message.queue), (item.sort_key, item))
+        broker._push_ready(item)
 
 
 def _all_queues(broker: MemoryBroker) -> list[str]:

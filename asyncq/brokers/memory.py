@@ -26,8 +26,9 @@ class _Item:
     deliveries: int = 0
 
 
-# Heaps hold (sort_key, item): tuples of ints compare in C, and keys are unique (seq).
-_Entry = tuple[tuple[int, int], _Item]
+# Heaps hold (-priority, seq, item): flat, so a comparison is of two ints (seq is unique and
+# the item is never compared); a nested (sort_key, item) made each one a tuple comparison.
+_Entry = tuple[int, int, _Item]
 
 
 class _MemoryDelivery:
@@ -43,7 +44,7 @@ class _MemoryDelivery:
         self._once.settle()
 
     async def ack(self) -> None:
-        self._settle()
+        self._once.settle()
 
     async def nack(self, *, delay: float | None = None) -> None:
         self._settle()
@@ -88,12 +89,16 @@ class MemoryBroker(BrokerDefaults):
         return self._ready.setdefault(name, [])
 
     def _put(self, item: _Item, eta: float | None) -> None:
-        queue = self._queue(item.message.queue)
         if eta is not None and eta > now():
+            self._queue(item.message.queue)  # the queue exists while its first message waits
             heapq.heappush(self._delayed, (eta, next(self._seq), item))
         else:
-            heapq.heappush(queue, (item.sort_key, item))
+            self._push_ready(item)
         self._wakeup.set()
+
+    def _push_ready(self, item: _Item) -> None:
+        """Queue ``item`` for consumers now (its eta is due or there is none)."""
+        heapq.heappush(self._queue(item.message.queue), (*item.sort_key, item))
 
     async def publish(self, message: OutgoingMessage) -> None:
         self._put(_Item((-(message.priority or 0), next(self._seq)), message), message.eta)
@@ -107,7 +112,7 @@ class MemoryBroker(BrokerDefaults):
         current = now()
         while self._delayed and self._delayed[0][0] <= current:
             _, _, item = heapq.heappop(self._delayed)
-            heapq.heappush(self._queue(item.message.queue), (item.sort_key, item))
+            self._push_ready(item)
         return self._delayed[0][0] if self._delayed else None
 
     def _take(self, queues: Sequence[str]) -> _Item | None:
@@ -116,7 +121,7 @@ class MemoryBroker(BrokerDefaults):
             queue = self._ready.get(name)
             if queue and (best is None or queue[0] < best[0]):
                 best = queue
-        return heapq.heappop(best)[1] if best else None
+        return heapq.heappop(best)[2] if best else None
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
         queues = check_consume(queues, prefetch)
@@ -124,9 +129,10 @@ class MemoryBroker(BrokerDefaults):
             self._queue(name)
         gate = PrefetchGate(prefetch)
         while True:
-            await gate.wait()
+            if gate.unsettled >= prefetch:  # full: wait for a settle (no coroutine when not)
+                await gate.wait()
             while True:
-                next_eta = self._promote_due()
+                next_eta = self._promote_due() if self._delayed else None
                 item = self._take(queues)
                 if item is not None:
                     break

@@ -48,6 +48,17 @@ _STAT_NAMES = {state: str(state).lower() for state in State}
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+class _Slots(asyncio.Semaphore):
+    """The concurrency semaphore, with a synchronous take for the consumer's every delivery."""
+
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody waits (acquire()'s fast path, minus a coroutine)."""
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return True
+        return False
+
+
 class Worker:
     """Consumes tasks from queues and runs them, up to ``concurrency`` at once.
 
@@ -112,7 +123,8 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._force = False
         self._inflight: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: _Slots | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
         self.waiting: Delivery | None = None
@@ -132,13 +144,15 @@ class Worker:
     async def serve(self) -> None:
         """Run until :meth:`stop` is called, then shut down cleanly."""
         self._stop_requested = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = _Slots(self.concurrency)
+        self._loop = asyncio.get_running_loop()
         if not await self._connect_unless_stopped():
             return
         runner = JobRunner(
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        runner.on_finish = self._job_finished
         emitter = await self.app.events.start_worker(self)
         observers = Observers()
         try:
@@ -244,6 +258,7 @@ class Worker:
     async def _consume_queues(self, runner: JobRunner) -> None:
         assert self._slots is not None
         slots = self._slots
+        start_job = asyncio.get_running_loop().create_task
         failures = 0
         while True:
             try:
@@ -254,7 +269,8 @@ class Worker:
                         failures = 0
                         self.waiting = delivery  # taken, waiting for a slot: inspect().reserved()
                         try:
-                            await slots.acquire()
+                            if not slots.take_now():
+                                await slots.acquire()
                         except asyncio.CancelledError:
                             # Taken but never started: hand it back now, not after its lease.
                             with contextlib.suppress(AsyncqError):
@@ -262,9 +278,10 @@ class Worker:
                             raise
                         finally:
                             self.waiting = None
-                        job = asyncio.create_task(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
+                        # No done callback: handle() frees the slot as it ends (on_finish), one
+                        # loop callback less per task; _cancel() covers a job cancelled unstarted.
+                        job = start_job(runner.handle(delivery), name=f"asyncq.job.{delivery.id}")
                         self._inflight.add(job)
-                        job.add_done_callback(self._job_done)
             except AsyncqError as exc:
                 # Drivers reconnect on their own; this is the last line of defence against a
                 # consumer that stops silently after a broker outage.
@@ -299,7 +316,7 @@ class Worker:
         """Cancel the job of ``task_id`` if it is in flight here (the runner settles its message)."""
         for job in self._inflight:
             if job.get_name() == f"asyncq.job.{task_id}":
-                job.cancel()
+                self._cancel(job)
                 return True
         return False
 
@@ -307,6 +324,21 @@ class Worker:
         """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
         self._inflight.add(job)
         job.add_done_callback(self._job_done)
+
+    def _job_finished(self) -> None:
+        """The runner's last step in a job's task: forget the job, free its slot."""
+        self._inflight.discard(asyncio.current_task(self._loop))
+        if self._slots is not None:
+            self._slots.release()
+
+    def _cancel(self, job: asyncio.Task[None]) -> None:
+        # A job cancelled before its first step never runs handle(), so never reaches on_finish.
+        job.cancel()
+        job.add_done_callback(self._reap)
+
+    def _reap(self, job: asyncio.Task[None]) -> None:
+        if job in self._inflight:
+            self._job_done(job)
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)
@@ -333,7 +365,7 @@ class Worker:
                 "cancelling %d unfinished tasks; their messages go back to the queue", len(pending)
             )
             for job in pending:
-                job.cancel()
+                self._cancel(job)
             await asyncio.gather(*pending, return_exceptions=True)
 
     def stop(self, *, graceful: bool = True) -> None:
@@ -343,7 +375,7 @@ class Worker:
         if self._stop_requested.is_set() or not graceful:
             self._force = True
             for job in list(self._inflight):
-                job.cancel()
+                self._cancel(job)
         self._stop_requested.set()
 
     # -- embedding ----------------------------------------------------------------------------

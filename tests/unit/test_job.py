@@ -152,3 +152,57 @@ async def test_executor_run_returns_and_raises_like_the_call(runner: JobRunner) 
         await executor.run(
             stuck, Request(id="direct-3", task=stuck.name), soft_time_limit=None, time_limit=0.1
         )
+
+
+@app.task(bind=True)
+async def own_request(self: Any, x: int, *, y: int) -> dict[str, Any]:
+    request = self.request
+    names = ("id", "task", "args", "kwargs", "retries", "root_id", "parent_id", "group_id", "hostname")
+    return {
+        **{name: getattr(request, name) for name in names},
+        "is_eager": request.is_eager,
+        "delivery_info": request.delivery_info,
+        "is_message": request.message is not None and request.message.id == request.id,
+        "same_loop": request.loop is asyncio.get_running_loop(),
+        "writer": request.state_writer is not None,
+    }
+
+
+async def test_the_request_carries_each_field_of_the_message(runner: JobRunner) -> None:
+    # The runner builds Request positionally (it does so for every task): a field moved in
+    # Request's definition shows up here.
+    result = await own_request.apply_async(args=(1,), kwargs={"y": 2}, priority=3)
+    await run_once(runner)
+    seen = await result.get(timeout=TIMEOUT)
+    assert seen == {
+        "id": result.id,
+        "task": own_request.name,
+        "args": [1],
+        "kwargs": {"y": 2},
+        "retries": 0,
+        "root_id": result.id,
+        "parent_id": None,
+        "group_id": None,
+        "hostname": "job-test@host",
+        "is_eager": False,
+        "delivery_info": {"queue": "default", "delivery_count": 1, "priority": 3},
+        "is_message": True,
+        "same_loop": True,
+        "writer": True,
+    }
+
+
+async def test_a_job_cancelled_before_its_first_step_frees_its_slot() -> None:
+    # A job frees its slot as handle() ends; one cancelled before it ever ran never gets there.
+    local = memory_app("job-tests-slots")
+    async with local.worker(concurrency=1) as worker:
+        slots = worker._slots
+        assert slots is not None and slots.take_now()  # the consumer's take, for this job
+        job = asyncio.get_running_loop().create_task(asyncio.sleep(0), name="asyncq.job.unstarted")
+        worker._inflight.add(job)
+        worker._cancel(job)  # as stop() or a revoke with terminate does, before its first step
+        await asyncio.gather(job, return_exceptions=True)
+        await asyncio.wait_for(slots.acquire(), TIMEOUT)  # the slot came back
+        slots.release()
+        assert job not in worker._inflight
+    await local.aclose()

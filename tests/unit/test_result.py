@@ -8,7 +8,8 @@ import pytest
 
 from asyncq import App, GroupResult, State
 from asyncq.exceptions import TimeoutError as ResultTimeoutError
-from asyncq.result import decode_record, encode_record
+from asyncq.result import decode_record, encode_record, encode_success
+from asyncq.serializers import json_loads
 from asyncq.testing import memory_app
 
 
@@ -81,3 +82,14 @@ def test_records_round_trip_with_their_task_name() -> None:
     data = encode_record(app.serializers, task_id="t", status=State.SUCCESS, result=[1], task="add")
     record = decode_record(data, app.serializers)
     assert (record.status, record.result, record.is_ready) == (State.SUCCESS, [1], True)
+
+
+@pytest.mark.parametrize("value", [None, 0, {"n": [1, "two"]}, "text"])
+def test_the_success_shortcut_writes_what_encode_record_writes(value: Any) -> None:
+    app = memory_app()
+    full = json_loads(
+        encode_record(app.serializers, task_id="t", status=State.SUCCESS, result=value, retries=2, task="x.y")
+    )
+    quick = json_loads(encode_success("t", value, 2, "x.y"))
+    assert full.pop("date_done") <= quick.pop("date_done")
+    assert list(quick.items()) == list(full.items())
