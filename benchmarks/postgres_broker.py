@@ -185,6 +185,7 @@ async def long_drain(server: str, schema: str, total: int, backlog: int, vacuum_
     room = asyncio.Event()  # set while fewer than ``backlog`` jobs wait
     room.set()
     done = asyncio.Event()
+    sampling = asyncio.Lock()
 
     async def produce() -> None:
         nonlocal published
@@ -197,7 +198,8 @@ async def long_drain(server: str, schema: str, total: int, backlog: int, vacuum_
                 room.clear()
 
     async def measure() -> Sizes:
-        current = Sizes(*await conn.fetchrow(sizes_sql))
+        async with sampling:  # one statement at a time on ``conn``
+            current = Sizes(*await conn.fetchrow(sizes_sql))
         peak.total, peak.heap = max(peak.total, current.total), max(peak.heap, current.heap)
         peak.indexes = max(peak.indexes, current.indexes)
         return current
