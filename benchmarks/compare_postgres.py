@@ -12,11 +12,13 @@ mirror ``benchmarks/compare_redis.py``:
    end, both taken inside the tasks (start-up is not counted);
 3. round trip: ``--round-trips`` sequential enqueue -> completion seen by the producer against
    a warm worker (after 50 untimed) -> p50 / p99 ms. asyncq awaits its result (postgresql://
-   result backend, LISTEN/NOTIFY); SAQ ``queue.apply`` (it waits on its own notification);
-   SAQ waits on its job-update notification (LISTEN/NOTIFY); procrastinate stores no results and sends no completion notification, so its producer
-   polls ``get_job_status_async`` every millisecond.
+   result backend, LISTEN/NOTIFY). Neither peer notifies a producer of a job's completion on
+   PostgreSQL, so their producers poll every millisecond: SAQ with ``queue.listen(...,
+   poll_interval=0.001)`` (its default is 0.5 s), procrastinate ``get_job_status_async``.
 
-Every worker runs ``--concurrency`` jobs at once (default 50). The table gives asyncq's
+Every worker runs ``--concurrency`` jobs at once (default 50). ``--synchronous-commit off`` sets
+that on each framework's database (``ALTER DATABASE``), the same for all three: commits stop
+waiting for the disk flush, which otherwise bounds every workload on a busy disk. The table gives asyncq's
 advantage over each peer (rates asyncq/peer, times peer/asyncq: above 1 is asyncq ahead) and
 the ratio to the best peer. ``--repeat`` interleaves the frameworks and reports medians.
 procrastinate and SAQ come from ``benchmarks/requirements-postgres.txt``, installed in a
@@ -149,9 +151,7 @@ class ProcrastinateBench:
     @contextlib.asynccontextmanager
     async def worker(self, concurrency: int) -> AsyncIterator[None]:
         run = asyncio.create_task(
-            self.app.run_worker_async(
-                concurrency=concurrency, install_signal_handlers=False
-            ),
+            self.app.run_worker_async(concurrency=concurrency, install_signal_handlers=False),
             name="bench.procrastinate",
         )
         try:
@@ -189,31 +189,23 @@ class SaqBench:
         await self.queue.enqueue("noop")
 
     async def round_trip(self) -> None:
-        # queue.apply polls every 0.5 s; waiting on SAQ's job-update notification is its fast
-        # path. Subscribe before reading the job, so an update in between is not missed.
+        # SAQ's postgres queue has no completion notification: its listen (and apply) re-read
+        # the job every poll_interval (0.5 s by default); 1 ms here, as for procrastinate.
         from saq.job import TERMINAL_STATUSES
 
         job = await self.queue.enqueue("echo")
         assert job is not None
-        waiter = asyncio.create_task(
-            self.queue.listen([job.key], lambda _key, status: status in TERMINAL_STATUSES, timeout=10)
+        await self.queue.listen(
+            [job.key], lambda _key, status: status in TERMINAL_STATUSES, timeout=10, poll_interval=0.001
         )
-        try:
-            await asyncio.sleep(0)
-            await job.refresh()
-            if not job.completed:
-                await waiter
-                await job.refresh()
-        finally:
-            waiter.cancel()
-        if not job.completed:
-            raise TimeoutError(f"{job} not complete")
 
     @contextlib.asynccontextmanager
     async def worker(self, concurrency: int) -> AsyncIterator[None]:
         from saq import Worker
 
-        worker = Worker(self.queue, functions=[("noop", self._noop), ("echo", self._echo)], concurrency=concurrency)
+        worker = Worker(
+            self.queue, functions=[("noop", self._noop), ("echo", self._echo)], concurrency=concurrency
+        )
         run = asyncio.create_task(worker.start(), name="bench.saq")
         try:
             yield
@@ -236,12 +228,14 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server: str, name: str) -> AsyncIterator[str]:
+async def fresh_database(server: str, name: str, synchronous_commit: str) -> AsyncIterator[str]:
     """A database of its own for one framework's workload, dropped afterwards."""
     database = f"bench_{name}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server, timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{database}"')
+        # A setting of this database only: every framework's sessions get it alike.
+        await admin.execute(f'ALTER DATABASE "{database}" SET synchronous_commit = {synchronous_commit}')
         try:
             yield database_url(server, database)
         finally:
@@ -290,20 +284,21 @@ async def measure_round_trips(bench: Framework, n: int, concurrency: int) -> tup
     return percentile(times, 50) * 1000, percentile(times, 99) * 1000
 
 
+def database(args: argparse.Namespace, name: str) -> contextlib.AbstractAsyncContextManager[str]:
+    return fresh_database(args.postgres, name, args.synchronous_commit)
+
+
 async def run_framework(name: str, args: argparse.Namespace) -> Result:
     result: Result = dict.fromkeys(METRICS)
-    async with fresh_database(args.postgres, name) as url:
-        async with opened(name, url, args.concurrency) as bench:
-            result["enqueue"] = await measure_enqueue(bench, args.enqueues)
-            print(f"  {name} enqueue: {result['enqueue']:,.0f}/s", flush=True)
-    async with fresh_database(args.postgres, name) as url:
-        async with opened(name, url, args.concurrency) as bench:
-            result["drain"] = await measure_drain(bench, args.tasks, args.concurrency, args.timeout)
-            print(f"  {name} drain: {result['drain']:,.0f} tasks/s", flush=True)
-    async with fresh_database(args.postgres, name) as url:
-        async with opened(name, url, args.concurrency) as bench:
-            result["p50"], result["p99"] = await measure_round_trips(bench, args.round_trips, args.concurrency)
-            print(f"  {name} round trip: p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms", flush=True)
+    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+        result["enqueue"] = await measure_enqueue(bench, args.enqueues)
+        print(f"  {name} enqueue: {result['enqueue']:,.0f}/s", flush=True)
+    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+        result["drain"] = await measure_drain(bench, args.tasks, args.concurrency, args.timeout)
+        print(f"  {name} drain: {result['drain']:,.0f} tasks/s", flush=True)
+    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+        result["p50"], result["p99"] = await measure_round_trips(bench, args.round_trips, args.concurrency)
+        print(f"  {name} round trip: p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms", flush=True)
     return result
 
 
@@ -323,7 +318,11 @@ def print_table(results: dict[str, Result]) -> None:
     headers = ("framework", "drain tasks/s", "p50 ms", "p99 ms", "enqueue/s")
     widths = (15, 20, 16, 16, 18)
     print()
-    print("".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    print(
+        "".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
     ours = results.get("asyncq")
     for name, result in results.items():
         cells = [name.ljust(widths[0])]
@@ -343,8 +342,12 @@ def print_table(results: dict[str, Result]) -> None:
                 continue
             best, who = (max if HIGHER_IS_BETTER[metric] else min)(values)
             ratio = advantage(metric, ours[metric], best)
-            print(f"  {metric:<8} {fmt(metric, ours[metric]):>10} vs {who} {fmt(metric, best):>10}: "
-                  f"{ratio:.2f}x" if ratio else f"  {metric:<8} -")
+            print(
+                f"  {metric:<8} {fmt(metric, ours[metric]):>10} vs {who} {fmt(metric, best):>10}: "
+                f"{ratio:.2f}x"
+                if ratio
+                else f"  {metric:<8} -"
+            )
 
 
 async def main() -> None:
@@ -356,6 +359,12 @@ async def main() -> None:
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--enqueues", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=50, help="jobs each worker runs at once")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="set on each framework's database: off takes the disk flush out of every commit",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="drain: give up after this long")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -379,11 +388,16 @@ async def main() -> None:
     results: dict[str, Result] = {}
     for name, name_runs in runs.items():
         results[name] = {
-            metric: statistics.median(values) if (values := [r[metric] for r in name_runs if r[metric]]) else None
+            metric: statistics.median(values)
+            if (values := [r[metric] for r in name_runs if r[metric]])
+            else None
             for metric in METRICS
         }
-    print(f"\ntasks={args.tasks} round_trips={args.round_trips} enqueues={args.enqueues} "
-          f"concurrency={args.concurrency} repeat={args.repeat} (medians)")
+    print(
+        f"\ntasks={args.tasks} round_trips={args.round_trips} enqueues={args.enqueues} "
+        f"concurrency={args.concurrency} synchronous_commit={args.synchronous_commit} "
+        f"repeat={args.repeat} (medians)"
+    )
     print_table(results)
 
 

@@ -247,7 +247,8 @@ async def long_drain(server: str, schema: str, total: int, backlog: int, vacuum_
         await conn.close()
         await broker.aclose()
     print(
-        f"{total:,} jobs (backlog {backlog:,}) in {elapsed:,.0f} s: {total / elapsed:,.0f} jobs/s; peak sizes: "
+        f"{total:,} jobs (backlog {backlog:,}) in {elapsed:,.0f} s: {total / elapsed:,.0f} jobs/s; "
+        f"peak sizes: "
         f"heap {peak.heap / MIB:.1f} MiB, indexes {peak.indexes / MIB:.1f} MiB, "
         f"total {peak.total / MIB:.1f} MiB"
     )
@@ -261,7 +262,9 @@ async def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--bloat", type=int, default=0, help="drain this many jobs, printing table sizes")
     parser.add_argument("--vacuum-interval", type=float, default=10.0, help="the broker's vacuum_interval")
-    parser.add_argument("--long-drain", type=int, default=0, help="push this many jobs through, sampling sizes")
+    parser.add_argument(
+        "--long-drain", type=int, default=0, help="push this many jobs through, sampling sizes"
+    )
     parser.add_argument("--backlog", type=int, default=20_000, help="--long-drain: most jobs waiting at once")
     args = parser.parse_args()
     schema = f"asyncq_bench_{uuid.uuid4().hex[:8]}"

@@ -494,7 +494,10 @@ class DurableTansu:
         listen = ["--listener-url", address, "--advertised-listener-url", address]
         storage = ["--storage-engine", f"s3://{self.bucket}/"]
         self.proc = subprocess.Popen(
-            [self.exe, "broker", *listen, *storage], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [self.exe, "broker", *listen, *storage],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self._listens, timeout=30, what="the Tansu broker to listen")
 

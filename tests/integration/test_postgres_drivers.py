@@ -21,9 +21,9 @@ import pytest
 
 from asyncq import App
 from asyncq.backends import backend_from_url
-from asyncq.canvas import chain, chord, group
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers.postgres import PostgresBroker
+from asyncq.canvas import chain, chord, group
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError
 from tests.conformance.drivers_postgres import drop_schema, with_schema
 from tests.services import require_service
