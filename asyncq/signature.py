@@ -219,15 +219,20 @@ class Signature(Generic[R]):
     def _prepare(
         self, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, app: App | None, options: Any
     ) -> tuple[App, Signature[Any], AsyncResult[Any], Callable[[], Awaitable[None]]]:
-        """Copy and freeze it now (so ids are known); return the copy and what publishes it."""
+        """Copy and freeze it now (so ids are known); return the copy and what publishes it.
+
+        ``connection=`` (a send option, not a task option) writes every starting message in
+        that database connection's transaction, as for ``task.apply_async``.
+        """
         app = self._bound_app(app)
+        connection = options.pop("connection", None)
         copy = self.clone(args, kwargs)
         if options:
             copy.set(**options)
         result = copy._freeze(app, None)
 
         async def publish() -> None:
-            await _publish(app, await copy._build(app, _Context()))
+            await _publish(app, await copy._build(app, _Context()), connection=connection)
 
         return app, copy, result, publish
 
@@ -425,7 +430,6 @@ def _expires(value: Any) -> float | datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-
 @dataclass(slots=True)
 class _Context:
     """Where messages built now come from: the finished task (on a worker), or nothing."""
@@ -444,6 +448,6 @@ class _Context:
         return task
 
 
-async def _publish(app: App, messages: Sequence[Message]) -> None:
+async def _publish(app: App, messages: Sequence[Message], *, connection: Any = None) -> None:
     for start in range(0, len(messages), PUBLISH_BATCH):
-        await app.send_many(messages[start : start + PUBLISH_BATCH])
+        await app.send_many(messages[start : start + PUBLISH_BATCH], connection=connection)

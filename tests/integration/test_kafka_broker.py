@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from contextlib import aclosing
 
 import pytest
@@ -13,7 +14,7 @@ pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers.kafka import KafkaBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError
-from tests.servers import tansu_kafka
+from tests.servers import DurableTansu, tansu_kafka
 from tests.services import require_service
 
 pytestmark = pytest.mark.kafka
@@ -48,6 +49,43 @@ async def test_records_with_one_key_keep_their_order_across_partitions() -> None
                 await delivery.ack()
         assert got == [m.body for m in sent]
         assert await kafka.queue_length("ordered") == 0
+
+
+@pytest.fixture
+def durable_tansu() -> Iterator[DurableTansu]:
+    server = DurableTansu()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+async def _take(kafka: KafkaBroker, queue: str, wanted: set[bytes], seen: set[bytes]) -> None:
+    """Consume and ack until every body in ``wanted`` is in ``seen``."""
+    async with aclosing(kafka.consume([queue], prefetch=50)) as it:
+        while not wanted <= seen:
+            delivery = await asyncio.wait_for(anext(it), 30)
+            seen.add(delivery.body)
+            await delivery.ack()
+
+
+async def test_sigkilled_tansu_restarted_on_its_storage_loses_no_acknowledged_message(
+    durable_tansu: DurableTansu,
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    options: dict[str, object] = {"topic_prefix": f"d{tag}.", "group_id": f"g{tag}", "session_timeout": 2}
+    before = [msg("durable", f"before-{i}".encode()) for i in range(100)]
+    after = [msg("durable", f"after-{i}".encode()) for i in range(100)]
+    seen: set[bytes] = set()
+    async with KafkaBroker(durable_tansu.url, partitions=2, **options) as kafka:
+        await kafka.publish_many(before)  # returns once acknowledged (acks="all")
+        await _take(kafka, "durable", {m.body for m in before[:30]}, seen)
+    durable_tansu.kill()
+    durable_tansu.start()
+    async with KafkaBroker(durable_tansu.url, partitions=2, **options) as kafka:
+        await kafka.publish_many(after)
+        await _take(kafka, "durable", {m.body for m in before + after}, seen)
 
 
 def test_bad_urls_and_options_are_one_line_errors() -> None:

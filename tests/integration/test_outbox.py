@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from asyncq import App
+from asyncq.canvas import chain, chord
 from asyncq.exceptions import ConfigurationError
 from asyncq.outbox import Outbox, Relay
 from tests.conformance.drivers_postgres import drop_schema, with_schema
@@ -159,6 +160,35 @@ async def test_send_many_in_one_transaction(app: App, conn: asyncpg.Connection) 
     assert await pending(app) == 5
     async with app.worker():
         assert [await r.get(timeout=TIMEOUT) for r in results] == [0, 2, 4, 6, 8]
+    assert await pending(app) == 0
+
+
+async def test_workflow_in_a_transaction_rollback_then_commit(app: App, conn: asyncpg.Connection) -> None:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    await app.connect()
+    workflow = chord((add.s(i, 1) for i in range(3)), total.s())
+
+    async def send_then_fail() -> None:
+        async with conn.transaction():
+            await workflow.apply_async(connection=conn)
+            raise RuntimeError("user rollback")
+
+    with pytest.raises(RuntimeError, match="user rollback"):
+        await send_then_fail()
+    assert await pending(app) == 0
+    async with conn.transaction():
+        joined = await workflow.apply_async(connection=conn)
+        chained = await chain(add.s(1, 2), add.s(10)).apply_async(connection=conn)
+    async with app.worker():
+        assert await joined.get(timeout=TIMEOUT) == 6
+        assert await chained.get(timeout=TIMEOUT) == 13
     assert await pending(app) == 0
 
 

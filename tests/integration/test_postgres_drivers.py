@@ -23,6 +23,7 @@ from asyncq import App
 from asyncq.backends import backend_from_url
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers.postgres import PostgresBroker
+from asyncq.canvas import chain, chord, group
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError
 from tests.conformance.drivers_postgres import drop_schema, with_schema
 from tests.services import require_service
@@ -198,6 +199,70 @@ async def test_enqueue_in_transaction_rollback_never_runs(pg_app: App, conn: asy
     async with pg_app.worker():
         # A job sent after the rolled-back one runs; had the other been stored, it ran first.
         assert await (await after.enqueue(7)).get(timeout=TIMEOUT) == 7
+    assert await pg_app.broker.queue_length(queue) == 0
+
+
+async def test_canvas_in_transaction_commit_sends_every_member_and_completes(
+    pg_app: App, conn: asyncpg.Connection
+) -> None:
+    @pg_app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @pg_app.task
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    await pg_app.connect()
+    queue = pg_app.conf.task_default_queue
+    async with conn.transaction():
+        chained = await chain(add.s(1, 2), add.s(10)).apply_async(connection=conn)
+        grouped = await group(add.s(i, i) for i in range(3)).apply_async(connection=conn)
+        joined = await chord((add.s(i, 1) for i in range(3)), total.s()).apply_async(connection=conn)
+        assert await pg_app.broker.queue_length(queue) == 0  # not committed yet
+    # The chain's first step, the group's three members, the chord's three header tasks.
+    assert await pg_app.broker.queue_length(queue) == 7
+    async with pg_app.worker():
+        assert await chained.get(timeout=TIMEOUT) == 13
+        assert await grouped.get(timeout=TIMEOUT) == [0, 2, 4]
+        assert await joined.get(timeout=TIMEOUT) == 6
+    assert await pg_app.broker.queue_length(queue) == 0
+
+
+async def test_canvas_in_transaction_rollback_sends_nothing(pg_app: App, conn: asyncpg.Connection) -> None:
+    ran: list[str] = []
+
+    @pg_app.task
+    async def step(x: int) -> int:
+        ran.append("step")
+        return x
+
+    @pg_app.task
+    async def total(values: list[int]) -> int:
+        ran.append("total")
+        return sum(values)
+
+    @pg_app.task
+    async def after(n: int) -> int:
+        return n
+
+    await pg_app.connect()
+
+    async def enqueue_then_fail() -> None:
+        async with conn.transaction():
+            await chain(step.s(1), step.s()).apply_async(connection=conn)
+            await group(step.s(i) for i in range(3)).apply_async(connection=conn)
+            await chord((step.s(i) for i in range(3)), total.s()).apply_async(connection=conn)
+            raise RuntimeError("user rollback")
+
+    with pytest.raises(RuntimeError, match="user rollback"):
+        await enqueue_then_fail()
+    queue = pg_app.conf.task_default_queue
+    assert await pg_app.broker.queue_length(queue) == 0
+    async with pg_app.worker():
+        # Sent after the rolled-back workflows: had any member been stored, it ran first.
+        assert await (await after.enqueue(7)).get(timeout=TIMEOUT) == 7
+    assert ran == []
     assert await pg_app.broker.queue_length(queue) == 0
 
 
