@@ -18,12 +18,13 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.flow.gate import FlowGate
 from asyncq.outbox import Relay
 from asyncq.runner import loop_factory, run_until_signalled
 from asyncq.scheduler import Scheduler
@@ -91,7 +92,10 @@ class Worker:
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
         self.concurrency = int(concurrency or conf.worker_concurrency)
-        self.prefetch = int(prefetch or conf.worker_prefetch or self.concurrency)
+        # Messages waiting on a concurrency key hold prefetch but no slot: room for twice as
+        # many keeps other keys flowing while some wait.
+        keyed = any(task.concurrency is not None for task in app.tasks.values())
+        self.prefetch = int(prefetch or conf.worker_prefetch or self.concurrency * (2 if keyed else 1))
         self.shutdown_timeout = float(
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
@@ -113,6 +117,7 @@ class Worker:
         self._force = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._off: set[asyncio.Task[Any]] = set()  # jobs waiting on a limit, their slot given back
         self._main: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
         self.waiting: Delivery | None = None
@@ -139,6 +144,17 @@ class Worker:
             self.app, self.executor, hostname=self.hostname, max_deliveries=self.max_deliveries
         )
         runner.on_outcome = self._count
+        flow = FlowGate.for_app(self.app, hostname=self.hostname)  # a task no store can limit fails here
+        await flow.start()
+        runner.flow, runner.off_slot = flow, self._off_slot
+        try:
+            await self._serve_with(runner)
+        finally:
+            await flow.aclose()
+
+    async def _serve_with(self, runner: JobRunner) -> None:
+        assert self._stop_requested is not None
+        assert self._slots is not None
         emitter = await self.app.events.start_worker(self)
         observers = Observers()
         try:
@@ -303,6 +319,21 @@ class Worker:
                 return True
         return False
 
+    @contextlib.asynccontextmanager
+    async def _off_slot(self) -> AsyncIterator[None]:
+        """Give the running job's concurrency slot back while it waits on a limit, then take one again."""
+        slots, job = self._slots, asyncio.current_task()
+        if slots is None or job not in self._inflight:
+            yield
+            return
+        slots.release()
+        self._off.add(job)  # cancelled before it has a slot again: _job_done must not release one
+        try:
+            yield
+        finally:
+            await slots.acquire()
+            self._off.discard(job)
+
     def _adopt(self, job: asyncio.Task[None]) -> None:
         """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
         self._inflight.add(job)
@@ -310,7 +341,9 @@ class Worker:
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)
-        if self._slots is not None:
+        if job in self._off:
+            self._off.discard(job)
+        elif self._slots is not None:
             self._slots.release()
         if not job.cancelled() and job.exception() is not None:
             logger.error("job crashed", exc_info=job.exception())

@@ -1,4 +1,4 @@
-"""Per-task rate limits inside one worker (``rate_limit="10/s"``)."""
+"""Per-task rate limits inside one worker (``rate_limit="10/s"``, ``rate_limit_scope="worker"``)."""
 
 from __future__ import annotations
 
