@@ -7,14 +7,14 @@ local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now))
 local held = redis.call('ZCARD', KEYS[1])
-local until = string.format('%.6f', now + lease)
+local expiry = string.format('%.6f', now + lease)
 local given = {}
 for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], until, ARGV[i])
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
     given[#given + 1] = ARGV[i]
   elseif held < limit then
-    redis.call('ZADD', KEYS[1], until, ARGV[i])
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
     held = held + 1
     given[#given + 1] = ARGV[i]
   end
