@@ -3,8 +3,8 @@
 ``rate_limit_scope``: ``"global"`` (one limit shared by every worker, in the broker's store)
 or ``"worker"`` (each worker its own bucket). ``concurrency_key`` with ``max_concurrency``:
 at most that many running at once per key across the cluster; the key is a callable given the
-task's arguments, or the name of one argument. ``max_concurrency`` alone limits the task
-as a whole.
+task's arguments by name (``lambda tenant_id, **_: tenant_id``), or the name of one argument.
+``max_concurrency`` alone limits the task as a whole.
 """
 
 from __future__ import annotations
@@ -63,13 +63,33 @@ def concurrency_limit(
     if key is None:
         return ConcurrencyLimit(limit, lambda args, kwargs: "*", "the whole task")
     if callable(key):
-        call = key
-        return ConcurrencyLimit(limit, lambda args, kwargs: call(*args, **kwargs), "a callable")
+        return ConcurrencyLimit(limit, _by_name(fn, key, bind=bind), "a callable")
     if isinstance(key, str):
         return ConcurrencyLimit(limit, _argument(task_name, fn, key, bind=bind), f"argument {key!r}")
     raise ConfigurationError(
         f"task {task_name!r}: concurrency_key must be an argument name or a callable, not {key!r}"
     )
+
+
+def _by_name(fn: Callable[..., Any], key: Callable[..., Any], *, bind: bool) -> KeyOf:
+    """Call ``key`` with the task's arguments by name (``lambda tenant_id, **_: tenant_id``)."""
+    signature = inspect.signature(fn)
+    if bind:
+        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+    spread = {p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD}
+
+    def key_of(args: Sequence[Any], kwargs: Mapping[str, Any]) -> object:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # the call does not fit the task: the task will say so when it runs
+            return key(*args, **kwargs)
+        bound.apply_defaults()
+        named = dict(bound.arguments)
+        for name in spread:
+            named.update(named.pop(name))
+        return key(**named)
+
+    return key_of
 
 
 def _argument(task_name: str, fn: Callable[..., Any], name: str, *, bind: bool) -> KeyOf:

@@ -26,7 +26,7 @@ from tests.services import require_service
 
 APP = "tests.apps.flow_app:app"
 WORKERS = 3
-LEASE = 2.0
+LEASE = 3.0
 
 
 @pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
