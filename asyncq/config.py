@@ -164,7 +164,8 @@ SETTINGS: dict[str, Setting] = {
             "worker_prefetch",
             None,
             _parse_optional_int,
-            "Unacked messages a worker holds; default concurrency.",
+            "Unacked messages a worker holds; default concurrency (twice that when a task has a "
+            "concurrency key).",
         ),
         _S(
             "worker_thread_pool_size",

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["FlowGate", "Permit"]
 
 logger = logging.getLogger(__name__)
+
+#: Told of a message a limit holds: (message, "rate_limit" | "concurrency_key", key, wait).
+OnWait = Callable[["Message", str, "str | None", "float | None"], None]
 
 
 @dataclass(slots=True)
@@ -150,19 +153,24 @@ class FlowGate:
         concurrency = task.concurrency
         return None if concurrency is None else concurrency.key(task.name, message.args, message.kwargs)
 
-    async def admit(self, task: Task[Any, Any], message: Message, key: str | None) -> Permit:
-        """Wait until ``message`` may start; the :class:`Permit` goes to :meth:`release` afterwards."""
+    async def admit(
+        self, task: Task[Any, Any], message: Message, key: str | None, on_wait: OnWait | None = None
+    ) -> Permit:
+        """Wait until ``message`` may start; the :class:`Permit` goes to :meth:`release` afterwards.
+
+        ``on_wait(message, limit, key, wait)`` hears of each limit that holds it (the event).
+        """
         permit = Permit()
         concurrency = task.concurrency
         if concurrency is not None and key is not None:
             if self.store is None:
                 raise ConfigurationError(f"task {task.name!r} has max_concurrency but no limit store")
             holder = f"{self.hostname}/{message.id}/{next(self._ids)}"
-            await self._take_slot(key, concurrency.limit, holder, task.name)
+            await self._take_slot(key, concurrency.limit, holder, task.name, message, on_wait)
             permit.key, permit.holder = key, holder
         try:
             if task.rate is not None:
-                await self._wait_rate(task)
+                await self._wait_rate(task, message, on_wait)
         except BaseException:
             await asyncio.shield(self.release(permit))
             raise
@@ -191,7 +199,7 @@ class FlowGate:
         """Forget the per-worker bucket of ``task_name`` (its rate changed)."""
         self._local.pop(task_name, None)
 
-    async def _wait_rate(self, task: Task[Any, Any]) -> None:
+    async def _wait_rate(self, task: Task[Any, Any], message: Message, on_wait: OnWait | None) -> None:
         rate = task.rate
         assert rate is not None
         self._rate_waiting[task.name] += 1
@@ -204,6 +212,8 @@ class FlowGate:
                 return
             wait = await self._book(task.name, 1.0 / rate)
             if wait > 0:
+                if on_wait is not None:
+                    on_wait(message, "rate_limit", None, wait)
                 await asyncio.sleep(wait)
         finally:
             self._rate_waiting[task.name] -= 1
@@ -240,13 +250,17 @@ class FlowGate:
             if not future.done():
                 future.set_result(wait)
 
-    async def _take_slot(self, key: str, limit: int, holder: str, task_name: str) -> None:
+    async def _take_slot(
+        self, key: str, limit: int, holder: str, task_name: str, message: Message, on_wait: OnWait | None
+    ) -> None:
         assert self.store is not None
-        self._labels.setdefault(key, (task_name, key[len(task_name) + 1 :]))
+        label = self._labels.setdefault(key, (task_name, key[len(task_name) + 1 :]))
         # Nobody queued here before it: ask at once.
         if key not in self._waiters and holder in await self.store.acquire(key, limit, [holder], self.lease):
             self._held.setdefault(key, set()).add(holder)
             return
+        if on_wait is not None:
+            on_wait(message, "concurrency_key", label[1], None)
         waiter = _Waiter(holder, limit, asyncio.get_running_loop().create_future())
         self._waiters.setdefault(key, deque()).append(waiter)
         try:

@@ -229,7 +229,9 @@ class JobRunner(SuspectRuns):
             return
         try:
             async with self.off_slot():
-                permit = await flow.admit(task, message, key)
+                permit = await flow.admit(
+                    task, message, key, self._events.task_waiting if self._events_on else None
+                )
         except AsyncqError as exc:  # the limit store is away: try again in a moment
             logger.warning("task %s[%s]: limits unavailable (%s); returning it", task.name, message.id, exc)
             await self._give_back(delivery, message, delay=1.0)

@@ -80,3 +80,42 @@ async def test_rate_limit_state_in_stats(app: App) -> None:
             local.name: {"rate_limit": "100/m", "scope": "worker", "waiting": 0},
             shared.name: {"rate_limit": "10/s", "scope": "global", "waiting": 0},
         }
+
+
+async def test_held_messages_send_task_waiting_events(app: App) -> None:
+    release = asyncio.Event()
+
+    @app.task(rate_limit="5/s")
+    async def paced() -> None: ...
+
+    @app.task(concurrency_key="key", max_concurrency=1)
+    async def single(key: str) -> None:
+        await release.wait()
+
+    events = await app.events.subscribe()
+    waiting: list[dict[str, object]] = []
+
+    async def collect() -> None:
+        async for event in events:
+            if event["type"] == "task-waiting":
+                waiting.append(event)
+
+    reader = asyncio.create_task(collect())
+    try:
+        async with app.worker(send_events=True):
+            paced_runs = [await paced.enqueue() for _ in range(3)]
+            held = [await single.enqueue("k"), await single.enqueue("k")]
+            await until(
+                lambda: {e["limit"] for e in waiting} == {"rate_limit", "concurrency_key"}, "both waits"
+            )
+            release.set()
+            for result in paced_runs + held:
+                await result.get(timeout=TIMEOUT)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await events.aclose()
+    by_limit = {e["limit"]: e for e in waiting}
+    assert by_limit["concurrency_key"]["key"] == "k" and by_limit["concurrency_key"]["name"] == single.name
+    wait = by_limit["rate_limit"]["wait"]
+    assert isinstance(wait, float) and 0 < wait <= 0.4
