@@ -60,6 +60,8 @@ LIMIT_STORES: Final[dict[str, str]] = {
     "redis+cluster": "asyncq.flow.redis:RedisLimitStore",
     "rediss+cluster": "asyncq.flow.redis:RedisLimitStore",
     "redis+sentinel": "asyncq.flow.redis:RedisLimitStore",
+    "postgresql": "asyncq.flow.postgres:PostgresLimitStore",
+    "postgres": "asyncq.flow.postgres:PostgresLimitStore",
 }
 
 

@@ -1,4 +1,4 @@
-"""Global limits across three ``asyncq run`` workers, on the embedded SQLite store and on Redis.
+"""Global limits across three ``asyncq run`` workers: the embedded SQLite store, Redis, PostgreSQL.
 
 Every start (and end) goes to a ledger file; the assertions read it back: a 20/s rate limit
 never starts more than ~20 tasks in any 1 s window, a concurrency key limited to 2 never has
@@ -21,6 +21,7 @@ from asyncq import App
 from asyncq.flow.store import limit_store_for
 from tests.acceptance.conftest import wait_for
 from tests.apps import flow_app
+from tests.conformance.drivers_postgres import postgres_url  # noqa: F401 - fixture
 from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
 
@@ -29,7 +30,13 @@ WORKERS = 3
 LEASE = 3.0
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def flow_env(request: pytest.FixtureRequest, store_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """The workers' environment: one broker (and its limit store), a short concurrency lease."""
     env = dict(store_env)
@@ -40,6 +47,10 @@ def flow_env(request: pytest.FixtureRequest, store_env: dict[str, str]) -> Itera
         url = require_service("redis")
         env["ASYNCQ_BROKER_URL"] = f"{url}?visibility_timeout=2&key_prefix={prefix}"
         env["ASYNCQ_RESULT_BACKEND"] = f"{url}?key_prefix={prefix}"
+    elif request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")  # a fresh schema, dropped afterwards
+        env["ASYNCQ_BROKER_URL"] = url + "&visibility_timeout=2"
+        env["ASYNCQ_RESULT_BACKEND"] = url
     yield env
     if prefix is not None:
         asyncio.run(delete_prefix(require_service("redis"), prefix))
