@@ -372,6 +372,6 @@ def _no_store(task: Task[Any, Any], app: App) -> str:
     backend = app.backend.url.partition(":")[0]
     return (
         f"task {task.name!r} has {what}, but neither the {broker}:// broker nor the {backend}:// "
-        "backend keeps shared limit state; use a redis:// or sqlite:// broker or backend"
+        "backend keeps shared limit state; use a redis://, postgresql:// or sqlite:// broker or backend"
         + (", or rate_limit_scope='worker'" if task.concurrency is None else "")
     )

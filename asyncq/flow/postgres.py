@@ -51,17 +51,19 @@ class PostgresLimitStore:
         self._db = db = driver.database if hasattr(driver, "database") else driver._db
         rates, slots = db.names.table("flow_rates"), db.names.table("flow_slots")
         # Booking n starts with burst 1: the first at max(tat, now), the others one interval apart.
+        span = "$2::double precision * $3::integer"  # n intervals
         self._reserve = f"""
             WITH clock AS (SELECT {_CLOCK} AS now)
-            INSERT INTO {rates} AS r (key, tat) SELECT $1, clock.now + $2::double precision * $3::integer FROM clock
-            ON CONFLICT (key) DO UPDATE SET tat = GREATEST(r.tat, (SELECT now FROM clock)) + $2::double precision * $3::integer
-            RETURNING r.tat - $2::double precision * $3::integer - (SELECT now FROM clock)
+            INSERT INTO {rates} AS r (key, tat) SELECT $1, clock.now + {span} FROM clock
+            ON CONFLICT (key) DO UPDATE SET tat = GREATEST(r.tat, (SELECT now FROM clock)) + {span}
+            RETURNING r.tat - {span} - (SELECT now FROM clock)
         """  # noqa: S608 - quoted identifiers only
         self._lock = "SELECT pg_advisory_xact_lock($1)"
         self._expire = f"DELETE FROM {slots} WHERE key = $1 AND expires <= {_CLOCK}"  # noqa: S608
         self._holders = f"SELECT holder FROM {slots} WHERE key = $1"  # noqa: S608
         self._take = f"""
-            INSERT INTO {slots} (key, holder, expires) SELECT $1, unnest($2::text[]), {_CLOCK} + $3::double precision
+            INSERT INTO {slots} (key, holder, expires)
+            SELECT $1, unnest($2::text[]), {_CLOCK} + $3::double precision
             ON CONFLICT (key, holder) DO UPDATE SET expires = excluded.expires
         """
         self._release = f"DELETE FROM {slots} WHERE key = $1 AND holder = ANY($2::text[])"  # noqa: S608
