@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from asyncq.exceptions import ConfigurationError
+from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.flow.bucket import RateLimiter
 from asyncq.flow.store import LimitStore, limit_store_for
 
@@ -193,7 +193,10 @@ class FlowGate:
         else:
             self._forget_label(key)
         assert self.store is not None
-        await self.store.release(key, [permit.holder])
+        try:
+            await self.store.release(key, [permit.holder])
+        except AsyncqError as exc:  # no longer renewed here: the slot comes back after its lease
+            logger.warning("flow control: could not give back a slot of %r (%s)", key, exc)
 
     def reset_rate(self, task_name: str) -> None:
         """Forget the per-worker bucket of ``task_name`` (its rate changed)."""
@@ -312,17 +315,21 @@ class FlowGate:
         given = set(await self.store.acquire(key, asked[0].limit, [w.holder for w in asked], self.lease))
         if not given:
             return
+        cancelled = []
         for waiter in asked:
             if waiter.holder not in given:
                 continue
-            queue.remove(waiter)
-            if waiter.future.done():  # cancelled while asking: not held after all
-                await self.store.release(key, [waiter.holder])
+            if waiter in queue:  # a waiter cancelled while the store answered has left already
+                queue.remove(waiter)
+            if waiter.future.done():  # cancelled meanwhile: not held after all
+                cancelled.append(waiter.holder)
                 continue
             self._held.setdefault(key, set()).add(waiter.holder)
             waiter.future.set_result(None)
-        if not queue:
+        if not queue and self._waiters.get(key) is queue:
             del self._waiters[key]
+        if cancelled:
+            await self.store.release(key, cancelled)
 
     # -- visibility ------------------------------------------------------------------------------
 

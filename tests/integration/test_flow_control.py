@@ -119,3 +119,27 @@ async def test_held_messages_send_task_waiting_events(app: App) -> None:
     assert by_limit["concurrency_key"]["key"] == "k" and by_limit["concurrency_key"]["name"] == single.name
     wait = by_limit["rate_limit"]["wait"]
     assert isinstance(wait, float) and 0 < wait <= 0.4
+
+
+async def test_a_worker_stopped_while_messages_wait_gives_back_messages_and_slots(app: App) -> None:
+    release = asyncio.Event()
+
+    @app.task(concurrency_key="key", max_concurrency=1)
+    async def hold(key: str) -> str:
+        await release.wait()
+        return key
+
+    first, second = await hold.enqueue("k"), await hold.enqueue("k")
+    async with app.worker(hostname="w1", shutdown_timeout=0.1):
+        inspect = app.control.inspect(destination=["w1"], timeout=2.0)
+
+        async def one_waiting() -> bool:
+            stats = (await inspect.stats()).get("w1")
+            return stats is not None and stats.limits["concurrency"][hold.name]["waiting"] == {"k": 1}
+
+        await until(one_waiting, "the second hold to wait for the key")
+    # Stopped: the running one was cancelled after the grace, the waiting one at once; both
+    # messages went back, and the slot too (a leaked one would hold the next worker up).
+    release.set()
+    async with app.worker(hostname="w2"):
+        assert [await first.get(timeout=TIMEOUT), await second.get(timeout=TIMEOUT)] == ["k", "k"]

@@ -46,7 +46,7 @@ def test_bad_arguments_are_refused() -> None:
         reserve(0.0, 1.0, 0.1, 1, burst=0)
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(
     interval=st.floats(0.001, 10.0),
     bookings=st.lists(st.tuples(st.floats(0.0, 5.0), st.integers(1, 20)), min_size=1, max_size=20),
