@@ -15,7 +15,7 @@ from asyncq.exceptions import ConfigurationError
 from asyncq.flow.gate import FlowGate
 from asyncq.flow.gcra import reserve
 from asyncq.flow.memory import MemoryLimitStore
-from asyncq.testing import memory_app
+from asyncq.testing import drain, memory_app
 
 # -- GCRA ----------------------------------------------------------------------------------------
 
@@ -166,3 +166,21 @@ def test_a_global_limit_without_a_store_is_one_line_at_worker_start() -> None:
 
     app.conf.update(task_default_rate_limit_scope="worker")  # per worker: no store needed
     assert asyncio.run(gate()).store is None
+
+
+async def test_drain_runs_keyed_and_rate_limited_tasks() -> None:
+    app = memory_app()
+
+    @app.task(concurrency_key="tenant", max_concurrency=1)
+    async def keyed(tenant: str) -> str:
+        return tenant
+
+    @app.task(rate_limit="100/s")
+    async def paced() -> int:
+        return 1
+
+    await keyed.enqueue("a")
+    await keyed.enqueue("a")
+    await paced.enqueue()
+    outcomes = await drain(app)
+    assert [o.result for o in outcomes] == ["a", "a", 1]
