@@ -158,7 +158,9 @@ class FlowGate:
     ) -> Permit:
         """Wait until ``message`` may start; the :class:`Permit` goes to :meth:`release` afterwards.
 
-        ``on_wait(message, limit, key, wait)`` hears of each limit that holds it (the event).
+        ``on_wait(message, limit, key, wait)`` hears of each limit that holds it, just before it
+        waits (from the caller's task): the runner gives its worker slot back then, and sends
+        the event.
         """
         permit = Permit()
         concurrency = task.concurrency
@@ -211,7 +213,10 @@ class FlowGate:
                 limiter = self._local.get(task.name)
                 if limiter is None or limiter.rate != rate:
                     limiter = self._local[task.name] = RateLimiter(rate)
-                await limiter.acquire()
+                if on_wait is None:
+                    await limiter.acquire()
+                else:
+                    await limiter.acquire(lambda wait: on_wait(message, "rate_limit", None, wait))
                 return
             wait = await self._book(task.name, 1.0 / rate)
             if wait > 0:

@@ -15,13 +15,11 @@ events, tracking of STARTED) is decided once when the runner is built, not per m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +71,10 @@ class JobRunner(SuspectRuns):
         self.backstop = max_deliveries * BACKSTOP_FACTOR
         # Limits (rate_limit, concurrency keys); the worker installs one backed by its store.
         self.flow = FlowGate(None, hostname=hostname, lease=30.0, poll_interval=0.2, default_scope="worker")
-        # Gives the worker's concurrency slot back while a message waits on a limit (the worker's).
-        self.off_slot: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext
+        # The worker's: give the job's concurrency slot back while it waits on a limit (True if
+        # given), and take one again before it runs.
+        self.give_slot: Callable[[], bool] = lambda: False
+        self.take_slot: Callable[[], Awaitable[None]] = _nothing
         self._result_ttl: float | None = app.conf.result_expires
         self._counter_ttl = self._result_ttl or COUNTER_TTL
         self._acks_late_default = bool(app.conf.task_acks_late)
@@ -227,11 +227,22 @@ class JobRunner(SuspectRuns):
             reason = f"concurrency_key of {task.name} failed: {exc!r}"
             await self._dead_letter(delivery, message, reason, exc)
             return
+        gave = False
+        events = self._events if self._events_on else None
+
+        def waiting(held: Message, limit: str, value: str | None, wait: float | None) -> None:
+            nonlocal gave
+            if not gave:  # only a message that waits gives its slot back (no churn otherwise)
+                gave = self.give_slot()
+            if events is not None:
+                events.task_waiting(held, limit, value, wait)
+
         try:
-            async with self.off_slot():
-                permit = await flow.admit(
-                    task, message, key, self._events.task_waiting if self._events_on else None
-                )
+            try:
+                permit = await flow.admit(task, message, key, waiting)
+            finally:
+                if gave:
+                    await self.take_slot()
         except AsyncqError as exc:  # the limit store is away: try again in a moment
             logger.warning("task %s[%s]: limits unavailable (%s); returning it", task.name, message.id, exc)
             await self._give_back(delivery, message, delay=1.0)
@@ -480,6 +491,10 @@ class JobRunner(SuspectRuns):
         except AsyncqError:
             # The broker redelivers what it did not hear settled: at-least-once still holds.
             logger.exception("could not settle a delivery; the broker will deliver it again")
+
+
+async def _nothing() -> None:
+    """No slot to take back (a runner outside a worker)."""
 
 
 _FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,7 @@ class Worker:
         runner.on_outcome = self._count
         flow = FlowGate.for_app(self.app, hostname=self.hostname)  # a task no store can limit fails here
         await flow.start()
-        runner.flow, runner.off_slot = flow, self._off_slot
+        runner.flow, runner.give_slot, runner.take_slot = flow, self._give_slot, self._take_slot
         try:
             await self._serve_with(runner)
         finally:
@@ -319,20 +319,20 @@ class Worker:
                 return True
         return False
 
-    @contextlib.asynccontextmanager
-    async def _off_slot(self) -> AsyncIterator[None]:
-        """Give the running job's concurrency slot back while it waits on a limit, then take one again."""
+    def _give_slot(self) -> bool:
+        """Give the running job's concurrency slot back while it waits on a limit; False if it has none."""
         slots, job = self._slots, asyncio.current_task()
-        if slots is None or job not in self._inflight:
-            yield
-            return
+        if slots is None or job not in self._inflight or job in self._off:
+            return False
         slots.release()
-        self._off.add(job)  # cancelled before it has a slot again: _job_done must not release one
-        try:
-            yield
-        finally:
-            await slots.acquire()
-            self._off.discard(job)
+        self._off.add(job)  # until it has a slot again, _job_done must not release one
+        return True
+
+    async def _take_slot(self) -> None:
+        """Take a concurrency slot again for the job that gave its own back."""
+        assert self._slots is not None
+        await self._slots.acquire()
+        self._off.discard(asyncio.current_task())
 
     def _adopt(self, job: asyncio.Task[None]) -> None:
         """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
