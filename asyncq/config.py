@@ -130,6 +130,27 @@ SETTINGS: dict[str, Setting] = {
         _S("task_time_limit", None, _parse_optional_float, "Default hard time limit, seconds."),
         _S("task_soft_time_limit", None, _parse_optional_float, "Default soft time limit, seconds."),
         _S("task_default_priority", None, _parse_optional_int, "Priority 0-9 of tasks that name none."),
+        _S(
+            "task_default_rate_limit_scope",
+            "global",
+            str,
+            "Where a task's rate_limit holds when it names no rate_limit_scope: global (all "
+            "workers share it, in the broker's store) or worker (each worker its own).",
+        ),
+        _S(
+            "flow_lease",
+            30.0,
+            float,
+            "Seconds a concurrency-key slot stays held without renewal (its worker renews it "
+            "while the task runs); a dead worker's slots come back after it.",
+        ),
+        _S(
+            "flow_poll_interval",
+            0.2,
+            float,
+            "Seconds between looks at a full concurrency key whose slots other workers hold "
+            "(a slot freed in this worker is seen at once).",
+        ),
         _S("task_default_retry_delay", 180.0, float, "Seconds before a retry when none is given."),
         _S("task_max_retries", 3, _parse_optional_int, "Default max_retries of a task."),
         _S(
@@ -143,7 +164,8 @@ SETTINGS: dict[str, Setting] = {
             "worker_prefetch",
             None,
             _parse_optional_int,
-            "Unacked messages a worker holds; default concurrency.",
+            "Unacked messages a worker holds; default concurrency (twice that when a task has a "
+            "concurrency key).",
         ),
         _S(
             "worker_thread_pool_size",

@@ -54,6 +54,10 @@ class WorkerStats:
         rss_bytes: the process's resident memory.
         loop_lag: seconds the event loop was late waking the last heartbeat.
         broker_owner: the broker's lease owner id for this worker's messages, when it has one.
+        limits: the tasks' rate limits and concurrency keys and their state here:
+            ``{"rate_limits": {task: {"rate_limit", "scope", "waiting"}}, "concurrency":
+            {task: {"max_concurrency", "key", "running": {key: n}, "waiting": {key: n}}}}``
+            (docs/flow-control.md).
     """
 
     hostname: str
@@ -73,6 +77,7 @@ class WorkerStats:
     rss_bytes: int = 0
     loop_lag: float = 0.0
     broker_owner: str | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, Prot
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from asyncq.flow.spec import check_rate_scope, concurrency_limit
 from asyncq.message import Message
 from asyncq.result import AsyncResult
 from asyncq.signature import Signature, signature_dicts
@@ -163,6 +164,9 @@ class TaskOptions:
     serializer: str | None = None
     executor: str = "async"
     rate_limit: str | float | None = None
+    rate_limit_scope: str | None = None  # "global" or "worker"; None: task_default_rate_limit_scope
+    concurrency_key: str | Callable[..., Any] | None = None  # docs/flow-control.md
+    max_concurrency: int | None = None
     encrypt: bool | None = None  # seal arguments and results (docs/security.md); None: security_encrypt
 
     @classmethod
@@ -212,6 +216,7 @@ def _validate(options: TaskOptions, is_async: bool) -> None:
         if value is not None and value <= 0:
             raise ConfigurationError(f"task {options.name!r}: {limit} must be positive, not {value}")
     parse_rate_limit(options.rate_limit)
+    check_rate_scope(options.name, options.rate_limit_scope)
 
 
 class Task(Generic[P, R]):
@@ -225,6 +230,9 @@ class Task(Generic[P, R]):
         self.options = options
         self.name = options.name
         self.rate = parse_rate_limit(options.rate_limit)
+        self.concurrency = concurrency_limit(
+            options.name, fn, options.concurrency_key, options.max_concurrency, bind=options.bind
+        )
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from asyncq._utils import now
 from asyncq.brokers.memory import MemoryBroker, _Item, _MemoryDelivery
 from asyncq.exceptions import ConfigurationError
+from asyncq.flow.gate import FlowGate
 from asyncq.message import decode_message
 from asyncq.result import decode_record, exception_from_record
 from asyncq.states import State
@@ -137,6 +138,8 @@ async def drain(
         states[current[0]], names[current[0]] = state, task
 
     runner.on_outcome = record
+    runner.flow = FlowGate.for_app(app, hostname="asyncq.testing")  # memory://: limits in process
+    await runner.flow.start()
     try:
         for _ in range(limit):
             _promote(app, broker, max(horizon, now()))
@@ -154,6 +157,7 @@ async def drain(
                 "or re-enqueueing itself forever? (raise limit= if this is expected)"
             )
     finally:
+        await runner.flow.aclose()
         await executor.aclose()
     return [
         await _outcome(app, task_id, names.get(task_id, ""), states.get(task_id), count)

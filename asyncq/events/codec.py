@@ -36,8 +36,8 @@ __all__ = [
 EVENTS_VERSION: Final = 1
 
 # Record codes: the index into TYPES.
-SENT, RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, REJECTED, DEAD_LETTERED = range(9)
-ONLINE, HEARTBEAT, OFFLINE = 9, 10, 11
+SENT, RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, REJECTED, DEAD_LETTERED, WAITING = range(10)
+ONLINE, HEARTBEAT, OFFLINE = 10, 11, 12
 TASK_EVENT_TYPES: Final = (
     "task-sent",
     "task-received",
@@ -48,6 +48,7 @@ TASK_EVENT_TYPES: Final = (
     "task-revoked",
     "task-rejected",
     "task-dead-lettered",
+    "task-waiting",
 )
 WORKER_EVENT_TYPES: Final = ("worker-online", "worker-heartbeat", "worker-offline")
 EVENT_TYPES: Final = TASK_EVENT_TYPES + WORKER_EVENT_TYPES
@@ -61,7 +62,7 @@ EVENT_TYPES: Final = TASK_EVENT_TYPES + WORKER_EVENT_TYPES
 #: JSON text, ``,"eta":..,"expires":..,"args":..,"kwargs":..`` (each only when there);
 #: SUCCEEDED: the runtime; FAILED: (exception type, message, runtime); RETRIED: (exception type
 #: or None, message, retry eta); REVOKED, DEAD_LETTERED: the reason; REJECTED: (reason,
-#: requeue); STARTED: None.
+#: requeue); WAITING: (the limit, its key or None, the wait in seconds or None); STARTED: None.
 Record = tuple[int, float, str, int, "str | None", str, "str | None", "str | None", Any]
 
 _MESSAGE_LIMIT: Final = 1000  # characters of an exception message or reason kept in an event
@@ -101,6 +102,14 @@ def _details(code: int, extra: Any) -> str:
         if kind is not None:
             fields.append(f'"exception_type":{_s(kind)},"exception_message":{_s(text)}')
         return "{" + ",".join(fields) + "}" if fields else ""
+    if code == WAITING:
+        limit, key, wait = extra
+        fields_text = f'"limit":{_s(limit)}'
+        if key is not None:
+            fields_text += f',"key":{_s(str(key)[:_MESSAGE_LIMIT])}'
+        if wait is not None:
+            fields_text += f',"wait":{wait!r}'
+        return "{" + fields_text + "}"
     if code in (REVOKED, REJECTED, DEAD_LETTERED):
         reason, requeue = extra if code == REJECTED else (extra, None)
         fields_text = f'"reason":{_s(str(reason)[:_MESSAGE_LIMIT])}'

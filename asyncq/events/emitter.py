@@ -86,6 +86,9 @@ class NoEvents:
     ) -> None:
         """It was parked in the dead-letter store (``message`` None: it could not be decoded)."""
 
+    def task_waiting(self, message: Message, limit: str, key: str | None, wait: float | None) -> None:
+        """It is held by a limit (``rate_limit``: ``wait`` seconds; ``concurrency_key``: ``key`` full)."""
+
     def worker_event(self, code: int, **fields: Any) -> None:
         """A worker-online / -heartbeat / -offline event (``codec.ONLINE`` ...)."""
 
@@ -244,6 +247,9 @@ class EventEmitter(NoEvents):
             self._task(codec.DEAD_LETTERED, message, reason)
         else:
             self._add((codec.DEAD_LETTERED, time.time(), task_id, 0, None, queue, None, None, reason))
+
+    def task_waiting(self, message: Message, limit: str, key: str | None, wait: float | None) -> None:
+        self._task(codec.WAITING, message, (limit, key, None if wait is None else round(wait, 6)))
 
     def worker_event(self, code: int, **fields: Any) -> None:
         self._add((code, time.time(), "", 0, "", "", None, None, fields))

@@ -58,6 +58,10 @@ class FanOut(NoEvents):
         for h in self.hooks:
             h.task_dead_lettered(message, reason, task_id=task_id, queue=queue)
 
+    def task_waiting(self, message: Message, limit: str, key: str | None, wait: float | None) -> None:
+        for h in self.hooks:
+            h.task_waiting(message, limit, key, wait)
+
     def worker_event(self, code: int, **fields: Any) -> None:
         for h in self.hooks:
             h.worker_event(code, **fields)

@@ -37,7 +37,8 @@ class TaskMetrics(NoEvents):
 
     Metrics (see docs/monitoring.md): ``asyncq_tasks_total{task,queue,outcome}``,
     ``asyncq_tasks_received_total{task,queue}``, ``asyncq_task_retries_total{task}``,
-    ``asyncq_dead_lettered_total{queue}``, ``asyncq_task_runtime_seconds{task}`` and
+    ``asyncq_dead_lettered_total{queue}``, ``asyncq_task_limit_waits_total{task,limit}``,
+    ``asyncq_task_runtime_seconds{task}`` and
     ``asyncq_task_queue_wait_seconds{queue}``; and the gauge ``asyncq_queue_length{queue}``
     (set by :meth:`set_queue_length`).
     """
@@ -58,6 +59,12 @@ class TaskMetrics(NoEvents):
         self.retries = Counter("asyncq_task_retries", "Retries sent.", ["task"], registry=registry)
         self.dead_lettered = Counter(
             "asyncq_dead_lettered", "Messages moved to the dead-letter store.", ["queue"], registry=registry
+        )
+        self.limit_waits = Counter(
+            "asyncq_task_limit_waits",
+            "Messages held by a limit before they started (rate_limit, concurrency_key).",
+            ["task", "limit"],
+            registry=registry,
         )
         self.runtime = Histogram(
             "asyncq_task_runtime_seconds",
@@ -133,6 +140,9 @@ class TaskMetrics(NoEvents):
         name, queue = (message.task, message.queue) if message is not None else ("", queue)
         self._child(self.tasks, name, queue, "dead_lettered").inc()
         self._child(self.dead_lettered, queue).inc()
+
+    def task_waiting(self, message: Message, limit: str, key: str | None, wait: float | None) -> None:
+        self._child(self.limit_waits, message.task, limit).inc()
 
     def _finished(self, name: str, queue: str, outcome: str, runtime: float) -> None:
         self._child(self.tasks, name, queue, outcome).inc()

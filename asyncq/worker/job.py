@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +36,12 @@ from asyncq.exceptions import (
     TaskRevokedError,
     WorkerLostError,
 )
+from asyncq.flow.bucket import RateLimiter
+from asyncq.flow.gate import FlowGate
 from asyncq.message import Message
 from asyncq.result import encode_record, encode_success
 from asyncq.states import State
 from asyncq.task import Request, Task, _current
-from asyncq.worker.ratelimit import RateLimiter
 from asyncq.worker.suspects import (
     BACKSTOP_FACTOR,
     COUNTER_TTL,
@@ -68,7 +69,12 @@ class JobRunner(SuspectRuns):
         self.hostname = hostname
         self.max_deliveries = max_deliveries
         self.backstop = max_deliveries * BACKSTOP_FACTOR
-        self._limiters: dict[str, RateLimiter] = {}
+        # Limits (rate_limit, concurrency keys); the worker installs one backed by its store.
+        self.flow = FlowGate(None, hostname=hostname, lease=30.0, poll_interval=0.2, default_scope="worker")
+        # The worker's: give the job's concurrency slot back while it waits on a limit (True if
+        # given), and take one again before it runs.
+        self.give_slot: Callable[[], bool] = lambda: False
+        self.take_slot: Callable[[], Awaitable[None]] = _nothing
         self._result_ttl: float | None = app.conf.result_expires
         self._counter_ttl = self._result_ttl or COUNTER_TTL
         self._acks_late_default = bool(app.conf.task_acks_late)
@@ -149,7 +155,10 @@ class JobRunner(SuspectRuns):
                 task = await self._resolve(delivery, message)
                 if task is None:
                     return
-            await self._execute(delivery, message, task, entry)
+            if task.rate is not None or task.concurrency is not None:
+                await self._limited(delivery, message, task, entry)
+            else:
+                await self._execute(delivery, message, task, entry)
         except asyncio.CancelledError:
             held = self.book.entries.get(delivery.id)
             if held is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
@@ -218,6 +227,42 @@ class JobRunner(SuspectRuns):
         await self._follow_up(message, State.REVOKED, None, revoked)
         await self._settle(delivery.ack())
 
+    async def _limited(
+        self, delivery: Delivery, message: Message, task: Task[Any, Any], entry: JobEntry
+    ) -> None:
+        """Wait for the task's limits (unsettled, off the worker's slots), run it, give them back."""
+        flow = self.flow
+        try:
+            key = flow.key_of(task, message)
+        except Exception as exc:  # the user's concurrency_key raised: the message can never run
+            reason = f"concurrency_key of {task.name} failed: {exc!r}"
+            await self._dead_letter(delivery, message, reason, exc)
+            return
+        gave = False
+        events = self._events if self._events_on else None
+
+        def waiting(held: Message, limit: str, value: str | None, wait: float | None) -> None:
+            nonlocal gave
+            if not gave:  # only a message that waits gives its slot back (no churn otherwise)
+                gave = self.give_slot()
+            if events is not None:
+                events.task_waiting(held, limit, value, wait)
+
+        try:
+            try:
+                permit = await flow.admit(task, message, key, waiting)
+            finally:
+                if gave:
+                    await self.take_slot()
+        except AsyncqError as exc:  # the limit store is away: try again in a moment
+            logger.warning("task %s[%s]: limits unavailable (%s); returning it", task.name, message.id, exc)
+            await self._give_back(delivery, message, delay=1.0)
+            return
+        try:
+            await self._execute(delivery, message, task, entry)
+        finally:
+            await asyncio.shield(flow.release(permit))
+
     async def _execute(
         self, delivery: Delivery, message: Message, task: Task[Any, Any], entry: JobEntry
     ) -> None:
@@ -239,11 +284,6 @@ class JobRunner(SuspectRuns):
             return
         if not acks_late:
             await self._settle(delivery.ack())  # at-most-once: a crash from here on loses the task
-        if task.rate is not None:
-            limiter = self._limiters.get(task.name)
-            if limiter is None:
-                limiter = self._limiters[task.name] = RateLimiter(task.rate)
-            await limiter.acquire()
         request = self._request(delivery, message)
         if self._plain_book:
             entry.started, entry.request = time.time(), request
@@ -499,6 +539,10 @@ class JobRunner(SuspectRuns):
         except AsyncqError:
             # The broker redelivers what it did not hear settled: at-least-once still holds.
             logger.exception("could not settle a delivery; the broker will deliver it again")
+
+
+async def _nothing() -> None:
+    """No slot to take back (a runner outside a worker)."""
 
 
 _FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})

@@ -163,6 +163,7 @@ class Presence:
             rss_bytes=_rss_bytes(),
             loop_lag=round(self.loop_lag, 6),
             broker_owner=getattr(worker.app.broker, "_owner", None),
+            limits=self.runner.flow.snapshot(worker.app.tasks),
         )
 
     async def _beat(self) -> None:
@@ -310,7 +311,7 @@ class Presence:
         rate = arguments.get("rate")
         task.rate = parse_rate_limit(rate)
         task.options = replace(task.options, rate_limit=rate)
-        self.runner._limiters.pop(task.name, None)  # the next start builds a bucket at the new rate
+        self.runner.flow.reset_rate(task.name)  # the next start builds a bucket at the new rate
         return f"rate limit of {task.name} set to {rate}"
 
     def _time_limit(self, arguments: dict[str, Any]) -> str:

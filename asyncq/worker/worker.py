@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
+from asyncq.flow.gate import FlowGate
 from asyncq.outbox import Relay
 from asyncq.runner import loop_factory, run_until_signalled
 from asyncq.scheduler import Scheduler
@@ -102,7 +103,10 @@ class Worker:
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
         self.concurrency = int(concurrency or conf.worker_concurrency)
-        self.prefetch = int(prefetch or conf.worker_prefetch or self.concurrency)
+        # Messages waiting on a concurrency key hold prefetch but no slot: room for twice as
+        # many keeps other keys flowing while some wait.
+        keyed = any(task.concurrency is not None for task in app.tasks.values())
+        self.prefetch = int(prefetch or conf.worker_prefetch or self.concurrency * (2 if keyed else 1))
         self.shutdown_timeout = float(
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
@@ -125,6 +129,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots: _Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._off: set[asyncio.Task[Any]] = set()  # jobs waiting on a limit, their slot given back
         self._main: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
         self.waiting: Delivery | None = None
@@ -153,6 +158,17 @@ class Worker:
         )
         runner.on_outcome = self._count
         runner.on_finish = self._job_finished
+        flow = FlowGate.for_app(self.app, hostname=self.hostname)  # a task no store can limit fails here
+        await flow.start()
+        runner.flow, runner.give_slot, runner.take_slot = flow, self._give_slot, self._take_slot
+        try:
+            await self._serve_with(runner)
+        finally:
+            await flow.aclose()
+
+    async def _serve_with(self, runner: JobRunner) -> None:
+        assert self._stop_requested is not None
+        assert self._slots is not None
         emitter = await self.app.events.start_worker(self)
         observers = Observers()
         try:
@@ -320,6 +336,21 @@ class Worker:
                 return True
         return False
 
+    def _give_slot(self) -> bool:
+        """Give the running job's concurrency slot back while it waits on a limit; False if it has none."""
+        slots, job = self._slots, asyncio.current_task()
+        if slots is None or job not in self._inflight or job in self._off:
+            return False
+        slots.release()
+        self._off.add(job)  # until it has a slot again, _job_done must not release one
+        return True
+
+    async def _take_slot(self) -> None:
+        """Take a concurrency slot again for the job that gave its own back."""
+        assert self._slots is not None
+        await self._slots.acquire()
+        self._off.discard(asyncio.current_task())
+
     def _adopt(self, job: asyncio.Task[None]) -> None:
         """Track a job started outside the broker's consumer (it holds a slot until it ends)."""
         self._inflight.add(job)
@@ -327,8 +358,11 @@ class Worker:
 
     def _job_finished(self) -> None:
         """The runner's last step in a job's task: forget the job, free its slot."""
-        self._inflight.discard(asyncio.current_task(self._loop))
-        if self._slots is not None:
+        job = asyncio.current_task(self._loop)
+        self._inflight.discard(job)
+        if self._off and job in self._off:
+            self._off.discard(job)  # it gave its slot back while waiting on a limit
+        elif self._slots is not None:
             self._slots.release()
 
     def _cancel(self, job: asyncio.Task[None]) -> None:
@@ -342,7 +376,9 @@ class Worker:
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._inflight.discard(job)
-        if self._slots is not None:
+        if job in self._off:
+            self._off.discard(job)
+        elif self._slots is not None:
             self._slots.release()
         if not job.cancelled() and job.exception() is not None:
             logger.error("job crashed", exc_info=job.exception())

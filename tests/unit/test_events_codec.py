@@ -121,3 +121,21 @@ def test_buffered_events_are_no_objects_for_the_garbage_collector() -> None:
 def test_bad_batches_are_refused_with_the_reason(data: bytes, message: str) -> None:
     with pytest.raises(SerializationError, match=message):
         decode_batch(data)
+
+
+async def test_task_waiting_carries_its_limit_key_and_wait() -> None:
+    message = Message(id="w1", task="t.report", queue="q")
+
+    def emit(emitter: EventEmitter) -> None:
+        emitter.task_waiting(message, "concurrency_key", "acme", None)
+        emitter.task_waiting(message, "rate_limit", None, 0.125)
+
+    keyed, paced = decode_batch(await _batch(emit, include_args=False))
+    assert (keyed["type"], keyed["limit"], keyed["key"], keyed["uuid"]) == (
+        "task-waiting",
+        "concurrency_key",
+        "acme",
+        "w1",
+    )
+    assert "wait" not in keyed
+    assert (paced["limit"], paced["wait"]) == ("rate_limit", 0.125) and "key" not in paced
