@@ -361,9 +361,10 @@ async def test_rpc_round_trip(rpc_pair: tuple[RPCBackend, RPCBackend]) -> None:
     caller, worker = rpc_pair
     task_id = str(uuid.uuid4())
     await caller.prepare(task_id)  # the App does this right before publishing the task
+    reply_to = caller.reply_address()  # ... and sends this in the message's reply_to header
     waiter = asyncio.create_task(caller.wait(task_id, timeout=TIMEOUT), name="test.rpc-wait")
-    await worker.set(task_id, b'{"status":"STARTED"}', final=False, ttl=60)
-    await worker.set(task_id, b'{"status":"SUCCESS"}', final=True, ttl=60)
+    await worker.set_reply(task_id, b'{"status":"STARTED"}', final=False, ttl=60, reply_to=reply_to)
+    await worker.set_reply(task_id, b'{"status":"SUCCESS"}', final=True, ttl=60, reply_to=reply_to)
     assert await asyncio.wait_for(waiter, TIMEOUT) == b'{"status":"SUCCESS"}'
     assert await caller.get(task_id) == b'{"status":"SUCCESS"}'
     await caller.forget(task_id)
@@ -374,11 +375,31 @@ async def test_rpc_progress_is_visible_to_get(rpc_pair: tuple[RPCBackend, RPCBac
     caller, worker = rpc_pair
     task_id = str(uuid.uuid4())
     await caller.prepare(task_id)
-    await worker.set(task_id, b"progress", final=False, ttl=60)
+    await worker.set_reply(task_id, b"progress", final=False, ttl=60, reply_to=caller.reply_address())
     deadline = time.monotonic() + TIMEOUT
     while await caller.get(task_id) != b"progress":
         assert time.monotonic() < deadline, "progress record never arrived"
         await asyncio.sleep(0.02)
+
+
+async def test_rpc_reply_reaches_the_sender_and_a_process_waiting_by_id(
+    rpc_pair: tuple[RPCBackend, RPCBackend], rabbitmq_url: str  # noqa: F811
+) -> None:
+    caller, worker = rpc_pair
+    onlooker = RPCBackend("rpc://", broker_url=rabbitmq_url)
+    await onlooker.connect()
+    try:
+        task_id = str(uuid.uuid4())
+        await caller.prepare(task_id)
+        assert await onlooker.get(task_id) is None  # binds the id: it did not send the task
+        waiters = [
+            asyncio.create_task(backend.wait(task_id, timeout=TIMEOUT), name="test.rpc-wait")
+            for backend in (caller, onlooker)
+        ]
+        await worker.set_reply(task_id, b"done", final=True, ttl=60, reply_to=caller.reply_address())
+        assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [b"done", b"done"]
+    finally:
+        await onlooker.aclose()
 
 
 async def test_rpc_result_published_before_anyone_binds_is_dropped(
