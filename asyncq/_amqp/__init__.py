@@ -8,7 +8,7 @@
 Nothing here imports a driver: the drivers import this.
 """
 
-from asyncq._amqp.acks import CopyGuard, ack, ack_confirmed, is_stale, requeue
+from asyncq._amqp.acks import CopyGuard, ack, ack_confirmed, delivered, flush_acks, is_stale, requeue
 from asyncq._amqp.connection import CLOSE_TIMEOUT, close_robust, open_robust
 from asyncq._amqp.errors import translate_errors
 from asyncq._amqp.url import CLIENT_OPTIONS, DEFAULT_RECONNECT_INTERVAL, client_url, split_amqp_url
@@ -22,6 +22,8 @@ __all__ = [
     "ack_confirmed",
     "client_url",
     "close_robust",
+    "delivered",
+    "flush_acks",
     "is_stale",
     "open_robust",
     "requeue",

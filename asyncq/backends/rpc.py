@@ -157,9 +157,7 @@ class RPCBackend(BackendDefaults):
                         # Exclusive: it dies with this connection. Declared "robust", so after a
                         # reconnect aio-pika declares it again with its bindings and consumer;
                         # records published during the outage are lost.
-                        queue = await channel.declare_queue(
-                            self._reply_key, exclusive=True, auto_delete=True
-                        )
+                        queue = await channel.declare_queue(self._reply_key, exclusive=True, auto_delete=True)
                         # The one binding of the reply address (restored with the queue).
                         await queue.bind(self.exchange, routing_key=self._reply_key)
                         await queue.consume(self._on_message_async, no_ack=True)

@@ -383,7 +383,8 @@ async def test_rpc_progress_is_visible_to_get(rpc_pair: tuple[RPCBackend, RPCBac
 
 
 async def test_rpc_reply_reaches_the_sender_and_a_process_waiting_by_id(
-    rpc_pair: tuple[RPCBackend, RPCBackend], rabbitmq_url: str  # noqa: F811
+    rpc_pair: tuple[RPCBackend, RPCBackend],
+    rabbitmq_url: str,  # noqa: F811
 ) -> None:
     caller, worker = rpc_pair
     onlooker = RPCBackend("rpc://", broker_url=rabbitmq_url)
