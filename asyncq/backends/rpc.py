@@ -46,6 +46,7 @@ try:
     from pamqp.commands import Basic
 
     from asyncq._amqp import client_url, close_robust, open_robust, translate_errors
+    from asyncq._amqp.publishing import publish
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -328,11 +329,12 @@ class RPCBackend(BackendDefaults):
         async def send() -> None:
             channel = self._publish_channel
             assert channel is not None
-            # The aiormq channel itself: no aio-pika message object or extra task per record.
+            # The aiormq channel itself: no aio-pika message object per record.
             # Not mandatory: with nobody listening the record is dropped, by design.
             underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            await underlay.basic_publish(
-                record, exchange=self.exchange, routing_key=task_id, properties=properties, wait=False
+            # Records set in the same loop iteration go out in one write; confirms pipelined.
+            await publish(
+                underlay, record, exchange=self.exchange, routing_key=task_id, properties=properties
             )
 
         try:

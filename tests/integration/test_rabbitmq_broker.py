@@ -157,6 +157,24 @@ async def test_quorum_round_trip(make: Factory, queue: str) -> None:
     assert await broker.queue_length(queue) == 0
 
 
+async def test_unconfirmed_publishing_is_an_explicit_option(make: Factory, queue: str) -> None:
+    assert (await make()).confirm_publish is True
+    broker = await make(confirm_publish=False)
+    sent = [msg(queue, b"one")]
+    await broker.publish(sent[0])  # returns once written: no confirm to wait for
+    batch = [msg(queue, str(i).encode()) for i in range(50)]
+    await broker.publish_many(batch)
+    sent += batch
+    got: list[str] = []
+    async with aclosing(broker.consume([queue], prefetch=20)) as it:
+        while len(got) < len(sent):
+            delivery = await take(it)
+            got.append(delivery.id)
+            await delivery.ack()
+    assert got == [m.id for m in sent]  # in order, none lost
+    assert await broker.queue_length(queue) == 0
+
+
 async def test_quorum_poison_message_hits_the_delivery_limit(make: Factory, queue: str) -> None:
     producer = await make(queue_type="quorum", max_deliveries=2)
     sent = msg(queue, b"poison")
@@ -401,6 +419,38 @@ async def test_rpc_reply_reaches_the_sender_and_a_process_waiting_by_id(
         assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [b"done", b"done"]
     finally:
         await onlooker.aclose()
+
+
+async def test_rpc_sender_binds_its_reply_queue_once(rabbitmq_url: str, queue: str) -> None:  # noqa: F811
+    app = App("it-rpc-binds", broker=rabbitmq_url, backend="rpc://", config={"task_default_queue": queue})
+
+    @app.task
+    async def echo(x: int) -> int:
+        return x
+
+    async with app:
+        try:
+            results = [await echo.enqueue(i) for i in range(5)]
+            backend = app.backend
+            assert isinstance(backend, RPCBackend)
+            out = await rabbitmqctl(
+                "list_bindings",
+                "-p",
+                vhost_of(rabbitmq_url),
+                "source_name",
+                "destination_name",
+                "routing_key",
+            )
+            reply_queue = backend.reply_address()
+            routes = [line.split("\t") for line in out.splitlines() if f"\t{reply_queue}\t" in line]
+            # The default exchange's implicit binding, and the one to asyncq.rpc: none per task.
+            assert sorted(route[0] for route in routes) == ["", "asyncq.rpc"]
+            async with app.worker(concurrency=4):
+                assert [await r.get(timeout=TIMEOUT) for r in results] == list(range(5))
+        finally:
+            broker = app.broker
+            assert isinstance(broker, RabbitMQBroker)
+            await broker.delete_queue(queue)
 
 
 async def test_rpc_result_published_before_anyone_binds_is_dropped(
