@@ -139,16 +139,16 @@ class Publisher(Topology):
                     channel = self._publish_channel
                     assert channel is not None
                     await channel.ready()
-                    # The concrete aiormq channel: wait=False queues the frames without waiting
-                    # for the socket to drain under the channel lock, so a window pipelines.
+                    # The concrete aiormq channel: publishes of one loop iteration (a window
+                    # of publish_many, concurrent enqueues) go out in one write, confirms pipelined.
                     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                    await underlay.basic_publish(
+                    await publish(
+                        underlay,
                         route.body,
                         exchange=route.exchange,
                         routing_key=route.routing_key,
                         properties=route.properties,
                         mandatory=True,
-                        wait=False,
                     )
                 return
             except PublishError as exc:
