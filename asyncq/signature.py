@@ -425,6 +425,7 @@ def _expires(value: Any) -> float | datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+
 @dataclass(slots=True)
 class _Context:
     """Where messages built now come from: the finished task (on a worker), or nothing."""
