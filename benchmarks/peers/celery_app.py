@@ -26,12 +26,7 @@ from peers._common import finished, redis_url, started
 
 DB = 9
 WORKLOADS = ("enqueue", "drain", "fanout", "rtt")
-# BENCH_CELERY_BROKER (e.g. amqp://...): Celery's home setup instead, RabbitMQ with rpc://
-# results, on a queue of its own on that shared server.
-BROKER = os.environ.get("BENCH_CELERY_BROKER")
-app = Celery("bench", broker=BROKER or redis_url(DB), backend="rpc://" if BROKER else redis_url(DB))
-if BROKER:
-    app.conf.task_default_queue = "bench-celery"
+app = Celery("bench", broker=redis_url(DB), backend=redis_url(DB))
 app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
@@ -57,12 +52,6 @@ def sleeper() -> None:
 @app.task(name="echo")
 def echo() -> int:
     return 1
-
-
-async def purge() -> None:
-    """Empty Celery's queue when it lives on RabbitMQ (FLUSHDB does not reach it)."""
-    if BROKER:
-        app.control.purge()
 
 
 def worker_command(workload: str, concurrency: int) -> list[str]:
