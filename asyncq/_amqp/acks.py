@@ -106,11 +106,19 @@ class _AckBatch:
         end = bisect.bisect_left(acked, min(unsettled)) if unsettled else len(acked)
         frames = [Basic.Ack(delivery_tag=acked[end - 1], multiple=True)] if end else []
         frames += [Basic.Ack(delivery_tag=tag) for tag in acked[end:]]
-        # Put synchronously, in one piece: no other settlement can be queued in between.
-        channel.write_queue.put_nowait(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        frame = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        if not channel.write_queue.full():
+            channel.write_queue.put_nowait(frame)
+            return
+        # aiormq's write queue is full (backpressure): queue it when there is room. Still
+        # safe: the multiple=True ack covers only tags acked here or settled already.
+        task = asyncio.get_running_loop().create_task(channel.write_queue.put(frame), name="asyncq.amqp.acks")
+        _PUTS.add(task)
+        task.add_done_callback(_PUTS.discard)
 
 
 _BATCHES: weakref.WeakKeyDictionary[aiormq.Channel, _AckBatch] = weakref.WeakKeyDictionary()
+_PUTS: set[asyncio.Task[None]] = set()
 
 
 async def requeue(message: AbstractIncomingMessage) -> None:
