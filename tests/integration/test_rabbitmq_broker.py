@@ -175,6 +175,28 @@ async def test_unconfirmed_publishing_is_an_explicit_option(make: Factory, queue
     assert await broker.queue_length(queue) == 0
 
 
+async def test_batched_acks_never_cover_a_delivery_still_unsettled(make: Factory, queue: str) -> None:
+    broker = await make()
+    sent = [msg(queue, str(i).encode()) for i in range(6)]
+    await broker.publish_many(sent)
+    async with aclosing(broker.consume([queue], prefetch=6)) as it:
+        held, *rest = [await take(it) for _ in range(6)]
+        # Acked in one loop iteration, out of order, around the oldest one still held.
+        await asyncio.gather(*(delivery.ack() for delivery in reversed(rest)))
+        await held.nack()  # acks the held tag itself: fails if a multiple=True ack took it
+        again = await take(it)
+        assert (again.id, again.delivery_count) == (held.id, 2)
+        # Left unsettled: it must come back once this consumer is gone, and nothing else.
+    await broker.aclose()
+    reopened = await make()
+    async with aclosing(reopened.consume([queue], prefetch=6)) as it:
+        back = await take(it)
+        assert back.id == held.id  # the unsettled copy, not any of the acked ones
+        await back.ack()
+        await nothing_for(it, 0.5)
+    assert await reopened.queue_length(queue) == 0
+
+
 async def test_quorum_poison_message_hits_the_delivery_limit(make: Factory, queue: str) -> None:
     producer = await make(queue_type="quorum", max_deliveries=2)
     sent = msg(queue, b"poison")
