@@ -1,7 +1,9 @@
 """aio-pika plumbing shared by the RabbitMQ broker, the rpc:// backend and the other AMQP users.
 
 * :mod:`.connection`: robust connections opened within a deadline and closed cleanly;
-* :mod:`.acks`: acks (plain and confirmed), requeues and the :class:`CopyGuard`;
+* :mod:`.acks`: acks (plain, batched per loop iteration, and confirmed), requeues and the
+  :class:`CopyGuard`;
+* :mod:`.publishing`: publishes of one loop iteration written together, confirms pipelined;
 * :mod:`.errors`: aio-pika / aiormq exceptions translated into asyncq's;
 * :mod:`.url`: amqp(s):// URLs split into asyncq's options and the client library's.
 
