@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from asyncq._connect import with_connect_timeout
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
+from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.config import Conf
@@ -463,8 +464,10 @@ class App:
         drivers = self._current_drivers()
         transactional = None if connection is None else self._transactional(drivers)
         if not message.ignore_result:
-            await drivers.backend.prepare(message.id)  # rpc:// binds its reply route before a record comes
-            drivers.backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
+            backend = drivers.backend
+            await backend.prepare(message.id)  # rpc:// readies its reply queue before a record comes
+            backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
+            _address_replies(message, backend)
         if transactional is None:
             await drivers.broker.publish(self.outgoing(message))
         else:
@@ -489,6 +492,7 @@ class App:
             if not message.ignore_result:
                 await backend.prepare(message.id)
                 backend.expect(message.id)
+                _address_replies(message, backend)
         outgoing = [self.outgoing(m) for m in messages]
         if transactional is None:
             await drivers.broker.publish_many(outgoing)
@@ -572,3 +576,10 @@ class App:
 
 def _remote_stub(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is not defined in this process; it runs only on workers")
+
+
+def _address_replies(message: Message, backend: ResultBackend) -> None:
+    # rpc:// routes records by the sender's reply queue; the worker reads it from the headers.
+    address = backend.reply_address()
+    if address is not None:
+        message.headers[REPLY_TO] = address

@@ -152,12 +152,15 @@ class Bench:
         self.url = redis_url(module.DB)
         self.notes: list[str] = []
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         client = redis.Redis.from_url(self.url)
         try:
             client.flushdb()
         finally:
             client.close()
+        purge = getattr(self.module, "purge", None)
+        if purge is not None:  # a framework whose queue is not in its Redis database
+            await purge()
 
     @contextlib.asynccontextmanager
     async def client(self) -> Any:
@@ -208,7 +211,7 @@ class Bench:
 
     async def span(self, workload: str, task: str, n: int, concurrency: int) -> float:
         """Fill the queue with ``n`` tasks, start the worker, return first start -> last end."""
-        self.flush()
+        await self.flush()
         async with self.client() as client:
             await client.fill(task, n)
         with self.worker(workload, concurrency, target=n) as worker:
@@ -228,7 +231,7 @@ class Bench:
         return await self.span("fanout", "sleeper", self.args.sleepers, self.args.concurrency)
 
     async def round_trips(self) -> tuple[float, float]:
-        self.flush()
+        await self.flush()
         async with self.client() as client:
             with self.worker("rtt", self.drain_concurrency) as worker:
                 deadline = time.monotonic() + self.args.timeout
@@ -252,7 +255,7 @@ class Bench:
         return percentile(times, 50) * 1000, percentile(times, 99) * 1000
 
     async def enqueue(self) -> float:
-        self.flush()
+        await self.flush()
         async with self.client() as client:
             for _ in range(WARM_UP):
                 await client.enqueue()
@@ -261,7 +264,7 @@ class Bench:
             for _ in range(n):
                 await client.enqueue()
             elapsed = time.perf_counter() - started
-        self.flush()
+        await self.flush()
         return n / elapsed
 
     async def run(self) -> Result:
@@ -289,7 +292,7 @@ class Bench:
                 result[workload] = value
                 unit = {"enqueue": "enqueues/s", "drain": "tasks/s", "fanout": "s"}[workload]
                 log(f"  {self.name} {workload}: {value:,.2f} {unit}")
-        self.flush()
+        await self.flush()
         return result
 
 

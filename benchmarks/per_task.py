@@ -36,7 +36,10 @@ async def drain(url: str, n: int) -> tuple[float, float]:
         "result_backend_transport_options": options,
         "result_expires": 60,
     }
-    app = App("bench-per-task", broker=url, config=config if url.startswith("redis") else {})
+    if url.startswith("amqp"):
+        # A queue of its own on the shared server (deleted below); results over rpc://.
+        config = {"task_default_queue": f"bench-per-task-{uuid.uuid4().hex[:8]}"}
+    app = App("bench-per-task", broker=url, config=config if url.startswith(("redis", "amqp")) else {})
     runs = Countdown(n)
 
     @app.task
@@ -48,6 +51,9 @@ async def drain(url: str, n: int) -> tuple[float, float]:
     async with app.worker(concurrency=500):
         await asyncio.wait_for(runs.done.wait(), 600)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    delete_queue = getattr(app.broker, "delete_queue", None)
+    if url.startswith("amqp") and delete_queue is not None:
+        await delete_queue(app.conf.task_default_queue)
     await app.aclose()
     return n / wall, cpu / n * 1e6
 

@@ -3,7 +3,9 @@
 Measures, on a fresh queue:
 
 * ``publish_many``: one call with N messages (confirms pipelined);
-* ``publish``: one message at a time, each awaiting its confirm;
+* ``publish``: one message at a time, each awaiting its confirm, beside the bare ceiling:
+  the same persistent publishes straight on an aiormq channel (no asyncq), in the same run;
+* ``publish`` with ``confirm_publish=false`` (the unconfirmed opt-in), one at a time;
 * consume + ack: N messages through one ``consume()`` iterator with ``--prefetch``;
 * consume + nack: ``--retries`` messages each nacked once (re-published, the original's ack
   confirmed before the next delivery is handed out), settled concurrently as a worker does,
@@ -18,6 +20,9 @@ import argparse
 import asyncio
 import time
 import uuid
+
+import aiormq
+from pamqp.commands import Basic
 
 from asyncq.brokers import OutgoingMessage
 from asyncq.brokers.rabbitmq import RabbitMQBroker
@@ -43,14 +48,43 @@ async def run(
         elapsed = time.perf_counter() - started
         print(f"publish_many  {count:>7} msgs  {elapsed:7.2f} s  {count / elapsed:>9.0f} msg/s")
 
-        one_by_one = messages(queue, single, size)
-        started = time.perf_counter()
-        for message in one_by_one:
-            await broker.publish(message)
-        elapsed = time.perf_counter() - started
-        print(f"publish       {single:>7} msgs  {elapsed:7.2f} s  {single / elapsed:>9.0f} msg/s")
+        # Interleaved in chunks of 100, so both see the same server load.
+        bare_s = ours_s = 0.0
+        bare = await aiormq.connect(url)
+        try:
+            channel = await bare.channel(publisher_confirms=True)
+            body = b"x" * size
+            for _ in range(max(1, single // 100)):
+                started = time.perf_counter()
+                for _ in range(100):
+                    properties = Basic.Properties(delivery_mode=2, message_id=uuid.uuid4().hex)
+                    await channel.basic_publish(body, routing_key=queue, properties=properties)
+                bare_s += time.perf_counter() - started
+                chunk = messages(queue, 100, size)
+                started = time.perf_counter()
+                for message in chunk:
+                    await broker.publish(message)
+                ours_s += time.perf_counter() - started
+        finally:
+            await bare.close()
+        sent = max(1, single // 100) * 100
+        ceiling, rate = sent / bare_s, sent / ours_s
+        print(f"bare publish  {sent:>7} msgs  {bare_s:7.2f} s  {ceiling:>9.0f} msg/s  (aiormq, confirmed)")
+        ratio = rate / ceiling
+        print(f"publish       {sent:>7} msgs  {ours_s:7.2f} s  {rate:>9.0f} msg/s  ({ratio:.2f}x bare)")
 
-        total = count + single
+        unconfirmed = RabbitMQBroker(url, queue_type=queue_type, confirm_publish=False)
+        await unconfirmed.connect()
+        try:
+            started = time.perf_counter()
+            for message in messages(queue, single, size):
+                await unconfirmed.publish(message)
+            elapsed = time.perf_counter() - started
+        finally:
+            await unconfirmed.aclose()
+        print(f"publish unconfirmed {single:>3} msgs  {elapsed:5.2f} s  {single / elapsed:>9.0f} msg/s")
+
+        total = count + 3 * single
         started = time.perf_counter()
         seen = 0
         iterator = broker.consume([queue], prefetch=prefetch)

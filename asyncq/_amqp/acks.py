@@ -7,6 +7,7 @@ broker's retries, hops and dead letters) from forking a message.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import weakref
@@ -14,9 +15,11 @@ from typing import cast
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.commands import Basic
 
-__all__ = ["CopyGuard", "ack", "ack_confirmed", "is_stale", "requeue"]
+__all__ = ["CopyGuard", "ack", "ack_confirmed", "delivered", "flush_acks", "is_stale", "requeue"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +33,92 @@ def is_stale(message: AbstractIncomingMessage) -> bool:
     return False
 
 
+def delivered(message: AbstractIncomingMessage) -> None:
+    """Note a delivery on a consumer's channel: its acks are then batched (see :func:`ack`)."""
+    tag = message.delivery_tag
+    if tag is None:
+        return
+    channel = cast(aiormq.Channel, message.channel)
+    batch = _BATCHES.get(channel)
+    if batch is None:
+        batch = _BATCHES[channel] = _AckBatch(channel)
+    batch.unsettled.add(tag)
+
+
+def _settled(message: AbstractIncomingMessage) -> None:
+    # Its settlement is queued: it no longer holds back the batch's multiple=True ack.
+    batch = _BATCHES.get(cast(aiormq.Channel, message.channel))
+    if batch is not None and message.delivery_tag is not None:
+        batch.unsettled.discard(message.delivery_tag)
+
+
 async def ack(message: AbstractIncomingMessage) -> None:
-    """basic.ack without waiting for the socket to drain.
+    """basic.ack without waiting for the socket to drain; batched on a consumer's channel.
 
     AMQP acks are never confirmed by the server, so waiting for the write buys nothing but a
     loop round trip per message; an ack lost with the connection means a redelivery either way.
+    Acks of messages noted by :func:`delivered` are gathered for one loop iteration and sent
+    as one write: one ``multiple=True`` ack for the run of tags below the oldest unsettled
+    delivery, single acks for the rest.
     """
-    if message.delivery_tag is None:
+    tag = message.delivery_tag
+    if tag is None:
         return
     channel = cast(aiormq.Channel, message.channel)
-    await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+    batch = _BATCHES.get(channel)
+    if batch is None or tag not in batch.unsettled:
+        await channel.basic_ack(delivery_tag=tag, wait=False)
+        return
+    batch.ack(tag)
+
+
+def flush_acks(channel: aiormq.Channel) -> None:
+    """Queue the batched acks of ``channel`` now (before it is closed)."""
+    batch = _BATCHES.get(channel)
+    if batch is not None:
+        batch.flush()
+
+
+class _AckBatch:
+    """The acks of one consumer channel, queued as one write once per loop iteration."""
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self._channel = channel
+        #: Tags delivered whose settlement is not queued yet: a multiple=True ack must stay below them.
+        self.unsettled: set[int] = set()
+        self._acked: list[int] = []
+
+    def ack(self, tag: int) -> None:
+        if not self._acked:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._acked.append(tag)
+
+    def flush(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = sorted(self._acked), []
+        channel = self._channel
+        if channel.is_closed:
+            return  # the server redelivers them, as with any ack lost with its channel
+        unsettled = self.unsettled
+        unsettled.difference_update(acked)
+        # Everything below the oldest unsettled delivery is acked: one frame covers that run.
+        end = bisect.bisect_left(acked, min(unsettled)) if unsettled else len(acked)
+        frames = [Basic.Ack(delivery_tag=acked[end - 1], multiple=True)] if end else []
+        frames += [Basic.Ack(delivery_tag=tag) for tag in acked[end:]]
+        frame = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        if not channel.write_queue.full():
+            channel.write_queue.put_nowait(frame)
+            return
+        # aiormq's write queue is full (backpressure): queue it when there is room. Still
+        # safe: the multiple=True ack covers only tags acked here or settled already.
+        task = asyncio.get_running_loop().create_task(channel.write_queue.put(frame), name="asyncq.amqp.acks")
+        _PUTS.add(task)
+        task.add_done_callback(_PUTS.discard)
+
+
+_BATCHES: weakref.WeakKeyDictionary[aiormq.Channel, _AckBatch] = weakref.WeakKeyDictionary()
+_PUTS: set[asyncio.Task[None]] = set()
 
 
 async def requeue(message: AbstractIncomingMessage) -> None:
@@ -50,6 +129,8 @@ async def requeue(message: AbstractIncomingMessage) -> None:
         await message.reject(requeue=True)
     except Exception:  # best effort: a channel that dies requeues it anyway
         log.debug("could not requeue message %s", message.message_id, exc_info=True)
+    finally:
+        _settled(message)
 
 
 async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> None:
@@ -63,7 +144,10 @@ async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> Non
     if message.delivery_tag is None:
         return
     channel = cast(aiormq.Channel, message.channel)
-    await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+    try:
+        await channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)
+    finally:
+        _settled(message)
     sync = _SYNCS.get(channel)
     if sync is None:
         sync = _SYNCS[channel] = _ChannelSync(channel)

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["BackendCapabilities", "BackendDefaults", "ResultBackend"]
+__all__ = ["REPLY_TO", "BackendCapabilities", "BackendDefaults", "ResultBackend"]
+
+#: The message header naming where the worker sends a task's records (see ``reply_address``).
+REPLY_TO = "reply_to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,21 @@ class ResultBackend(Protocol):
         Must not block or raise; redis:// subscribes ahead here. Most backends do nothing.
         """
 
+    def reply_address(self) -> str | None:
+        """Where workers should send the records of tasks this process sends, or None.
+
+        The App writes it into each message whose result is kept (the ``reply_to`` header);
+        rpc:// answers with its reply queue's address. Most backends answer None.
+        """
+
+    async def set_reply(
+        self, task_id: str, record: bytes, *, final: bool, ttl: float | None, reply_to: str
+    ) -> None:
+        """``set``, for a message that carried a ``reply_to`` header: rpc:// routes by it.
+
+        Most backends store it as ``set`` does.
+        """
+
 
 class BackendDefaults:
     """The optional hooks of :class:`ResultBackend`, doing nothing: a driver inherits what it lacks."""
@@ -90,3 +108,13 @@ class BackendDefaults:
 
     def expect(self, task_id: str) -> None:
         """No use for the hint."""
+
+    def reply_address(self) -> str | None:
+        """No reply address: records are stored where any process can read them."""
+        return None
+
+    async def set_reply(
+        self, task_id: str, record: bytes, *, final: bool, ttl: float | None, reply_to: str
+    ) -> None:
+        """The address is of no use here: store the record as ``set`` does."""
+        await self.set(task_id, record, final=final, ttl=ttl)  # type: ignore[attr-defined]

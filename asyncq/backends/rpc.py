@@ -1,15 +1,13 @@
 """RPC result backend: ``rpc://``, records sent straight back to the caller over RabbitMQ.
 
-There is no result store. A worker's ``set(task_id, ...)`` publishes the record to the
-direct exchange ``asyncq.rpc`` with routing key = task id; a caller that wants the result of
-a task binds its own reply queue (exclusive, auto-delete, one per backend instance) to that
-exchange with the task id as binding key, and keeps what arrives in memory.
-
-The ResultBackend protocol does not let the producer tell the worker where to reply, so the
-route is keyed by task id instead of a reply-to address (RabbitMQ's direct reply-to would
-need the address inside the task message). The binding must exist before the worker
-publishes: the App calls :meth:`RPCBackend.prepare` right before it publishes a task, and
-``get`` / ``wait`` bind too. A record published while nobody is bound is dropped.
+There is no result store. Every backend instance has one exclusive reply queue, bound once
+to the direct exchange ``asyncq.rpc`` with its own name as binding key: its reply address.
+The App writes that address into each task message it sends (the ``reply_to`` header, see
+:meth:`RPCBackend.reply_address`), and the worker's :meth:`RPCBackend.set_reply` publishes
+the record to the exchange with routing key = task id and the address in the ``CC`` header
+(RabbitMQ's sender-selected distribution): one publish reaches the caller without a binding
+per task, and any process that bound the task id itself (``get`` / ``wait`` on an id it did
+not send) receives it as well. A record published while nobody listens is dropped.
 
 Limits (see docs/backends/rpc.md): only the process that sent the task (or bound its id) can
 read its result; records live in that process's memory (bounded by ``cache_size``); nothing
@@ -23,7 +21,7 @@ import collections
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
@@ -38,16 +36,17 @@ from asyncq.exceptions import (
 )
 
 try:
-    import aio_pika
+    import aiormq
     from aio_pika.abc import (
-        AbstractExchange,
         AbstractIncomingMessage,
         AbstractRobustChannel,
         AbstractRobustConnection,
         AbstractRobustQueue,
     )
+    from pamqp.commands import Basic
 
     from asyncq._amqp import client_url, close_robust, open_robust, translate_errors
+    from asyncq._amqp.publishing import publish
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -119,9 +118,12 @@ class RPCBackend(BackendDefaults):
         )
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._bound: set[str] = set()
+        # Ids sent with this instance's reply address: their records come without a binding.
+        self._addressed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._reply_key = f"asyncq.rpc.{self._origin}"
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
-        self._publish_exchange: AbstractExchange | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
         self._reply_queue: AbstractRobustQueue | None = None
         self._channels: tuple[AbstractRobustChannel, ...] = ()
         self._connect_lock = asyncio.Lock()
@@ -150,17 +152,16 @@ class RPCBackend(BackendDefaults):
                 with translate_errors("rpc:// setup", BackendError, BackendConnectionError):
                     async with asyncio.timeout(self.connect_timeout):
                         publish_channel = await connection.channel(publisher_confirms=True)
-                        self._publish_exchange = await publish_channel.declare_exchange(
-                            self.exchange, type="direct", durable=True
-                        )
+                        await publish_channel.declare_exchange(self.exchange, type="direct", durable=True)
+                        self._publish_channel = publish_channel
                         channel = await connection.channel(publisher_confirms=False)
                         await channel.declare_exchange(self.exchange, type="direct", durable=True)
                         # Exclusive: it dies with this connection. Declared "robust", so after a
                         # reconnect aio-pika declares it again with its bindings and consumer;
                         # records published during the outage are lost.
-                        queue = await channel.declare_queue(
-                            f"asyncq.rpc.{self._origin}", exclusive=True, auto_delete=True
-                        )
+                        queue = await channel.declare_queue(self._reply_key, exclusive=True, auto_delete=True)
+                        # The one binding of the reply address (restored with the queue).
+                        await queue.bind(self.exchange, routing_key=self._reply_key)
                         await queue.consume(self._on_message_async, no_ack=True)
             except BaseException:
                 await close_robust(connection)
@@ -199,6 +200,8 @@ class RPCBackend(BackendDefaults):
         ttl = ttl_ms / 1000 if isinstance(ttl_ms, int) and not isinstance(ttl_ms, bool) else None
         final = headers.get(H_FINAL) is True
         self._store(task_id, message.body, final, ttl)
+        if final:
+            self._addressed.pop(task_id, None)
         if final and task_id in self._bound:
             # Nothing more will come for this id: drop the binding so bindings do not pile up.
             self._bound.discard(task_id)
@@ -223,12 +226,30 @@ class RPCBackend(BackendDefaults):
             return None
         return entry
 
-    async def prepare(self, task_id: str) -> None:
-        """Bind this process's reply queue to ``task_id`` so its records come here.
+    def reply_address(self) -> str:
+        """This instance's reply address: the App puts it in the ``reply_to`` header of tasks it sends."""
+        return self._reply_key
 
-        Call it before the task is published (the App does); a record published before the
-        binding exists is dropped by RabbitMQ.
+    async def prepare(self, task_id: str) -> None:
+        """Ready the reply queue before ``task_id`` is sent with :meth:`reply_address` (the App does).
+
+        No binding per task: the worker copies the record to the reply address.
         """
+        await self._ready()
+        addressed = self._addressed
+        addressed[task_id] = None
+        if len(addressed) > self.cache_size:
+            addressed.popitem(last=False)
+
+    async def _listen(self, task_id: str) -> None:
+        """Make sure the records of ``task_id`` come here: addressed to us, or bound by id."""
+        if task_id in self._addressed:
+            await self._ready()
+        else:
+            await self._bind(task_id)
+
+    async def _bind(self, task_id: str) -> None:
+        """Bind the reply queue to ``task_id``: for ids this process did not send itself."""
         if task_id in self._bound:
             return
         queue = await self._ready()
@@ -286,26 +307,44 @@ class RPCBackend(BackendDefaults):
 
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
         """Publish the record to whoever bound ``task_id``; keep a copy in this process."""
+        await self._publish(task_id, record, final, ttl, None)
+
+    async def set_reply(
+        self, task_id: str, record: bytes, *, final: bool, ttl: float | None, reply_to: str
+    ) -> None:
+        """``set``, copied to the sender's reply address as well (CC: no binding per task)."""
+        await self._publish(task_id, record, final, ttl, reply_to)
+
+    async def _publish(
+        self, task_id: str, record: bytes, final: bool, ttl: float | None, reply_to: str | None
+    ) -> None:
         self._store(task_id, record, final, ttl)
         await self._ready()
-        exchange = self._publish_exchange
-        assert exchange is not None
         headers: dict[str, Any] = {H_ORIGIN: self._origin, H_TASK: task_id, H_FINAL: final}
         if ttl is not None:
             headers[H_TTL] = int(ttl * 1000)
-        message = aio_pika.Message(
-            record,
+        if reply_to is not None:
+            headers["CC"] = [reply_to]  # also routed with this key; RabbitMQ strips the header
+        properties = Basic.Properties(
             headers=headers,
             message_id=uuid.uuid4().hex,
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # results are not persisted
-            expiration=ttl if ttl is not None and ttl > 0 else None,
+            delivery_mode=1,  # results are not persisted
+            expiration=str(max(1, int(ttl * 1000))) if ttl is not None and ttl > 0 else None,
         )
-        try:
-            # Not mandatory: with nobody bound the record is dropped, by design.
-            await self._riding_out(
-                f"rpc:// publish the record of {task_id}",
-                lambda: exchange.publish(message, routing_key=task_id, mandatory=False),
+
+        async def send() -> None:
+            channel = self._publish_channel
+            assert channel is not None
+            # The aiormq channel itself: no aio-pika message object per record.
+            # Not mandatory: with nobody listening the record is dropped, by design.
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            # Records set in the same loop iteration go out in one write; confirms pipelined.
+            await publish(
+                underlay, record, exchange=self.exchange, routing_key=task_id, properties=properties
             )
+
+        try:
+            await self._riding_out(f"rpc:// publish the record of {task_id}", send)
         except BackendConnectionError as exc:
             # Records are not persisted: one lost in an outage is what rpc:// promises, not a
             # fault of the task. One line, not a traceback per task.
@@ -315,7 +354,7 @@ class RPCBackend(BackendDefaults):
         """The last record received (or set) in this process; binds ``task_id`` if unknown."""
         entry = self._live(task_id)
         if entry is None:
-            await self.prepare(task_id)
+            await self._listen(task_id)
             return None
         return entry[0]
 
@@ -332,7 +371,7 @@ class RPCBackend(BackendDefaults):
         waiters.append(future)
         try:
             async with asyncio.timeout(timeout):
-                await self.prepare(task_id)
+                await self._listen(task_id)
                 return await future
         except TimeoutError:
             return None
@@ -345,6 +384,7 @@ class RPCBackend(BackendDefaults):
     async def forget(self, task_id: str) -> None:
         """Drop this process's copy and stop listening for ``task_id``."""
         self._records.pop(task_id, None)
+        self._addressed.pop(task_id, None)
         if task_id in self._bound:
             self._bound.discard(task_id)
             await self._unbind(task_id)

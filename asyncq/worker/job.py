@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
+from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
@@ -520,7 +521,13 @@ class JobRunner(SuspectRuns):
             and self._security.encrypts(task if task is not None else self._tasks.get(message.task)),
         )
         try:
-            await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
+            reply_to = message.headers.get(REPLY_TO) if message.headers else None
+            if isinstance(reply_to, str):
+                await self._backend.set_reply(
+                    message.id, record, final=state in _FINAL, ttl=self._result_ttl, reply_to=reply_to
+                )
+            else:
+                await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
         except AsyncqError:
             logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
         return True

@@ -15,8 +15,17 @@ from peers._common import finished, redis_url, started
 
 DB = 8
 WORKLOADS = ("enqueue", "drain", "fanout", "rtt")
-# --asyncq-broker (e.g. amqp://...) moves asyncq's queue; results then follow the broker (rpc://).
-app = App("bench", broker=os.environ.get("BENCH_ASYNCQ_BROKER") or redis_url(DB))
+# --asyncq-broker (e.g. amqp://...) moves asyncq's queue (a queue of its own on that shared
+# server); results then follow the broker (rpc://) unless BENCH_ASYNCQ_BACKEND names one
+# (e.g. "redis" for this app's Redis database).
+BROKER = os.environ.get("BENCH_ASYNCQ_BROKER")
+BACKEND = os.environ.get("BENCH_ASYNCQ_BACKEND")
+app = App(
+    "bench",
+    broker=BROKER or redis_url(DB),
+    backend=redis_url(DB) if BACKEND == "redis" else BACKEND,
+    config={"task_default_queue": "bench-asyncq"} if BROKER else {},
+)
 
 
 @app.task
@@ -35,6 +44,13 @@ async def sleeper() -> None:
 @app.task
 async def echo() -> int:
     return 1
+
+
+async def purge() -> None:
+    """Empty asyncq's queue when it lives on another broker (FLUSHDB does not reach it)."""
+    if BROKER:
+        await app.purge()
+        await app.aclose()
 
 
 def worker_command(workload: str, concurrency: int) -> list[str]:

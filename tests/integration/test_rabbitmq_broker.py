@@ -157,6 +157,46 @@ async def test_quorum_round_trip(make: Factory, queue: str) -> None:
     assert await broker.queue_length(queue) == 0
 
 
+async def test_unconfirmed_publishing_is_an_explicit_option(make: Factory, queue: str) -> None:
+    assert (await make()).confirm_publish is True
+    broker = await make(confirm_publish=False)
+    sent = [msg(queue, b"one")]
+    await broker.publish(sent[0])  # returns once written: no confirm to wait for
+    batch = [msg(queue, str(i).encode()) for i in range(50)]
+    await broker.publish_many(batch)
+    sent += batch
+    got: list[str] = []
+    async with aclosing(broker.consume([queue], prefetch=20)) as it:
+        while len(got) < len(sent):
+            delivery = await take(it)
+            got.append(delivery.id)
+            await delivery.ack()
+    assert got == [m.id for m in sent]  # in order, none lost
+    assert await broker.queue_length(queue) == 0
+
+
+async def test_batched_acks_never_cover_a_delivery_still_unsettled(make: Factory, queue: str) -> None:
+    broker = await make()
+    sent = [msg(queue, str(i).encode()) for i in range(6)]
+    await broker.publish_many(sent)
+    async with aclosing(broker.consume([queue], prefetch=6)) as it:
+        held, *rest = [await take(it) for _ in range(6)]
+        # Acked in one loop iteration, out of order, around the oldest one still held.
+        await asyncio.gather(*(delivery.ack() for delivery in reversed(rest)))
+        await held.nack()  # acks the held tag itself: fails if a multiple=True ack took it
+        again = await take(it)
+        assert (again.id, again.delivery_count) == (held.id, 2)
+        # Left unsettled: it must come back once this consumer is gone, and nothing else.
+    await broker.aclose()
+    reopened = await make()
+    async with aclosing(reopened.consume([queue], prefetch=6)) as it:
+        back = await take(it)
+        assert back.id == held.id  # the unsettled copy, not any of the acked ones
+        await back.ack()
+        await nothing_for(it, 0.5)
+    assert await reopened.queue_length(queue) == 0
+
+
 async def test_quorum_poison_message_hits_the_delivery_limit(make: Factory, queue: str) -> None:
     producer = await make(queue_type="quorum", max_deliveries=2)
     sent = msg(queue, b"poison")
@@ -361,9 +401,10 @@ async def test_rpc_round_trip(rpc_pair: tuple[RPCBackend, RPCBackend]) -> None:
     caller, worker = rpc_pair
     task_id = str(uuid.uuid4())
     await caller.prepare(task_id)  # the App does this right before publishing the task
+    reply_to = caller.reply_address()  # ... and sends this in the message's reply_to header
     waiter = asyncio.create_task(caller.wait(task_id, timeout=TIMEOUT), name="test.rpc-wait")
-    await worker.set(task_id, b'{"status":"STARTED"}', final=False, ttl=60)
-    await worker.set(task_id, b'{"status":"SUCCESS"}', final=True, ttl=60)
+    await worker.set_reply(task_id, b'{"status":"STARTED"}', final=False, ttl=60, reply_to=reply_to)
+    await worker.set_reply(task_id, b'{"status":"SUCCESS"}', final=True, ttl=60, reply_to=reply_to)
     assert await asyncio.wait_for(waiter, TIMEOUT) == b'{"status":"SUCCESS"}'
     assert await caller.get(task_id) == b'{"status":"SUCCESS"}'
     await caller.forget(task_id)
@@ -374,11 +415,64 @@ async def test_rpc_progress_is_visible_to_get(rpc_pair: tuple[RPCBackend, RPCBac
     caller, worker = rpc_pair
     task_id = str(uuid.uuid4())
     await caller.prepare(task_id)
-    await worker.set(task_id, b"progress", final=False, ttl=60)
+    await worker.set_reply(task_id, b"progress", final=False, ttl=60, reply_to=caller.reply_address())
     deadline = time.monotonic() + TIMEOUT
     while await caller.get(task_id) != b"progress":
         assert time.monotonic() < deadline, "progress record never arrived"
         await asyncio.sleep(0.02)
+
+
+async def test_rpc_reply_reaches_the_sender_and_a_process_waiting_by_id(
+    rpc_pair: tuple[RPCBackend, RPCBackend],
+    rabbitmq_url: str,  # noqa: F811
+) -> None:
+    caller, worker = rpc_pair
+    onlooker = RPCBackend("rpc://", broker_url=rabbitmq_url)
+    await onlooker.connect()
+    try:
+        task_id = str(uuid.uuid4())
+        await caller.prepare(task_id)
+        assert await onlooker.get(task_id) is None  # binds the id: it did not send the task
+        waiters = [
+            asyncio.create_task(backend.wait(task_id, timeout=TIMEOUT), name="test.rpc-wait")
+            for backend in (caller, onlooker)
+        ]
+        await worker.set_reply(task_id, b"done", final=True, ttl=60, reply_to=caller.reply_address())
+        assert await asyncio.wait_for(asyncio.gather(*waiters), TIMEOUT) == [b"done", b"done"]
+    finally:
+        await onlooker.aclose()
+
+
+async def test_rpc_sender_binds_its_reply_queue_once(rabbitmq_url: str, queue: str) -> None:  # noqa: F811
+    app = App("it-rpc-binds", broker=rabbitmq_url, backend="rpc://", config={"task_default_queue": queue})
+
+    @app.task
+    async def echo(x: int) -> int:
+        return x
+
+    async with app:
+        try:
+            results = [await echo.enqueue(i) for i in range(5)]
+            backend = app.backend
+            assert isinstance(backend, RPCBackend)
+            out = await rabbitmqctl(
+                "list_bindings",
+                "-p",
+                vhost_of(rabbitmq_url),
+                "source_name",
+                "destination_name",
+                "routing_key",
+            )
+            reply_queue = backend.reply_address()
+            routes = [line.split("\t") for line in out.splitlines() if f"\t{reply_queue}\t" in line]
+            # The default exchange's implicit binding, and the one to asyncq.rpc: none per task.
+            assert sorted(route[0] for route in routes) == ["", "asyncq.rpc"]
+            async with app.worker(concurrency=4):
+                assert [await r.get(timeout=TIMEOUT) for r in results] == list(range(5))
+        finally:
+            broker = app.broker
+            assert isinstance(broker, RabbitMQBroker)
+            await broker.delete_queue(queue)
 
 
 async def test_rpc_result_published_before_anyone_binds_is_dropped(

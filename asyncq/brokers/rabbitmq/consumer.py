@@ -7,11 +7,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
-from asyncq._amqp import CopyGuard, ack, is_stale, requeue, translate_errors
+from asyncq._amqp import CopyGuard, ack, delivered, flush_acks, is_stale, requeue, translate_errors
 from asyncq._utils import now
 from asyncq.brokers._kit import PrefetchGate, SettleOnce
 from asyncq.brokers.base import Delivery
@@ -124,6 +125,7 @@ class Consumer:
     async def _on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
         # aio-pika runs this in a task per delivery, started in delivery order; it must not
         # await before putting the message in the buffer, or deliveries could be reordered.
+        delivered(message)
         if self._closing:
             self._spawn(requeue(message), "asyncq.rabbitmq.requeue")
             return
@@ -197,4 +199,5 @@ class Consumer:
         self._broker._consumers.discard(self)
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
+                flush_acks(cast(aiormq.Channel, await channel.get_underlay_channel()))
                 await channel.close()

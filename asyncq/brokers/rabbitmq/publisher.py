@@ -19,6 +19,7 @@ from aiormq.exceptions import ChannelInvalidStateError, PublishError
 from pamqp.commands import Basic
 
 from asyncq._amqp import CopyGuard, ack_confirmed, is_stale, requeue, translate_errors
+from asyncq._amqp.publishing import publish
 from asyncq._utils import now
 from asyncq.brokers.base import OutgoingMessage
 from asyncq.brokers.rabbitmq.topology import Topology
@@ -138,16 +139,16 @@ class Publisher(Topology):
                     channel = self._publish_channel
                     assert channel is not None
                     await channel.ready()
-                    # The concrete aiormq channel: wait=False queues the frames without waiting
-                    # for the socket to drain under the channel lock, so a window pipelines.
+                    # The concrete aiormq channel: publishes of one loop iteration (a window
+                    # of publish_many, concurrent enqueues) go out in one write, confirms pipelined.
                     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                    await underlay.basic_publish(
+                    await publish(
+                        underlay,
                         route.body,
                         exchange=route.exchange,
                         routing_key=route.routing_key,
                         properties=route.properties,
                         mandatory=True,
-                        wait=False,
                     )
                 return
             except PublishError as exc:
@@ -178,13 +179,47 @@ class Publisher(Topology):
                 log.debug("%s: channel lost mid-publish; sending again after the reconnect", action)
                 await asyncio.sleep(0.05)  # let the robust connection notice and start restoring
 
+    async def _send_unconfirmed(self, route: Route, action: str) -> None:
+        """confirm_publish=False: queue the frames (batched per loop iteration) and return.
+
+        Not mandatory and not confirmed: a message the server cannot route, or one in flight
+        when the connection drops, is lost without an error. Connection losses seen before
+        the write are ridden out as a confirmed publish does.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while True:
+            try:
+                with translate_errors(action):
+                    async with asyncio.timeout_at(deadline):
+                        await self._ready()
+                        channel = self._unconfirmed_channel
+                        assert channel is not None
+                        await channel.ready()
+                        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                        await publish(
+                            underlay,
+                            route.body,
+                            exchange=route.exchange,
+                            routing_key=route.routing_key,
+                            properties=route.properties,
+                        )
+                return
+            except BrokerConnectionError:
+                if self._connection is None or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # let the robust connection notice the loss and restore
+
     async def publish(self, message: OutgoingMessage) -> None:
-        """Publish one message; return once RabbitMQ confirmed it."""
+        """Publish one message; return once RabbitMQ confirmed it (or once written, confirm_publish=False)."""
         route = self._route(
             message.id, message.queue, message.body, message.priority, message.eta, {}, via_exchange=True
         )
         await self._prepare(route)
-        await self._send(route, f"publish message {message.id}")
+        if self.confirm_publish:
+            await self._send(route, f"publish message {message.id}")
+        else:
+            await self._send_unconfirmed(route, f"publish message {message.id}")
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish all, then await all confirms (in windows of PUBLISH_WINDOW).
@@ -198,6 +233,9 @@ class Publisher(Topology):
         ]
         for route in {(r.queue, r.is_delayed): r for r in routes}.values():
             await self._prepare(route)
+        if not self.confirm_publish:
+            await asyncio.gather(*(self._send_unconfirmed(route, "publish_many") for route in routes))
+            return
         loop = asyncio.get_running_loop()
         for start in range(0, len(routes), PUBLISH_WINDOW):
             window = routes[start : start + PUBLISH_WINDOW]

@@ -18,6 +18,7 @@ from asyncq._utils import redact_url
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults
 from asyncq.brokers.rabbitmq.wire import (
     BROKER_OPTIONS,
+    CONFIRM_PUBLISH,
     CONNECT_TIMEOUT,
     CONNECTION_NAME,
     DELAY_LEVELS_MS,
@@ -56,6 +57,7 @@ class Topology(BrokerDefaults):
         self.publish_timeout = settings[PUBLISH_TIMEOUT]
         self.connect_timeout = settings[CONNECT_TIMEOUT]
         self.connection_name = settings[CONNECTION_NAME]
+        self.confirm_publish = settings[CONFIRM_PUBLISH]
         if self.exchange.startswith("amq."):
             raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
         self.capabilities = BrokerCapabilities(
@@ -70,6 +72,8 @@ class Topology(BrokerDefaults):
         self.server_version: str | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
+        # confirm_publish=False: first publishes go here, unconfirmed (re-publishes never do).
+        self._unconfirmed_channel: AbstractRobustChannel | None = None
         self._admin_channel: AbstractRobustChannel | None = None
         self._connect_lock = asyncio.Lock()
         self._declare_lock = asyncio.Lock()
@@ -105,6 +109,8 @@ class Topology(BrokerDefaults):
                             publisher_confirms=True, on_return_raises=True
                         )
                         self._admin_channel = await connection.channel(publisher_confirms=False)
+                        if not self.confirm_publish:
+                            self._unconfirmed_channel = await connection.channel(publisher_confirms=False)
                         if self.exchange:
                             await self._admin_channel.declare_exchange(
                                 self.exchange, type=self.exchange_type, durable=True

@@ -9,7 +9,7 @@ from typing import Any, Final
 from pamqp.commands import Basic
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
-from asyncq._options import Option, choice, integer, seconds, text
+from asyncq._options import Option, boolean, choice, integer, seconds, text
 
 __all__ = [
     "BROKER_OPTIONS",
@@ -35,6 +35,8 @@ MAX_DELIVERIES: Final = Option("max_deliveries", integer(1), 200)
 PUBLISH_TIMEOUT: Final = Option("publish_timeout", seconds, 30.0)
 CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIMEOUT)
 CONNECTION_NAME: Final = Option("connection_name", text, "asyncq")
+#: False: first publishes are not confirmed (faster; lost if the connection drops meanwhile).
+CONFIRM_PUBLISH: Final = Option("confirm_publish", boolean, True)
 #: Accepted and ignored: an AMQP delivery is held for as long as its channel lives.
 VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", _accepted, None)
 
@@ -47,6 +49,7 @@ BROKER_OPTIONS: Final = (
     PUBLISH_TIMEOUT,
     CONNECT_TIMEOUT,
     CONNECTION_NAME,
+    CONFIRM_PUBLISH,
     VISIBILITY_TIMEOUT,
 )
 
