@@ -462,9 +462,18 @@ class JobRunner(SuspectRuns):
         else:
             record = encode_success(message.id, result, message.retries, message.task)
         try:
-            await self._backend.set(message.id, record, final=True, ttl=self._result_ttl)
+            await self._write(message, record, True)
         except AsyncqError:
             logger.exception("could not store the SUCCESS state of task %s[%s]", message.task, message.id)
+
+    def _write(self, message: Message, record: bytes, final: bool) -> Awaitable[None]:
+        """Store a record; to the sender's reply address when the message names one (rpc://)."""
+        reply_to = message.headers.get(REPLY_TO) if message.headers else None
+        if isinstance(reply_to, str):
+            return self._backend.set_reply(
+                message.id, record, final=final, ttl=self._result_ttl, reply_to=reply_to
+            )
+        return self._backend.set(message.id, record, final=final, ttl=self._result_ttl)
 
     def _request(self, delivery: Delivery, message: Message) -> Request:
         return Request.delivered(
@@ -521,13 +530,7 @@ class JobRunner(SuspectRuns):
             and self._security.encrypts(task if task is not None else self._tasks.get(message.task)),
         )
         try:
-            reply_to = message.headers.get(REPLY_TO) if message.headers else None
-            if isinstance(reply_to, str):
-                await self._backend.set_reply(
-                    message.id, record, final=state in _FINAL, ttl=self._result_ttl, reply_to=reply_to
-                )
-            else:
-                await self._backend.set(message.id, record, final=state in _FINAL, ttl=self._result_ttl)
+            await self._write(message, record, state in _FINAL)
         except AsyncqError:
             logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
         return True
