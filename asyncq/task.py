@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, Type
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from asyncq.fair import fair_spec
 from asyncq.message import Message
 from asyncq.result import AsyncResult
 from asyncq.signature import Signature, signature_dicts
 from asyncq.states import State
 from asyncq.sync import SyncResult, ensure_no_running_loop
 from asyncq.sync import send as send_or_defer
+from asyncq.unique.spec import unique_spec
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -115,6 +117,11 @@ class TaskOptions:
     executor: str = "async"
     rate_limit: str | float | None = None
     encrypt: bool | None = None  # seal arguments and results (docs/security.md); None: security_encrypt
+    unique: bool = False  # at most one copy queued or running per call (docs/flow-control.md)
+    unique_key: str | Callable[..., Any] | None = None  # the lock's key: an argument name or a callable
+    unique_ttl: float | None = None  # seconds the lock lasts at most; None: task_unique_ttl
+    fair_key: str | Callable[..., Any] | None = None  # tenant of a call, served in turn with the others
+    fair_weights: Mapping[str, int] | None = None  # fair key -> weight (default 1)
 
     @classmethod
     def known(cls) -> tuple[str, ...]:
@@ -176,6 +183,15 @@ class Task(Generic[P, R]):
         self.options = options
         self.name = options.name
         self.rate = parse_rate_limit(options.rate_limit)
+        self.unique = unique_spec(
+            options.name,
+            fn,
+            unique=options.unique,
+            key=options.unique_key,
+            ttl=options.unique_ttl,
+            bind=options.bind,
+        )
+        self.fair = fair_spec(options.name, fn, options.fair_key, options.fair_weights, bind=options.bind)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__
@@ -318,6 +334,14 @@ class Task(Generic[P, R]):
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
             return app.apply_eagerly(handle, sig)
+        if self.unique is not None:
+            from asyncq.unique.send import send_unique  # the lock store, only for unique tasks
+
+            key = self.unique.key(self.name, tuple(message.args), message.kwargs)
+            ttl = app.conf.task_unique_ttl if self.unique.ttl is None else self.unique.ttl
+            return send_or_defer(
+                app, handle, lambda: send_unique(app, message, handle, key, ttl, connection=connection)
+            )
         return send_or_defer(
             app, handle, lambda: app.send_message(message, task_name=self.name, connection=connection)
         )
@@ -372,6 +396,9 @@ class Task(Generic[P, R]):
         current = _current.get()
         parent = current[1] if current is not None and not current[1].is_eager else None
         message_id = task_id or new_id()
+        sent_headers = dict(headers or {})
+        if self.fair is not None:
+            sent_headers.update(self.fair.headers(tuple(args or ()), kwargs or {}))
         return Message(
             id=message_id,
             task=self.name,
@@ -383,7 +410,7 @@ class Task(Generic[P, R]):
             else None,
             expires=to_epoch(expires if expires is not None else self.options.expires, relative_to=sent_at),
             priority=priority,
-            headers=dict(headers or {}),
+            headers=sent_headers,
             root_id=(parent.root_id or parent.id) if parent else message_id,
             parent_id=parent.id if parent else None,
             ignore_result=bool(self.ignores_result if ignore_result is None else ignore_result),
