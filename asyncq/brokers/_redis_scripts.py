@@ -11,6 +11,14 @@ and every script touches a single slot)::
     <prefix>:{q}:wake                list    at most one wake-up token, BLPOPed by idle consumers
     <prefix>:{q}:dead                list    "<ms>:<len(reason)>:<reason><len(id)>:<id><body>"
     <prefix>:{q}:owner               hash    handle -> the claiming broker's owner id
+    <prefix>:{q}:fair:<p>:<key>      list    fair handles of one key waiting at priority p
+    <prefix>:{q}:ring:<p>            list    keys of priority p with waiting fair handles, in turn order
+    <prefix>:{q}:credit:<p>          hash    key -> messages left in its current turn
+    <prefix>:{q}:fairp               set     priorities whose ring is not empty
+
+A fair message's handle is the plain one followed by ``<weight>:<key>`` (``fair_suffix``),
+so every script that makes a handle ready again (due, expired, nacked, released) sends it
+back to its key's sub-list.
 
 Every script gets a queue's keys in that order (``KEYS[1]`` .. ``KEYS[17]``, see
 ``redis_lua/prelude.lua``).
@@ -28,6 +36,7 @@ __all__ = [
     "ACK",
     "CHUNK",
     "CLAIM",
+    "fair_suffix",
     "DEAD",
     "DEAD_PURGE",
     "DEAD_REQUEUE_ALL",
@@ -111,6 +120,11 @@ def token() -> bytes:
     """96 random bits: unique per publish, across producers and across Redis losing writes."""
     # (random reseeds itself in a forked child, so worker processes draw their own.)
     return b"%024x" % random.getrandbits(96)
+
+
+def fair_suffix(key: str, weight: int) -> bytes:
+    """What follows a fair message's handle: ``b"<weight>:<key>"``."""
+    return b"%d:%b" % (weight, key.encode())
 
 
 def pack_record(message: OutgoingMessage) -> bytes:
