@@ -89,11 +89,11 @@ async def test_retry_keeps_the_lock_and_failure_frees_it(app: App) -> None:
         await until(lambda: len(attempts) >= 2, "a retry")
         if len(attempts) < 3:
             assert (await flaky.enqueue()).id == handle.id  # between attempts: the lock is kept
-        with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error the last attempt raised
+        with pytest.raises(Exception):  # noqa: B017 - whichever error the last attempt raised
             await handle.get(timeout=TIMEOUT)
         again = await flaky.enqueue()
         assert again.id != handle.id
-        with pytest.raises(Exception):  # noqa: B017, PT011
+        with pytest.raises(Exception):  # noqa: B017
             await again.get(timeout=TIMEOUT)
 
 
@@ -105,7 +105,7 @@ async def test_revoked_copy_frees_the_lock(app: App) -> None:
     handle = await job.enqueue()
     await handle.revoke()
     async with app.worker():
-        with pytest.raises(Exception):  # noqa: B017, PT011 - TaskRevokedError
+        with pytest.raises(Exception):  # noqa: B017 - TaskRevokedError
             await handle.get(timeout=TIMEOUT)
         again = await job.enqueue()
         assert again.id != handle.id
