@@ -41,6 +41,7 @@ __all__ = [
     "DEAD_PURGE",
     "DEAD_REQUEUE_ALL",
     "DEAD_REQUEUE_ONE",
+    "FAIR_KEYS",
     "LENGTH",
     "MOVE_LIMIT",
     "NACK",
@@ -71,6 +72,7 @@ NACK: Final = _load("nack", "prelude")
 RELEASE: Final = _load("release", "prelude")
 DEAD: Final = _load("dead", "prelude")
 LENGTH: Final = _load("length", "prelude")
+FAIR_KEYS: Final = _load("fair_keys", "prelude")
 PURGE: Final = _load("purge", "prelude")
 RECLAIM: Final = _load("reclaim", "prelude")
 DEAD_REQUEUE_ONE: Final = _load("dead_requeue_one", "prelude", "dead_prelude")
@@ -87,6 +89,7 @@ SCRIPTS: Final = (
     RELEASE,
     DEAD,
     LENGTH,
+    FAIR_KEYS,
     PURGE,
     RECLAIM,
     DEAD_REQUEUE_ONE,

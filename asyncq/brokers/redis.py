@@ -36,6 +36,7 @@ from asyncq.brokers._redis_consumer import Consumer
 from asyncq.brokers._redis_leases import Leases
 from asyncq.brokers._redis_scripts import (
     CHUNK,
+    FAIR_KEYS,
     LENGTH,
     PRIORITY_DIGITS,
     PUBLISH,
@@ -280,6 +281,11 @@ class RedisBroker(BrokerDefaults):
         """Ready plus delayed messages of ``queue`` (in-flight ones are not waiting)."""
         await self._redis.ensure()
         return int(await self._redis.run("queue_length", LENGTH, self._queue(queue).keys, ()))
+
+    async def active_fair_keys(self, queue: str) -> int:
+        """Fair keys (tenants) of ``queue`` with messages waiting for their turn (for stats)."""
+        await self._redis.ensure()
+        return int(await self._redis.run("active_fair_keys", FAIR_KEYS, self._queue(queue).keys, ()))
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of ``queue``, oldest first."""

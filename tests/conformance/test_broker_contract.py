@@ -119,6 +119,7 @@ async def test_fair_keys_take_turns(broker_factory, queue: str) -> None:
     await broker.publish_many([msg(queue, b"b%d" % i, fair_key="b") for i in range(3)])
     await broker.publish_many([msg(queue, b"c%d" % i, fair_key="c", fair_weight=2) for i in range(4)])
     await broker.publish_many([msg(queue, b"high", fair_key="a", priority=9)])
+    assert await broker.queue_length(queue) == 28
     async with aclosing(broker.consume([queue], prefetch=1)) as it:
         bodies = []
         for _ in range(28):
@@ -137,6 +138,21 @@ async def test_fair_keys_take_turns(broker_factory, queue: str) -> None:
     assert max(rest.index(b) for b in (b"b2", b"c3")) < 12, rest
     # c, weighing 2, is served twice as fast as b: done before b's last.
     assert rest.index(b"c3") < rest.index(b"b2"), rest
+
+
+async def test_fair_messages_are_purged_and_redelivered(broker_factory, queue: str) -> None:
+    broker: Broker = await broker_factory()
+    if not broker.capabilities.fair_queuing:
+        pytest.skip(f"{broker.url}: capabilities.fair_queuing is False")
+    await broker.publish_many([msg(queue, b"a", fair_key="a"), msg(queue, b"b", fair_key="b")])
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        first = await take(it)
+        await first.nack()  # back to its key's turn, delivered again
+        again = await take(it)
+        assert again.delivery_count == 2 or again.body != first.body
+        await again.ack()
+    assert await broker.purge(queue) == 1
+    assert await broker.queue_length(queue) == 0
 
 
 async def test_delayed_delivery_not_before_eta(broker_factory, queue: str) -> None:
