@@ -282,14 +282,21 @@ class SQLiteBroker(BrokerDefaults):
         self._owner = uuid.uuid4().hex
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
         self._wakeup = WakeupChannel(self.path, "messages")
 
     async def connect(self) -> None:
-        if not self._db.is_open:
-            await self._db.open()
-            await self._db.write(migrate)
+        opening = self._opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception() is not None)):
+            opening = self._opening = asyncio.ensure_future(self._open())
+        # Every caller waits for the migration too: a claim before it would miss the rank index.
+        await asyncio.shield(opening)
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_leases(), name="asyncq.sqlite.heartbeat")
+
+    async def _open(self) -> None:
+        await self._db.open()
+        await self._db.write(migrate)
 
     async def aclose(self) -> None:
         """Stop renewing claims and close the file.
@@ -308,6 +315,7 @@ class SQLiteBroker(BrokerDefaults):
             await self._db.write(lambda conn: _release(conn, buffered, self._owner))
             self._wakeup.poke()
         await self._db.close()
+        self._opening = None
 
     async def _renew_leases(self) -> None:
         logger.debug("lease heartbeat started for %s (owner %s)", self.path, self._owner)
