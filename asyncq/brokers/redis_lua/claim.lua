@@ -87,7 +87,7 @@ if #taken > 0 then
     redis.call('HSET', KEYS[17], unpack(owners))
   end
 end
-local more = redis.call('SCARD', base .. 'fairp') > 0
+local more = next(fair) ~= nil  -- fair work at the start (a stale yes only wakes a consumer for nothing)
 for k = 1, 10 do
   if redis.call('LLEN', KEYS[k]) > 0 then more = true; break end
 end
