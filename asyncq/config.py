@@ -154,6 +154,12 @@ SETTINGS: dict[str, Setting] = {
         _S("task_default_retry_delay", 180.0, float, "Seconds before a retry when none is given."),
         _S("task_max_retries", 3, _parse_optional_int, "Default max_retries of a task."),
         _S(
+            "task_unique_ttl",
+            3600.0,
+            float,
+            "Seconds a unique task's lock lasts at most (it is released when the task finishes).",
+        ),
+        _S(
             "worker_max_deliveries",
             5,
             int,

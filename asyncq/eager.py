@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Final
 from asyncq._utils import new_id
 from asyncq.constructs import Chain, Chord, Group
 from asyncq.exceptions import ChordError, Retry
+from asyncq.request import Request, _current
 from asyncq.result import AsyncResult, GroupResult
 from asyncq.signature import Signature, signature
 from asyncq.states import State
 from asyncq.sync import SyncGroupResult, SyncResult, blocking, is_loop_running
-from asyncq.task import Request, Task, _current
+from asyncq.task import Task
 
 if TYPE_CHECKING:
     from asyncq.app import App

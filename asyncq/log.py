@@ -22,7 +22,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from asyncq.task import _current
+from asyncq.request import _current
 
 __all__ = ["TASK_FIELDS", "JSONFormatter", "TaskContextFilter", "configure_logging", "task_fields"]
 

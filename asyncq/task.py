@@ -9,24 +9,26 @@ runs the function in-process, as in Celery.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
 
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from asyncq.fair import fair_spec
 from asyncq.flow.spec import check_rate_scope, concurrency_limit
 from asyncq.message import Message
+from asyncq.request import Delivered, Request, _current, current_task
 from asyncq.result import AsyncResult
 from asyncq.signature import Signature, signature_dicts
 from asyncq.states import State
 from asyncq.sync import SyncResult, ensure_no_running_loop
 from asyncq.sync import send as send_or_defer
+from asyncq.unique.spec import unique_spec
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -44,101 +46,6 @@ R = TypeVar("R")
 EXECUTORS: Final = ("async", "thread", "process")
 #: Tasks asyncq registers in every app that has tasks (they run task.map / starmap / chunks).
 BUILTIN_TASKS: Final = frozenset({"asyncq.map", "asyncq.starmap"})
-
-
-@dataclass(slots=True)
-class Request:
-    """The context of one running task: ``self.request`` in a bound task.
-
-    Attributes:
-        id: the task id (stable across retries).
-        delivery_info: ``queue``, ``delivery_count`` and ``priority`` of this delivery.
-        is_eager: True when the task was called directly rather than run by a worker.
-        hostname: the worker's ``host:pid`` (empty when eager).
-    """
-
-    id: str
-    task: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    eta: float | None = None
-    expires: float | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    root_id: str | None = None
-    parent_id: str | None = None
-    group_id: str | None = None
-    hostname: str = ""
-    is_eager: bool = False
-    message: Message | None = None
-    # Set by the worker: stores progress from the worker's loop, whichever executor runs the task.
-    state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    # Set by the worker when the task is revoked with terminate=True (read by is_revoked()).
-    # A plain attribute, not a threading.Event: one is built for every task, and a bool write
-    # is seen by the task's thread at once.
-    revoked: bool = field(default=False, repr=False, compare=False)
-
-    @classmethod
-    def delivered(
-        cls,
-        message: Delivered,
-        *,
-        task: str,
-        delivery_info: dict[str, Any],
-        hostname: str,
-        state_writer: Callable[[State | str, dict[str, Any] | None], Awaitable[None]],
-        loop: asyncio.AbstractEventLoop | None,
-        native: Message | None = None,
-    ) -> Request:
-        """The request of a message a worker took: asyncq's own, or another protocol's (``native=None``)."""
-        # Positional, in the field order (a test pins it): one is built per task.
-        return cls(
-            message.id,
-            task,
-            message.args,
-            message.kwargs,
-            message.retries,
-            message.eta,
-            message.expires,
-            message.headers,
-            delivery_info,
-            message.root_id,
-            message.parent_id,
-            message.group_id,
-            hostname,
-            False,
-            native,
-            state_writer,
-            loop,
-        )
-
-
-class Delivered(Protocol):
-    """What a worker reads from any task message to build its :class:`Request`."""
-
-    id: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    retries: int
-    eta: float | None
-    expires: float | None
-    headers: dict[str, Any]
-    root_id: str | None
-    parent_id: str | None
-    group_id: str | None
-
-
-_current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
-    "asyncq_current_task", default=None
-)
-
-
-def current_task() -> Task[Any, Any] | None:
-    """The task running in this context (the same object a bound task gets as ``self``)."""
-    entry = _current.get()
-    return None if entry is None else entry[0]
 
 
 @dataclass(slots=True)
@@ -168,6 +75,11 @@ class TaskOptions:
     concurrency_key: str | Callable[..., Any] | None = None  # docs/flow-control.md
     max_concurrency: int | None = None
     encrypt: bool | None = None  # seal arguments and results (docs/security.md); None: security_encrypt
+    unique: bool = False  # at most one copy queued or running per call (docs/flow-control.md)
+    unique_key: str | Callable[..., Any] | None = None  # the lock's key: an argument name or a callable
+    unique_ttl: float | None = None  # seconds the lock lasts at most; None: task_unique_ttl
+    fair_key: str | Callable[..., Any] | None = None  # tenant of a call, served in turn with the others
+    fair_weights: Mapping[str, int] | None = None  # fair key -> weight (default 1)
 
     @classmethod
     def known(cls) -> tuple[str, ...]:
@@ -233,6 +145,15 @@ class Task(Generic[P, R]):
         self.concurrency = concurrency_limit(
             options.name, fn, options.concurrency_key, options.max_concurrency, bind=options.bind
         )
+        self.unique = unique_spec(
+            options.name,
+            fn,
+            unique=options.unique,
+            key=options.unique_key,
+            ttl=options.unique_ttl,
+            bind=options.bind,
+        )
+        self.fair = fair_spec(options.name, fn, options.fair_key, options.fair_weights, bind=options.bind)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__
@@ -375,6 +296,14 @@ class Task(Generic[P, R]):
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
             return app.apply_eagerly(handle, sig)
+        if self.unique is not None:
+            from asyncq.unique.send import send_unique  # the lock store, only for unique tasks
+
+            key = self.unique.key(self.name, tuple(message.args), message.kwargs)
+            ttl = app.conf.task_unique_ttl if self.unique.ttl is None else self.unique.ttl
+            return send_or_defer(
+                app, handle, lambda: send_unique(app, message, handle, key, ttl, connection=connection)
+            )
         return send_or_defer(
             app, handle, lambda: app.send_message(message, task_name=self.name, connection=connection)
         )
@@ -429,6 +358,9 @@ class Task(Generic[P, R]):
         current = _current.get()
         parent = current[1] if current is not None and not current[1].is_eager else None
         message_id = task_id or new_id()
+        sent_headers = dict(headers or {})
+        if self.fair is not None:
+            sent_headers.update(self.fair.headers(tuple(args or ()), kwargs or {}))
         return Message(
             id=message_id,
             task=self.name,
@@ -440,7 +372,7 @@ class Task(Generic[P, R]):
             else None,
             expires=to_epoch(expires if expires is not None else self.options.expires, relative_to=sent_at),
             priority=priority,
-            headers=dict(headers or {}),
+            headers=sent_headers,
             root_id=(parent.root_id or parent.id) if parent else message_id,
             parent_id=parent.id if parent else None,
             ignore_result=bool(self.ignores_result if ignore_result is None else ignore_result),

@@ -11,6 +11,14 @@ and every script touches a single slot)::
     <prefix>:{q}:wake                list    at most one wake-up token, BLPOPed by idle consumers
     <prefix>:{q}:dead                list    "<ms>:<len(reason)>:<reason><len(id)>:<id><body>"
     <prefix>:{q}:owner               hash    handle -> the claiming broker's owner id
+    <prefix>:{q}:fair:<p>:<key>      list    fair handles of one key waiting at priority p
+    <prefix>:{q}:ring:<p>            list    keys of priority p with waiting fair handles, in turn order
+    <prefix>:{q}:credit:<p>          hash    key -> messages left in its current turn
+    <prefix>:{q}:fairp               set     priorities whose ring is not empty
+
+A fair message's handle is the plain one followed by ``<weight>:<key>`` (``fair_suffix``),
+so every script that makes a handle ready again (due, expired, nacked, released) sends it
+back to its key's sub-list.
 
 Every script gets a queue's keys in that order (``KEYS[1]`` .. ``KEYS[17]``, see
 ``redis_lua/prelude.lua``).
@@ -28,10 +36,12 @@ __all__ = [
     "ACK",
     "CHUNK",
     "CLAIM",
+    "fair_suffix",
     "DEAD",
     "DEAD_PURGE",
     "DEAD_REQUEUE_ALL",
     "DEAD_REQUEUE_ONE",
+    "FAIR_KEYS",
     "LENGTH",
     "MOVE_LIMIT",
     "NACK",
@@ -62,6 +72,7 @@ NACK: Final = _load("nack", "prelude")
 RELEASE: Final = _load("release", "prelude")
 DEAD: Final = _load("dead", "prelude")
 LENGTH: Final = _load("length", "prelude")
+FAIR_KEYS: Final = _load("fair_keys", "prelude")
 PURGE: Final = _load("purge", "prelude")
 RECLAIM: Final = _load("reclaim", "prelude")
 DEAD_REQUEUE_ONE: Final = _load("dead_requeue_one", "prelude", "dead_prelude")
@@ -78,6 +89,7 @@ SCRIPTS: Final = (
     RELEASE,
     DEAD,
     LENGTH,
+    FAIR_KEYS,
     PURGE,
     RECLAIM,
     DEAD_REQUEUE_ONE,
@@ -111,6 +123,11 @@ def token() -> bytes:
     """96 random bits: unique per publish, across producers and across Redis losing writes."""
     # (random reseeds itself in a forked child, so worker processes draw their own.)
     return b"%024x" % random.getrandbits(96)
+
+
+def fair_suffix(key: str, weight: int) -> bytes:
+    """What follows a fair message's handle: ``b"<weight>:<key>"``."""
+    return b"%d:%b" % (weight, key.encode())
 
 
 def pack_record(message: OutgoingMessage) -> bytes:

@@ -34,6 +34,8 @@ class BrokerCapabilities:
         notifies: a consumer wakes on publish without polling, also across processes.
         priorities: higher ``priority`` messages are delivered first within a queue.
         delayed_delivery: ``eta`` is honoured by the broker itself.
+        fair_queuing: messages with a ``fair_key`` are served key by key in turn (weighted)
+            within a queue and priority, instead of in publish order.
     """
 
     durable: bool = False
@@ -41,6 +43,7 @@ class BrokerCapabilities:
     notifies: bool = False
     priorities: bool = True
     delayed_delivery: bool = True
+    fair_queuing: bool = False
 
 
 @dataclass(slots=True)
@@ -53,6 +56,10 @@ class OutgoingMessage:
         body: the encoded envelope; brokers never look inside.
         priority: 0 (default, lowest) to 9 (highest), or None for 0.
         eta: epoch seconds before which the message must not be delivered; None for now.
+        fair_key: the tenant of a fair message (see ``BrokerCapabilities.fair_queuing``); None
+            for a plain one. Brokers without fair queuing ignore it.
+        fair_weight: the share of its key, 1 to 1000: a key of weight 3 is served 3 messages
+            per turn.
     """
 
     id: str
@@ -60,6 +67,8 @@ class OutgoingMessage:
     body: bytes
     priority: int | None = None
     eta: float | None = None
+    fair_key: str | None = None
+    fair_weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from asyncq.brokers._redis_consumer import Consumer
 from asyncq.brokers._redis_leases import Leases
 from asyncq.brokers._redis_scripts import (
     CHUNK,
+    FAIR_KEYS,
     LENGTH,
     PRIORITY_DIGITS,
     PUBLISH,
@@ -43,6 +44,7 @@ from asyncq.brokers._redis_scripts import (
     RECLAIM,
     SCRIPTS,
     Queue,
+    fair_suffix,
     pack_record,
     parse_dead_entry,
     token,
@@ -103,7 +105,12 @@ class RedisBroker(BrokerDefaults):
     """
 
     capabilities = BrokerCapabilities(
-        durable=True, redelivers_lost=True, notifies=True, priorities=True, delayed_delivery=True
+        durable=True,
+        redelivers_lost=True,
+        notifies=True,
+        priorities=True,
+        delayed_delivery=True,
+        fair_queuing=True,
     )
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any) -> None:
@@ -203,7 +210,10 @@ class RedisBroker(BrokerDefaults):
                 args: list[Any] = [len(chunk)]
                 for message in chunk:
                     priority = message.priority or 0
-                    args.append(PRIORITY_DIGITS[min(9, max(0, priority))] + token())
+                    handle = PRIORITY_DIGITS[min(9, max(0, priority))] + token()
+                    if message.fair_key is not None:
+                        handle += fair_suffix(message.fair_key, message.fair_weight)
+                    args.append(handle)
                     args.append(0 if message.eta is None else math.ceil(message.eta * 1000))
                     args.append(pack_record(message))
                 calls.append(script_call(PUBLISH, keys, args))
@@ -271,6 +281,11 @@ class RedisBroker(BrokerDefaults):
         """Ready plus delayed messages of ``queue`` (in-flight ones are not waiting)."""
         await self._redis.ensure()
         return int(await self._redis.run("queue_length", LENGTH, self._queue(queue).keys, ()))
+
+    async def active_fair_keys(self, queue: str) -> int:
+        """Fair keys (tenants) of ``queue`` with messages waiting for their turn (for stats)."""
+        await self._redis.ensure()
+        return int(await self._redis.run("active_fair_keys", FAIR_KEYS, self._queue(queue).keys, ()))
 
     async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of ``queue``, oldest first."""

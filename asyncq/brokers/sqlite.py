@@ -23,6 +23,7 @@ from asyncq._sqlite import CONNECT_TIMEOUT, SQLiteThread, parse_sqlite_url, tran
 from asyncq._utils import cancel_and_wait, describe_error
 from asyncq._wakeup import WakeupChannel
 from asyncq.brokers._kit import PrefetchGate, SettleOnce, check_consume
+from asyncq.brokers._sqlite_fair import FAIR_SCHEMA, active_keys, advance, migrate, rank
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 Row = tuple[int, str, str, bytes, int, int]  # seq, id, queue, body, priority, deliveries
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS asyncq_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- publish order, never reused
@@ -43,10 +45,10 @@ CREATE TABLE IF NOT EXISTS asyncq_messages (
     available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends
     locked_until REAL,                      -- the claim's lease; NULL or past means waiting
     owner TEXT,                             -- the claiming SQLiteBroker instance
-    deliveries INTEGER NOT NULL DEFAULT 0
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    rank REAL NOT NULL DEFAULT 0            -- fair queuing's virtual start time; 0 for plain messages
 );
--- Delivery order within a queue, so a claim reads only the head of each queue.
-CREATE INDEX IF NOT EXISTS asyncq_messages_order ON asyncq_messages (queue, priority DESC, seq);
+-- (The delivery-order index, asyncq_messages_rank, is made by _sqlite_fair.migrate.)
 -- The next delayed message of a queue, for an idle consumer's sleep.
 CREATE INDEX IF NOT EXISTS asyncq_messages_due ON asyncq_messages (queue, available_at);
 -- The heartbeat's rows; partial, so that only claimed rows pay for it.
@@ -60,8 +62,12 @@ CREATE TABLE IF NOT EXISTS asyncq_dead_letters (
     dead_lettered_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS asyncq_dead_letters_queue ON asyncq_dead_letters (queue);
+"""
+    + FAIR_SCHEMA
+    + """
 COMMIT;
 """
+)
 _WAITING = "queue = ? AND (locked_until IS NULL OR locked_until < ?)"
 # A lease is (seq, owner, deliveries): a settle after the lease lapsed and the row was claimed
 # again, even by this same instance, matches nothing instead of settling the new claim.
@@ -69,26 +75,42 @@ _LEASE = "seq = ? AND owner = ? AND deliveries = ?"
 Lease = tuple[int, str, int]
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, bytes, int, float | None]]) -> None:
+def _insert(
+    conn: sqlite3.Connection,
+    rows: list[tuple[str, str, bytes, int, float | None]],
+    fair: Sequence[tuple[int, str, str, int]] = (),
+) -> None:
     now = time.time()
+    if not fair:
+        conn.executemany(
+            "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)",
+            [(mid, queue, body, prio, now if eta is None else eta) for mid, queue, body, prio, eta in rows],
+        )
+        return
+    ranks = rank(conn, fair)
     conn.executemany(
-        "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)",
-        [(mid, queue, body, prio, now if eta is None else eta) for mid, queue, body, prio, eta in rows],
+        "INSERT INTO asyncq_messages (id, queue, body, priority, available_at, rank)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (mid, queue, body, prio, now if eta is None else eta, ranks.get(i, 0.0))
+            for i, (mid, queue, body, prio, eta) in enumerate(rows)
+        ],
     )
 
 
 def _ready(conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float) -> list[int]:
     # One indexed head-of-queue read per queue, merged here: `queue IN (...)` with this ORDER BY
     # would make SQLite sort every ready row of every queue on each claim.
-    found: list[tuple[int, int]] = []
+    found: list[tuple[int, float, int]] = []
     for queue in queues:
         found += conn.execute(
-            "SELECT priority, seq FROM asyncq_messages INDEXED BY asyncq_messages_order"  # noqa: S608
-            f" WHERE {_WAITING} AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+            "SELECT priority, rank, seq FROM asyncq_messages INDEXED BY asyncq_messages_rank"  # noqa: S608
+            f" WHERE {_WAITING} AND available_at <= ? ORDER BY priority DESC, rank, seq LIMIT ?",
             (queue, now, now, limit),
         ).fetchall()
-    found.sort(key=lambda r: (-r[0], r[1]))
-    return [seq for _, seq in found[:limit]]
+    if len(queues) > 1:
+        found.sort(key=lambda r: (-r[0], r[1], r[2]))
+    return [seq for _, _, seq in found[:limit]]
 
 
 def _claim(
@@ -111,11 +133,15 @@ def _claim(
         now = time.time()
         seqs = _ready(conn, queues, limit, now)  # again: another consumer may have taken them
         marks = ",".join("?" * len(seqs))
-        return conn.execute(
+        taken = conn.execute(
             "UPDATE asyncq_messages SET locked_until = ?, owner = ?, deliveries = deliveries + 1"  # noqa: S608 - only '?' marks are interpolated
-            f" WHERE seq IN ({marks}) RETURNING seq, id, queue, body, priority, deliveries",
+            f" WHERE seq IN ({marks}) RETURNING seq, id, queue, body, priority, deliveries, rank",
             (now + lease, owner, *seqs),
         ).fetchall()
+        fair = [(row[2], row[6]) for row in taken if row[6]]
+        if fair:
+            advance(conn, fair)
+        return [row[:6] for row in taken]
 
     rows = transaction(conn, take)
     rows.sort(key=lambda r: (-r[4], r[0]))  # RETURNING comes in no particular order
@@ -233,7 +259,12 @@ class SQLiteBroker(BrokerDefaults):
     """
 
     capabilities = BrokerCapabilities(
-        durable=True, redelivers_lost=True, notifies=False, priorities=True, delayed_delivery=True
+        durable=True,
+        redelivers_lost=True,
+        notifies=False,
+        priorities=True,
+        delayed_delivery=True,
+        fair_queuing=True,
     )
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -251,12 +282,21 @@ class SQLiteBroker(BrokerDefaults):
         self._owner = uuid.uuid4().hex
         self._consumers: set[_Consumer] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
         self._wakeup = WakeupChannel(self.path, "messages")
 
     async def connect(self) -> None:
-        await self._db.open()
+        opening = self._opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception() is not None)):
+            opening = self._opening = asyncio.ensure_future(self._open())
+        # Every caller waits for the migration too: a claim before it would miss the rank index.
+        await asyncio.shield(opening)
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_leases(), name="asyncq.sqlite.heartbeat")
+
+    async def _open(self) -> None:
+        await self._db.open()
+        await self._db.write(migrate)
 
     async def aclose(self) -> None:
         """Stop renewing claims and close the file.
@@ -275,6 +315,7 @@ class SQLiteBroker(BrokerDefaults):
             await self._db.write(lambda conn: _release(conn, buffered, self._owner))
             self._wakeup.poke()
         await self._db.close()
+        self._opening = None
 
     async def _renew_leases(self) -> None:
         logger.debug("lease heartbeat started for %s (owner %s)", self.path, self._owner)
@@ -304,7 +345,10 @@ class SQLiteBroker(BrokerDefaults):
         if not messages:
             return
         rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta) for m in messages]
-        await self._db.write(partial(_insert, rows=rows))
+        fair = [
+            (i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None
+        ]
+        await self._db.write(partial(_insert, rows=rows, fair=fair))
         self._published()
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
@@ -361,6 +405,10 @@ class SQLiteBroker(BrokerDefaults):
     async def purge(self, queue: str) -> int:
         op = partial(_execute, sql=f"DELETE FROM asyncq_messages WHERE {_WAITING}", queue=queue)  # noqa: S608
         return await self._db.write(op)
+
+    async def active_fair_keys(self, queue: str) -> int:
+        """Fair keys of ``queue`` with messages still waiting for their turn (for stats)."""
+        return await self._db.run(partial(active_keys, queue=queue))
 
     async def queue_length(self, queue: str) -> int:
         sql = f"SELECT COUNT(*) FROM asyncq_messages WHERE {_WAITING}"  # noqa: S608

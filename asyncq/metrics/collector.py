@@ -40,7 +40,8 @@ class TaskMetrics(NoEvents):
     ``asyncq_dead_lettered_total{queue}``, ``asyncq_task_limit_waits_total{task,limit}``,
     ``asyncq_task_runtime_seconds{task}`` and
     ``asyncq_task_queue_wait_seconds{queue}``; and the gauge ``asyncq_queue_length{queue}``
-    (set by :meth:`set_queue_length`).
+    (set by :meth:`set_queue_length`), with ``asyncq_fair_keys{queue}`` where the broker counts
+    its fair-queuing tenants (:meth:`set_fair_keys`).
     """
 
     enabled = True
@@ -86,6 +87,12 @@ class TaskMetrics(NoEvents):
             ["queue"],
             registry=registry,
         )
+        self.fair_keys = Gauge(
+            "asyncq_fair_keys",
+            "Fair-queuing keys (tenants) of a queue with messages waiting for their turn.",
+            ["queue"],
+            registry=registry,
+        )
         # Label lookups take a lock and build a tuple: cache the children the hot path uses.
         self._children: dict[tuple[Any, ...], Any] = {}
         self._sent: OrderedDict[str, float] = OrderedDict()
@@ -101,11 +108,16 @@ class TaskMetrics(NoEvents):
         """Record a sampled queue length."""
         self._child(self.queue_length, queue).set(length)
 
+    def set_fair_keys(self, queue: str, count: int) -> None:
+        """Record a sampled count of fair keys waiting in ``queue``."""
+        self._child(self.fair_keys, queue).set(count)
+
     def forget_queue(self, queue: str) -> None:
         """Stop reporting ``queue``'s length (no longer consumed)."""
-        self._children.pop((id(self.queue_length), queue), None)
-        with contextlib.suppress(KeyError):  # never sampled
-            self.queue_length.remove(queue)
+        for gauge in (self.queue_length, self.fair_keys):
+            self._children.pop((id(gauge), queue), None)
+            with contextlib.suppress(KeyError):  # never sampled
+                gauge.remove(queue)
 
     # -- the worker's hooks ----------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asyncq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from asyncq.task import Request, _current, _done
+from asyncq.request import Request, _current
+from asyncq.task import _done
 from asyncq.worker.procpool import ProcessPool, notify_parent
 from asyncq.worker.quarantine import IsolationGate, request_fields, run_suspect
 from asyncq.worker.threads import ThreadPool

@@ -40,9 +40,12 @@ from asyncq.exceptions import (
 from asyncq.flow.bucket import RateLimiter
 from asyncq.flow.gate import FlowGate
 from asyncq.message import Message
+from asyncq.request import Request, _current
 from asyncq.result import encode_record, encode_success
 from asyncq.states import State
-from asyncq.task import Request, Task, _current
+from asyncq.task import Task
+from asyncq.unique.send import release_unique
+from asyncq.unique.spec import UNIQUE_HEADER
 from asyncq.worker.suspects import (
     BACKSTOP_FACTOR,
     COUNTER_TTL,
@@ -361,6 +364,8 @@ class JobRunner(SuspectRuns):
                 )
             if not message.ignore_result:
                 await self._store_success(message, result, seal)
+            if UNIQUE_HEADER in message.headers:
+                await release_unique(self._broker, message)  # done for good: the next copy may queue
             if self._events_on:
                 self._events.task_succeeded(message, time.perf_counter() - started)
             if self.on_outcome is not None:
@@ -505,6 +510,8 @@ class JobRunner(SuspectRuns):
         task: Task[Any, Any] | None = None,
     ) -> bool:
         """Store a state; False only if a FAILURE was not stored over a SUCCESS (a duplicate)."""
+        if status in _FINAL and UNIQUE_HEADER in message.headers:
+            await release_unique(self._broker, message)  # done for good: the next copy may queue
         if message.ignore_result and status not in (State.FAILURE, State.REVOKED):
             return True
         state = status if isinstance(status, State) else _custom_state(status)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from asyncq.task import Request, _current
+from asyncq.request import Request, _current
 
 if TYPE_CHECKING:
     from asyncq.task import Task

@@ -111,6 +111,51 @@ async def test_priorities(broker_factory, queue: str) -> None:
     assert bodies == [b"high", b"mid", b"low"]
 
 
+async def test_fair_keys_take_turns(broker_factory, queue: str) -> None:
+    broker: Broker = await broker_factory()
+    if not broker.capabilities.fair_queuing:
+        pytest.skip(f"{broker.url}: capabilities.fair_queuing is False")
+    await broker.publish_many([msg(queue, b"a%d" % i, fair_key="a") for i in range(20)])
+    await broker.publish_many([msg(queue, b"b%d" % i, fair_key="b") for i in range(3)])
+    await broker.publish_many([msg(queue, b"c%d" % i, fair_key="c", fair_weight=2) for i in range(4)])
+    await broker.publish_many([msg(queue, b"high", fair_key="a", priority=9)])
+    assert await broker.queue_length(queue) == 28
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        bodies = []
+        for _ in range(28):
+            delivery = await take(it)
+            bodies.append(delivery.body)
+            await delivery.ack()
+    assert bodies[0] == b"high"  # priorities still come first
+    rest = bodies[1:]
+    assert sorted(rest) == sorted(
+        [b"a%d" % i for i in range(20)] + [b"b0", b"b1", b"b2"] + [b"c%d" % i for i in range(4)]
+    )
+    for key in (b"a", b"b", b"c"):  # each key in its own publish order
+        mine = [b for b in rest if b.startswith(key)]
+        assert mine == sorted(mine, key=lambda b: int(b[1:]))
+    # b and c, published after a's 20, are all served within the first 12, not after a's tail.
+    assert max(rest.index(b) for b in (b"b2", b"c3")) < 12, rest
+    # c, weighing 2, is served twice as fast as b: done before b's last.
+    assert rest.index(b"c3") < rest.index(b"b2"), rest
+
+
+async def test_fair_messages_are_purged_and_redelivered(broker_factory, queue: str) -> None:
+    broker: Broker = await broker_factory()
+    if not broker.capabilities.fair_queuing:
+        pytest.skip(f"{broker.url}: capabilities.fair_queuing is False")
+    await broker.publish_many([msg(queue, b"x", fair_key=key) for key in "aab"])
+    assert await broker.purge(queue) == 3
+    assert await broker.queue_length(queue) == 0
+    await broker.publish_many([msg(queue, b"a", fair_key="a")])
+    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+        first = await take(it)
+        await first.nack()  # back to its key's list, delivered again
+        again = await take(it)
+        assert (again.body, again.delivery_count) == (b"a", 2)
+        await again.ack()
+
+
 async def test_delayed_delivery_not_before_eta(broker_factory, queue: str) -> None:
     broker: Broker = await broker_factory()
     eta = time.time() + 1.0

@@ -46,6 +46,7 @@ def test_feeding_events_counts_outcomes_runtimes_and_queue_waits() -> None:
     ]:
         metrics.feed(e)
     metrics.set_queue_length("q", 7)
+    metrics.set_fair_keys("q", 3)
     got = samples(registry)
 
     def total(outcome: str) -> float:
@@ -62,8 +63,10 @@ def test_feeding_events_counts_outcomes_runtimes_and_queue_waits() -> None:
     assert got[("asyncq_task_retries_total", frozenset({"task": "t.add"}.items()))] == 1
     assert got[("asyncq_dead_lettered_total", frozenset({"queue": "q"}.items()))] == 1
     assert got[("asyncq_queue_length", frozenset({"queue": "q"}.items()))] == 7
+    assert got[("asyncq_fair_keys", frozenset({"queue": "q"}.items()))] == 3
     metrics.forget_queue("q")
     assert ("asyncq_queue_length", frozenset({"queue": "q"}.items())) not in samples(registry)
+    assert ("asyncq_fair_keys", frozenset({"queue": "q"}.items())) not in samples(registry)
 
 
 def test_render_speaks_openmetrics_when_asked() -> None:

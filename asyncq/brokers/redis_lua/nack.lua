@@ -9,7 +9,7 @@ if delay > 0 then
   redis.call('ZADD', KEYS[11], eta, h)
   if before == nil or eta < before then wake() end
 else
-  redis.call('LPUSH', ready_key(h), h)
+  push_ready(h, true)
   wake()
 end
 return 1

@@ -21,6 +21,7 @@ else
 end
 local now, before, soonest = nil, false, nil
 local lists = {}
+local fair_ready = false
 for j = 1, #new do
   local i = new[j]
   local h = ARGV[2 + 3 * i]
@@ -30,6 +31,9 @@ for j = 1, #new do
     if before == false then before = earliest(KEYS[11]) end
     redis.call('ZADD', KEYS[11], eta, h)
     if soonest == nil or eta < soonest then soonest = eta end
+  elseif #h > 25 then
+    push_ready(h, false)
+    fair_ready = true
   else
     local p = string.sub(h, 1, 1)
     local l = lists[p]
@@ -37,7 +41,7 @@ for j = 1, #new do
     l[#l + 1] = h
   end
 end
-local ready = false
+local ready = fair_ready
 for p, l in pairs(lists) do
   redis.call('RPUSH', KEYS[tonumber(p) + 1], unpack(l))
   ready = true

@@ -18,6 +18,20 @@ for k = 1, 10 do
   local hs = redis.call('LPOP', KEYS[k], chunk - seen)
   if hs then drop(hs) end
 end
+for p in pairs(fair_priorities()) do
+  local ring = base .. 'ring:' .. p
+  for _, key in ipairs(redis.call('LRANGE', ring, 0, -1)) do
+    if seen >= chunk then break end
+    local sub = base .. 'fair:' .. p .. ':' .. key
+    local hs = redis.call('LPOP', sub, chunk - seen)
+    if hs then drop(hs) end
+    if redis.call('LLEN', sub) == 0 then
+      redis.call('LREM', ring, 0, key)
+      redis.call('HDEL', base .. 'credit:' .. p, key)
+    end
+  end
+  if redis.call('LLEN', ring) == 0 then redis.call('SREM', base .. 'fairp', p) end
+end
 if seen < chunk then
   local hs = redis.call('ZRANGE', KEYS[11], 0, chunk - seen - 1)
   if #hs > 0 then

@@ -4,7 +4,7 @@ local n = 0
 for i = 1, #ARGV, 2 do
   local h = ARGV[i]
   if redis.call('HGET', KEYS[14], h) == ARGV[i + 1] and redis.call('ZREM', KEYS[12], h) == 1 then
-    redis.call('LPUSH', ready_key(h), h)
+    push_ready(h, true)
     redis.call('HDEL', KEYS[17], h)
     if ARGV[i + 1] == '1' then redis.call('HDEL', KEYS[14], h) else redis.call('HINCRBY', KEYS[14], h, -1) end
     n = n + 1
