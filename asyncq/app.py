@@ -20,7 +20,7 @@ from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.config import Conf
 from asyncq.eager import apply_eagerly
 from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
-from asyncq.fair import FAIR_KEY_HEADER, FAIR_WEIGHT_HEADER, MAX_WEIGHT
+from asyncq.fair import fair_fields
 from asyncq.message import SENT_AT, Message, encode_message
 from asyncq.outbox import Outbox
 from asyncq.result import AsyncResult
@@ -449,20 +449,15 @@ class App:
             fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
             raise unserializable_argument(message, self.serializers, fn, bound=bound) or exc from exc
         body = security.seal_outgoing(body, message.task)  # signs; enforces message_max_bytes
-        headers = message.headers
-        fair_key = headers.get(FAIR_KEY_HEADER) if headers else None
-        if fair_key is None:
-            return OutgoingMessage(
-                id=message.id, queue=message.queue, body=body, priority=message.priority, eta=message.eta
-            )
+        fair_key, fair_weight = fair_fields(message.headers)
         return OutgoingMessage(
             id=message.id,
             queue=message.queue,
             body=body,
             priority=message.priority,
             eta=message.eta,
-            fair_key=str(fair_key),
-            fair_weight=_weight(headers.get(FAIR_WEIGHT_HEADER)),
+            fair_key=fair_key,
+            fair_weight=fair_weight,
         )
 
     async def send_message(
@@ -585,13 +580,6 @@ class App:
 
         refuse_in_spawned_child()
         return Worker(self, **options)
-
-
-def _weight(value: Any) -> int:
-    # A header written by another producer: anything but a sane integer weighs 1.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return min(MAX_WEIGHT, max(1, value))
-    return 1
 
 
 def _remote_stub(*args: Any, **kwargs: Any) -> Any:

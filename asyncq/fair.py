@@ -15,7 +15,7 @@ from typing import Any, Final
 from asyncq.exceptions import ConfigurationError
 from asyncq.keys import KeyOf, key_function
 
-__all__ = ["FAIR_KEY_HEADER", "FAIR_WEIGHT_HEADER", "MAX_WEIGHT", "FairSpec", "fair_spec"]
+__all__ = ["FAIR_KEY_HEADER", "FAIR_WEIGHT_HEADER", "MAX_WEIGHT", "FairSpec", "fair_fields", "fair_spec"]
 
 #: The headers carrying a fair message's key and (when not 1) its weight.
 FAIR_KEY_HEADER: Final = "fair_key"
@@ -61,3 +61,15 @@ def fair_spec(
             )
         checked[str(name)] = weight
     return FairSpec(key_function(task_name, "fair_key", fn, key, bind=bind), checked)
+
+
+def fair_fields(headers: Mapping[str, Any] | None) -> tuple[str | None, int]:
+    """A message's fair key and weight, read from its headers: ``(None, 1)`` for a plain one."""
+    fair_key = headers.get(FAIR_KEY_HEADER) if headers else None
+    if fair_key is None or headers is None:
+        return None, 1
+    weight = headers.get(FAIR_WEIGHT_HEADER)
+    # A header written by another producer: anything but a sane integer weighs 1.
+    if isinstance(weight, int) and not isinstance(weight, bool):
+        return str(fair_key), min(MAX_WEIGHT, max(1, weight))
+    return str(fair_key), 1
