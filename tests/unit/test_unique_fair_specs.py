@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 
 from asyncq import App
-from asyncq.app import _weight
 from asyncq.exceptions import ConfigurationError
-from asyncq.fair import FAIR_KEY_HEADER, FAIR_WEIGHT_HEADER
+from asyncq.fair import FAIR_KEY_HEADER, FAIR_WEIGHT_HEADER, fair_fields
 from asyncq.keys import key_function
 
 
@@ -74,7 +73,9 @@ def test_fair_messages_carry_key_and_weight() -> None:
     assert (app.outgoing(small).fair_key, app.outgoing(small).fair_weight) == ("small", 1)
     assert (app.outgoing(big).fair_key, app.outgoing(big).fair_weight) == ("big", 3)
     assert app.outgoing(app.stand_in_task("plain").build_message(())).fair_key is None
-    assert [_weight(v) for v in (None, "3", True, 0, 5, 10**6)] == [1, 1, 1, 1, 5, 1000]
+    weights = [fair_fields({"fair_key": "k", "fair_weight": v})[1] for v in (None, "3", True, 0, 5, 10**6)]
+    assert weights == [1, 1, 1, 1, 5, 1000]
+    assert fair_fields({}) == (None, 1)
 
 
 def test_bad_fair_declarations_are_configuration_errors() -> None:
