@@ -114,8 +114,9 @@ def test_buffered_events_are_no_objects_for_the_garbage_collector() -> None:
     [
         (b"not json", "not JSON"),
         (b"[]", "must be a JSON object"),
-        (b'{"v": 2, "tasks": []}', "unsupported event batch version 2"),
+        (b'{"v": 3, "tasks": []}', "unsupported event batch version 3"),
         (b'{"v": 1, "tasks": [{"uuid": "x"}]}', "malformed task entry"),
+        (b'{"v": 2, "t0": 0, "tasks": {"uuid": ["x"], "type": 1, "time": [0, 1]}}', "malformed event batch"),
     ],
 )
 def test_bad_batches_are_refused_with_the_reason(data: bytes, message: str) -> None:
