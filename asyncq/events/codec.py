@@ -13,9 +13,8 @@ batch's ``hostname`` and ``pid``; it reads version 1 batches too (:mod:`asyncq.e
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from json.encoder import encode_basestring
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncq.events.legacy as legacy
@@ -62,7 +61,8 @@ EVENT_TYPES: Final = TASK_EVENT_TYPES + WORKER_EVENT_TYPES
 #: One row of an emitter's buffer, made of atomic values only (str, int, float, None): CPython
 #: stops tracking such tuples at its first garbage collection, so a buffer of them costs the
 #: collector nothing, where rows holding the Message would keep every one alive into the older
-#: generations (measured: most of what events cost a busy worker). Times are ``time.time_ns()``.
+#: generations (measured: most of what events cost a busy worker). Times are nanoseconds after
+#: the buffer's start (``time.time_ns()``); a runtime is integer microseconds.
 #: A task row: ``(code, time, id, retries, name, queue, root_id, parent_id, extra, started,
 #: succeeded, runtime)``: its first event (``code`` at ``time``), then the times of the
 #: task-started and task-succeeded events written into it when they come before the flush
@@ -137,7 +137,8 @@ def _strings(values: Sequence[str | None]) -> str:
     except TypeError:
         return "[" + ",".join(map(_s, values)) + "]"
     # One pass in C: deleting what would need escaping removes exactly the separators' quotes.
-    if text.isascii() and len(raw := text.encode()) - len(raw.translate(None, _ESCAPED)) == 2 * len(values) - 2:
+    raw = text.encode()
+    if text.isascii() and len(raw) - len(raw.translate(None, _ESCAPED)) == 2 * len(values) - 2:
         return f'["{text}"]'
     return "[" + ",".join(map(_s, values)) + "]"
 
@@ -150,68 +151,60 @@ def _column(values: list[Any]) -> str:
     return "[" + ",".join(map(str, values)) + "]" if first.__class__ is int else _strings(values)
 
 
-def _times(values: list[int | None], t0: int) -> str:
-    """A column of times (``time_ns``) as microseconds after ``t0``, null where there is none."""
+def _numbers(values: list[int | None]) -> str:
+    """A column of integers, null where there is none: one join in C, as is usual."""
     if values.count(None) == len(values):
         return "null"
-    return "[" + ",".join(["null" if t is None else str((t - t0) // 1000) for t in values]) + "]"
+    return "[" + ",".join(map(str, values)).replace("None", "null") + "]"
 
 
 def _fields(codes: list[int], extras: list[Any]) -> str:
     """``[row, {fields}]`` of the rows whose first event has fields of its own (the less common ones)."""
     found = []
     for row, (code, extra) in enumerate(zip(codes, extras, strict=True)):
-        if code == SENT or code == RECEIVED:
+        if code in (SENT, RECEIVED):
             if extra:  # ',"eta":...': the message's own fields, as JSON text
                 found.append(f"[{row},{{{extra[1:]}}}]")
-        elif code != STARTED and code != SUCCEEDED:
+        elif code not in (STARTED, SUCCEEDED):
             found.append(f"[{row},{_details(code, extra)}]")
     return ",".join(found)
 
 
-def _rows(flat: list[Any], t0: int) -> str:
+def _rows(flat: list[Any]) -> str:
     """The ``tasks`` columns and the ``fields`` of a batch's task rows (no worker events among them)."""
-    codes, uuids, extras, runtimes = flat[0::STRIDE], flat[2::STRIDE], flat[8::STRIDE], flat[11::STRIDE]
-    roots = flat[6::STRIDE]
+    codes, uuids, roots, extras = flat[0::STRIDE], flat[2::STRIDE], flat[6::STRIDE], flat[8::STRIDE]
     root = '{"same_as":"uuid"}' if roots == uuids else _column(roots)
-    runtime = (
-        "null"
-        if runtimes.count(None) == len(runtimes)
-        else "[" + ",".join(["null" if r is None else str(round(r * 1e6)) for r in runtimes]) + "]"
-    )
     # The usual batch's rows have no fields (received: "", a row of its own: None): counted in C.
     is_plain = extras.count("") + extras.count(None) == len(extras)
     return (
-        f'"tasks":{{"type":{_column(codes)},"time":{_times(flat[1::STRIDE], t0)},'
-        f'"started":{_times(flat[9::STRIDE], t0)},"succeeded":{_times(flat[10::STRIDE], t0)},'
-        f'"runtime":{runtime},"uuid":{_strings(uuids)},"name":{_column(flat[4::STRIDE])},'
-        f'"queue":{_column(flat[5::STRIDE])},"retries":{_column(flat[3::STRIDE])},'
-        f'"root_id":{root},'
+        f'"tasks":{{"type":{_column(codes)},"time":{_numbers(flat[1::STRIDE])},'
+        f'"started":{_numbers(flat[9::STRIDE])},"succeeded":{_numbers(flat[10::STRIDE])},'
+        f'"runtime":{_numbers(flat[11::STRIDE])},"uuid":{_strings(uuids)},"name":{_column(flat[4::STRIDE])},'
+        f'"queue":{_column(flat[5::STRIDE])},"retries":{_column(flat[3::STRIDE])},"root_id":{root},'
         f'"parent_id":{_column(flat[7::STRIDE])}}},"fields":[{"" if is_plain else _fields(codes, extras)}]'
     )
 
 
-def _worker_event(code: int, timestamp: int, fields: dict[str, Any]) -> str:
-    body = {"type": EVENT_TYPES[code], "timestamp": timestamp / 1e9, **fields}
+def _worker_event(code: int, timestamp: float, fields: dict[str, Any]) -> str:
+    body = {"type": EVENT_TYPES[code], "timestamp": timestamp, **fields}
     if code == ONLINE:
         body.setdefault("sw_ident", "asyncq")
         body.setdefault("sw_ver", __version__)
     return json_dumps(body).decode()
 
 
-def encode_batch(hostname: str, pid: int, flat: list[Any]) -> bytes:
-    """One batch's wire bytes (docs/protocol.md) from a flat buffer of records (``STRIDE`` values each)."""
+def encode_batch(hostname: str, pid: int, flat: list[Any], t0: int) -> bytes:
+    """One batch's wire bytes (docs/protocol.md) from a flat buffer of rows (``STRIDE`` values each),
+    whose times are nanoseconds after ``t0`` (``time.time_ns()``)."""
     codes = flat[0::STRIDE]
-    t0 = flat[1] - flat[1] % 1000 if flat else 0  # a whole microsecond, so offsets add up exactly
     workers = ""
     if codes and max(codes) >= ONLINE:  # a worker event (one every heartbeat): taken out the slow way
-        records = [flat[at : at + STRIDE] for at in range(0, len(flat), STRIDE)]
-        workers = ",".join(_worker_event(r[0], r[1], r[8]) for r in records if r[0] >= ONLINE)
-        flat = [value for r in records if r[0] < ONLINE for value in r]
-    rows = _rows(flat, t0) if flat else '"tasks":{"uuid":[]},"fields":[]'
+        rows = [flat[at : at + STRIDE] for at in range(0, len(flat), STRIDE)]
+        workers = ",".join(_worker_event(r[0], (t0 + r[1]) / 1e9, r[8]) for r in rows if r[0] >= ONLINE)
+        flat = [value for r in rows if r[0] < ONLINE for value in r]
+    tasks = _rows(flat) if flat else '"tasks":{"uuid":[]},"fields":[]'
     return (
-        f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"t0":{t0 // 1000},'
-        f'{rows},"workers":[{workers}]}}'
+        f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"t0":{t0},{tasks},"workers":[{workers}]}}'
     ).encode()
 
 
@@ -237,10 +230,8 @@ def decode_batch(data: bytes) -> list[dict[str, Any]]:
 
 
 # A row's columns, in the order a reader expands them (``same_as`` names an earlier one).
-_COLUMNS: Final = (
-    "uuid", "type", "time", "started", "succeeded", "runtime", "name", "queue", "retries", "root_id", "parent_id"
-)  # fmt: skip
 _TASK_FIELDS: Final = ("uuid", "name", "queue", "retries", "root_id", "parent_id")
+_COLUMNS: Final = ("uuid", "type", "time", "started", "succeeded", "runtime", *_TASK_FIELDS[1:])
 
 
 def _expand(value: Any, columns: dict[str, list[Any]], count: int) -> list[Any]:
@@ -263,22 +254,24 @@ def _decode(batch: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any
         for name in _COLUMNS:
             columns[name] = _expand(table.get(name), columns, count)
         fields: dict[int, dict[str, Any]] = {row: dict(extra) for row, extra in batch.get("fields") or ()}
-        tasks = [dict(zip(_TASK_FIELDS, values, strict=True)) for values in zip(*map(columns.get, _TASK_FIELDS))]
+        values = zip(*[columns[name] for name in _TASK_FIELDS], strict=True)
+        tasks = [dict(zip(_TASK_FIELDS, task, strict=True)) for task in values]
         codes = columns["type"]
         # The message's eta and expires, given with its task-sent or task-received: on every
         # event of that attempt in the batch.
-        given = {}
+        given: dict[tuple[str, int], dict[str, Any]] = {}
         for row, extra in fields.items():
             if codes[row] in (SENT, RECEIVED) and ("eta" in extra or "expires" in extra):
-                task = tasks[row]
-                given[task["uuid"], task["retries"]] = {k: extra.pop(k) for k in ("eta", "expires") if k in extra}
+                key = (tasks[row]["uuid"], tasks[row]["retries"])
+                given[key] = {name: extra.pop(name) for name in ("eta", "expires") if name in extra}
         if given:
             for task in tasks:
-                task.update(given.get((task["uuid"], task["retries"]), ()))
-        t0 = int(batch["t0"])
-        rows = zip(codes, columns["time"], columns["started"], columns["succeeded"], columns["runtime"], tasks)
-        for row, (code, offset, started, succeeded, runtime, task) in enumerate(rows):
-            event = {**common, "type": TASK_EVENT_TYPES[code], "timestamp": (t0 + offset) / 1e6, **task}
+                task.update(given.get((task["uuid"], task["retries"]), {}))
+        t0 = int(batch["t0"])  # nanoseconds: exact as an int, a float only once added up
+        times = (columns[name] for name in ("time", "started", "succeeded", "runtime"))
+        for row, (code, offset, started, succeeded, runtime) in enumerate(zip(codes, *times, strict=True)):
+            task = tasks[row]
+            event = {**common, "type": TASK_EVENT_TYPES[code], "timestamp": (t0 + offset) / 1e9, **task}
             if code == SUCCEEDED:
                 event["runtime"] = runtime / 1e6
             extra = fields.get(row)
@@ -286,17 +279,11 @@ def _decode(batch: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any
                 event.update(extra)
             found.append(event)
             if started is not None:
-                found.append({**common, "type": "task-started", "timestamp": (t0 + started) / 1e6, **task})
+                found.append({**common, "type": "task-started", "timestamp": (t0 + started) / 1e9, **task})
             if succeeded is not None:
-                found.append(
-                    {
-                        **common,
-                        "type": "task-succeeded",
-                        "timestamp": (t0 + succeeded) / 1e6,
-                        **task,
-                        "runtime": runtime / 1e6,
-                    }
-                )
+                end = {**common, "type": "task-succeeded", "timestamp": (t0 + succeeded) / 1e9, **task}
+                end["runtime"] = runtime / 1e6
+                found.append(end)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise SerializationError(f"a malformed event batch: {exc!r}") from None
     found += [{**common, **event} for event in batch.get("workers") or () if isinstance(event, dict)]

@@ -41,7 +41,7 @@ _SUCCEEDED: Final = codec.SUCCEEDED
 _now = time.time_ns
 
 
-def _encode(hostname: str, flat: list[Any]) -> bytes:
+def _encode(hostname: str, flat: list[Any], t0: int) -> bytes:
     """Encode a flat buffer, with the garbage collector paused (no await in between).
 
     Encoding makes a tuple per event (its task's key), all freed when it returns. A collection
@@ -52,7 +52,7 @@ def _encode(hostname: str, flat: list[Any]) -> bytes:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return codec.encode_batch(hostname, os.getpid(), flat)
+        return codec.encode_batch(hostname, os.getpid(), flat, t0)
     finally:
         if was_enabled:
             gc.enable()
@@ -129,6 +129,7 @@ class EventEmitter(NoEvents):
         # Task id -> where its row starts in the buffer, while its started / succeeded events
         # may still be written into it. Only positions in this buffer: cleared when it is sent.
         self._open: dict[str, int] = {}
+        self._t0 = _now()  # the buffer's times are nanoseconds after this (small ints format fast)
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -165,7 +166,7 @@ class EventEmitter(NoEvents):
         self._add(
             (
                 code,
-                time.time_ns(),
+                _now() - self._t0,
                 message.id,
                 message.retries,
                 message.task,
@@ -201,8 +202,8 @@ class EventEmitter(NoEvents):
         buffer = self._buffer
         at = len(buffer)
         buffer += (
-            codec.RECEIVED,
-            time.time_ns(),
+            _RECEIVED,
+            _now() - self._t0,
             message.id,
             message.retries,
             message.task,
@@ -223,13 +224,13 @@ class EventEmitter(NoEvents):
     def task_started(self, message: Message) -> None:
         at = self._open.get(message.id)
         if at is not None:
-            self._buffer[at + 9] = time.time_ns()
+            self._buffer[at + 9] = _now() - self._t0
             return
         # Received before the last flush: a row of its own, which its end can still join.
         self._open[message.id] = self._add(
             (
-                codec.STARTED,
-                time.time_ns(),
+                _STARTED,
+                _now() - self._t0,
                 message.id,
                 message.retries,
                 message.task,
@@ -247,13 +248,13 @@ class EventEmitter(NoEvents):
         at = self._open.pop(message.id, None)
         if at is not None:
             buffer = self._buffer
-            buffer[at + 10] = time.time_ns()
-            buffer[at + 11] = runtime
+            buffer[at + 10] = _now() - self._t0
+            buffer[at + 11] = round(runtime * 1e6)
             return
         self._add(
             (
-                codec.SUCCEEDED,
-                time.time_ns(),
+                _SUCCEEDED,
+                _now() - self._t0,
                 message.id,
                 message.retries,
                 message.task,
@@ -263,7 +264,7 @@ class EventEmitter(NoEvents):
                 None,
                 None,
                 None,
-                runtime,
+                round(runtime * 1e6),
             )
         )
 
@@ -286,12 +287,11 @@ class EventEmitter(NoEvents):
         if message is not None:
             self._task(codec.DEAD_LETTERED, message, reason)
         else:
-            self._add(
-                (codec.DEAD_LETTERED, time.time_ns(), task_id, 0, None, queue, None, None, reason, None, None, None)
-            )
+            when, code = _now() - self._t0, codec.DEAD_LETTERED
+            self._add((code, when, task_id, 0, None, queue, None, None, reason, None, None, None))
 
     def worker_event(self, code: int, **fields: Any) -> None:
-        self._add((code, time.time_ns(), "", 0, "", "", None, None, fields, None, None, None))
+        self._add((code, _now() - self._t0, "", 0, "", "", None, None, fields, None, None, None))
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -318,8 +318,9 @@ class EventEmitter(NoEvents):
         """Send the buffered events now, as one batch."""
         # Copied and cleared, not replaced: the buffer list stays old, so minor collections do
         # not walk its (up to BUFFER_LIMIT x STRIDE) items every time.
-        flat = self._buffer[:]
+        flat, t0 = self._buffer[:], self._t0
         del self._buffer[:]
+        self._t0 = _now()
         self._open.clear()  # later events of these tasks go in rows of the next batch
         self._wake.clear()
         if self.dropped:
@@ -327,7 +328,7 @@ class EventEmitter(NoEvents):
             self.dropped = 0
         if not flat:
             return
-        data = _encode(self.hostname, flat)
+        data = _encode(self.hostname, flat, t0)
         try:
             await self.bus.connect()
             await self.bus.publish(data)
