@@ -274,9 +274,9 @@ def _decode(batch: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any
             event = {**common, "type": TASK_EVENT_TYPES[code], "timestamp": (t0 + offset) / 1e9, **task}
             if code == SUCCEEDED:
                 event["runtime"] = runtime / 1e6
-            extra = fields.get(row)
-            if extra:
-                event.update(extra)
+            own = fields.get(row)
+            if own:
+                event.update(own)
             found.append(event)
             if started is not None:
                 found.append({**common, "type": "task-started", "timestamp": (t0 + started) / 1e9, **task})
