@@ -3,7 +3,7 @@
 A task's received, started and succeeded events make one row of plain values in a flat list
 (a tuple appended, then two stores into it); a named background task (``asyncq.events.flush``)
 sends what gathered every ``event_flush_interval`` seconds as one batch. The bus being slow or
-away never slows tasks down: past :data:`BUFFER_LIMIT` waiting events the oldest are dropped
+away never slows tasks down: past :data:`BUFFER_LIMIT` waiting rows the oldest are dropped
 (and counted in a warning). With events off, the hooks are :class:`NoEvents`' empty methods.
 """
 
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 #: succeeded); beyond, the oldest tenth is dropped.
 BUFFER_LIMIT: Final = 100_000
 _STRIDE: Final = codec.STRIDE  # values per record (codec.Record)
-_LIMIT: Final = BUFFER_LIMIT * _STRIDE
 # Looked up once here rather than as attributes in every hook.
 _RECEIVED: Final = codec.RECEIVED
 _STARTED: Final = codec.STARTED
@@ -116,12 +115,22 @@ class EventEmitter(NoEvents):
         hostname: the emitter's name in every event (a worker's ``host:pid``).
         include_args: put task args and kwargs in task-sent and task-received events.
         flush_interval: seconds events gather before they are sent together.
+        buffer_limit: rows kept waiting for the bus, at most (:data:`BUFFER_LIMIT`).
     """
 
     enabled = True
 
-    def __init__(self, bus: EventBus, hostname: str, *, include_args: bool, flush_interval: float) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        hostname: str,
+        *,
+        include_args: bool,
+        flush_interval: float,
+        buffer_limit: int = BUFFER_LIMIT,
+    ) -> None:
         self.bus = bus
+        self._limit = max(10, buffer_limit) * _STRIDE
         self.hostname = hostname
         self.include_args = include_args
         self.flush_interval = flush_interval
@@ -148,13 +157,13 @@ class EventEmitter(NoEvents):
         buffer += record
         if not at:
             self._wake.set()
-        elif at >= _LIMIT:
+        elif at >= self._limit:
             return self._trim(at)
         return at
 
     def _trim(self, at: int) -> int:
         """Drop the oldest tenth of a full buffer; where the row at ``at`` starts now."""
-        cut = (_LIMIT // 10) // _STRIDE * _STRIDE
+        cut = (self._limit // 10) // _STRIDE * _STRIDE
         self.dropped += _events_in(self._buffer[:cut])
         del self._buffer[:cut]
         self._open.clear()  # the positions moved
@@ -217,7 +226,7 @@ class EventEmitter(NoEvents):
         )
         if not at:
             self._wake.set()
-        elif at >= _LIMIT:
+        elif at >= self._limit:
             at = self._trim(at)
         self._open[message.id] = at
 
@@ -317,7 +326,7 @@ class EventEmitter(NoEvents):
     async def flush(self) -> None:
         """Send the buffered events now, as one batch."""
         # Copied and cleared, not replaced: the buffer list stays old, so minor collections do
-        # not walk its (up to BUFFER_LIMIT x STRIDE) items every time.
+        # not walk its (up to buffer_limit x STRIDE) items every time.
         flat, t0 = self._buffer[:], self._t0
         del self._buffer[:]
         self._t0 = _now()
