@@ -51,14 +51,14 @@ async def drain(url: str, prefix: str, n: int, concurrency: int, events: bool) -
     return n / elapsed, n / cpu
 
 
-async def events_sent(url: str, prefix: str) -> int:
-    """Events in the stream (each entry is a batch)."""
+async def events_sent(url: str, prefix: str) -> tuple[int, int]:
+    """Events in the stream (each entry is a batch), and the bytes of their batches."""
     from redis.asyncio import Redis
 
     client = Redis.from_url(url)
     try:
-        entries = await client.xrange(f"{prefix}:events")
-        return sum(len(decode_batch(fields[b"b"])) for _, fields in entries)
+        batches = [fields[b"b"] for _, fields in await client.xrange(f"{prefix}:events")]
+        return sum(len(decode_batch(batch)) for batch in batches), sum(map(len, batches))
     finally:
         await client.aclose()
 
@@ -81,7 +81,7 @@ async def main() -> None:
             prefix = f"asyncq-bench-events-{uuid.uuid4().hex[:8]}"
             try:
                 rate, cpu_rate = await drain(args.url, prefix, args.tasks, args.concurrency, events)
-                emitted = await events_sent(args.url, prefix)
+                emitted, size = await events_sent(args.url, prefix)
             finally:
                 await delete_prefix(args.url, prefix)
             wall[events].append(rate)
@@ -89,7 +89,7 @@ async def main() -> None:
             label = "on " if events else "off"
             print(
                 f"round {round_number + 1} events {label}: {rate:9,.0f} tasks/s, "
-                f"{cpu_rate:9,.0f} tasks/CPU-s ({emitted:,} events sent)"
+                f"{cpu_rate:9,.0f} tasks/CPU-s ({emitted:,} events sent, {size / args.tasks:.0f} bytes/task)"
             )
     for name, rates in (("wall clock", wall), ("CPU time", cpu)):
         off, on = statistics.median(rates[False]), statistics.median(rates[True])
