@@ -134,7 +134,8 @@ class EventEmitter(NoEvents):
         self.hostname = hostname
         self.include_args = include_args
         self.flush_interval = flush_interval
-        self._buffer: list[Any] = []  # records, flattened (see _add)
+        self._buffer: list[Any] = []  # rows, flattened (see _add)
+        self._spare: list[Any] = []  # the buffer while the other one is being sent
         # Task id -> where its row starts in the buffer, while its started / succeeded events
         # may still be written into it. Only positions in this buffer: cleared when it is sent.
         self._open: dict[str, int] = {}
@@ -258,7 +259,7 @@ class EventEmitter(NoEvents):
         if at is not None:
             buffer = self._buffer
             buffer[at + 10] = _now() - self._t0
-            buffer[at + 11] = round(runtime * 1e6)
+            buffer[at + 11] = int(runtime * 1e6)
             return
         self._add(
             (
@@ -273,7 +274,7 @@ class EventEmitter(NoEvents):
                 None,
                 None,
                 None,
-                round(runtime * 1e6),
+                int(runtime * 1e6),
             )
         )
 
@@ -325,10 +326,10 @@ class EventEmitter(NoEvents):
 
     async def flush(self) -> None:
         """Send the buffered events now, as one batch."""
-        # Copied and cleared, not replaced: the buffer list stays old, so minor collections do
-        # not walk its (up to buffer_limit x STRIDE) items every time.
-        flat, t0 = self._buffer[:], self._t0
-        del self._buffer[:]
+        # Swapped with a spare, never a new list: both stay old, so minor collections do not
+        # walk their (up to buffer_limit x STRIDE) items every time; and no copy is made.
+        flat, t0 = self._buffer, self._t0
+        self._buffer, self._spare = self._spare, flat
         self._t0 = _now()
         self._open.clear()  # later events of these tasks go in rows of the next batch
         self._wake.clear()
@@ -337,14 +338,17 @@ class EventEmitter(NoEvents):
             self.dropped = 0
         if not flat:
             return
-        data = _encode(self.hostname, flat, t0)
+        try:
+            data, count = _encode(self.hostname, flat, t0), _events_in(flat)
+        finally:
+            del flat[:]  # the spare is empty again before anything can swap it in
         try:
             await self.bus.connect()
             await self.bus.publish(data)
         except AsyncqError as exc:  # monitoring must not stop the work it watches
-            logger.warning("could not send %d events: %s", _events_in(flat), exc)
+            logger.warning("could not send %d events: %s", count, exc)
         else:
-            self.sent += _events_in(flat)
+            self.sent += count
 
     def start_heartbeat(self, fields: Callable[[], dict[str, Any]], interval: float) -> None:
         """Send a worker-heartbeat event with ``fields()`` every ``interval`` seconds until closed."""
