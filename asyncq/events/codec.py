@@ -126,8 +126,8 @@ def _details(code: int, extra: Any) -> str:
 
 # What a JSON string must escape (with '"'): a column free of them is joined into JSON as is.
 _ESCAPED: Final = bytes(range(32)) + b'\\"'
-# The type codes' decimal text, for joining the type column without a str() per row.
-_DIGITS: Final = tuple(str(code) for code in range(len(EVENT_TYPES)))
+# The codes of rows that have no fields of their own when their extra is "" or None.
+_PLAIN: Final = (SENT, RECEIVED, STARTED, SUCCEEDED)
 
 
 def _strings(values: Sequence[str | None]) -> str:
@@ -175,7 +175,8 @@ def _rows(flat: list[Any]) -> str:
     codes, uuids, roots, extras = flat[0::STRIDE], flat[2::STRIDE], flat[6::STRIDE], flat[8::STRIDE]
     root = '{"same_as":"uuid"}' if roots == uuids else _column(roots)
     # The usual batch's rows have no fields (received: "", a row of its own: None): counted in C.
-    is_plain = extras.count("") + extras.count(None) == len(extras)
+    plain_rows = sum(map(codes.count, _PLAIN))
+    is_plain = plain_rows == len(codes) and extras.count("") + extras.count(None) == len(extras)
     return (
         f'"tasks":{{"type":{_column(codes)},"time":{_numbers(flat[1::STRIDE])},'
         f'"started":{_numbers(flat[9::STRIDE])},"succeeded":{_numbers(flat[10::STRIDE])},'

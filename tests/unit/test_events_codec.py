@@ -222,3 +222,14 @@ async def test_a_full_buffer_drops_its_oldest_rows_and_later_events_still_find_t
     last = [(e["type"], e["uuid"]) for e in events[-2:]]
     assert last == [("task-received", "100"), ("task-started", "100")]
     assert f"dropped {limit // 10} events" in caplog.text
+
+
+async def test_an_empty_reason_is_still_a_field() -> None:
+    message = Message(id="1", task="t", queue="q")
+
+    def emit(emitter: EventEmitter) -> None:
+        emitter.task_received(message)
+        emitter.task_revoked(message, "")
+
+    events = decode_batch(await _batch(emit, include_args=False))
+    assert [(e["type"], e.get("reason")) for e in events] == [("task-received", None), ("task-revoked", "")]
