@@ -1,14 +1,15 @@
 """What task events cost: the no-op drain rate on Redis with events off and on, in one run.
 
-Each round queues --tasks no-op tasks (not timed), then starts an embedded worker and times from
+Each drain queues --tasks no-op tasks (not timed), then starts an embedded worker and times from
 the first task's start to the last one's end, in wall-clock time and in this process's CPU
-time. Rounds alternate off / on (--rounds of each), so the machine's load drifts over both
-alike; the medians and their ratios are printed. With events on, the worker sends
-task-received, -started and -succeeded for every task (and worker events) to the Redis
-stream; the target is a ratio of at least 0.90.
+time. Each round drains once with events off and once on, in alternating order (off-on, then
+on-off, ...), so the machine's load drifts over both alike. Printed: the medians of each and
+their ratio, and the median and range of the rounds' own on/off ratios (the spread). With
+events on, the worker sends task-received, -started and -succeeded for every task (and worker
+events) to the Redis stream; the target is a ratio of at least 0.90.
 
 Usage: python benchmarks/events_overhead.py [--url redis://127.0.0.1:6379/0] [--tasks 20000]
-       [--rounds 3] [--concurrency 500] [--loop auto]
+       [--rounds 5] [--concurrency 500] [--loop auto]
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ async def drain(url: str, prefix: str, n: int, concurrency: int, events: bool) -
     return n / elapsed, n / cpu
 
 
-async def events_sent(url: str, prefix: str) -> int:
-    """Events in the stream (each entry is a batch)."""
+async def events_sent(url: str, prefix: str) -> tuple[int, int]:
+    """Events in the stream (each entry is a batch), and the bytes of their batches."""
     from redis.asyncio import Redis
 
     client = Redis.from_url(url)
     try:
-        entries = await client.xrange(f"{prefix}:events")
-        return sum(len(decode_batch(fields[b"b"])) for _, fields in entries)
+        batches = [fields[b"b"] for _, fields in await client.xrange(f"{prefix}:events")]
+        return sum(len(decode_batch(batch)) for batch in batches), sum(map(len, batches))
     finally:
         await client.aclose()
 
@@ -68,7 +69,7 @@ async def main() -> None:
     )
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--loop", default="auto", help="auto (uvloop if installed), asyncio, uvloop")
     args = parser.parse_args()
@@ -76,11 +77,11 @@ async def main() -> None:
     wall: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     for round_number in range(args.rounds):
-        for events in (False, True):
+        for events in (False, True) if round_number % 2 == 0 else (True, False):
             prefix = f"asyncq-bench-events-{uuid.uuid4().hex[:8]}"
             try:
                 rate, cpu_rate = await drain(args.url, prefix, args.tasks, args.concurrency, events)
-                emitted = await events_sent(args.url, prefix)
+                emitted, size = await events_sent(args.url, prefix)
             finally:
                 await delete_prefix(args.url, prefix)
             wall[events].append(rate)
@@ -88,14 +89,16 @@ async def main() -> None:
             label = "on " if events else "off"
             print(
                 f"round {round_number + 1} events {label}: {rate:9,.0f} tasks/s, "
-                f"{cpu_rate:9,.0f} tasks/CPU-s ({emitted:,} events sent)"
+                f"{cpu_rate:9,.0f} tasks/CPU-s ({emitted:,} events sent, {size / args.tasks:.0f} bytes/task)"
             )
     for name, rates in (("wall clock", wall), ("CPU time", cpu)):
         off, on = statistics.median(rates[False]), statistics.median(rates[True])
         verdict = "met" if on / off >= 0.90 else "NOT met"
+        pairs = [b / a for a, b in zip(rates[False], rates[True], strict=True)]
         print(
             f"{name:10}: median drain off {off:,.0f}/s, on {on:,.0f}/s, "
-            f"on/off {on / off:.3f} (target >= 0.90: {verdict})"
+            f"on/off {on / off:.3f} (target >= 0.90: {verdict}); per round: median "
+            f"{statistics.median(pairs):.3f}, range {min(pairs):.3f}-{max(pairs):.3f}"
         )
     print(
         "(the CPU-time rate counts only this process's CPU: on a loaded machine it is the steadier "

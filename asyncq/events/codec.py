@@ -1,10 +1,13 @@
 """Monitoring events on the wire: a batch is one JSON object per flush (schema: docs/protocol.md).
 
-Emitters record events as cheap tuples on the hot path (``Record``); encoding happens once per
-flush, here, with hand-written JSON templates (about a third of the cost of building dicts for
-``json.dumps``; times as integer microseconds after the batch's ``t0``, which format several
-times faster than floats): the events of a busy worker are the thing that must stay cheap. Decoding
-(readers only) uses the json module and gives each event its batch's ``hostname`` and ``pid``.
+Emitters record events on the hot path as rows of atomic values in one flat list (``Record``):
+a task's received, started and succeeded share a row. Encoding happens once per flush, here.
+A batch (version 2) is that table stored by column: each column is a slice of the flat buffer
+turned into JSON by one ``str.join`` (times as integer nanoseconds after the batch's ``t0``,
+runtimes as integer microseconds, strings checked for escapes in one C pass), about a quarter
+of the cost and size of an object per task: the events of a busy worker are the thing that
+must stay cheap. Decoding (readers only) expands a batch back into the documented event dicts,
+each with its batch's ``hostname`` and ``pid``; version 1 batches too (:mod:`asyncq.events.legacy`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, Final
 
+import asyncq.events.legacy as legacy
 from asyncq.__about__ import __version__
 from asyncq.exceptions import SerializationError
 from asyncq.serializers import json_dumps
@@ -26,6 +30,7 @@ __all__ = [
     "EVENTS_VERSION",
     "TASK_EVENT_TYPES",
     "WORKER_EVENT_TYPES",
+    "STRIDE",
     "Record",
     "arguments_json",
     "decode_batch",
@@ -33,7 +38,8 @@ __all__ = [
     "exception_fields",
 ]
 
-EVENTS_VERSION: Final = 1
+#: The batch format written (docs/protocol.md); readers also take version 1.
+EVENTS_VERSION: Final = 2
 
 # Record codes: the index into TYPES.
 SENT, RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, REJECTED, DEAD_LETTERED, WAITING = range(10)
@@ -53,17 +59,26 @@ TASK_EVENT_TYPES: Final = (
 WORKER_EVENT_TYPES: Final = ("worker-online", "worker-heartbeat", "worker-offline")
 EVENT_TYPES: Final = TASK_EVENT_TYPES + WORKER_EVENT_TYPES
 
-#: One recorded event, made of atomic values only (str, int, float, None): CPython stops tracking
-#: such tuples at its first garbage collection, so a buffer of them costs the collector nothing,
-#: where records holding the Message would keep every one alive into the older generations
-#: (measured: most of what events cost a busy worker). Task events:
-#: ``(code, timestamp, id, retries, name, queue, root_id, parent_id, extra)``; worker events:
-#: ``(code, timestamp, "", 0, "", "", None, None, fields)``. ``extra`` by code: SENT, RECEIVED:
-#: JSON text, ``,"eta":..,"expires":..,"args":..,"kwargs":..`` (each only when there);
-#: SUCCEEDED: the runtime; FAILED: (exception type, message, runtime); RETRIED: (exception type
-#: or None, message, retry eta); REVOKED, DEAD_LETTERED: the reason; REJECTED: (reason,
-#: requeue); WAITING: (the limit, its key or None, the wait in seconds or None); STARTED: None.
-Record = tuple[int, float, str, int, "str | None", str, "str | None", "str | None", Any]
+#: One row of an emitter's buffer, made of atomic values only (str, int, float, None): CPython
+#: stops tracking such tuples at its first garbage collection, so a buffer of them costs the
+#: collector nothing, where rows holding the Message would keep every one alive into the older
+#: generations (measured: most of what events cost a busy worker). Times are nanoseconds after
+#: the buffer's start (``time.time_ns()``); a runtime is integer microseconds.
+#: A task row: ``(code, time, id, retries, name, queue, root_id, parent_id, extra, started,
+#: succeeded, runtime)``: its first event (``code`` at ``time``), then the times of the
+#: task-started and task-succeeded events written into it when they come before the flush
+#: (None until then), and the runtime of its task-succeeded. A worker event: ``(code, time, "",
+#: 0, "", "", None, None, fields, None, None, None)``. ``extra`` by code: SENT, RECEIVED: JSON
+#: text, ``,"eta":..,"expires":..,"args":..,"kwargs":..`` (each only when there), else "";
+#: FAILED: (exception type, message, runtime); RETRIED: (exception type or None, message, retry
+#: eta); REVOKED, DEAD_LETTERED: the reason; REJECTED: (reason, requeue); WAITING: (the limit,
+#: its key or None, the wait in seconds or None); STARTED, SUCCEEDED (rows of their own, after
+#: a flush): None.
+Record = tuple[
+    int, int, str, int, "str | None", str, "str | None", "str | None", Any, "int | None", "int | None", Any
+]
+#: Values per row: an emitter's buffer is its rows, flattened, STRIDE values each.
+STRIDE: Final = 12
 
 _MESSAGE_LIMIT: Final = 1000  # characters of an exception message or reason kept in an event
 
@@ -92,7 +107,7 @@ def arguments_json(message: Message) -> str:
 
 
 def _details(code: int, extra: Any) -> str:
-    """The fields a (less common) task event adds to its task's, as JSON object text, or ""."""
+    """The fields a (less common) task event adds to its task's, as JSON object text."""
     if code == FAILED:
         kind, text, runtime = extra
         return f'{{"runtime":{runtime!r},"exception_type":{_s(kind)},"exception_message":{_s(text)}}}'
@@ -101,7 +116,7 @@ def _details(code: int, extra: Any) -> str:
         fields = [] if eta is None else [f'"retry_eta":{eta!r}']
         if kind is not None:
             fields.append(f'"exception_type":{_s(kind)},"exception_message":{_s(text)}')
-        return "{" + ",".join(fields) + "}" if fields else ""
+        return "{" + ",".join(fields) + "}"
     if code == WAITING:
         limit, key, wait = extra
         fields_text = f'"limit":{_s(limit)}'
@@ -116,44 +131,72 @@ def _details(code: int, extra: Any) -> str:
         if requeue is not None:
             fields_text += f',"requeue":{"true" if requeue else "false"}'
         return "{" + fields_text + "}"
-    return ""
+    return "{}"
 
 
-# '["task-received",' ...: an event's array up to its time offset.
-_OPENERS: Final = tuple(f'["{kind}",' for kind in TASK_EVENT_TYPES)
+# What a JSON string must escape (with '"'): a column free of them is joined into JSON as is.
+_ESCAPED: Final = bytes(range(32)) + b'\\"'
+# The codes of rows that have no fields of their own when their extra is "" or None.
+_PLAIN: Final = (SENT, RECEIVED, STARTED, SUCCEEDED)
 
 
-def _events(group: list[Record], t0: float) -> str:
-    """A task's events as JSON arrays: [type, µs after t0] or [type, µs, runtime µs | {fields}]."""
-    parts = []
-    for record in group:
-        code, offset, extra = record[0], int((record[1] - t0) * 1e6), record[8]
-        if code == SUCCEEDED:
-            parts.append(f"{_OPENERS[code]}{offset},{int(extra * 1e6)}]")
-            continue
-        details = _details(code, extra)
-        parts.append(f"{_OPENERS[code]}{offset},{details}]" if details else f"{_OPENERS[code]}{offset}]")
-    return ",".join(parts)
+def _strings(values: Sequence[str | None]) -> str:
+    """A JSON array of strings (or nulls): one join when none needs escaping, as is usual."""
+    try:
+        text = '","'.join(values)  # type: ignore[arg-type]  # a None raises TypeError: the slow way
+    except TypeError:
+        return "[" + ",".join(map(_s, values)) + "]"
+    # One pass in C: deleting what would need escaping removes exactly the separators' quotes.
+    raw = text.encode()
+    if text.isascii() and len(raw) - len(raw.translate(None, _ESCAPED)) == 2 * len(values) - 2:
+        return f'["{text}"]'
+    return "[" + ",".join(map(_s, values)) + "]"
 
 
-def _task(group: list[Record], t0: float, names: dict[tuple[str | None, str], str]) -> str:
-    """One task's entry: what it is, once, and its events of this batch."""
-    _, _, task_id, retries, name, queue, root_id, parent_id, _ = group[0]
-    key = (name, queue)
-    name_queue = names.get(key)
-    if name_queue is None:
-        name_queue = names[key] = f'"name":{_s(name)},"queue":{_s(queue)}'
-    ident = _s(task_id)
-    root = ident if root_id == task_id else _s(root_id)
-    head = f'{{"uuid":{ident},{name_queue},"retries":{retries},"root_id":{root},"parent_id":{_s(parent_id)}'
-    for record in group:
-        if record[0] in (SENT, RECEIVED):  # the message's own fields, given when it was taken
-            head += record[8]
-            break
-    return f'{head},"events":[{_events(group, t0)}]}}'
+def _column(values: list[Any]) -> str:
+    """A column of strings, or of ints: the one value of every row, or an array of one per row."""
+    first = values[0]
+    if values.count(first) == len(values):
+        return str(first) if first.__class__ is int else _s(first)
+    return "[" + ",".join(map(str, values)) + "]" if first.__class__ is int else _strings(values)
 
 
-def _other(code: int, timestamp: float, fields: dict[str, Any]) -> str:
+def _numbers(values: list[int | None]) -> str:
+    """A column of integers, null where there is none: one join in C, as is usual."""
+    if values.count(None) == len(values):
+        return "null"
+    return "[" + ",".join(map(str, values)).replace("None", "null") + "]"
+
+
+def _fields(codes: list[int], extras: list[Any]) -> str:
+    """``[row, {fields}]`` of the rows whose first event has fields of its own (the less common ones)."""
+    found = []
+    for row, (code, extra) in enumerate(zip(codes, extras, strict=True)):
+        if code in (SENT, RECEIVED):
+            if extra:  # ',"eta":...': the message's own fields, as JSON text
+                found.append(f"[{row},{{{extra[1:]}}}]")
+        elif code not in (STARTED, SUCCEEDED):
+            found.append(f"[{row},{_details(code, extra)}]")
+    return ",".join(found)
+
+
+def _rows(flat: list[Any]) -> str:
+    """The ``tasks`` columns and the ``fields`` of a batch's task rows (no worker events among them)."""
+    codes, uuids, roots, extras = flat[0::STRIDE], flat[2::STRIDE], flat[6::STRIDE], flat[8::STRIDE]
+    root = '{"same_as":"uuid"}' if roots == uuids else _column(roots)
+    # The usual batch's rows have no fields (received: "", a row of its own: None): counted in C.
+    plain_rows = sum(map(codes.count, _PLAIN))
+    is_plain = plain_rows == len(codes) and extras.count("") + extras.count(None) == len(extras)
+    return (
+        f'"tasks":{{"type":{_column(codes)},"time":{_numbers(flat[1::STRIDE])},'
+        f'"started":{_numbers(flat[9::STRIDE])},"succeeded":{_numbers(flat[10::STRIDE])},'
+        f'"runtime":{_numbers(flat[11::STRIDE])},"uuid":{_strings(uuids)},"name":{_column(flat[4::STRIDE])},'
+        f'"queue":{_column(flat[5::STRIDE])},"retries":{_column(flat[3::STRIDE])},"root_id":{root},'
+        f'"parent_id":{_column(flat[7::STRIDE])}}},"fields":[{"" if is_plain else _fields(codes, extras)}]'
+    )
+
+
+def _worker_event(code: int, timestamp: float, fields: dict[str, Any]) -> str:
     body = {"type": EVENT_TYPES[code], "timestamp": timestamp, **fields}
     if code == ONLINE:
         body.setdefault("sw_ident", "asyncq")
@@ -161,59 +204,23 @@ def _other(code: int, timestamp: float, fields: dict[str, Any]) -> str:
     return json_dumps(body).decode()
 
 
-def encode_batch(hostname: str, pid: int, records: Sequence[Record]) -> bytes:
-    """One batch's wire bytes (docs/protocol.md): its task events grouped by task, then the others."""
-    t0 = records[0][1] if records else 0.0
-    tasks: dict[str, list[Record]] = {}
-    others: list[str] = []
-    for record in records:
-        if record[0] >= ONLINE:
-            others.append(_other(record[0], record[1], record[8]))
-            continue
-        group = tasks.get(record[2])
-        if group is None:
-            tasks[record[2]] = [record]
-        else:
-            group.append(record)
-    names: dict[tuple[str | None, str], str] = {}
-    parts = []
-    quote = encode_basestring
-    for group in tasks.values():
-        if len(group) == 3:
-            first, second, third = group
-            if (
-                first[0] == RECEIVED
-                and second[0] == STARTED
-                and third[0] == SUCCEEDED
-                and first[3] == third[3]
-            ):
-                # The usual case in one template (it is most of a busy worker's events).
-                _, t1, task_id, retries, name, queue, root_id, parent_id, fields = first
-                name_queue = names.get((name, queue))
-                if name_queue is None:
-                    name_queue = names[(name, queue)] = f'"name":{_s(name)},"queue":{_s(queue)}'
-                ident = quote(task_id)
-                root = ident if root_id == task_id else _s(root_id)
-                parent = "null" if parent_id is None else quote(parent_id)
-                parts.append(
-                    f'{{"uuid":{ident},{name_queue},"retries":{retries},"root_id":{root},'
-                    f'"parent_id":{parent}{fields},"events":[["task-received",{int((t1 - t0) * 1e6)}],'
-                    f'["task-started",{int((second[1] - t0) * 1e6)}],'
-                    f'["task-succeeded",{int((third[1] - t0) * 1e6)},{int(third[8] * 1e6)}]]}}'
-                )
-                continue
-        attempts: dict[int, list[Record]] = {}  # one id, several attempts (retries) in a batch
-        for record in group:
-            attempts.setdefault(record[3], []).append(record)
-        parts += [_task(attempt, t0, names) for attempt in attempts.values()]
+def encode_batch(hostname: str, pid: int, flat: list[Any], t0: int) -> bytes:
+    """One batch's wire bytes (docs/protocol.md) from a flat buffer of rows (``STRIDE`` values each),
+    whose times are nanoseconds after ``t0`` (``time.time_ns()``)."""
+    codes = flat[0::STRIDE]
+    workers = ""
+    if codes and max(codes) >= ONLINE:  # a worker event (one every heartbeat): taken out the slow way
+        rows = [flat[at : at + STRIDE] for at in range(0, len(flat), STRIDE)]
+        workers = ",".join(_worker_event(r[0], (t0 + r[1]) / 1e9, r[8]) for r in rows if r[0] >= ONLINE)
+        flat = [value for r in rows if r[0] < ONLINE for value in r]
+    tasks = _rows(flat) if flat else '"tasks":{"uuid":[]},"fields":[]'
     return (
-        f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"t0":{t0!r},'
-        f'"tasks":[{",".join(parts)}],"events":[{",".join(others)}]}}'
+        f'{{"v":{EVENTS_VERSION},"hostname":{_s(hostname)},"pid":{pid},"t0":{t0},{tasks},"workers":[{workers}]}}'
     ).encode()
 
 
 def decode_batch(data: bytes) -> list[dict[str, Any]]:
-    """The events of one batch, each with its batch's ``hostname`` and ``pid``.
+    """The events of one batch (version 2, or 1), each with its batch's ``hostname`` and ``pid``.
 
     Raises:
         SerializationError: not a batch of a version this asyncq reads.
@@ -224,25 +231,71 @@ def decode_batch(data: bytes) -> list[dict[str, Any]]:
         raise SerializationError(f"an event batch is not JSON: {exc}") from None
     if not isinstance(batch, dict):
         raise SerializationError("an event batch must be a JSON object")
-    if batch.get("v") != EVENTS_VERSION:
-        raise SerializationError(f"unsupported event batch version {batch.get('v')!r}; this asyncq reads 1")
+    version = batch.get("v")
+    if version not in (1, EVENTS_VERSION):
+        raise SerializationError(f"unsupported event batch version {version!r}; this asyncq reads 1 and 2")
     common = {"hostname": batch.get("hostname"), "pid": batch.get("pid")}
-    found: list[dict[str, Any]] = []
-    try:
-        t0 = float(batch.get("t0") or 0.0)
-        for task in batch.get("tasks") or ():
-            fields = {key: value for key, value in task.items() if key != "events"}
-            args = {key: fields.pop(key) for key in ("args", "kwargs") if key in fields}
-            for kind, offset, *details in task["events"]:
-                event = {**common, "type": kind, "timestamp": round(t0 + offset / 1e6, 6), **fields}
-                if args and kind in ("task-sent", "task-received"):
-                    event.update(args)
-                if details:
-                    extra = details[0]
-                    event.update({"runtime": extra / 1e6} if isinstance(extra, int) else extra)
-                found.append(event)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise SerializationError(f"a malformed task entry in an event batch: {exc!r}") from None
-    found += [{**common, **event} for event in batch.get("events") or () if isinstance(event, dict)]
+    found = legacy.decode_v1(batch, common) if version == 1 else _decode(batch, common)
     found.sort(key=lambda event: event.get("timestamp") or 0.0)
+    return found
+
+
+# A row's columns, in the order a reader expands them (``same_as`` names an earlier one).
+_TASK_FIELDS: Final = ("uuid", "name", "queue", "retries", "root_id", "parent_id")
+_COLUMNS: Final = ("uuid", "type", "time", "started", "succeeded", "runtime", *_TASK_FIELDS[1:])
+
+
+def _expand(value: Any, columns: dict[str, list[Any]], count: int) -> list[Any]:
+    """A column's values: an array as is, ``{"same_as": column}``, or one value for every row."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(f"a column of {len(value)} values for {count} rows")
+        return value
+    if isinstance(value, dict):
+        return columns[value["same_as"]]
+    return [value] * count
+
+
+def _decode(batch: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    try:
+        table = batch["tasks"]
+        count = len(table["uuid"])
+        columns: dict[str, list[Any]] = {}
+        for name in _COLUMNS:
+            columns[name] = _expand(table.get(name), columns, count)
+        fields: dict[int, dict[str, Any]] = {row: dict(extra) for row, extra in batch.get("fields") or ()}
+        values = zip(*[columns[name] for name in _TASK_FIELDS], strict=True)
+        tasks = [dict(zip(_TASK_FIELDS, task, strict=True)) for task in values]
+        codes = columns["type"]
+        # The message's eta and expires, given with its task-sent or task-received: on every
+        # event of that attempt in the batch.
+        given: dict[tuple[str, int], dict[str, Any]] = {}
+        for row, extra in fields.items():
+            if codes[row] in (SENT, RECEIVED) and ("eta" in extra or "expires" in extra):
+                key = (tasks[row]["uuid"], tasks[row]["retries"])
+                given[key] = {name: extra.pop(name) for name in ("eta", "expires") if name in extra}
+        if given:
+            for task in tasks:
+                task.update(given.get((task["uuid"], task["retries"]), {}))
+        t0 = int(batch["t0"])  # nanoseconds: exact as an int, a float only once added up
+        times = (columns[name] for name in ("time", "started", "succeeded", "runtime"))
+        for row, (code, offset, started, succeeded, runtime) in enumerate(zip(codes, *times, strict=True)):
+            task = tasks[row]
+            event = {**common, "type": TASK_EVENT_TYPES[code], "timestamp": (t0 + offset) / 1e9, **task}
+            if code == SUCCEEDED:
+                event["runtime"] = runtime / 1e6
+            own = fields.get(row)
+            if own:
+                event.update(own)
+            found.append(event)
+            if started is not None:
+                found.append({**common, "type": "task-started", "timestamp": (t0 + started) / 1e9, **task})
+            if succeeded is not None:
+                end = {**common, "type": "task-succeeded", "timestamp": (t0 + succeeded) / 1e9, **task}
+                end["runtime"] = runtime / 1e6
+                found.append(end)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"a malformed event batch: {exc!r}") from None
+    found += [{**common, **event} for event in batch.get("workers") or () if isinstance(event, dict)]
     return found

@@ -13,6 +13,7 @@ import pytest
 from asyncq import App
 from asyncq.events import EventStream
 from asyncq.exceptions import Reject
+from tests.conformance.drivers_postgres import drop_schema, with_schema
 from tests.conformance.drivers_rabbitmq import rabbitmq_url  # noqa: F401 - the fixture
 from tests.helpers import delete_prefix, unique_prefix
 from tests.services import require_service
@@ -26,6 +27,7 @@ TIMEOUT = 30.0
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def events_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
@@ -37,6 +39,14 @@ async def events_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         app = App("events", broker=rabbitmq, backend=f"sqlite:///{tmp_path / 'results.db'}", config=config)
         yield app
         await app.aclose()
+        return
+    if request.param == "postgres":  # its own schema on the shared server, dropped after
+        server = require_service("postgres")
+        schema = f"asyncq_test_{uuid.uuid4().hex[:12]}"
+        app = App("events", broker=with_schema(server, schema), config=config)
+        yield app
+        await app.aclose()
+        await drop_schema(server, schema)
         return
     if request.param != "redis":
         sqlite = f"sqlite:///{tmp_path / 'store.db'}?poll_interval=0.02"
