@@ -167,14 +167,20 @@ Step = str
 
 
 def _render(step: Step, names: Names) -> str:
-    # "{jobs}" -> the quoted table, "{ix:jobs_ready}" -> the quoted index name.
+    # "{jobs}" -> the quoted table, "{ix:jobs_ready}" -> the quoted index name, "{qix:jobs_ready}"
+    # -> the same, schema-qualified (DROP INDEX needs it: the schema may not be on the search path).
     out = step
     while "{" in out:
         start = out.index("{")
         end = out.index("}", start)
         token = out[start + 1 : end]
         kind, _, name = token.rpartition(":")
-        value = names.index(name) if kind == "ix" else names.table(name)
+        if kind == "ix":
+            value = names.index(name)
+        elif kind == "qix":
+            value = f"{quote(names.schema)}.{names.index(name)}"
+        else:
+            value = names.table(name)
         out = out[:start] + value + out[end + 1 :]
     return out
 

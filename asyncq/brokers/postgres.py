@@ -19,6 +19,7 @@ from asyncq._options import Option, seconds
 from asyncq._postgres import Database, Listener, import_asyncpg, is_connection, parse_postgres_url
 from asyncq._utils import cancel_and_wait, describe_error
 from asyncq.brokers._kit import check_consume
+from asyncq.brokers._postgres_fair import FairRow, FairStatements
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults, DeadLetter, Delivery, OutgoingMessage
 from asyncq.brokers.postgres_sql import MIGRATIONS, Statements
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
@@ -39,7 +40,7 @@ APPLICATION_NAME: Final = "asyncq-broker-"
 
 T = TypeVar("T")
 
-Row = Any  # an asyncpg Record: seq, id, queue, body, priority, deliveries
+Row = Any  # an asyncpg Record: seq, id, queue, body, priority, deliveries, rank
 
 
 class _Consumer:
@@ -161,7 +162,12 @@ class PostgresBroker(BrokerDefaults):
     """
 
     capabilities = BrokerCapabilities(
-        durable=True, redelivers_lost=True, notifies=True, priorities=True, delayed_delivery=True
+        durable=True,
+        redelivers_lost=True,
+        notifies=True,
+        priorities=True,
+        delayed_delivery=True,
+        fair_queuing=True,
     )
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -172,6 +178,7 @@ class PostgresBroker(BrokerDefaults):
         self.vacuum_interval: float = settings["vacuum_interval"]
         self._db = Database(url, dsn, settings, error=BrokerError, connection_error=BrokerConnectionError)
         self._sql = Statements(self._db.names)
+        self._fair = FairStatements(self._db.names)
         self._channel = self._db.names.channel("jobs")
         self._owner = uuid.uuid4().hex
         # The server lists this name while the process lives: a dead worker's is gone at once.
@@ -268,6 +275,7 @@ class PostgresBroker(BrokerDefaults):
         async def run(conn: Any) -> None:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._sql.vacuum_lock):
                 try:
+                    await conn.execute(self._sql.expired_locks)
                     await conn.execute(self._sql.vacuum)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", self._sql.vacuum_lock)
@@ -302,8 +310,13 @@ class PostgresBroker(BrokerDefaults):
 
     async def _publish_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         args = self._insert_args(messages)
+        fair = _fair_rows(messages)
         # A retry after a lost commit reply may store a message twice: at-least-once, documented.
-        await self._db.run("publish", lambda c: c.fetchval(self._sql.insert, *args))
+        if fair:
+            ranked = self._sql.insert_ranked
+            await self._db.run("publish", lambda c: self._fair.insert(c, ranked, args, fair, None))
+        else:
+            await self._db.run("publish", lambda c: c.fetchval(self._sql.insert, *args))
 
     async def publish_in_transaction(self, connection: Any, messages: Sequence[OutgoingMessage]) -> None:
         """Insert ``messages`` through the caller's asyncpg ``connection``, in its transaction.
@@ -320,8 +333,13 @@ class PostgresBroker(BrokerDefaults):
             return
         asyncpg = import_asyncpg()
         args = self._insert_args(messages)
+        fair = _fair_rows(messages)
+        timeout = self._db.command_timeout
         try:
-            await connection.fetchval(self._sql.insert, *args, timeout=self._db.command_timeout)
+            if fair:  # a savepoint inside the caller's transaction
+                await self._fair.insert(connection, self._sql.insert_ranked, args, fair, timeout)
+            else:
+                await connection.fetchval(self._sql.insert, *args, timeout=timeout)
         except asyncpg.UndefinedTableError as exc:
             raise BrokerError(
                 f"the jobs table {self._db.names.table('jobs')} is not in the connection's database:"
@@ -378,8 +396,11 @@ class PostgresBroker(BrokerDefaults):
         sql = self._sql
         rows = await conn.fetch(sql.claim, queues, limit, self._owner, self.visibility_timeout)
         if rows:
+            fair = [(row["queue"], row["rank"]) for row in rows if row["rank"]]
+            if fair:
+                await self._fair.advance(conn, fair)
             # RETURNING comes in no particular order.
-            return sorted(rows, key=lambda r: (-r["priority"], r["seq"])), None
+            return sorted(rows, key=lambda r: (-r["priority"], r["rank"], r["seq"])), None
         return [], await conn.fetchval(sql.next_due, queues)
 
     async def _release(self, seqs: list[int]) -> None:
@@ -425,6 +446,13 @@ class PostgresBroker(BrokerDefaults):
         status = await self._db.run("purge", lambda c: c.execute(self._sql.purge, queue))
         return int(status.rsplit(" ", 1)[-1])
 
+    async def active_fair_keys(self, queue: str) -> int:
+        """Fair keys of ``queue`` with messages still waiting for their turn (for stats)."""
+        count: int = await self._db.run(
+            "active_fair_keys", lambda c: c.fetchval(self._fair.active_keys, queue)
+        )
+        return count
+
     async def queue_length(self, queue: str) -> int:
         count: int = await self._db.run("queue_length", lambda c: c.fetchval(self._sql.length, queue))
         return count
@@ -457,3 +485,7 @@ class PostgresBroker(BrokerDefaults):
             "purge_dead_letters", lambda c: c.execute(self._sql.purge_dead_letters, queue)
         )
         return int(status.rsplit(" ", 1)[-1])
+
+
+def _fair_rows(messages: Sequence[OutgoingMessage]) -> list[FairRow]:
+    return [(i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None]

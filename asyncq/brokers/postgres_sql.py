@@ -51,6 +51,28 @@ MIGRATIONS: Final[tuple[Step, ...]] = (
     CREATE INDEX {ix:dead_letters_queue} ON {dead_letters} (queue, seq);
     CREATE INDEX {ix:dead_letters_id} ON {dead_letters} (queue, id, seq);
     """,
+    # Fair queuing (asyncq/brokers/_postgres_fair.py) and unique-task locks (asyncq/unique/postgres.py).
+    """
+    -- A fair message's virtual start time; 0 for plain ones, so they keep publish order.
+    ALTER TABLE {jobs} ADD COLUMN rank double precision NOT NULL DEFAULT 0;
+    CREATE INDEX {ix:jobs_ranked} ON {jobs} (queue, priority DESC, rank, seq) WHERE owner IS NULL;
+    DROP INDEX {qix:jobs_ready};  -- replaced by jobs_ranked, the claim's new order
+    CREATE TABLE {fair_keys} (
+        queue text NOT NULL,
+        key text NOT NULL,
+        finish double precision NOT NULL,       -- the key's finish tag F_k
+        PRIMARY KEY (queue, key)
+    );
+    CREATE TABLE {fair_clock} (
+        queue text PRIMARY KEY,
+        vtime double precision NOT NULL         -- the queue's virtual clock V
+    );
+    CREATE TABLE {unique_locks} (
+        key text PRIMARY KEY,
+        holder text NOT NULL,
+        expires double precision NOT NULL       -- epoch seconds, the server's clock
+    );
+    """,
 )
 
 # A lease is (seq, owner, deliveries): a settle after the lease lapsed and the row was claimed
@@ -76,18 +98,31 @@ class Statements:
             )
             SELECT count(pg_notify($6, queue)) FROM (SELECT DISTINCT queue FROM ins) s
         """  # noqa: S608 - quoted identifiers only
+        self.insert_ranked = f"""
+            WITH ins AS (
+                INSERT INTO {jobs} (id, queue, body, priority, available_at, rank)
+                SELECT i, q, b, p, COALESCE(e, {NOW}), r
+                FROM unnest(
+                    $1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::float8[], $7::float8[]
+                ) WITH ORDINALITY AS t(i, q, b, p, e, r, n)
+                ORDER BY n
+                RETURNING queue
+            )
+            SELECT count(pg_notify($6, queue)) FROM (SELECT DISTINCT queue FROM ins) s
+        """  # noqa: S608
+        # Plain rows have rank 0: the same index order as before fair queuing, for them.
         self.claim = f"""
             WITH picked AS (
                 SELECT seq FROM {jobs}
                 WHERE queue = ANY($1::text[]) AND owner IS NULL AND available_at <= {NOW}
-                ORDER BY priority DESC, seq
+                ORDER BY priority DESC, rank, seq
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE {jobs} j
             SET owner = $3, locked_until = {NOW} + $4, deliveries = j.deliveries + 1
             FROM picked WHERE j.seq = picked.seq
-            RETURNING j.seq, j.id, j.queue, j.body, j.priority, j.deliveries
+            RETURNING j.seq, j.id, j.queue, j.body, j.priority, j.deliveries, j.rank
         """  # noqa: S608
         self.next_due = f"""
             SELECT min(available_at) - {NOW} FROM {jobs}
@@ -142,6 +177,8 @@ class Statements:
                 (SELECT count(pg_notify($2, queue)) FROM (SELECT DISTINCT queue FROM back) s)
         """  # noqa: S608
         self.vacuum = f"VACUUM (SKIP_LOCKED) {jobs}"
+        # Unique locks of keys never enqueued again would stay: the vacuum's holder drops them.
+        self.expired_locks = f"DELETE FROM {names.table('unique_locks')} WHERE expires <= {NOW}"  # noqa: S608
         self.vacuum_lock = int.from_bytes(
             hashlib.sha256(f"vacuum {jobs}".encode()).digest()[:8], "big", signed=True
         )

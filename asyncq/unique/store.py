@@ -37,6 +37,8 @@ class LockStore(Protocol):
 LOCK_STORES: Final[dict[str, str]] = {
     "memory": "asyncq.unique.memory:MemoryLockStore",
     "sqlite": "asyncq.unique.sqlite:SQLiteLockStore",
+    "postgresql": "asyncq.unique.postgres:PostgresLockStore",
+    "postgres": "asyncq.unique.postgres:PostgresLockStore",
     "redis": "asyncq.unique.redis:RedisLockStore",
     "rediss": "asyncq.unique.redis:RedisLockStore",
     "redis+cluster": "asyncq.unique.redis:RedisLockStore",
@@ -55,7 +57,7 @@ def lock_store_for(broker: Any) -> LockStore:
         scheme = urlsplit(str(getattr(broker, "url", ""))).scheme
         path = LOCK_STORES.get(scheme)
         if path is None:
-            known = ", ".join(sorted({s.partition("+")[0].rstrip("s") for s in LOCK_STORES}))
+            known = ", ".join(sorted({p.partition(":")[0].rpartition(".")[2] for p in LOCK_STORES.values()}))
             raise ConfigurationError(
                 f"unique tasks need a broker that keeps locks ({known}); the {scheme}:// broker has none"
             )
