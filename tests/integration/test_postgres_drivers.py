@@ -85,9 +85,16 @@ async def test_schema_is_versioned_and_prefix_applies(pg: tuple[str, str], conn:
     try:
         assert await broker.migrate() == []  # already current: nothing to apply
         rows = await conn.fetch(f'SELECT component, version FROM "{schema}".q_schema_version ORDER BY 1')
-        assert [tuple(r) for r in rows] == [("broker", 1)]
+        assert [tuple(r) for r in rows] == [("broker", 2)]
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", schema)
-        assert [r[0] for r in tables] == ["q_dead_letters", "q_jobs", "q_schema_version"]
+        assert [r[0] for r in tables] == [
+            "q_dead_letters",
+            "q_fair_clock",
+            "q_fair_keys",
+            "q_jobs",
+            "q_schema_version",
+            "q_unique_locks",
+        ]
     finally:
         await broker.aclose()
     # A schema written by a newer release is refused, not silently used.

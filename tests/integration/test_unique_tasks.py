@@ -1,8 +1,9 @@
-"""Unique tasks end to end on memory, SQLite and Redis: one copy queued or running per key."""
+"""Unique tasks end to end on memory, SQLite, Redis and PostgreSQL: one copy queued or running per key."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,19 +11,30 @@ import pytest
 
 from asyncq import App
 from asyncq.exceptions import ConfigurationError
-from asyncq.unique.store import lock_store_for
+from asyncq.unique.store import LOCK_STORES, lock_store_for
+from tests.conformance.drivers_postgres import drop_schema, with_schema
 from tests.helpers import delete_prefix, unique_prefix, until
 from tests.services import require_service
 
 TIMEOUT = 15.0
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
     prefix = unique_prefix()
+    schema = f"asyncq_test_{uuid.uuid4().hex[:12]}"
     if request.param == "redis":
         base = require_service("redis")
         url = f"{base}{'&' if '?' in base else '?'}key_prefix={prefix}"
+    elif request.param == "postgres":
+        url = with_schema(require_service("postgres"), schema)
     else:
         url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'store.db'}"
     app = App("unique", broker=url, config={"task_default_retry_delay": 0.05})
@@ -30,6 +42,8 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
     await app.aclose()
     if request.param == "redis":
         await delete_prefix(base, prefix)
+    elif request.param == "postgres":
+        await drop_schema(require_service("postgres"), schema)
 
 
 async def test_second_enqueue_returns_the_queued_copy(app: App) -> None:
@@ -129,5 +143,12 @@ def test_a_broker_without_locks_is_a_configuration_error() -> None:
     class Other:
         url = "amqp://guest@localhost//"
 
-    with pytest.raises(ConfigurationError, match=r"the amqp:// broker has none"):
+    with pytest.raises(
+        ConfigurationError, match=r"\(memory, postgres, redis, sqlite\); the amqp:// broker has none"
+    ):
         lock_store_for(Other())
+
+
+def test_every_lock_store_is_tested() -> None:
+    modules = {path.partition(":")[0].rpartition(".")[2] for path in LOCK_STORES.values()}
+    assert modules == {"memory", "sqlite", "redis", "postgres"}  # the params of the app fixture
