@@ -1,6 +1,6 @@
 """Fair queuing: a small tenant's queue wait while a large tenant has a backlog, fair or not.
 
-For each broker (Redis, SQLite) and each mode, on a fresh queue:
+For each broker (Redis, SQLite, PostgreSQL) and each mode, on a fresh queue:
 
 1. the large tenant publishes ``--big`` messages (100,000 by default), all queued at once;
 2. a consumer drains the queue with ``--prefetch`` (acking each message as it comes, as a
@@ -11,12 +11,14 @@ For each broker (Redis, SQLite) and each mode, on a fresh queue:
 ``fair`` gives every message a ``fair_key`` (the tenant); ``fifo`` gives none (publish order,
 the baseline). The table shows the small tenant's wait p50 / p99 / max in milliseconds, and
 how many large-tenant messages were delivered before the small tenant's last one. What is
-left of the backlog is purged afterwards; the Redis keys (own prefix) and the SQLite file go too.
+left of the backlog is purged afterwards; the Redis keys (own prefix), the SQLite file and
+the PostgreSQL schema go too.
 
 Usage::
 
-    python benchmarks/fairness.py [--only redis,sqlite] [--big 100000] [--small 200]
+    python benchmarks/fairness.py [--only redis,sqlite,postgres] [--big 100000] [--small 200]
         [--interval 0.005] [--prefetch 100] [--redis-url redis://127.0.0.1:6379/0]
+        [--postgres-url postgresql://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
@@ -114,6 +116,16 @@ async def _delete_redis_prefix(url: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def _drop_postgres_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     only = set(args.only.split(","))
     rows: list[tuple[str, str, dict[str, float]]] = []
@@ -127,6 +139,13 @@ async def main(args: argparse.Namespace) -> None:
     if "sqlite" in only:
         with tempfile.TemporaryDirectory() as tmp:
             rows += await run_broker("sqlite", f"sqlite:///{Path(tmp) / 'fair.db'}", args)
+    if "postgres" in only:
+        schema = f"asyncq_bench_fair_{uuid.uuid4().hex[:8]}"
+        sep = "&" if "?" in args.postgres_url else "?"
+        try:
+            rows += await run_broker("postgres", f"{args.postgres_url}{sep}schema={schema}", args)
+        finally:
+            await _drop_postgres_schema(args.postgres_url.split("?")[0], schema)
     print()
     print(
         f"small tenant's queue wait ({args.small} messages, one per {args.interval * 1000:g} ms)"
@@ -149,10 +168,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="redis,sqlite")
+    parser.add_argument("--only", default="redis,sqlite,postgres")
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.005)
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     asyncio.run(main(parser.parse_args()))
