@@ -1,4 +1,4 @@
-"""Unique tasks and fair queuing across three ``asyncq run`` workers, on SQLite and Redis.
+"""Unique tasks and fair queuing across three ``asyncq run`` workers, on SQLite, Redis and PostgreSQL.
 
 Unique: three producer processes enqueue the same unique task at once and get one handle;
 it runs once; enqueued again while running, still that handle; once it finished, a new
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import ROOT, wait_for
+from tests.conformance.drivers_postgres import drop_schema, with_schema
 from tests.services import require_service
 
 APP = "tests.apps.unique_fair_app:app"
@@ -29,7 +30,13 @@ LATE = 20
 BOUND = 1_000
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def env(
     request: pytest.FixtureRequest, store_env: dict[str, str], tmp_path: Path
 ) -> Iterator[dict[str, str]]:
@@ -45,6 +52,12 @@ def env(
         )
         yield env
         _delete_redis_keys(base, prefix)
+    elif request.param == "postgres":
+        base = require_service("postgres")
+        schema = f"asyncq_test_{uuid.uuid4().hex[:12]}"
+        env["ASYNCQ_BROKER_URL"] = env["ASYNCQ_RESULT_BACKEND"] = with_schema(base, schema)
+        yield env
+        asyncio.run(drop_schema(base, schema))
     else:
         yield env
 
