@@ -65,15 +65,21 @@ class FairStatements:
             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
             ON CONFLICT (queue, key) DO UPDATE SET finish = excluded.finish
         """  # noqa: S608
-        # The clock row's lock orders concurrent claims of a queue; publishers never take it.
+        # The clock row's lock orders concurrent claims of a queue; publishers never take it. Key
+        # rows a publisher is writing are skipped, not waited for (that could deadlock with its
+        # upsert of several keys): the next claim drops them if they are still behind.
         self._advance = f"""
             WITH moved AS (
                 INSERT INTO {clock} AS c (queue, vtime)
                 SELECT * FROM unnest($1::text[], $2::float8[])
                 ON CONFLICT (queue) DO UPDATE SET vtime = GREATEST(c.vtime, excluded.vtime)
                 RETURNING queue, vtime
+            ), passed AS (
+                SELECT f.queue, f.key FROM {keys} f JOIN moved ON f.queue = moved.queue
+                WHERE f.finish <= moved.vtime
+                FOR UPDATE OF f SKIP LOCKED
             )
-            DELETE FROM {keys} f USING moved WHERE f.queue = moved.queue AND f.finish <= moved.vtime
+            DELETE FROM {keys} f USING passed WHERE f.queue = passed.queue AND f.key = passed.key
         """  # noqa: S608
         self.active_keys = f"""
             SELECT count(*) FROM {keys} WHERE queue = $1

@@ -2,7 +2,8 @@
 
 Covers the migration of a version-1 schema (rows kept, the claim index replaced), fair
 messages published inside the caller's transaction (ranked at commit, gone on rollback),
-concurrent fair publishers of one key, and the vacuum's clean-up of expired unique locks.
+concurrent fair publishers of one key, fair publishers beside claimers, and the vacuum's
+clean-up of expired unique locks.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ async def test_fair_publish_in_transaction(broker: PostgresBroker, url: str) -> 
     assert await broker.queue_length("t") == 5
     assert await broker.active_fair_keys("t") == 2  # a and b; the rolled-back c left nothing
     assert await drain(broker, "t", 5) == [b"a0", b"b0", b"a1", b"a2", b"a3"]
+    # The clock passed b's finish tag: its row is gone; a's is one turn ahead of the last claim.
+    keys = broker.database.names.table("fair_keys")
+    rows = await broker.database.run("keys", lambda c: c.fetch(f"SELECT key, finish FROM {keys}"))
+    assert [tuple(row) for row in rows] == [("a", 4.0)]
 
 
 async def test_concurrent_publishers_of_one_key_never_share_a_turn(broker: PostgresBroker, url: str) -> None:
@@ -152,3 +157,39 @@ async def test_vacuum_drops_expired_unique_locks(broker: PostgresBroker) -> None
 
 async def _is_free(store: Any, key: str) -> bool:
     return await store.holder(key) is None
+
+
+async def test_fair_publishers_and_claimers_side_by_side(broker: PostgresBroker, url: str) -> None:
+    # Batches of several keys published while two instances claim: every message once, no error.
+    peers = [broker_from_url(url) for _ in range(3)]
+    for peer in peers:
+        await peer.connect()
+    batches, size = 20, 6
+    got: list[bytes] = []
+
+    async def produce(peer: Any, n: int) -> None:
+        for b in range(batches):
+            await peer.publish_many(
+                [msg("s", b"%d-%d-%d" % (n, b, i), fair_key="abc"[i % 3]) for i in range(size)]
+            )
+
+    async def consume(peer: Any) -> None:
+        async with aclosing(peer.consume(["s"], prefetch=4)) as it:
+            async for delivery in it:
+                got.append(delivery.body)
+                await delivery.ack()
+
+    consumers = [asyncio.create_task(consume(peer), name="test.consume") for peer in (broker, peers[2])]
+    try:
+        await asyncio.gather(produce(peers[0], 0), produce(peers[1], 1))
+        await until(lambda: len(got) >= 2 * batches * size, "every message to be delivered")
+        assert sorted(got) == sorted(
+            b"%d-%d-%d" % (n, b, i) for n in range(2) for b in range(batches) for i in range(size)
+        )
+        assert not any(task.done() for task in consumers)  # no claim failed
+    finally:
+        for task in consumers:
+            task.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        for peer in peers:
+            await peer.aclose()
