@@ -56,8 +56,9 @@ class WorkerStats:
         broker_owner: the broker's lease owner id for this worker's messages, when it has one.
         limits: the tasks' rate limits and concurrency keys and their state here:
             ``{"rate_limits": {task: {"rate_limit", "scope", "waiting"}}, "concurrency":
-            {task: {"max_concurrency", "key", "running": {key: n}, "waiting": {key: n}}}}``
-            (docs/flow-control.md).
+            {task: {"max_concurrency", "key", "running": {key: n}, "waiting": {key: n}}},
+            "unique": {task: {"ttl"}}, "fair": {"tasks": {task: {"weights"}}, "active_keys":
+            {queue: n}}}`` (docs/flow-control.md).
     """
 
     hostname: str

@@ -169,6 +169,9 @@ class Broker(Protocol):
         scheme; a driver outside asyncq returns its channel here (built, not connected).
         """
 
+    async def active_fair_keys(self, queue: str) -> int:
+        """Fair keys (tenants) of ``queue`` with messages waiting for their turn (stats, metrics)."""
+
 
 class BrokerDefaults:
     """The optional methods of :class:`Broker` with their defaults: a driver inherits what it lacks."""
@@ -176,3 +179,7 @@ class BrokerDefaults:
     def control_channel(self) -> ControlChannel | None:
         """None: the control channel is looked up by URL scheme."""
         return None
+
+    async def active_fair_keys(self, queue: str) -> int:
+        """0: a broker without fair queuing keeps no fair keys."""
+        return 0

@@ -115,9 +115,8 @@ class WorkerMetrics(TaskMetrics):
             try:
                 async with asyncio.timeout(max(self.interval, 5.0)):
                     self.set_queue_length(queue, await broker.queue_length(queue))
-                    fair_keys = getattr(broker, "active_fair_keys", None)  # Redis, SQLite and PostgreSQL only
-                    if fair_keys is not None:
-                        self.set_fair_keys(queue, await fair_keys(queue))
+                    if broker.capabilities.fair_queuing:
+                        self.set_fair_keys(queue, await broker.active_fair_keys(queue))
             except (AsyncqError, TimeoutError) as exc:  # metrics must not stop the worker
                 logger.debug("could not sample the length of queue %s: %r", queue, exc)
 

@@ -34,7 +34,7 @@ from asyncq.brokers.control import (
 from asyncq.brokers.memory_control import MemoryControlChannel
 from asyncq.config import heartbeat_interval
 from asyncq.control import WorkerStats, decode_request, encode_reply, stats_from_json
-from asyncq.exceptions import ConfigurationError, SerializationError, SignatureError
+from asyncq.exceptions import AsyncqError, ConfigurationError, SerializationError, SignatureError
 from asyncq.message import decode_message
 from asyncq.task import parse_rate_limit
 
@@ -74,6 +74,7 @@ class Presence:
         self.started = time.time()
         self.loop_lag = 0.0
         self.revoked: dict[str, float] = {}
+        self.fair_keys: dict[str, int] = {}  # queue -> tenants waiting their turn, at the last beat
         try:
             self.channel: ControlChannel = control_channel_for(
                 worker.app.broker, conf.control_url, connect_timeout=conf.broker_connection_timeout
@@ -163,10 +164,33 @@ class Presence:
             rss_bytes=_rss_bytes(),
             loop_lag=round(self.loop_lag, 6),
             broker_owner=getattr(worker.app.broker, "_owner", None),
-            limits=self.runner.flow.snapshot(worker.app.tasks),
+            limits={**self.runner.flow.snapshot(worker.app.tasks), **self._queue_limits()},
         )
 
+    def _queue_limits(self) -> dict[str, Any]:
+        """The unique and fair tasks' declarations, and the fair keys waiting at the last beat."""
+        tasks = self.worker.app.tasks
+        limits: dict[str, Any] = {}
+        unique = {name: {"ttl": t.unique.ttl} for name, t in tasks.items() if t.unique is not None}
+        if unique:
+            limits["unique"] = unique
+        fair = {name: {"weights": dict(t.fair.weights)} for name, t in tasks.items() if t.fair is not None}
+        if fair:
+            limits["fair"] = {"tasks": fair, "active_keys": dict(self.fair_keys)}
+        return limits
+
+    async def _count_fair_keys(self) -> None:
+        broker, tasks = self.worker.app.broker, self.worker.app.tasks.values()
+        if not broker.capabilities.fair_queuing or all(t.fair is None for t in tasks):
+            return
+        self.fair_keys = {queue: await broker.active_fair_keys(queue) for queue in self.worker.queues}
+
     async def _beat(self) -> None:
+        try:
+            async with asyncio.timeout(max(5.0, self.interval)):
+                await self._count_fair_keys()
+        except (AsyncqError, TimeoutError) as exc:  # stats go out without the fresh count
+            logger.debug("could not count the fair keys of %s: %r", self.worker.hostname, exc)
         info = _json(asdict(self.stats()))
         async with asyncio.timeout(max(5.0, self.interval)):
             await self.channel.beat(self.worker.hostname, info, ttl=self.interval * self.misses)

@@ -152,3 +152,33 @@ def test_a_broker_without_locks_is_a_configuration_error() -> None:
 def test_every_lock_store_is_tested() -> None:
     modules = {path.partition(":")[0].rpartition(".")[2] for path in LOCK_STORES.values()}
     assert modules == {"memory", "sqlite", "redis", "postgres"}  # the params of the app fixture
+
+
+async def test_unique_and_fair_tasks_and_the_waiting_tenants_show_in_stats(app: App) -> None:
+    app.conf.worker_heartbeat_interval = 0.2  # the fair keys are counted at each heartbeat
+    gate = asyncio.Event()
+
+    @app.task(unique=True, unique_ttl=60)
+    async def once() -> None: ...
+
+    @app.task(fair_key="tenant", fair_weights={"a": 3})
+    async def work(tenant: str, n: int) -> None:
+        await gate.wait()
+
+    handles = [await work.enqueue(tenant, n) for n in range(3) for tenant in "abc"]
+    fair = app.broker.capabilities.fair_queuing
+    queue = app.conf.task_default_queue
+    async with app.worker(concurrency=1, prefetch=1, hostname="w1"):
+        inspect = app.control.inspect(destination=["w1"], timeout=2.0)
+
+        async def three_tenants_waiting() -> bool:
+            stats = (await inspect.stats()).get("w1")
+            return stats is not None and stats.limits["fair"]["active_keys"] == ({queue: 3} if fair else {})
+
+        await until(three_tenants_waiting, "the worker to count the tenants waiting their turn")
+        limits = (await inspect.stats())["w1"].limits
+        assert limits["unique"] == {once.name: {"ttl": 60}}
+        assert limits["fair"]["tasks"] == {work.name: {"weights": {"a": 3}}}
+        gate.set()
+        for handle in handles:
+            await handle.get(timeout=TIMEOUT)
