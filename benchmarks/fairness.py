@@ -32,6 +32,8 @@ import uuid
 from contextlib import aclosing
 from pathlib import Path
 
+from _common import delete_prefix
+
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
 
 CHUNK = 5_000
@@ -105,17 +107,6 @@ async def run_broker(
     return rows
 
 
-async def _delete_redis_prefix(url: str, prefix: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            await client.delete(key)
-    finally:
-        await client.aclose()
-
-
 async def _drop_postgres_schema(url: str, schema: str) -> None:
     import asyncpg
 
@@ -135,7 +126,7 @@ async def main(args: argparse.Namespace) -> None:
         try:
             rows += await run_broker("redis", f"{args.redis_url}{sep}key_prefix={prefix}", args)
         finally:
-            await _delete_redis_prefix(args.redis_url, prefix)
+            await delete_prefix(args.redis_url, prefix)
     if "sqlite" in only:
         with tempfile.TemporaryDirectory() as tmp:
             rows += await run_broker("sqlite", f"sqlite:///{Path(tmp) / 'fair.db'}", args)
