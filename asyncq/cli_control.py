@@ -69,13 +69,6 @@ def _destination(text: str | None) -> list[str] | None:
     return names or None
 
 
-def _held(limits: dict[str, Any]) -> int:
-    """Messages a worker holds for their limits (docs/flow-control.md)."""
-    rates = sum(int(r.get("waiting", 0)) for r in limits.get("rate_limits", {}).values())
-    keys = sum(sum(k.get("waiting", {}).values()) for k in limits.get("concurrency", {}).values())
-    return rates + int(keys)
-
-
 def _inspect_rows(what: str, found: Any) -> tuple[list[str], list[list[Any]]]:
     current = time.time()
     if what == "ping":
@@ -112,7 +105,7 @@ def _inspect_rows(what: str, found: Any) -> tuple[list[str], list[list[Any]]]:
                 s.processed,
                 s.failed,
                 s.in_flight,
-                _held(s.limits),
+                s.held,
                 s.concurrency,
                 f"{s.rss_bytes / 1e6:.1f}",
                 f"{s.loop_lag * 1000:.1f}ms",

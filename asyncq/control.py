@@ -80,6 +80,13 @@ class WorkerStats:
     broker_owner: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def held(self) -> int:
+        """Messages this worker holds for their rate limits and concurrency keys."""
+        rates = sum(int(r.get("waiting", 0)) for r in self.limits.get("rate_limits", {}).values())
+        keys = sum(sum(k.get("waiting", {}).values()) for k in self.limits.get("concurrency", {}).values())
+        return rates + int(keys)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerStatus:

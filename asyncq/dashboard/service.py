@@ -83,6 +83,8 @@ class DashboardService:
         """Every worker the presence records know (lost ones flagged), with its latest stats."""
         statuses = await _deadline(self.app.control.workers(timeout=_TIMEOUT), "the presence records")
         found: list[dict[str, Any]] = to_json(statuses)
+        for status, worker in zip(statuses, found, strict=True):
+            worker["stats"]["held"] = status.stats.held  # messages waiting on their limits
         return found
 
     async def queue_names(self, workers: Sequence[dict[str, Any]] = ()) -> list[str]:

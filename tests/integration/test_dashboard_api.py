@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -179,6 +180,13 @@ def test_worker_actions_reach_the_worker(cluster: Cluster) -> None:
     cancelled = cluster.post("/api/workers/w1@dash/cancel-consumer", {"queue": "dash-extra"})
     assert cancelled.status_code == 200, cancelled.text
     assert cluster.post("/api/workers/nobody/pool-resize", {"concurrency": 2}).status_code == 504
+    page = cluster.http.get("/workers")
+    assert page.status_code == 200
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", page.text.split("</thead>", 1)[0])
+    row = page.text.split('data-worker="w1@dash"', 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[header.index("Held")] == "0"  # nothing waits on a rate limit or a key
+    assert cluster.get("/api/workers")[0]["stats"]["held"] == 0
 
 
 def test_queues_show_lengths_and_purge(cluster: Cluster) -> None:

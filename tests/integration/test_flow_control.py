@@ -33,6 +33,7 @@ async def test_a_task_waiting_on_its_key_gives_its_worker_slot_back(app: App) ->
             return state.get("running") == {"k": 1} and state.get("waiting") == {"k": 1}
 
         await until(one_running_one_waiting, "one hold running and one waiting in the stats")
+        assert (await inspect.stats())["w1"].held == 1  # the `held` of the CLI and the dashboard
         # Two slots: one runs the first hold; the waiting one gave its slot back.
         assert await (await quick.enqueue()).get(timeout=TIMEOUT) == "done"
         release.set()
