@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import aiormq
-from aiormq.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelClosed, ChannelInvalidStateError, ChannelPreconditionFailed
 
 from asyncq.exceptions import AsyncqError, BrokerConnectionError, BrokerError
 
@@ -35,6 +35,12 @@ def translate_errors(
         ) from exc
     except (ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError) as exc:
         raise connection_error(f"{action}: connection to RabbitMQ lost ({exc!r})") from exc
+    except ChannelClosed as exc:
+        if type(exc) is not ChannelClosed or (exc.args and exc.args[0] is not None):
+            raise error(f"{action}: {exc!r}") from exc  # the server's verdict, with its reply code
+        # Closed under this call with no verdict on it (a neighbour's RPC was cancelled, or the
+        # connection is being restored): the robust channel reopens, so it is worth retrying.
+        raise connection_error(f"{action}: channel to RabbitMQ closed ({exc!r})") from exc
     except TimeoutError as exc:
         raise connection_error(f"{action}: RabbitMQ did not answer in time") from exc
     except (aiormq.exceptions.AMQPError, RuntimeError) as exc:

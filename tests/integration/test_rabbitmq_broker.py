@@ -324,6 +324,22 @@ async def test_closing_the_broker_wakes_a_waiting_iterator(make: Factory, queue:
         await asyncio.wait_for(waiting, TIMEOUT)
 
 
+async def test_a_caller_giving_up_leaves_the_shared_channel_to_the_others(make: Factory, queue: str) -> None:
+    # aiormq closes a channel whose RPC is cancelled: one caller's deadline (here, a cancelled
+    # queue_length) must not fail the calls of others in flight on the same channel.
+    broker = await make()
+    await broker.publish(msg(queue))
+    for i in range(40):
+        doomed = asyncio.create_task(broker.queue_length(queue), name="test.doomed")
+        others = [asyncio.create_task(broker.queue_length(queue), name="test.other") for _ in range(3)]
+        others.append(asyncio.create_task(broker.publish(msg(f"{queue}-{i}")), name="test.publish"))
+        await asyncio.sleep(0.0002 * i)
+        doomed.cancel()
+        done = await asyncio.wait_for(asyncio.gather(*others), TIMEOUT)
+        assert done[:3] == [1, 1, 1]
+        assert await broker.queue_length(f"{queue}-{i}") == 1
+
+
 # -- delays --------------------------------------------------------------------------------------
 
 

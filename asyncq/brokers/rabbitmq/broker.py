@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
-from asyncq._amqp import translate_errors
+from aio_pika.abc import AbstractRobustChannel
+
 from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import Delivery
 from asyncq.brokers.rabbitmq.consumer import Consumer
@@ -66,20 +67,22 @@ class RabbitMQBroker(DeadLetters):
         # queue.declare answers with the count of ready messages, so re-declaring (idempotent)
         # counts without the management plugin. Delay queues have no consumers: all ready.
         await self._declare_delays(queue)
-        channel = await self._admin()
         queues = [(queue, self._work_arguments(queue))]
         queues += [
             (level_name(queue, level), self._delay_arguments(queue, level)) for level in DELAY_LEVELS_MS
         ]
-        total = 0
-        with translate_errors(f"{'purge' if purge else 'count'} queue {queue!r}"):
+
+        async def count(channel: AbstractRobustChannel) -> int:
+            total = 0
             for name, arguments in queues:
                 declared = await channel.declare_queue(name, durable=True, arguments=arguments, robust=False)
                 if purge:
                     total += (await declared.purge()).message_count or 0
                 else:
                     total += declared.declaration_result.message_count or 0
-        return total
+            return total
+
+        return await self._on_admin(f"{'purge' if purge else 'count'} queue {queue!r}", count)
 
     async def purge(self, queue: str) -> int:
         """Drop the ready and delayed messages of ``queue`` (not in-flight or dead ones)."""

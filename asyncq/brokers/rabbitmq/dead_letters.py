@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from asyncq._amqp import translate_errors
 from asyncq._utils import now
@@ -134,12 +134,14 @@ class DeadLetters(Publisher):
     async def purge_dead_letters(self, queue: str) -> int:
         """Drop every message of ``<queue>.dead``; return how many."""
         await self._declare(queue)
-        channel = await self._admin()
-        with translate_errors(f"purge the dead letters of {queue!r}"):
+
+        async def purge(channel: AbstractRobustChannel) -> int:
             dead = await channel.declare_queue(
                 f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
             )
             return (await dead.purge()).message_count or 0
+
+        return await self._on_admin(f"purge the dead letters of {queue!r}", purge)
 
 
 def _dead_letter_of(message: AbstractIncomingMessage, queue: str) -> DeadLetter:

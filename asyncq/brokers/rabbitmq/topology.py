@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
@@ -32,6 +33,8 @@ from asyncq.brokers.rabbitmq.wire import (
     level_name,
 )
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+_T = TypeVar("_T")
 
 __all__ = ["Closable", "Topology"]
 
@@ -204,24 +207,41 @@ class Topology(BrokerDefaults):
             ) from None
         return channel
 
+    async def _on_admin(self, action: str, work: Callable[[AbstractRobustChannel], Awaitable[_T]]) -> _T:
+        """Run ``work`` on the shared admin channel, out of reach of the caller's cancellation.
+
+        aiormq closes a channel whose RPC is cancelled, and every other call in flight on it
+        fails; a caller giving up (a deadline, a worker re-subscribing) must not do that to its
+        neighbours, so the short, idempotent admin RPCs run to their end in a task of their own.
+        """
+
+        async def run() -> _T:
+            channel = await self._admin()
+            with translate_errors(action):
+                return await work(channel)
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
+
     async def _declare(self, queue: str) -> None:
         """Declare ``queue``, its dead-letter queue and its binding, once per connection."""
         if queue in self._declared:
             return
         self._check_queue(queue)
+
+        async def declare(channel: AbstractRobustChannel) -> None:
+            await channel.declare_queue(
+                f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
+            )
+            declared = await channel.declare_queue(
+                queue, durable=True, arguments=self._work_arguments(queue), robust=False
+            )
+            if self.exchange:
+                await declared.bind(self.exchange, routing_key=queue, robust=False)
+
         async with self._declare_lock:
             if queue in self._declared:
                 return
-            channel = await self._admin()
-            with translate_errors(f"declare queue {queue!r}"):
-                await channel.declare_queue(
-                    f"{queue}.dead", durable=True, arguments=self._type_arguments(), robust=False
-                )
-                declared = await channel.declare_queue(
-                    queue, durable=True, arguments=self._work_arguments(queue), robust=False
-                )
-                if self.exchange:
-                    await declared.bind(self.exchange, routing_key=queue, robust=False)
+            await self._on_admin(f"declare queue {queue!r}", declare)
             self._declared.add(queue)
 
     async def _declare_delays(self, queue: str) -> None:
@@ -229,18 +249,20 @@ class Topology(BrokerDefaults):
         await self._declare(queue)
         if queue in self._delay_declared:
             return
+
+        async def declare(channel: AbstractRobustChannel) -> None:
+            for level in DELAY_LEVELS_MS:
+                await channel.declare_queue(
+                    level_name(queue, level),
+                    durable=True,
+                    arguments=self._delay_arguments(queue, level),
+                    robust=False,
+                )
+
         async with self._declare_lock:
             if queue in self._delay_declared:
                 return
-            channel = await self._admin()
-            with translate_errors(f"declare the delay queues of {queue!r}"):
-                for level in DELAY_LEVELS_MS:
-                    await channel.declare_queue(
-                        level_name(queue, level),
-                        durable=True,
-                        arguments=self._delay_arguments(queue, level),
-                        robust=False,
-                    )
+            await self._on_admin(f"declare the delay queues of {queue!r}", declare)
             self._delay_declared.add(queue)
 
     async def delete_queue(self, queue: str) -> None:
@@ -249,10 +271,12 @@ class Topology(BrokerDefaults):
         Driver-specific (not part of the Broker protocol): for tests and operations.
         """
         self._check_queue(queue)
-        channel = await self._admin()
         names = [queue, f"{queue}.dead", *(level_name(queue, level) for level in DELAY_LEVELS_MS)]
-        with translate_errors(f"delete queue {queue!r}"):
+
+        async def delete(channel: AbstractRobustChannel) -> None:
             for name in names:
                 await channel.queue_delete(name, if_unused=False, if_empty=False)
+
+        await self._on_admin(f"delete queue {queue!r}", delete)
         self._declared.discard(queue)
         self._delay_declared.discard(queue)
