@@ -143,4 +143,19 @@ def interop_app(celery_url: str, queue: str) -> App:
     async def hopeless(self: Any) -> None:
         raise self.retry(exc=LookupError("still broken"), countdown=0.1)
 
+    running: dict[str, int] = {}
+
+    @app.task(name="interop.serial", concurrency_key="tenant", max_concurrency=1)
+    async def serial(tenant: str) -> int:
+        """How many calls of ``tenant`` ran at once with this one (1 when the key holds)."""
+        running[tenant] = running.get(tenant, 0) + 1
+        try:
+            peak = running[tenant]
+            for _ in range(30):  # long enough for calls sent together to overlap if unlimited
+                await asyncio.sleep(0.01)
+                peak = max(peak, running[tenant])
+            return peak
+        finally:
+            running[tenant] -= 1
+
     return app

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from asyncq.app import App
     from asyncq.celery.amqp_transport import CeleryAMQP
+    from asyncq.flow.gate import FlowGate
     from asyncq.task import Task
     from asyncq.worker.executor import Executor
 
@@ -103,6 +104,10 @@ class CeleryConsumer:
         adopt: hands a started job to the worker, which releases its slot when it ends
             and waits for it on shutdown.
         hostname: the worker's name, put in ``self.request.hostname`` and STARTED records.
+        flow: the worker's flow-control gate: a task's ``rate_limit`` and ``concurrency_key``
+            hold Celery messages as they hold native ones (shared with them, in the same store).
+        give_slot / take_slot: give the job's concurrency slot back while a limit holds it,
+            and take one again before it runs.
     """
 
     def __init__(
@@ -113,8 +118,13 @@ class CeleryConsumer:
         slots: asyncio.Semaphore,
         adopt: Callable[[asyncio.Task[None]], None],
         hostname: str,
+        flow: FlowGate | None = None,
+        give_slot: Callable[[], bool] = lambda: False,
+        take_slot: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
+        self.flow = flow
+        self.give_slot, self.take_slot = give_slot, take_slot
         self.executor = executor
         self.slots = slots
         self.adopt = adopt
@@ -255,6 +265,42 @@ class CeleryConsumer:
             self._reply_to.pop(str(_peek_header(taken.raw, "id")), None)
 
     async def _run(self, taken: Taken, message: CeleryTask, task: Task[Any, Any]) -> bool:
+        """Run the task within its limits; False when the message was settled otherwise."""
+        flow = self.flow
+        if flow is None or (task.rate is None and task.concurrency is None):
+            return await self._run_now(taken, message, task)
+        try:
+            key = flow.key_of(task, message)
+        except Exception as exc:  # the user's concurrency_key raised: the message can never run
+            logger.error("Celery task %s[%s]: concurrency_key failed: %r", task.name, message.id, exc)
+            await self._store(message.id, "FAILURE", exc=exc)
+            return True
+        gave = False
+
+        def waiting(_: CeleryTask, limit: str, value: str | None, wait: float | None) -> None:
+            nonlocal gave
+            if not gave:  # off the worker's slots while it waits, as a native message is
+                gave = self.give_slot()
+
+        try:
+            try:
+                permit = await flow.admit(task, message, key, waiting)
+            finally:
+                if gave and self.take_slot is not None:
+                    await self.take_slot()
+        except AsyncqError as exc:  # the limit store is away: back to its queue for a moment
+            logger.warning(
+                "Celery task %s[%s]: limits unavailable (%s); requeued", task.name, message.id, exc
+            )
+            await asyncio.sleep(1.0)
+            await self._settle(self.broker.requeue(taken))
+            return False
+        try:
+            return await self._run_now(taken, message, task)
+        finally:
+            await asyncio.shield(flow.release(permit))
+
+    async def _run_now(self, taken: Taken, message: CeleryTask, task: Task[Any, Any]) -> bool:
         """Run the task and store its outcome; False when the message was settled otherwise."""
         options = task.options
         track = self.track_started if options.track_started is None else options.track_started

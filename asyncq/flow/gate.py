@@ -20,9 +20,9 @@ import contextlib
 import itertools
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.flow.bucket import RateLimiter
@@ -30,15 +30,28 @@ from asyncq.flow.store import LimitStore, limit_store_for
 
 if TYPE_CHECKING:
     from asyncq.app import App
-    from asyncq.message import Message
     from asyncq.task import Task
 
-__all__ = ["FlowGate", "Permit"]
+__all__ = ["Call", "FlowGate", "Permit"]
 
 logger = logging.getLogger(__name__)
 
+
+class Call(Protocol):
+    """What the limits read of a message: asyncq's :class:`~asyncq.message.Message` or Celery's."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def args(self) -> Sequence[Any]: ...
+    @property
+    def kwargs(self) -> Mapping[str, Any]: ...
+
+
+_C = TypeVar("_C", bound=Call)
+
 #: Told of a message a limit holds: (message, "rate_limit" | "concurrency_key", key, wait).
-OnWait = Callable[["Message", str, "str | None", "float | None"], None]
+OnWait = Callable[[_C, str, "str | None", "float | None"], None]
 
 
 @dataclass(slots=True)
@@ -148,13 +161,13 @@ class FlowGate:
         """Whether ``task`` has a limit to wait for."""
         return task.rate is not None or task.concurrency is not None
 
-    def key_of(self, task: Task[Any, Any], message: Message) -> str | None:
+    def key_of(self, task: Task[Any, Any], message: Call) -> str | None:
         """The concurrency key of ``message`` (None: no key); raises what the key function raises."""
         concurrency = task.concurrency
         return None if concurrency is None else concurrency.key(task.name, message.args, message.kwargs)
 
     async def admit(
-        self, task: Task[Any, Any], message: Message, key: str | None, on_wait: OnWait | None = None
+        self, task: Task[Any, Any], message: _C, key: str | None, on_wait: OnWait[_C] | None = None
     ) -> Permit:
         """Wait until ``message`` may start; the :class:`Permit` goes to :meth:`release` afterwards.
 
@@ -204,7 +217,7 @@ class FlowGate:
         """Forget the per-worker bucket of ``task_name`` (its rate changed)."""
         self._local.pop(task_name, None)
 
-    async def _wait_rate(self, task: Task[Any, Any], message: Message, on_wait: OnWait | None) -> None:
+    async def _wait_rate(self, task: Task[Any, Any], message: _C, on_wait: OnWait[_C] | None) -> None:
         rate = task.rate
         assert rate is not None
         self._rate_waiting[task.name] += 1
@@ -259,7 +272,7 @@ class FlowGate:
                 future.set_result(wait)
 
     async def _take_slot(
-        self, key: str, limit: int, holder: str, task_name: str, message: Message, on_wait: OnWait | None
+        self, key: str, limit: int, holder: str, task_name: str, message: _C, on_wait: OnWait[_C] | None
     ) -> None:
         assert self.store is not None
         label = self._labels.setdefault(key, (task_name, key[len(task_name) + 1 :]))

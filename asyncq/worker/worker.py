@@ -208,7 +208,14 @@ class Worker:
             from asyncq.celery.consumer import CeleryConsumer
 
             celery = CeleryConsumer(
-                self.app, self.executor, slots=self._slots, adopt=self._adopt, hostname=self.hostname
+                self.app,
+                self.executor,
+                slots=self._slots,
+                adopt=self._adopt,
+                hostname=self.hostname,
+                flow=runner.flow,
+                give_slot=self._give_slot,
+                take_slot=self._take_slot,
             )
             celery_loop = asyncio.create_task(celery.serve(), name="asyncq.celery")
             loops.append(celery_loop)

@@ -2,7 +2,9 @@
 
 Usage: python -m tests.apps.celery_producer '<json: name, args, kwargs, options, link, link_error, chain>'.
 ``link`` / ``link_error`` / ``chain`` are lists of signatures as JSON (task, args, kwargs,
-options, immutable); with ``chain`` the chain is sent and its last result awaited.
+options, immutable); with ``chain`` the chain is sent and its last result awaited. With
+``many`` (a list of args lists) one task is sent per entry, all before any is awaited, and
+``ok`` is the list of their results.
 Prints {"ok": result} or {"error": type name, "module": its module, "args": exception args}.
 """
 
@@ -37,6 +39,12 @@ def main() -> None:
         if key in spec:
             options[key] = [_signature(sig) for sig in spec[key]]
     sent_at = time.time()
+    if "many" in spec:
+        name, kwargs = spec["name"], spec.get("kwargs")
+        sent = [celery_app.send_task(name, args, kwargs, **options) for args in spec["many"]]
+        values = [one.get(timeout=spec.get("timeout", 60)) for one in sent]
+        print(json.dumps({"ok": values, "ids": [one.id for one in sent], "sent_at": sent_at}), flush=True)
+        return
     if "chain" in spec:
         result = chain(*(_signature(sig) for sig in spec["chain"])).apply_async(**options)
     else:

@@ -94,6 +94,18 @@ async def test_celery_caller_sees_failure_with_its_type(celery_url: str, queue: 
     assert unknown["error"] == "NotRegistered" and "interop.nope" in unknown["args"][0]
 
 
+async def test_a_concurrency_key_holds_celery_messages_too(celery_url: str, queue: str, redis: Redis) -> None:
+    app = procs.interop_app(celery_url, queue)
+    async with app.worker(concurrency=8):
+        seen = await celery_call(
+            celery_url,
+            {"name": "interop.serial", "many": [["acme"]] * 4 + [["other"]], "options": {"queue": queue}},
+        )
+    await app.aclose()
+    assert seen["ok"] == [1, 1, 1, 1, 1]  # never two calls of one tenant at once
+    assert await redis.llen(queue) == 0
+
+
 async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str, redis: Redis) -> None:
     app = procs.interop_app(celery_url, queue)
     parent = str(uuid.uuid4())
