@@ -14,6 +14,7 @@ from asyncq._utils import now, to_epoch, to_seconds
 from asyncq.celery.protocol import CeleryTask, encode_envelope, rebuild_exception
 from asyncq.celery.redis_transport import CeleryRedis
 from asyncq.exceptions import ConfigurationError
+from asyncq.signature import signature_dicts
 
 if TYPE_CHECKING:
     from asyncq.app import App
@@ -21,7 +22,18 @@ if TYPE_CHECKING:
 __all__ = ["CeleryResult", "CelerySend", "send_celery_task"]
 
 _OPTIONS = frozenset(
-    {"queue", "countdown", "eta", "expires", "task_id", "headers", "priority", "ignore_result"}
+    {
+        "queue",
+        "countdown",
+        "eta",
+        "expires",
+        "task_id",
+        "headers",
+        "priority",
+        "ignore_result",
+        "link",
+        "link_error",
+    }
 )
 
 
@@ -112,7 +124,9 @@ def send_celery_task(
     """Build a Celery protocol-v2 message for ``name``; await the result to send it.
 
     Options: ``queue`` (default ``celery``), ``countdown``, ``eta``, ``expires`` (seconds
-    from now or a datetime), ``task_id``, ``headers``, ``priority``, ``ignore_result``.
+    from now or a datetime), ``task_id``, ``headers``, ``priority``, ``ignore_result``, and
+    ``link`` / ``link_error``: a signature (``signature("name", args, queue=...)`` or a
+    Celery signature dict) or a list of them, which the Celery worker sends when the task ends.
     """
     unknown = set(options) - _OPTIONS
     if unknown:
@@ -140,5 +154,18 @@ def send_celery_task(
         ignore_result=bool(options.get("ignore_result", False)),
         headers=dict(options.get("headers") or {}),
         priority=int(options.get("priority") or 0),
+        embed={"callbacks": _links(options.get("link")), "errbacks": _links(options.get("link_error"))},
     )
     return CelerySend(app, task, str(options.get("queue") or "celery"))
+
+
+def _links(given: Any) -> list[dict[str, Any]] | None:
+    """``link`` / ``link_error`` as the list of Celery signature dicts its worker reads."""
+    links = signature_dicts(given)
+    for sig in links or []:
+        if not isinstance(sig.get("task"), str) or sig.get("subtask_type"):
+            raise ConfigurationError(
+                f"send_task(protocol='celery'): a link must be a plain task signature, got {sig!r}"
+            )
+        sig.setdefault("chord_size", None)
+    return links

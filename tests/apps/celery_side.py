@@ -39,6 +39,12 @@ def boom(key: str) -> None:
     raise KeyError(key)
 
 
+@celery_app.task(name="celery_side.note_failure")
+def note_failure(task_id: str) -> str:
+    """An errback: Celery sends it the failed task's id."""
+    return f"failed: {task_id}"
+
+
 @celery_app.task(name="celery_side.flaky", bind=True, max_retries=3)
 def flaky(self: object, until: int) -> int:
     """Retries (1 s countdown... 0.2 s here) until it has been retried ``until`` times."""

@@ -21,7 +21,8 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.celery_procs as procs
-from asyncq import App
+from asyncq import App, group, signature
+from asyncq.celery.producer import CeleryResult
 from asyncq.celery.protocol import decode_envelope
 from asyncq.exceptions import ConfigurationError
 from tests.celery_procs import WAIT
@@ -220,8 +221,37 @@ async def test_asyncq_sends_to_celery_worker(
 
 async def test_send_task_celery_refuses_unknown_options(celery_url: str) -> None:
     app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
-    with pytest.raises(ConfigurationError, match="unknown options: link"):
-        app.send_task("x", protocol="celery", link=None)
+    with pytest.raises(ConfigurationError, match="unknown options: shadow"):
+        app.send_task("x", protocol="celery", shadow="y")
+    with pytest.raises(ConfigurationError, match="plain task signature"):
+        app.send_task("x", protocol="celery", link=group(signature("a"), signature("b")))
+
+
+async def test_links_sent_to_celery_run_in_the_celery_worker(
+    celery_url: str, queue: str, redis: Redis, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": celery_url})
+    then, errback = f"{queue}-then", f"{queue}-errback"
+    handle = await app.send_task(
+        "celery_side.mul",
+        [3, 4],
+        queue=queue,
+        protocol="celery",
+        link=signature("celery_side.mul", [10], task_id=then, queue=queue),
+    )
+    failing = await app.send_task(
+        "celery_side.boom",
+        ["gone"],
+        queue=queue,
+        protocol="celery",
+        link_error=[signature("celery_side.note_failure", task_id=errback, queue=queue)],
+    )
+    assert await handle.get(timeout=WAIT) == 12
+    assert await CeleryResult(then, celery_url).get(timeout=WAIT) == 120  # 12 x 10, run by Celery
+    with pytest.raises(KeyError):
+        await failing.get(timeout=WAIT)
+    assert await CeleryResult(errback, celery_url).get(timeout=WAIT) == f"failed: {failing.id}"
+    await app.aclose()
 
 
 async def test_started_progress_and_success_are_published_for_celery(
