@@ -143,6 +143,10 @@ def interop_app(celery_url: str, queue: str) -> App:
     async def hopeless(self: Any) -> None:
         raise self.retry(exc=LookupError("still broken"), countdown=0.1)
 
+    @app.task(name="interop.forever")
+    async def forever() -> None:
+        await asyncio.Event().wait()  # until revoked with terminate
+
     running: dict[str, int] = {}
 
     @app.task(name="interop.serial", concurrency_key="tenant", max_concurrency=1)

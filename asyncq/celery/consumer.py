@@ -35,6 +35,7 @@ from asyncq.exceptions import (
     Retry,
     SerializationError,
 )
+from asyncq.message import Message
 from asyncq.task import Request
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from asyncq.flow.gate import FlowGate
     from asyncq.task import Task
     from asyncq.worker.executor import Executor
+    from asyncq.worker.tracking import JobBook
 
     Transport: TypeAlias = CeleryRedis | CeleryAMQP
 
@@ -108,6 +110,9 @@ class CeleryConsumer:
             hold Celery messages as they hold native ones (shared with them, in the same store).
         give_slot / take_slot: give the job's concurrency slot back while a limit holds it,
             and take one again before it runs.
+        book / is_revoked: the worker's book of taken and running jobs and its revocation
+            check, so that ``inspect`` lists Celery jobs and ``revoke`` (with ``terminate``)
+            reaches them as it reaches native ones.
     """
 
     def __init__(
@@ -121,8 +126,12 @@ class CeleryConsumer:
         flow: FlowGate | None = None,
         give_slot: Callable[[], bool] = lambda: False,
         take_slot: Callable[[], Awaitable[None]] | None = None,
+        book: JobBook | None = None,
+        is_revoked: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
+        self.book = book
+        self.is_revoked = is_revoked or (lambda _: False)
         self.flow = flow
         self.give_slot, self.take_slot = give_slot, take_slot
         self.executor = executor
@@ -228,6 +237,7 @@ class CeleryConsumer:
     # -- one message --------------------------------------------------------------------------
 
     async def _handle(self, taken: Taken) -> None:
+        message: CeleryTask | None = None
         try:
             try:
                 _, message = decode_envelope(taken.raw)
@@ -249,20 +259,36 @@ class CeleryConsumer:
             elif message.expires is not None and now() > message.expires:
                 logger.info("Celery task %s[%s] expired before it ran", message.task, message.id)
                 await self._store_revoked(message.id, "expired")
+            elif self.is_revoked(message.id):
+                logger.info("Celery task %s[%s] revoked before it ran", message.task, message.id)
+                await self._store_revoked(message.id, "revoked")
             else:
+                if self.book is not None:
+                    self.book.reserve(_native(message, name, taken.queue), taken.queue)
                 if not await self._run(taken, message, task):
                     return
             await self._settle(self.broker.ack(taken))
         except asyncio.CancelledError:
-            # Shutdown cut it short: back to the head of its queue, for the next worker.
-            await asyncio.shield(self._settle(self.broker.requeue(taken)))
+            if message is not None and self.is_revoked(message.id):
+                # Revoked with terminate: settled as REVOKED, so that no other worker starts it.
+                await asyncio.shield(self._terminated(taken, message))
+            else:  # shutdown cut it short: back to the head of its queue, for the next worker
+                await asyncio.shield(self._settle(self.broker.requeue(taken)))
             raise
         except Exception:  # a bug on this path must not lose the message nor spin on it
             logger.exception("internal error handling a Celery message; returning it to its queue")
             await asyncio.sleep(1.0)
             await self._settle(self.broker.requeue(taken))
         finally:
-            self._reply_to.pop(str(_peek_header(taken.raw, "id")), None)
+            task_id = message.id if message is not None else str(_peek_header(taken.raw, "id"))
+            self._reply_to.pop(task_id, None)
+            if self.book is not None:
+                self.book.finish(task_id)
+
+    async def _terminated(self, taken: Taken, message: CeleryTask) -> None:
+        logger.info("Celery task %s[%s] terminated by a revoke", message.task, message.id)
+        await self._store_revoked(message.id, "revoked while running")
+        await self._settle(self.broker.ack(taken))
 
     async def _run(self, taken: Taken, message: CeleryTask, task: Task[Any, Any]) -> bool:
         """Run the task within its limits; False when the message was settled otherwise."""
@@ -322,6 +348,8 @@ class CeleryConsumer:
             state_writer=lambda state, meta: self._store(message.id, str(state), result=meta),
             loop=asyncio.get_running_loop(),
         )
+        if self.book is not None:
+            self.book.start(message.id, request)
         started = time.perf_counter()
         try:
             result = await self.executor.run(task, request, soft_time_limit=soft, time_limit=hard)
@@ -466,6 +494,11 @@ class CeleryConsumer:
         except AsyncqError:
             # Left in kombu's unacked hash: a Celery worker's visibility restore brings it back.
             logger.exception("could not settle a Celery message")
+
+
+def _native(message: CeleryTask, name: str, queue: str) -> Message:
+    """What ``inspect`` shows of a Celery job: the fields the worker's book reads."""
+    return Message(id=message.id, task=name, args=message.args, kwargs=message.kwargs, queue=queue)
 
 
 def _first(*values: float | None) -> float | None:

@@ -216,6 +216,8 @@ class Worker:
                 flow=runner.flow,
                 give_slot=self._give_slot,
                 take_slot=self._take_slot,
+                book=runner.book,
+                is_revoked=runner.is_revoked,
             )
             celery_loop = asyncio.create_task(celery.serve(), name="asyncq.celery")
             loops.append(celery_loop)

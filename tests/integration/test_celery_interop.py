@@ -26,6 +26,7 @@ from asyncq.celery.producer import CeleryResult
 from asyncq.celery.protocol import decode_envelope
 from asyncq.exceptions import ConfigurationError
 from tests.celery_procs import WAIT
+from tests.helpers import until
 from tests.services import missing, require_service
 
 pytest.importorskip("celery", reason="the celery extra is not installed")
@@ -105,6 +106,40 @@ async def test_a_concurrency_key_holds_celery_messages_too(celery_url: str, queu
     await app.aclose()
     assert seen["ok"] == [1, 1, 1, 1, 1]  # never two calls of one tenant at once
     assert await redis.llen(queue) == 0
+
+
+async def test_celery_jobs_are_inspected_and_revoked_like_native_ones(
+    celery_url: str, queue: str, redis: Redis
+) -> None:
+    app = procs.interop_app(celery_url, queue)
+    forever_id, early_id = f"{queue}-forever", f"{queue}-early"
+    async with app.worker(hostname="w-celery"):
+        inspect = app.control.inspect(destination=["w-celery"], timeout=2.0)
+        call = asyncio.create_task(
+            celery_call(
+                celery_url, {"name": "interop.forever", "options": {"queue": queue, "task_id": forever_id}}
+            )
+        )
+
+        async def running() -> bool:
+            active = (await inspect.active()).get("w-celery", [])
+            return [(t.id, t.name, t.queue) for t in active] == [(forever_id, "interop.forever", queue)]
+
+        await until(running, "the Celery job in inspect().active()", timeout=WAIT)
+        replies = await app.control.revoke(forever_id, terminate=True, reply=True, timeout=2.0)
+        assert "terminated 1" in replies["w-celery"].message
+        seen = await asyncio.wait_for(call, WAIT)
+        await app.control.revoke(early_id)  # before it is sent: the worker skips it
+        early = await celery_call(
+            celery_url,
+            {"name": "interop.add", "args": [1, 2], "options": {"queue": queue, "task_id": early_id}},
+        )
+        assert (await inspect.active())["w-celery"] == []
+    await app.aclose()
+    assert (seen["error"], seen["state"]) == ("TaskRevokedError", "REVOKED")
+    assert (early["error"], early["state"]) == ("TaskRevokedError", "REVOKED")
+    assert await redis.llen(queue) == 0
+    assert not any(queue.encode() in parked for parked in await redis.hvals("unacked"))
 
 
 async def test_countdown_headers_and_ids_cross_over(celery_url: str, queue: str, redis: Redis) -> None:
