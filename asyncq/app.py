@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 from urllib.parse import quote
@@ -159,6 +159,7 @@ class App:
         self._dead_letters: DeadLetters | None = None
         self._events: Events | None = None
         self._control: Control | None = None
+        self._closers: dict[asyncio.AbstractEventLoop, list[Callable[[], Awaitable[None]]]] = {}
         # Producer hooks, resolved at connect (not per message: reading conf costs microseconds).
         self._stamp_sent = False
         #: Called with each message before it is encoded (tracing injects its context here).
@@ -406,6 +407,8 @@ class App:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        for closer in self._closers.pop(loop, []):
+            await closer()
         if self._events is not None:
             await self._events.aclose()
         if self._control is not None:
@@ -417,6 +420,10 @@ class App:
             await drivers.backend.aclose()
             if drivers.outbox is not None:
                 await drivers.outbox.aclose()
+
+    def close_with_loop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have :meth:`aclose` in the running loop await ``closer()`` (an extension's connection)."""
+        self._closers.setdefault(asyncio.get_running_loop(), []).append(closer)
 
     async def __aenter__(self) -> App:
         await self.connect()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from asyncq.signature import signature_dicts
 
 if TYPE_CHECKING:
     from asyncq.app import App
+    from asyncq.celery.replies import CeleryReplies
 
 __all__ = ["CeleryResult", "CelerySend", "send_celery_task"]
 
@@ -38,23 +40,28 @@ _OPTIONS = frozenset(
 
 
 class CeleryResult:
-    """The result of a task sent to Celery, read from Celery's Redis result backend.
+    """The result of a task sent to Celery, read from Celery's result backend.
 
-    Each call opens and closes its own connection, so a handle can be kept and awaited from
-    any event loop.
+    With a Redis backend each call opens and closes its own connection, so a handle can be
+    kept and awaited from any event loop. With ``rpc://`` the states arrive on the sending
+    app's reply queue (:mod:`asyncq.celery.replies`), so the handle is read in the loop that
+    sent the task, as Celery's rpc:// results are only for the client that sent the task.
     """
 
-    def __init__(self, task_id: str, results_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, task_id: str, results_url: str, *, timeout: float = 10.0, replies: CeleryReplies | None = None
+    ) -> None:
         self.id = task_id
         self.results_url = results_url
         self._timeout = timeout
+        self._replies = replies
 
     def __repr__(self) -> str:
         return f"<CeleryResult {self.id}>"
 
     async def state(self) -> str:
         """Celery's state name (PENDING until the worker stores one)."""
-        meta = await self._with(lambda r: r.get_result(self.id))
+        meta = await self.meta()
         return "PENDING" if meta is None else str(meta.get("status"))
 
     async def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
@@ -63,13 +70,18 @@ class CeleryResult:
         Raises:
             asyncq.exceptions.TimeoutError: not ready within ``timeout`` seconds.
         """
-        meta = await self._with(lambda r: r.wait_result(self.id, timeout=timeout))
+        if self._replies is not None:
+            meta = await self._replies.wait(self.id, timeout=timeout)
+        else:
+            meta = await self._with(lambda r: r.wait_result(self.id, timeout=timeout))
         if meta.get("status") == "SUCCESS" or not propagate:
             return meta.get("result")
         raise rebuild_exception(meta.get("result"))
 
     async def meta(self) -> dict[str, Any] | None:
         """Celery's whole result record (status, result, traceback, date_done, ...), or None."""
+        if self._replies is not None:
+            return self._replies.latest(self.id)
         meta: dict[str, Any] | None = await self._with(lambda r: r.get_result(self.id))
         return meta
 
@@ -95,13 +107,14 @@ class CelerySend:
     async def _send(self) -> CeleryResult:
         from asyncq.celery.consumer import celery_urls, open_transports
 
-        _, results_url = celery_urls(self.app)
-        if results_url.startswith("rpc://"):
-            raise ConfigurationError(
-                "send_task(protocol='celery') reads results from a Redis celery_result_backend; "
-                "rpc:// is not supported for it yet"
-            )
+        broker_url, results_url = celery_urls(self.app)
         timeout = float(self.app.conf.broker_connection_timeout or 10.0)
+        replies = None
+        if results_url.startswith("rpc://"):
+            from asyncq.celery.replies import replies_for  # needs aio-pika: only for rpc://
+
+            replies = replies_for(self.app, broker_url, timeout=timeout)
+            self.task = replace(self.task, reply_to=await replies.queue())
         broker, results = open_transports(self.app)
         try:
             await broker.publish(
@@ -111,7 +124,7 @@ class CelerySend:
             await broker.aclose()
             if results is not broker:
                 await results.aclose()
-        return CeleryResult(self.task.id, results_url, timeout=timeout)
+        return CeleryResult(self.task.id, results_url, timeout=timeout, replies=replies)
 
 
 def send_celery_task(

@@ -13,7 +13,7 @@ import pytest
 
 import tests.celery_procs as procs
 from asyncq import App
-from asyncq.exceptions import ConfigurationError
+from asyncq.exceptions import TimeoutError  # noqa: A004 - asyncq's, a builtin's subclass
 from tests.celery_procs import WAIT
 from tests.services import require_service
 
@@ -86,7 +86,24 @@ async def test_asyncq_sends_to_a_celery_worker_on_rabbitmq(amqp_url: str, queue:
         await app.aclose()
 
 
-async def test_send_task_to_celery_refuses_rpc_results(amqp_url: str) -> None:
-    app = App("sender", broker="memory://", config={"celery_broker_url": amqp_url})
-    with pytest.raises(ConfigurationError, match="rpc:// is not supported"):
-        await app.send_task("celery_side.mul", [1, 1], queue="unused", protocol="celery")
+async def test_asyncq_reads_a_celery_workers_rpc_results(amqp_url: str, queue: str, tmp_path: Path) -> None:
+    app = App("sender", broker="memory://", config={"celery_broker_url": amqp_url})  # results: rpc://
+    try:
+        with procs.celery_worker(amqp_url, queue, tmp_path / "celery-worker.log", backend="rpc://"):
+            product = await app.send_task("celery_side.mul", [3, 4], queue=queue, protocol="celery")
+            failing = await app.send_task("celery_side.boom", ["gone"], queue=queue, protocol="celery")
+            retried = await app.send_task("celery_side.flaky", [2], queue=queue, protocol="celery")
+            assert await product.get(timeout=WAIT) == 12
+            assert await product.state() == "SUCCESS"
+            assert await retried.get(timeout=WAIT) == 2
+            with pytest.raises(KeyError, match="gone"):
+                await failing.get(timeout=WAIT)
+            meta = await failing.meta()
+            assert meta is not None and meta["status"] == "FAILURE" and "KeyError" in meta["traceback"]
+            ignored = await app.send_task(
+                "celery_side.mul", [1, 1], queue=queue, protocol="celery", ignore_result=True
+            )
+            with pytest.raises(TimeoutError):
+                await ignored.get(timeout=0.5)  # Celery sends no result: a timeout, not a hang
+    finally:
+        await app.aclose()
