@@ -582,6 +582,7 @@ def migrate(app_path: AppPath) -> None:
     for line in migration_report(app, done):
         typer.echo(line)
 
+
 from asyncq.cli_dlq import make_dlq_cli  # noqa: E402 - mounted once the helpers it uses exist
 from asyncq.cli_events import make_events_command  # noqa: E402 - as above
 

@@ -57,6 +57,7 @@ _ZERO = timedelta(0)
 # accepted crontab fires within one cycle; the horizon only guards against bugs and year 9999.
 _HORIZON_YEARS = 400
 
+
 @runtime_checkable
 class Schedule(Protocol):
     """What the scheduler needs from a periodic schedule.
