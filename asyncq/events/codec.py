@@ -12,6 +12,7 @@ each with its batch's ``hostname`` and ``pid``; version 1 batches too (:mod:`asy
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from json.encoder import encode_basestring
@@ -162,10 +163,24 @@ def _column(values: list[Any]) -> str:
 
 
 def _numbers(values: list[int | None]) -> str:
-    """A column of integers, null where there is none: one join in C, as is usual."""
-    if values.count(None) == len(values):
+    """A column of integers, null where there is none: one %-format in C.
+
+    ``"%s,%s,..." % tuple(values)`` writes each int straight into one string, about twice as
+    fast as joining ``map(str, values)`` (a str object per value); these columns are most of
+    what encoding costs.
+    """
+    count = len(values)
+    nulls = values.count(None)
+    if nulls == count:
         return "null"
-    return "[" + ",".join(map(str, values)).replace("None", "null") + "]"
+    text = _formats(count) % tuple(values)
+    return f"[{text.replace('None', 'null') if nulls else text}]"
+
+
+@functools.lru_cache(maxsize=8)
+def _formats(count: int) -> str:
+    """``"%s,%s,...%s"`` for ``count`` values (kept: a batch's columns are all the same length)."""
+    return ",".join(("%s",) * count)
 
 
 def _fields(codes: list[int], extras: list[Any]) -> str:

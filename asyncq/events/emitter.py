@@ -312,14 +312,20 @@ class EventEmitter(NoEvents):
     # -- sending ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the flusher; idempotent. The bus is connected at the first flush, so a bus
-        that is away delays nothing but the events (each failed flush logs a warning)."""
+        """Start the flusher; idempotent. The flusher connects the bus first thing, in the
+        background: opened before the worker's first tasks (not inside its first busy
+        moments), while a bus that is away delays nothing but the events (it is tried again
+        at each flush, and each failure logs a warning)."""
         if self._flusher is None or self._flusher.done():
             self._closing = False
             self._flusher = asyncio.create_task(self._flush_loop(), name="asyncq.events.flush")
 
     async def _flush_loop(self) -> None:
         logger.debug("event flusher started for %s", self.hostname)
+        try:
+            await self.bus.connect()
+        except AsyncqError as exc:
+            logger.warning("could not connect the event bus (tried again at the next flush): %s", exc)
         try:
             while not self._closing:
                 await self._wake.wait()

@@ -227,3 +227,29 @@ async def test_an_unreachable_bus_costs_warnings_not_failures(caplog: pytest.Log
         await emitter.aclose()
     assert any("could not send 1 events" in r.getMessage() for r in caplog.records)
     await bus.aclose()
+
+
+@pytest.mark.redis
+async def test_the_emitter_opens_its_bus_when_it_starts_not_at_the_first_flush() -> None:
+    from asyncq.events import EventEmitter
+    from asyncq.events.redis import RedisEventBus
+
+    class WatchedBus(RedisEventBus):
+        """The real Redis bus, telling when it was connected."""
+
+        opened = asyncio.Event()
+
+        async def connect(self) -> None:
+            await super().connect()
+            self.opened.set()
+
+    url = require_service("redis")
+    bus = WatchedBus(url, key_prefix=unique_prefix())
+    emitter = EventEmitter(bus, "w", include_args=False, flush_interval=0.01)
+    await emitter.start()
+    try:
+        # No event yet, so no flush: only start() can have opened it (off the worker's busy path).
+        await asyncio.wait_for(bus.opened.wait(), TIMEOUT)
+    finally:
+        await emitter.aclose()
+        await bus.aclose()
