@@ -3,19 +3,21 @@
 Each drain queues --tasks no-op tasks (not timed), then starts an embedded worker and times from
 the first task's start to the last one's end, in wall-clock time and in this process's CPU
 time. Each round drains once with events off and once on, in alternating order (off-on, then
-on-off, ...), so the machine's load drifts over both alike. Printed: the medians of each and
+on-off, ...), so the machine's load drifts over both alike; before each, a full garbage
+collection, so that no drain pays for collecting what an earlier one left. Printed: the medians of each and
 their ratio, and the median and range of the rounds' own on/off ratios (the spread). With
 events on, the worker sends task-received, -started and -succeeded for every task (and worker
 events) to the Redis stream; the target is a ratio of at least 0.90.
 
 Usage: python benchmarks/events_overhead.py [--url redis://127.0.0.1:6379/0] [--tasks 20000]
-       [--rounds 5] [--concurrency 500] [--loop auto]
+       [--rounds 7] [--concurrency 500] [--loop auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import statistics
 import time
@@ -69,7 +71,7 @@ async def main() -> None:
     )
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--loop", default="auto", help="auto (uvloop if installed), asyncio, uvloop")
     args = parser.parse_args()
@@ -79,6 +81,7 @@ async def main() -> None:
     for round_number in range(args.rounds):
         for events in (False, True) if round_number % 2 == 0 else (True, False):
             prefix = f"asyncq-bench-events-{uuid.uuid4().hex[:8]}"
+            gc.collect()
             try:
                 rate, cpu_rate = await drain(args.url, prefix, args.tasks, args.concurrency, events)
                 emitted, size = await events_sent(args.url, prefix)

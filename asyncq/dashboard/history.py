@@ -57,8 +57,23 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS menus (kind TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, value));
 """
 
-# A newer event's state wins. task-sent only ever creates a row: the producer stamps it after the
-# publish returns, which may be after a worker took the task (and sent task-received).
+#: Ties between events of one timestamp go to the state further along (a float timestamp cannot
+#: tell apart events less than a microsecond apart), so the outcome never depends on arrival order.
+_RANK: Final = {state: rank for rank, state in enumerate(
+    ("PENDING", "RECEIVED", "STARTED", "RETRY", "REJECTED", "REVOKED", "FAILURE", "SUCCESS", "DEAD_LETTERED")
+)}  # fmt: skip
+
+
+def _rank_sql(column: str) -> str:
+    cases = " ".join(f"WHEN '{state}' THEN {rank}" for state, rank in _RANK.items())
+    return f"(CASE {column} {cases} ELSE 0 END)"
+
+
+# The state of the newest event (by timestamp, then rank) wins, whatever order they arrive in.
+# task-sent never sets it: the producer stamps it after the publish returns, which may be after a
+# worker took the task (and sent task-received); nor does a row only task-sent made (PENDING)
+# hold back any worker event, however stamped. So ``updated`` is the time of the event that set
+# the state (task-sent's, until a worker event comes).
 _UPSERT: Final = """
 INSERT INTO tasks (id, name, state, queue, worker, args, kwargs, retries, root_id, parent_id,
                    sent, received, started, finished, runtime, exc_type, exc_message, updated)
@@ -81,9 +96,14 @@ ON CONFLICT (id) DO UPDATE SET
     exc_type = COALESCE(excluded.exc_type, exc_type),
     exc_message = COALESCE(excluded.exc_message, exc_message),
     state = CASE WHEN excluded.state = 'PENDING' THEN state
-                 WHEN excluded.updated >= updated THEN excluded.state ELSE state END,
-    updated = CASE WHEN excluded.state = 'PENDING' THEN updated ELSE MAX(excluded.updated, updated) END
-"""
+                 WHEN state = 'PENDING' THEN excluded.state
+                 WHEN excluded.updated > updated THEN excluded.state
+                 WHEN excluded.updated = updated AND RANK_NEW > RANK_OLD THEN excluded.state
+                 ELSE state END,
+    updated = CASE WHEN excluded.state = 'PENDING' THEN updated
+                   WHEN state = 'PENDING' THEN excluded.updated
+                   ELSE MAX(excluded.updated, updated) END
+""".replace("RANK_NEW", _rank_sql("excluded.state")).replace("RANK_OLD", _rank_sql("state"))
 
 _TRIM_EVERY: Final = 2_000  # rows written between two trims (counting rows is a table scan)
 _MENU_REBUILD_EVERY: Final = 50  # trims between two rebuilds of the filter menus (a scan each)
@@ -166,10 +186,10 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per task for a batch (a task's events mostly travel together): a third of the writes.
 
     The same rules as the upsert's: the newest non-null value, the first sent time, the most
-    retries, and the state of the newest event other than task-sent.
+    retries, and the state of the newest event other than task-sent (ties: the highest rank).
     """
     merged: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: r["updated"]):
+    for row in sorted(rows, key=lambda r: (r["updated"], _RANK[r["state"]])):
         seen = merged.get(row["id"])
         if seen is None:
             merged[row["id"]] = row

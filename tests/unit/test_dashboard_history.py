@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +61,30 @@ async def test_an_older_or_repeated_event_never_moves_a_task_back(tmp_path: Path
     assert row is not None and row["state"] == "SUCCESS"
     assert row["sent"] == now + 1.0
     history.close()
+
+
+async def test_the_folded_state_does_not_depend_on_the_order_events_arrive_in() -> None:
+    now = time.time()
+    # task-sent stamped after the worker took the task (the producer stamps it once the publish
+    # returned); task-started and a second event of the very same timestamp (a float timestamp
+    # cannot tell apart events under a microsecond apart).
+    running = [
+        event("task-received", "a", now),
+        event("task-started", "a", now + 0.01),
+        event("task-sent", "a", now + 0.02),
+    ]
+    finished = [*running, event("task-succeeded", "a", now + 0.01, runtime=0.0)]
+    for events, state, updated in ((running, "STARTED", now + 0.01), (finished, "SUCCESS", now + 0.01)):
+        for order in itertools.permutations(events):
+            for together in (False, True):  # one batch each, or all in one
+                history = TaskHistory(":memory:")
+                for batch in [list(order)] if together else [[e] for e in order]:
+                    await history.add(batch)
+                row = await history.get("a")
+                assert row is not None
+                arrived = [e["type"] for e in order]
+                assert (row["state"], row["updated"], row["sent"]) == (state, updated, now + 0.02), arrived
+                history.close()
 
 
 async def test_history_survives_a_reopen(tmp_path: Path) -> None:
