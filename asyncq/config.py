@@ -198,6 +198,12 @@ SETTINGS: dict[str, Setting] = {
         _S("event_flush_interval", 0.1, float, "Seconds events gather before they are sent as one batch."),
         _S("event_history_limit", 10_000, int, "Event batches the bus keeps for late readers."),
         _S(
+            "event_history_bytes",
+            64 * 1024 * 1024,
+            int,
+            "Redis: bytes of event batches its stream keeps, about (beside event_history_limit).",
+        ),
+        _S(
             "worker_metrics_port",
             None,
             _parse_optional_int,

@@ -104,6 +104,8 @@ class Events:
             url = conf.control_url or self._app.broker_url
             # The broker's transport options are for the broker's driver, not another store's.
             options = {} if conf.control_url else dict(conf.broker_transport_options)
+            if url.startswith("redis"):  # the other buses' histories are capped by count only
+                options["history_bytes"] = conf.event_history_bytes
             bus = event_bus_from_url(url, history_limit=conf.event_history_limit, **options)
             state = _Loop(bus)
             if url.startswith("memory:"):

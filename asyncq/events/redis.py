@@ -117,11 +117,14 @@ class _RedisReader:
 
 
 class RedisEventBus:
-    """Event batches in the stream ``<key_prefix>:events``, about ``history_limit`` kept."""
+    """Event batches in the stream ``<key_prefix>:events``: about ``history_limit`` kept, and
+    about ``history_bytes`` of them at most (None: no byte cap)."""
 
     keeps_history = True
 
-    def __init__(self, url: str, *, history_limit: int = 10_000, **options: Any) -> None:
+    def __init__(
+        self, url: str, *, history_limit: int = 10_000, history_bytes: int | None = None, **options: Any
+    ) -> None:
         self.url = url
         own = {
             name: value for name, value in options.items() if name in OPTIONS or name in CONNECTION_OPTIONS
@@ -140,6 +143,7 @@ class RedisEventBus:
         prefix = plain_prefix(self._redis.settings["key_prefix"])
         self.key = f"{prefix}:events".encode()
         self.history_limit = max(1, int(history_limit))
+        self.history_bytes = None if history_bytes is None else max(1, int(history_bytes))
 
     async def connect(self) -> None:
         await self._redis.connect()
@@ -147,13 +151,24 @@ class RedisEventBus:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
+    def keep(self, size: int) -> int:
+        """Entries the stream keeps after adding a batch of ``size`` bytes.
+
+        The byte cap counts the kept batches as the size of the newest: a run of large batches
+        shortens the stream, and the large ones a run of small ones keeps had shortened it
+        themselves, so the stream holds a small multiple of ``history_bytes`` at most (a length
+        cap alone lets 10,000 batches of a busy worker, 100 KB each, take a gigabyte).
+        """
+        if self.history_bytes is None:
+            return self.history_limit
+        return max(1, min(self.history_limit, self.history_bytes // max(1, size)))
+
     async def publish(self, batch: bytes) -> None:
+        keep = self.keep(len(batch))
         # A retry after a lost reply may add the batch twice; readers see events at least once.
         await self._redis.retrying(
             "publish events",
-            lambda client: client.execute(
-                "XADD", self.key, "MAXLEN", "~", self.history_limit, "*", "b", batch
-            ),
+            lambda client: client.execute("XADD", self.key, "MAXLEN", "~", keep, "*", "b", batch),
         )
 
     async def subscribe(self, *, history: bool = False) -> _RedisReader:

@@ -253,3 +253,35 @@ async def test_the_emitter_opens_its_bus_when_it_starts_not_at_the_first_flush()
     finally:
         await emitter.aclose()
         await bus.aclose()
+
+
+@pytest.mark.redis
+async def test_the_redis_stream_keeps_about_event_history_bytes_of_batches() -> None:
+    url = require_service("redis")
+    prefix = unique_prefix()
+    app = App(
+        "events",
+        broker=url,
+        config={"broker_transport_options": {"key_prefix": prefix}, "event_history_bytes": 20 * 5000},
+    )
+    try:
+        bus = app.events.bus  # the app's: event_history_limit 10,000, so the bytes decide
+        await bus.connect()
+        for i in range(300):
+            await bus.publish(b"%05d" % i + b"x" * 4995)  # 5,000 bytes each
+        reader = await bus.subscribe(history=True)
+        kept: list[bytes] = []
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                async for batch in reader:
+                    kept.append(batch)
+                    if batch.startswith(b"00299"):
+                        break
+        finally:
+            await reader.aclose()
+        # About 20 (MAXLEN ~ trims whole stream nodes), the newest.
+        assert 20 <= len(kept) <= 40, len(kept)
+        assert [batch[:5] for batch in kept] == [b"%05d" % i for i in range(300 - len(kept), 300)]
+    finally:
+        await app.aclose()
+        await delete_prefix(url, prefix)
