@@ -2,8 +2,8 @@
 
 A run (``run_scenario``) on one broker:
 
-1. starts the servers it needs of its own (a Redis or a RabbitMQ node for the broker, always a
-   Redis for the result backend), never the shared ones;
+1. starts the servers it needs of its own (a Redis, a RabbitMQ node or a PostgreSQL cluster for
+   the broker, always a Redis for the result backend), never the shared ones;
 2. starts 2 ``asyncq run`` worker processes (concurrency 50) under a supervisor thread that
    restarts any that exits, as systemd or Kubernetes would;
 3. sends ``total`` tasks at a steady pace; each sleeps 0-50 ms and adds a row to a SQLite
@@ -12,8 +12,9 @@ A run (``run_scenario``) on one broker:
 5. waits until every healthy task is in the ledger and every poison one is dead-lettered, then
    counts: lost, duplicated, healthy dead-lettered, poison dead letters, producer errors.
 
-Brokers are named ``sqlite``, ``redis``, ``rabbitmq-classic`` and ``rabbitmq-quorum``; a new
-durable driver is one more entry in ``BROKERS`` and one branch in ``Rig._broker_url``.
+Brokers are named ``sqlite``, ``redis``, ``rabbitmq-classic``, ``rabbitmq-quorum`` and
+``postgres``; a new durable driver is one more entry in ``BROKERS`` and one branch in
+``Rig._broker_url``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from typing import IO, Any
 
 from asyncq import App
 from tests.apps import chaos_app
-from tests.servers import RabbitNode, RedisServer
+from tests.servers import PostgresCluster, RabbitNode, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.chaos_app:app"
-BROKERS = ("sqlite", "redis", "rabbitmq-classic", "rabbitmq-quorum")
+BROKERS = ("sqlite", "redis", "rabbitmq-classic", "rabbitmq-quorum", "postgres")
 WORKERS = 2
 CONCURRENCY = 50
 POISON_EVERY = 10  # 10% poison in the poison scenario
@@ -194,9 +195,18 @@ class Rig:
         chaos_app.open_ledger(self.ledger).close()
         self.redis: RedisServer | None = None
         self.rabbit = rabbit
+        self.postgres: PostgresCluster | None = None
         if broker == "redis":
             self.redis = RedisServer(directory / "broker-redis", appendonly=True)
             self.redis.start()
+        elif broker == "postgres":
+            self.postgres = PostgresCluster()
+            try:
+                self.postgres.init()
+                self.postgres.start()
+            except BaseException:
+                self.postgres.remove()
+                raise
         elif broker.startswith("rabbitmq") and rabbit is None:
             self.rabbit = RabbitNode(directory / "rabbit")
             self.rabbit.start()
@@ -212,6 +222,8 @@ class Rig:
             return f"sqlite:///{self.directory / 'broker.db'}?visibility_timeout=3"
         if self.redis is not None:
             return self.redis.url + "?visibility_timeout=3"
+        if self.postgres is not None:
+            return self.postgres.url + "?visibility_timeout=3"
         assert self.rabbit is not None
         queue_type = self.broker.removeprefix("rabbitmq-")
         return self.rabbit.url + f"?queue_type={queue_type}"
@@ -239,6 +251,8 @@ class Rig:
         self.results.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.remove()
 
     async def _delete_queue(self) -> None:
         app = self.app()
@@ -265,7 +279,7 @@ def kill_workers(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
 def restart_broker(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
     """Stop the broker server, keep it down 1 s, start it again on the same data."""
     time.sleep(3)
-    server = rig.redis or rig.rabbit
+    server = rig.redis or rig.rabbit or rig.postgres
     if server is None:
         return "n/a"
     server.restart(outage=1.0)
@@ -281,6 +295,10 @@ def drop_connections(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
             rig.redis.kill_clients()
         elif rig.rabbit is not None:
             rig.rabbit.close_all_connections()
+        elif rig.postgres is not None:
+            # Every backend of the broker's database: pool, LISTEN and producer connections.
+            if not rig.postgres.terminate_clients():
+                raise RuntimeError("no client backend to terminate")
         else:
             return "n/a"
     return ""

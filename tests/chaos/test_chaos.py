@@ -33,6 +33,8 @@ def cases() -> list[object]:
             if not applies(scenario, broker):
                 continue  # the embedded store has no server to restart or cut off
             marks = [pytest.mark.rabbitmq] if broker.startswith("rabbitmq") else []
+            if broker == "postgres":
+                marks.append(pytest.mark.postgres)
             if (scenario, broker) in KNOWN_BUGS:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[scenario, broker]))
             made.append(pytest.param(scenario, broker, marks=marks, id=f"{scenario}-{broker}"))
