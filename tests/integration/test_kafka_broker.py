@@ -104,3 +104,14 @@ async def test_wrong_server_is_a_clear_error_within_the_deadline() -> None:
     kafka = broker_from_url(f"kafka://127.0.0.1:{redis_port}?connect_timeout=3&request_timeout=3")
     with pytest.raises(BrokerConnectionError, match=r"Kafka connect at 127\.0\.0\.1"):
         await asyncio.wait_for(kafka.connect(), 30)
+
+
+async def test_a_call_timing_out_on_a_live_kafka_server_does_not_blame_the_port() -> None:
+    # A consumer's group join can outlast its deadline on a busy or rebalancing server: the
+    # error must not say that something else than Kafka listens there.
+    async with broker() as kafka:
+        with pytest.raises(BrokerConnectionError) as info:
+            await kafka._deadline("join", asyncio.Event().wait(), 0.1)
+    message = str(info.value)
+    assert "speaks something else" not in message
+    assert "a Kafka server answers there, but the call did not finish in time" in message

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -326,3 +327,15 @@ def test_migrate_command_creates_the_tables(pg: tuple[str, str], tmp_path: Path)
         timeout=60,
     )
     assert again.returncode == 0 and "up to date" in again.stdout
+
+
+async def test_a_live_server_answering_the_probe_is_not_taken_for_another_protocol() -> None:
+    # What a connect that timed out reports: a PostgreSQL server that answers the probe, but
+    # too late for the connect, is named as such, not as "something else".
+    from asyncq._connect import describe_peer
+    from asyncq._postgres import _SSL_REQUEST, _is_ssl_reply
+
+    parts = urlsplit(require_service("postgres"))
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    answer = await describe_peer(host, port, _SSL_REQUEST, expected=("PostgreSQL", _is_ssl_reply))
+    assert answer == "a PostgreSQL server answers there, but the call did not finish in time"
