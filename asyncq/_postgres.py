@@ -297,7 +297,10 @@ class Database:
                     try:
                         return await op(conn)
                     except lost:
-                        conn.terminate()  # half-broken: the pool must open a fresh one
+                        # Half-broken: the pool must open a fresh one. A connection the server
+                        # closed is already back in the pool, and terminate() would raise.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                         raise
             except lost as exc:
                 if not forever and time.monotonic() >= deadline:
