@@ -34,10 +34,11 @@ SCRIPT_ONLY: dict[tuple[str, str], str] = {
     ("backend-restart", "sqs"): "suite time",
     ("backend-stop", "kafka"): "suite time",
     ("backend-restart", "kafka"): "suite time",
-    # Each times out (4 min) today: after a worker dies, the Tansu group stops handing out
-    # its partitions and their tasks are never run (docs/reliability.md, known gaps).
-    ("sigkill", "kafka"): "known bug",
-    ("poison", "kafka"): "known bug",
+    # Known gaps (docs/reliability.md), each a 4-minute timeout when it shows: a poison
+    # message on Kafka comes back with the same delivery count, so it is never isolated and
+    # kills workers for ever; and once in five runs a Tansu group stalled after a member died.
+    ("poison", "kafka"): "known gap",
+    ("sigkill", "kafka"): "known gap",
 }
 
 
