@@ -14,8 +14,8 @@ A run (``run_scenario``) on one broker:
    counts: lost, duplicated, healthy dead-lettered, poison dead letters, producer errors.
 
 Brokers are named ``sqlite``, ``redis``, ``rabbitmq-classic``, ``rabbitmq-quorum``,
-``postgres``, ``kafka`` and ``sqs``; a new durable driver is one more entry in ``BROKERS`` and one branch in
-``Rig._broker_url``.
+``postgres``, ``kafka`` and ``sqs``; a new durable driver is one more entry in ``BROKERS``, one
+branch in ``Rig._broker_url`` and, for scenarios that mean nothing there, ``NOT_APPLICABLE``.
 """
 
 from __future__ import annotations
