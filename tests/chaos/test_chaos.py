@@ -34,11 +34,9 @@ SCRIPT_ONLY: dict[tuple[str, str], str] = {
     ("backend-restart", "sqs"): "suite time",
     ("backend-stop", "kafka"): "suite time",
     ("backend-restart", "kafka"): "suite time",
-    # Known gaps (docs/reliability.md), each a 4-minute timeout when it shows: a poison
-    # message on Kafka comes back with the same delivery count, so it is never isolated and
-    # kills workers for ever; and once in five runs a Tansu group stalled after a member died.
+    # A known gap (docs/reliability.md), a 4-minute timeout: a poison message on Kafka comes
+    # back with the same delivery count, so it is never isolated and kills workers for ever.
     ("poison", "kafka"): "known gap",
-    ("sigkill", "kafka"): "known gap",
 }
 
 
