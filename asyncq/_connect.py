@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
@@ -65,11 +65,15 @@ def connect_timeout_value(value: object) -> float:
     return seconds
 
 
-async def describe_peer(host: str, port: int, hello: bytes) -> str:
+async def describe_peer(
+    host: str, port: int, hello: bytes, *, expected: tuple[str, Callable[[bytes], bool]] | None = None
+) -> str:
     """What answers at ``host:port`` when sent ``hello``, as a clause for an error message.
 
     Used after a connect timed out, to tell a wrong port (another protocol answers) from a
-    silent or unreachable host. Every step has its own short deadline.
+    silent or unreachable host. ``expected`` names the driver's protocol and recognises its
+    reply to ``hello``: a right server that is merely slow (busy, rebalancing) is then not
+    taken for another protocol. Every step has its own short deadline.
     """
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT):
@@ -98,4 +102,6 @@ async def describe_peer(host: str, port: int, hello: bytes) -> str:
         return "a server accepted the connection but sent nothing back"
     if not data:
         return "a server accepted the connection and closed it without a word"
+    if expected is not None and expected[1](data):
+        return f"a {expected[0]} server answers there, but the call did not finish in time"
     return f"it speaks something else (got {data[:48]!r})"

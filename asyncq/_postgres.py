@@ -72,6 +72,11 @@ RETRY_PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 #: A PostgreSQL SSLRequest: any PostgreSQL server answers it with one byte, S or N.
 _SSL_REQUEST: Final = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
+
+def _is_ssl_reply(data: bytes) -> bool:
+    return data in (b"S", b"N")
+
+
 #: Longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer ones are silently cut.
 _MAX_IDENTIFIER = 63
 
@@ -246,7 +251,10 @@ class Database:
                 if isinstance(exc, TimeoutError):
                     parts = urlsplit(self.dsn)
                     cause = await describe_peer(
-                        parts.hostname or "127.0.0.1", parts.port or 5432, _SSL_REQUEST
+                        parts.hostname or "127.0.0.1",
+                        parts.port or 5432,
+                        _SSL_REQUEST,
+                        expected=("PostgreSQL", _is_ssl_reply),
                     )
                 raise self.connection_error(
                     f"cannot connect to {redact_url(self.url)} within {self.connect_timeout:g}s: {cause}"
@@ -289,7 +297,10 @@ class Database:
                     try:
                         return await op(conn)
                     except lost:
-                        conn.terminate()  # half-broken: the pool must open a fresh one
+                        # Half-broken: the pool must open a fresh one. A connection the server
+                        # closed is already back in the pool, and terminate() would raise.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                         raise
             except lost as exc:
                 if not forever and time.monotonic() >= deadline:

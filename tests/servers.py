@@ -266,6 +266,7 @@ class PostgresCluster:
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="asyncq-pg-"))
         self.data = self.directory / "data"
+        self.up_at = 0.0  # monotonic time it last started answering
         self._as: list[str] = []
         if os.geteuid() == 0:
             os.chown(self.directory, *_postgres_ids())
@@ -296,6 +297,7 @@ class PostgresCluster:
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-o", options, "-w", "start"
         )
+        self.up_at = time.monotonic()
 
     def stop(self) -> None:
         if self.data.exists():
@@ -306,6 +308,26 @@ class PostgresCluster:
         self.stop()
         time.sleep(outage)
         self.start()
+
+    def terminate_clients(self, database: str = "postgres") -> int:
+        """``pg_terminate_backend`` every client backend of ``database``; return how many."""
+        assert self.bin is not None
+        sql = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            f" WHERE datname = '{database}' AND backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid()"
+        )
+        where = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database]
+        done = subprocess.run(
+            [str(self.bin / "psql"), *where, "-AtX", "-c", sql],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stdout}{done.stderr}")
+        return int(done.stdout.strip())
 
     def remove(self) -> None:
         """Stop (if running) and delete the cluster's files."""

@@ -69,8 +69,16 @@ class ConsumerSession:
 
     async def start(self, timeout: float) -> None:
         self.consumer.subscribe(self._topics, listener=_Rebalance(self))
-        async with asyncio.timeout(timeout):
-            await self.consumer.start()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.consumer.start()
+        except BaseException:
+            # An abandoned start leaves aiokafka's coordinator running: it would finish the
+            # join and hold its share of the partitions, heartbeating, with nobody reading them.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout + 5.0):
+                    await self.consumer.stop()
+            raise
         self._committer = asyncio.create_task(self._commit_loop(), name="asyncq.kafka.commit")
 
     async def close(self, timeout: float) -> None:

@@ -47,6 +47,11 @@ _HELLO: Final = b"\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x01\x00\x00"
 Headers = list[tuple[str, bytes]]
 
 
+def _is_kafka_reply(data: bytes) -> bool:
+    """A Kafka response to ``_HELLO``: a length, then the request's correlation id (1)."""
+    return len(data) >= 8 and int.from_bytes(data[:4], "big") > 0 and data[4:8] == b"\x00\x00\x00\x01"
+
+
 class _KafkaDelivery:
     """A record; ack finishes its offset, nack and dead_letter produce a copy first."""
 
@@ -182,7 +187,7 @@ class KafkaBroker(BrokerDefaults):
                 return await call
         except TimeoutError:
             host, _, port = self.settings.bootstrap[0].rpartition(":")
-            peer = await describe_peer(host, int(port), _HELLO)
+            peer = await describe_peer(host, int(port), _HELLO, expected=("Kafka", _is_kafka_reply))
             raise BrokerConnectionError(
                 f"Kafka {what} at {where} did not finish within {limit:g}s ({peer})"
             ) from None

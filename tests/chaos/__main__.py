@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.chaos.harness import BROKERS, SCENARIOS, TABLE_HEADER, applies, run_scenario
-from tests.servers import RabbitNode
+from tests.servers import PostgresCluster, RabbitNode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(b.startswith("rabbitmq") for b in brokers):
         rabbit = RabbitNode(Path(tempfile.mkdtemp(prefix="asyncq-chaos-rabbit-")))
         rabbit.start()
+    postgres: PostgresCluster | None = None
+    if "postgres" in brokers:
+        postgres = PostgresCluster()
+        postgres.init()
+        postgres.start()
     print(f"{total} tasks per case, 2 workers x concurrency 50", flush=True)
     print(TABLE_HEADER, flush=True)
     failed = 0
@@ -47,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
                     print(run_scenario(scenario, broker).line(), flush=True)
                     continue
                 row = run_scenario(
-                    scenario, broker, total=total, timeout=args.timeout, rabbit=rabbit, seed=args.seed
+                    scenario,
+                    broker,
+                    total=total,
+                    timeout=args.timeout,
+                    rabbit=rabbit,
+                    postgres=postgres,
+                    seed=args.seed,
                 )
                 failed += not row.ok
                 print(row.line() + ("" if row.ok else " FAILED"), flush=True)
     finally:
         if rabbit is not None:
             rabbit.stop()
+        if postgres is not None:
+            postgres.remove()
     print(f"{failed} case(s) failed; {time.monotonic() - started:.0f}s in all", flush=True)
     return 1 if failed else 0
 

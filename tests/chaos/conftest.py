@@ -1,4 +1,4 @@
-"""Chaos suite fixtures: one private RabbitMQ node per session; the table printed at the end."""
+"""Chaos suite fixtures: one private RabbitMQ node and PostgreSQL cluster per session; the table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.harness import TABLE_HEADER, Row
-from tests.servers import RabbitNode
+from tests.servers import PostgresCluster, RabbitNode
 from tests.services import missing
 
 ROWS: list[Row] = []
@@ -24,6 +24,20 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the suite's own (the restart scenario stops it), started once."""
+    cluster = PostgresCluster()
+    try:
+        cluster.init()
+        cluster.start()
+    except BaseException:
+        cluster.remove()
+        raise
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

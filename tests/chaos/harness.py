@@ -2,8 +2,9 @@
 
 A run (``run_scenario``) on one broker:
 
-1. starts the servers it needs of its own (a Redis or a RabbitMQ node for the broker, always a
-   Redis for the result backend), never the shared ones;
+1. starts the servers it needs of its own (a Redis, a RabbitMQ node, a PostgreSQL cluster, a
+   Tansu or a moto server for the broker, always a Redis for the result backend), never the
+   shared ones;
 2. starts 2 ``asyncq run`` worker processes (concurrency 50) under a supervisor thread that
    restarts any that exits, as systemd or Kubernetes would;
 3. sends ``total`` tasks at a steady pace; each sleeps 0-50 ms and adds a row to a SQLite
@@ -12,8 +13,9 @@ A run (``run_scenario``) on one broker:
 5. waits until every healthy task is in the ledger and every poison one is dead-lettered, then
    counts: lost, duplicated, healthy dead-lettered, poison dead letters, producer errors.
 
-Brokers are named ``sqlite``, ``redis``, ``rabbitmq-classic`` and ``rabbitmq-quorum``; a new
-durable driver is one more entry in ``BROKERS`` and one branch in ``Rig._broker_url``.
+Brokers are named ``sqlite``, ``redis``, ``rabbitmq-classic``, ``rabbitmq-quorum``,
+``postgres``, ``kafka`` and ``sqs``; a new durable driver is one more entry in ``BROKERS``, one
+branch in ``Rig._broker_url`` and, for scenarios that mean nothing there, ``NOT_APPLICABLE``.
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ from typing import IO, Any
 
 from asyncq import App
 from tests.apps import chaos_app
-from tests.servers import RabbitNode, RedisServer
+from tests.servers import MotoServer, PostgresCluster, RabbitNode, RedisServer, SessionServer, TansuServer
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.chaos_app:app"
-BROKERS = ("sqlite", "redis", "rabbitmq-classic", "rabbitmq-quorum")
+BROKERS = ("sqlite", "redis", "rabbitmq-classic", "rabbitmq-quorum", "postgres", "kafka", "sqs")
 WORKERS = 2
 CONCURRENCY = 50
 POISON_EVERY = 10  # 10% poison in the poison scenario
@@ -161,8 +163,8 @@ class Row:
         )
 
     def line(self) -> str:
-        if self.note == "n/a":
-            return f"| {self.scenario} | {self.broker} | n/a (no server) | | | | | | | | |"
+        if self.note.startswith("n/a"):
+            return f"| {self.scenario} | {self.broker} | {self.note} | | | | | | | | |"
         poison = f"{self.poison - self.poison_dead_missing + self.poison_dead_extra}/{self.poison}"
         recovery = "-" if self.recovery is None else f"{self.recovery:.1f}"
         return (
@@ -187,20 +189,40 @@ TABLE_HEADER = (
 class Rig:
     """The servers, queue, ledger and worker environment of one run on one broker."""
 
-    def __init__(self, broker: str, directory: Path, rabbit: RabbitNode | None = None) -> None:
+    def __init__(
+        self,
+        broker: str,
+        directory: Path,
+        rabbit: RabbitNode | None = None,
+        postgres: PostgresCluster | None = None,
+    ) -> None:
         self.broker, self.directory = broker, directory
         self.queue = f"chaos-{uuid.uuid4().hex[:10]}"
         self.ledger = str(directory / "ledger.db")
         chaos_app.open_ledger(self.ledger).close()
         self.redis: RedisServer | None = None
         self.rabbit = rabbit
+        self.postgres = postgres if broker == "postgres" else None
+        self.memory_server: SessionServer | None = None  # Tansu or moto: state in memory only
         if broker == "redis":
             self.redis = RedisServer(directory / "broker-redis", appendonly=True)
             self.redis.start()
+        elif broker in ("kafka", "sqs"):
+            self.memory_server = TansuServer() if broker == "kafka" else MotoServer()
+            self.memory_server.start()
+        elif broker == "postgres" and postgres is None:
+            self.postgres = PostgresCluster()
+            try:
+                self.postgres.init()
+                self.postgres.start()
+            except BaseException:
+                self.postgres.remove()
+                raise
         elif broker.startswith("rabbitmq") and rabbit is None:
             self.rabbit = RabbitNode(directory / "rabbit")
             self.rabbit.start()
         self._own_rabbit = rabbit is None and self.rabbit is not None
+        self._own_postgres = postgres is None and self.postgres is not None
         # Persistent: the backend-restart scenario counts the results that did not survive.
         self.results = RedisServer(directory / "results-redis", appendonly=True)
         self.results.start()
@@ -212,6 +234,14 @@ class Rig:
             return f"sqlite:///{self.directory / 'broker.db'}?visibility_timeout=3"
         if self.redis is not None:
             return self.redis.url + "?visibility_timeout=3"
+        if self.postgres is not None:
+            return self.postgres.url + "?visibility_timeout=3"
+        if isinstance(self.memory_server, TansuServer):
+            # A killed worker's partitions go to the other one when the group drops it.
+            return self.memory_server.url + "?session_timeout=3"
+        if isinstance(self.memory_server, MotoServer):
+            # Short polls: a stopping worker's last receive ends soon.
+            return self.memory_server.url + "&visibility_timeout=3&wait_time=1"
         assert self.rabbit is not None
         queue_type = self.broker.removeprefix("rabbitmq-")
         return self.rabbit.url + f"?queue_type={queue_type}"
@@ -239,6 +269,10 @@ class Rig:
         self.results.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.postgres is not None and self._own_postgres:
+            self.postgres.remove()
+        if self.memory_server is not None:
+            self.memory_server.stop()
 
     async def _delete_queue(self) -> None:
         app = self.app()
@@ -265,7 +299,7 @@ def kill_workers(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
 def restart_broker(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
     """Stop the broker server, keep it down 1 s, start it again on the same data."""
     time.sleep(3)
-    server = rig.redis or rig.rabbit
+    server = rig.redis or rig.rabbit or rig.postgres
     if server is None:
         return "n/a"
     server.restart(outage=1.0)
@@ -281,6 +315,10 @@ def drop_connections(rig: Rig, fleet: Supervisor, rng: random.Random) -> str:
             rig.redis.kill_clients()
         elif rig.rabbit is not None:
             rig.rabbit.close_all_connections()
+        elif rig.postgres is not None:
+            # Every backend of the broker's database: pool, LISTEN and producer connections.
+            if not rig.postgres.terminate_clients():
+                raise RuntimeError("no client backend to terminate")
         else:
             return "n/a"
     return ""
@@ -329,9 +367,20 @@ SCENARIOS = {
 }
 
 
+#: Why a scenario means nothing on a broker: (scenario, broker) -> the reason, for the table.
+NOT_APPLICABLE = {
+    ("broker-restart", "sqlite"): "no server",
+    ("connection-drop", "sqlite"): "no server",
+    ("broker-restart", "kafka"): "Tansu's memory storage does not survive a restart",
+    ("connection-drop", "kafka"): "Tansu has no command to close its clients' connections",
+    ("broker-restart", "sqs"): "moto keeps its queues in memory only",
+    ("connection-drop", "sqs"): "HTTP requests: moto has no connections to close",
+}
+
+
 def applies(scenario: str, broker: str) -> bool:
-    """Whether the scenario means anything there: the embedded SQLite store has no server."""
-    return not (broker == "sqlite" and scenario in ("broker-restart", "connection-drop"))
+    """Whether the scenario means anything there (see ``NOT_APPLICABLE``)."""
+    return (scenario, broker) not in NOT_APPLICABLE
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -409,17 +458,18 @@ def run_scenario(
     send_seconds: float | None = None,
     timeout: float = 180.0,
     rabbit: RabbitNode | None = None,
+    postgres: PostgresCluster | None = None,
     directory: Path | None = None,
     seed: int | None = None,
 ) -> Row:
     """Run one scenario on one broker and return its row (never raises for a bad outcome)."""
     spec = SCENARIOS[scenario]
     if not applies(scenario, broker):
-        return Row(scenario, broker, note="n/a")
+        return Row(scenario, broker, note=f"n/a: {NOT_APPLICABLE[scenario, broker]}")
     if seed is None:
         seed = random.randrange(2**32)
     with _directory(directory) as where:
-        rig = Rig(broker, where, rabbit)
+        rig = Rig(broker, where, rabbit, postgres)
         try:
             window = spec.send_seconds if send_seconds is None else send_seconds
             row = _run(spec, rig, total, window, timeout, random.Random(seed))

@@ -104,3 +104,49 @@ async def test_wrong_server_is_a_clear_error_within_the_deadline() -> None:
     kafka = broker_from_url(f"kafka://127.0.0.1:{redis_port}?connect_timeout=3&request_timeout=3")
     with pytest.raises(BrokerConnectionError, match=r"Kafka connect at 127\.0\.0\.1"):
         await asyncio.wait_for(kafka.connect(), 30)
+
+
+async def test_a_call_timing_out_on_a_live_kafka_server_does_not_blame_the_port() -> None:
+    # A consumer's group join can outlast its deadline on a busy or rebalancing server: the
+    # error must not say that something else than Kafka listens there.
+    async with broker() as kafka:
+        with pytest.raises(BrokerConnectionError) as info:
+            await kafka._deadline("join", asyncio.Event().wait(), 0.1)
+    message = str(info.value)
+    assert "speaks something else" not in message
+    assert "a Kafka server answers there, but the call did not finish in time" in message
+
+
+async def test_a_consumer_whose_start_timed_out_leaves_the_group() -> None:
+    # A group join can outlast its deadline (a busy server, a rebalance waiting for a dead
+    # member). The abandoned consumer must leave: a member that goes on heartbeating holds
+    # its share of the partitions and nobody reads them (seen in the chaos suite's kill case).
+    from aiokafka import AIOKafkaConsumer
+
+    from asyncq.brokers._kafka_consumer import ConsumerSession
+
+    tag = uuid.uuid4().hex[:10]
+    options = {"topic_prefix": f"i{tag}.", "group_id": f"g{tag}", "session_timeout": 2, "partitions": 4}
+    async with broker(**options) as kafka:
+        sent = [msg("held") for _ in range(20)]
+        await kafka.publish_many(sent)
+        topic = kafka.settings.topic("held")
+        abandoned = ConsumerSession(
+            [topic],
+            kafka._move,
+            commit_interval=0.2,
+            group_id=kafka.settings.group_id,
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=200,
+            bootstrap_servers=kafka.settings.bootstrap,
+        )
+        with pytest.raises(TimeoutError):
+            await abandoned.start(0.2)  # past the coordinator's creation, before the join ends
+        assert isinstance(abandoned.consumer, AIOKafkaConsumer)
+        got: set[str] = set()
+        async with aclosing(kafka.consume(["held"], prefetch=20)) as it:
+            while len(got) < len(sent):
+                delivery = await asyncio.wait_for(anext(it), 20)
+                got.add(delivery.id)
+                await delivery.ack()
+        assert got == {m.id for m in sent}

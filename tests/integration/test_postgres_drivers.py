@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -326,3 +327,44 @@ def test_migrate_command_creates_the_tables(pg: tuple[str, str], tmp_path: Path)
         timeout=60,
     )
     assert again.returncode == 0 and "up to date" in again.stdout
+
+
+async def test_a_live_server_answering_the_probe_is_not_taken_for_another_protocol() -> None:
+    # What a connect that timed out reports: a PostgreSQL server that answers the probe, but
+    # too late for the connect, is named as such, not as "something else".
+    from asyncq._connect import describe_peer
+    from asyncq._postgres import _SSL_REQUEST, _is_ssl_reply
+
+    parts = urlsplit(require_service("postgres"))
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    answer = await describe_peer(host, port, _SSL_REQUEST, expected=("PostgreSQL", _is_ssl_reply))
+    assert answer == "a PostgreSQL server answers there, but the call did not finish in time"
+
+
+async def test_a_killed_connection_is_retried_and_logged_with_its_own_error(
+    pg: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server ends a statement's connection (pg_terminate_backend, as an admin or a
+    # failover does): the retry's warning names that error, not one of the clean-up.
+    url, schema = pg
+    broker = broker_from_url(with_schema(url, schema))
+    assert isinstance(broker, PostgresBroker)
+    attempts = 0
+
+    async def op(connection: Any) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return int(await connection.fetchval("SELECT 1"))
+
+    await broker.connect()
+    try:
+        with caplog.at_level("WARNING", logger="asyncq._postgres"):
+            assert await broker.database.run("probe", op) == 1
+    finally:
+        await broker.aclose()
+    assert attempts == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asyncq._postgres"]
+    assert len(warnings) == 1, warnings
+    assert "administrator command" in warnings[0] and "InterfaceError" not in warnings[0], warnings
