@@ -273,6 +273,8 @@ class SQLiteThread:
         """
         if self._executor is None:
             raise self._error(f"SQLite database {self.path} is not open; call connect() first")
+        if inline and self._pending:
+            self._flush_inline()  # the writes queued before this call commit first, in order
         if inline and self._can_inline():
             try:
                 result = self._inline(fn, args)
