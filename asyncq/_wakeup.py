@@ -58,6 +58,7 @@ class WakeupChannel:
 
     def __init__(self, db_path: Path, channel: str) -> None:
         self.directory = wakeup_dir(db_path)
+        self._directory = os.fspath(self.directory)  # str: no Path arithmetic on the poke path
         self.channel = channel
         self._prefix = channel + "."
         self._sock: socket.socket | None = None
@@ -163,13 +164,13 @@ class WakeupChannel:
 
     def _listeners(self) -> list[str]:
         try:
-            mtime = os.stat(self.directory).st_mtime_ns
+            mtime = os.stat(self._directory).st_mtime_ns
         except OSError:  # no directory: nobody listens
             self._listing_mtime, self._targets = None, []
             return []
         if mtime != self._listing_mtime:
             try:
-                names = os.listdir(self.directory)
+                names = os.listdir(self._directory)
             except OSError:
                 return []
             self._listing_mtime = None if time.time_ns() - mtime < _RACY_NS else mtime
@@ -183,7 +184,7 @@ class WakeupChannel:
             except OSError:
                 return
             self._sender.setblocking(False)
-        path = os.fspath(self.directory / name)
+        path = os.path.join(self._directory, name)
         try:
             self._sender.sendto(b"!", path)
         except ConnectionRefusedError:  # nobody bound to it any more: a dead process's leftover
