@@ -179,7 +179,7 @@ _COLUMNS = (
 
 
 def _row(name: str, cells: list[str]) -> str:
-    return f"{name:<18}" + "".join(f"{c:>22}" for c in cells)
+    return f"{name:<18}" + "".join(f"{c:>24}" for c in cells)
 
 
 def main() -> None:
