@@ -8,9 +8,7 @@ socket of that channel. A poke carries nothing: it only cuts the listener's poll
 lost one costs at most one poll interval and polling stays the fallback.
 
 Pokes are coalesced (one send per listener per event-loop iteration, however many commits asked
-for it, and at most one per POKE_INTERVAL: a burst of commits pokes at its start and once more
-after each interval, so a listener claims a burst in a few reads instead of one per commit),
-skipped when nobody listens (the directory listing is cached by its mtime), and never
+for it), skipped when nobody listens (the directory listing is cached by its mtime), and never
 raise: a socket left by a dead process answers ECONNREFUSED and is unlinked; a vanished file or
 directory, a full receive buffer, or a path too long for AF_UNIX (about 107 bytes) just means
 no poke. Without AF_UNIX or ``loop.add_reader`` (Windows) the drivers poll.
@@ -40,8 +38,6 @@ _RECV_SIZE = 64
 # A directory's mtime has a coarse clock (a jiffy on ext4): a socket bound in the same tick as
 # our listing leaves it unchanged, so a listing this fresh is not trusted for the next poke.
 _RACY_NS = 100_000_000
-#: Seconds between two sends of one channel instance; a poke within it is sent when it ends.
-POKE_INTERVAL = 0.001
 
 
 def wakeup_dir(db_path: Path) -> Path:
@@ -68,7 +64,6 @@ class WakeupChannel:
         self._listing_mtime: int | None = None
         self._targets: list[str] = []
         self._poke_scheduled = False
-        self._last_sent = float("-inf")  # loop time of the last send
         self._is_closed = False
         self._is_usable = hasattr(socket, "AF_UNIX") and (
             len(os.fsencode(self.directory)) + len(self._prefix) + 17 <= _MAX_SOCKET_PATH
@@ -140,23 +135,18 @@ class WakeupChannel:
             self._sender = None
 
     def poke(self) -> None:
-        """Wake the channel's listeners in other instances, once per POKE_INTERVAL at most."""
+        """Wake the channel's listeners in other instances, once per loop iteration at most."""
+        # Not rate-limited further: a poke delayed to merge a burst delays the round trip of
+        # every lone message that comes soon after another (measured: 1.9 ms p50 with pokes
+        # at most 1 ms apart, 0.7-1.3 ms without), and a busy listener merges queued pokes.
         if self._poke_scheduled or not self._is_usable:
             return
         self._poke_scheduled = True
-        loop = asyncio.get_running_loop()
-        wait = self._last_sent + POKE_INTERVAL - loop.time()
-        if wait > 0:
-            loop.call_later(wait, self._send_pokes)
-        else:
-            loop.call_soon(self._send_pokes)
+        asyncio.get_running_loop().call_soon(self._send_pokes)
 
     def _send_pokes(self) -> None:
         self._poke_scheduled = False
-        listeners = self._listeners()
-        if listeners:
-            self._last_sent = asyncio.get_running_loop().time()
-        for name in listeners:
+        for name in self._listeners():
             self._send(name)
         if self._is_closed and self._sender is not None:  # a last poke after close()
             self._sender.close()

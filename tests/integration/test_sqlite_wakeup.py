@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-import asyncq._wakeup as wakeup
 from asyncq._wakeup import WakeupChannel, wakeup_dir
 from asyncq.backends.sqlite import SQLiteBackend
 from asyncq.brokers import Delivery, OutgoingMessage
@@ -188,23 +187,3 @@ async def test_a_listener_that_joins_right_after_a_poke_gets_the_next_one(db: Pa
         for channel in (writer, first, second):
             channel.close()
     assert not sockets(db, "messages")
-
-
-async def test_a_poke_within_the_interval_is_sent_when_it_ends(db: Path, opened, monkeypatch) -> None:
-    # Pokes closer together than POKE_INTERVAL are merged into one sent when it ends: a
-    # message published right after another must not wait for the consumer's next poll.
-    monkeypatch.setattr(wakeup, "POKE_INTERVAL", 0.5)
-    broker: SQLiteBroker = await opened(SQLiteBroker, poll_interval=SLOW_POLL)
-    producer: SQLiteBroker = await opened(SQLiteBroker)
-    async with aclosing(broker.consume(["paced"], prefetch=2)) as deliveries:
-        first = asyncio.ensure_future(anext(deliveries))
-        await until(lambda: sockets(db, "messages"), "the consumer's wake-up socket")
-        await asyncio.sleep(0.1)  # let the first claim find nothing and go to sleep
-        started = asyncio.get_running_loop().time()
-        await producer.publish(msg("paced", b"first"))  # poked at once
-        assert (await asyncio.wait_for(first, TIMEOUT)).body == b"first"
-        second = asyncio.ensure_future(anext(deliveries))
-        await asyncio.sleep(0.1)  # the consumer claims, finds nothing and sleeps again
-        assert asyncio.get_running_loop().time() - started < wakeup.POKE_INTERVAL, "too slow to test"
-        await producer.publish(msg("paced", b"second"))  # within the interval: poked at its end
-        assert (await asyncio.wait_for(second, TIMEOUT)).body == b"second"
