@@ -102,10 +102,12 @@ def _commit_batch(conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connecti
 
 
 class SQLiteThread:
-    """One sqlite3 connection, used only from its own thread, with group-committed writes.
+    """One sqlite3 connection with its own thread, and group-committed writes.
 
-    sqlite3 blocks, so every call runs on a single-thread executor: the event loop never waits
-    on the disk, calls run in submission order, and only the opening thread touches the connection.
+    sqlite3 blocks, so calls run on a single-thread executor, in submission order: the event
+    loop never waits for a lock or an fsync. Calls marked ``inline`` (a few indexed statements)
+    run on the loop instead when the thread has nothing in flight (see :meth:`_inline`); a lock
+    keeps the two from ever using the connection at once.
     """
 
     def __init__(
