@@ -35,9 +35,13 @@ BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
 # the write lock for some 50 us per transaction: a waiter would sleep 20x longer than needed.
 # In WAL mode the drivers fail fast instead and retry here after these sleeps (seconds).
 _BACKOFF = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
-# WAL mode: our commits do not checkpoint (that fsyncs, and may run on the event loop); a
-# thread of its own runs a passive checkpoint once this many writes were made since the last.
+# WAL mode: our commits do not checkpoint (that fsyncs, and may run on the event loop); the
+# thread runs a passive checkpoint once this many writes were made since the last one.
 CHECKPOINT_EVERY = 200
+# A WAL this long (SQLite's autocheckpoint threshold) did not start over since the last try:
+# force it (RESTART), _CHECKPOINT_RETRY writes later, then twice as many... until that works.
+_WAL_RESTART_FRAMES = 1000
+_CHECKPOINT_RETRY = 10
 # At most this many writes share one transaction on the event loop; a bigger batch (and any
 # write not marked inline) commits on the thread.
 _MAX_INLINE_WRITES = 64
@@ -132,11 +136,8 @@ class SQLiteThread:
         # Held while the connection is in use, by the thread or by an inline call on the loop.
         self._lock = threading.Lock()
         self._commits = 0  # since the last checkpoint
-        # Checkpoints run on a thread and connection of their own: the fsync they end with
-        # then holds up neither the connection nor its thread.
-        self._checkpointer: ThreadPoolExecutor | None = None
-        self._checkpoint_conn: sqlite3.Connection | None = None  # used on the checkpointer only
-        self._checkpointing = False
+        self._checkpoint_mode = "PASSIVE"  # or RESTART, once the WAL failed to start over
+        self._checkpoint_retry = _CHECKPOINT_RETRY  # writes between RESTART tries, doubling
         self._pending_on_thread = False  # a pending write was not marked inline
         self._inline_flush_scheduled = False
 
@@ -245,11 +246,11 @@ class SQLiteThread:
         Only when nothing is in flight on the thread (else the call would overtake earlier
         ones); the lock makes sure the connection is never used by both at once. In WAL mode
         with synchronous=NORMAL a commit writes to the WAL without fsync and checkpoints run
-        on a thread of their own; a lock fails at once (busy_timeout 0) and the call goes to the thread,
+        on the thread; a lock fails at once (busy_timeout 0) and the call goes to the thread,
         which waits for it. What is left is page-cache work, some tens of microseconds: less
         than the two thread switches it saves.
         """
-        if not self._lock.acquire(blocking=False):  # the thread runs an undo (see _undo)
+        if not self._lock.acquire(blocking=False):  # the thread runs a checkpoint or an undo
             raise _Inline
         try:
             if self._conn is None:
@@ -304,30 +305,43 @@ class SQLiteThread:
         if not self._wal:
             return
         self._commits += count
-        if self._commits >= CHECKPOINT_EVERY and not self._checkpointing and self._executor is not None:
+        due = self._checkpoint_retry if self._checkpoint_mode == "RESTART" else CHECKPOINT_EVERY
+        if self._commits >= due and self._executor is not None:
             self._commits = 0
-            if self._checkpointer is None:
-                self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncq-sqlite-wal")
-            self._checkpointing = True
-            future = self._checkpointer.submit(self._checkpoint)
-            future.add_done_callback(self._checkpointed)
+            with contextlib.suppress(RuntimeError):  # shut down meanwhile
+                self._executor.submit(self._checkpoint, self._checkpoint_mode)
 
-    def _checkpointed(self, _: Future[None]) -> None:
-        self._checkpointing = False  # a bool store: safe from the checkpointer's thread
-
-    def _checkpoint(self) -> None:
-        # PASSIVE: copies what no reader still needs, never waits for a lock nor blocks a writer.
-        try:
-            if self._checkpoint_conn is None:
-                self._checkpoint_conn = sqlite3.connect(self.path, isolation_level=None)
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            logger.debug("WAL checkpoint of %s failed: %s", self.path, exc)
-
-    def _close_checkpointer(self) -> None:
-        if self._checkpoint_conn is not None:
-            self._checkpoint_conn.close()
-            self._checkpoint_conn = None
+    def _checkpoint(self, mode: str) -> None:
+        # Under our lock, between this connection's writes (a checkpoint racing them would not
+        # catch up with a steady stream). PASSIVE never waits and blocks no other connection.
+        # But the WAL starts over only when a writer finds it fully copied and nobody reading
+        # it, which other connections' reads and writes can keep from happening; once it holds
+        # _WAL_RESTART_FRAMES, the next tries are RESTART, which takes
+        # the write lock, copies everything and starts the WAL over itself, waiting at most
+        # a few ms for readers (writers elsewhere retry meanwhile, as for any lock).
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                if mode == "RESTART":
+                    self._conn.execute("PRAGMA busy_timeout = 5")
+                busy, frames, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            except sqlite3.Error as exc:
+                logger.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+                busy, frames = 1, 0
+            finally:
+                if mode == "RESTART":
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("PRAGMA busy_timeout = 0")
+        # After PASSIVE, busy means another checkpoint was running: that tells nothing yet.
+        restarted = not busy if mode == "RESTART" else busy or frames < _WAL_RESTART_FRAMES
+        # Plain stores, read on the loop: a stale read only moves the next try.
+        if restarted:
+            self._checkpoint_mode, self._checkpoint_retry = "PASSIVE", _CHECKPOINT_RETRY
+        else:  # a reader that stays (a long query elsewhere) gets fewer and fewer tries
+            if mode == "RESTART":
+                self._checkpoint_retry = min(2 * self._checkpoint_retry, CHECKPOINT_EVERY)
+            self._checkpoint_mode = "RESTART"
 
     def _undo(self, orphaned: Callable[[sqlite3.Connection, Any], object], future: Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None or self._executor is None:
@@ -416,10 +430,6 @@ class SQLiteThread:
         finally:
             self._executor = None
             executor.shutdown(wait=False)
-            checkpointer, self._checkpointer = self._checkpointer, None
-            if checkpointer is not None:  # after a running checkpoint, on its thread
-                checkpointer.submit(self._close_checkpointer)
-                checkpointer.shutdown(wait=False)
 
 
 def _close(conn: sqlite3.Connection, owner: SQLiteThread) -> None:
