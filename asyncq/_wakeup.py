@@ -54,6 +54,7 @@ class WakeupChannel:
 
     def __init__(self, db_path: Path, channel: str) -> None:
         self.directory = wakeup_dir(db_path)
+        self._directory = os.fspath(self.directory)  # str: no Path arithmetic on the poke path
         self.channel = channel
         self._prefix = channel + "."
         self._sock: socket.socket | None = None
@@ -135,6 +136,9 @@ class WakeupChannel:
 
     def poke(self) -> None:
         """Wake the channel's listeners in other instances, once per loop iteration at most."""
+        # Not rate-limited further: a poke delayed to merge a burst delays the round trip of
+        # every lone message that comes soon after another (measured: 1.9 ms p50 with pokes
+        # at most 1 ms apart, 0.7-1.3 ms without), and a busy listener merges queued pokes.
         if self._poke_scheduled or not self._is_usable:
             return
         self._poke_scheduled = True
@@ -150,13 +154,13 @@ class WakeupChannel:
 
     def _listeners(self) -> list[str]:
         try:
-            mtime = os.stat(self.directory).st_mtime_ns
+            mtime = os.stat(self._directory).st_mtime_ns
         except OSError:  # no directory: nobody listens
             self._listing_mtime, self._targets = None, []
             return []
         if mtime != self._listing_mtime:
             try:
-                names = os.listdir(self.directory)
+                names = os.listdir(self._directory)
             except OSError:
                 return []
             self._listing_mtime = None if time.time_ns() - mtime < _RACY_NS else mtime
@@ -170,7 +174,7 @@ class WakeupChannel:
             except OSError:
                 return
             self._sender.setblocking(False)
-        path = os.fspath(self.directory / name)
+        path = os.path.join(self._directory, name)
         try:
             self._sender.sendto(b"!", path)
         except ConnectionRefusedError:  # nobody bound to it any more: a dead process's leftover

@@ -1,14 +1,18 @@
-"""Cross-process round trip and enqueue rate of the embedded sqlite:// store, beside huey's SqliteHuey.
+"""Cross-process round trip, enqueue and drain rates of the embedded sqlite:// store, beside SqliteHuey.
 
 Run with ``python benchmarks/sqlite_roundtrip.py [--trees after=.,before=/work/main]
-[--round-trips 500] [--enqueues 2000] [--huey-python ~/venvs/huey/bin/python]``.
+[--round-trips 500] [--enqueues 2000] [--rounds 3] [--huey-python ~/venvs/huey/bin/python]``.
 
-For each asyncq source tree a worker (``asyncq run``, default settings) runs in one process and
-a client in another, both on one temporary SQLite file: the client does ``--round-trips``
-sequential ``echo.enqueue()`` + ``result.get()`` calls (p50 / p99 in ms), then ``--enqueues``
-sequential ``noop.enqueue()`` calls while the worker drains them (calls/s). With huey installed
-in the given interpreter, the same is measured for SqliteHuey (a thread consumer, default
-settings). Raw drain and publish rates are in ``benchmarks/sqlite_broker.py``.
+For each asyncq source tree a client process first does ``--enqueues`` sequential
+``noop.enqueue()`` calls with no worker (calls/s); then a worker (``asyncq run``, default
+settings) starts and drains that backlog (tasks/s, timed from the first message gone to the last,
+by counting the queue's rows from this process); then a client does ``--round-trips`` sequential
+``echo.enqueue()`` + ``result.get()`` calls (p50 / p99 in ms), and ``--enqueues`` sequential
+``noop.enqueue()`` calls while the worker drains them (calls/s). With huey installed in the
+given interpreter, the same is measured for SqliteHuey (a thread consumer, default settings).
+Rounds interleave the contenders (the order rotates each round); the summary shows each
+column's median and its range over the rounds. Raw drain and publish rates are in
+``benchmarks/sqlite_broker.py``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +93,10 @@ async def client(round_trips: int, enqueues: int) -> dict[str, float]:
 
 def run_asyncq(tree: Path, args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
         env = {
             **os.environ,
-            "BENCH_SQLITE_URL": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "BENCH_SQLITE_URL": f"sqlite:///{db}",
             "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)]),
         }
         client = [sys.executable, str(Path(__file__)), "--client"]
@@ -100,12 +107,38 @@ def run_asyncq(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             cwd=HERE,
         )
         try:
+            drain = drain_rate(db, "asyncq_messages", worker)
             cmd = [*client, str(args.round_trips), str(args.enqueues)]
             busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
         finally:
             worker.terminate()
             worker.wait(30)
-        return {**idle, **busy}
+        return {**idle, "drain": drain, **busy}
+
+
+def drain_rate(db: Path, table: str, worker: subprocess.Popen[bytes], timeout: float = 120) -> float:
+    """Tasks/s of a worker draining the backlog in ``table``: from its first row gone to its last."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+
+        def count() -> int:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{table} not drained in {timeout:g}s")
+            n: int = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            return n
+
+        deadline = time.monotonic() + timeout
+        backlog = count()
+        while (left := count()) == backlog:
+            time.sleep(0.001)
+        started = time.perf_counter()
+        while count():
+            time.sleep(0.001)
+        return left / (time.perf_counter() - started)
+    finally:
+        conn.close()
 
 
 _RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 600, "check": True}
@@ -118,7 +151,8 @@ def _json(out: str) -> dict[str, float]:
 
 def run_huey(python: str, args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "BENCH_HUEY_DB": str(Path(tmp) / "huey.db"), "PYTHONPATH": str(HERE)}
+        db = Path(tmp) / "huey.db"
+        env = {**os.environ, "BENCH_HUEY_DB": str(db), "PYTHONPATH": str(HERE)}
         client = [python, "-c", HUEY_CLIENT]
         idle = _json(subprocess.run([*client, "0", str(args.enqueues)], env=env, cwd=HERE, **_RUN).stdout)
         consumer_bin = str(Path(python).parent / "huey_consumer")
@@ -126,12 +160,26 @@ def run_huey(python: str, args: argparse.Namespace) -> dict[str, float]:
             [consumer_bin, "peers.huey_sqlite.huey", "-w", "4", "-k", "thread", "-q"], env=env, cwd=HERE
         )
         try:
+            drain = drain_rate(db, "task", worker)
             cmd = [*client, str(args.round_trips), str(args.enqueues)]
             busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
         finally:
             worker.terminate()
             worker.wait(30)
-        return {**idle, **busy}
+        return {**idle, "drain": drain, **busy}
+
+
+_COLUMNS = (
+    ("rtt p50 ms", "p50", "{:.2f}"),
+    ("rtt p99 ms", "p99", "{:.2f}"),
+    ("enqueue/s", "enqueue_idle", "{:,.0f}"),
+    ("drain/s", "drain", "{:,.0f}"),
+    ("enqueue/s busy", "enqueue_busy", "{:,.0f}"),
+)
+
+
+def _row(name: str, cells: list[str]) -> str:
+    return f"{name:<18}" + "".join(f"{c:>24}" for c in cells)
 
 
 def main() -> None:
@@ -141,6 +189,7 @@ def main() -> None:
     )
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--enqueues", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, contenders interleaved")
     parser.add_argument("--huey-python", default=str(Path.home() / "venvs/huey/bin/python"))
     parser.add_argument("--client", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,19 +199,30 @@ def main() -> None:
 
         print(json.dumps(asyncio.run(sqlite_roundtrip.client(*args.client))))
         return
-    runs: list[tuple[str, dict[str, float]]] = []
+    contenders: list[tuple[str, Any]] = []
     for spec in args.trees.split(","):
         name, _, path = spec.partition("=")
-        runs.append((f"asyncq {name}", run_asyncq(Path(path).resolve(), args)))
+        contenders.append((f"asyncq {name}", partial(run_asyncq, Path(path).resolve(), args)))
     if Path(args.huey_python).exists():
-        runs.append(("huey SqliteHuey", run_huey(args.huey_python, args)))
+        contenders.append(("huey SqliteHuey", partial(run_huey, args.huey_python, args)))
     else:
         print(f"(huey skipped: no {args.huey_python})")
-    head = ("rtt p50 ms", "rtt p99 ms", "enqueue/s", "enqueue/s busy")
-    print(f"{'':<18}" + "".join(f"{h:>15}" for h in head))
-    for name, r in runs:
-        row = f"{r['p50']:>15.2f}{r['p99']:>15.2f}{r['enqueue_idle']:>15,.0f}{r['enqueue_busy']:>15,.0f}"
-        print(f"{name:<18}{row}")
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in contenders}
+    print(_row("", [head for head, _, _ in _COLUMNS]))
+    for round_ in range(args.rounds):
+        shift = round_ % len(contenders)
+        for name, run in contenders[shift:] + contenders[:shift]:
+            r = run()
+            results[name].append(r)
+            print(_row(f"{round_ + 1}: {name}", [fmt.format(r[key]) for _, key, fmt in _COLUMNS]), flush=True)
+    print(f"median of {args.rounds} rounds (min-max):")
+    for name, rs in results.items():
+        cells = []
+        for _, key, fmt in _COLUMNS:
+            values = [r[key] for r in rs]
+            spread = f" ({fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else ""
+            cells.append(fmt.format(statistics.median(values)) + spread)
+        print(_row(name, cells))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ ALLOWED: list[tuple[str, set[str]]] = [
     # An App (and a relative sqlite:// URL) resolves its directory once, when it is made: a
     # path computation (getcwd, lstat), no data read or written; apps are made before serving.
     ("asyncq/app.py", {"_defining_dir", "resolve_sqlite_url"}),
-    ("asyncq/_sqlite.py", {"parse_sqlite_url"}),
+    # Short SQLite calls (a lone publish, a claim, a settle, a result) run on the loop when the
+    # connection's thread is idle (_inline): WAL mode, no fsync in a commit (checkpoints stay
+    # on the thread), locks fail at once and go to the thread. Page-cache work, cheaper than
+    # the thread hop it saves.
+    ("asyncq/_sqlite.py", {"parse_sqlite_url", "_inline"}),
     # Starting a process-pool child: fork/exec plus a small pipe write (spawn's preparation
     # data); the child's imports and every later pipe read/write run in the pool's I/O thread.
     ("asyncq/worker/procpool.py", {"__init__"}),

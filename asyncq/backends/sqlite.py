@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 CLEANUP_INTERVAL = 60.0  # seconds between sweeps of expired rows; reads skip them meanwhile
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_INLINE_IDS = 50  # a read of at most this many records may run on the event loop (asyncq/_sqlite.py)
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -158,7 +159,8 @@ class SQLiteBackend(BackendDefaults):
         if sweep:
             self._next_sweep = time.monotonic() + CLEANUP_INTERVAL
         await self._db.write(
-            partial(_upsert, row=(task_id, bytes(record), int(final), expires_at), sweep=sweep)
+            partial(_upsert, row=(task_id, bytes(record), int(final), expires_at), sweep=sweep),
+            inline=not sweep,  # one row: may commit on the event loop (asyncq/_sqlite.py)
         )
         if final:
             self._waiters.wake(task_id, record)
@@ -170,14 +172,14 @@ class SQLiteBackend(BackendDefaults):
     async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         if not task_ids:
             return []
-        found = await self._db.run(_records, list(task_ids), False)
+        found = await self._db.run(_records, list(task_ids), False, inline=len(task_ids) <= _INLINE_IDS)
         return [found.get(task_id) for task_id in task_ids]
 
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
         self._wakeup.listen(self._poked.set)
 
         async def read() -> bytes | None:
-            return (await self._db.run(_records, [task_id], True)).get(task_id)
+            return (await self._db.run(_records, [task_id], True, inline=True)).get(task_id)
 
         return await self._waiters.wait(task_id, timeout, read, self._ensure_poller)
 
@@ -200,7 +202,7 @@ class SQLiteBackend(BackendDefaults):
                 self._poked.clear()
                 waited = self._waiters.waited()
                 try:
-                    found = await self._db.run(_records, waited, True)
+                    found = await self._db.run(_records, waited, True, inline=len(waited) <= _INLINE_IDS)
                 except BackendError as exc:  # transient (locked too long): the next tick retries
                     logger.warning("could not poll results in %s: %s", self.path, describe_error(exc))
                     continue

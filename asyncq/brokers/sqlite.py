@@ -188,6 +188,8 @@ def _renew(conn: sqlite3.Connection, owner: str, lease: float) -> int:
     ).rowcount
 
 
+_INLINE_ROWS = 16  # a publish of at most this many rows may commit on the event loop
+
 VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", seconds, 30.0)
 POLL_INTERVAL: Final = Option("poll_interval", seconds, 0.05)
 #: Options of this broker (URL query or keyword), with their defaults.
@@ -197,13 +199,20 @@ BROKER_OPTIONS: Final = (VISIBILITY_TIMEOUT, POLL_INTERVAL, CONNECT_TIMEOUT)
 class _Consumer:
     """One consume() iterator: rows claimed but not yet yielded, and claims not yet settled."""
 
-    __slots__ = ("buffer", "gate", "wakeup")
+    __slots__ = ("buffer", "full", "gate", "wakeup")
 
     def __init__(self, prefetch: int) -> None:
         self.buffer: deque[Row] = deque()
-        self.wakeup = asyncio.Event()  # a slot freed, or this instance published or nacked
+        self.wakeup = asyncio.Event()  # a slot freed while full, or this instance published or nacked
+        self.full = False  # waiting for a free slot rather than for messages
         # Counts claimed and not settled rows, buffered ones included: at most prefetch.
-        self.gate = PrefetchGate(prefetch, self.wakeup.set)
+        self.gate = PrefetchGate(prefetch, self._released)
+
+    def _released(self) -> None:
+        # A settle only matters to a consumer waiting for room: one waiting for messages would
+        # claim again and find none (a read per task run, and a claim racing every publish).
+        if self.full:
+            self.wakeup.set()
 
 
 class _SQLiteDelivery:
@@ -229,7 +238,7 @@ class _SQLiteDelivery:
     async def _settle(self, verb: str, op: Callable[[sqlite3.Connection], bool]) -> None:
         self._once.begin()
         try:
-            held = await self._broker._db.write(op)
+            held = await self._broker._db.write(op, inline=True)
         except BrokerError:
             self._once.undo()  # the transaction rolled back: the caller may settle again
             raise
@@ -348,7 +357,8 @@ class SQLiteBroker(BrokerDefaults):
         fair = [
             (i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None
         ]
-        await self._db.write(partial(_insert, rows=rows, fair=fair))
+        # A few rows commit on the event loop when the thread is idle (asyncq/_sqlite.py).
+        await self._db.write(partial(_insert, rows=rows, fair=fair), inline=len(rows) <= _INLINE_ROWS)
         self._published()
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:
@@ -382,9 +392,10 @@ class SQLiteBroker(BrokerDefaults):
             consumer.wakeup.clear()
             delay: float | None = None  # no free slot: only a settle (which sets wakeup) helps
             free = consumer.gate.free
+            consumer.full = free <= 0
             if free > 0:
                 args = (queues, free, self._owner, self.visibility_timeout)
-                rows, due = await self._db.run(_claim, *args, orphaned=undo)
+                rows, due = await self._db.run(_claim, *args, orphaned=undo, inline=True)
                 if rows:
                     consumer.buffer.extend(rows)
                     consumer.gate.take(len(rows))

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import asyncq._sqlite as sqlite_plumbing
+import asyncq.brokers.sqlite as sqlite_broker
 from asyncq import App
 from asyncq.backends import backend_from_url
 from asyncq.backends.sqlite import SQLiteBackend
@@ -350,6 +351,40 @@ async def test_idle_consumer_wakes_at_the_eta_not_at_the_next_poll(open_broker) 
         delivery = await take(it, timeout=3.0)
         assert eta - 0.05 <= time.time() < eta + 2.0
         await delivery.ack()
+
+
+async def test_a_settle_wakes_only_a_consumer_waiting_for_room(open_broker, monkeypatch) -> None:
+    claims: list[int] = []
+    claim = sqlite_broker._claim
+
+    def counting(conn: sqlite3.Connection, *args: Any) -> Any:
+        claimed = claim(conn, *args)
+        claims.append(len(claimed[0]))
+        return claimed
+
+    monkeypatch.setattr(sqlite_broker, "_claim", counting)
+    producer: SQLiteBroker = await open_broker()
+    consumer: SQLiteBroker = await open_broker(poll_interval=30.0)  # only pokes wake it
+    await producer.publish(msg("roomy", b"1"))
+    async with aclosing(consumer.consume(["roomy"], prefetch=2)) as it:
+        first = await take(it)
+        second = asyncio.ensure_future(anext(it))  # a free slot: waits for messages
+        await until(lambda: len(claims) == 2, "the claim that finds nothing")
+        await first.ack()  # frees a slot, but brings no message: no claim for it
+        await producer.publish(msg("roomy", b"2"))
+        assert (await asyncio.wait_for(second, TIMEOUT)).body == b"2"
+        assert claims == [1, 0, 1]
+        await (second.result()).ack()
+    claims.clear()
+    async with aclosing(consumer.consume(["full"], prefetch=1)) as it:
+        await producer.publish(msg("full", b"1"))
+        first = await take(it)
+        pending = asyncio.ensure_future(anext(it))  # no free slot: waits for a settle
+        await producer.publish(msg("full", b"2"))  # its poke finds no room: no claim
+        await first.ack()
+        assert (await asyncio.wait_for(pending, TIMEOUT)).body == b"2"
+        await (pending.result()).ack()
+    assert 0 not in claims[1:], f"a claim found nothing: {claims}"
 
 
 # -- backend ---------------------------------------------------------------------------------
