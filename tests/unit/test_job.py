@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from asyncq import State
-from asyncq.brokers import Delivery
+from asyncq.brokers import Delivery, OutgoingMessage
 from asyncq.exceptions import TimeLimitExceeded
 from asyncq.task import Request
 from asyncq.testing import memory_app
@@ -206,3 +206,15 @@ async def test_a_job_cancelled_before_its_first_step_frees_its_slot() -> None:
         slots.release()
         assert job not in worker._inflight
     await local.aclose()
+
+
+async def test_the_book_forgets_a_job_whose_transport_id_is_not_its_task_id(runner: JobRunner) -> None:
+    # A producer of another kind may publish under an id of the transport's own: the book,
+    # keyed by task id, must still drop the entry once the job is settled.
+    message = add.build_message((2, 3))
+    body = app.outgoing(message).body
+    await app.broker.publish(OutgoingMessage(f"transport-{message.id}", "default", body))
+    await run_once(runner)
+    assert await app.AsyncResult(message.id).get(timeout=TIMEOUT) == 5
+    assert runner.book.entries == {}
+    assert runner.book.running() == [] and runner.book.reserved() == []
