@@ -59,6 +59,12 @@ class _Slots(asyncio.Semaphore):
             return True
         return False
 
+    def release(self) -> None:
+        """Semaphore.release(), with no call to wake a waiter when none waits (every job's end)."""
+        self._value += 1
+        if self._waiters:
+            self._wake_up_next()
+
 
 class Worker:
     """Consumes tasks from queues and runs them, up to ``concurrency`` at once.
