@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -218,3 +219,13 @@ async def test_the_book_forgets_a_job_whose_transport_id_is_not_its_task_id(runn
     assert await app.AsyncResult(message.id).get(timeout=TIMEOUT) == 5
     assert runner.book.entries == {}
     assert runner.book.running() == [] and runner.book.reserved() == []
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_a_running_worker_keeps_its_start_up_objects_frozen_out_of_the_collector(freeze: bool) -> None:
+    local = memory_app("job-tests-gc", worker_gc_freeze=freeze)
+    assert gc.get_freeze_count() == 0
+    async with local.worker(concurrency=1):
+        assert (gc.get_freeze_count() > 0) is freeze
+    assert gc.get_freeze_count() == 0  # given back to the collector when the worker stops
+    await local.aclose()
