@@ -179,12 +179,11 @@ class JobRunner(JobRecords):
             await self._give_back(delivery, message, delay=1.0)
         finally:
             # By task id, as reserved: a transport may deliver under an id of its own.
-            if entry is None:
-                pass
-            elif not self._plain_book:
-                self._book.finish(entry.message.id)
-            elif self._book.entries.get(entry.message.id) is entry:  # not a copy's running beside it
-                del self._book.entries[entry.message.id]
+            if entry is not None:
+                if not self._plain_book:
+                    self._book.finish(entry.message.id)
+                elif self._book.entries.get(entry.message.id) is entry:  # not a copy's beside it
+                    del self._book.entries[entry.message.id]
             if self.on_finish is not None:
                 self.on_finish()
 
