@@ -186,6 +186,14 @@ SETTINGS: dict[str, Setting] = {
             "Processes for executor='process' tasks; default cpus.",
         ),
         _S("worker_shutdown_timeout", 30.0, float, "Seconds in-flight tasks get to finish on shutdown."),
+        _S(
+            "worker_gc_freeze",
+            True,
+            _parse_bool,
+            "While a worker runs, the objects alive at its start-up are left out of the cyclic "
+            "garbage collector's passes (gc.freeze(), undone when it stops); turn it off if an "
+            "app embedding a worker needs cycles created before the worker started collected.",
+        ),
         _S("worker_loop", "auto", str, "Event loop: auto (uvloop if installed), asyncio or uvloop."),
         _S(
             "worker_send_task_events",

@@ -175,16 +175,48 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     if not isinstance(args, _SEQUENCES) or not isinstance(kwargs, dict):
         raise SerializationError("message 'args' must be a list and 'kwargs' an object")
     queue = envelope.get("queue") or "default"
+    if type(args) is not list:
+        args = list(args)  # a freshly decoded list needs no copy
+    if type(queue) is not str:
+        queue = str(queue)
+    get = envelope.get
+    headers, retries, priority = get("headers"), get("retries"), get("priority")
+    ignore_result = get("ignore_result")
+    if (
+        (headers is None or type(headers) is dict)
+        and (retries is None or type(retries) is int)
+        and (priority is None or type(priority) is int)
+        and (ignore_result is None or type(ignore_result) is bool)
+        and get("eta") is None
+        and get("expires") is None
+    ):
+        # The usual envelope: every optional field absent or already of its type, so the
+        # message is built in one positional call (the field order of Message) with what the
+        # per-field readers below would give. A freshly decoded headers dict needs no copy.
+        return Message(
+            task_id,
+            task_name,
+            args,
+            kwargs,
+            queue,
+            retries or 0,
+            None,
+            None,
+            priority,
+            {} if headers is None else headers,
+            get("root_id"),
+            get("parent_id"),
+            get("group_id"),
+            get("callbacks"),
+            get("errbacks"),
+            get("chain"),
+            get("chord"),
+            ignore_result or False,
+            content_type,
+        )
     message = Message(
-        id=task_id,
-        task=task_name,
-        args=args if type(args) is list else list(args),  # freshly decoded: no copy needed
-        kwargs=kwargs,
-        queue=queue if type(queue) is str else str(queue),
-        content_type=content_type,
+        id=task_id, task=task_name, args=args, kwargs=kwargs, queue=queue, content_type=content_type
     )
-    if envelope.keys() <= _BASE_FIELDS:  # the usual envelope: no optional field to read
-        return message
     try:
         # Only the fields present: an envelope leaves defaults out, so this loop is short.
         for name, value in envelope.items():
@@ -198,10 +230,6 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
 
 #: A tuple, not ``list | tuple``: the union would be built again on every call.
 _SEQUENCES: Final = (list, tuple)
-#: Envelope fields read before the optional ones (decode_message).
-_BASE_FIELDS: Final = frozenset(
-    {"v", "id", "task", "args", "kwargs", "queue", "content_type", "body", "body_encoding", "encryption"}
-)
 
 
 def _dict(value: Any) -> dict[str, Any]:

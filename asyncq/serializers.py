@@ -30,6 +30,7 @@ __all__ = [
     "Serializer",
     "Serializers",
     "json_dumps",
+    "json_dumps_within",
     "json_loads",
 ]
 
@@ -105,6 +106,23 @@ def json_dumps(obj: Any) -> bytes:
             except RecursionError:
                 pass
         return _ENCODER.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+
+
+def json_dumps_within(prefix: str, obj: Any, suffix: str) -> bytes:
+    """``prefix``, the JSON of ``obj`` (as :func:`json_dumps` writes it) and ``suffix``, as UTF-8.
+
+    For a document written as text around one value (a task's SUCCESS record): one encoding
+    to bytes instead of one for the value and another for the rest.
+    """
+    try:
+        if _C_ENCODE is not None:
+            try:
+                return (prefix + "".join(_C_ENCODE(obj, 0)) + suffix).encode("utf-8")
+            except RecursionError:
+                pass
+        return (prefix + _ENCODER.encode(obj) + suffix).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from exc
 

@@ -7,13 +7,17 @@ steadier figure on a loaded machine). With --trees, every tree runs in its own p
 the first one are printed.
 
 Usage: python benchmarks/per_task.py [--url memory://] [--tasks 20000] [--rounds 3]
-       [--trees base=/path/to/old/checkout,new=.]
+       [--trees base=/path/to/old/checkout,new=.] [--profile FILE]
+
+--profile runs one drain of this tree with the worker under cProfile (the enqueue is not
+profiled) and prints the 25 functions with the most time of their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import statistics
@@ -27,8 +31,8 @@ from _common import Countdown, send_all
 from asyncq import App
 
 
-async def drain(url: str, n: int) -> tuple[float, float]:
-    """One drain: (tasks per wall-clock second, CPU microseconds per task)."""
+async def drain(url: str, n: int, profile: cProfile.Profile | None = None) -> tuple[float, float]:
+    """One drain: (tasks per wall-clock second, CPU microseconds per task), the drain profiled."""
     options = {"key_prefix": f"asyncq-bench-per-task-{uuid.uuid4().hex[:8]}"}
     # A unique prefix, and results that expire soon: the shared Redis keeps nothing of the run.
     config = {
@@ -47,10 +51,14 @@ async def drain(url: str, n: int) -> tuple[float, float]:
         runs.tick()
 
     await send_all(app, [noop.build_message() for _ in range(n)])
+    if profile is not None:
+        profile.enable()
     wall, cpu = time.perf_counter(), time.process_time()
     async with app.worker(concurrency=500):
         await asyncio.wait_for(runs.done.wait(), 600)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profile is not None:
+        profile.disable()
     delete_queue = getattr(app.broker, "delete_queue", None)
     if url.startswith("amqp") and delete_queue is not None:
         await delete_queue(app.conf.task_default_queue)
@@ -68,8 +76,20 @@ def main() -> None:
     parser.add_argument(
         "--trees", default="", help="name=path,...: source trees to compare (first: baseline)"
     )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="one drain under cProfile: stats to FILE, the top 25 printed"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's single run
     args = parser.parse_args()
+    if args.profile:
+        import pstats
+
+        profile = cProfile.Profile()
+        rate, micros = asyncio.run(drain(args.url, args.tasks, profile))
+        profile.dump_stats(args.profile)
+        print(f"{rate:,.0f} tasks/s, {micros:.1f} us CPU/task (under the profiler)")
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
+        return
     if args.one or not args.trees:
         rate, micros = asyncio.run(drain(args.url, args.tasks))
         print(

@@ -46,9 +46,10 @@ class MemoryBackend(BackendDefaults):
             return None
         return entry
 
-    def _prune(self) -> None:
+    def _prune(self, current: float | None = None) -> None:
         """Drop expired records and counters now and then, so a long-lived process does not grow."""
-        current = now()
+        if current is None:
+            current = now()
         if current < self._next_prune:
             return
         self._next_prune = current + _PRUNE_INTERVAL
@@ -58,8 +59,10 @@ class MemoryBackend(BackendDefaults):
                 del store[key]
 
     async def set(self, task_id: str, record: bytes, *, final: bool, ttl: float | None) -> None:
-        self._prune()
-        self._records[task_id] = (record, final, None if ttl is None else now() + ttl)
+        current = now()
+        if current >= self._next_prune:  # one clock read and no call on most writes
+            self._prune(current)
+        self._records[task_id] = (record, final, None if ttl is None else current + ttl)
         if final:
             for future in self._waiters.pop(task_id, ()):
                 if not future.done():

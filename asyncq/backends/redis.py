@@ -357,6 +357,8 @@ class RedisBackend(BackendDefaults):
         )
         settings = self._redis.settings
         self._prefix: str = settings["key_prefix"]
+        self._ttl_seen: float | None = None
+        self._ttl_ms_seen = _ttl_ms(None)
         retry_timeout: float = settings["retry_timeout"]
         self._ping_interval: float = settings["ping_interval"]
         if retry_timeout < 0 or self._ping_interval <= 0:
@@ -406,7 +408,10 @@ class RedisBackend(BackendDefaults):
         """
         if not self._redis.connected:
             await self._redis.connect()
-        await self._sets.submit((self._key(task_id), record, final, _ttl_ms(ttl)))
+        if ttl != self._ttl_seen:  # every record of a worker has the same ttl: converted once
+            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
+        key = f"{self._prefix}:result:{{{task_id}}}".encode()  # _key(), inline
+        await self._sets.submit((key, record, final, self._ttl_ms_seen))
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
         client = self._redis.client()

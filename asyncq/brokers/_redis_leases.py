@@ -188,7 +188,9 @@ class RedisDelivery:
 
     def detach(self) -> None:
         """Stop renewing the lease and free the consumer's prefetch slot (once)."""
-        self._leases.held.get(self._queue, {}).pop(self._handle, None)
+        held = self._leases.held.get(self._queue)
+        if held is not None:
+            held.pop(self._handle, None)
         on_settled, self._on_settled = self._on_settled, None
         if on_settled is not None:
             on_settled()

@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
-from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
@@ -41,17 +40,17 @@ from asyncq.flow.bucket import RateLimiter
 from asyncq.flow.gate import FlowGate
 from asyncq.message import Message
 from asyncq.request import Request, _current
-from asyncq.result import encode_record, encode_success
+from asyncq.result import encode_success
 from asyncq.states import State
 from asyncq.task import Task
 from asyncq.unique.send import release_unique
 from asyncq.unique.spec import UNIQUE_HEADER
+from asyncq.worker.records import JobRecords
 from asyncq.worker.suspects import (
     BACKSTOP_FACTOR,
     COUNTER_TTL,
     AlreadyDeadLettered,
     Poison,
-    SuspectRuns,
 )
 from asyncq.worker.tracking import JobBook, JobEntry
 
@@ -64,7 +63,7 @@ __all__ = ["BACKSTOP_FACTOR", "COUNTER_TTL", "JobRunner", "RateLimiter"]
 logger = logging.getLogger(__name__)
 
 
-class JobRunner(SuspectRuns):
+class JobRunner(JobRecords):
     """Runs deliveries for one worker."""
 
     def __init__(self, app: App, executor: Executor, *, hostname: str, max_deliveries: int) -> None:
@@ -137,6 +136,7 @@ class JobRunner(SuspectRuns):
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to the end; never raises except on cancellation."""
         message: Message | None = None
+        entry: JobEntry | None = None
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         try:
@@ -147,7 +147,10 @@ class JobRunner(SuspectRuns):
                 return
             if self._events_on:
                 self._events.task_received(message)
-            entry = self._book.reserve(message, delivery.queue)
+            if self._plain_book:
+                entry = self._book.entries[message.id] = JobEntry(message, delivery.queue)
+            else:
+                entry = self._book.reserve(message, delivery.queue)
             task = self._tasks.get(message.task)
             if (
                 task is None
@@ -164,10 +167,9 @@ class JobRunner(SuspectRuns):
             else:
                 await self._execute(delivery, message, task, entry)
         except asyncio.CancelledError:
-            held = self.book.entries.get(delivery.id)
-            if held is not None and self.is_revoked is not None and self.is_revoked(delivery.id):
+            if entry is not None and self.is_revoked is not None and self.is_revoked(entry.message.id):
                 # Revoked with terminate: settled here, so that no other worker starts it.
-                await asyncio.shield(self._skip_revoked(delivery, held.message, "revoked while running"))
+                await asyncio.shield(self._skip_revoked(delivery, entry.message, "revoked while running"))
                 raise
             # Shutdown cut the task short: give the message back so another worker runs it.
             await asyncio.shield(self._give_back(delivery, message))
@@ -176,10 +178,12 @@ class JobRunner(SuspectRuns):
             logger.exception("internal error handling message %s; returning it to the queue", delivery.id)
             await self._give_back(delivery, message, delay=1.0)
         finally:
-            if self._plain_book:
-                self._book.entries.pop(delivery.id, None)
-            else:
-                self._book.finish(delivery.id)
+            # By task id, as reserved: a transport may deliver under an id of its own.
+            if entry is not None:
+                if not self._plain_book:
+                    self._book.finish(entry.message.id)
+                elif self._book.entries.get(entry.message.id) is entry:  # not a copy's beside it
+                    del self._book.entries[entry.message.id]
             if self.on_finish is not None:
                 self.on_finish()
 
@@ -287,7 +291,10 @@ class JobRunner(SuspectRuns):
             await self._settle(delivery.ack())
             return
         if not acks_late:
-            await self._settle(delivery.ack())  # at-most-once: a crash from here on loses the task
+            try:  # at-most-once: a crash from here on loses the task
+                await delivery.ack()
+            except AsyncqError:
+                logger.exception("could not settle a delivery; the broker will deliver it again")
         request = self._request(delivery, message)
         if self._plain_book:
             entry.started, entry.request = time.time(), request
@@ -363,7 +370,17 @@ class JobRunner(SuspectRuns):
                     "task %s[%s] succeeded in %.3fs", task.name, message.id, time.perf_counter() - started
                 )
             if not message.ignore_result:
-                await self._store_success(message, result, seal)
+                # _store() of a SUCCESS, inline (the path of most tasks): nothing to check first.
+                if seal or not self._json_results:
+                    record = self._success_record(message, result, seal)
+                else:
+                    record = encode_success(message.id, result, message.retries, message.task)
+                try:
+                    await self._write(message, record, True)
+                except AsyncqError:
+                    logger.exception(
+                        "could not store the SUCCESS state of task %s[%s]", message.task, message.id
+                    )
             if UNIQUE_HEADER in message.headers:
                 await release_unique(self._broker, message)  # done for good: the next copy may queue
             if self._events_on:
@@ -451,103 +468,31 @@ class JobRunner(SuspectRuns):
             self._seals_results and self._security.encrypts(task),
         )
 
-    async def _store_success(self, message: Message, result: Any, seal: bool) -> None:
-        """:meth:`_store` of a SUCCESS, with nothing to check first: the path of most tasks."""
-        if seal or not self._json_results:
-            record = encode_record(
-                self._serializers,
-                task_id=message.id,
-                status=State.SUCCESS,
-                result=result,
-                retries=message.retries,
-                task=message.task,
-                serializer=self._result_serializer,
-                encrypt=seal,
-            )
-        else:
-            record = encode_success(message.id, result, message.retries, message.task)
-        try:
-            await self._write(message, record, True)
-        except AsyncqError:
-            logger.exception("could not store the SUCCESS state of task %s[%s]", message.task, message.id)
-
-    def _write(self, message: Message, record: bytes, final: bool) -> Awaitable[None]:
-        """Store a record; to the sender's reply address when the message names one (rpc://)."""
-        reply_to = message.headers.get(REPLY_TO) if message.headers else None
-        if isinstance(reply_to, str):
-            return self._backend.set_reply(
-                message.id, record, final=final, ttl=self._result_ttl, reply_to=reply_to
-            )
-        return self._backend.set(message.id, record, final=final, ttl=self._result_ttl)
-
     def _request(self, delivery: Delivery, message: Message) -> Request:
-        return Request.delivered(
-            message,
-            task=message.task,
-            delivery_info={
+        # Request.delivered() without its call: positional, in the field order (a test pins it).
+        return Request(
+            message.id,
+            message.task,
+            message.args,
+            message.kwargs,
+            message.retries,
+            message.eta,
+            message.expires,
+            message.headers,
+            {
                 "queue": delivery.queue,
                 "delivery_count": delivery.delivery_count,
                 "priority": message.priority,
             },
-            hostname=self.hostname,
-            state_writer=functools.partial(self._writer, message),
-            loop=self._loop,
-            native=message,
+            message.root_id,
+            message.parent_id,
+            message.group_id,
+            self.hostname,
+            False,
+            message,
+            functools.partial(self._writer, message),
+            self._loop,
         )
-
-    async def _write_state(self, message: Message, state: State | str, meta: dict[str, Any] | None) -> None:
-        await self._store(message, State(state) if state in State.__members__ else state, meta=meta)
-
-    async def _store(
-        self,
-        message: Message,
-        status: State | str,
-        *,
-        result: Any = None,
-        exc: BaseException | None = None,
-        meta: dict[str, Any] | None = None,
-        retries: int | None = None,
-        task: Task[Any, Any] | None = None,
-    ) -> bool:
-        """Store a state; False only if a FAILURE was not stored over a SUCCESS (a duplicate)."""
-        if status in _FINAL and UNIQUE_HEADER in message.headers:
-            await release_unique(self._broker, message)  # done for good: the next copy may queue
-        if message.ignore_result and status not in (State.FAILURE, State.REVOKED):
-            return True
-        state = status if isinstance(status, State) else _custom_state(status)
-        if state is State.FAILURE and await self._already_succeeded(message):
-            logger.warning(
-                "task %s[%s] already succeeded; not replacing its result with %r",
-                message.task,
-                message.id,
-                exc,
-            )
-            return False
-        record = encode_record(
-            self._serializers,
-            task_id=message.id,
-            status=state,
-            result=result,
-            exc=exc,
-            meta=meta if isinstance(status, State) else {**(meta or {}), "state": status},
-            retries=message.retries if retries is None else retries,
-            task=message.task,
-            serializer=self._result_serializer,
-            encrypt=self._seals_results
-            and self._security.encrypts(task if task is not None else self._tasks.get(message.task)),
-        )
-        try:
-            await self._write(message, record, state in _FINAL)
-        except AsyncqError:
-            logger.exception("could not store the %s state of task %s[%s]", state, message.task, message.id)
-        return True
-
-    async def _record_failure(self, task_id: str, task_name: str | None, exc: BaseException) -> None:
-        await self._store(Message(id=task_id, task=task_name or "?"), State.FAILURE, exc=exc)
-
-    def _outcome(self, message: Message, state: State) -> None:
-        if self.on_outcome is not None:
-            self.on_outcome(message.task, state)
 
     @staticmethod
     async def _settle(settling: Any) -> None:
@@ -562,13 +507,6 @@ async def _nothing() -> None:
     """No slot to take back (a runner outside a worker)."""
 
 
-_FINAL = frozenset({State.SUCCESS, State.FAILURE, State.REVOKED})
-
 #: acks_late, track_started, soft and hard time limits, whether the run can skip the
 #: executor (async, no time limit), whether results are sealed.
 _Plan = tuple[bool, bool, float | None, float | None, bool, bool]
-
-
-def _custom_state(name: str) -> State:
-    # Custom progress states (e.g. "PROGRESS") are stored as STARTED with the name in meta.
-    return State.STARTED if name not in State.__members__ else State(name)

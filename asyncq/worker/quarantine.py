@@ -121,7 +121,8 @@ class IsolationGate:
     def enter_open(self) -> None:
         """Pass the gate while :attr:`is_open`; pair with :meth:`leave`."""
         self._shared += 1
-        self._drained.clear()
+        if self._shared == 1:  # _drained is clear already while others pass
+            self._drained.clear()
 
     async def enter(self) -> None:
         """Pass the gate as an ordinary task, waiting while an exclusive run is pending."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,12 @@ class _Slots(asyncio.Semaphore):
             self._value -= 1
             return True
         return False
+
+    def release(self) -> None:
+        """Semaphore.release(), with no call to wake a waiter when none waits (every job's end)."""
+        self._value += 1
+        if self._waiters:
+            self._wake_up_next()
 
 
 class Worker:
@@ -221,6 +228,11 @@ class Worker:
             )
             celery_loop = asyncio.create_task(celery.serve(), name="asyncq.celery")
             loops.append(celery_loop)
+        # What start-up left alive (modules, the app, connections) lives as long as the worker:
+        # frozen, it is no longer walked by every full collection while tasks run.
+        frozen = bool(self.app.conf.worker_gc_freeze)
+        if frozen:
+            gc.freeze()
         self.ready.set()
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
@@ -244,6 +256,8 @@ class Worker:
             await presence.aclose()
             for shrink in self._shrinking:
                 shrink.cancel()
+            if frozen:
+                gc.unfreeze()
             self.ready.clear()
             logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from asyncq import State
-from asyncq.brokers import Delivery
+from asyncq.brokers import Delivery, OutgoingMessage
 from asyncq.exceptions import TimeLimitExceeded
 from asyncq.task import Request
 from asyncq.testing import memory_app
@@ -205,4 +206,26 @@ async def test_a_job_cancelled_before_its_first_step_frees_its_slot() -> None:
         await asyncio.wait_for(slots.acquire(), TIMEOUT)  # the slot came back
         slots.release()
         assert job not in worker._inflight
+    await local.aclose()
+
+
+async def test_the_book_forgets_a_job_whose_transport_id_is_not_its_task_id(runner: JobRunner) -> None:
+    # A producer of another kind may publish under an id of the transport's own: the book,
+    # keyed by task id, must still drop the entry once the job is settled.
+    message = add.build_message((2, 3))
+    body = app.outgoing(message).body
+    await app.broker.publish(OutgoingMessage(f"transport-{message.id}", "default", body))
+    await run_once(runner)
+    assert await app.AsyncResult(message.id).get(timeout=TIMEOUT) == 5
+    assert runner.book.entries == {}
+    assert runner.book.running() == [] and runner.book.reserved() == []
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_a_running_worker_keeps_its_start_up_objects_frozen_out_of_the_collector(freeze: bool) -> None:
+    local = memory_app("job-tests-gc", worker_gc_freeze=freeze)
+    assert gc.get_freeze_count() == 0
+    async with local.worker(concurrency=1):
+        assert (gc.get_freeze_count() > 0) is freeze
+    assert gc.get_freeze_count() == 0  # given back to the collector when the worker stops
     await local.aclose()

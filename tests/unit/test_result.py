@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from asyncq import App, GroupResult, State
+from asyncq.exceptions import SerializationError
 from asyncq.exceptions import TimeoutError as ResultTimeoutError
 from asyncq.result import decode_record, encode_record, encode_success
-from asyncq.serializers import json_loads
+from asyncq.serializers import json_dumps, json_loads
 from asyncq.testing import memory_app
 
 
@@ -93,3 +94,32 @@ def test_the_success_shortcut_writes_what_encode_record_writes(value: Any) -> No
     quick = json_loads(encode_success("t", value, 2, "x.y"))
     assert full.pop("date_done") <= quick.pop("date_done")
     assert list(quick.items()) == list(full.items())
+
+
+@pytest.mark.parametrize(
+    ("task_id", "value", "retries", "task"),
+    [
+        ("t", None, 0, "x.y"),
+        ('q"uo\\te\n', [1, {"a": None}], 3, "tâche.ünïcode"),
+        ("t", "text", 2, "x\u2028y"),
+    ],
+)
+def test_the_success_shortcut_writes_the_bytes_of_the_generic_encoding(
+    task_id: str, value: Any, retries: int, task: str
+) -> None:
+    app = memory_app()
+    quick = encode_success(task_id, value, retries, task)
+    record = json_loads(quick)
+    generic = {"task_id": task_id, "status": "SUCCESS", "retries": retries, "task": task}
+    generic["date_done"] = record["date_done"]
+    if value is not None:
+        generic["result"] = value
+    assert quick == json_dumps(generic)
+    assert decode_record(quick, app.serializers).result == value
+
+
+def test_the_success_shortcut_refuses_what_json_cannot_carry_as_the_generic_encoding_does() -> None:
+    with pytest.raises(SerializationError):
+        encode_success("t\ud800", 1, 0, "x.y")  # a lone surrogate is not UTF-8
+    with pytest.raises(SerializationError):
+        encode_success("t", object(), 0, "x.y")
