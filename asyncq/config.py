@@ -42,6 +42,10 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _parse_auto_bool(text: str) -> bool | str:
+    return "auto" if text.strip().lower() == "auto" else _parse_bool(text)
+
+
 def _parse_optional_float(text: str) -> float | None:
     return None if text.strip().lower() in {"", "none", "null"} else float(text)
 
@@ -188,11 +192,12 @@ SETTINGS: dict[str, Setting] = {
         _S("worker_shutdown_timeout", 30.0, float, "Seconds in-flight tasks get to finish on shutdown."),
         _S(
             "worker_gc_freeze",
-            True,
-            _parse_bool,
+            "auto",
+            _parse_auto_bool,
             "While a worker runs, the objects alive at its start-up are left out of the cyclic "
-            "garbage collector's passes (gc.freeze(), undone when it stops); turn it off if an "
-            "app embedding a worker needs cycles created before the worker started collected.",
+            "garbage collector's passes (gc.freeze(), undone when it stops). auto: only in a "
+            "worker that owns its process (asyncq run, Worker.run()), never in a host app that "
+            "embeds one; true or false to decide for every worker.",
         ),
         _S("worker_loop", "auto", str, "Event loop: auto (uvloop if installed), asyncio or uvloop."),
         _S(

@@ -103,6 +103,9 @@ def main() -> None:
     for round_number in range(args.rounds):
         for name, path in trees.items():
             env = {**os.environ, "PYTHONPATH": os.path.abspath(path)}
+            # The child is a worker process, as `asyncq run` is: its default (auto) would not
+            # freeze an embedded worker, so say it (older trees ignore the variable, with a warning).
+            env.setdefault("ASYNCQ_WORKER_GC_FREEZE", "true")
             command = [sys.executable, __file__, "--one", "--url", args.url, "--tasks", str(args.tasks)]
             out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=True)
             figures = json.loads(out.stdout.strip().splitlines()[-1])

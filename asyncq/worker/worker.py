@@ -119,6 +119,7 @@ class Worker:
         )
         self.max_deliveries = int(max_deliveries or conf.worker_max_deliveries)
         self.loop = loop or conf.worker_loop
+        self._owns_process = False  # set by run(): a worker that is the process may gc.freeze()
         self.hostname = hostname or f"{socket.gethostname()}:{os.getpid()}"
         self.send_events = bool(conf.worker_send_task_events if send_events is None else send_events)
         port = conf.worker_metrics_port if metrics_port is None else metrics_port
@@ -230,7 +231,9 @@ class Worker:
             loops.append(celery_loop)
         # What start-up left alive (modules, the app, connections) lives as long as the worker:
         # frozen, it is no longer walked by every full collection while tasks run.
-        frozen = bool(self.app.conf.worker_gc_freeze)
+        # auto: only a worker that owns its process, so an embedding app's objects stay collectable.
+        freeze = self.app.conf.worker_gc_freeze
+        frozen = self._owns_process if freeze == "auto" else bool(freeze)
         if frozen:
             gc.freeze()
         self.ready.set()
@@ -464,6 +467,7 @@ class Worker:
             logger.warning("%s received: %s", signal.Signals(signum).name, action)
             self.stop()
 
+        self._owns_process = True
         run_until_signalled(self.app, self.serve, on_signal, loop=self.loop)
 
     def __getstate__(self) -> Any:  # pragma: no cover - guard against accidental pickling

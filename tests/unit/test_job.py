@@ -221,11 +221,34 @@ async def test_the_book_forgets_a_job_whose_transport_id_is_not_its_task_id(runn
     assert runner.book.running() == [] and runner.book.reserved() == []
 
 
-@pytest.mark.parametrize("freeze", [True, False])
-async def test_a_running_worker_keeps_its_start_up_objects_frozen_out_of_the_collector(freeze: bool) -> None:
+@pytest.mark.parametrize(("freeze", "frozen"), [(True, True), (False, False), ("auto", False)])
+async def test_a_running_worker_keeps_its_start_up_objects_frozen_out_of_the_collector(
+    freeze: bool | str, frozen: bool
+) -> None:
+    # auto freezes only in a worker that owns its process: embedded here, so not.
     local = memory_app("job-tests-gc", worker_gc_freeze=freeze)
     assert gc.get_freeze_count() == 0
     async with local.worker(concurrency=1):
-        assert (gc.get_freeze_count() > 0) is freeze
+        assert (gc.get_freeze_count() > 0) is frozen
     assert gc.get_freeze_count() == 0  # given back to the collector when the worker stops
     await local.aclose()
+
+
+def test_a_worker_that_owns_its_process_freezes_by_default() -> None:
+    local = memory_app("job-tests-gc-run")
+    seen: list[int] = []
+
+    @local.task
+    async def probe() -> None:
+        seen.append(gc.get_freeze_count())
+        worker.stop()
+
+    worker = local.worker(concurrency=1)
+
+    async def send() -> None:
+        await probe.enqueue()
+
+    asyncio.run(send())
+    worker.run()
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
