@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import aclosing
@@ -14,6 +15,7 @@ pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 from asyncq.brokers import OutgoingMessage, broker_from_url
 from asyncq.brokers.kafka import KafkaBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError
+from tests.helpers import until
 from tests.servers import DurableTansu, tansu_kafka
 from tests.services import require_service
 
@@ -49,6 +51,64 @@ async def test_records_with_one_key_keep_their_order_across_partitions() -> None
                 await delivery.ack()
         assert got == [m.body for m in sent]
         assert await kafka.queue_length("ordered") == 0
+
+
+def group_options() -> dict[str, object]:
+    """Options of one private group; a second KafkaBroker with them is a member of the same group."""
+    tag = uuid.uuid4().hex[:10]
+    # Commits only on a rebalance and at close: the tests see exactly those.
+    return {"topic_prefix": f"r{tag}.", "group_id": f"g{tag}", "session_timeout": 2, "commit_interval": 60}
+
+
+async def test_a_rebalance_that_keeps_a_partition_hands_out_nothing_twice_and_loses_nothing() -> None:
+    options = group_options()
+    async with KafkaBroker(tansu_kafka().url, partitions=1, **options) as kafka:
+        sent = [msg("kept", str(i).encode()) for i in range(20)]
+        await kafka.publish_many(sent)
+        await kafka.publish(msg("other"))
+        async with aclosing(kafka.consume(["kept"], prefetch=10)) as it:
+            running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+            # A second member of the group, for another queue: the group rebalances, and
+            # "kept" comes back to the first member while its 10 deliveries still run.
+            async with aclosing(kafka.consume(["other"], prefetch=1)) as other:
+                await (await asyncio.wait_for(anext(other), 30)).ack()
+                for delivery in running:
+                    await delivery.ack()  # leases from before the rebalance still count
+                rest = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+                for delivery in rest:
+                    await delivery.ack()
+        bodies = [d.body for d in running + rest]
+        assert sorted(bodies) == sorted(m.body for m in sent), "a record was handed out twice"
+        assert await kafka.queue_length("kept") == 0
+
+
+async def test_closing_during_a_rebalance_commits_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aiokafka.consumer.group_coordinator")
+    options = group_options()
+    async with KafkaBroker(tansu_kafka().url, partitions=1, **options) as kafka:
+        await kafka.publish_many([msg("closing") for _ in range(10)])
+        await kafka.publish(msg("other"))
+        it = kafka.consume(["closing"], prefetch=10)
+        running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+        # A second member joins: the first is told to rejoin, and gives up its partitions
+        # until the group settles (aiokafka logs the revocation).
+        other = kafka.consume(["other"], prefetch=1)
+        joined = asyncio.ensure_future(anext(other))
+        topic = kafka.settings.topic("closing")
+
+        def revoked() -> bool:
+            said = [r.getMessage() for r in caplog.records]
+            return any(m.startswith("Revoking") and f"'{topic}'" in m for m in said)
+
+        await until(revoked, what="the first member to see the rebalance")
+        for delivery in running:
+            await delivery.ack()
+        await it.aclose()  # its last commit is refused until the rebalance ends
+        await (await asyncio.wait_for(joined, 30)).ack()
+        await other.aclose()
+    async with KafkaBroker(tansu_kafka().url, **options) as kafka:
+        assert await kafka.queue_length("closing") == 0
+    assert not [r for r in caplog.records if "last offset commit failed" in r.getMessage()]
 
 
 @pytest.fixture
