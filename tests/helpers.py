@@ -70,15 +70,19 @@ async def until(
         await asyncio.sleep(POLL_INTERVAL)
 
 
-async def until_drained(broker: Broker, queue: str, timeout: float = TIMEOUT) -> None:
+async def until_drained(
+    broker: Broker, queue: str, timeout: float = TIMEOUT, *, not_before: float = 0.0
+) -> None:
     """Await until ``queue`` on the connected ``broker`` has nothing left (``queue_length`` 0).
 
-    What it counts is the broker's: waiting messages, and on a log (Kafka) every record not
-    yet committed, so workers stopped after it leave nothing behind.
+    What it counts is the broker's: waiting messages (a lapsed lease's too), and on a log
+    (Kafka) every record not yet committed. A message leased by a consumer that died is in
+    none of them until its lease lapses: an empty count before ``not_before`` (a
+    ``time.monotonic()`` value, e.g. the kill plus the visibility timeout) does not count.
     """
 
     async def drained() -> bool:
-        return await broker.queue_length(queue) == 0
+        return time.monotonic() >= not_before and await broker.queue_length(queue) == 0
 
     await until(drained, what=f"queue {queue!r} to drain", timeout=timeout)
 
