@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
 import pytest
 
 pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 
-from asyncq.brokers import OutgoingMessage, broker_from_url
+from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.kafka import KafkaBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError
 from tests.helpers import until
@@ -80,6 +80,42 @@ async def test_a_rebalance_that_keeps_a_partition_hands_out_nothing_twice_and_lo
         bodies = [d.body for d in running + rest]
         assert sorted(bodies) == sorted(m.body for m in sent), "a record was handed out twice"
         assert await kafka.queue_length("kept") == 0
+
+
+async def test_partitions_moved_to_a_new_member_are_run_there_and_nothing_is_lost() -> None:
+    options = group_options()
+    url = tansu_kafka().url
+    async with KafkaBroker(url, partitions=2, **options) as first, KafkaBroker(url, **options) as second:
+        sent = {str(i).encode() for i in range(20)}
+        await first.publish_many([msg("moved", body) for body in sorted(sent)])
+        seen: list[bytes] = []
+        async with aclosing(first.consume(["moved"], prefetch=10)) as it:
+            running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+            # The second member takes half of the partitions, the first member's unfinished
+            # records on them included: it runs them too (at-least-once).
+            async with aclosing(second.consume(["moved"], prefetch=10)) as other:
+
+                async def drain(deliveries: AsyncIterator[Delivery]) -> None:
+                    while not sent <= set(seen):
+                        delivery = await anext(deliveries)
+                        seen.append(delivery.body)
+                        await delivery.ack()
+
+                for delivery in running:
+                    seen.append(delivery.body)
+                    await delivery.ack()  # on a partition gone to the other member: ignored
+                tasks = [asyncio.ensure_future(drain(it)), asyncio.ensure_future(drain(other))]
+                await asyncio.wait_for(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED), 60)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert set(seen) == sent
+    async with KafkaBroker(url, **options) as kafka:
+        await until(lambda: _lag_is_zero(kafka, "moved"), what="every record to be committed")
+
+
+async def _lag_is_zero(kafka: KafkaBroker, queue: str) -> bool:
+    return await kafka.queue_length(queue) == 0
 
 
 async def test_closing_during_a_rebalance_commits_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
