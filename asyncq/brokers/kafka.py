@@ -341,21 +341,37 @@ class KafkaBroker(BrokerDefaults):
         topic = self.settings.topic(queue)
         inspector = self._inspector(group_id=None, fetch_max_wait_ms=100)
         await self._deadline("inspect", inspector.start())
-        partitions = await self._partitions([topic, topic + DELAY])
-        if not partitions:
-            return inspector, {}, 0
-        starts = await self._deadline("beginning_offsets", inspector.beginning_offsets(partitions))
-        ends = await self._ends(inspector, partitions, starts)
-        # One request for every partition's committed offset (a consumer asks one at a time).
-        committed = await self._deadline(
-            "committed",
-            self._admin.list_consumer_group_offsets(self.settings.group_id, partitions=partitions),
-        )
-        lag = 0
-        for partition in partitions:
-            done = committed[partition].offset if partition in committed else -1
-            lag += ends[partition] - max(starts[partition], done)
+        try:
+            partitions = await self._partitions([topic, topic + DELAY])
+            if not partitions:
+                return inspector, {}, 0
+            starts = await self._deadline("beginning_offsets", inspector.beginning_offsets(partitions))
+            ends = await self._ends(inspector, partitions, starts)
+            committed = await self._deadline("committed", self._committed(partitions))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await inspector.stop()
+            raise
+        lag = sum(ends[p] - max(starts[p], committed[p]) for p in partitions)
         return inspector, ends, lag
+
+    async def _committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offset of each partition (-1: none), all in one request.
+
+        A consumer asks for one partition at a time; the admin client asks for all at once but
+        does not retry, so a busy coordinator (a retriable error) is asked again here.
+        """
+        while True:
+            try:
+                found = await self._admin.list_consumer_group_offsets(
+                    self.settings.group_id, partitions=partitions
+                )
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            return {p: found[p].offset if p in found else -1 for p in partitions}
 
     async def _ends(
         self, reader: Any, partitions: list[TopicPartition], starts: dict[TopicPartition, int] | None = None
