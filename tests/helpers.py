@@ -2,7 +2,8 @@
 
 Tests wait for an event, never for a fixed time: :func:`wait_for` (sync, for fixtures and
 subprocess tests) and :func:`until` (async, predicate plain or awaitable) poll a condition
-every 50 ms and fail naming what they waited for once ``timeout`` passes.
+every 50 ms and fail naming what they waited for once ``timeout`` passes; :func:`until_drained`
+waits for a queue to report nothing left on any broker.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from asyncq.brokers.base import Broker
 
 #: The default bound of a wait, in seconds (generous: the test machine is shared and slow).
 TIMEOUT = 30.0
@@ -63,6 +68,23 @@ async def until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(POLL_INTERVAL)
+
+
+async def until_drained(
+    broker: Broker, queue: str, timeout: float = TIMEOUT, *, not_before: float = 0.0
+) -> None:
+    """Await until ``queue`` on the connected ``broker`` has nothing left (``queue_length`` 0).
+
+    What it counts is the broker's: waiting messages (a lapsed lease's too), and on a log
+    (Kafka) every record not yet committed. A message leased by a consumer that died is in
+    none of them until its lease lapses: an empty count before ``not_before`` (a
+    ``time.monotonic()`` value, e.g. the kill plus the visibility timeout) does not count.
+    """
+
+    async def drained() -> bool:
+        return time.monotonic() >= not_before and await broker.queue_length(queue) == 0
+
+    await until(drained, what=f"queue {queue!r} to drain", timeout=timeout)
 
 
 def free_port() -> int:

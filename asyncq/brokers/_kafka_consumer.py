@@ -27,6 +27,8 @@ __all__ = ["DELAY", "H_ETA", "ConsumerSession", "Lease", "header"]
 logger = logging.getLogger(__name__)
 
 DELAY = ".delay"
+#: The longest a closing consumer waits for a rebalance to end to commit what it finished.
+LAST_COMMIT_WAIT = 5.0
 H_ETA = "asyncq-eta"
 
 #: (partition, offset, generation): a settle after the partition moved away is ignored.
@@ -63,7 +65,11 @@ class ConsumerSession:
         self.buffer: deque[tuple[Lease, Any]] = deque()
         self.out = 0  # yielded and not settled
         self.wakeup = asyncio.Event()
+        # Bumped each time a partition is gained: a lease of an earlier hold is stale.
         self._generation: dict[TopicPartition, int] = {}
+        self._owned: set[TopicPartition] = set()
+        self._parked: set[TopicPartition] = set()  # revoked, their rebalance not over
+        self._stable = asyncio.Event()  # set while no rebalance is in progress
         self._held: dict[TopicPartition, set[asyncio.TimerHandle | asyncio.Task[None]]] = {}
         self._committer: asyncio.Task[None] | None = None
 
@@ -87,8 +93,7 @@ class ConsumerSession:
             for handle in handles:
                 handle.cancel()  # their records stay uncommitted: read again by the next owner
         try:
-            async with asyncio.timeout(timeout):
-                await self.commit()
+            await self._last_commit(min(timeout, LAST_COMMIT_WAIT))
         except (KafkaError, TimeoutError) as exc:
             logger.warning(
                 "last offset commit failed (%s): finished messages may run again", describe_error(exc)
@@ -97,6 +102,19 @@ class ConsumerSession:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(timeout):
                     await self.consumer.stop()
+
+    async def _last_commit(self, timeout: float) -> None:
+        """Commit, waiting out a rebalance in progress: its commits are refused until it ends."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    await self.commit()
+                    return
+                except KafkaError as exc:
+                    logger.debug("last offset commit waits for a rebalance: %s", describe_error(exc))
+                if self._stable.is_set():  # refused before this member saw the rebalance begin
+                    await asyncio.sleep(0.1)
+                await self._stable.wait()
 
     # -- offsets -----------------------------------------------------------------------------
 
@@ -120,22 +138,53 @@ class ConsumerSession:
                 logger.debug("offset commit deferred: %s", describe_error(exc))
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """A rebalance begins: commit what is finished, and park the partitions until it ends.
+
+        A parked partition keeps its offsets and running tasks: most come back to this member
+        (:meth:`assigned`). Records fetched but not yet handed out are put back.
+        """
+        self._stable.clear()
+        logger.debug("rebalance: %d partitions revoked", len(partitions))
         try:
-            await self.commit(partitions & set(self._generation))
+            await self.commit(partitions & self._owned)
         except KafkaError as exc:
             logger.warning(
                 "commit on rebalance failed (%s): finished messages may run again", describe_error(exc)
             )
-        for partition in partitions:
-            for handle in self._held.pop(partition, set()):
-                handle.cancel()
-            self._generation.pop(partition, None)
-        self.tracker.drop(partitions)
-        self.buffer = deque(item for item in self.buffer if item[0][0] not in partitions)
+        kept: deque[tuple[Lease, Any]] = deque()
+        for item in self.buffer:
+            (partition, offset, _), _record = item
+            if partition in partitions:
+                self.tracker.rewind(partition, offset)  # the buffer is in order: the first one wins
+            else:
+                kept.append(item)
+        self.buffer = kept
+        self._parked |= partitions & self._owned
+        self._owned -= partitions
+        self.wakeup.set()
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
-        for partition in partitions:
+        """A rebalance ended: parked partitions assigned again go on where they stopped.
+
+        Their running tasks' leases stay valid and reading resumes past every offset already
+        handed out (the group's committed offset, the lowest unfinished one, would hand those
+        out twice). Partitions that went to another member are forgotten: settles of their
+        records are ignored, and their generation moves on should they come back.
+        """
+        back, gone = self._parked & partitions, self._parked - partitions
+        for partition in gone:
+            for handle in self._held.pop(partition, set()):
+                handle.cancel()
+        self.tracker.drop(gone)
+        for partition in partitions - back:
             self._generation[partition] = self._generation.get(partition, 0) + 1
+        for partition in back:
+            position = self.tracker.position(partition)
+            if position is not None:
+                self.consumer.seek(partition, position)
+        self._owned, self._parked = set(partitions), set()
+        logger.debug("rebalance: %d partitions assigned, %d of them kept", len(partitions), len(back))
+        self._stable.set()
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -148,7 +197,13 @@ class ConsumerSession:
             return
         batches = await self.consumer.getmany(timeout_ms=1000, max_records=free)
         for partition, records in batches.items():
-            generation = self._generation.setdefault(partition, 1)
+            if partition not in self._owned:
+                # The fetch raced a rebalance: read these again once assigned() says whose
+                # they are (if still ours, that may seek further on).
+                if records and partition in self.consumer.assignment():
+                    self.consumer.seek(partition, records[0].offset)
+                continue
+            generation = self._generation[partition]
             for record in records:
                 self.tracker.take(partition, record.offset)
                 lease = (partition, record.offset, generation)

@@ -34,6 +34,18 @@ class OffsetTracker(Generic[P]):
         if pending is not None:
             pending.discard(offset)
 
+    def position(self, partition: P) -> int | None:
+        """Where reading ``partition`` goes on: one past the highest offset taken (None: unknown)."""
+        return self._next.get(partition)
+
+    def rewind(self, partition: P, offset: int) -> None:
+        """Offsets from ``offset`` on were taken but never handed out: they will be taken again."""
+        if partition not in self._next:
+            return
+        pending = self._open.get(partition, set())
+        self._open[partition] = {o for o in pending if o < offset}
+        self._next[partition] = min(self._next[partition], offset)
+
     def point(self, partition: P) -> int | None:
         if partition not in self._next:
             return None

@@ -344,38 +344,51 @@ class KafkaBroker(BrokerDefaults):
         """A started group-less inspector, each partition's end offset, and the group's lag."""
         self._live()
         topic = self.settings.topic(queue)
-        inspector = self._inspector(group_id=self.settings.group_id, fetch_max_wait_ms=100)
+        inspector = self._inspector(group_id=None, fetch_max_wait_ms=100)
         await self._deadline("inspect", inspector.start())
         partitions = await self._partitions([topic, topic + DELAY])
         if not partitions:
             return inspector, {}, 0
-        ends = await self._ends(inspector, partitions)
         starts = await self._deadline("beginning_offsets", inspector.beginning_offsets(partitions))
+        ends = await self._ends(inspector, partitions, starts)
+        # One request for every partition's committed offset (a consumer asks one at a time).
+        committed = await self._deadline(
+            "committed",
+            self._admin.list_consumer_group_offsets(self.settings.group_id, partitions=partitions),
+        )
         lag = 0
         for partition in partitions:
-            committed = await self._deadline("committed", inspector.committed(partition))
-            lag += ends[partition] - max(starts[partition], committed or 0)
+            done = committed[partition].offset if partition in committed else -1
+            lag += ends[partition] - max(starts[partition], done)
         return inspector, ends, lag
 
-    async def _ends(self, reader: Any, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Each partition's end offset, checked by reading past it.
+    async def _ends(
+        self, reader: Any, partitions: list[TopicPartition], starts: dict[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Each partition's end offset: the high watermark of one fetch near the reported end.
 
         Some Kafka-protocol servers (Tansu's memory storage) report the end of a partition
-        behind records produced in one batch; a short read from the reported end finds them
-        (on Apache Kafka it returns nothing at once).
+        behind records produced in one batch, while the fetch's high watermark is right. The
+        fetch starts one record before the reported end where ``starts`` shows there is one,
+        so that it returns at once instead of waiting out its long poll. A server whose
+        fetches carry no high watermark is read until a fetch finds nothing.
         """
         ends: dict[TopicPartition, int] = dict(
             await self._deadline("end_offsets", reader.end_offsets(partitions))
         )
         reader.assign(partitions)
         for partition in partitions:
-            reader.seek(partition, ends[partition])
+            first = ends[partition] if starts is None else starts[partition]
+            reader.seek(partition, max(first, ends[partition] - 1))
         while True:
             batches = await self._deadline("fetch", reader.getmany(timeout_ms=100))
-            if not any(batches.values()):
-                return ends
             for partition, batch in batches.items():
                 ends[partition] = max(ends[partition], batch[-1].offset + 1)
+            marks = [reader.highwater(partition) for partition in partitions]
+            for partition, mark in zip(partitions, marks, strict=True):
+                ends[partition] = max(ends[partition], mark or 0)
+            if None not in marks or not any(batches.values()):
+                return ends
 
     async def queue_length(self, queue: str) -> int:
         """Consumer lag of the group on the queue's topic and its delay topic."""

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 
 import pytest
 
 pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 
-from asyncq.brokers import OutgoingMessage, broker_from_url
+from asyncq.brokers import Delivery, OutgoingMessage, broker_from_url
 from asyncq.brokers.kafka import KafkaBroker
 from asyncq.exceptions import BrokerConnectionError, ConfigurationError, MessageTooLargeError
+from tests.helpers import until
 from tests.servers import DurableTansu, tansu_kafka
 from tests.services import require_service
 
@@ -49,6 +51,100 @@ async def test_records_with_one_key_keep_their_order_across_partitions() -> None
                 await delivery.ack()
         assert got == [m.body for m in sent]
         assert await kafka.queue_length("ordered") == 0
+
+
+def group_options() -> dict[str, object]:
+    """Options of one private group; a second KafkaBroker with them is a member of the same group."""
+    tag = uuid.uuid4().hex[:10]
+    # Commits only on a rebalance and at close: the tests see exactly those.
+    return {"topic_prefix": f"r{tag}.", "group_id": f"g{tag}", "session_timeout": 2, "commit_interval": 60}
+
+
+async def test_a_rebalance_that_keeps_a_partition_hands_out_nothing_twice_and_loses_nothing() -> None:
+    options = group_options()
+    async with KafkaBroker(tansu_kafka().url, partitions=1, **options) as kafka:
+        sent = [msg("kept", str(i).encode()) for i in range(20)]
+        await kafka.publish_many(sent)
+        await kafka.publish(msg("other"))
+        async with aclosing(kafka.consume(["kept"], prefetch=10)) as it:
+            running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+            # A second member of the group, for another queue: the group rebalances, and
+            # "kept" comes back to the first member while its 10 deliveries still run.
+            async with aclosing(kafka.consume(["other"], prefetch=1)) as other:
+                await (await asyncio.wait_for(anext(other), 30)).ack()
+                for delivery in running:
+                    await delivery.ack()  # leases from before the rebalance still count
+                rest = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+                for delivery in rest:
+                    await delivery.ack()
+        bodies = [d.body for d in running + rest]
+        assert sorted(bodies) == sorted(m.body for m in sent), "a record was handed out twice"
+        assert await kafka.queue_length("kept") == 0
+
+
+async def test_partitions_moved_to_a_new_member_are_run_there_and_nothing_is_lost() -> None:
+    options = group_options()
+    url = tansu_kafka().url
+    async with KafkaBroker(url, partitions=2, **options) as first, KafkaBroker(url, **options) as second:
+        sent = {str(i).encode() for i in range(20)}
+        await first.publish_many([msg("moved", body) for body in sorted(sent)])
+        seen: list[bytes] = []
+        async with aclosing(first.consume(["moved"], prefetch=10)) as it:
+            running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+            # The second member takes half of the partitions, the first member's unfinished
+            # records on them included: it runs them too (at-least-once).
+            async with aclosing(second.consume(["moved"], prefetch=10)) as other:
+
+                async def drain(deliveries: AsyncIterator[Delivery]) -> None:
+                    while not sent <= set(seen):
+                        delivery = await anext(deliveries)
+                        seen.append(delivery.body)
+                        await delivery.ack()
+
+                for delivery in running:
+                    seen.append(delivery.body)
+                    await delivery.ack()  # on a partition gone to the other member: ignored
+                tasks = [asyncio.ensure_future(drain(it)), asyncio.ensure_future(drain(other))]
+                await asyncio.wait_for(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED), 60)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        assert set(seen) == sent
+    async with KafkaBroker(url, **options) as kafka:
+        await until(lambda: _lag_is_zero(kafka, "moved"), what="every record to be committed")
+
+
+async def _lag_is_zero(kafka: KafkaBroker, queue: str) -> bool:
+    return await kafka.queue_length(queue) == 0
+
+
+async def test_closing_during_a_rebalance_commits_once_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aiokafka.consumer.group_coordinator")
+    options = group_options()
+    async with KafkaBroker(tansu_kafka().url, partitions=1, **options) as kafka:
+        await kafka.publish_many([msg("closing") for _ in range(10)])
+        await kafka.publish(msg("other"))
+        it = kafka.consume(["closing"], prefetch=10)
+        running = [await asyncio.wait_for(anext(it), 20) for _ in range(10)]
+        # A second member joins: the first is told to rejoin, and gives up its partitions
+        # until the group settles (aiokafka logs the revocation).
+        other = kafka.consume(["other"], prefetch=1)
+        joined = asyncio.ensure_future(anext(other))
+        topic = kafka.settings.topic("closing")
+
+        def revoked() -> bool:
+            said = [r.getMessage() for r in caplog.records]
+            return any(m.startswith("Revoking") and f"'{topic}'" in m for m in said)
+
+        await until(revoked, what="the first member to see the rebalance")
+        for delivery in running:
+            await delivery.ack()
+        await it.aclose()  # its last commit is refused until the rebalance ends
+        await (await asyncio.wait_for(joined, 30)).ack()
+        await other.aclose()
+    async with KafkaBroker(tansu_kafka().url, **options) as kafka:
+        assert await kafka.queue_length("closing") == 0
+    assert not [r for r in caplog.records if "last offset commit failed" in r.getMessage()]
 
 
 @pytest.fixture
