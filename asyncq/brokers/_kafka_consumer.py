@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from asyncq._utils import cancel_and_wait, describe_error
+from asyncq.brokers._kafka_redelivery import Marks
 from asyncq.brokers._offsets import OffsetTracker
 
 __all__ = ["DELAY", "H_ETA", "ConsumerSession", "Lease", "header"]
@@ -62,6 +63,7 @@ class ConsumerSession:
         self.consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **config)
         self._topics, self._mover, self._interval = topics, mover, commit_interval
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.marks = Marks(self.consumer)
         self.buffer: deque[tuple[Lease, Any]] = deque()
         self.out = 0  # yielded and not settled
         self.wakeup = asyncio.Event()
@@ -176,6 +178,7 @@ class ConsumerSession:
             for handle in self._held.pop(partition, set()):
                 handle.cancel()
         self.tracker.drop(gone)
+        self.marks.forget(set(partitions) - back)
         for partition in partitions - back:
             self._generation[partition] = self._generation.get(partition, 0) + 1
         for partition in back:
@@ -204,6 +207,8 @@ class ConsumerSession:
                     self.consumer.seek(partition, records[0].offset)
                 continue
             generation = self._generation[partition]
+            if not partition.topic.endswith(DELAY) and not await self._mark(partition, records, generation):
+                continue
             for record in records:
                 self.tracker.take(partition, record.offset)
                 lease = (partition, record.offset, generation)
@@ -211,6 +216,18 @@ class ConsumerSession:
                     self._hold(lease, record)
                 else:
                     self.buffer.append((lease, record))
+
+    async def _mark(self, partition: TopicPartition, records: list[Any], generation: int) -> bool:
+        """Store the partition's mark before its records are handed out; else read them again."""
+        try:
+            await self.marks.hand_out(partition, records[-1].offset + 1)
+            kept = partition in self._owned and self._generation.get(partition) == generation
+        except KafkaError as exc:
+            logger.warning("could not store the mark of %s (%s): read again", partition, describe_error(exc))
+            kept = False
+        if not kept and partition in self.consumer.assignment():
+            self.consumer.seek(partition, records[0].offset)
+        return kept
 
     def settled(self) -> None:
         self.out -= 1

@@ -27,6 +27,7 @@ try:
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from asyncq.brokers._kafka_consumer import DELAY, H_ETA, ConsumerSession, Lease, header
+    from asyncq.brokers._kafka_redelivery import MARKS
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aiokafka", "kafka") from exc
 
@@ -73,6 +74,8 @@ class _KafkaDelivery:
         self.id = header(record, H_ID) or f"{record.topic}:{record.partition}:{record.offset}"
         self.queue, self.body = queue, bytes(record.value or b"")
         self.delivery_count = int(header(record, H_COUNT) or 0) + 1
+        if session.marks.redelivered(lease[0], lease[1]):
+            self.delivery_count += 1  # the delivery its consumer died with, not in its header
         self._broker, self._session, self._lease, self._record = broker, session, lease, record
         self._is_settled = False
 
@@ -214,6 +217,16 @@ class KafkaBroker(BrokerDefaults):
                 raise BrokerError(f"Kafka refused to create topic {topic!r}: {message} (error {code})")
         self._topics.update(missing)
 
+    async def _ensure_marks(self, topics: list[str]) -> None:
+        """Each work topic's marks topic (_kafka_redelivery.py), with as many partitions."""
+        if all(t + MARKS in self._topics for t in topics):
+            return
+        counts: dict[str, int] = {}
+        for partition in await self._partitions(topics):
+            counts[partition.topic] = counts.get(partition.topic, 0) + 1
+        for topic, count in counts.items():
+            await self._ensure({topic + MARKS}, count)
+
     # -- producing ---------------------------------------------------------------------------
 
     def _record(self, message: OutgoingMessage, *, count: int = 0) -> tuple[str, bytes, bytes, Headers]:
@@ -277,6 +290,7 @@ class KafkaBroker(BrokerDefaults):
         by_topic = {s.topic(q): q for q in names}
         topics = [*by_topic, *(t + DELAY for t in by_topic)]
         await self._ensure(set(topics))
+        await self._ensure_marks(list(by_topic))
         session_ms = int(s.session_timeout * 1000)
         session = ConsumerSession(
             topics,
