@@ -2,8 +2,9 @@
 
 A queue is a topic; workers of one consumer group share its partitions. Delays and delayed
 retries go through ``<topic>.delay``, dead letters to ``<topic>.dead`` with the reason in
-headers. The consumer side (offsets, the delay mover) is in _kafka_consumer.py; options in
-_kafka_options.py. What a log can and cannot do as a task queue: docs/brokers/kafka.md.
+headers. The consumer side (offsets, the delay mover) is in _kafka_consumer.py, delivery
+counts of records whose consumer died in _kafka_redelivery.py; options in _kafka_options.py.
+What a log can and cannot do as a task queue: docs/brokers/kafka.md.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ class KafkaBroker(BrokerDefaults):
     """
 
     # A consumer that dies leaves its uncommitted records to the next owner of the partition
-    # (nothing is lost), but the delivery count does not rise and a rebalance may also hand
-    # a live consumer's unfinished records to another: not the lease the flag stands for.
+    # (nothing is lost, their count raised by the marks of _kafka_redelivery.py), but only
+    # once the group drops it, and a rebalance may also hand a live consumer's unfinished
+    # records to another: not the lease the flag stands for.
     capabilities = BrokerCapabilities(
         durable=True, redelivers_lost=False, notifies=True, priorities=False, delayed_delivery=True
     )
