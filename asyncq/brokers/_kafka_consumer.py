@@ -72,6 +72,7 @@ class ConsumerSession:
         self._owned: set[TopicPartition] = set()
         self._parked: set[TopicPartition] = set()  # revoked, their rebalance not over
         self._stable = asyncio.Event()  # set while no rebalance is in progress
+        self._rebalances = 0  # rebalances begun: one during a mark's commit voids its batch
         self._held: dict[TopicPartition, set[asyncio.TimerHandle | asyncio.Task[None]]] = {}
         self._committer: asyncio.Task[None] | None = None
 
@@ -146,6 +147,7 @@ class ConsumerSession:
         (:meth:`assigned`). Records fetched but not yet handed out are put back.
         """
         self._stable.clear()
+        self._rebalances += 1
         logger.debug("rebalance: %d partitions revoked", len(partitions))
         try:
             await self.commit(partitions & self._owned)
@@ -199,15 +201,17 @@ class ConsumerSession:
             await self.wakeup.wait()
             return
         batches = await self.consumer.getmany(timeout_ms=1000, max_records=free)
+        rebalances = self._rebalances
         for partition, records in batches.items():
-            if partition not in self._owned:
-                # The fetch raced a rebalance: read these again once assigned() says whose
-                # they are (if still ours, that may seek further on).
+            if partition not in self._owned or self._rebalances != rebalances:
+                # The fetch raced a rebalance (also one begun during a mark's commit below):
+                # read these again once assigned() says whose they are (if still ours, that
+                # may seek further on).
                 if records and partition in self.consumer.assignment():
                     self.consumer.seek(partition, records[0].offset)
                 continue
             generation = self._generation[partition]
-            if not partition.topic.endswith(DELAY) and not await self._mark(partition, records, generation):
+            if not partition.topic.endswith(DELAY) and not await self._mark(partition, records):
                 continue
             for record in records:
                 self.tracker.take(partition, record.offset)
@@ -217,11 +221,13 @@ class ConsumerSession:
                 else:
                     self.buffer.append((lease, record))
 
-    async def _mark(self, partition: TopicPartition, records: list[Any], generation: int) -> bool:
+    async def _mark(self, partition: TopicPartition, records: list[Any]) -> bool:
         """Store the partition's mark before its records are handed out; else read them again."""
+        rebalances = self._rebalances
         try:
             await self.marks.hand_out(partition, records[-1].offset + 1)
-            kept = partition in self._owned and self._generation.get(partition) == generation
+            # A rebalance meanwhile may have sought the partition back before these records.
+            kept = self._rebalances == rebalances and partition in self._owned
         except KafkaError as exc:
             logger.warning("could not store the mark of %s (%s): read again", partition, describe_error(exc))
             kept = False
