@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from asyncq._utils import cancel_and_wait, describe_error
+from asyncq.brokers._kafka_redelivery import Marks
 from asyncq.brokers._offsets import OffsetTracker
 
 __all__ = ["DELAY", "H_ETA", "ConsumerSession", "Lease", "header"]
@@ -62,6 +63,7 @@ class ConsumerSession:
         self.consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **config)
         self._topics, self._mover, self._interval = topics, mover, commit_interval
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.marks = Marks(self.consumer)
         self.buffer: deque[tuple[Lease, Any]] = deque()
         self.out = 0  # yielded and not settled
         self.wakeup = asyncio.Event()
@@ -70,6 +72,7 @@ class ConsumerSession:
         self._owned: set[TopicPartition] = set()
         self._parked: set[TopicPartition] = set()  # revoked, their rebalance not over
         self._stable = asyncio.Event()  # set while no rebalance is in progress
+        self._rebalances = 0  # rebalances begun: one during a mark's commit voids its batch
         self._held: dict[TopicPartition, set[asyncio.TimerHandle | asyncio.Task[None]]] = {}
         self._committer: asyncio.Task[None] | None = None
 
@@ -144,6 +147,7 @@ class ConsumerSession:
         (:meth:`assigned`). Records fetched but not yet handed out are put back.
         """
         self._stable.clear()
+        self._rebalances += 1
         logger.debug("rebalance: %d partitions revoked", len(partitions))
         try:
             await self.commit(partitions & self._owned)
@@ -176,6 +180,7 @@ class ConsumerSession:
             for handle in self._held.pop(partition, set()):
                 handle.cancel()
         self.tracker.drop(gone)
+        self.marks.forget(set(partitions) - back)
         for partition in partitions - back:
             self._generation[partition] = self._generation.get(partition, 0) + 1
         for partition in back:
@@ -196,14 +201,18 @@ class ConsumerSession:
             await self.wakeup.wait()
             return
         batches = await self.consumer.getmany(timeout_ms=1000, max_records=free)
+        rebalances = self._rebalances
         for partition, records in batches.items():
-            if partition not in self._owned:
-                # The fetch raced a rebalance: read these again once assigned() says whose
-                # they are (if still ours, that may seek further on).
+            if partition not in self._owned or self._rebalances != rebalances:
+                # The fetch raced a rebalance (also one begun during a mark's commit below):
+                # read these again once assigned() says whose they are (if still ours, that
+                # may seek further on).
                 if records and partition in self.consumer.assignment():
                     self.consumer.seek(partition, records[0].offset)
                 continue
             generation = self._generation[partition]
+            if not partition.topic.endswith(DELAY) and not await self._mark(partition, records):
+                continue
             for record in records:
                 self.tracker.take(partition, record.offset)
                 lease = (partition, record.offset, generation)
@@ -211,6 +220,20 @@ class ConsumerSession:
                     self._hold(lease, record)
                 else:
                     self.buffer.append((lease, record))
+
+    async def _mark(self, partition: TopicPartition, records: list[Any]) -> bool:
+        """Store the partition's mark before its records are handed out; else read them again."""
+        rebalances = self._rebalances
+        try:
+            await self.marks.hand_out(partition, records[-1].offset + 1)
+            # A rebalance meanwhile may have sought the partition back before these records.
+            kept = self._rebalances == rebalances and partition in self._owned
+        except KafkaError as exc:
+            logger.warning("could not store the mark of %s (%s): read again", partition, describe_error(exc))
+            kept = False
+        if not kept and partition in self.consumer.assignment():
+            self.consumer.seek(partition, records[0].offset)
+        return kept
 
     def settled(self) -> None:
         self.out -= 1

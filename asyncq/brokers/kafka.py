@@ -2,8 +2,9 @@
 
 A queue is a topic; workers of one consumer group share its partitions. Delays and delayed
 retries go through ``<topic>.delay``, dead letters to ``<topic>.dead`` with the reason in
-headers. The consumer side (offsets, the delay mover) is in _kafka_consumer.py; options in
-_kafka_options.py. What a log can and cannot do as a task queue: docs/brokers/kafka.md.
+headers. The consumer side (offsets, the delay mover) is in _kafka_consumer.py, delivery
+counts of records whose consumer died in _kafka_redelivery.py; options in _kafka_options.py.
+What a log can and cannot do as a task queue: docs/brokers/kafka.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ try:
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from asyncq.brokers._kafka_consumer import DELAY, H_ETA, ConsumerSession, Lease, header
+    from asyncq.brokers._kafka_redelivery import MARKS
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aiokafka", "kafka") from exc
 
@@ -73,6 +75,8 @@ class _KafkaDelivery:
         self.id = header(record, H_ID) or f"{record.topic}:{record.partition}:{record.offset}"
         self.queue, self.body = queue, bytes(record.value or b"")
         self.delivery_count = int(header(record, H_COUNT) or 0) + 1
+        if session.marks.redelivered(lease[0], lease[1]):
+            self.delivery_count += 1  # the delivery its consumer died with, not in its header
         self._broker, self._session, self._lease, self._record = broker, session, lease, record
         self._is_settled = False
 
@@ -115,8 +119,9 @@ class KafkaBroker(BrokerDefaults):
     """
 
     # A consumer that dies leaves its uncommitted records to the next owner of the partition
-    # (nothing is lost), but the delivery count does not rise and a rebalance may also hand
-    # a live consumer's unfinished records to another: not the lease the flag stands for.
+    # (nothing is lost, their count raised by the marks of _kafka_redelivery.py), but only
+    # once the group drops it, and a rebalance may also hand a live consumer's unfinished
+    # records to another: not the lease the flag stands for.
     capabilities = BrokerCapabilities(
         durable=True, redelivers_lost=False, notifies=True, priorities=False, delayed_delivery=True
     )
@@ -214,6 +219,16 @@ class KafkaBroker(BrokerDefaults):
                 raise BrokerError(f"Kafka refused to create topic {topic!r}: {message} (error {code})")
         self._topics.update(missing)
 
+    async def _ensure_marks(self, topics: list[str]) -> None:
+        """Each work topic's marks topic (_kafka_redelivery.py), with as many partitions."""
+        if all(t + MARKS in self._topics for t in topics):
+            return
+        counts: dict[str, int] = {}
+        for partition in await self._partitions(topics):
+            counts[partition.topic] = counts.get(partition.topic, 0) + 1
+        for topic, count in counts.items():
+            await self._ensure({topic + MARKS}, count)
+
     # -- producing ---------------------------------------------------------------------------
 
     def _record(self, message: OutgoingMessage, *, count: int = 0) -> tuple[str, bytes, bytes, Headers]:
@@ -277,6 +292,7 @@ class KafkaBroker(BrokerDefaults):
         by_topic = {s.topic(q): q for q in names}
         topics = [*by_topic, *(t + DELAY for t in by_topic)]
         await self._ensure(set(topics))
+        await self._ensure_marks(list(by_topic))
         session_ms = int(s.session_timeout * 1000)
         session = ConsumerSession(
             topics,

@@ -34,9 +34,6 @@ SCRIPT_ONLY: dict[tuple[str, str], str] = {
     ("backend-restart", "sqs"): "suite time",
     ("backend-stop", "kafka"): "suite time",
     ("backend-restart", "kafka"): "suite time",
-    # A known gap (docs/reliability.md), a 4-minute timeout: a poison message on Kafka comes
-    # back with the same delivery count, so it is never isolated and kills workers for ever.
-    ("poison", "kafka"): "known gap",
 }
 
 

@@ -114,6 +114,30 @@ async def test_partitions_moved_to_a_new_member_are_run_there_and_nothing_is_los
         await until(lambda: _lag_is_zero(kafka, "moved"), what="every record to be committed")
 
 
+async def test_records_a_dead_consumer_held_come_back_as_redeliveries_and_later_ones_do_not() -> None:
+    options = group_options()
+    url = tansu_kafka().url
+    first = [msg("held", f"first {i}".encode()) for i in range(3)]
+    later = [msg("held", f"later {i}".encode()) for i in range(2)]
+    async with KafkaBroker(url, partitions=1, **options) as kafka:
+        await kafka.publish_many(first)
+        it = kafka.consume(["held"], prefetch=3)
+        taken = [await asyncio.wait_for(anext(it), 20) for _ in first]
+        assert [d.delivery_count for d in taken] == [1, 1, 1]
+        await it.aclose()
+        # The broker closes with the three unsettled: nothing is committed, as when the
+        # worker holding them dies.
+    async with KafkaBroker(url, **options) as kafka:
+        await kafka.publish_many(later)
+        async with aclosing(kafka.consume(["held"], prefetch=5)) as again:
+            counts = {}
+            for _ in range(5):
+                delivery = await asyncio.wait_for(anext(again), 30)
+                counts[delivery.body] = delivery.delivery_count
+                await delivery.ack()
+    assert counts == {**{m.body: 2 for m in first}, **{m.body: 1 for m in later}}
+
+
 async def _lag_is_zero(kafka: KafkaBroker, queue: str) -> bool:
     return await kafka.queue_length(queue) == 0
 
