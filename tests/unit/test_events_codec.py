@@ -140,6 +140,8 @@ async def test_task_waiting_carries_its_limit_key_and_wait() -> None:
     )
     assert "wait" not in keyed
     assert (paced["limit"], paced["wait"]) == ("rate_limit", 0.125) and "key" not in paced
+
+
 async def test_a_tasks_usual_events_are_one_row_and_a_running_task_continues_in_the_next_batch() -> None:
     bus = MemoryEventBus()
     reader = await bus.subscribe()
