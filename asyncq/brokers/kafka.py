@@ -361,8 +361,8 @@ class KafkaBroker(BrokerDefaults):
         self._live()
         topic = self.settings.topic(queue)
         inspector = self._inspector(group_id=None, fetch_max_wait_ms=100)
-        await self._deadline("inspect", inspector.start())
-        try:
+        try:  # a start that fails or times out has opened connections too: stop them
+            await self._deadline("inspect", inspector.start())
             partitions = await self._partitions([topic, topic + DELAY])
             if not partitions:
                 return inspector, {}, 0
@@ -425,7 +425,7 @@ class KafkaBroker(BrokerDefaults):
     async def queue_length(self, queue: str) -> int:
         """Consumer lag of the group on the queue's topic and its delay topic."""
         inspector, _, lag = await self._lag(queue)
-        await inspector.stop()
+        await asyncio.shield(inspector.stop())  # a cancelled caller still closes its connections
         return lag
 
     async def purge(self, queue: str) -> int:
@@ -482,10 +482,10 @@ class KafkaBroker(BrokerDefaults):
         if not partitions:
             return []
         reader = self._inspector(group_id=None, fetch_max_wait_ms=100)
-        await self._deadline("inspect", reader.start())
         records: dict[str, tuple[TopicPartition, Any]] = {}
         removed: set[str] = set()
         try:
+            await self._deadline("inspect", reader.start())
             ends = await self._ends(reader, partitions)
             await reader.seek_to_beginning(*partitions)
             while [p for p in partitions if await reader.position(p) < ends[p]]:
