@@ -121,6 +121,16 @@ def _reason(exc: BaseException) -> str:
     return describe_error(exc, with_type=True)
 
 
+_DEADLOCK_RETRIES: Final = 5
+_ER_LOCK_DEADLOCK: Final = 1213
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    """InnoDB chose this statement as a deadlock's victim (error 1213) and rolled it back."""
+    args: tuple[Any, ...] = exc.args
+    return bool(args) and args[0] == _ER_LOCK_DEADLOCK
+
+
 class MySQLPool:
     """Up to ``max_connections`` autocommit sessions, each call under ``command_timeout``."""
 
@@ -219,7 +229,9 @@ class MySQLPool:
         An idempotent call whose session turns out to be lost is retried once on a new one.
         """
         timeout = self.settings.command_timeout
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with asyncio.timeout(timeout):
                     async with self._session() as cursor:
@@ -235,13 +247,18 @@ class MySQLPool:
             except AsyncqError:
                 raise
             except Exception as exc:
+                if _is_deadlock(exc) and attempt <= _DEADLOCK_RETRIES and not self._closed:
+                    # InnoDB rolled the statement's transaction back whole: running it again is
+                    # safe for every call, idempotent or not (the server's own advice).
+                    logger.debug("MySQL deadlock while %s; retrying", what)
+                    await asyncio.sleep(0.005 * attempt)
+                    continue
                 lost = is_connection_error(exc)
                 if lost and idempotent and attempt == 1 and not self._closed:
                     logger.info("MySQL session lost while %s (%s); retrying", what, describe_error(exc))
                     continue
                 kind = self._connection_error if lost else self._error
                 raise kind(f"MySQL failed while {what}: {_oneline(_reason(exc))} ({self._shown})") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _kill_statement(self, thread_id: int) -> None:
         task = asyncio.create_task(self._kill(thread_id), name="asyncq.mysql.kill-query")
