@@ -389,14 +389,10 @@ class SQLiteThread:
             self._start_flusher()
             return
         except Exception as exc:  # not ours to handle: every writer in the batch gets it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail_batch(batch, exc)
             return
         self._committed(1)
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        _settle_batch(batch, results)
 
     async def _flush(self) -> None:
         # Group commit: the writes that arrive while one transaction commits share the next,
@@ -407,14 +403,10 @@ class SQLiteThread:
             try:
                 results = await self.run(_commit_batch, [op for op, _ in batch])
             except Exception as exc:  # not ours to handle: every writer in the batch gets it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail_batch(batch, exc)
                 continue
             self._committed(1)
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            _settle_batch(batch, results)
 
     async def close(self) -> None:
         """Finish pending writes, then close the connection and stop the thread."""
@@ -435,3 +427,16 @@ class SQLiteThread:
 def _close(conn: sqlite3.Connection, owner: SQLiteThread) -> None:
     owner._conn = None
     conn.close()
+
+
+def _settle_batch(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+    """Give each writer of a committed batch its result (a cancelled waiter is skipped)."""
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail_batch(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
