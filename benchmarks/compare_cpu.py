@@ -115,7 +115,8 @@ class Bench:
                 if done >= target:
                     first = client.zscore(SPAN_ZSET, "first")
                     last = client.zscore(SPAN_ZSET, "last")
-                    assert first is not None and last is not None
+                    assert first is not None, "the span's start is missing"
+                    assert last is not None, "the span's end is missing"
                     return float(last) - float(first)
                 for worker in workers:
                     worker.check_alive()
@@ -133,7 +134,9 @@ class Bench:
         slug = variant.replace(" ", "").replace("+", "_")
         with contextlib.ExitStack() as stack:
             workers = [
-                stack.enter_context(WorkerProcess(argv, env, log_dir / f"{self.name}-{workload}-{slug}-{i}.log"))
+                stack.enter_context(
+                    WorkerProcess(argv, env, log_dir / f"{self.name}-{workload}-{slug}-{i}.log")
+                )
                 for i, argv in enumerate(commands)
             ]
             seconds = await self.wait_span(workers, len(kinds))
@@ -184,7 +187,8 @@ def summarize(runs: dict[str, list[dict[str, dict[str, float]]]]) -> dict[str, d
 
 def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     log("")
-    log(f"{'workload':<8} {'framework [configuration]':<44} {'seconds':>8} {'vs ideal':>9} {'asyncq ahead':>13}")
+    head = ("workload", "framework [configuration]", "seconds", "vs ideal", "asyncq ahead")
+    log(f"{head[0]:<8} {head[1]:<44} {head[2]:>8} {head[3]:>9} {head[4]:>13}")
     for workload, rows in table.items():
         ours = next((s for label, s in rows.items() if label.startswith("asyncq ")), None)
         best = ideal(workload, args)
@@ -194,7 +198,8 @@ def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) ->
         peers = {label: s for label, s in rows.items() if not label.startswith("asyncq ")}
         if ours and peers:
             who = min(peers, key=peers.__getitem__)
-            log(f"{'':<8} asyncq {ours:.2f} s vs best peer {who} {peers[who]:.2f} s: {peers[who] / ours:.2f}x")
+            ratio = peers[who] / ours
+            log(f"{'':<8} asyncq {ours:.2f} s vs best peer {who} {peers[who]:.2f} s: {ratio:.2f}x")
         log(f"{'':<8} ideal {best:.2f} s")
     log(
         f"burn: {args.loops:,} iterations = {args.cpu_ms:g} ms here; cores {args.cores}; "
@@ -245,15 +250,25 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS)
+    )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: cpu, mixed")
     parser.add_argument("--repeat", type=int, default=1, help="runs of everything; medians are reported")
     parser.add_argument("--cpu-tasks", type=int, default=2000, help="tasks of the cpu workload")
     parser.add_argument("--mixed-cpu", type=int, default=1000, help="CPU tasks of the mixed workload")
-    parser.add_argument("--io-tasks", type=int, default=5000, help="io (sleep 0.5 s) tasks of the mixed workload")
-    parser.add_argument("--cpu-ms", type=float, default=10.0, help="milliseconds of one CPU task, calibrated here")
-    parser.add_argument("--concurrency", type=int, default=1000, help="tasks at once for io (asyncq's --concurrency)")
+    parser.add_argument(
+        "--io-tasks", type=int, default=5000, help="io (sleep 0.5 s) tasks of the mixed workload"
+    )
+    parser.add_argument(
+        "--cpu-ms", type=float, default=10.0, help="milliseconds of one CPU task, calibrated here"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1000, help="tasks at once for io (asyncq's --concurrency)"
+    )
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="processes of every CPU pool")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="loopback Redis, without a db")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds any one workload may take")

@@ -34,11 +34,13 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import json
 import math
 import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -366,6 +368,7 @@ async def main() -> None:
         help="set on each framework's database: off takes the disk flush out of every commit",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="drain: give up after this long")
+    parser.add_argument("--json-out", help="also write the medians to this file as JSON")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in FRAMEWORKS]
@@ -399,6 +402,11 @@ async def main() -> None:
         f"repeat={args.repeat} (medians)"
     )
     print_table(results)
+    if args.json_out:
+        params = {"tasks": args.tasks, "round_trips": args.round_trips, "enqueues": args.enqueues}
+        params |= {"concurrency": args.concurrency, "synchronous_commit": args.synchronous_commit}
+        payload = {"results": results, "higher_is_better": HIGHER_IS_BETTER, "params": params}
+        Path(args.json_out).write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--enqueues", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds, contenders interleaved")
     parser.add_argument("--huey-python", default=str(Path.home() / "venvs/huey/bin/python"))
+    parser.add_argument("--json-out", help="also write each contender's medians to this file as JSON")
     parser.add_argument("--client", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -223,6 +224,13 @@ def main() -> None:
             spread = f" ({fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else ""
             cells.append(fmt.format(statistics.median(values)) + spread)
         print(_row(name, cells))
+    if args.json_out:
+        medians = {
+            name: {key: statistics.median(r[key] for r in rs) for _, key, _ in _COLUMNS}
+            for name, rs in results.items()
+        }
+        params = {"rounds": args.rounds, "round_trips": args.round_trips, "enqueues": args.enqueues}
+        Path(args.json_out).write_text(json.dumps({"medians": medians, "params": params}, indent=1))
 
 
 if __name__ == "__main__":
