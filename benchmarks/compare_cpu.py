@@ -284,6 +284,7 @@ def parse_args() -> argparse.Namespace:
     if host not in LOOPBACK:
         parser.error(f"--redis must be a loopback address, not {host!r}")
     os.environ["BENCH_REDIS"] = args.redis  # read by peers._common.redis_url, here and in workers
+    os.environ["BENCH_CORES"] = str(args.cores)  # the peer modules size their pools from it
     args.log_dir = tempfile.mkdtemp(prefix="asyncq-compare-cpu-")
     args.loops = calibrate(args.cpu_ms)
     return args
