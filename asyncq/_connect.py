@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -20,6 +22,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "connect_timeout_value",
     "describe_peer",
+    "is_unreachable",
     "with_connect_timeout",
 ]
 
@@ -31,6 +34,11 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 CONNECT_TIMEOUT_SCHEMES: Final = frozenset(
     {"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "amqp", "amqps", "rpc", "sqlite"}
     | {"postgresql", "postgres", "mysql", "mariadb", "sqs", "kafka"}
+)
+
+#: Connect failures of an address where nothing listens yet (besides ConnectionError's).
+_UNREACHABLE_ERRNOS: Final = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 )
 
 #: The longest a probe of "what answered" waits for each of its steps.
@@ -105,3 +113,23 @@ async def describe_peer(
     if expected is not None and expected[1](data):
         return f"a {expected[0]} server answers there, but the call did not finish in time"
     return f"it speaks something else (got {data[:48]!r})"
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failed connect found nothing listening yet (worth trying again later).
+
+    True when the error's chain holds a refused or reset connection, an unroutable address or
+    an unresolved host name: what a server still starting (or a container not yet up) gives.
+    A timeout, a TLS failure, a refused login or a server speaking another protocol is not:
+    waiting will not mend a wrong URL.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | socket.gaierror) or (
+            isinstance(current, OSError) and current.errno in _UNREACHABLE_ERRNOS
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

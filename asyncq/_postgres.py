@@ -248,7 +248,9 @@ class Database:
                     )
             except (*_connection_errors(), asyncpg.PostgresError) as exc:
                 cause = describe_error(exc, with_type=True)
+                within = ""  # only a timeout waited out the deadline: a refusal comes at once
                 if isinstance(exc, TimeoutError):
+                    within = f" within {self.connect_timeout:g}s"
                     parts = urlsplit(self.dsn)
                     cause = await describe_peer(
                         parts.hostname or "127.0.0.1",
@@ -257,7 +259,7 @@ class Database:
                         expected=("PostgreSQL", _is_ssl_reply),
                     )
                 raise self.connection_error(
-                    f"cannot connect to {redact_url(self.url)} within {self.connect_timeout:g}s: {cause}"
+                    f"cannot connect to {redact_url(self.url)}{within}: {cause}"
                 ) from exc
             self._pool = pool
         try:

@@ -116,6 +116,21 @@ SETTINGS: dict[str, Setting] = {
             "Seconds a broker or backend connect may take (handshake included) before it fails "
             "naming the address; None leaves each driver's own default.",
         ),
+        _S(
+            "broker_connection_retry_on_startup",
+            "auto",
+            _parse_auto_bool,
+            "Whether a worker whose broker or backend cannot be reached when it starts (connection "
+            "refused or reset, host name not resolved) waits and tries again, as Celery's worker "
+            "does. auto: only a worker that owns its process (asyncq run, Worker.run()); an "
+            "embedded one fails at once. A server that answers wrongly is never retried.",
+        ),
+        _S(
+            "broker_connection_max_retries",
+            100,
+            _parse_optional_int,
+            "Start-up connect attempts after the first before a worker gives up; 0 or None: no limit.",
+        ),
         _S("task_default_queue", "default", str, "Queue of tasks that name none."),
         _S("celery_queues", [], _parse_list, "Queues of Celery protocol messages a worker also consumes."),
         _S("celery_broker_url", None, str, "Redis/RabbitMQ URL of the Celery queues; unset: broker_url."),

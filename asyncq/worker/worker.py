@@ -19,10 +19,11 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+from asyncq._connect import is_unreachable
 from asyncq._utils import describe_error, redact_url
 from asyncq.exceptions import AsyncqError, ConfigurationError
 from asyncq.flow.gate import FlowGate
@@ -48,6 +49,8 @@ _STAT_NAMES = {state: str(state).lower() for state in State}
 
 #: Seconds between attempts to resume consuming after the broker failed.
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: Pauses between start-up connect attempts (broker_connection_retry_on_startup), then the last.
+STARTUP_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 class _Slots(asyncio.Semaphore):
@@ -265,21 +268,48 @@ class Worker:
             logger.info("worker %s stopped: %s", self.hostname, dict(self.stats))
 
     async def _connect_unless_stopped(self) -> bool:
-        """Connect the app's drivers; False if :meth:`stop` came first (the connect is abandoned)."""
+        """Connect the app's drivers; False if :meth:`stop` came first (the connect is abandoned).
+
+        A server not reachable yet is tried again with growing pauses when
+        ``broker_connection_retry_on_startup`` allows it (see :func:`is_unreachable`).
+        """
+        conf = self.app.conf
+        setting = conf.broker_connection_retry_on_startup
+        retry = self._owns_process if setting == "auto" else bool(setting)
+        limit = conf.broker_connection_max_retries or None  # 0 or None: no limit
+        retries = 0
+        while True:
+            try:
+                if await self._until_stopped(self.app.connect()):
+                    return True
+                logger.info("worker %s stopped before it connected", self.hostname)
+                return False
+            except AsyncqError as exc:
+                if not retry or not is_unreachable(exc) or (limit is not None and retries >= limit):
+                    raise
+                retries += 1
+                delay = STARTUP_RETRY_DELAYS[min(retries, len(STARTUP_RETRY_DELAYS)) - 1]
+                left = "" if limit is None else f" of {limit}"
+                logger.warning("%s; trying again in %gs (retry %d%s)", exc, delay, retries, left)
+            if not await self._until_stopped(asyncio.sleep(delay)):
+                logger.info("worker %s stopped before it connected", self.hostname)
+                return False
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, object]) -> bool:
+        """Await ``work``; False, with ``work`` cancelled, if :meth:`stop` comes first."""
         assert self._stop_requested is not None
-        connecting = asyncio.create_task(self.app.connect(), name="asyncq.connect")
+        task = asyncio.create_task(work, name="asyncq.connect")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="asyncq.stop-wait")
         try:
-            await asyncio.wait((connecting, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((task, stop_wait), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
-            if not connecting.done():
-                connecting.cancel()
-                await asyncio.gather(connecting, return_exceptions=True)
-        if connecting.cancelled():
-            logger.info("worker %s stopped before it connected", self.hostname)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
             return False
-        connecting.result()  # a failed connect is raised here
+        task.result()  # a failure is raised here
         return True
 
     async def _consume(self, runner: JobRunner) -> None:

@@ -17,7 +17,7 @@ from subprocess import Popen
 import pytest
 
 from tests.acceptance.conftest import asyncq, wait_for
-from tests.servers import free_port
+from tests.servers import RedisServer, free_port
 from tests.services import require_service
 
 APP = "tests.apps.cli_app:app"
@@ -194,3 +194,56 @@ def test_enqueue_to_unreachable_sentinels_or_cluster_fails_in_one_line(
     out = asyncq("enqueue", APP, ADD, env=env_for(store_env, f"{scheme}://127.0.0.1:{port}{path}"))
     assert out.returncode == 2
     assert says.format(port=port) in only_line(out.stderr)
+
+
+# -- a worker started before its broker (broker_connection_retry_on_startup) -------------------
+
+
+def _log_of(worker: Popen[str]) -> str:
+    return Path(worker.log_path).read_text()  # type: ignore[attr-defined]
+
+
+def test_worker_started_before_its_broker_waits_for_it_then_runs_tasks(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", appendonly=False)  # its port is chosen, not served yet
+    env = env_for(store_env, server.url)
+    worker = start_worker(APP, env=env)
+    try:
+        wait_for(lambda: "trying again in 1s (retry 1 of 100)" in _log_of(worker), "a retry", EXIT_WITHIN)
+        assert worker.poll() is None, _log_of(worker)
+        assert "Redis is unreachable (ConnectionRefusedError" in _log_of(worker)
+        server.start()
+        out = asyncq("enqueue", APP, ADD, "--args", "[2, 3]", "--wait", env=env, timeout=EXIT_WITHIN)
+        assert out.returncode == 0, out.stderr + _log_of(worker)
+        assert out.stdout.strip().splitlines()[-1] == "5"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=EXIT_WITHIN) == 0, _log_of(worker)
+    finally:
+        server.stop()
+
+
+def test_worker_waiting_to_retry_its_connect_stops_on_sigterm(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]]
+) -> None:
+    env = env_for(store_env, f"redis://127.0.0.1:{free_port()}/0")
+    worker = start_worker(APP, env=env)
+    wait_for(lambda: "(retry 1 of 100)" in _log_of(worker), "a retry", EXIT_WITHIN)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=EXIT_WITHIN) == 0, _log_of(worker)
+    assert "stopped before it connected" in _log_of(worker)
+
+
+def test_start_up_retries_can_be_turned_off_or_bounded(
+    store_env: dict[str, str], start_worker: Callable[..., Popen[str]]
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    off = start_worker(
+        APP, env={**env_for(store_env, url), "ASYNCQ_BROKER_CONNECTION_RETRY_ON_STARTUP": "false"}
+    )
+    assert off.wait(timeout=EXIT_WITHIN) == 2
+    assert "Redis is unreachable" in error_line(_log_of(off)) and "trying again" not in _log_of(off)
+    bounded = start_worker(APP, env={**env_for(store_env, url), "ASYNCQ_BROKER_CONNECTION_MAX_RETRIES": "1"})
+    assert bounded.wait(timeout=EXIT_WITHIN) == 2
+    log = _log_of(bounded)
+    assert "(retry 1 of 1)" in log and "(retry 2" not in log and "Redis is unreachable" in error_line(log)

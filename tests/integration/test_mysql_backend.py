@@ -298,6 +298,48 @@ async def test_every_call_has_a_deadline(open_backend, mysql_url: str, prefix: s
     assert await backend.incr(key, ttl=60) == 2  # the interrupted increment never applied
 
 
+async def test_a_deadlock_victim_is_run_again(open_backend, mysql_url: str, prefix: str) -> None:
+    """InnoDB rolls a deadlock's victim back whole (1213): the pool runs the statement again."""
+    backend: MySQLBackend = await open_backend()
+    table = f"{prefix}deadlock"
+    await admin_query(mysql_url, f"CREATE TABLE `{table}` (k INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB")
+    values = ",".join(f"({k}, 0)" for k in range(1, 201))
+    await admin_query(mysql_url, f"INSERT INTO `{table}` VALUES {values}")
+    s = parse_mysql_url(mysql_url, {})
+    holder = await asyncmy.connect(
+        host=s.host, port=s.port, user=s.user, password=s.password, database=s.database
+    )
+    attempts: list[int] = []
+
+    async def both_rows(cursor: Any) -> None:
+        attempts.append(len(attempts) + 1)
+        await cursor.execute(f"UPDATE `{table}` SET v = v + 10 WHERE k IN (1, 2) ORDER BY k")
+
+    async def waiting() -> bool:
+        rows = await admin_query(
+            mysql_url, "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+        )
+        return bool(rows[0][0])
+
+    try:
+        async with holder.cursor() as cursor:
+            await cursor.execute("BEGIN")
+            # The holder changes 199 rows, so InnoDB picks the pool's one-row statement as the
+            # cheaper victim once the two wait on each other.
+            await cursor.execute(f"UPDATE `{table}` SET v = v + 1 WHERE k >= 2")
+            call = asyncio.create_task(backend._pool.run(both_rows, what="updating both rows"))
+            await until(waiting, "the pool's statement to wait for row 2")
+            await cursor.execute(f"UPDATE `{table}` SET v = v + 1 WHERE k = 1")
+            await cursor.execute("COMMIT")
+        await asyncio.wait_for(call, TIMEOUT)
+        assert attempts == [1, 2]
+        rows = await admin_query(mysql_url, f"SELECT k, v FROM `{table}` WHERE k <= 3 ORDER BY k")
+        assert rows == [(1, 11), (2, 11), (3, 1)]
+    finally:
+        holder.close()
+        await admin_query(mysql_url, f"DROP TABLE IF EXISTS `{table}`")
+
+
 # -- an embedded worker ------------------------------------------------------------------------
 
 
