@@ -80,6 +80,8 @@ def _env(base: dict[str, str], url: str) -> dict[str, str]:
     # Keys too: signed, encrypted messages, and neither key may show anywhere.
     env |= {"ASYNCQ_SECURITY_KEY": SIGNING_KEY, "ASYNCQ_SECURITY_ENCRYPTION_KEY": ENCRYPTION_KEY}
     env["ASYNCQ_SECURITY_ENCRYPT"] = "true"
+    # A worker on a refused port retries its connect once (that warning must not leak either).
+    env["ASYNCQ_BROKER_CONNECTION_MAX_RETRIES"] = "1"
     if url.startswith("amqp"):
         del env["ASYNCQ_RESULT_BACKEND"]  # rpc://, over the same (refused) connection
     return env
