@@ -66,9 +66,13 @@ class Leases:
         self.held.clear()
 
     async def _flush_acks(self, items: list[tuple[Queue, bytes]]) -> list[None]:
-        by_queue: dict[Queue, list[bytes]] = {}
-        for queue, handle in items:
-            by_queue.setdefault(queue, []).append(handle)
+        first = items[0][0]
+        handles = [handle for queue, handle in items if queue is first]
+        by_queue: dict[Queue, list[bytes]] = {first: handles}
+        if len(handles) < len(items):  # acks of several queues (most flushes have one)
+            for queue, handle in items:
+                if queue is not first:
+                    by_queue.setdefault(queue, []).append(handle)
         calls = [
             script_call(ACK, queue.keys, handles[i : i + CHUNK])
             for queue, handles in by_queue.items()
