@@ -125,6 +125,10 @@ def _aad(task_id: str, task_name: str) -> bytes:
     return f"asyncq:msg:{task_id}:{task_name}".encode()
 
 
+#: The fields of an envelope that decode_message's shortest path reads (see there).
+_PLAIN_FIELDS: Final = frozenset(
+    ("v", "id", "task", "args", "kwargs", "queue", "root_id", "parent_id", "group_id", "content_type")
+)
 _OPTIONAL_SLOTS: Final = ("root_id", "parent_id", "group_id", "callbacks", "errbacks", "chain", "chord")
 
 
@@ -180,6 +184,24 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     if type(queue) is not str:
         queue = str(queue)
     get = envelope.get
+    if _PLAIN_FIELDS.issuperset(envelope):
+        # The envelope of most tasks: ids and arguments, every other field at its default
+        # (no headers, retries, times or canvas), so there is nothing more to read or check.
+        return Message(
+            task_id,
+            task_name,
+            args,
+            kwargs,
+            queue,
+            0,
+            None,
+            None,
+            None,
+            {},
+            get("root_id"),
+            get("parent_id"),
+            get("group_id"),
+        )
     headers, retries, priority = get("headers"), get("retries"), get("priority")
     ignore_result = get("ignore_result")
     if (
