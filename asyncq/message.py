@@ -126,8 +126,9 @@ def _aad(task_id: str, task_name: str) -> bytes:
 
 
 #: The fields of an envelope that decode_message's shortest path reads (see there).
+_IDS: Final = ("root_id", "parent_id", "group_id")
 _PLAIN_FIELDS: Final = frozenset(
-    ("v", "id", "task", "args", "kwargs", "queue", "root_id", "parent_id", "group_id", "content_type")
+    ("v", "id", "task", "args", "kwargs", "queue", "headers", "content_type", *_IDS)
 )
 _OPTIONAL_SLOTS: Final = ("root_id", "parent_id", "group_id", "callbacks", "errbacks", "chain", "chord")
 
@@ -184,9 +185,10 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     if type(queue) is not str:
         queue = str(queue)
     get = envelope.get
-    if _PLAIN_FIELDS.issuperset(envelope):
-        # The envelope of most tasks: ids and arguments, every other field at its default
-        # (no headers, retries, times or canvas), so there is nothing more to read or check.
+    headers = get("headers")
+    if _PLAIN_FIELDS.issuperset(envelope) and (headers is None or type(headers) is dict):
+        # The envelope of most tasks: ids, arguments and headers, every other field at its
+        # default (no retries, times, priority or canvas): nothing more to read or check.
         return Message(
             task_id,
             task_name,
@@ -197,12 +199,12 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
             None,
             None,
             None,
-            {},
+            {} if headers is None else headers,
             get("root_id"),
             get("parent_id"),
             get("group_id"),
         )
-    headers, retries, priority = get("headers"), get("retries"), get("priority")
+    retries, priority = get("retries"), get("priority")
     ignore_result = get("ignore_result")
     if (
         (headers is None or type(headers) is dict)
