@@ -125,11 +125,6 @@ def _aad(task_id: str, task_name: str) -> bytes:
     return f"asyncq:msg:{task_id}:{task_name}".encode()
 
 
-#: The fields of an envelope that decode_message's shortest path reads (see there).
-_IDS: Final = ("root_id", "parent_id", "group_id")
-_PLAIN_FIELDS: Final = frozenset(
-    ("v", "id", "task", "args", "kwargs", "queue", "headers", "content_type", *_IDS)
-)
 _OPTIONAL_SLOTS: Final = ("root_id", "parent_id", "group_id", "callbacks", "errbacks", "chain", "chord")
 
 
@@ -185,26 +180,7 @@ def decode_message(data: bytes, serializers: Serializers) -> Message:
     if type(queue) is not str:
         queue = str(queue)
     get = envelope.get
-    headers = get("headers")
-    if _PLAIN_FIELDS.issuperset(envelope) and (headers is None or type(headers) is dict):
-        # The envelope of most tasks: ids, arguments and headers, every other field at its
-        # default (no retries, times, priority or canvas): nothing more to read or check.
-        return Message(
-            task_id,
-            task_name,
-            args,
-            kwargs,
-            queue,
-            0,
-            None,
-            None,
-            None,
-            {} if headers is None else headers,
-            get("root_id"),
-            get("parent_id"),
-            get("group_id"),
-        )
-    retries, priority = get("retries"), get("priority")
+    headers, retries, priority = get("headers"), get("retries"), get("priority")
     ignore_result = get("ignore_result")
     if (
         (headers is None or type(headers) is dict)
