@@ -505,6 +505,11 @@ class Client:
 
     # -- dedicated connections -------------------------------------------------------------------
 
+    @property
+    def clustered(self) -> bool:
+        """Whether this Client talks to a Cluster (keys then live in many hash slots)."""
+        return self._cluster is not None
+
     def slot_of(self, key: bytes) -> int:
         """The Cluster hash slot of ``key`` (0 outside a Cluster): one script's keys share one."""
         if self._cluster is not None:

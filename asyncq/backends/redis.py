@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
@@ -415,14 +415,23 @@ class RedisBackend(BackendDefaults):
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
         client = self._redis.client()
-        by_slot: dict[int, tuple[list[bytes], list[Any]]] = {}
-        for key, record, final, ttl_ms in items:
-            keys, args = by_slot.setdefault(client.slot_of(key), ([], []))
-            keys.append(key)
-            args += ((_FINAL if final else _PENDING) + record, ttl_ms)
+        groups: Iterable[tuple[list[bytes], list[Any]]]
+        if client.clustered:
+            by_slot: dict[int, tuple[list[bytes], list[Any]]] = {}
+            for key, record, final, ttl_ms in items:
+                keys, args = by_slot.setdefault(client.slot_of(key), ([], []))
+                keys.append(key)
+                args += ((_FINAL if final else _PENDING) + record, ttl_ms)
+            groups = by_slot.values()
+        else:  # one server: every key in one group, no slot to compute per record
+            keys, args = [], []
+            for key, record, final, ttl_ms in items:
+                keys.append(key)
+                args += ((_FINAL if final else _PENDING) + record, ttl_ms)
+            groups = ((keys, args),)
         commands = [
             script_call(_SET_MANY, keys[i : i + _SET_CHUNK], args[2 * i : 2 * (i + _SET_CHUNK)])
-            for keys, args in by_slot.values()
+            for keys, args in groups
             for i in range(0, len(keys), _SET_CHUNK)
         ]
         # Replayed as a whole after a lost reply: SET and PUBLISH are idempotent for waiters,

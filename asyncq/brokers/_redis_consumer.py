@@ -76,6 +76,16 @@ class Consumer:
         self._failure = exc
         self._has_items.set()
 
+    def take(self) -> RedisDelivery | None:
+        """The next buffered delivery, or None when :meth:`next` has to wait for one."""
+        buffer = self._buffer
+        if not buffer:
+            return None
+        delivery = buffer.popleft()
+        if not buffer and self._fetcher_idle and self._may_fetch():
+            self._room.set()
+        return delivery
+
     async def next(self) -> RedisDelivery:
         while not self._buffer:
             if self._failure is not None:

@@ -245,8 +245,11 @@ class RedisBroker(BrokerDefaults):
         consumer = Consumer(self._leases, [self._queue(name) for name in names], prefetch)
         self._consumers.add(consumer)
         try:
+            take = consumer.take
             while True:
-                yield await consumer.next()
+                # A buffered delivery is handed over without a coroutine (next() waits for one).
+                delivery = take()
+                yield delivery if delivery is not None else await consumer.next()
         finally:
             self._consumers.discard(consumer)
             await consumer.close()
