@@ -1,0 +1,120 @@
+"""Celery on RabbitMQ (its py-amqp transport, ``pyamqp://``) with rpc:// results, its home set-up.
+
+Queue ``bench-celery`` (routing key and exchange of the same name), on the benchmark's shared
+RabbitMQ server; purged before each workload. The span timestamps still go to Redis (DB 9).
+Pools as on Redis (``celery_app``): solo for the drain and the round trip, threads for the
+fan-out. Two producers: ``app`` publishes as Celery does by default (no publisher confirms)
+and ``confirmed`` with ``broker_transport_options={"confirm_publish": True}`` (each publish
+waits for RabbitMQ's confirm): the enqueue workload measures both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from celery import Celery
+
+from peers._common import amqp_url, finished, started
+
+DB = 9
+WORKLOADS = ("enqueue", "drain", "fanout", "rtt")
+QUEUE = "bench-celery"
+
+
+def make_app(confirm: bool) -> Celery:
+    celery = Celery("bench", broker=amqp_url("pyamqp"), backend="rpc://")
+    celery.conf.update(
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True} if confirm else {},
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        task_default_exchange=QUEUE,
+        task_default_routing_key=QUEUE,
+        # rpc:// replies are transient messages to the caller's queue (Celery's default too).
+        result_persistent=False,
+    )
+    return celery
+
+
+app = make_app(confirm=False)
+confirmed = make_app(confirm=True)
+
+
+def define(celery: Celery) -> dict[str, Any]:
+    @celery.task(name="noop")
+    def noop() -> None:
+        started()
+        finished()
+
+    @celery.task(name="sleeper")
+    def sleeper() -> None:
+        started()
+        time.sleep(0.5)
+        finished()
+
+    @celery.task(name="echo")
+    def echo() -> int:
+        return 1
+
+    return {"noop": noop, "sleeper": sleeper, "echo": echo}
+
+
+tasks = define(app)
+confirmed_tasks = define(confirmed)
+
+
+async def purge() -> None:
+    """Empty Celery's queue (FLUSHDB does not reach RabbitMQ)."""
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        # Declared first, so a purge before the first worker ever ran does not fail.
+        app.amqp.queues[QUEUE].bind(channel).declare()
+        channel.queue_purge(QUEUE)
+
+
+def worker_command(workload: str, concurrency: int) -> list[str]:
+    if workload == "fanout":
+        pool = os.environ.get("BENCH_CELERY_FANOUT_POOL", "threads")
+        pool_args = ["--pool", pool, "--concurrency", str(concurrency)]
+    else:
+        pool_args = ["--pool", "solo"]
+    return [
+        *(sys.executable, "-m", "celery", "-A", "peers.celery_amqp_app", "worker", *pool_args),
+        *("--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"),
+        *("--queues", QUEUE),
+    ]
+
+
+class Client:
+    async def open(self) -> None:
+        pass  # Celery connects on first use; the untimed warm-up calls pay for it
+
+    async def close(self) -> None:
+        pass  # the producer pools and the result consumer are kept for the next workload
+
+    async def fill(self, task: str, n: int) -> None:
+        target = tasks[task]
+        backend: Any = app.backend
+        subscribe = backend.on_task_call
+        backend.on_task_call = lambda producer, task_id: None  # the fill never waits for results
+        try:
+            with app.producer_or_acquire() as producer:
+                for _ in range(n):
+                    target.apply_async(producer=producer)
+        finally:
+            backend.on_task_call = subscribe
+
+    async def enqueue(self) -> None:
+        confirmed_tasks["noop"].delay()
+
+    async def enqueue_unconfirmed(self) -> None:
+        tasks["noop"].delay()
+
+    async def round_trip(self) -> None:
+        tasks["echo"].delay().get(timeout=10)
