@@ -70,12 +70,14 @@ confirmed_tasks = define(confirmed)
 
 
 async def purge() -> None:
-    """Empty Celery's queue (FLUSHDB does not reach RabbitMQ)."""
+    """Empty Celery's queue and this client's rpc:// reply queue (FLUSHDB does not reach them)."""
+    backend: Any = app.backend
     with app.connection_for_write() as connection:
         channel = connection.default_channel
-        # Declared first, so a purge before the first worker ever ran does not fail.
-        app.amqp.queues[QUEUE].bind(channel).declare()
-        channel.queue_purge(QUEUE)
+        # Declared first, so that a purge before the first worker or caller ran does not fail.
+        for queue in (app.amqp.queues[QUEUE], backend.binding):
+            queue.bind(channel).declare()
+            channel.queue_purge(queue.name)
 
 
 def worker_command(workload: str, concurrency: int) -> list[str]:
@@ -99,16 +101,14 @@ class Client:
         pass  # the producer pools and the result consumer are kept for the next workload
 
     async def fill(self, task: str, n: int) -> None:
+        # Unlike on Redis, the caller's rpc:// reply queue must exist while the worker runs:
+        # publishing a result to a reply queue that is missing cost the worker about 30 ms
+        # per task here (a 20,000-task drain then outlasts any timeout, as if it never
+        # consumed). The caller declares it, as every Celery caller does; purge() empties it.
         target = tasks[task]
-        backend: Any = app.backend
-        subscribe = backend.on_task_call
-        backend.on_task_call = lambda producer, task_id: None  # the fill never waits for results
-        try:
-            with app.producer_or_acquire() as producer:
-                for _ in range(n):
-                    target.apply_async(producer=producer)
-        finally:
-            backend.on_task_call = subscribe
+        with app.producer_or_acquire() as producer:
+            for _ in range(n):
+                target.apply_async(producer=producer)
 
     async def enqueue(self) -> None:
         confirmed_tasks["noop"].delay()
