@@ -1,4 +1,9 @@
-"""asyncq against Celery, arq, taskiq (taskiq-redis) and SAQ on the same local Redis.
+"""asyncq against its peers on the same local Redis (default) or RabbitMQ (``--broker rabbitmq``).
+
+Redis: Celery, arq, taskiq (taskiq-redis) and SAQ, plus dramatiq's enqueue. RabbitMQ: asyncq
+with rpc:// results and with Redis results, Celery (pyamqp, rpc:// results), dramatiq
+(RabbitmqBroker, Redis results) and taskiq-aio-pika (Redis results), each on queues of its own
+on that server, purged before every workload; the span timestamps stay in Redis.
 
 Four workloads, the same for every framework, each framework's worker ONE process started by
 this script (the modules in ``benchmarks/peers/`` hold each framework's tasks, worker command
@@ -12,7 +17,11 @@ and client):
 3. round trip: 1,000 sequential enqueue -> await result calls against a warm worker
    (after a probe and 50 untimed calls) -> p50 / p99 ms;
 4. enqueue: 5,000 sequential single-call enqueues, each awaited, no worker running (after 50
-   untimed ones) -> enqueues/s. dramatiq is measured here too (enqueue only).
+   untimed ones) -> enqueues/s. dramatiq is measured here too (enqueue only). On RabbitMQ:
+   confirmed enqueues (each waits for the publisher confirm) and, where the framework has
+   them, unconfirmed ones (dramatiq's and Celery's default; asyncq's ``confirm_publish=false``),
+   in alternating chunks of 100; beside asyncq's rows also the bare ceiling, persistent
+   confirmed publishes straight on aiormq (``peers/aiormq_ceiling.py``).
 
 Each framework uses its own Redis database (FLUSHDB before every workload). ``--repeat``
 runs everything that many times, frameworks interleaved, and reports medians. The table
@@ -21,8 +30,11 @@ asyncq ahead. Peers come from ``benchmarks/requirements-peers.txt``; one that ca
 imported is skipped with the reason. arq pins redis<6, so it runs from its own virtualenv:
 ``--python arq=/path/to/venv/bin/python`` runs that framework's part with that interpreter.
 
-Usage: python benchmarks/compare_redis.py [--only asyncq,arq] [--repeat 3]
+Usage: python benchmarks/compare.py [--only asyncq,arq] [--repeat 3]
     [--python arq=~/venvs/arq/bin/python] [--tasks 20000] [--sleepers 5000]
+    [--broker rabbitmq [--amqp amqp://guest:guest@127.0.0.1:5672/]]
+(``compare_redis.py`` runs this script with the same options.) Set PYTHONPATH to an asyncq
+tree to measure that tree; the workers inherit it.
 """
 
 from __future__ import annotations
@@ -258,7 +270,10 @@ class Bench:
                 result[workload] = value
                 unit = {"drain": "tasks/s", "fanout": "s"}[workload]
                 log(f"  {self.name} {workload}: {value:,.2f} {unit}")
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:  # a failed clean-up must not end the whole invocation
+            self.notes.append(f"final purge failed: {type(exc).__name__}: {exc}")
         return result
 
 

@@ -2,9 +2,14 @@
 
 Queue ``bench-celery`` (routing key and exchange of the same name), on the benchmark's shared
 RabbitMQ server; purged before each workload. The span timestamps still go to Redis (DB 9).
-Pools as on Redis (``celery_app``): solo for the drain and the round trip, threads for the
-fan-out. Two producers: ``app`` publishes as Celery does by default (no publisher confirms)
-and ``confirmed`` with ``broker_transport_options={"confirm_publish": True}`` (each publish
+Pools: threads everywhere, 8 for the drain and the round trip, 1,000 for the fan-out. Not
+solo as on Redis: with rpc:// results the solo worker mostly spent about 30 ms per task
+(29-48 tasks/s in five of six trials, 1,401/s in one; a 20,000-task drain then outlasts the
+120 s wait, which looked like a worker that never consumed). Solo with ``ignore_result`` ran
+1,280-1,560/s, the threads pool at one thread 550/s and at eight 1,370/s, with results.
+
+Two producers: ``app`` publishes as Celery does by default (no publisher confirms) and
+``confirmed`` with ``broker_transport_options={"confirm_publish": True}`` (each publish
 waits for RabbitMQ's confirm): the enqueue workload measures both.
 """
 
@@ -22,6 +27,8 @@ from peers._common import amqp_url, finished, started
 DB = 9
 WORKLOADS = ("enqueue", "drain", "fanout", "rtt")
 QUEUE = "bench-celery"
+#: Threads of the drain and round-trip worker (see the module docstring: not the solo pool).
+DRAIN_CONCURRENCY = 8
 
 
 def make_app(confirm: bool) -> Celery:
@@ -81,11 +88,8 @@ async def purge() -> None:
 
 
 def worker_command(workload: str, concurrency: int) -> list[str]:
-    if workload == "fanout":
-        pool = os.environ.get("BENCH_CELERY_FANOUT_POOL", "threads")
-        pool_args = ["--pool", pool, "--concurrency", str(concurrency)]
-    else:
-        pool_args = ["--pool", "solo"]
+    pool = os.environ.get("BENCH_CELERY_FANOUT_POOL", "threads") if workload == "fanout" else "threads"
+    pool_args = ["--pool", pool, "--concurrency", str(concurrency)]
     return [
         *(sys.executable, "-m", "celery", "-A", "peers.celery_amqp_app", "worker", *pool_args),
         *("--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"),
@@ -101,10 +105,9 @@ class Client:
         pass  # the producer pools and the result consumer are kept for the next workload
 
     async def fill(self, task: str, n: int) -> None:
-        # Unlike on Redis, the caller's rpc:// reply queue must exist while the worker runs:
-        # publishing a result to a reply queue that is missing cost the worker about 30 ms
-        # per task here (a 20,000-task drain then outlasts any timeout, as if it never
-        # consumed). The caller declares it, as every Celery caller does; purge() empties it.
+        # Unlike on Redis, the producer's result subscription is kept: it declares the
+        # caller's rpc:// reply queue, which the worker's result publishes need (without it
+        # they are dropped, and were slower still). purge() empties that queue.
         target = tasks[task]
         with app.producer_or_acquire() as producer:
             for _ in range(n):

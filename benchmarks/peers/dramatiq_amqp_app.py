@@ -14,6 +14,7 @@ workload measures both. Bulk fill: ``actor.send()`` in a loop on the unconfirmed
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -55,8 +56,20 @@ def echo() -> int:
     return 1
 
 
+def reconnect(rabbitmq: RabbitmqBroker) -> None:
+    """Drop this thread's connection; the next call opens a new one.
+
+    pika's BlockingConnection answers heartbeats only while it is used: one left idle through
+    the other frameworks' runs is closed by RabbitMQ, and dramatiq does not reopen it by itself.
+    """
+    rabbitmq.close()
+    with contextlib.suppress(Exception):
+        del rabbitmq.connection
+
+
 async def purge() -> None:
     """Empty dramatiq's queues (FLUSHDB does not reach RabbitMQ)."""
+    reconnect(broker)
     broker.flush_all()
 
 
@@ -72,7 +85,8 @@ class Client:
         pass  # pika connects on first use; the untimed warm-up calls pay for it
 
     async def close(self) -> None:
-        pass  # the connections are kept for the next workload
+        reconnect(broker)
+        reconnect(confirmed)
 
     async def fill(self, task: str, n: int) -> None:
         target = noop if task == "noop" else sleeper
