@@ -3,10 +3,11 @@
 Queue ``bench-celery`` (routing key and exchange of the same name), on the benchmark's shared
 RabbitMQ server; purged before each workload. The span timestamps still go to Redis (DB 9).
 Pools: threads everywhere, 8 for the drain and the round trip, 1,000 for the fan-out. Not
-solo as on Redis: with rpc:// results the solo worker mostly spent about 30 ms per task
-(29-48 tasks/s in five of six trials, 1,401/s in one; a 20,000-task drain then outlasts the
-120 s wait, which looked like a worker that never consumed). Solo with ``ignore_result`` ran
-1,280-1,560/s, the threads pool at one thread 550/s and at eight 1,370/s, with results.
+solo as on Redis: with rpc:// results the solo worker mostly spent 5-35 ms per task (29-199
+tasks/s or no span within the wait in six of eight trials, 1,356-1,401/s in two; a 20,000-task
+drain then outlasts the 120 s wait, which looked like a worker that never consumed). Solo
+with ``ignore_result`` ran 1,280-1,560/s, the threads pool at one thread 550/s and at eight
+1,370/s, with results.
 
 Two producers: ``app`` publishes as Celery does by default (no publisher confirms) and
 ``confirmed`` with ``broker_transport_options={"confirm_publish": True}`` (each publish
