@@ -46,6 +46,8 @@ ROOT = HERE.parent
 BROKERS = ("redis", "rabbitmq", "sqlite", "postgres")
 #: compare_redis.py's frameworks, in its order; arq runs with its own interpreter.
 REDIS_FRAMEWORKS = ("asyncq", "celery", "arq", "taskiq-stream", "taskiq-list", "saq", "dramatiq")
+#: ... and with --broker rabbitmq (asyncq's Redis-results row is asyncq too: not a peer).
+RABBITMQ_FRAMEWORKS = ("asyncq", "asyncq+redis-results", "celery", "dramatiq", "taskiq-aio-pika")
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 #: metric -> (label, unit, higher is better)
@@ -62,6 +64,11 @@ SQLITE_METRICS = {
     "p99": ("round trip p99", "ms", False),
     "enqueue_idle": ("enqueue", "/s", True),
     "enqueue_busy": ("enqueue, worker busy", "/s", True),
+}
+RABBITMQ_METRICS = {
+    **REDIS_METRICS,
+    "enqueue": ("enqueue, confirmed", "/s", True),
+    "enqueue_unconfirmed": ("enqueue, unconfirmed", "/s", True),
 }
 POSTGRES_METRICS = {key: REDIS_METRICS[key] for key in ("drain", "p50", "p99", "enqueue")}
 CPU_METRICS = {"cpu": ("cpu tasks", "s", False), "mixed": ("mixed cpu + io", "s", False)}
@@ -144,7 +151,8 @@ def sizes(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 def redis_like(args: argparse.Namespace, broker: str) -> list[Row]:
     """compare_redis.py once per framework and repeat, frameworks interleaved; medians."""
-    rows = {key: Row(broker, metric) for key, metric in REDIS_METRICS.items()}
+    metrics = RABBITMQ_METRICS if broker == "rabbitmq" else REDIS_METRICS
+    rows = {key: Row(broker, metric) for key, metric in metrics.items()}
     peers_python = interpreter(args, "peers")
     assert peers_python is not None
     help_text = subprocess.run(
@@ -156,7 +164,7 @@ def redis_like(args: argparse.Namespace, broker: str) -> list[Row]:
         broker_flags = ["--asyncq-broker", RABBITMQ_URL]
         note = "compare_redis.py has no --broker: asyncq alone (--asyncq-broker), no peer measured"
     else:
-        frameworks = REDIS_FRAMEWORKS
+        frameworks = RABBITMQ_FRAMEWORKS if broker == "rabbitmq" else REDIS_FRAMEWORKS
         broker_flags = ["--broker", "rabbitmq"] if broker == "rabbitmq" else []
         note = ""
     size_flags = sizes(args, ("tasks", "sleepers", "round-trips", "enqueues"))
@@ -178,17 +186,20 @@ def redis_like(args: argparse.Namespace, broker: str) -> list[Row]:
             for key, value in result.items():
                 if value is not None and key in rows:
                     samples.setdefault(name, {}).setdefault(key, []).append(float(value))
-    for name, metrics in samples.items():
-        for key, values in metrics.items():
+    extra_notes: dict[str, list[str]] = {}
+    for name, measured in samples.items():
+        for key, values in measured.items():
             median = statistics.median(values)
             if name == "asyncq":
                 rows[key].asyncq = median
+            elif name.startswith("asyncq+"):
+                extra_notes.setdefault(key, []).append(f"{name}: {median:,.2f}")
             else:
                 rows[key].peers[name] = median
     notes = [note] if note else []
     notes += [f"{name} {reason}" for name, reason in skipped.items()]
-    for row in rows.values():
-        row.note = "; ".join(notes)
+    for key, row in rows.items():
+        row.note = "; ".join(notes + extra_notes.get(key, []))
     return [row for row in rows.values() if row.asyncq is not None or row.peers]
 
 

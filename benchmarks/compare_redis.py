@@ -1,4 +1,9 @@
-"""asyncq against Celery, arq, taskiq (taskiq-redis) and SAQ on the same local Redis.
+"""asyncq against its peers on the same local Redis (default) or RabbitMQ (``--broker rabbitmq``).
+
+Redis: Celery, arq, taskiq (taskiq-redis) and SAQ, plus dramatiq's enqueue. RabbitMQ: asyncq
+with rpc:// results and with Redis results, Celery (pyamqp, rpc:// results), dramatiq
+(RabbitmqBroker, Redis results) and taskiq-aio-pika (Redis results), each on queues of its own
+on that server, purged before every workload; the span timestamps stay in Redis.
 
 Four workloads, the same for every framework, each framework's worker ONE process started by
 this script (the modules in ``benchmarks/peers/`` hold each framework's tasks, worker command
@@ -12,7 +17,11 @@ and client):
 3. round trip: 1,000 sequential enqueue -> await result calls against a warm worker
    (after a probe and 50 untimed calls) -> p50 / p99 ms;
 4. enqueue: 5,000 sequential single-call enqueues, each awaited, no worker running (after 50
-   untimed ones) -> enqueues/s. dramatiq is measured here too (enqueue only).
+   untimed ones) -> enqueues/s. dramatiq is measured here too (enqueue only). On RabbitMQ:
+   confirmed enqueues (each waits for the publisher confirm) and, where the framework has
+   them, unconfirmed ones (dramatiq's and Celery's default; asyncq's ``confirm_publish=false``),
+   in alternating chunks of 100; beside asyncq's rows also the bare ceiling, persistent
+   confirmed publishes straight on aiormq (``peers/aiormq_ceiling.py``).
 
 Each framework uses its own Redis database (FLUSHDB before every workload). ``--repeat``
 runs everything that many times, frameworks interleaved, and reports medians. The table
@@ -23,6 +32,9 @@ imported is skipped with the reason. arq pins redis<6, so it runs from its own v
 
 Usage: python benchmarks/compare_redis.py [--only asyncq,arq] [--repeat 3]
     [--python arq=~/venvs/arq/bin/python] [--tasks 20000] [--sleepers 5000]
+    [--broker rabbitmq [--amqp amqp://guest:guest@127.0.0.1:5672/]]
+Set PYTHONPATH to an asyncq tree to measure that tree; the workers inherit it.
+``compare.py`` runs this script, per broker, beside the other comparisons.
 """
 
 from __future__ import annotations
@@ -30,19 +42,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,10 +63,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from _compare_table import CEILING, METRICS, Result, is_ours, median_of, print_table  # noqa: E402
+from _workers import WorkerProcess, _live, cleanup_on_exit, log, stop_process  # noqa: E402
 from peers._common import SPAN_KEY, redis_url  # noqa: E402  (after the path set-up above)
 
-#: framework -> module in peers/ (the order of the table).
-FRAMEWORKS = {
+#: framework -> module in peers/ (the order of the table), per --broker.
+REDIS_FRAMEWORKS = {
     "asyncq": "peers.asyncq_app",
     "celery": "peers.celery_app",
     "arq": "peers.arq_app",
@@ -65,81 +77,19 @@ FRAMEWORKS = {
     "saq": "peers.saq_app",
     "dramatiq": "peers.dramatiq_app",
 }
-ALIASES = {"taskiq": ["taskiq-stream", "taskiq-list"]}
-METRICS = ("drain", "fanout", "p50", "p99", "enqueue")
-#: True: higher is better (a rate); False: lower is better (a time).
-HIGHER_IS_BETTER = {"drain": True, "fanout": False, "p50": False, "p99": False, "enqueue": True}
+RABBITMQ_FRAMEWORKS = {
+    "asyncq": "peers.asyncq_amqp_app",
+    "asyncq+redis-results": "peers.asyncq_amqp_redis_app",
+    "celery": "peers.celery_amqp_app",
+    "dramatiq": "peers.dramatiq_amqp_app",
+    "taskiq-aio-pika": "peers.taskiq_aio_pika_app",
+}
+ALIASES = {
+    "redis": {"taskiq": ["taskiq-stream", "taskiq-list"]},
+    "rabbitmq": {"taskiq": ["taskiq-aio-pika"]},
+}
 WARM_UP = 50
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-Result = dict[str, float | None]
-
-_live: set[subprocess.Popen[bytes]] = set()
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the worker gets SIGKILL if this script dies without cleaning up (e.g. SIGKILL)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the process group (taskiq's supervisor has a child), then SIGKILL after ``grace``."""
-    try:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # also any child left behind by the leader
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-    finally:
-        _live.discard(proc)
-
-
-class WorkerProcess:
-    """One framework worker: its own process group, output to a log file, always stopped."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        with self.log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=HERE,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        _live.add(self.proc)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with status {self.proc.returncode}\n{self.tail()}")
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join("    | " + line for line in self.text().splitlines()[-lines:])
 
 
 class Bench:
@@ -176,6 +126,7 @@ class Bench:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
         env.update(
             BENCH_REDIS=self.args.redis,
+            BENCH_AMQP=self.args.amqp,
             BENCH_SPAN_URL=self.url,
             BENCH_TARGET=str(target),
             BENCH_CONCURRENCY=str(concurrency),
@@ -254,21 +205,45 @@ class Bench:
             self.scan_log(worker, "rtt")
         return percentile(times, 50) * 1000, percentile(times, 99) * 1000
 
-    async def enqueue(self) -> float:
+    async def enqueue(self) -> dict[str, float]:
+        """Sequential enqueues/s of each mode the client has, interleaved in chunks of 100.
+
+        On RabbitMQ: ``enqueue`` (confirmed), ``enqueue_unconfirmed`` where the framework has
+        that mode, and beside asyncq's rows the bare aiormq ceiling (``ceiling``), so all see
+        the same server load.
+        """
         await self.flush()
-        async with self.client() as client:
-            for _ in range(WARM_UP):
-                await client.enqueue()
-            n = self.args.enqueues
-            started = time.perf_counter()
-            for _ in range(n):
-                await client.enqueue()
-            elapsed = time.perf_counter() - started
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(self.client())
+            modes: dict[str, Callable[[], Any]] = {"enqueue": client.enqueue}
+            if self.args.broker == "rabbitmq":
+                if hasattr(client, "enqueue_unconfirmed"):
+                    modes["enqueue_unconfirmed"] = client.enqueue_unconfirmed
+                if is_ours(self.name):
+                    from peers import aiormq_ceiling  # needs aiormq: RabbitMQ runs only
+
+                    bare = aiormq_ceiling.Client()
+                    await aiormq_ceiling.purge()
+                    await bare.open()
+                    stack.push_async_callback(aiormq_ceiling.purge)
+                    stack.push_async_callback(bare.close)
+                    modes["ceiling"] = bare.enqueue
+            spent = dict.fromkeys(modes, 0.0)
+            for call in modes.values():
+                for _ in range(WARM_UP):
+                    await call()
+            chunks = max(1, self.args.enqueues // 100)
+            for _ in range(chunks):
+                for mode, call in modes.items():
+                    started = time.perf_counter()
+                    for _ in range(100):
+                        await call()
+                    spent[mode] += time.perf_counter() - started
         await self.flush()
-        return n / elapsed
+        return {mode: chunks * 100 / seconds for mode, seconds in spent.items()}
 
     async def run(self) -> Result:
-        result: Result = dict.fromkeys(METRICS)
+        result: Result = dict.fromkeys((*METRICS, "ceiling"))
         workloads: dict[str, Callable[[], Any]] = {
             "enqueue": self.enqueue,
             "drain": self.drain,
@@ -288,11 +263,17 @@ class Bench:
             if workload == "rtt":
                 result["p50"], result["p99"] = value
                 log(f"  {self.name} round trip: p50 {value[0]:.2f} ms, p99 {value[1]:.2f} ms")
+            elif workload == "enqueue":
+                result.update(value)
+                log(f"  {self.name} enqueue/s: " + ", ".join(f"{m} {v:,.0f}" for m, v in value.items()))
             else:
                 result[workload] = value
-                unit = {"enqueue": "enqueues/s", "drain": "tasks/s", "fanout": "s"}[workload]
+                unit = {"drain": "tasks/s", "fanout": "s"}[workload]
                 log(f"  {self.name} {workload}: {value:,.2f} {unit}")
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:  # a failed clean-up must not end the whole invocation
+            self.notes.append(f"final purge failed: {type(exc).__name__}: {exc}")
         return result
 
 
@@ -303,7 +284,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 async def run_in_process(name: str, args: argparse.Namespace) -> tuple[Result | None, list[str]]:
     try:
-        module = importlib.import_module(FRAMEWORKS[name])
+        module = importlib.import_module(frameworks(args.broker)[name])
     except ImportError as exc:
         if name == "arq":
             hint = "arq needs a virtualenv of its own: benchmarks/requirements-arq.txt, then --python arq=..."
@@ -317,6 +298,7 @@ async def run_in_process(name: str, args: argparse.Namespace) -> tuple[Result | 
 
 def passthrough(args: argparse.Namespace) -> list[str]:
     return [
+        *("--broker", args.broker, "--amqp", args.amqp),
         *("--redis", args.redis, "--tasks", str(args.tasks), "--sleepers", str(args.sleepers)),
         *("--concurrency", str(args.concurrency), "--drain-concurrency", str(args.drain_concurrency)),
         *("--round-trips", str(args.round_trips), "--enqueues", str(args.enqueues)),
@@ -353,109 +335,27 @@ async def run_with_interpreter(
         return data["result"], data["notes"]
 
 
-def select(only: str | None) -> list[str]:
+def frameworks(broker: str) -> dict[str, str]:
+    return RABBITMQ_FRAMEWORKS if broker == "rabbitmq" else REDIS_FRAMEWORKS
+
+
+def select(only: str | None, broker: str) -> list[str]:
+    known = frameworks(broker)
     if not only:
-        return list(FRAMEWORKS)
+        return list(known)
     chosen: list[str] = []
     for item in (part.strip() for part in only.split(",")):
-        names = ALIASES.get(item, [item])
+        names = ALIASES[broker].get(item, [item])
         for name in names:
-            if name not in FRAMEWORKS:
-                raise SystemExit(f"unknown framework {item!r}; choose from {', '.join(FRAMEWORKS)}, taskiq")
+            if name not in known:
+                raise SystemExit(f"unknown framework {item!r}; choose from {', '.join(known)}, taskiq")
             if name not in chosen:
                 chosen.append(name)
-    return [name for name in FRAMEWORKS if name in chosen]
-
-
-def fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if metric in ("drain", "enqueue"):
-        return f"{value:,.0f}"
-    return f"{value:.2f}"
-
-
-def advantage(metric: str, ours: float | None, theirs: float | None) -> float | None:
-    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
-        return None
-    return ours / theirs if HIGHER_IS_BETTER[metric] else theirs / ours
-
-
-def print_table(results: dict[str, Result], args: argparse.Namespace) -> None:
-    headers = ("framework", "drain tasks/s", "fan-out s", "p50 ms", "p99 ms", "enqueue/s")
-    widths = (14, 18, 16, 15, 15, 17)
-    ours = results.get("asyncq")
-    log("")
-    log(
-        "".join(
-            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
-        )
-    )
-    for name, result in results.items():
-        cells = [name.ljust(widths[0])]
-        for metric, width in zip(METRICS, widths[1:], strict=True):
-            cell = fmt(metric, result[metric])
-            ratio = advantage(metric, ours[metric], result[metric]) if ours and name != "asyncq" else None
-            if ratio is not None:
-                cell += f" ({ratio:.2f}x)"
-            cells.append(cell.rjust(width))
-        log("".join(cells))
-    ideal = 0.5 * math.ceil(args.sleepers / args.concurrency)
-    log(
-        f"(x) = asyncq's advantage over that peer: rates asyncq/peer, times peer/asyncq; > 1 means "
-        f"asyncq is ahead. Fan-out ideal {ideal:.2f} s. Medians of {args.repeat} run(s)."
-    )
-    if ours is None:
-        return
-    log("")
-    log("targets:")
-
-    def best(metric: str) -> tuple[str, float] | None:
-        peers = [(n, r[metric]) for n, r in results.items() if n != "asyncq" and r[metric] is not None]
-        if not peers:
-            return None
-        pick = max if HIGHER_IS_BETTER[metric] else min
-        return pick(peers, key=lambda item: item[1])  # type: ignore[arg-type,return-value]
-
-    def verdict(ok: bool) -> str:
-        return "MET" if ok else "NOT MET"
-
-    drain, fanout, p50, enqueue = ours["drain"], ours["fanout"], ours["p50"], ours["enqueue"]
-    top = best("drain")
-    if drain is not None and top is not None:
-        log(
-            f"  drain >= 3x best peer ({top[0]} {top[1]:,.0f}/s): {drain:,.0f}/s = {drain / top[1]:.2f}x "
-            f"-> {verdict(drain >= 3 * top[1])}"
-        )
-    if fanout is not None:
-        log(
-            f"  fan-out <= 1.1x the {ideal:.2f} s ideal ({1.1 * ideal:.2f} s): {fanout:.2f} s = "
-            f"{fanout / ideal:.2f}x -> {verdict(fanout <= 1.1 * ideal)}"
-        )
-    top = best("p50")
-    if p50 is not None and top is not None:
-        log(
-            f"  p50 round trip <= half the best peer's ({top[0]} {top[1]:.2f} ms): {p50:.2f} ms = "
-            f"{p50 / top[1]:.2f}x -> {verdict(p50 <= 0.5 * top[1])}"
-        )
-    top = best("enqueue")
-    if enqueue is not None and top is not None:
-        log(
-            f"  enqueue faster than every peer (best {top[0]} {top[1]:,.0f}/s): {enqueue:,.0f}/s = "
-            f"{enqueue / top[1]:.2f}x -> {verdict(enqueue > top[1])}"
-        )
-
-
-def median_of(runs: list[Result]) -> Result:
-    merged: Result = {}
-    for metric in METRICS:
-        values = [run[metric] for run in runs if run.get(metric) is not None]
-        merged[metric] = statistics.median(v for v in values if v is not None) if values else None
-    return merged
+    return [name for name in known if name in chosen]
 
 
 async def main(args: argparse.Namespace) -> None:
-    names = select(args.only)
+    names = select(args.only, args.broker)
     pythons = dict(item.split("=", 1) for item in args.python)
     runs: dict[str, list[Result]] = {name: [] for name in names}
     notes: dict[str, list[str]] = {name: [] for name in names}
@@ -478,6 +378,9 @@ async def main(args: argparse.Namespace) -> None:
                 continue
             runs[name].append(result)
     results = {name: median_of(runs[name]) for name in names if runs[name]}
+    ceilings = [c for name in results if (c := results[name].get("ceiling")) is not None]
+    if ceilings and not args.json_out:  # measured beside each asyncq row's enqueues
+        results[CEILING] = {**dict.fromkeys(METRICS), "enqueue": statistics.median(ceilings)}
     if not args.json_out:
         log(f"worker logs: {args.log_dir}")
     if args.json_out:
@@ -507,29 +410,28 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-@contextlib.contextmanager
-def cleanup_on_exit() -> Iterator[None]:
-    """SIGTERM -> KeyboardInterrupt (so ``finally`` blocks stop workers); kill leftovers at exit."""
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        for proc in list(_live):
-            stop_process(proc, grace=2)
-        signal.signal(signal.SIGTERM, previous)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", help="comma-separated: " + ", ".join(FRAMEWORKS) + " (taskiq = both)")
+    parser.add_argument(
+        "--broker",
+        default="redis",
+        choices=("redis", "rabbitmq"),
+        help="where every framework queues its tasks (spans and Redis results stay in --redis)",
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated; redis: "
+        + ", ".join(REDIS_FRAMEWORKS)
+        + " (taskiq = both); rabbitmq: "
+        + ", ".join(RABBITMQ_FRAMEWORKS),
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of everything; medians are reported")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="loopback Redis, without a db")
+    parser.add_argument(
+        "--amqp", default="amqp://guest:guest@127.0.0.1:5672/", help="loopback RabbitMQ of --broker rabbitmq"
+    )
     parser.add_argument("--tasks", type=int, default=20_000, help="no-op tasks of the drain")
     parser.add_argument("--sleepers", type=int, default=5_000, help="tasks of the fan-out")
     parser.add_argument("--concurrency", type=int, default=1_000, help="worker concurrency of the fan-out")
@@ -574,6 +476,10 @@ def parse_args() -> argparse.Namespace:
     if host not in LOOPBACK:
         parser.error(f"--redis must be a loopback address (127.0.0.1, localhost, ::1), not {host!r}")
     os.environ["BENCH_REDIS"] = args.redis  # read by peers._common.redis_url, here and in workers
+    amqp_host = urlsplit(args.amqp).hostname or ""
+    if amqp_host not in LOOPBACK:
+        parser.error(f"--amqp must be a loopback address, not {amqp_host!r}")
+    os.environ["BENCH_AMQP"] = args.amqp  # read by peers._common.amqp_url
     if args.asyncq_broker:
         broker_host = urlsplit(args.asyncq_broker).hostname or ""
         if broker_host not in LOOPBACK:

@@ -49,3 +49,9 @@ def _store_span(span: list[Any]) -> None:
         client.set(SPAN_KEY, json.dumps(span), ex=3600)
     finally:
         client.close()
+
+
+def amqp_url(scheme: str = "amqp") -> str:
+    """The benchmark's RabbitMQ (``BENCH_AMQP``, default local), with ``scheme`` (pyamqp, ...)."""
+    url = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+    return scheme + url[url.index("://") :]
