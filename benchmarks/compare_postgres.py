@@ -17,7 +17,8 @@ mirror ``benchmarks/compare_redis.py``:
    poll_interval=0.001)`` (its default is 0.5 s), procrastinate ``get_job_status_async``.
 
 Every worker runs ``--concurrency`` jobs at once (default 50). ``--synchronous-commit off`` sets
-that on each framework's database (``ALTER DATABASE``), the same for all three: commits stop
+that on each framework's database (``ALTER DATABASE``) and in asyncq's URL (its sessions set
+their own, ``on`` by default, over the database's), the same for all three: commits stop
 waiting for the disk flush, which otherwise bounds every workload on a busy disk. The table gives asyncq's
 advantage over each peer (rates asyncq/peer, times peer/asyncq: above 1 is asyncq ahead) and
 the ratio to the best peer. ``--repeat`` interleaves the frameworks and reports medians.
@@ -290,15 +291,38 @@ def database(args: argparse.Namespace, name: str) -> contextlib.AbstractAsyncCon
     return fresh_database(args.postgres, name, args.synchronous_commit)
 
 
+def framework_url(name: str, url: str, synchronous_commit: str) -> str:
+    """``url`` as framework ``name`` takes it.
+
+    asyncq sets ``synchronous_commit`` on its own sessions (its URL option, ``on`` unless
+    told), which overrides the database's setting: the URL carries the one given here.
+    """
+    if name != "asyncq":
+        return url
+    parts = urlsplit(url)
+    query = "&".join(filter(None, (parts.query, f"synchronous_commit={synchronous_commit}")))
+    return urlunsplit(parts._replace(query=query))
+
+
 async def run_framework(name: str, args: argparse.Namespace) -> Result:
     result: Result = dict.fromkeys(METRICS)
-    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+    sync = args.synchronous_commit
+    async with (
+        database(args, name) as db,
+        opened(name, framework_url(name, db, sync), args.concurrency) as bench,
+    ):
         result["enqueue"] = await measure_enqueue(bench, args.enqueues)
         print(f"  {name} enqueue: {result['enqueue']:,.0f}/s", flush=True)
-    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+    async with (
+        database(args, name) as db,
+        opened(name, framework_url(name, db, sync), args.concurrency) as bench,
+    ):
         result["drain"] = await measure_drain(bench, args.tasks, args.concurrency, args.timeout)
         print(f"  {name} drain: {result['drain']:,.0f} tasks/s", flush=True)
-    async with database(args, name) as url, opened(name, url, args.concurrency) as bench:
+    async with (
+        database(args, name) as db,
+        opened(name, framework_url(name, db, sync), args.concurrency) as bench,
+    ):
         result["p50"], result["p99"] = await measure_round_trips(bench, args.round_trips, args.concurrency)
         print(f"  {name} round trip: p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms", flush=True)
     return result
