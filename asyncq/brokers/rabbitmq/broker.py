@@ -10,6 +10,7 @@ from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import Delivery
 from asyncq.brokers.rabbitmq.consumer import Consumer
 from asyncq.brokers.rabbitmq.dead_letters import DeadLetters
+from asyncq.brokers.rabbitmq.lean_consumer import LeanConsumer
 from asyncq.brokers.rabbitmq.wire import DELAY_LEVELS_MS, level_name
 
 __all__ = ["RabbitMQBroker"]
@@ -54,7 +55,7 @@ class RabbitMQBroker(DeadLetters):
         queues = check_consume(queues, prefetch)
         for queue in queues:
             await self._declare(queue)
-        consumer = Consumer(self, queues, prefetch)
+        consumer = (LeanConsumer if self.client == "lean" else Consumer)(self, queues, prefetch)
         self._consumers.add(consumer)
         try:
             await consumer.start()

@@ -19,6 +19,7 @@ from asyncq._utils import redact_url
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults
 from asyncq.brokers.rabbitmq.wire import (
     BROKER_OPTIONS,
+    CLIENT,
     CONFIRM_PUBLISH,
     CONNECT_TIMEOUT,
     CONNECTION_NAME,
@@ -61,6 +62,7 @@ class Topology(BrokerDefaults):
         self.connect_timeout = settings[CONNECT_TIMEOUT]
         self.connection_name = settings[CONNECTION_NAME]
         self.confirm_publish = settings[CONFIRM_PUBLISH]
+        self.client = settings[CLIENT]
         if self.exchange.startswith("amq."):
             raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
         self.capabilities = BrokerCapabilities(
