@@ -329,9 +329,12 @@ class LeanConnection(asyncio.Protocol):
     async def qos(self, prefetch: int, *, global_: bool, timeout: float) -> None:
         await self.rpc(Basic.Qos(prefetch_count=prefetch, global_=global_), Basic.QosOk, timeout=timeout)
 
-    async def consume(self, queue: str, *, timeout: float) -> str:
-        answer = await self.rpc(Basic.Consume(queue=queue), Basic.ConsumeOk, timeout=timeout)
-        return str(answer.consumer_tag)
+    async def consume(self, queue: str, consumer_tag: str, *, timeout: float) -> None:
+        """Start consuming ``queue`` under ``consumer_tag`` (chosen by the caller, who must
+        know it before the reply: deliveries can follow the reply in the same read)."""
+        await self.rpc(
+            Basic.Consume(queue=queue, consumer_tag=consumer_tag), Basic.ConsumeOk, timeout=timeout
+        )
 
     async def cancel(self, consumer_tag: str, *, timeout: float) -> None:
         await self.rpc(Basic.Cancel(consumer_tag=consumer_tag), Basic.CancelOk, timeout=timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 
 from asyncq._amqp.protocol import LeanConnection, LeanMessage, LeanParams
@@ -51,10 +52,10 @@ class LeanConsumer(Consumer):
             await lean.qos(
                 min(self._gate.prefetch, 65535), global_=is_classic and len(self._queues) > 1, timeout=timeout
             )
-            # Filled as each consume is answered: its deliveries follow its reply.
-            self._queue_of = queue_of = {}
-            for name in self._queues:
-                queue_of[await lean.consume(name, timeout=timeout)] = name
+            # Tags known before the consume is sent: deliveries may follow its reply in one read.
+            self._queue_of = {f"asyncq.{uuid.uuid4().hex}": name for name in self._queues}
+            for tag, name in list(self._queue_of.items()):
+                await lean.consume(name, tag, timeout=timeout)
         except BaseException:
             lean.abort()
             raise
