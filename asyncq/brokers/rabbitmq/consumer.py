@@ -181,6 +181,9 @@ class Consumer:
         self._buffer.put_nowait(None)
         self._gate.wake()
 
+    def abandon(self) -> None:
+        """The broker's connection was closed for good: its channels, this one's included, are gone."""
+
     async def stop(self) -> None:
         """Stop consuming; return buffered messages; close the channel once all are settled."""
         self._closing = True

@@ -111,6 +111,15 @@ class LeanConsumer(Consumer):
                 lean.flush_acks()
             lean.close_soon()
 
+    def abandon(self) -> None:
+        # As aio-pika's channels on the closed connection: dropped, nothing acked or requeued.
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        lean, self._lean = self._lean, None
+        if lean is not None:
+            lean.abort()
+
     async def stop(self) -> None:
         self._closing = True
         if self._reconnecting is not None:

@@ -38,7 +38,7 @@ CONNECTION_NAME: Final = Option("connection_name", text, "asyncq")
 #: False: first publishes are not confirmed (faster; lost if the connection drops meanwhile).
 CONFIRM_PUBLISH: Final = Option("confirm_publish", boolean, True)
 #: The client of the consumers' data path: aio-pika, or asyncq's own lean AMQP connection.
-CLIENT: Final = Option("client", choice("aio-pika", "lean"), "aio-pika")
+CLIENT: Final = Option("client", choice("aio-pika", "lean"), "lean")
 #: Accepted and ignored: an AMQP delivery is held for as long as its channel lives.
 VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", _accepted, None)
 
