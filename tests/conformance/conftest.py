@@ -29,8 +29,8 @@ from tests.conformance.drivers_postgres import (  # noqa: F401
     postgres_schema,
 )
 from tests.conformance.drivers_rabbitmq import (  # noqa: F401
+    rabbitmq_aiopika_broker_factory,
     rabbitmq_broker_factory,
-    rabbitmq_lean_broker_factory,
     rabbitmq_url,
     rpc_backend_factory,
 )
@@ -58,8 +58,8 @@ BROKER_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-    # The same driver with its consumers on asyncq's own AMQP connection (client=lean).
-    "rabbitmq_lean": pytest.param("rabbitmq_lean", marks=pytest.mark.rabbitmq),
+    # The same driver with its consumers on aio-pika (client=aio-pika) instead of the lean client.
+    "rabbitmq_aiopika": pytest.param("rabbitmq_aiopika", marks=pytest.mark.rabbitmq),
     "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
     # moto's server, started by the tests: standard queues, and FIFO queues with priority bands.
     "sqs": pytest.param("sqs", marks=pytest.mark.sqs),

@@ -61,9 +61,9 @@ async def rabbitmq_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFact
 
 
 @pytest.fixture
-async def rabbitmq_lean_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFactory]:
-    """The amqp:// broker whose consumers run on asyncq's lean AMQP connection."""
-    async for make in _broker_factory(rabbitmq_url, {"client": "lean"}):
+async def rabbitmq_aiopika_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFactory]:
+    """The amqp:// broker whose consumers run on aio-pika (``client=aio-pika``, the way back)."""
+    async for make in _broker_factory(rabbitmq_url, {"client": "aio-pika"}):
         yield make
 
 
