@@ -320,6 +320,13 @@ class LeanConnection(asyncio.Protocol):
                 self._write(marshal(method, _CHANNEL))
                 async with asyncio.timeout(timeout):
                     answer = await future
+            except BaseException:
+                if not future.done():
+                    # Its reply may still come and would answer the next call: drop the
+                    # connection instead (its owner reconnects), as aiormq closes the channel.
+                    self._fail(BrokerConnectionError(f"RabbitMQ did not answer {method.name}"))
+                    self.close_soon()
+                raise
             finally:
                 self._rpc = None
         if not isinstance(answer, reply):
