@@ -17,7 +17,7 @@ import bisect
 import contextlib
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pamqp.commands import Basic, Channel, Connection, Exchange
@@ -165,10 +165,10 @@ class LeanConnection(asyncio.Protocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
         self._last_read = self._loop.time()
-        transport.write(ProtocolHeader().marshal())
+        self._transport.write(ProtocolHeader().marshal())
 
     def _on_connection_method(self, value: object) -> None:
         params = self._params
