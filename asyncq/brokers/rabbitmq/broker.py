@@ -40,6 +40,9 @@ class RabbitMQBroker(DeadLetters):
       first connect, AMQP handshake included, may take before BrokerConnectionError names
       the address and what answered there.
     * ``connection_name`` ("asyncq"): shown in the management UI and ``rabbitmqctl``.
+    * ``client`` ("lean"): what carries the consumers' deliveries and acks: "lean", an AMQP
+      connection of asyncq's own per ``consume()`` (:mod:`asyncq._amqp.protocol`), or
+      "aio-pika", a robust aio-pika channel on the broker's connection.
     * ``visibility_timeout``: accepted and ignored; an AMQP delivery is held for as long as the
       consumer's channel lives (see RabbitMQ's ``consumer_timeout``).
     * Client options passed through to aio-pika: ``heartbeat`` (60 s), ``timeout``,
