@@ -321,7 +321,8 @@ class LeanConnection(asyncio.Protocol):
                 async with asyncio.timeout(timeout):
                     answer = await future
             except BaseException:
-                if not future.done():
+                if not future.done() or future.cancelled():
+                    future.cancel()  # nobody awaits it any more: no exception left unretrieved
                     # Its reply may still come and would answer the next call: drop the
                     # connection instead (its owner reconnects), as aiormq closes the channel.
                     self._fail(BrokerConnectionError(f"RabbitMQ did not answer {method.name}"))
