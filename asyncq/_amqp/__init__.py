@@ -4,6 +4,8 @@
 * :mod:`.acks`: acks (plain, batched per loop iteration, and confirmed), requeues and the
   :class:`CopyGuard`;
 * :mod:`.publishing`: publishes of one loop iteration written together, confirms pipelined;
+* :mod:`.frames`, :mod:`.protocol`: the lean AMQP consumer connection (pamqp's codec, one
+  ``asyncio.Protocol``, no task per delivery);
 * :mod:`.errors`: aio-pika / aiormq exceptions translated into asyncq's;
 * :mod:`.url`: amqp(s):// URLs split into asyncq's options and the client library's.
 

@@ -19,13 +19,21 @@ from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
-__all__ = ["CopyGuard", "ack", "ack_confirmed", "delivered", "flush_acks", "is_stale", "requeue"]
+from asyncq._amqp.protocol import LeanMessage
+
+__all__ = ["CopyGuard", "Message", "ack", "ack_confirmed", "delivered", "flush_acks", "is_stale", "requeue"]
 
 log = logging.getLogger(__name__)
 
 
-def is_stale(message: AbstractIncomingMessage) -> bool:
+#: A delivery of either client: aio-pika's, or the lean consumer connection's.
+Message = AbstractIncomingMessage | LeanMessage
+
+
+def is_stale(message: Message) -> bool:
     """Whether the channel that delivered ``message`` is gone (the server will redeliver it)."""
+    if isinstance(message, LeanMessage):
+        return message.channel.is_closed
     try:
         message.channel  # noqa: B018 - the property raises once the channel is closed
     except ChannelInvalidStateError:
@@ -33,8 +41,10 @@ def is_stale(message: AbstractIncomingMessage) -> bool:
     return False
 
 
-def delivered(message: AbstractIncomingMessage) -> None:
+def delivered(message: Message) -> None:
     """Note a delivery on a consumer's channel: its acks are then batched (see :func:`ack`)."""
+    if isinstance(message, LeanMessage):
+        return  # the lean connection notes its deliveries itself
     tag = message.delivery_tag
     if tag is None:
         return
@@ -45,14 +55,17 @@ def delivered(message: AbstractIncomingMessage) -> None:
     batch.unsettled.add(tag)
 
 
-def _settled(message: AbstractIncomingMessage) -> None:
+def _settled(message: Message) -> None:
     # Its settlement is queued: it no longer holds back the batch's multiple=True ack.
+    if isinstance(message, LeanMessage):
+        message.channel.settled(message.delivery_tag)
+        return
     batch = _BATCHES.get(cast(aiormq.Channel, message.channel))
     if batch is not None and message.delivery_tag is not None:
         batch.unsettled.discard(message.delivery_tag)
 
 
-async def ack(message: AbstractIncomingMessage) -> None:
+async def ack(message: Message) -> None:
     """basic.ack without waiting for the socket to drain; batched on a consumer's channel.
 
     AMQP acks are never confirmed by the server, so waiting for the write buys nothing but a
@@ -61,6 +74,10 @@ async def ack(message: AbstractIncomingMessage) -> None:
     as one write: one ``multiple=True`` ack for the run of tags below the oldest unsettled
     delivery, single acks for the rest.
     """
+    if isinstance(message, LeanMessage):
+        message.processed = True
+        message.channel.ack(message.delivery_tag)
+        return
     tag = message.delivery_tag
     if tag is None:
         return
@@ -121,9 +138,16 @@ _BATCHES: weakref.WeakKeyDictionary[aiormq.Channel, _AckBatch] = weakref.WeakKey
 _PUTS: set[asyncio.Task[None]] = set()
 
 
-async def requeue(message: AbstractIncomingMessage) -> None:
+async def requeue(message: Message) -> None:
     """Hand an unsettled message back to its queue, if its channel still lives."""
     if is_stale(message) or message.processed:
+        return
+    if isinstance(message, LeanMessage):
+        message.processed = True
+        try:
+            message.channel.reject(message.delivery_tag, requeue=True)
+        except Exception:  # best effort: a channel that dies requeues it anyway
+            log.debug("could not requeue message %s", message.message_id, exc_info=True)
         return
     try:
         await message.reject(requeue=True)
@@ -133,7 +157,7 @@ async def requeue(message: AbstractIncomingMessage) -> None:
         _settled(message)
 
 
-async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> None:
+async def ack_confirmed(message: Message, timeout: float) -> None:
     """basic.ack ``message``, returning once RabbitMQ has processed the ack.
 
     AMQP acks have no reply, and aiormq's ``wait=False`` only queues the frame; a synchronous
@@ -141,6 +165,13 @@ async def ack_confirmed(message: AbstractIncomingMessage, timeout: float) -> Non
     ack included, so its reply confirms the ack (a passive declare of ``amq.direct`` changes
     nothing). Concurrent callers on one channel share one such round trip.
     """
+    if isinstance(message, LeanMessage):
+        message.processed = True
+        lean = message.channel
+        lean.settled(message.delivery_tag)
+        lean.ack(message.delivery_tag)
+        await lean.sync(timeout=timeout)  # its reply follows the ack: the ack was processed
+        return
     if message.delivery_tag is None:
         return
     channel = cast(aiormq.Channel, message.channel)
@@ -221,7 +252,7 @@ class CopyGuard:
         self._copied: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
 
     @staticmethod
-    def incarnation(message: AbstractIncomingMessage, header: str) -> tuple[str, str]:
+    def incarnation(message: Message, header: str) -> tuple[str, str]:
         """What names this copy of a message: its id and the copy id asyncq gave it, if any."""
         copy_id = message.headers.get(header)
         return message.message_id or "", copy_id if isinstance(copy_id, str) else ""

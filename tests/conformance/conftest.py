@@ -28,7 +28,12 @@ from tests.conformance.drivers_postgres import (  # noqa: F401
     postgres_broker_factory,
     postgres_schema,
 )
-from tests.conformance.drivers_rabbitmq import rabbitmq_broker_factory, rabbitmq_url, rpc_backend_factory  # noqa: F401
+from tests.conformance.drivers_rabbitmq import (  # noqa: F401
+    rabbitmq_aiopika_broker_factory,
+    rabbitmq_broker_factory,
+    rabbitmq_url,
+    rpc_backend_factory,
+)
 from tests.conformance.drivers_redis import (  # noqa: F401
     redis_backend_factory,
     redis_broker_factory,
@@ -53,6 +58,8 @@ BROKER_PARAMS = {
     "redis_cluster": pytest.param("redis_cluster", marks=[pytest.mark.redis, pytest.mark.slow]),
     "redis_sentinel": pytest.param("redis_sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
     "rabbitmq": pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    # The same driver with its consumers on aio-pika (client=aio-pika) instead of the lean client.
+    "rabbitmq_aiopika": pytest.param("rabbitmq_aiopika", marks=pytest.mark.rabbitmq),
     "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
     # moto's server, started by the tests: standard queues, and FIFO queues with priority bands.
     "sqs": pytest.param("sqs", marks=pytest.mark.sqs),

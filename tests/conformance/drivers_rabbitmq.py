@@ -56,10 +56,22 @@ def rabbitmq_url() -> Iterator[str]:
 
 @pytest.fixture
 async def rabbitmq_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFactory]:
+    async for make in _broker_factory(rabbitmq_url, {}):
+        yield make
+
+
+@pytest.fixture
+async def rabbitmq_aiopika_broker_factory(rabbitmq_url: str) -> AsyncIterator[BrokerFactory]:
+    """The amqp:// broker whose consumers run on aio-pika (``client=aio-pika``, the way back)."""
+    async for make in _broker_factory(rabbitmq_url, {"client": "aio-pika"}):
+        yield make
+
+
+async def _broker_factory(rabbitmq_url: str, defaults: dict[str, Any]) -> AsyncIterator[BrokerFactory]:
     made: list[Any] = []
 
     async def make(**options: Any) -> Broker:
-        broker = broker_from_url(rabbitmq_url, **options)
+        broker = broker_from_url(rabbitmq_url, **{**defaults, **options})
         await broker.connect()
         made.append(broker)
         return broker

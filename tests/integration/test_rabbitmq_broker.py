@@ -292,6 +292,39 @@ async def test_server_closing_connections_loses_nothing(make: Factory, queue: st
     assert await producer.queue_length(queue) == 1
 
 
+async def test_lean_consumer_resumes_after_the_server_closes_its_connection(
+    make: Factory, queue: str
+) -> None:
+    # Only the consumer's own connection is closed (the broker's stays up): the lean
+    # consumer reconnects, re-applies qos and consumes again on the same iterator.
+    name = f"lean-{uuid.uuid4().hex[:8]}"
+    producer = await make()
+    consumer = await make(connection_name=name, client="lean")
+    await producer.publish_many([msg(queue, str(i).encode()) for i in range(6)])
+    async with aclosing(consumer.consume([queue], prefetch=2)) as it:
+        first = await take(it)
+        await first.ack()
+        held = await take(it)
+        rows = await rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
+        pids = [
+            row.split("\t")[0]
+            for row in rows.splitlines()
+            if f'"connection_name","{name}"' in row and '"product","asyncq"' in row
+        ]
+        assert len(pids) == 1, rows
+        await rabbitmqctl("close_connection", pids[0], "asyncq test")
+        with pytest.raises(BrokerConnectionError):
+            await asyncio.wait_for(held.ack(), TIMEOUT)  # stale: the server redelivers it
+        seen = {first.body}
+        while len(seen) < 6:
+            delivery = await take(it)
+            if delivery.body == held.body:
+                assert delivery.delivery_count == 2
+            await delivery.ack()
+            seen.add(delivery.body)
+    assert await producer.queue_length(queue) == 0
+
+
 async def test_closing_the_consumer_connection_redelivers(make: Factory, queue: str) -> None:
     producer = await make()
     sent = msg(queue, b"held")

@@ -26,7 +26,8 @@ Guarantees, in short (docs/brokers/rabbitmq.md has the long form):
 
 Modules: :mod:`.wire` (options, headers, delay levels), :mod:`.topology` (connection and
 declarations), :mod:`.publisher` (confirmed publishes and re-publishing settlements),
-:mod:`.consumer` (deliveries and the consume iterator), :mod:`.dead_letters` and
+:mod:`.consumer` (deliveries and the consume iterator), :mod:`.lean_consumer` (the same
+over asyncq's own AMQP connection, the default), :mod:`.dead_letters` and
 :mod:`.broker` (the class). The AMQP plumbing shared with rpc:// is :mod:`asyncq._amqp`.
 
 aio-pika is imported here and nowhere above the driver layer; its exceptions are translated

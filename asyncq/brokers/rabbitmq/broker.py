@@ -10,6 +10,7 @@ from asyncq.brokers._kit import check_consume
 from asyncq.brokers.base import Delivery
 from asyncq.brokers.rabbitmq.consumer import Consumer
 from asyncq.brokers.rabbitmq.dead_letters import DeadLetters
+from asyncq.brokers.rabbitmq.lean_consumer import LeanConsumer
 from asyncq.brokers.rabbitmq.wire import DELAY_LEVELS_MS, level_name
 
 __all__ = ["RabbitMQBroker"]
@@ -39,6 +40,9 @@ class RabbitMQBroker(DeadLetters):
       first connect, AMQP handshake included, may take before BrokerConnectionError names
       the address and what answered there.
     * ``connection_name`` ("asyncq"): shown in the management UI and ``rabbitmqctl``.
+    * ``client`` ("lean"): what carries the consumers' deliveries and acks: "lean", an AMQP
+      connection of asyncq's own per ``consume()`` (:mod:`asyncq._amqp.protocol`), or
+      "aio-pika", a robust aio-pika channel on the broker's connection.
     * ``visibility_timeout``: accepted and ignored; an AMQP delivery is held for as long as the
       consumer's channel lives (see RabbitMQ's ``consumer_timeout``).
     * Client options passed through to aio-pika: ``heartbeat`` (60 s), ``timeout``,
@@ -54,7 +58,7 @@ class RabbitMQBroker(DeadLetters):
         queues = check_consume(queues, prefetch)
         for queue in queues:
             await self._declare(queue)
-        consumer = Consumer(self, queues, prefetch)
+        consumer = (LeanConsumer if self.client == "lean" else Consumer)(self, queues, prefetch)
         self._consumers.add(consumer)
         try:
             await consumer.start()

@@ -13,6 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from asyncq._amqp import CopyGuard, ack, delivered, flush_acks, is_stale, requeue, translate_errors
+from asyncq._amqp.acks import Message
 from asyncq._utils import now
 from asyncq.brokers._kit import PrefetchGate, SettleOnce
 from asyncq.brokers.base import Delivery
@@ -33,7 +34,7 @@ class RabbitMQDelivery:
     def __init__(
         self,
         broker: Publisher,
-        message: AbstractIncomingMessage,
+        message: Message,
         queue: str,
         delivery_count: int,
         gate: PrefetchGate,
@@ -88,7 +89,7 @@ class Consumer:
     def __init__(self, broker: Publisher, queues: Sequence[str], prefetch: int) -> None:
         self._broker = broker
         self._queues = list(dict.fromkeys(queues))
-        self._buffer: asyncio.Queue[tuple[str, AbstractIncomingMessage] | None] = asyncio.Queue()
+        self._buffer: asyncio.Queue[tuple[str, Message] | None] = asyncio.Queue()
         self._gate = PrefetchGate(prefetch, self._on_release)
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractRobustChannel | None = None
@@ -125,6 +126,10 @@ class Consumer:
     async def _on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
         # aio-pika runs this in a task per delivery, started in delivery order; it must not
         # await before putting the message in the buffer, or deliveries could be reordered.
+        self._route_delivery(queue, message)
+
+    def _route_delivery(self, queue: str, message: Message) -> None:
+        """Buffer a delivery, or start its bookkeeping (requeue, leftover, hop, count-lost)."""
         delivered(message)
         if self._closing:
             self._spawn(requeue(message), "asyncq.rabbitmq.requeue")
@@ -147,7 +152,7 @@ class Consumer:
         if self._closing and self._gate.unsettled == 0:
             self._spawn(self._close_channel(), "asyncq.rabbitmq.close-consumer")
 
-    def _delivery_count(self, message: AbstractIncomingMessage) -> int:
+    def _delivery_count(self, message: Message) -> int:
         headers = message.headers
         count = int_header(headers, H_DELIVERIES) + 1
         if message.redelivered:
@@ -175,6 +180,9 @@ class Consumer:
         self._broker_closed = True
         self._buffer.put_nowait(None)
         self._gate.wake()
+
+    def abandon(self) -> None:
+        """The broker's connection was closed for good: its channels, this one's included, are gone."""
 
     async def stop(self) -> None:
         """Stop consuming; return buffered messages; close the channel once all are settled."""

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError, PublishError
 from pamqp.commands import Basic
 
 from asyncq._amqp import CopyGuard, ack_confirmed, is_stale, requeue, translate_errors
+from asyncq._amqp.acks import Message
 from asyncq._amqp.publishing import publish
 from asyncq._utils import now
 from asyncq.brokers.base import OutgoingMessage
@@ -51,7 +51,7 @@ log = logging.getLogger("asyncq.brokers.rabbitmq")
 class Publisher(Topology):
     """Publishing on the broker's confirmed channel, and settlements that re-publish."""
 
-    def _priority_of(self, message: AbstractIncomingMessage) -> int:
+    def _priority_of(self, message: Message) -> int:
         original = message.headers.get(H_PRIORITY)
         if isinstance(original, int) and not isinstance(original, bool):
             return original
@@ -256,7 +256,7 @@ class Publisher(Topology):
                 ) from errors[0]
 
     async def _replace(
-        self, message: AbstractIncomingMessage, route: Route, action: str, *, requeue_on_failure: bool = True
+        self, message: Message, route: Route, action: str, *, requeue_on_failure: bool = True
     ) -> None:
         """Settle ``message`` by publishing ``route`` (confirmed), then acking the original.
 
@@ -290,7 +290,7 @@ class Publisher(Topology):
         finally:
             copies.end(token)
 
-    async def _drop_leftover(self, message: AbstractIncomingMessage) -> None:
+    async def _drop_leftover(self, message: Message) -> None:
         """Ack an original that came back although its copy was sent (its ack was lost)."""
         log.info("message %s was already re-published; dropping the redelivered original", message.message_id)
         try:
@@ -300,7 +300,7 @@ class Publisher(Topology):
             log.debug("%s", exc)
 
     async def _dead_letter(
-        self, message: AbstractIncomingMessage, queue: str, reason: str, *, requeue_on_failure: bool = True
+        self, message: Message, queue: str, reason: str, *, requeue_on_failure: bool = True
     ) -> None:
         headers = carried_headers(message.headers)
         headers.update({H_QUEUE: queue, H_REASON: reason, H_DEAD_AT: int(now() * 1000)})
@@ -312,7 +312,7 @@ class Publisher(Topology):
             message, route, f"dead-letter message {message_id}", requeue_on_failure=requeue_on_failure
         )
 
-    async def _hop(self, message: AbstractIncomingMessage, queue: str) -> None:
+    async def _hop(self, message: Message, queue: str) -> None:
         """Move a message that reached its queue before its eta into the next delay queue."""
         headers = carried_headers(message.headers)
         eta = int_header(headers, H_ETA) / 1000
@@ -327,7 +327,7 @@ class Publisher(Topology):
         )
         await self._background(message, self._replace(message, route, "delay", requeue_on_failure=False))
 
-    async def _count_lost(self, message: AbstractIncomingMessage, queue: str) -> None:
+    async def _count_lost(self, message: Message, queue: str) -> None:
         """Record a classic-queue redelivery in the message's headers, or park it as poison.
 
         Classic queues only flag a redelivery; re-publishing with the counters incremented
@@ -358,7 +358,7 @@ class Publisher(Topology):
         )
         await self._background(message, self._replace(message, route, "count", requeue_on_failure=False))
 
-    async def _background(self, message: AbstractIncomingMessage, work: Any) -> None:
+    async def _background(self, message: Message, work: Any) -> None:
         # Hops and redelivery bookkeeping run off the iterator, so a failure is logged, not
         # raised; the message goes back to its queue after a pause, which keeps a lasting
         # fault (say, a delay queue declared with other arguments) from spinning.

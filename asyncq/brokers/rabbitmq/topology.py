@@ -19,6 +19,7 @@ from asyncq._utils import redact_url
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults
 from asyncq.brokers.rabbitmq.wire import (
     BROKER_OPTIONS,
+    CLIENT,
     CONFIRM_PUBLISH,
     CONNECT_TIMEOUT,
     CONNECTION_NAME,
@@ -46,6 +47,8 @@ class Closable(Protocol):
 
     def wake_closed(self) -> None: ...
 
+    def abandon(self) -> None: ...
+
 
 class Topology(BrokerDefaults):
     """Connection and declarations; the publishing and consuming layers build on it."""
@@ -61,6 +64,7 @@ class Topology(BrokerDefaults):
         self.connect_timeout = settings[CONNECT_TIMEOUT]
         self.connection_name = settings[CONNECTION_NAME]
         self.confirm_publish = settings[CONFIRM_PUBLISH]
+        self.client = settings[CLIENT]
         if self.exchange.startswith("amq."):
             raise ConfigurationError(f"exchange={self.exchange!r}: names starting with 'amq.' are reserved")
         self.capabilities = BrokerCapabilities(
@@ -135,8 +139,16 @@ class Topology(BrokerDefaults):
             return connection
 
     def _on_connection_lost(self, _sender: object, exc: BaseException | None = None) -> None:
-        if self._connection is not None and not self._connection.close_called:
+        connection = self._connection
+        if connection is None:
+            return
+        if not connection.close_called:
             log.warning("connection to RabbitMQ at %s lost (%r); reconnecting", redact_url(self.url), exc)
+            return
+        # Closed for good without aclose(): consumers with connections of their own go with
+        # it, unsettled deliveries unacked (the server requeues them), as if the process died.
+        for consumer in list(self._consumers):
+            consumer.abandon()
 
     def _on_reconnected(self, _sender: object) -> None:
         # The server may have lost non-durable state (or been reset): declare again lazily.

@@ -37,6 +37,8 @@ CONNECT_TIMEOUT: Final = Option("connect_timeout", seconds, DEFAULT_CONNECT_TIME
 CONNECTION_NAME: Final = Option("connection_name", text, "asyncq")
 #: False: first publishes are not confirmed (faster; lost if the connection drops meanwhile).
 CONFIRM_PUBLISH: Final = Option("confirm_publish", boolean, True)
+#: The client of the consumers' data path: aio-pika, or asyncq's own lean AMQP connection.
+CLIENT: Final = Option("client", choice("aio-pika", "lean"), "lean")
 #: Accepted and ignored: an AMQP delivery is held for as long as its channel lives.
 VISIBILITY_TIMEOUT: Final = Option("visibility_timeout", _accepted, None)
 
@@ -50,6 +52,7 @@ BROKER_OPTIONS: Final = (
     CONNECT_TIMEOUT,
     CONNECTION_NAME,
     CONFIRM_PUBLISH,
+    CLIENT,
     VISIBILITY_TIMEOUT,
 )
 
