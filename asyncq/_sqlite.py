@@ -45,6 +45,10 @@ _CHECKPOINT_RETRY = 10
 # At most this many writes share one transaction on the event loop; a bigger batch (and any
 # write not marked inline) commits on the thread.
 _MAX_INLINE_WRITES = 64
+# A lone inline write commits at once, with no future and no loop hop: at most this many per
+# event-loop iteration, so that a task enqueueing in a loop still lets the loop run (leases,
+# pokes); the next writes of that iteration take the group-commit path, which yields.
+_DIRECT_WRITES = 64
 
 #: Seconds opening the file (WAL switch and schema included) may wait for another process's
 #: lock; the App passes ``broker_connection_timeout``.
@@ -140,6 +144,7 @@ class SQLiteThread:
         self._checkpoint_retry = _CHECKPOINT_RETRY  # writes between RESTART tries, doubling
         self._pending_on_thread = False  # a pending write was not marked inline
         self._inline_flush_scheduled = False
+        self._direct_left = _DIRECT_WRITES  # direct commits left in this loop iteration
 
     @property
     def is_open(self) -> bool:
@@ -349,18 +354,36 @@ class SQLiteThread:
         with contextlib.suppress(RuntimeError):  # shut down meanwhile: leases lapse on their own
             self._executor.submit(self._call, orphaned, (future.result(),))
 
-    async def write(self, op: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
+    async def write(
+        self, op: Callable[[sqlite3.Connection], T], *, inline: bool = False, single: bool = False
+    ) -> T:
         """Apply ``op`` in a transaction shared with the writes submitted meanwhile; return after COMMIT.
 
         Once submitted, the write happens even if the caller is cancelled. If the shared
         transaction fails, every write in it fails with the same error and nothing is applied.
-        With ``inline`` (a few indexed statements), the writes of one event-loop iteration may
-        commit on the loop itself when the thread is idle (see _inline).
+        With ``inline`` (a few indexed statements), a lone write commits on the loop at once,
+        and the writes of one event-loop iteration may commit on the loop itself when the
+        thread is idle (see _inline). ``single``: ``op`` runs one statement, atomic by itself,
+        so a lone one needs no BEGIN / COMMIT around it.
         """
         loop = asyncio.get_running_loop()
+        if inline and self._direct_left and self._can_inline():
+            # Nothing queued or in flight, so no earlier write is overtaken.
+            if self._direct_left == _DIRECT_WRITES:
+                loop.call_soon(self._reset_direct)
+            self._direct_left -= 1
+            try:
+                result = self._inline(op if single else partial(transaction, fn=op), ())
+            except _Inline:  # locked (another process writes): straight to the thread, which waits
+                locked = True
+            else:
+                self._committed(1)
+                return result
+        else:
+            locked = False
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((op, future))
-        self._pending_on_thread |= not inline
+        self._pending_on_thread |= not inline or locked
         if self._flusher is None or self._flusher.done():
             if self._pending_on_thread or not self._wal or self._in_flight:
                 self._start_flusher()
@@ -369,6 +392,9 @@ class SQLiteThread:
                 self._inline_flush_scheduled = True
                 loop.call_soon(self._flush_inline)
         return await future
+
+    def _reset_direct(self) -> None:
+        self._direct_left = _DIRECT_WRITES
 
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
