@@ -45,9 +45,10 @@ _CHECKPOINT_RETRY = 10
 # At most this many writes share one transaction on the event loop; a bigger batch (and any
 # write not marked inline) commits on the thread.
 _MAX_INLINE_WRITES = 64
-# A lone inline write commits at once, with no future and no loop hop: at most this many per
-# event-loop iteration, so that a task enqueueing in a loop still lets the loop run (leases,
-# pokes); the next writes of that iteration take the group-commit path, which yields.
+# A lone inline write commits at once, with no future and no loop hop: those of one task (one
+# awaited after the other) at most this many per event-loop iteration, so that a task
+# enqueueing in a loop still lets the loop run (leases, pokes). Writes of other tasks in that
+# iteration are concurrent ones: they take the group-commit path, which yields.
 _DIRECT_WRITES = 64
 
 #: Seconds opening the file (WAL switch and schema included) may wait for another process's
@@ -109,6 +110,11 @@ def _commit_batch(conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connecti
     return transaction(conn, lambda c: [op(c) for op in ops])
 
 
+def _commit_one(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T], single: bool) -> T:
+    # A single statement is atomic by itself: no BEGIN / COMMIT statements around it.
+    return op(conn) if single else _commit_batch(conn, [op])[0]
+
+
 class SQLiteThread:
     """One sqlite3 connection with its own thread, and group-committed writes.
 
@@ -145,6 +151,7 @@ class SQLiteThread:
         self._pending_on_thread = False  # a pending write was not marked inline
         self._inline_flush_scheduled = False
         self._direct_left = _DIRECT_WRITES  # direct commits left in this loop iteration
+        self._direct_task: asyncio.Task[Any] | None = None  # the task that made them
 
     @property
     def is_open(self) -> bool:
@@ -369,11 +376,17 @@ class SQLiteThread:
         loop = asyncio.get_running_loop()
         if inline and self._direct_left and self._can_inline():
             # Nothing queued or in flight, so no earlier write is overtaken.
+            task = asyncio.current_task()
             if self._direct_left == _DIRECT_WRITES:
                 loop.call_soon(self._reset_direct)
+                self._direct_task = task
+            direct = task is self._direct_task
+        else:
+            direct = False
+        if direct:
             self._direct_left -= 1
             try:
-                result = self._inline(op if single else partial(transaction, fn=op), ())
+                result: T = self._inline(_commit_one, (op, single))
             except _Inline:  # locked (another process writes): straight to the thread, which waits
                 locked = True
             else:
@@ -394,7 +407,7 @@ class SQLiteThread:
         return await future
 
     def _reset_direct(self) -> None:
-        self._direct_left = _DIRECT_WRITES
+        self._direct_left, self._direct_task = _DIRECT_WRITES, None
 
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
