@@ -115,6 +115,11 @@ def _commit_one(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T],
     return op(conn) if single else _commit_batch(conn, [op])[0]
 
 
+# A direct write that met another process's lock tries again this many times on the loop, one
+# iteration apart, then goes to the thread, which sleeps between tries (_BACKOFF).
+_LOOP_RETRIES = 3
+
+
 class SQLiteThread:
     """One sqlite3 connection with its own thread, and group-committed writes.
 
@@ -383,17 +388,23 @@ class SQLiteThread:
             direct = task is self._direct_task
         else:
             direct = False
+        locked = False
         if direct:
             self._direct_left -= 1
-            try:
-                result: T = self._inline(_commit_one, (op, single))
-            except _Inline:  # locked (another process writes): straight to the thread, which waits
-                locked = True
-            else:
+            for retry in range(_LOOP_RETRIES + 1):
+                if retry:
+                    # Another process holds the write lock, some tens of us a transaction: one
+                    # loop iteration is about as long, and cheaper than two thread switches.
+                    await asyncio.sleep(0)
+                    if not self._can_inline():  # others queued writes meanwhile: join them
+                        break
+                try:
+                    result: T = self._inline(_commit_one, (op, single))
+                except _Inline:
+                    locked = True
+                    continue
                 self._committed(1)
                 return result
-        else:
-            locked = False
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((op, future))
         self._pending_on_thread |= not inline or locked
