@@ -367,19 +367,25 @@ class SQLiteThread:
             self._executor.submit(self._call, orphaned, (future.result(),))
 
     async def write(
-        self, op: Callable[[sqlite3.Connection], T], *, inline: bool = False, single: bool = False
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        *,
+        inline: bool = False,
+        direct: bool = False,
+        single: bool = False,
     ) -> T:
         """Apply ``op`` in a transaction shared with the writes submitted meanwhile; return after COMMIT.
 
         Once submitted, the write happens even if the caller is cancelled. If the shared
         transaction fails, every write in it fails with the same error and nothing is applied.
-        With ``inline`` (a few indexed statements), a lone write commits on the loop at once,
-        and the writes of one event-loop iteration may commit on the loop itself when the
-        thread is idle (see _inline). ``single``: ``op`` runs one statement, atomic by itself,
-        so a lone one needs no BEGIN / COMMIT around it.
+        With ``inline`` (a few indexed statements), the writes of one event-loop iteration may
+        commit on the loop itself when the thread is idle (see _inline); with ``direct`` too, a
+        lone one commits at once, inside this call (a publish: a producer awaits each one,
+        whereas a worker's settles come many at a time and are better grouped). ``single``:
+        ``op`` runs one statement, atomic by itself, so a lone one needs no BEGIN / COMMIT.
         """
         loop = asyncio.get_running_loop()
-        if inline and self._direct_left and self._can_inline():
+        if direct and inline and self._direct_left and self._can_inline():
             # Nothing queued or in flight, so no earlier write is overtaken.
             task = asyncio.current_task()
             if self._direct_left == _DIRECT_WRITES:

@@ -362,6 +362,7 @@ class SQLiteBroker(BrokerDefaults):
         await self._db.write(
             partial(_insert, rows=rows, fair=fair),
             inline=len(rows) <= _INLINE_ROWS,
+            direct=True,
             single=len(rows) == 1 and not fair,
         )
         self._published()
