@@ -45,6 +45,11 @@ _CHECKPOINT_RETRY = 10
 # At most this many writes share one transaction on the event loop; a bigger batch (and any
 # write not marked inline) commits on the thread.
 _MAX_INLINE_WRITES = 64
+# A lone inline write commits at once, with no future and no loop hop: those of one task (one
+# awaited after the other) at most this many per event-loop iteration, so that a task
+# enqueueing in a loop still lets the loop run (leases, pokes). Writes of other tasks in that
+# iteration are concurrent ones: they take the group-commit path, which yields.
+_DIRECT_WRITES = 64
 
 #: Seconds opening the file (WAL switch and schema included) may wait for another process's
 #: lock; the App passes ``broker_connection_timeout``.
@@ -105,6 +110,16 @@ def _commit_batch(conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connecti
     return transaction(conn, lambda c: [op(c) for op in ops])
 
 
+def _commit_one(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T], single: bool) -> T:
+    # A single statement is atomic by itself: no BEGIN / COMMIT statements around it.
+    return op(conn) if single else _commit_batch(conn, [op])[0]
+
+
+# A direct write that met another process's lock tries again this many times on the loop, one
+# iteration apart, then goes to the thread, which sleeps between tries (_BACKOFF).
+_LOOP_RETRIES = 3
+
+
 class SQLiteThread:
     """One sqlite3 connection with its own thread, and group-committed writes.
 
@@ -140,6 +155,8 @@ class SQLiteThread:
         self._checkpoint_retry = _CHECKPOINT_RETRY  # writes between RESTART tries, doubling
         self._pending_on_thread = False  # a pending write was not marked inline
         self._inline_flush_scheduled = False
+        self._direct_left = _DIRECT_WRITES  # direct commits left in this loop iteration
+        self._direct_task: asyncio.Task[Any] | None = None  # the task that made them
 
     @property
     def is_open(self) -> bool:
@@ -349,18 +366,54 @@ class SQLiteThread:
         with contextlib.suppress(RuntimeError):  # shut down meanwhile: leases lapse on their own
             self._executor.submit(self._call, orphaned, (future.result(),))
 
-    async def write(self, op: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
+    async def write(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        *,
+        inline: bool = False,
+        direct: bool = False,
+        single: bool = False,
+    ) -> T:
         """Apply ``op`` in a transaction shared with the writes submitted meanwhile; return after COMMIT.
 
         Once submitted, the write happens even if the caller is cancelled. If the shared
         transaction fails, every write in it fails with the same error and nothing is applied.
         With ``inline`` (a few indexed statements), the writes of one event-loop iteration may
-        commit on the loop itself when the thread is idle (see _inline).
+        commit on the loop itself when the thread is idle (see _inline); with ``direct`` too, a
+        lone one commits at once, inside this call (a publish: a producer awaits each one,
+        whereas a worker's settles come many at a time and are better grouped). ``single``:
+        ``op`` runs one statement, atomic by itself, so a lone one needs no BEGIN / COMMIT.
         """
         loop = asyncio.get_running_loop()
+        if direct and inline and self._direct_left and self._can_inline():
+            # Nothing queued or in flight, so no earlier write is overtaken.
+            task = asyncio.current_task()
+            if self._direct_left == _DIRECT_WRITES:
+                loop.call_soon(self._reset_direct)
+                self._direct_task = task
+            direct = task is self._direct_task
+        else:
+            direct = False
+        locked = False
+        if direct:
+            self._direct_left -= 1
+            for retry in range(_LOOP_RETRIES + 1):
+                if retry:
+                    # Another process holds the write lock, some tens of us a transaction: one
+                    # loop iteration is about as long, and cheaper than two thread switches.
+                    await asyncio.sleep(0)
+                    if not self._can_inline():  # others queued writes meanwhile: join them
+                        break
+                try:
+                    result: T = self._inline(_commit_one, (op, single))
+                except _Inline:
+                    locked = True
+                    continue
+                self._committed(1)
+                return result
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((op, future))
-        self._pending_on_thread |= not inline
+        self._pending_on_thread |= not inline or locked
         if self._flusher is None or self._flusher.done():
             if self._pending_on_thread or not self._wal or self._in_flight:
                 self._start_flusher()
@@ -369,6 +422,9 @@ class SQLiteThread:
                 self._inline_flush_scheduled = True
                 loop.call_soon(self._flush_inline)
         return await future
+
+    def _reset_direct(self) -> None:
+        self._direct_left, self._direct_task = _DIRECT_WRITES, None
 
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():

@@ -358,7 +358,13 @@ class SQLiteBroker(BrokerDefaults):
             (i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None
         ]
         # A few rows commit on the event loop when the thread is idle (asyncq/_sqlite.py).
-        await self._db.write(partial(_insert, rows=rows, fair=fair), inline=len(rows) <= _INLINE_ROWS)
+        # One plain row is one INSERT statement: atomic without a transaction around it.
+        await self._db.write(
+            partial(_insert, rows=rows, fair=fair),
+            inline=len(rows) <= _INLINE_ROWS,
+            direct=True,
+            single=len(rows) == 1 and not fair,
+        )
         self._published()
 
     async def consume(self, queues: Sequence[str], *, prefetch: int) -> AsyncGenerator[Delivery, None]:

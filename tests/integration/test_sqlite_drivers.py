@@ -342,6 +342,39 @@ async def test_concurrent_acks_are_group_committed(open_broker, monkeypatch) -> 
     assert await broker.queue_length("bulk") == 0
 
 
+async def test_a_tight_publish_loop_still_lets_the_event_loop_run(open_broker) -> None:
+    # Lone publishes commit inside the await; a loop of them must yield now and then all the
+    # same (the heartbeat and the wake-up pokes run on the loop).
+    broker: SQLiteBroker = await open_broker()
+    other_ran = asyncio.Event()
+    published_before = []
+
+    async def other() -> None:
+        published_before.append(await broker.queue_length("tight"))
+        other_ran.set()
+
+    task = asyncio.create_task(other())
+    for i in range(500):
+        await broker.publish(msg("tight", str(i).encode()))
+    await asyncio.wait_for(other_ran.wait(), TIMEOUT)
+    await task
+    assert published_before and published_before[0] < 500
+    assert await broker.queue_length("tight") == 500
+
+
+async def test_sequential_publishes_each_commit_before_returning(open_broker) -> None:
+    broker: SQLiteBroker = await open_broker()
+    reader = sqlite3.connect(broker.path)
+    try:
+        for i in range(100):
+            await broker.publish(msg("seen", str(i).encode()))
+            # Another connection sees it at once: the await returned after the commit.
+            (count,) = reader.execute("SELECT COUNT(*) FROM asyncq_messages WHERE queue = 'seen'").fetchone()
+            assert count == i + 1
+    finally:
+        reader.close()
+
+
 async def test_idle_consumer_wakes_at_the_eta_not_at_the_next_poll(open_broker) -> None:
     producer: SQLiteBroker = await open_broker()
     consumer: SQLiteBroker = await open_broker(poll_interval=5.0)  # another instance: no in-process wake
