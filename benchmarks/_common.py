@@ -59,6 +59,19 @@ async def ack_concurrently(broker: Broker, queue: str, count: int, prefetch: int
         await acks.done.wait()
 
 
+async def ack_in_order(broker: Broker, queue: str, count: int, prefetch: int) -> float:
+    """Take ``count`` deliveries from ``queue``, acking each before the next; seconds taken."""
+    started = time.perf_counter()
+    async with aclosing(broker.consume([queue], prefetch=prefetch)) as deliveries:
+        seen = 0
+        async for delivery in deliveries:
+            await delivery.ack()
+            seen += 1
+            if seen == count:
+                break
+    return time.perf_counter() - started
+
+
 async def delete_prefix(url: str, prefix: str) -> None:
     """Delete every Redis key under ``prefix:`` (what a run left on the shared server)."""
     from redis.asyncio import Redis

@@ -22,6 +22,7 @@ import time
 import uuid
 
 import aiormq
+from _common import ack_in_order
 from pamqp.commands import Basic
 
 from asyncq.brokers import OutgoingMessage
@@ -85,18 +86,7 @@ async def run(
         print(f"publish unconfirmed {single:>3} msgs  {elapsed:5.2f} s  {single / elapsed:>9.0f} msg/s")
 
         total = count + 3 * single
-        started = time.perf_counter()
-        seen = 0
-        iterator = broker.consume([queue], prefetch=prefetch)
-        try:
-            async for delivery in iterator:
-                await delivery.ack()
-                seen += 1
-                if seen == total:
-                    break
-        finally:
-            await iterator.aclose()  # type: ignore[attr-defined]
-        elapsed = time.perf_counter() - started
+        elapsed = await ack_in_order(broker, queue, total, prefetch)
         rate = total / elapsed
         print(f"consume+ack   {total:>7} msgs  {elapsed:7.2f} s  {rate:>9.0f} msg/s  (prefetch {prefetch})")
         await broker.publish_many(messages(queue, retries, size))

@@ -12,28 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 import uuid
+
+from _common import ack_in_order
 
 from asyncq.brokers import OutgoingMessage
 from asyncq.brokers.rabbitmq import RabbitMQBroker
 
 CLIENTS = ("aio-pika", "lean")
-
-
-async def drain(broker: RabbitMQBroker, queue: str, count: int, prefetch: int) -> float:
-    started = time.perf_counter()
-    seen = 0
-    iterator = broker.consume([queue], prefetch=prefetch)
-    try:
-        async for delivery in iterator:
-            await delivery.ack()
-            seen += 1
-            if seen == count:
-                break
-    finally:
-        await iterator.aclose()  # type: ignore[attr-defined]
-    return time.perf_counter() - started
 
 
 async def run(url: str, count: int, prefetch: int, size: int, rounds: int) -> None:
@@ -50,7 +36,7 @@ async def run(url: str, count: int, prefetch: int, size: int, rounds: int) -> No
                     OutgoingMessage(id=uuid.uuid4().hex, queue=queue, body=body) for _ in range(count)
                 ]
                 await broker.publish_many(messages)
-                elapsed = await drain(broker, queue, count, prefetch)
+                elapsed = await ack_in_order(broker, queue, count, prefetch)
             finally:
                 await broker.delete_queue(queue)
                 await broker.aclose()
