@@ -97,6 +97,11 @@ class LeanConsumer(Consumer):
             except (BrokerError, OSError, TimeoutError) as exc:
                 log.debug("reconnecting the RabbitMQ consumer failed: %s", exc)
                 continue
+            except Exception:
+                # Anything else would end this task silently and leave the iterator waiting
+                # for ever: say so, and keep trying.
+                log.exception("reconnecting the RabbitMQ consumer failed unexpectedly")
+                continue
             log.info("consumer reconnected to RabbitMQ at %s", redact_url(self._broker.url))
             return
 
