@@ -15,7 +15,19 @@ from pamqp.base import Frame
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-__all__ = ["FRAME_END", "Deliver", "FrameError", "FrameReader", "ParsedFrame", "ack_frame", "marshal"]
+__all__ = [
+    "FRAME_BODY",
+    "FRAME_END",
+    "FRAME_HEADER",
+    "FRAME_METHOD",
+    "Deliver",
+    "FrameError",
+    "FrameReader",
+    "ParsedFrame",
+    "ServerAck",
+    "ack_frame",
+    "marshal",
+]
 
 FRAME_METHOD: Final = 1
 FRAME_HEADER: Final = 2
@@ -30,6 +42,8 @@ _U64: Final = struct.Struct(">Q")
 _ACK: Final = struct.Struct(">BHIHHQBB")
 
 _DELIVER_ID: Final = (60, 60)
+_ACK_ID: Final = (60, 80)
+_NACK_ID: Final = (60, 120)
 
 
 class Deliver:
@@ -47,8 +61,19 @@ class Deliver:
         self.routing_key = routing_key
 
 
+class ServerAck:
+    """A publisher confirm: the server's ``Basic.Ack`` or ``Basic.Nack`` of published messages."""
+
+    __slots__ = ("delivery_tag", "multiple", "nack")
+
+    def __init__(self, delivery_tag: int, multiple: bool, nack: bool) -> None:
+        self.delivery_tag = delivery_tag
+        self.multiple = multiple
+        self.nack = nack
+
+
 #: (channel, value): value is a pamqp frame, a :class:`Deliver`, or bytes for a body frame.
-ParsedFrame = tuple[int, "Frame | ContentHeader | Heartbeat | Deliver | bytes"]
+ParsedFrame = tuple[int, "Frame | ContentHeader | Heartbeat | Deliver | ServerAck | bytes"]
 
 
 class FrameError(ValueError):
@@ -69,6 +94,9 @@ def _decode_deliver(payload: memoryview) -> Deliver:
     size = payload[offset]
     routing_key = bytes(payload[offset + 1 : offset + 1 + size]).decode()
     return Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+
+
+_FAST: Final = frozenset((_DELIVER_ID, _ACK_ID, _NACK_ID))
 
 
 class FrameReader:
@@ -97,8 +125,13 @@ class FrameReader:
                     raise FrameError(f"frame of type {kind} does not end with 0xCE")
                 if kind == FRAME_BODY:
                     frames.append((channel, bytes(view[start + 7 : end])))
-                elif kind == FRAME_METHOD and _METHOD_ID.unpack_from(buffer, start + 7) == _DELIVER_ID:
-                    frames.append((channel, _decode_deliver(view[start + 7 : end])))
+                elif kind == FRAME_METHOD and (ids := _METHOD_ID.unpack_from(buffer, start + 7)) in _FAST:
+                    if ids == _DELIVER_ID:
+                        frames.append((channel, _decode_deliver(view[start + 7 : end])))
+                    else:
+                        (tag,) = _U64.unpack_from(buffer, start + 11)
+                        bits = buffer[start + 19]
+                        frames.append((channel, ServerAck(tag, bool(bits & 1), ids == _NACK_ID)))
                 elif kind == FRAME_HEARTBEAT:
                     frames.append((channel, Heartbeat()))
                 else:

@@ -1,10 +1,15 @@
-"""A lean AMQP 0-9-1 consumer connection: one ``asyncio.Protocol``, one channel, no task per delivery.
+"""A lean AMQP 0-9-1 connection: one ``asyncio.Protocol``, one channel, no task per delivery.
 
 aiormq starts a task per delivery and aio-pika wraps each one; here ``data_received``
 parses the frames, assembles Deliver + header + body and calls a synchronous callback
 with a :class:`LeanMessage`. Acks of one loop iteration leave in one write: one
 ``multiple=True`` ack for the settled run of tags, singles for the gaps. RPCs (qos,
 consume, cancel, a passive declare used to confirm acks) run one at a time with a deadline.
+
+For publishing, :meth:`LeanConnection.publish` builds the frames by hand
+(:mod:`.content`) and the publishes of one loop iteration leave in one write; in confirm
+mode each gets a future that the server's acks settle (:mod:`.confirms`), so any number of
+confirms are in flight at once.
 
 The connection does not reconnect: its owner opens a new one (see the RabbitMQ
 consumer). Once it is lost, every :class:`LeanMessage` it delivered is stale.
@@ -20,11 +25,13 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pamqp.commands import Basic, Channel, Connection, Exchange
+from pamqp.commands import Basic, Channel, Confirm, Connection, Exchange
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
-from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ack_frame, marshal
+from asyncq._amqp.confirms import Confirms
+from asyncq._amqp.content import publish_frames
+from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ServerAck, ack_frame, marshal
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 __all__ = ["LeanConnection", "LeanMessage", "LeanParams"]
@@ -92,7 +99,7 @@ class LeanParams:
 
 
 class LeanConnection(asyncio.Protocol):
-    """One AMQP connection with one channel (number 1), for consuming."""
+    """One AMQP connection with one channel (number 1), for consuming or publishing."""
 
     def __init__(
         self, on_message: Callable[[LeanMessage], None], on_lost: Callable[[BaseException], None]
@@ -121,6 +128,13 @@ class LeanConnection(asyncio.Protocol):
         self._heartbeat = 0
         self._last_read = 0.0
         self._beat: asyncio.TimerHandle | None = None
+        self._no_ack: set[str] = set()  # consumer tags whose deliveries are not acked
+        # Publishing: frames queued this loop iteration, confirms, a returned message's head.
+        self.frame_max = _FRAME_MAX
+        self.confirms: Confirms | None = None
+        self._out: list[bytes] = []
+        self._returning: Basic.Return | None = None
+        self._paused: asyncio.Future[None] | None = None
 
     # -- opening ------------------------------------------------------------------------
 
@@ -196,6 +210,7 @@ class LeanConnection(asyncio.Protocol):
             frame_max = min(value.frame_max or _FRAME_MAX, _FRAME_MAX)
             heartbeat = min(value.heartbeat, params.heartbeat) if value.heartbeat else params.heartbeat
             self._heartbeat = heartbeat
+            self.frame_max = frame_max
             self._transport.write(
                 marshal(Connection.TuneOk(channel_max=1, frame_max=frame_max, heartbeat=heartbeat), 0)
                 + marshal(Connection.Open(virtual_host=params.vhost), 0)
@@ -238,7 +253,13 @@ class LeanConnection(asyncio.Protocol):
                 self._on_body(value)
             elif type(value) is Deliver:
                 self._deliver, self._properties, self._chunks, self._received = value, None, [], 0
+            elif type(value) is ServerAck:
+                if self.confirms is not None:
+                    self.confirms.settle(value)
             elif type(value) is ContentHeader:
+                if self._returning is not None:
+                    self._on_returned(self._returning, value.properties)
+                    continue
                 self._properties, self._body_size = value.properties, value.body_size
                 if value.body_size == 0:
                     self._on_body(b"")
@@ -261,10 +282,20 @@ class LeanConnection(asyncio.Protocol):
             return
         body = b"".join((*self._chunks, chunk)) if self._chunks else chunk
         self._deliver, self._properties, self._chunks = None, None, []
-        self.unsettled.add(deliver.delivery_tag)
+        if deliver.consumer_tag not in self._no_ack:
+            self.unsettled.add(deliver.delivery_tag)
         self._on_message(LeanMessage(self, deliver, properties, body))
 
+    def _on_returned(self, returned: Basic.Return, properties: Basic.Properties) -> None:
+        # The returned body frames that follow find no delivery under way and are skipped.
+        self._returning, self._deliver = None, None
+        if self.confirms is not None:
+            self.confirms.returned(properties.message_id, returned.reply_code or 0, returned.reply_text)
+
     def _on_channel_method(self, value: object) -> None:
+        if isinstance(value, Basic.Return):
+            self._returning = value
+            return
         if isinstance(value, Channel.Close):
             assert self._transport is not None
             self._transport.write(marshal(Channel.CloseOk(), _CHANNEL))
@@ -301,6 +332,11 @@ class LeanConnection(asyncio.Protocol):
         if self._rpc is not None and not self._rpc.done():
             self._rpc.set_exception(error)
         self._acked.clear()
+        self._out.clear()
+        if self.confirms is not None:
+            self.confirms.fail_all(error)
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)  # writers wake and find the connection closed
         self._on_lost(error)
 
     # -- writing ------------------------------------------------------------------------
@@ -313,7 +349,9 @@ class LeanConnection(asyncio.Protocol):
     async def rpc(self, method: Any, reply: type, *, timeout: float = 30.0) -> Any:
         """Send a synchronous method on channel 1 and return the server's reply."""
         async with self._rpc_lock:
-            self.flush_acks()  # earlier acks go first: the reply then confirms them
+            # Earlier acks and publishes go first: the reply then confirms they were read.
+            self.flush_acks()
+            self.flush_publishes()
             future: asyncio.Future[Any] = self._loop.create_future()
             self._rpc = future
             try:
@@ -337,11 +375,15 @@ class LeanConnection(asyncio.Protocol):
     async def qos(self, prefetch: int, *, global_: bool, timeout: float) -> None:
         await self.rpc(Basic.Qos(prefetch_count=prefetch, global_=global_), Basic.QosOk, timeout=timeout)
 
-    async def consume(self, queue: str, consumer_tag: str, *, timeout: float) -> None:
+    async def consume(self, queue: str, consumer_tag: str, *, timeout: float, no_ack: bool = False) -> None:
         """Start consuming ``queue`` under ``consumer_tag`` (chosen by the caller, who must
         know it before the reply: deliveries can follow the reply in the same read)."""
+        if no_ack:
+            self._no_ack.add(consumer_tag)
         await self.rpc(
-            Basic.Consume(queue=queue, consumer_tag=consumer_tag), Basic.ConsumeOk, timeout=timeout
+            Basic.Consume(queue=queue, consumer_tag=consumer_tag, no_ack=no_ack),
+            Basic.ConsumeOk,
+            timeout=timeout,
         )
 
     async def cancel(self, consumer_tag: str, *, timeout: float) -> None:
@@ -354,6 +396,71 @@ class LeanConnection(asyncio.Protocol):
             Exchange.DeclareOk,
             timeout=timeout,
         )
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def select_confirms(self, *, timeout: float) -> None:
+        """Put the channel in confirm mode: every later publish's future waits for its ack."""
+        await self.rpc(Confirm.Select(), Confirm.SelectOk, timeout=timeout)
+        self.confirms = Confirms()
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        *,
+        mandatory: bool = False,
+    ) -> asyncio.Future[None]:
+        """Queue a publish for this loop iteration's write; the future is its confirm.
+
+        Without confirm mode the future is done at once. In confirm mode it fails with
+        PublishNacked, PublishReturned (``mandatory``, matched by ``message_id``) or the
+        connection's error if the connection is lost first.
+        """
+        if self.is_closed:
+            raise self._error or BrokerConnectionError("connection to RabbitMQ closed")
+        data = publish_frames(
+            _CHANNEL, exchange, routing_key, body, properties, mandatory=mandatory, frame_max=self.frame_max
+        )
+        future: asyncio.Future[None] = self._loop.create_future()
+        confirms = self.confirms
+        if confirms is not None:
+            confirms.add(future, properties.message_id if mandatory else None)
+        else:
+            future.set_result(None)
+        if not self._out:
+            self._loop.call_soon(self.flush_publishes)
+        self._out.append(data)
+        return future
+
+    def flush_publishes(self) -> None:
+        if not self._out or self.is_closed:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self._write(data)
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is full: a publisher should ``await writable()`` first."""
+        return self._paused is not None
+
+    async def writable(self) -> None:
+        if self._paused is not None:
+            await asyncio.shield(self._paused)
+
+    def pause_writing(self) -> None:
+        if self._paused is None:
+            self._paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None and not paused.done():
+            paused.set_result(None)
+
+    # -- acking -------------------------------------------------------------------------
 
     def ack(self, tag: int) -> None:
         """Queue an ack; the acks of one loop iteration leave together."""
@@ -405,6 +512,7 @@ class LeanConnection(asyncio.Protocol):
         # Closing is best effort: the server drops (and requeues) what we leave behind.
         with contextlib.suppress(Exception):
             self.flush_acks()
+            self.flush_publishes()
             await self.rpc(Channel.Close(reply_code=200, reply_text="bye"), Channel.CloseOk, timeout=timeout)
             self._write(marshal(Connection.Close(reply_code=200, reply_text="bye"), 0))
         self.close_soon()
