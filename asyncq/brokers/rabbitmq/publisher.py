@@ -19,6 +19,7 @@ from pamqp.commands import Basic
 
 from asyncq._amqp import CopyGuard, ack_confirmed, is_stale, requeue, translate_errors
 from asyncq._amqp.acks import Message
+from asyncq._amqp.confirms import PublishNacked, PublishReturned
 from asyncq._amqp.publishing import publish
 from asyncq._utils import now
 from asyncq.brokers.base import OutgoingMessage
@@ -129,6 +130,9 @@ class Publisher(Topology):
             await self._send_until_confirmed(route, action)
 
     async def _send_until_confirmed(self, route: Route, action: str) -> None:
+        if self._lean_confirmed is not None:
+            await self._send_lean(route, action)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         redeclared = False
@@ -179,6 +183,43 @@ class Publisher(Topology):
                 log.debug("%s: channel lost mid-publish; sending again after the reconnect", action)
                 await asyncio.sleep(0.05)  # let the robust connection notice and start restoring
 
+    async def _send_lean(self, route: Route, action: str) -> None:
+        """``_send_until_confirmed`` on asyncq's own publishing connection (client=lean)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        redeclared = False
+        while True:
+            publisher = self._lean_confirmed
+            if publisher is None or self._connection is None:
+                raise BrokerConnectionError(f"{action}: the broker was closed")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await publisher.publish(
+                        route.exchange, route.routing_key, route.body, route.properties, mandatory=True
+                    )
+                return
+            except PublishReturned as exc:
+                # As on aio-pika's channel: declare again once, then give up loudly.
+                if redeclared:
+                    raise BrokerError(
+                        f"{action}: RabbitMQ could not route it to {route.routing_key!r}"
+                    ) from exc
+                redeclared = True
+                self._declared.discard(route.queue)
+                self._delay_declared.discard(route.queue)
+                await self._prepare(route)
+            except PublishNacked as exc:
+                raise BrokerError(f"{action}: {exc}") from exc
+            except TimeoutError as exc:
+                raise BrokerConnectionError(
+                    f"{action}: not confirmed by RabbitMQ within publish_timeout={self.publish_timeout}s"
+                ) from exc
+            except BrokerConnectionError:
+                if self._connection is None:
+                    raise BrokerConnectionError(f"{action}: the broker was closed") from None
+                log.debug("%s: connection lost mid-publish; sending again after reconnecting", action)
+                await asyncio.sleep(0.05)
+
     async def _send_unconfirmed(self, route: Route, action: str) -> None:
         """confirm_publish=False: queue the frames (batched per loop iteration) and return.
 
@@ -189,6 +230,21 @@ class Publisher(Topology):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         while True:
+            lean = self._lean_unconfirmed
+            if lean is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await lean.publish(route.exchange, route.routing_key, route.body, route.properties)
+                    return
+                except TimeoutError:
+                    raise BrokerConnectionError(
+                        f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
+                    ) from None
+                except BrokerConnectionError:
+                    if self._connection is None or loop.time() >= deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+                    continue
             try:
                 with translate_errors(action):
                     async with asyncio.timeout_at(deadline):

@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar, cast
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from asyncq._amqp import CopyGuard, close_robust, open_robust, split_amqp_url, translate_errors
+from asyncq._amqp.protocol import LeanParams
+from asyncq._amqp.publisher import LeanPublisher
 from asyncq._utils import redact_url
 from asyncq.brokers.base import BrokerCapabilities, BrokerDefaults
 from asyncq.brokers.rabbitmq.wire import (
@@ -88,6 +90,20 @@ class Topology(BrokerDefaults):
         self._delay_declared: set[str] = set()  # work queues whose delay queues are declared
         self._consumers: set[Closable] = set()
         self._copies = CopyGuard()
+        # client=lean: publishes leave on connections of asyncq's own (confirmed; and, with
+        # confirm_publish=False, unconfirmed for first publishes); aio-pika keeps the rest.
+        self._lean_confirmed: LeanPublisher | None = None
+        self._lean_unconfirmed: LeanPublisher | None = None
+        self._new_lean_publishers()
+
+    def _new_lean_publishers(self) -> None:
+        if self.client != "lean":
+            return
+        params = LeanParams(self._client_url, connection_name=self.connection_name)
+        timeout = self.connect_timeout
+        self._lean_confirmed = LeanPublisher(params, confirm=True, connect_timeout=timeout)
+        if not self.confirm_publish:
+            self._lean_unconfirmed = LeanPublisher(params, confirm=False, connect_timeout=timeout)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -112,12 +128,13 @@ class Topology(BrokerDefaults):
             try:
                 with translate_errors("open channels and declare the exchange"):
                     async with asyncio.timeout(self.connect_timeout):
-                        self._publish_channel = await connection.channel(
-                            publisher_confirms=True, on_return_raises=True
-                        )
+                        if self._lean_confirmed is None:
+                            self._publish_channel = await connection.channel(
+                                publisher_confirms=True, on_return_raises=True
+                            )
+                            if not self.confirm_publish:
+                                self._unconfirmed_channel = await connection.channel(publisher_confirms=False)
                         self._admin_channel = await connection.channel(publisher_confirms=False)
-                        if not self.confirm_publish:
-                            self._unconfirmed_channel = await connection.channel(publisher_confirms=False)
                         if self.exchange:
                             await self._admin_channel.declare_exchange(
                                 self.exchange, type=self.exchange_type, durable=True
@@ -164,6 +181,12 @@ class Topology(BrokerDefaults):
         self._consumers.clear()
         self._declared.clear()
         self._delay_declared.clear()
+        lean = (self._lean_confirmed, self._lean_unconfirmed)
+        self._lean_unconfirmed = None
+        self._new_lean_publishers()  # a later connect() starts afresh
+        for publisher in lean:
+            if publisher is not None:
+                await publisher.close()
         if connection is not None:
             await close_robust(connection)
 
