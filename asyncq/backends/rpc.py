@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
 from asyncq._options import Option, integer, optional, parse_options, seconds, text
@@ -31,6 +31,8 @@ from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import (
     BackendConnectionError,
     BackendError,
+    BrokerConnectionError,
+    BrokerError,
     ConfigurationError,
     MissingDependencyError,
 )
@@ -46,6 +48,8 @@ try:
     from pamqp.commands import Basic
 
     from asyncq._amqp import client_url, close_robust, open_robust, translate_errors
+    from asyncq._amqp.protocol import LeanParams
+    from asyncq._amqp.publisher import LeanPublisher
     from asyncq._amqp.publishing import publish
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
@@ -105,6 +109,9 @@ class RPCBackend(BackendDefaults):
         # The broker driver's own options in the URL (queue_type, ...) are the broker's
         # business; the client's (TLS, heartbeat) are kept, reconnect_interval defaulted.
         self._client_url = client_url(broker_url)
+        # The broker's client option decides here too: records leave on asyncq's own
+        # publishing connection (lean) or on an aio-pika channel.
+        self._lean_client = dict(parse_qsl(urlsplit(broker_url).query)).get("client", "lean") != "aio-pika"
         self._broker_url = broker_url
         self.exchange = settings[EXCHANGE]
         self.cache_size = settings[CACHE_SIZE]
@@ -127,6 +134,7 @@ class RPCBackend(BackendDefaults):
         self._reply_queue: AbstractRobustQueue | None = None
         self._channels: tuple[AbstractRobustChannel, ...] = ()
         self._connect_lock = asyncio.Lock()
+        self._lean: LeanPublisher | None = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -151,9 +159,10 @@ class RPCBackend(BackendDefaults):
             try:
                 with translate_errors("rpc:// setup", BackendError, BackendConnectionError):
                     async with asyncio.timeout(self.connect_timeout):
-                        publish_channel = await connection.channel(publisher_confirms=True)
-                        await publish_channel.declare_exchange(self.exchange, type="direct", durable=True)
-                        self._publish_channel = publish_channel
+                        publish_channel = None
+                        if not self._lean_client:
+                            publish_channel = await connection.channel(publisher_confirms=True)
+                            self._publish_channel = publish_channel
                         channel = await connection.channel(publisher_confirms=False)
                         await channel.declare_exchange(self.exchange, type="direct", durable=True)
                         # Exclusive: it dies with this connection. Declared "robust", so after a
@@ -167,7 +176,10 @@ class RPCBackend(BackendDefaults):
                 await close_robust(connection)
                 raise
             self._connection, self._reply_queue = connection, queue
-            self._channels = (publish_channel, channel)
+            self._channels = (channel,) if publish_channel is None else (publish_channel, channel)
+            if self._lean_client:
+                params = LeanParams(self._client_url, connection_name=self.connection_name)
+                self._lean = LeanPublisher(params, confirm=True, connect_timeout=self.connect_timeout)
             return queue
 
     async def aclose(self) -> None:
@@ -181,6 +193,9 @@ class RPCBackend(BackendDefaults):
             task.cancel()
         connection, self._connection, self._reply_queue = self._connection, None, None
         self._bound.clear()
+        lean, self._lean = self._lean, None
+        if lean is not None:
+            await lean.close()
         if connection is not None:
             await close_robust(connection)
 
@@ -332,6 +347,10 @@ class RPCBackend(BackendDefaults):
             expiration=str(max(1, int(ttl * 1000))) if ttl is not None and ttl > 0 else None,
         )
 
+        if self._lean is not None:
+            await self._publish_lean(task_id, record, properties)
+            return
+
         async def send() -> None:
             channel = self._publish_channel
             assert channel is not None
@@ -349,6 +368,36 @@ class RPCBackend(BackendDefaults):
             # Records are not persisted: one lost in an outage is what rpc:// promises, not a
             # fault of the task. One line, not a traceback per task.
             log.warning("rpc:// result of task %s lost: %s", task_id, exc)
+
+    async def _publish_lean(self, task_id: str, record: bytes, properties: Basic.Properties) -> None:
+        """Publish a record on asyncq's own connection, riding out a reconnect up to publish_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        action = f"rpc:// publish the record of {task_id}"
+        while True:
+            lean = self._lean
+            if lean is None:
+                return  # closed meanwhile: nobody is left to give the record to
+            try:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        # Not mandatory: with nobody listening the record is dropped, by design.
+                        await lean.publish(self.exchange, task_id, record, properties)
+                    return
+                except TimeoutError:
+                    raise BackendConnectionError(
+                        f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
+                    ) from None
+                except BrokerConnectionError as exc:
+                    if self._connection is None or loop.time() >= deadline:
+                        raise BackendConnectionError(f"{action}: {exc}") from exc
+                    await asyncio.sleep(0.05)
+                except BrokerError as exc:
+                    raise BackendError(f"{action}: {exc}") from exc
+            except BackendConnectionError as exc:
+                # As below: a record lost in an outage is what rpc:// promises, in one line.
+                log.warning("rpc:// result of task %s lost: %s", task_id, exc)
+                return
 
     async def get(self, task_id: str) -> bytes | None:
         """The last record received (or set) in this process; binds ``task_id`` if unknown."""
