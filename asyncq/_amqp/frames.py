@@ -12,8 +12,9 @@ from typing import Final
 
 from pamqp import frame as pamqp_frame
 from pamqp.base import Frame
-from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
+
+from asyncq._amqp.header import ContentHead, decode_header
 
 __all__ = [
     "FRAME_BODY",
@@ -73,7 +74,7 @@ class ServerAck:
 
 
 #: (channel, value): value is a pamqp frame, a :class:`Deliver`, or bytes for a body frame.
-ParsedFrame = tuple[int, "Frame | ContentHeader | Heartbeat | Deliver | ServerAck | bytes"]
+ParsedFrame = tuple[int, "Frame | ContentHead | Heartbeat | Deliver | ServerAck | bytes"]
 
 
 class FrameError(ValueError):
@@ -132,6 +133,8 @@ class FrameReader:
                         (tag,) = _U64.unpack_from(buffer, start + 11)
                         bits = buffer[start + 19]
                         frames.append((channel, ServerAck(tag, bool(bits & 1), ids == _NACK_ID)))
+                elif kind == FRAME_HEADER:
+                    frames.append((channel, decode_header(bytes(view[start + 7 : end]))))
                 elif kind == FRAME_HEARTBEAT:
                     frames.append((channel, Heartbeat()))
                 else:
@@ -145,7 +148,7 @@ class FrameReader:
         return frames
 
 
-def marshal(value: Frame | ContentHeader | Heartbeat, channel: int) -> bytes:
+def marshal(value: Frame | Heartbeat, channel: int) -> bytes:
     """One frame's bytes (pamqp's codec)."""
     return pamqp_frame.marshal(value, channel)
 

@@ -26,12 +26,13 @@ from typing import Any, Final, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pamqp.commands import Basic, Channel, Confirm, Connection, Exchange
-from pamqp.header import ContentHeader, ProtocolHeader
+from pamqp.header import ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
 from asyncq._amqp.confirms import Confirms
 from asyncq._amqp.content import publish_frames
 from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ServerAck, ack_frame, marshal
+from asyncq._amqp.header import ContentHead
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
 __all__ = ["LeanConnection", "LeanMessage", "LeanParams"]
@@ -56,7 +57,7 @@ class LeanMessage:
     )
 
     def __init__(
-        self, channel: LeanConnection, deliver: Deliver, properties: Basic.Properties, body: bytes
+        self, channel: LeanConnection, deliver: Deliver, properties: ContentHead, body: bytes
     ) -> None:
         self.channel = channel
         self.consumer_tag = deliver.consumer_tag
@@ -64,8 +65,8 @@ class LeanMessage:
         self.redelivered = deliver.redelivered
         self.body = body
         self.headers: dict[str, Any] = properties.headers or {}
-        self.message_id: str | None = properties.message_id
-        self.priority: int | None = properties.priority
+        self.message_id = properties.message_id
+        self.priority = properties.priority
         self.processed = False
 
 
@@ -118,7 +119,7 @@ class LeanConnection(asyncio.Protocol):
         self.server_properties: dict[str, Any] = {}
         # Delivery being assembled: Deliver, then its header, then body frames.
         self._deliver: Deliver | None = None
-        self._properties: Basic.Properties | None = None
+        self._properties: ContentHead | None = None
         self._body_size = 0
         self._chunks: list[bytes] = []
         self._received = 0
@@ -256,11 +257,11 @@ class LeanConnection(asyncio.Protocol):
             elif type(value) is ServerAck:
                 if self.confirms is not None:
                     self.confirms.settle(value)
-            elif type(value) is ContentHeader:
+            elif type(value) is ContentHead:
                 if self._returning is not None:
-                    self._on_returned(self._returning, value.properties)
+                    self._on_returned(self._returning, value)
                     continue
-                self._properties, self._body_size = value.properties, value.body_size
+                self._properties, self._body_size = value, value.body_size
                 if value.body_size == 0:
                     self._on_body(b"")
             elif type(value) is Heartbeat:
@@ -286,7 +287,7 @@ class LeanConnection(asyncio.Protocol):
             self.unsettled.add(deliver.delivery_tag)
         self._on_message(LeanMessage(self, deliver, properties, body))
 
-    def _on_returned(self, returned: Basic.Return, properties: Basic.Properties) -> None:
+    def _on_returned(self, returned: Basic.Return, properties: ContentHead) -> None:
         # The returned body frames that follow find no delivery under way and are skipped.
         self._returning, self._deliver = None, None
         if self.confirms is not None:

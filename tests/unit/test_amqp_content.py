@@ -15,6 +15,7 @@ from pamqp.header import ContentHeader
 from asyncq._amqp.confirms import Confirms, PublishNacked, PublishReturned
 from asyncq._amqp.content import field_table, publish_frames
 from asyncq._amqp.frames import FrameReader, ServerAck
+from asyncq._amqp.header import ContentHead
 
 TABLES = [
     {},
@@ -23,7 +24,7 @@ TABLES = [
     {"long": 2**40, "min": -(2**63), "none": None, "false": False},
     {"nested": {"a": [1, "two", None, {"b": True}]}, "ünïcode": "välue"},
     {"float": 1.5, "decimal": decimal.Decimal("1.25"), "bytes": bytearray(b"\x00\xce")},
-    {"when": datetime.datetime(2026, 12, 2, 22, 0, 0, tzinfo=datetime.timezone.utc)},
+    {"when": datetime.datetime(2026, 12, 2, 22, 0, 0, tzinfo=datetime.UTC)},
 ]
 
 
@@ -47,7 +48,9 @@ PROPERTIES = [
     Basic.Properties(),
     Basic.Properties(headers={}, delivery_mode=1),
     Basic.Properties(message_id="m1", delivery_mode=2, priority=0),
-    Basic.Properties(message_id="m1", delivery_mode=2, priority=9, headers={"x-asyncq-eta": 1_700_000_000_000}),
+    Basic.Properties(
+        message_id="m1", delivery_mode=2, priority=9, headers={"x-asyncq-eta": 1_700_000_000_000}
+    ),
     Basic.Properties(headers={"asyncq-final": False}, delivery_mode=1, expiration="60000", message_id="r"),
     # Properties the hand-built header leaves to pamqp.
     Basic.Properties(content_type="application/json", reply_to="q", correlation_id="c", app_id="a"),
@@ -101,3 +104,41 @@ async def test_confirms_settle_single_multiple_nack_and_return() -> None:
     confirms.fail_all(lost)
     assert futures[5].exception() is lost
     assert len(confirms) == 0
+
+
+HEADER_TABLES = [
+    *TABLES,
+    {"x-death": [{"count": 3, "reason": "expired", "time": datetime.datetime(2026, 1, 1, 0, 0)}]},
+    {"ushort": 65535, "byte": 200, "bin": "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")},
+]
+
+
+@pytest.mark.parametrize("table", HEADER_TABLES)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"message_id": "m-1", "priority": 7, "delivery_mode": 2},
+        {"expiration": "5", "app_id": "x", "timestamp": datetime.datetime(2026, 5, 1)},
+    ],
+)
+def test_decode_header_reads_what_pamqp_reads(table: dict[str, object], extra: dict[str, object]) -> None:
+    properties = Basic.Properties(headers=table or None, **extra)  # type: ignore[arg-type]
+    data = frame.marshal(ContentHeader(body_size=1234, properties=properties), 1)
+    _, _, expected = frame.unmarshal(data)
+    assert isinstance(expected, ContentHeader)
+    ((_, head),) = FrameReader().feed(data)
+    assert isinstance(head, ContentHead)
+    assert head.body_size == 1234
+    assert head.headers == expected.properties.headers
+    assert head.message_id == expected.properties.message_id
+    assert head.priority == expected.properties.priority
+
+
+def test_decode_header_of_a_non_utf8_string_gives_bytes() -> None:
+    table = {"raw": "x"}
+    data = bytearray(frame.marshal(ContentHeader(body_size=0, properties=Basic.Properties(headers=table)), 1))
+    data[data.index(b"x")] = 0xFF  # no longer UTF-8
+    ((_, head),) = FrameReader().feed(bytes(data))
+    assert isinstance(head, ContentHead)
+    assert head.headers == {"raw": b"\xff"}

@@ -10,6 +10,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ack_frame
+from asyncq._amqp.header import ContentHead
 
 
 def delivery_bytes(tag: int, body: bytes, *, redelivered: bool = False, chunk: int = 0) -> bytes:
@@ -43,11 +44,11 @@ def check_delivery(
     )
     assert (deliver.exchange, deliver.routing_key) == ("ex", "jobs")
     header = frames[1][1]
-    assert isinstance(header, ContentHeader)
+    assert isinstance(header, ContentHead)
     assert header.body_size == len(body)
-    assert header.properties.message_id == f"m{tag}"
-    assert header.properties.priority == 3
-    assert header.properties.headers == {"x-asyncq-deliveries": 2}
+    assert header.message_id == f"m{tag}"
+    assert header.priority == 3
+    assert header.headers == {"x-asyncq-deliveries": 2}
     assert b"".join(value for _, value in frames[2:] if isinstance(value, bytes)) == body
 
 
