@@ -25,11 +25,12 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.connection import make_url
 
+from asyncq._amqp.protocol import HandshakeTimeout
 from asyncq._connect import describe_peer
 from asyncq._utils import redact_url
 from asyncq.exceptions import AsyncqError
 
-__all__ = ["CLOSE_TIMEOUT", "close_robust", "open_robust"]
+__all__ = ["CLOSE_TIMEOUT", "close_robust", "connect_error", "open_robust"]
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +79,40 @@ async def open_robust(
         await close_robust(connection)
         if not isinstance(exc, Exception):
             raise
-        parts = urlsplit(client_url)
-        host = parts.hostname or "localhost"
-        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-        shown = redact_url(shown_url)
+        failure = await connect_error(exc, client_url, shown_url, timeout=timeout, error=error, what=what)
         if isinstance(exc, TimeoutError):
-            answer = await describe_peer(host, port, _AMQP_HELLO)
-            if answer.startswith(_AMQP_ANSWERS):
-                answer = "an AMQP server answered but did not finish the handshake"
-            raise error(
-                f"no AMQP server answered at {host}:{port} within {timeout:g}s: {answer} ({what} URL {shown})"
-            ) from None
-        reason = "connection refused" if _is_refused(exc) else f"{exc}"
-        raise error(f"cannot connect to {what} at {host}:{port}: {reason} (URL {shown})") from exc
+            raise failure from None
+        raise failure from exc
     return connection
+
+
+async def connect_error(
+    exc: Exception,
+    client_url: str,
+    shown_url: str,
+    *,
+    timeout: float,
+    error: type[AsyncqError],
+    what: str = "RabbitMQ",
+) -> AsyncqError:
+    """The one-line error for a first connect that failed with ``exc`` (aio-pika's or asyncq's own).
+
+    A connect that timed out probes the address to say what answered there instead.
+    """
+    parts = urlsplit(client_url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    shown = redact_url(shown_url)
+    if isinstance(exc, TimeoutError | HandshakeTimeout):
+        answer = await describe_peer(host, port, _AMQP_HELLO)
+        if answer.startswith(_AMQP_ANSWERS):
+            answer = "an AMQP server answered but did not finish the handshake"
+        return error(
+            f"no AMQP server answered at {host}:{port} within {timeout:g}s: {answer} ({what} URL {shown})"
+        )
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # the lean client wraps it
+    reason = "connection refused" if _is_refused(cause) else f"{cause}"
+    return error(f"cannot connect to {what} at {host}:{port}: {reason} (URL {shown})")
 
 
 def _is_refused(exc: BaseException) -> bool:

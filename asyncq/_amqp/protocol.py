@@ -35,10 +35,14 @@ from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ServerAck, ack
 from asyncq._amqp.header import ContentHead
 from asyncq.exceptions import BrokerConnectionError, BrokerError
 
-__all__ = ["LeanConnection", "LeanMessage", "LeanParams"]
+__all__ = ["HandshakeTimeout", "LeanConnection", "LeanMessage", "LeanParams"]
 
 _CHANNEL: Final = 1
 _FRAME_MAX: Final = 131072
+
+
+class HandshakeTimeout(BrokerConnectionError):
+    """The connect or the AMQP handshake did not finish within its deadline."""
 
 
 class LeanMessage:
@@ -165,7 +169,7 @@ class LeanConnection(asyncio.Protocol):
                 await protocol.rpc(Channel.Open(), Channel.OpenOk)
         except TimeoutError:
             protocol.abort()
-            raise BrokerConnectionError(
+            raise HandshakeTimeout(
                 f"RabbitMQ at {params.host}:{params.port} did not finish the AMQP handshake "
                 f"within {timeout:g}s"
             ) from None

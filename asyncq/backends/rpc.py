@@ -48,9 +48,11 @@ try:
     from pamqp.commands import Basic
 
     from asyncq._amqp import client_url, close_robust, open_robust, translate_errors
-    from asyncq._amqp.protocol import LeanParams
+    from asyncq._amqp.connection import connect_error
+    from asyncq._amqp.protocol import LeanMessage, LeanParams
     from asyncq._amqp.publisher import LeanPublisher
     from asyncq._amqp.publishing import publish
+    from asyncq.backends._rpc_lean import LeanReplies
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError.for_extra("aio-pika", "amqp") from exc
 
@@ -134,7 +136,9 @@ class RPCBackend(BackendDefaults):
         self._reply_queue: AbstractRobustQueue | None = None
         self._channels: tuple[AbstractRobustChannel, ...] = ()
         self._connect_lock = asyncio.Lock()
+        # client=lean: the reply queue and the publishes on asyncq's own connections.
         self._lean: LeanPublisher | None = None
+        self._replies: LeanReplies | None = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -142,7 +146,15 @@ class RPCBackend(BackendDefaults):
         """Connect; declare the exchange and this instance's reply queue, and consume it."""
         await self._ready()
 
-    async def _ready(self) -> AbstractRobustQueue:
+    def _is_open(self) -> bool:
+        return self._connection is not None or self._replies is not None
+
+    async def _ready(self) -> AbstractRobustQueue | None:
+        """Connect once; the aio-pika reply queue, or None on asyncq's own connection."""
+        if self._lean_client:
+            if self._replies is None:
+                await self._ready_lean()
+            return None
         if self._reply_queue is not None and self._connection is not None and not self._connection.is_closed:
             return self._reply_queue
         async with self._connect_lock:
@@ -182,6 +194,34 @@ class RPCBackend(BackendDefaults):
                 self._lean = LeanPublisher(params, confirm=True, connect_timeout=self.connect_timeout)
             return queue
 
+    async def _ready_lean(self) -> None:
+        async with self._connect_lock:
+            if self._replies is not None:
+                return
+            params = LeanParams(self._client_url, connection_name=self.connection_name)
+            replies = LeanReplies(
+                params,
+                exchange=self.exchange,
+                queue=self._reply_key,
+                on_message=self._on_message,
+                timeout=self.connect_timeout,
+            )
+            try:
+                await replies.open()
+            except BrokerConnectionError as exc:
+                raise await connect_error(
+                    exc,
+                    self._client_url,
+                    self._broker_url,
+                    timeout=self.connect_timeout,
+                    error=BackendConnectionError,
+                    what="RabbitMQ (rpc:// backend)",
+                ) from exc
+            except BrokerError as exc:
+                raise BackendError(f"rpc:// setup: {exc}") from exc
+            self._replies = replies
+            self._lean = LeanPublisher(params, confirm=True, connect_timeout=self.connect_timeout)
+
     async def aclose(self) -> None:
         """Close the connection and wake every pending ``wait`` with None."""
         for futures in self._waiters.values():
@@ -194,8 +234,11 @@ class RPCBackend(BackendDefaults):
         connection, self._connection, self._reply_queue = self._connection, None, None
         self._bound.clear()
         lean, self._lean = self._lean, None
+        replies, self._replies = self._replies, None
         if lean is not None:
             await lean.close()
+        if replies is not None:
+            await replies.close()
         if connection is not None:
             await close_robust(connection)
 
@@ -204,7 +247,7 @@ class RPCBackend(BackendDefaults):
     async def _on_message_async(self, message: AbstractIncomingMessage) -> None:
         self._on_message(message)
 
-    def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(self, message: AbstractIncomingMessage | LeanMessage) -> None:
         headers = message.headers
         if headers.get(H_ORIGIN) == self._origin:
             return  # our own set(): already stored when it was made
@@ -269,12 +312,19 @@ class RPCBackend(BackendDefaults):
             return
         queue = await self._ready()
         self._bound.add(task_id)  # before the await: concurrent callers bind once
+        replies = self._replies
         try:
-            await self._riding_out(
-                f"rpc:// bind task {task_id}", lambda: queue.bind(self.exchange, routing_key=task_id)
-            )
+            if replies is not None:
+                await self._riding_out(f"rpc:// bind task {task_id}", lambda: replies.bind(task_id))
+            else:
+                assert queue is not None
+                await self._riding_out(
+                    f"rpc:// bind task {task_id}", lambda: queue.bind(self.exchange, routing_key=task_id)
+                )
         except BaseException:
             self._bound.discard(task_id)
+            if replies is not None:
+                replies.forget(task_id)
             raise
 
     async def _riding_out(self, action: str, op: Callable[[], Awaitable[Any]]) -> None:
@@ -288,8 +338,11 @@ class RPCBackend(BackendDefaults):
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
+                    replies = self._replies
                     connection = self._connection
-                    if connection is not None:
+                    if replies is not None:
+                        await replies.connected()
+                    elif connection is not None:
                         await connection.connected.wait()
                     # aio-pika sets ``connected`` before it has declared the reply queue
                     # again on a restored channel: a bind in between finds no queue.
@@ -302,12 +355,23 @@ class RPCBackend(BackendDefaults):
                 raise BackendConnectionError(
                     f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
                 ) from None
-            except BackendConnectionError:
-                if self._connection is None or loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(0.05)  # let the robust connection notice the loss and restore
+            except (BackendConnectionError, BrokerConnectionError) as exc:
+                if not self._is_open() or loop.time() >= deadline:
+                    if isinstance(exc, BackendConnectionError):
+                        raise
+                    raise BackendConnectionError(f"{action}: {exc}") from exc
+                await asyncio.sleep(0.05)  # let the connection notice the loss and restore
+            except BrokerError as exc:
+                raise BackendError(f"{action}: {exc}") from exc
 
     async def _unbind(self, task_id: str) -> None:
+        replies = self._replies
+        if replies is not None:
+            try:
+                await replies.unbind(task_id)
+            except BrokerError as exc:
+                log.debug("rpc:// unbind task %s: %s", task_id, exc)  # harmless, as below
+            return
         queue = self._reply_queue
         if queue is None:
             return
@@ -389,7 +453,7 @@ class RPCBackend(BackendDefaults):
                         f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
                     ) from None
                 except BrokerConnectionError as exc:
-                    if self._connection is None or loop.time() >= deadline:
+                    if not self._is_open() or loop.time() >= deadline:
                         raise BackendConnectionError(f"{action}: {exc}") from exc
                     await asyncio.sleep(0.05)
                 except BrokerError as exc:
