@@ -125,7 +125,8 @@ class LeanReplies:
             return  # a lost opening (or a failed reconnect attempt) is the opener's business
         self._connection = None
         self._connected.clear()
-        log.warning("rpc:// reply connection to RabbitMQ lost (%s); reconnecting", error)
+        # INFO: what it costs (records published meanwhile) is warned about where it happens.
+        log.info("rpc:// reply connection to RabbitMQ lost (%s); reconnecting", error)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="asyncq.rpc.lean-reconnect"
