@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ca
 from urllib.parse import quote
 
 from asyncq._connect import with_connect_timeout
+from asyncq._sending import publish_until_confirmed_or_arrived
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
 from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
@@ -478,12 +479,17 @@ class App:
         await self.connect()
         drivers = self._current_drivers()
         transactional = None if connection is None else self._transactional(drivers)
+        arrival = None
         if not message.ignore_result:
             backend = drivers.backend
             await backend.prepare(message.id)  # rpc:// readies its reply queue before a record comes
             backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
             _address_replies(message, backend)
-        if transactional is None:
+            if transactional is None:
+                arrival = backend.arrival(message.id)
+        if arrival is not None:
+            await publish_until_confirmed_or_arrived(drivers.broker.publish(self.outgoing(message)), arrival)
+        elif transactional is None:
             await drivers.broker.publish(self.outgoing(message))
         else:
             await transactional.publish_in_transaction(connection, [self.outgoing(message)])

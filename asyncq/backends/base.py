@@ -7,6 +7,7 @@ driver passes tests/conformance/test_backend_contract.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -84,6 +85,14 @@ class ResultBackend(Protocol):
         Must not block or raise; redis:// subscribes ahead here. Most backends do nothing.
         """
 
+    def arrival(self, task_id: str) -> asyncio.Future[None] | None:
+        """A future done when a record of ``task_id`` reaches this process, or None.
+
+        Asked right before ``task_id`` is published. A record proves the message arrived,
+        so the App stops waiting for the broker's publish confirm once it comes (rpc://,
+        whose records come to the sender). Most backends answer None.
+        """
+
     def reply_address(self) -> str | None:
         """Where workers should send the records of tasks this process sends, or None.
 
@@ -108,6 +117,10 @@ class BackendDefaults:
 
     def expect(self, task_id: str) -> None:
         """No use for the hint."""
+
+    def arrival(self, task_id: str) -> asyncio.Future[None] | None:
+        """Records are not pushed here: nothing to race the publish with."""
+        return None
 
     def reply_address(self) -> str | None:
         """No reply address: records are stored where any process can read them."""

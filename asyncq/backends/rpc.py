@@ -126,6 +126,7 @@ class RPCBackend(BackendDefaults):
             collections.OrderedDict()
         )
         self._waiters: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._arrivals: dict[str, asyncio.Future[None]] = {}  # see arrival()
         self._bound: set[str] = set()
         # Ids sent with this instance's reply address: their records come without a binding.
         self._addressed: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -258,6 +259,9 @@ class RPCBackend(BackendDefaults):
         ttl = ttl_ms / 1000 if isinstance(ttl_ms, int) and not isinstance(ttl_ms, bool) else None
         final = headers.get(H_FINAL) is True
         self._store(task_id, message.body, final, ttl)
+        arrival = self._arrivals.pop(task_id, None)
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
         if final:
             self._addressed.pop(task_id, None)
         if final and task_id in self._bound:
@@ -283,6 +287,22 @@ class RPCBackend(BackendDefaults):
             del self._records[task_id]
             return None
         return entry
+
+    def arrival(self, task_id: str) -> asyncio.Future[None]:
+        """Done when a record of ``task_id`` comes from the network (any record: it ran).
+
+        The App stops waiting for the publish confirm then: the round trip sees the result
+        as soon as it comes, the confirm overlapping it.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._arrivals[task_id] = future
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if self._arrivals.get(task_id) is done:
+                del self._arrivals[task_id]
+
+        future.add_done_callback(forget)
+        return future
 
     def reply_address(self) -> str:
         """This instance's reply address: the App puts it in the ``reply_to`` header of tasks it sends."""
