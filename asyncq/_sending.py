@@ -18,17 +18,19 @@ async def publish_until_confirmed_or_arrived(
     task twice.
     """
     task = asyncio.get_running_loop().create_task(publish, name="asyncq.publish")
-    try:
-        await asyncio.wait((task, arrival), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        arrival.cancel()  # no-op if it came
-    if arrival.done() and not arrival.cancelled():
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: a late failure of a message that ran is moot
-        else:
+
+    def abandon(_: asyncio.Future[None]) -> None:
+        if not task.done():
             task.cancel()
-        return
-    task.result()  # the publish's error, if any, is the caller's
+
+    arrival.add_done_callback(abandon)
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        came = arrival.done() and not arrival.cancelled()
+        if not came or (current is not None and current.cancelling()):
+            raise  # the caller itself was cancelled
+    finally:
+        arrival.remove_done_callback(abandon)
+        arrival.cancel()  # no-op if it came; the backend forgets it

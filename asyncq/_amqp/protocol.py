@@ -138,6 +138,7 @@ class LeanConnection(asyncio.Protocol):
         self.frame_max = _FRAME_MAX
         self.confirms: Confirms | None = None
         self._out: list[bytes] = []
+        self._holding = False  # a publish left this loop iteration: later ones are gathered
         self._returning: Basic.Return | None = None
         self._paused: asyncio.Future[None] | None = None
 
@@ -418,7 +419,8 @@ class LeanConnection(asyncio.Protocol):
         *,
         mandatory: bool = False,
     ) -> asyncio.Future[None]:
-        """Queue a publish for this loop iteration's write; the future is its confirm.
+        """Publish; the future is its confirm. The first publish of a loop iteration is
+        written now, later ones of the iteration together after it.
 
         Without confirm mode the future is done at once. In confirm mode it fails with
         PublishNacked, PublishReturned (``mandatory``, matched by ``message_id``) or the
@@ -435,10 +437,19 @@ class LeanConnection(asyncio.Protocol):
             confirms.add(future, properties.message_id if mandatory else None)
         else:
             future.set_result(None)
-        if not self._out:
-            self._loop.call_soon(self.flush_publishes)
-        self._out.append(data)
+        if self._holding:
+            self._out.append(data)
+        else:
+            # The first publish of a loop iteration leaves at once (a sequential publisher
+            # waits for nothing); the rest of the iteration's go out together after it.
+            self._write(data)
+            self._holding = True
+            self._loop.call_soon(self._release)
         return future
+
+    def _release(self) -> None:
+        self._holding = False
+        self.flush_publishes()
 
     def flush_publishes(self) -> None:
         if not self._out or self.is_closed:
