@@ -305,13 +305,8 @@ async def test_lean_consumer_resumes_after_the_server_closes_its_connection(
         first = await take(it)
         await first.ack()
         held = await take(it)
-        rows = await rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
-        pids = [
-            row.split("\t")[0]
-            for row in rows.splitlines()
-            if f'"connection_name","{name}"' in row and '"product","asyncq"' in row
-        ]
-        assert len(pids) == 1, rows
+        pids = await connection_pids(name)
+        assert len(pids) == 1, pids
         await rabbitmqctl("close_connection", pids[0], "asyncq test")
         with pytest.raises(BrokerConnectionError):
             await asyncio.wait_for(held.ack(), TIMEOUT)  # stale: the server redelivers it
@@ -323,6 +318,66 @@ async def test_lean_consumer_resumes_after_the_server_closes_its_connection(
             await delivery.ack()
             seen.add(delivery.body)
     assert await producer.queue_length(queue) == 0
+
+
+async def connection_pids(name: str) -> list[str]:
+    rows = await rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
+    return [
+        row.split("\t")[0]
+        for row in rows.splitlines()
+        if f'"connection_name","{name}"' in row and '"product","asyncq"' in row
+    ]
+
+
+async def test_concurrent_publishes_share_writes_and_are_all_confirmed(make: Factory, queue: str) -> None:
+    producer = await make(client="lean")
+    await producer.publish(msg(queue, b"first"))  # declares the queue
+    bodies = [b"first", *(str(i).encode() for i in range(300))]
+    # Started in order in one loop iteration: one write, 300 confirms in flight at once.
+    await asyncio.wait_for(asyncio.gather(*(producer.publish(msg(queue, b)) for b in bodies[1:])), TIMEOUT)
+    assert await producer.queue_length(queue) == len(bodies)
+    async with aclosing(producer.consume([queue], prefetch=50)) as it:
+        got = []
+        for _ in bodies:
+            delivery = await take(it)
+            got.append(delivery.body)
+            await delivery.ack()
+    assert got == bodies  # wire order is publish order
+
+
+async def test_a_publish_to_a_queue_deleted_by_hand_declares_it_again(make: Factory, queue: str) -> None:
+    producer = await make(client="lean")
+    await producer.publish(msg(queue, b"first"))
+    other = await make()
+    await other.delete_queue(queue)  # the binding goes with it: the next publish is returned
+    await asyncio.wait_for(producer.publish(msg(queue, b"second")), TIMEOUT)
+    async with aclosing(producer.consume([queue], prefetch=1)) as it:
+        delivery = await take(it)
+        assert delivery.body == b"second"
+        await delivery.ack()
+
+
+async def test_publishing_carries_on_after_the_server_closes_the_publishers_connection(
+    make: Factory, queue: str
+) -> None:
+    name = f"lean-pub-{uuid.uuid4().hex[:8]}"
+    producer = await make(connection_name=name, client="lean")
+    await producer.publish(msg(queue, b"0"))  # opens the publishing connection
+    pids = await connection_pids(name)  # asyncq's own: the publisher's (aio-pika's says aiormq)
+    assert len(pids) == 1
+    sends = [asyncio.ensure_future(producer.publish(msg(queue, str(i).encode()))) for i in range(1, 51)]
+    await rabbitmqctl("close_connection", pids[0], "asyncq test")
+    await asyncio.wait_for(asyncio.gather(*sends), TIMEOUT)  # in flight when cut: sent again
+    await asyncio.wait_for(producer.publish(msg(queue, b"after")), TIMEOUT)
+    expected = {str(i).encode() for i in range(51)} | {b"after"}
+    seen: set[bytes] = set()
+    async with aclosing(producer.consume([queue], prefetch=20)) as it:
+        while seen != expected:  # at least once: a confirm lost with the connection may mean two
+            delivery = await take(it)
+            seen.add(delivery.body)
+            await delivery.ack()
+    now = await connection_pids(name)  # the consumer's is closed: the new publishing one
+    assert len(now) == 1 and now != pids
 
 
 async def test_closing_the_consumer_connection_redelivers(make: Factory, queue: str) -> None:
