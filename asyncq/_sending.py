@@ -14,23 +14,30 @@ async def publish_until_confirmed_or_arrived(
 ) -> None:
     """Await ``publish`` unless a record of the message arrives first: it evidently arrived.
 
-    The publish (its confirm, its retries) is then abandoned: sending it again would run the
-    task twice.
+    The publish (its confirm wait, its retries) is then abandoned: sending it again would run
+    the task twice. As ``asyncio.timeout`` does, the record's arrival cancels this task and the
+    cancellation is taken back here, so a publish that does not wait (no confirms) costs no
+    task and no loop iteration.
     """
-    task = asyncio.get_running_loop().create_task(publish, name="asyncq.publish")
+    task = asyncio.current_task()
+    assert task is not None
+    came = False
+    waiting = True
 
-    def abandon(_: asyncio.Future[None]) -> None:
-        if not task.done():
+    def abandon(done: asyncio.Future[None]) -> None:
+        nonlocal came
+        if waiting and not done.cancelled():
+            came = True
             task.cancel()
 
     arrival.add_done_callback(abandon)
     try:
-        await task
+        await publish
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        came = arrival.done() and not arrival.cancelled()
-        if not came or (current is not None and current.cancelling()):
-            raise  # the caller itself was cancelled
+        if came and task.uncancel() == 0:
+            return  # our cancellation alone: the record came first
+        raise
     finally:
+        waiting = False
         arrival.remove_done_callback(abandon)
         arrival.cancel()  # no-op if it came; the backend forgets it
