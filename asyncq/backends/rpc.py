@@ -295,13 +295,12 @@ class RPCBackend(BackendDefaults):
         as soon as it comes, the confirm overlapping it.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._arrivals[task_id] = future
-
-        def forget(done: asyncio.Future[None]) -> None:
-            if self._arrivals.get(task_id) is done:
-                del self._arrivals[task_id]
-
-        future.add_done_callback(forget)
+        arrivals = self._arrivals
+        arrivals[task_id] = future
+        if len(arrivals) > self.cache_size:
+            # Those whose record never came (the App cancels a future once it is done with
+            # it): the oldest go, without a callback per future.
+            arrivals.pop(next(iter(arrivals)))
         return future
 
     def reply_address(self) -> str:
