@@ -33,7 +33,7 @@ from asyncq._amqp.confirms import Confirms
 from asyncq._amqp.content import publish_frames
 from asyncq._amqp.frames import Deliver, FrameError, FrameReader, ServerAck, ack_frame, marshal
 from asyncq._amqp.header import ContentHead
-from asyncq.exceptions import BrokerConnectionError, BrokerError
+from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 __all__ = ["HandshakeTimeout", "LeanConnection", "LeanMessage", "LeanParams"]
 
@@ -90,6 +90,13 @@ class LeanParams:
         self.heartbeat = int(float(query.get("heartbeat", "60")))
         self.reconnect_interval = float(query.get("reconnect_interval", "1.0"))
         self.connection_name = query.get("name", connection_name)
+        # aiormq's ``auth``: PLAIN (user and password), or EXTERNAL (the TLS client certificate).
+        self.mechanism = query.get("auth", "plain").upper()
+        if self.mechanism not in ("PLAIN", "EXTERNAL"):
+            raise ConfigurationError(
+                f"auth={query['auth']!r}: asyncq's AMQP client speaks PLAIN and EXTERNAL"
+                " (client=aio-pika for more)"
+            )
         self.ssl: ssl_module.SSLContext | None = None
         if self.tls:
             context = ssl_module.create_default_context(
@@ -196,7 +203,7 @@ class LeanConnection(asyncio.Protocol):
         assert self._transport is not None
         if isinstance(value, Connection.Start):
             self.server_properties = dict(value.server_properties or {})
-            response = f"\0{params.user}\0{params.password}"
+            response = f"\0{params.user}\0{params.password}" if params.mechanism == "PLAIN" else ""
             start_ok = Connection.StartOk(
                 client_properties={
                     "product": "asyncq",
@@ -208,7 +215,7 @@ class LeanConnection(asyncio.Protocol):
                         "authentication_failure_close": True,
                     },
                 },
-                mechanism="PLAIN",
+                mechanism=params.mechanism,
                 response=response,
             )
             self._transport.write(marshal(start_ok, 0))

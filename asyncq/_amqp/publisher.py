@@ -45,11 +45,6 @@ class LeanPublisher:
         self._failure: BrokerConnectionError | None = None
         self.closed = False
 
-    @property
-    def server_properties(self) -> dict[str, object]:
-        connection = self._connection
-        return connection.server_properties if connection is not None else {}
-
     async def connection(self) -> LeanConnection:
         """The open connection, opened now if there is none (raises BrokerConnectionError)."""
         connection = self._connection

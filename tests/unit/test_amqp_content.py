@@ -142,3 +142,13 @@ def test_decode_header_of_a_non_utf8_string_gives_bytes() -> None:
     ((_, head),) = FrameReader().feed(bytes(data))
     assert isinstance(head, ContentHead)
     assert head.headers == {"raw": b"\xff"}
+
+
+def test_lean_params_take_aiormqs_auth_option() -> None:
+    from asyncq._amqp.protocol import LeanParams
+    from asyncq.exceptions import ConfigurationError
+
+    assert LeanParams("amqp://u:p@h/", connection_name="n").mechanism == "PLAIN"
+    assert LeanParams("amqps://h/?auth=external", connection_name="n").mechanism == "EXTERNAL"
+    with pytest.raises(ConfigurationError, match="PLAIN and EXTERNAL"):
+        LeanParams("amqp://h/?auth=amqplain", connection_name="n")
