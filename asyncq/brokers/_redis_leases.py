@@ -19,7 +19,7 @@ from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW
 from asyncq.exceptions import BrokerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Leases", "RedisDelivery"]
 
@@ -226,6 +226,22 @@ class RedisDelivery:
             on_settled()
         try:
             await leases.acks.submit((queue, handle))
+        except BaseException:
+            self._state = _OPEN
+            raise
+        self._state = _SETTLED
+
+    async def ack_along(self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], *first: Any) -> None:
+        """``ack``, sent by another group commit: ``submit((*first, queue, handle))`` applies it.
+
+        The result backend's way of writing a task's result and its ack in one round trip.
+        """
+        if self._state != _OPEN:
+            raise BrokerError(f"delivery {self.id} was already settled")
+        self._state = _SETTLING
+        self.detach()
+        try:
+            await submit((*first, self._queue, self._handle))
         except BaseException:
             self._state = _OPEN
             raise
