@@ -239,9 +239,15 @@ class RedisDelivery:
         if self._state != _OPEN:
             raise BrokerError(f"delivery {self.id} was already settled")
         self._state = _SETTLING
-        self.detach()
+        queue, handle = self._queue, self._handle
+        held = self._leases.held.get(queue)  # detach(), inline as in ack()
+        if held is not None:
+            held.pop(handle, None)
+        on_settled, self._on_settled = self._on_settled, None
+        if on_settled is not None:
+            on_settled()
         try:
-            await submit((*first, self._queue, self._handle))
+            await submit((*first, queue, handle))
         except BaseException:
             self._state = _OPEN
             raise
