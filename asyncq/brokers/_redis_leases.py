@@ -231,8 +231,10 @@ class RedisDelivery:
             raise
         self._state = _SETTLED
 
-    async def ack_along(self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], *first: Any) -> None:
-        """``ack``, sent by another group commit: ``submit((*first, queue, handle))`` applies it.
+    async def ack_along(
+        self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], key: bytes, value: bytes, ttl_ms: int
+    ) -> None:
+        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, queue, handle))``.
 
         The result backend's way of writing a task's result and its ack in one round trip.
         """
@@ -247,7 +249,7 @@ class RedisDelivery:
         if on_settled is not None:
             on_settled()
         try:
-            await submit((*first, queue, handle))
+            await submit((key, value, ttl_ms, queue, handle))
         except BaseException:
             self._state = _OPEN
             raise
