@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from asyncq._redis import (
@@ -46,6 +46,7 @@ from asyncq._redis import (
     translate_error,
 )
 from asyncq._utils import redact_url
+from asyncq.backends._redis_joint import JointSettle
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 
@@ -373,6 +374,7 @@ class RedisBackend(BackendDefaults):
         self._gets: GroupCommit[bytes, bytes | None] = GroupCommit(
             self._flush_gets, "asyncq.redis.results-get", _closed
         )
+        self._joint = JointSettle(self._redis, _SET_MANY, _SCRIPTS)
 
     def __repr__(self) -> str:
         return f"<RedisBackend {redact_url(self._redis.target.url)} prefix={self._prefix!r}>"
@@ -387,6 +389,7 @@ class RedisBackend(BackendDefaults):
     async def aclose(self) -> None:
         """Apply pending writes, wake every pending ``wait`` with None and close the connections."""
         await self._sets.close()
+        await self._joint.close()
         await self._gets.close()
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -412,6 +415,19 @@ class RedisBackend(BackendDefaults):
             self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
         key = f"{self._prefix}:result:{{{task_id}}}".encode()  # _key(), inline
         await self._sets.submit((key, record, final, self._ttl_ms_seen))
+
+    def set_and_ack(
+        self, task_id: str, record: bytes, *, ttl: float | None, delivery: object
+    ) -> Awaitable[None] | None:
+        """A final ``set`` and the ack of ``delivery``, in one round trip (the record first).
+
+        None when the two cannot travel together (the delivery is not from a Redis broker on
+        this server, a Cluster, min_replicas, not connected): the caller sets and acks apart.
+        """
+        if ttl != self._ttl_seen:
+            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
+        key = f"{self._prefix}:result:{{{task_id}}}".encode()
+        return self._joint.submit(delivery, key, _FINAL + record, self._ttl_ms_seen)
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
         client = self._redis.client()

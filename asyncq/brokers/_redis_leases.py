@@ -19,7 +19,7 @@ from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW
 from asyncq.exceptions import BrokerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Leases", "RedisDelivery"]
 
@@ -226,6 +226,30 @@ class RedisDelivery:
             on_settled()
         try:
             await leases.acks.submit((queue, handle))
+        except BaseException:
+            self._state = _OPEN
+            raise
+        self._state = _SETTLED
+
+    async def ack_along(
+        self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], key: bytes, value: bytes, ttl_ms: int
+    ) -> None:
+        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, queue, handle))``.
+
+        The result backend's way of writing a task's result and its ack in one round trip.
+        """
+        if self._state != _OPEN:
+            raise BrokerError(f"delivery {self.id} was already settled")
+        self._state = _SETTLING
+        queue, handle = self._queue, self._handle
+        held = self._leases.held.get(queue)  # detach(), inline as in ack()
+        if held is not None:
+            held.pop(handle, None)
+        on_settled, self._on_settled = self._on_settled, None
+        if on_settled is not None:
+            on_settled()
+        try:
+            await submit((key, value, ttl_ms, queue, handle))
         except BaseException:
             self._state = _OPEN
             raise

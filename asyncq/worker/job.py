@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from asyncq._utils import now
+from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
 from asyncq.exceptions import (
@@ -94,6 +95,10 @@ class JobRunner(JobRecords):
         self._json_results = self._result_serializer in ("json", "application/json")
         self._broker = app.broker
         self._backend = app.backend
+        # A backend that can write a final record and ack its delivery in one round trip.
+        self._set_and_ack: Callable[..., Awaitable[None] | None] | None = getattr(
+            self._backend, "set_and_ack", None
+        )
         self._gate = executor.gate
         self._loop: asyncio.AbstractEventLoop | None = None  # the runner's loop, taken at the first job
         caps = self._backend.capabilities
@@ -375,9 +380,19 @@ class JobRunner(JobRecords):
                     record = self._success_record(message, result, seal)
                 else:
                     record = encode_success(message.id, result, message.retries, message.task)
+                joint = None
+                set_and_ack = self._set_and_ack
+                if acks_late and set_and_ack is not None and not self._events_on and _ends_here(message):
+                    joint = set_and_ack(message.id, record, ttl=self._result_ttl, delivery=delivery)
                 try:
+                    if joint is not None:
+                        # Nothing else to do before the ack: the record and the ack travel together.
+                        await joint
+                        if self.on_outcome is not None:
+                            self.on_outcome(message.task, State.SUCCESS)
+                        return
                     await self._write(message, record, True)
-                except AsyncqError:
+                except AsyncqError:  # the delivery is open again when the joint call failed
                     logger.exception(
                         "could not store the SUCCESS state of task %s[%s]", message.task, message.id
                     )
@@ -501,6 +516,14 @@ class JobRunner(JobRecords):
         except AsyncqError:
             # The broker redelivers what it did not hear settled: at-least-once still holds.
             logger.exception("could not settle a delivery; the broker will deliver it again")
+
+
+def _ends_here(message: Message) -> bool:
+    """Nothing follows the SUCCESS record but the ack: no workflow, unique lock or reply address."""
+    headers = message.headers
+    if headers and (UNIQUE_HEADER in headers or REPLY_TO in headers):
+        return False
+    return not (message.callbacks or message.errbacks or message.chain or message.chord)
 
 
 async def _nothing() -> None:

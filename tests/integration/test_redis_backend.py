@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -18,9 +19,10 @@ from asyncq._redis import DRIVER_OPTION_NAMES
 from asyncq.backends import backend_from_url
 from asyncq.backends import redis as backend_module
 from asyncq.backends.redis import RedisBackend
+from asyncq.brokers import OutgoingMessage
 from asyncq.brokers import redis as broker_module
 from asyncq.brokers.redis import RedisBroker
-from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
+from asyncq.exceptions import BackendConnectionError, BackendError, BrokerError, ConfigurationError
 from tests.factories import connected
 from tests.helpers import until
 
@@ -220,3 +222,61 @@ async def test_channels_subscribed_ahead_expire_and_are_capped(
 
 async def numsub_is(admin: Redis, backend: RedisBackend, task_id: str, expected: int) -> bool:
     return await numsub(admin, backend, task_id) == expected
+
+
+async def test_a_final_record_and_its_ack_travel_together_record_first(
+    factory: Factory, redis_url: str, prefix: str, admin: Redis
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    backend = await factory()
+    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
+        broker = await make()
+        ids = [str(uuid.uuid4()) for _ in range(50)]
+        await broker.publish_many([OutgoingMessage(id=i, queue=queue, body=b"x") for i in ids])
+        inflight = f"{prefix}:{{{queue}}}:inflight".encode()
+        async with admin.monitor() as monitor:
+            deliveries = []
+            async with aclosing(broker.consume([queue], prefetch=len(ids))) as it:
+                for _ in ids:
+                    deliveries.append(await asyncio.wait_for(anext(it), TIMEOUT))
+                joint = [
+                    backend.set_and_ack(d.id, b'{"status":"SUCCESS"}', ttl=60, delivery=d) for d in deliveries
+                ]
+                assert all(call is not None for call in joint)
+                waits = [asyncio.ensure_future(backend.wait(i, timeout=TIMEOUT)) for i in ids[:3]]
+                await asyncio.wait_for(asyncio.gather(*(call for call in joint if call)), TIMEOUT)
+                woken = await asyncio.wait_for(asyncio.gather(*waits), TIMEOUT)
+                assert woken == [b'{"status":"SUCCESS"}'] * 3
+            # The server ran the records' SETs before the acks that removed their leases.
+            stored = acked = 0
+            async with asyncio.timeout(TIMEOUT):
+                while acked < len(ids):
+                    command = (await monitor.next_command())["command"]
+                    if command.startswith(f"SET {prefix}:result:"):
+                        stored += 1
+                    elif command.startswith(f"ZREM {inflight.decode()} "):
+                        acked += len(command.split()) - 2
+                        assert acked <= stored, (acked, stored)
+            assert stored == len(ids)
+        assert await admin.zcard(inflight) == 0
+        assert await backend.get_many(ids) == [b'{"status":"SUCCESS"}'] * len(ids)
+        with pytest.raises(BrokerError, match="already settled"):
+            await deliveries[0].ack()
+
+
+async def test_a_record_and_an_ack_on_different_servers_do_not_travel_together(
+    redis_url: str, prefix: str, admin: Redis
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    other_db = redis_url.rsplit("/", 1)[0] + "/1"
+    async with (
+        connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as brokers,
+        connected(lambda **options: RedisBackend(other_db, key_prefix=prefix, **options)) as backends,
+    ):
+        broker, backend = await brokers(), await backends()
+        await broker.publish(OutgoingMessage(id="t1", queue=queue, body=b"x"))
+        async with aclosing(broker.consume([queue], prefetch=1)) as it:
+            delivery = await asyncio.wait_for(anext(it), TIMEOUT)
+            assert backend.set_and_ack("t1", b"{}", ttl=60, delivery=delivery) is None
+            assert backend.set_and_ack("t1", b"{}", ttl=60, delivery=object()) is None
+            await delivery.ack()  # still open: the caller settles it apart

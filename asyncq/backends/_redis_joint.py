@@ -1,0 +1,93 @@
+"""A task's final record and the ack of its Redis delivery, written in one round trip.
+
+When the worker's broker and result backend are the same Redis server, the SUCCESS record
+and the ack need not take a flush each: :class:`JointSettle` sends both in one pipeline on
+the backend's connection, the records first. Redis runs a connection's commands in order,
+so an ack is never applied before its record is stored: a crash in between re-runs the task
+(at-least-once), as when they travelled apart.
+
+Not on a Cluster (a record and its queue live in different slots) nor with min_replicas (the
+record must be replicated before the ack); then the worker writes and acks apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, Final
+
+from asyncq._redis import ClientHolder, GroupCommit, Script, script_call
+from asyncq.brokers._redis_leases import Leases, RedisDelivery
+from asyncq.brokers._redis_scripts import ACK, CHUNK, Queue
+from asyncq.exceptions import BackendError
+
+__all__ = ["JointSettle"]
+
+#: Most records, or acks, one script call carries.
+_CHUNK: Final = min(500, CHUNK)
+
+
+def _closed() -> BackendError:
+    return BackendError("the result backend was closed before this call was applied")
+
+
+class JointSettle:
+    """Group commit of (final record, ack) pairs for one result backend."""
+
+    def __init__(self, redis: ClientHolder, set_many: Script, scripts: Sequence[Script]) -> None:
+        self._redis = redis
+        self._set_many = set_many
+        self._scripts = (*scripts, ACK)  # loaded again on the backend's connection if Redis forgot them
+        self._group: GroupCommit[tuple[Any, ...], None] = GroupCommit(
+            self._flush, "asyncq.redis.results-acks", _closed
+        )
+        self._leases: Leases | None = None  # the broker's last seen, and whether it shares the server
+        self._shared = False
+
+    def submit(self, delivery: object, key: bytes, value: bytes, ttl_ms: int) -> Awaitable[None] | None:
+        """Store ``value`` at ``key`` and ack ``delivery``; None if they cannot go together."""
+        if type(delivery) is not RedisDelivery or not self._redis.connected:
+            return None
+        leases = delivery._leases
+        if leases is not self._leases:
+            self._leases, self._shared = leases, self._same_server(leases)
+        if not self._shared:
+            return None
+        return delivery.ack_along(self._group.submit, key, value, ttl_ms)
+
+    def _same_server(self, leases: Leases) -> bool:
+        mine, theirs = self._redis, leases.redis
+        if mine.target != theirs.target or mine.connection != theirs.connection:
+            return False
+        client = mine.client()
+        return not client.clustered and client.min_replicas == 0
+
+    async def _flush(self, items: list[tuple[Any, ...]]) -> list[None]:
+        keys: list[bytes] = []
+        args: list[Any] = []
+        handles: dict[Queue, list[bytes]] = {}
+        for key, value, ttl_ms, queue, handle in items:
+            keys.append(key)
+            args += (value, ttl_ms)
+            of_queue = handles.get(queue)
+            if of_queue is None:
+                handles[queue] = [handle]
+            else:
+                of_queue.append(handle)
+        # Every record before any ack (one connection, run in order).
+        commands = [
+            script_call(self._set_many, keys[i : i + _CHUNK], args[2 * i : 2 * (i + _CHUNK)])
+            for i in range(0, len(keys), _CHUNK)
+        ]
+        commands += [
+            script_call(ACK, queue.keys, of_queue[i : i + _CHUNK])
+            for queue, of_queue in handles.items()
+            for i in range(0, len(of_queue), _CHUNK)
+        ]
+        scripts = self._scripts
+        # Replayed as a whole after a lost reply: SET, PUBLISH and the ack are idempotent.
+        await self._redis.retrying("set result and ack", lambda client: client.pipeline(commands, scripts))
+        return [None] * len(items)
+
+    async def close(self) -> None:
+        """Let the flush in progress (and what queued behind it) finish."""
+        await self._group.close()
