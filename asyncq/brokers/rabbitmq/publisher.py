@@ -156,16 +156,8 @@ class Publisher(Topology):
                     )
                 return
             except PublishError as exc:
-                # Returned unroutable: the queue or binding vanished (deleted by hand, node
-                # reset). Declare again once, then give up loudly rather than drop it.
-                if redeclared:
-                    raise BrokerError(
-                        f"{action}: RabbitMQ could not route it to {route.routing_key!r}"
-                    ) from exc
+                await self._declare_again(route, action, exc, redeclared)
                 redeclared = True
-                self._declared.discard(route.queue)
-                self._delay_declared.discard(route.queue)
-                await self._prepare(route)
             except TimeoutError as exc:
                 raise BrokerConnectionError(
                     f"{action}: not confirmed by RabbitMQ within publish_timeout={self.publish_timeout}s"
@@ -183,6 +175,15 @@ class Publisher(Topology):
                 log.debug("%s: channel lost mid-publish; sending again after the reconnect", action)
                 await asyncio.sleep(0.05)  # let the robust connection notice and start restoring
 
+    async def _declare_again(self, route: Route, action: str, exc: Exception, redeclared: bool) -> None:
+        """A returned (unroutable) publish: the queue or binding vanished (deleted by hand, node
+        reset). Declare again once, then give up loudly rather than drop it."""
+        if redeclared:
+            raise BrokerError(f"{action}: RabbitMQ could not route it to {route.routing_key!r}") from exc
+        self._declared.discard(route.queue)
+        self._delay_declared.discard(route.queue)
+        await self._prepare(route)
+
     async def _send_lean(self, route: Route, action: str) -> None:
         """``_send_until_confirmed`` on asyncq's own publishing connection (client=lean)."""
         loop = asyncio.get_running_loop()
@@ -199,15 +200,8 @@ class Publisher(Topology):
                     )
                 return
             except PublishReturned as exc:
-                # As on aio-pika's channel: declare again once, then give up loudly.
-                if redeclared:
-                    raise BrokerError(
-                        f"{action}: RabbitMQ could not route it to {route.routing_key!r}"
-                    ) from exc
+                await self._declare_again(route, action, exc, redeclared)
                 redeclared = True
-                self._declared.discard(route.queue)
-                self._delay_declared.discard(route.queue)
-                await self._prepare(route)
             except PublishNacked as exc:
                 raise BrokerError(f"{action}: {exc}") from exc
             except TimeoutError as exc:
