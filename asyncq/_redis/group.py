@@ -51,7 +51,15 @@ class GroupCommit(Generic[T, R]):
         return future
 
     async def _flush_directly(self, item: T) -> R:
-        self._direct = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._task is not None or self._direct is not None:
+            # Submitted while nothing was in flight, awaited once a flush had started: queue
+            # behind it, as submit() would have (one flush at a time keeps the order).
+            future: asyncio.Future[R] = loop.create_future()
+            self._items.append(item)
+            self._futures.append(future)
+            return await future
+        self._direct = loop.create_future()
         try:
             (result,) = await self._flush([item])
             return result

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 from asyncq._redis import ClientHolder, GroupCommit, Script, script_call
-from asyncq.brokers._redis_leases import Leases, RedisDelivery
+from asyncq.brokers._redis_leases import Leases, RedisDelivery, joint_flushed
 from asyncq.brokers._redis_scripts import ACK, CHUNK, Queue
 from asyncq.exceptions import BackendError
 
@@ -65,14 +65,15 @@ class JointSettle:
         keys: list[bytes] = []
         args: list[Any] = []
         handles: dict[Queue, list[bytes]] = {}
-        for key, value, ttl_ms, queue, handle in items:
+        for key, value, ttl_ms, delivery in items:
             keys.append(key)
             args += (value, ttl_ms)
+            queue = delivery._queue
             of_queue = handles.get(queue)
             if of_queue is None:
-                handles[queue] = [handle]
+                handles[queue] = [delivery._handle]
             else:
-                of_queue.append(handle)
+                of_queue.append(delivery._handle)
         # Every record before any ack (one connection, run in order).
         commands = [
             script_call(self._set_many, keys[i : i + _CHUNK], args[2 * i : 2 * (i + _CHUNK)])
@@ -84,8 +85,13 @@ class JointSettle:
             for i in range(0, len(of_queue), _CHUNK)
         ]
         scripts = self._scripts
-        # Replayed as a whole after a lost reply: SET, PUBLISH and the ack are idempotent.
-        await self._redis.retrying("set result and ack", lambda client: client.pipeline(commands, scripts))
+        try:
+            # Replayed as a whole after a lost reply: SET, PUBLISH and the ack are idempotent.
+            await self._redis.retrying("set result and ack", lambda client: client.pipeline(commands, scripts))
+        except BaseException:
+            joint_flushed(items, False)  # unsettled: redelivered after the visibility timeout
+            raise
+        joint_flushed(items, True)
         return [None] * len(items)
 
     async def close(self) -> None:

@@ -19,9 +19,9 @@ from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW
 from asyncq.exceptions import BrokerError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["Leases", "RedisDelivery"]
+__all__ = ["Leases", "RedisDelivery", "joint_flushed"]
 
 logger = logging.getLogger("asyncq.brokers.redis")
 
@@ -231,29 +231,25 @@ class RedisDelivery:
             raise
         self._state = _SETTLED
 
-    async def ack_along(
+    def ack_along(
         self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], key: bytes, value: bytes, ttl_ms: int
-    ) -> None:
-        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, queue, handle))``.
+    ) -> Awaitable[None]:
+        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, self))``.
 
         The result backend's way of writing a task's result and its ack in one round trip.
+        A plain method (no coroutine of its own per task): the flush that carries the item
+        settles the delivery, or opens it again if it failed (see :func:`joint_flushed`).
         """
         if self._state != _OPEN:
             raise BrokerError(f"delivery {self.id} was already settled")
         self._state = _SETTLING
-        queue, handle = self._queue, self._handle
-        held = self._leases.held.get(queue)  # detach(), inline as in ack()
+        held = self._leases.held.get(self._queue)  # detach(), inline as in ack()
         if held is not None:
-            held.pop(handle, None)
+            held.pop(self._handle, None)
         on_settled, self._on_settled = self._on_settled, None
         if on_settled is not None:
             on_settled()
-        try:
-            await submit((key, value, ttl_ms, queue, handle))
-        except BaseException:
-            self._state = _OPEN
-            raise
-        self._state = _SETTLED
+        return submit((key, value, ttl_ms, self))
 
     async def nack(self, *, delay: float | None = None) -> None:
         self._begin()
@@ -278,3 +274,10 @@ class RedisDelivery:
             ok = True
         finally:
             self._finish(ok)
+
+
+def joint_flushed(items: Sequence[tuple[Any, ...]], ok: bool) -> None:
+    """The flush of :meth:`RedisDelivery.ack_along` items ended: settled, or open again."""
+    state = _SETTLED if ok else _OPEN
+    for item in items:
+        item[3]._state = state
