@@ -21,7 +21,7 @@ import socket
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from asyncq._connect import is_unreachable
 from asyncq._utils import describe_error, redact_url
@@ -46,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 #: The stats counter of each outcome (computed once, not per task).
 _STAT_NAMES = {state: str(state).lower() for state in State}
+
+#: The youngest generation's threshold while a worker has frozen its start-up heap (CPython's
+#: default is 700). Each job lives across many allocations, so at 700 most young objects are
+#: still alive at a collection and get walked again in every generation they reach; ten times
+#: fewer collections walk far fewer of them (measured: about 6% fewer instructions per task).
+_FROZEN_GEN0: Final = 7000
 
 #: Seconds between attempts to resume consuming after the broker failed.
 CONSUME_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -237,8 +243,12 @@ class Worker:
         # auto: only a worker that owns its process, so an embedding app's objects stay collectable.
         freeze = self.app.conf.worker_gc_freeze
         frozen = self._owns_process if freeze == "auto" else bool(freeze)
+        thresholds = gc.get_threshold()
+        raised = frozen and thresholds[0] < _FROZEN_GEN0  # a higher one set by the user stays
         if frozen:
             gc.freeze()
+            if raised:
+                gc.set_threshold(_FROZEN_GEN0, *thresholds[1:])
         self.ready.set()
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
@@ -262,6 +272,8 @@ class Worker:
             await presence.aclose()
             for shrink in self._shrinking:
                 shrink.cancel()
+            if raised and gc.get_threshold()[0] == _FROZEN_GEN0:  # not changed since (another worker)
+                gc.set_threshold(*thresholds)
             if frozen:
                 gc.unfreeze()
             self.ready.clear()

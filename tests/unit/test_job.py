@@ -228,9 +228,13 @@ async def test_a_running_worker_keeps_its_start_up_objects_frozen_out_of_the_col
     # auto freezes only in a worker that owns its process: embedded here, so not.
     local = memory_app("job-tests-gc", worker_gc_freeze=freeze)
     assert gc.get_freeze_count() == 0
+    before = gc.get_threshold()
     async with local.worker(concurrency=1):
         assert (gc.get_freeze_count() > 0) is frozen
+        # Frozen, the youngest generation is collected less often (a higher setting stays).
+        assert gc.get_threshold() == ((max(before[0], 7000), *before[1:]) if frozen else before)
     assert gc.get_freeze_count() == 0  # given back to the collector when the worker stops
+    assert gc.get_threshold() == before
     await local.aclose()
 
 
