@@ -87,7 +87,9 @@ class JointSettle:
         scripts = self._scripts
         try:
             # Replayed as a whole after a lost reply: SET, PUBLISH and the ack are idempotent.
-            await self._redis.retrying("set result and ack", lambda client: client.pipeline(commands, scripts))
+            await self._redis.retrying(
+                "set result and ack", lambda client: client.pipeline(commands, scripts)
+            )
         except BaseException:
             joint_flushed(items, False)  # unsettled: redelivered after the visibility timeout
             raise

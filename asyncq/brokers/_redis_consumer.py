@@ -69,8 +69,10 @@ class Consumer:
 
     def settled(self) -> None:
         self._unsettled -= 1
-        if self._fetcher_idle and self._may_fetch():
-            self._room.set()
+        if self._fetcher_idle:  # _may_fetch(), inline: every delivery calls this
+            free = self._prefetch - self._unsettled
+            if free > 0 and (not self._buffer or free >= self._refill_at):
+                self._room.set()
 
     def fail(self, exc: BaseException) -> None:
         self._failure = exc
