@@ -42,6 +42,7 @@ from asyncq._amqp.protocol import LeanConnection, LeanMessage, LeanParams  # noq
 QUEUE_A = "bench-floor.a"
 QUEUE_B = "bench-floor.b"
 WARM_UP = 50
+FLOOR = "floor (two bare hops)"
 
 
 def _ignore(error: BaseException) -> None:
@@ -140,7 +141,7 @@ async def main(args: argparse.Namespace) -> None:
     floor = Floor(args.amqp)
     await floor.open()
     hop_argv = [sys.executable, str(Path(__file__).resolve()), "--role", "hop", "--amqp", args.amqp]
-    rows: dict[str, Callable[[], Awaitable[None]]] = {"floor (two bare hops)": floor.round_trip}
+    rows: dict[str, Callable[[], Awaitable[None]]] = {FLOOR: floor.round_trip}
     clients = []
     for name, module in (("asyncq rpc://", asyncq_amqp_app), ("asyncq Redis results", asyncq_amqp_redis_app)):
         await module.purge()
@@ -175,15 +176,18 @@ async def main(args: argparse.Namespace) -> None:
         for worker in workers:
             worker.__exit__(None, None, None)
         await floor.close()
-    base = percentile(times["floor (two bare hops)"], 50)
-    log(f"{'':24} {'p50 ms':>8} {'p99 ms':>8} {'p50 - floor':>12}   (n={len(next(iter(times.values())))} each)")
+    base = percentile(times[FLOOR], 50)
+    count = len(times[FLOOR])
+    log(f"{'':24} {'p50 ms':>8} {'p99 ms':>8} {'p50 - floor':>12}   (n={count} each)")
     for name, spent in times.items():
         p50 = percentile(spent, 50)
         log(f"{name:24} {p50 * 1000:8.3f} {percentile(spent, 99) * 1000:8.3f} {(p50 - base) * 1000:12.3f}")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--round-trips", type=int, default=2000, help="per row")
     parser.add_argument("--chunk", type=int, default=100, help="round trips per row before the next row")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")

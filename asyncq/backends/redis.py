@@ -45,6 +45,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
+from asyncq._sending import Arrival
 from asyncq._utils import redact_url
 from asyncq.backends._redis_joint import JointSettle
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
@@ -512,7 +513,7 @@ class RedisBackend(BackendDefaults):
         channel = listener.channels.get(self._key(task_id))
         if channel is None or channel.expiry is None or channel.record is not None:
             return None  # not subscribed ahead just now (or already finished)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = Arrival(loop=asyncio.get_running_loop())
         channel.arrival = future
         return future
 
