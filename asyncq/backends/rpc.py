@@ -464,9 +464,8 @@ class RPCBackend(BackendDefaults):
                 return  # closed meanwhile: nobody is left to give the record to
             try:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        # Not mandatory: with nobody listening the record is dropped, by design.
-                        await lean.publish(self.exchange, task_id, record, properties)
+                    # Not mandatory: with nobody listening the record is dropped, by design.
+                    await lean.publish(self.exchange, task_id, record, properties, deadline=deadline)
                     return
                 except TimeoutError:
                     raise BackendConnectionError(

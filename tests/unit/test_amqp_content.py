@@ -106,6 +106,28 @@ async def test_confirms_settle_single_multiple_nack_and_return() -> None:
     assert len(confirms) == 0
 
 
+async def test_confirm_deadlines_fail_only_the_unsettled_publishes_past_theirs() -> None:
+    loop = asyncio.get_running_loop()
+    confirms = Confirms()
+    futures = [loop.create_future() for _ in range(4)]
+    earliest = []
+    for future, deadline in zip(futures, (10.0, 20.0, 5.0, 30.0), strict=True):
+        confirms.add(future, None)
+        earliest.append(confirms.watch(future, deadline))
+    assert earliest == [10.0, 10.0, 5.0, 5.0]  # what the connection's one timer is set to
+    confirms.settle(ServerAck(3, False, False))  # the one due first was confirmed in time
+    assert confirms.expire(9.0) == 10.0  # nothing else due yet
+    assert not any(f.done() for f in (futures[0], futures[1], futures[3]))
+    assert confirms.expire(25.0) == 30.0
+    for future in futures[:2]:
+        with pytest.raises(TimeoutError):
+            future.result()
+    assert futures[2].result() is None
+    confirms.settle(ServerAck(4, True, False))  # a late ack finds the expired ones done
+    assert futures[3].result() is None
+    assert confirms.expire(100.0) is None
+
+
 HEADER_TABLES = [
     *TABLES,
     {"x-death": [{"count": 3, "reason": "expired", "time": datetime.datetime(2026, 1, 1, 0, 0)}]},
