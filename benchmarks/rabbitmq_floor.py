@@ -11,9 +11,15 @@ Beside it, asyncq's real round trip (``await (await echo.enqueue()).get()``) wit
 results and with Redis results (``peers.asyncq_amqp_app`` and ``peers.asyncq_amqp_redis_app``,
 one worker process each, as ``compare_redis.py --broker rabbitmq`` runs them). The three run
 in alternating chunks so that they see the same load; p50 / p99 over all round trips.
+``--dramatiq`` adds dramatiq's round trip (RabbitMQ, Redis results) to the rotation.
+
+Then (``--enqueues``, 0 to skip) confirmed sequential enqueues, no worker running: asyncq
+rpc://, asyncq with Redis results and the bare aiormq ceiling (``peers/aiormq_ceiling.py``)
+in alternating chunks of 100 -> enqueues/s over all chunks, and the median and range of the
+chunks.
 
 Usage: PYTHONPATH=<tree> python benchmarks/rabbitmq_floor.py [--round-trips 2000] [--chunk 100]
-    [--amqp amqp://guest:guest@127.0.0.1:5672/] [--redis redis://127.0.0.1:6379]
+    [--enqueues 5000] [--dramatiq] [--amqp amqp://guest:guest@127.0.0.1:5672/] [--redis redis://127.0.0.1:6379]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -153,6 +160,14 @@ async def main(args: argparse.Namespace) -> None:
         WorkerProcess(asyncq_amqp_app.worker_command("rtt", 1000), env, log_dir / "rpc.log"),
         WorkerProcess(asyncq_amqp_redis_app.worker_command("rtt", 1000), env, log_dir / "redis.log"),
     ]
+    if args.dramatiq:  # the closest peer, in the same rotation (its calls block the loop)
+        from peers import dramatiq_amqp_app
+
+        await dramatiq_amqp_app.purge()
+        rows["dramatiq (Redis results)"] = dramatiq_amqp_app.Client().round_trip
+        threads = getattr(dramatiq_amqp_app, "DRAIN_CONCURRENCY", 1000)
+        command = dramatiq_amqp_app.worker_command("rtt", threads)
+        workers.append(WorkerProcess(command, env, log_dir / "dramatiq.log"))
     times: dict[str, list[float]] = {name: [] for name in rows}
     try:
         for worker in workers:
@@ -182,6 +197,49 @@ async def main(args: argparse.Namespace) -> None:
     for name, spent in times.items():
         p50 = percentile(spent, 50)
         log(f"{name:24} {p50 * 1000:8.3f} {percentile(spent, 99) * 1000:8.3f} {(p50 - base) * 1000:12.3f}")
+    if args.enqueues:
+        await enqueues(args)
+
+
+async def enqueues(args: argparse.Namespace) -> None:
+    """Confirmed sequential enqueues of both asyncq rows beside the bare ceiling, interleaved."""
+    from peers import aiormq_ceiling, asyncq_amqp_app, asyncq_amqp_redis_app
+
+    modules = (asyncq_amqp_app, asyncq_amqp_redis_app)
+    for module in modules:
+        await module.purge()
+    await aiormq_ceiling.purge()
+    clients = [module.Client() for module in modules]
+    bare = aiormq_ceiling.Client()
+    calls: dict[str, Callable[[], Awaitable[None]]] = {}
+    try:
+        for name, client in zip(("asyncq rpc://", "asyncq Redis results"), clients, strict=True):
+            await client.open()
+            calls[name] = client.enqueue
+        await bare.open()
+        calls["bare aiormq ceiling"] = bare.enqueue
+        rates: dict[str, list[float]] = {name: [] for name in calls}
+        for call in calls.values():
+            for _ in range(WARM_UP):
+                await call()
+        for _ in range(max(1, args.enqueues // 100)):
+            for name, call in calls.items():
+                started = time.perf_counter()
+                for _ in range(100):
+                    await call()
+                rates[name].append(100 / (time.perf_counter() - started))
+    finally:
+        for client in clients:
+            await client.close()
+        await bare.close()
+        for module in modules:
+            await module.purge()
+        await aiormq_ceiling.purge()
+    log(f"{'confirmed enqueue':24} {'/s':>8} {'chunks: median':>15} {'range':>13}")
+    for name, chunks in rates.items():
+        overall = len(chunks) * 100 / sum(100 / rate for rate in chunks)
+        spread = f"{min(chunks):,.0f}-{max(chunks):,.0f}"
+        log(f"{name:24} {overall:8,.0f} {statistics.median(chunks):15,.0f} {spread:>13}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -190,6 +248,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--round-trips", type=int, default=2000, help="per row")
     parser.add_argument("--chunk", type=int, default=100, help="round trips per row before the next row")
+    parser.add_argument("--dramatiq", action="store_true", help="add dramatiq's round trip as a row")
+    parser.add_argument("--enqueues", type=int, default=5000, help="per row; 0: no enqueue rows")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--role", default="main", choices=("main", "hop"), help=argparse.SUPPRESS)
