@@ -16,6 +16,7 @@ from asyncq._amqp.confirms import Confirms, PublishNacked, PublishReturned
 from asyncq._amqp.content import field_table, publish_frames
 from asyncq._amqp.frames import FrameReader, ServerAck
 from asyncq._amqp.header import ContentHead
+from asyncq._amqp.protocol import LeanConnection
 
 TABLES = [
     {},
@@ -174,3 +175,37 @@ def test_lean_params_take_aiormqs_auth_option() -> None:
     assert LeanParams("amqps://h/?auth=external", connection_name="n").mechanism == "EXTERNAL"
     with pytest.raises(ConfigurationError, match="PLAIN and EXTERNAL"):
         LeanParams("amqp://h/?auth=amqplain", connection_name="n")
+
+
+class _Sink:
+    """A transport that keeps what is written (nothing answers: the confirms never come)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_a_publish_unconfirmed_by_its_deadline_fails_on_the_connection_timer() -> None:
+    loop = asyncio.get_running_loop()
+    connection = LeanConnection(lambda message: None, lambda error: None)
+    sink = _Sink()
+    connection._transport = sink  # type: ignore[assignment]
+    connection.confirms = Confirms()
+    properties = Basic.Properties(delivery_mode=2, message_id="m")
+    late = connection.publish("", "q", b"1", properties, deadline=loop.time() + 60)
+    soon = connection.publish("", "q", b"2", properties, deadline=loop.time() + 0.05)
+    assert connection._expiry_at < loop.time() + 1  # the one timer follows the earliest deadline
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(soon, 5)
+    assert not late.done()
+    assert connection._expiry is not None  # armed again, for the later deadline
+    connection.confirms.settle(ServerAck(1, False, False))
+    assert late.result() is None
+    assert len(sink.written) == 2  # the first at once, the second at the iteration's end
+    connection.abort()
+    assert connection._expiry is None  # a lost connection leaves no timer behind
