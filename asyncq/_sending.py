@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["publish_until_confirmed_or_arrived"]
+__all__ = ["Arrival", "publish_until_confirmed_or_arrived"]
+
+
+class Arrival(asyncio.Future[None]):
+    """A backend's ``arrival()`` future whose sender hears of the record at once.
+
+    A done callback runs a loop iteration after ``set_result``; the sender's hook set here
+    runs inside it, so the publish is abandoned in the iteration the record came in.
+    """
+
+    _on_arrival: Callable[[], None] | None = None
+
+    def set_result(self, result: None) -> None:
+        super().set_result(result)
+        hook, self._on_arrival = self._on_arrival, None
+        if hook is not None:
+            hook()
 
 
 async def publish_until_confirmed_or_arrived(
@@ -24,13 +40,21 @@ async def publish_until_confirmed_or_arrived(
     came = False
     waiting = True
 
-    def abandon(done: asyncio.Future[None]) -> None:
+    def abandon_now() -> None:
         nonlocal came
-        if waiting and not done.cancelled():
+        if waiting:
             came = True
             task.cancel()
 
-    arrival.add_done_callback(abandon)
+    def abandon(done: asyncio.Future[None]) -> None:
+        if not done.cancelled():
+            abandon_now()
+
+    hooked = arrival if isinstance(arrival, Arrival) else None
+    if hooked is not None:
+        hooked._on_arrival = abandon_now
+    else:
+        arrival.add_done_callback(abandon)
     try:
         await publish
     except asyncio.CancelledError:
@@ -39,5 +63,8 @@ async def publish_until_confirmed_or_arrived(
         raise
     finally:
         waiting = False
-        arrival.remove_done_callback(abandon)
+        if hooked is not None:
+            hooked._on_arrival = None
+        else:
+            arrival.remove_done_callback(abandon)
         arrival.cancel()  # no-op if it came; the backend forgets it

@@ -148,6 +148,8 @@ class LeanConnection(asyncio.Protocol):
         self._holding = False  # a publish left this loop iteration: later ones are gathered
         self._returning: Basic.Return | None = None
         self._paused: asyncio.Future[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the confirms' deadline timer
+        self._expiry_at = 0.0
 
     # -- opening ------------------------------------------------------------------------
 
@@ -339,6 +341,9 @@ class LeanConnection(asyncio.Protocol):
         self._error = error
         if self._beat is not None:
             self._beat.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if not self._opened.done():
             self._opened.set_exception(error)
             self._opened.exception()  # retrieved: open() re-raises it
@@ -425,13 +430,15 @@ class LeanConnection(asyncio.Protocol):
         properties: Basic.Properties,
         *,
         mandatory: bool = False,
+        deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """Publish; the future is its confirm. The first publish of a loop iteration is
         written now, later ones of the iteration together after it.
 
         Without confirm mode the future is done at once. In confirm mode it fails with
-        PublishNacked, PublishReturned (``mandatory``, matched by ``message_id``) or the
-        connection's error if the connection is lost first.
+        PublishNacked, PublishReturned (``mandatory``, matched by ``message_id``), the
+        connection's error if the connection is lost first, or TimeoutError if no confirm
+        came by ``deadline`` (loop time).
         """
         if self.is_closed:
             raise self._error or BrokerConnectionError("connection to RabbitMQ closed")
@@ -442,6 +449,10 @@ class LeanConnection(asyncio.Protocol):
         confirms = self.confirms
         if confirms is not None:
             confirms.add(future, properties.message_id if mandatory else None)
+            if deadline is not None:
+                earliest = confirms.watch(future, deadline)
+                if self._expiry is None or earliest < self._expiry_at:
+                    self._arm(earliest)
         else:
             future.set_result(None)
         if self._holding:
@@ -453,6 +464,19 @@ class LeanConnection(asyncio.Protocol):
             self._holding = True
             self._loop.call_soon(self._release)
         return future
+
+    def _arm(self, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry, self._expiry_at = self._loop.call_at(when, self._expire), when
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.confirms is None or self.is_closed:
+            return
+        following = self.confirms.expire(self._loop.time())
+        if following is not None:
+            self._arm(following)
 
     def _release(self) -> None:
         self._holding = False

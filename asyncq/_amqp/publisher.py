@@ -86,18 +86,33 @@ class LeanPublisher:
         properties: Basic.Properties,
         *,
         mandatory: bool = False,
+        deadline: float | None = None,
     ) -> None:
         """Publish and, with confirms, wait for RabbitMQ's ack.
 
         Raises BrokerConnectionError if the connection is lost first (the message may or may
-        not have arrived), PublishReturned / PublishNacked for the server's refusals.
+        not have arrived), PublishReturned / PublishNacked for the server's refusals, and
+        TimeoutError at ``deadline`` (loop time), while connecting or waiting for the confirm.
         """
+        connection = self._connection
+        if connection is None or connection.is_closed or connection.paused:
+            if deadline is None:
+                connection = await self._writable()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._writable()
+        # The confirm's deadline rides on the connection's one timer: no timer per publish.
+        await connection.publish(
+            exchange, routing_key, body, properties, mandatory=mandatory, deadline=deadline
+        )
+
+    async def _writable(self) -> LeanConnection:
         connection = self._connection
         if connection is None or connection.is_closed:
             connection = await self.connection()
         if connection.paused:
             await connection.writable()  # the socket's buffer is full: wait for it to drain
-        await connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        return connection
 
     async def close(self) -> None:
         """Close the connection politely (queued publishes leave first); never raises."""

@@ -45,6 +45,7 @@ from asyncq._redis import (
     script_call,
     translate_error,
 )
+from asyncq._sending import Arrival
 from asyncq._utils import redact_url
 from asyncq.backends._redis_joint import JointSettle
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
@@ -100,7 +101,7 @@ class _Channel:
     ``_PREPARED_TTL``.
     """
 
-    __slots__ = ("expiry", "record", "subscribed", "task_id", "waiters")
+    __slots__ = ("arrival", "expiry", "record", "subscribed", "task_id", "waiters")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -108,6 +109,7 @@ class _Channel:
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.record: bytes | None = None
         self.expiry: asyncio.TimerHandle | None = None  # set while nobody waits on a prepared channel
+        self.arrival: asyncio.Future[None] | None = None  # see RedisBackend.arrival
 
 
 class _Listener:
@@ -183,6 +185,11 @@ class _Listener:
         if channel is not None:
             if channel.expiry is not None and channel.record is None:
                 channel.record = record  # prepared, nobody waits yet: keep it for the wait
+            arrival = channel.arrival
+            if arrival is not None:
+                channel.arrival = None
+                if not arrival.done():
+                    arrival.set_result(None)
             for waiter in channel.waiters:
                 if not waiter.done():
                     waiter.set_result(record)
@@ -492,6 +499,24 @@ class RedisBackend(BackendDefaults):
         if listener is not None and listener.live:
             listener.prepare(self._key(task_id), task_id)
 
+    def arrival(self, task_id: str) -> asyncio.Future[None] | None:
+        """Done when the final record of ``task_id`` comes in on its channel subscribed ahead.
+
+        Asked right after :meth:`expect`; None unless that subscribed the channel. A record
+        published on it proves the task ran, so the App stops waiting for the broker's publish
+        confirm then: RabbitMQ may hold a persistent message's confirm back until the worker's
+        ack, which comes after the record.
+        """
+        listener = self._listener
+        if listener is None or not listener.live:
+            return None
+        channel = listener.channels.get(self._key(task_id))
+        if channel is None or channel.expiry is None or channel.record is not None:
+            return None  # not subscribed ahead just now (or already finished)
+        future: asyncio.Future[None] = Arrival(loop=asyncio.get_running_loop())
+        channel.arrival = future
+        return future
+
     async def wait(self, task_id: str, *, timeout: float | None) -> bytes | None:
         """Subscribe (confirmed), then read; return the final record once there is one."""
         await self._redis.ensure()
@@ -503,6 +528,10 @@ class RedisBackend(BackendDefaults):
         name = self._key(task_id)
         waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         subscribed = listener.add(name, task_id, waiter)
+        if waiter.done():
+            # Subscribed ahead and the record came first: no wait, no loop iteration.
+            listener.remove(name, waiter)
+            return waiter.result()
         try:
             async with asyncio.timeout(timeout):
                 # The subscription future is shared by every waiter of this id (asyncio.wait

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from asyncq._connect import DEFAULT_CONNECT_TIMEOUT
 from asyncq._options import Option, integer, optional, parse_options, seconds, text
+from asyncq._sending import Arrival
 from asyncq._utils import now, redact_url
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import (
@@ -294,7 +295,7 @@ class RPCBackend(BackendDefaults):
         The App stops waiting for the publish confirm then: the round trip sees the result
         as soon as it comes, the confirm overlapping it.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = Arrival(loop=asyncio.get_running_loop())
         arrivals = self._arrivals
         arrivals[task_id] = future
         if len(arrivals) > self.cache_size:
@@ -463,9 +464,8 @@ class RPCBackend(BackendDefaults):
                 return  # closed meanwhile: nobody is left to give the record to
             try:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        # Not mandatory: with nobody listening the record is dropped, by design.
-                        await lean.publish(self.exchange, task_id, record, properties)
+                    # Not mandatory: with nobody listening the record is dropped, by design.
+                    await lean.publish(self.exchange, task_id, record, properties, deadline=deadline)
                     return
                 except TimeoutError:
                     raise BackendConnectionError(

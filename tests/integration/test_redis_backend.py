@@ -198,6 +198,27 @@ async def test_expect_subscribes_ahead_and_a_later_wait_gets_the_record(
     await until(lambda: numsub_is(admin, backend, "t1", 0))  # the wait left: unsubscribed
 
 
+async def test_arrival_is_done_when_the_record_comes_on_a_channel_subscribed_ahead(
+    factory: Factory, admin: Redis
+) -> None:
+    backend = await factory()
+    assert backend.arrival("t0") is None  # never waited: nothing subscribed ahead, nothing to race
+    assert await backend.wait("warm-up", timeout=0.01) is None
+    listener = backend._listener
+    assert listener is not None
+    await until(lambda: listener.live)
+    assert backend.arrival("t1") is None  # not expected: no channel for it
+    backend.expect("t1")
+    arrival = backend.arrival("t1")
+    assert arrival is not None and not arrival.done()
+    await until(lambda: numsub_is(admin, backend, "t1", 1))
+    await backend.set("t1", b"pending", final=False, ttl=60)  # stored only: finals are published
+    await backend.set("t1", b"done", final=True, ttl=60)
+    await asyncio.wait_for(arrival, TIMEOUT)
+    assert await backend.wait("t1", timeout=TIMEOUT) == b"done"
+    assert backend.arrival("t1") is None  # finished: nothing left to race
+
+
 async def test_channels_subscribed_ahead_expire_and_are_capped(
     factory: Factory, admin: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from asyncq._amqp.confirms import Confirms, PublishNacked, PublishReturned
 from asyncq._amqp.content import field_table, publish_frames
 from asyncq._amqp.frames import FrameReader, ServerAck
 from asyncq._amqp.header import ContentHead
+from asyncq._amqp.protocol import LeanConnection
 
 TABLES = [
     {},
@@ -106,6 +107,28 @@ async def test_confirms_settle_single_multiple_nack_and_return() -> None:
     assert len(confirms) == 0
 
 
+async def test_confirm_deadlines_fail_only_the_unsettled_publishes_past_theirs() -> None:
+    loop = asyncio.get_running_loop()
+    confirms = Confirms()
+    futures = [loop.create_future() for _ in range(4)]
+    earliest = []
+    for future, deadline in zip(futures, (10.0, 20.0, 5.0, 30.0), strict=True):
+        confirms.add(future, None)
+        earliest.append(confirms.watch(future, deadline))
+    assert earliest == [10.0, 10.0, 5.0, 5.0]  # what the connection's one timer is set to
+    confirms.settle(ServerAck(3, False, False))  # the one due first was confirmed in time
+    assert confirms.expire(9.0) == 10.0  # nothing else due yet
+    assert not any(f.done() for f in (futures[0], futures[1], futures[3]))
+    assert confirms.expire(25.0) == 30.0
+    for future in futures[:2]:
+        with pytest.raises(TimeoutError):
+            future.result()
+    assert futures[2].result() is None
+    confirms.settle(ServerAck(4, True, False))  # a late ack finds the expired ones done
+    assert futures[3].result() is None
+    assert confirms.expire(100.0) is None
+
+
 HEADER_TABLES = [
     *TABLES,
     {"x-death": [{"count": 3, "reason": "expired", "time": datetime.datetime(2026, 1, 1, 0, 0)}]},
@@ -152,3 +175,37 @@ def test_lean_params_take_aiormqs_auth_option() -> None:
     assert LeanParams("amqps://h/?auth=external", connection_name="n").mechanism == "EXTERNAL"
     with pytest.raises(ConfigurationError, match="PLAIN and EXTERNAL"):
         LeanParams("amqp://h/?auth=amqplain", connection_name="n")
+
+
+class _Sink:
+    """A transport that keeps what is written (nothing answers: the confirms never come)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_a_publish_unconfirmed_by_its_deadline_fails_on_the_connection_timer() -> None:
+    loop = asyncio.get_running_loop()
+    connection = LeanConnection(lambda message: None, lambda error: None)
+    sink = _Sink()
+    connection._transport = sink  # type: ignore[assignment]
+    connection.confirms = Confirms()
+    properties = Basic.Properties(delivery_mode=2, message_id="m")
+    late = connection.publish("", "q", b"1", properties, deadline=loop.time() + 60)
+    soon = connection.publish("", "q", b"2", properties, deadline=loop.time() + 0.05)
+    assert connection._expiry_at < loop.time() + 1  # the one timer follows the earliest deadline
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(soon, 5)
+    assert not late.done()
+    assert connection._expiry is not None  # armed again, for the later deadline
+    connection.confirms.settle(ServerAck(1, False, False))
+    assert late.result() is None
+    assert len(sink.written) == 2  # the first at once, the second at the iteration's end
+    connection.abort()
+    assert connection._expiry is None  # a lost connection leaves no timer behind

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from asyncq._sending import publish_until_confirmed_or_arrived
+from asyncq._sending import Arrival, publish_until_confirmed_or_arrived
 
 
 async def test_a_record_that_arrives_first_ends_the_wait_and_abandons_the_confirm() -> None:
@@ -67,3 +67,33 @@ async def test_cancelling_the_caller_cancels_the_publish() -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     await asyncio.wait_for(abandoned.wait(), 5)
+
+
+async def test_an_arrival_abandons_the_publish_in_the_iteration_the_record_came_in() -> None:
+    loop = asyncio.get_running_loop()
+    arrival = Arrival(loop=loop)
+    abandoned = asyncio.Event()
+
+    async def publish() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    sender = asyncio.ensure_future(publish_until_confirmed_or_arrived(publish(), arrival))
+    await asyncio.sleep(0)  # the publish is waiting for its confirm
+    arrival.set_result(None)
+    assert sender.cancelling() == 1  # cancelled inside set_result, not a loop iteration later
+    await asyncio.wait_for(sender, 5)
+    await asyncio.wait_for(abandoned.wait(), 5)
+
+
+async def test_an_arrival_after_the_confirm_touches_nothing() -> None:
+    arrival = Arrival(loop=asyncio.get_running_loop())
+
+    async def publish() -> None:
+        await asyncio.sleep(0)
+
+    await asyncio.wait_for(publish_until_confirmed_or_arrived(publish(), arrival), 5)
+    assert arrival.cancelled()

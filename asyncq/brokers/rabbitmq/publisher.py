@@ -194,10 +194,14 @@ class Publisher(Topology):
             if publisher is None or self._connection is None:
                 raise BrokerConnectionError(f"{action}: the broker was closed")
             try:
-                async with asyncio.timeout_at(deadline):
-                    await publisher.publish(
-                        route.exchange, route.routing_key, route.body, route.properties, mandatory=True
-                    )
+                await publisher.publish(
+                    route.exchange,
+                    route.routing_key,
+                    route.body,
+                    route.properties,
+                    mandatory=True,
+                    deadline=deadline,
+                )
                 return
             except PublishReturned as exc:
                 await self._declare_again(route, action, exc, redeclared)
@@ -227,8 +231,9 @@ class Publisher(Topology):
             lean = self._lean_unconfirmed
             if lean is not None:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        await lean.publish(route.exchange, route.routing_key, route.body, route.properties)
+                    await lean.publish(
+                        route.exchange, route.routing_key, route.body, route.properties, deadline=deadline
+                    )
                     return
                 except TimeoutError:
                     raise BrokerConnectionError(
