@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncq._sending import publish_until_confirmed_or_arrived
 from asyncq.backends import ResultBackend
-from asyncq.backends.base import REPLY_TO
+from asyncq.backends.base import REPLY_TO, BackendDefaults
 from asyncq.brokers import OutgoingMessage
 from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.exceptions import ConfigurationError, SerializationError
@@ -35,23 +35,21 @@ def outgoing(app: App, message: Message) -> OutgoingMessage:
     task = app.tasks.get(message.task)
     security = app.security
     encrypt = security.should_encrypt(task.options.encrypt if task is not None else None)
+    serializers = app.serializers
     try:
-        body = encode_message(message, app.serializers, encrypt=encrypt)
+        body = encode_message(message, serializers, encrypt=encrypt)
     except SerializationError as exc:
         from asyncq._explain import unserializable_argument
 
         fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
-        raise unserializable_argument(message, app.serializers, fn, bound=bound) or exc from exc
+        raise unserializable_argument(message, serializers, fn, bound=bound) or exc from exc
     body = security.seal_outgoing(body, message.task)  # signs; enforces message_max_bytes
-    fair_key, fair_weight = fair_fields(message.headers)
+    headers = message.headers
+    if not headers:
+        return OutgoingMessage(message.id, message.queue, body, message.priority, message.eta)
+    fair_key, fair_weight = fair_fields(headers)
     return OutgoingMessage(
-        id=message.id,
-        queue=message.queue,
-        body=body,
-        priority=message.priority,
-        eta=message.eta,
-        fair_key=fair_key,
-        fair_weight=fair_weight,
+        message.id, message.queue, body, message.priority, message.eta, fair_key, fair_weight
     )
 
 
@@ -59,17 +57,19 @@ async def send_message(
     app: App, message: Message, *, task_name: str | None = None, connection: Any = None
 ) -> AsyncResult[Any]:
     """Publish a built message; return the handle on its result (:meth:`App.send_message`)."""
-    await app.connect()
     drivers = app._current_drivers()
+    if not drivers.connected:
+        await app.connect()
     transactional = None if connection is None else _transactional(app, drivers)
     arrival = None
     if not message.ignore_result:
         backend = drivers.backend
-        await backend.prepare(message.id)  # rpc:// readies its reply queue before a record comes
-        backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
-        _address_replies(message, backend)
-        if transactional is None:
-            arrival = backend.arrival(message.id)
+        if not _passive(backend):
+            await backend.prepare(message.id)  # rpc:// readies its reply queue before a record comes
+            backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
+            _address_replies(message, backend)
+            if transactional is None:
+                arrival = backend.arrival(message.id)
     if arrival is not None:
         await publish_until_confirmed_or_arrived(drivers.broker.publish(app.outgoing(message)), arrival)
     elif transactional is None:
@@ -78,6 +78,22 @@ async def send_message(
         await transactional.publish_in_transaction(connection, [app.outgoing(message)])
     app.events.task_sent(message)
     return AsyncResult(message.id, app, task_name=task_name or message.task)
+
+
+#: Backend class -> whether it keeps BackendDefaults' four do-nothing send hooks.
+_PASSIVE: dict[type, bool] = {}
+_HOOKS = ("prepare", "expect", "arrival", "reply_address")
+
+
+def _passive(backend: ResultBackend) -> bool:
+    """Whether the send hooks of ``backend`` all do nothing, so a send may skip calling them."""
+    cls = type(backend)
+    passive = _PASSIVE.get(cls)
+    if passive is None:
+        passive = _PASSIVE[cls] = all(
+            getattr(cls, hook, None) is getattr(BackendDefaults, hook) for hook in _HOOKS
+        )
+    return passive
 
 
 async def send_many(

@@ -131,6 +131,24 @@ def _validate(options: TaskOptions, is_async: bool) -> None:
     check_rate_scope(options.name, options.rate_limit_scope)
 
 
+@dataclass(slots=True)
+class _SendPlan:
+    """What every message of a task takes from its options and the app's settings, resolved once.
+
+    Valid while the app keeps its settings object, unchanged (``version``), and its serializers.
+    """
+
+    conf: object
+    version: int
+    serializers: object
+    eager: bool
+    routes: Any  # task_routes: while it is empty, every message goes to ``queue``
+    queue: str
+    priority: int | None
+    ignore_result: bool
+    content_type: str | None  # None: the default serializer is not accepted, ask per call
+
+
 class Task(Generic[P, R]):
     """A registered task. Use ``await task.enqueue(...)`` to run it on a worker."""
 
@@ -154,6 +172,7 @@ class Task(Generic[P, R]):
             bind=options.bind,
         )
         self.fair = fair_spec(options.name, fn, options.fair_key, options.fair_weights, bind=options.bind)
+        self._send_plan: _SendPlan | None = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__
@@ -274,24 +293,26 @@ class Task(Generic[P, R]):
         ``connection`` writes the job in that database connection's transaction (see
         :meth:`enqueue`); it needs a running event loop.
         """
-        message = self.build_message(
+        plan = self._plan()
+        message = self._build(
+            plan,
             args,
             kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            task_id=task_id,
-            headers=headers,
-            serializer=serializer,
-            ignore_result=ignore_result,
-            link=link,
-            link_error=link_error,
+            countdown,
+            eta,
+            expires,
+            priority,
+            queue,
+            task_id,
+            headers,
+            serializer,
+            ignore_result,
+            link,
+            link_error,
         )
         app = self.app
         handle: AsyncResult[R] = AsyncResult(message.id, app, task_name=self.name)
-        if app.conf.task_always_eager:
+        if plan.eager:
             sig = self.signature(
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
@@ -321,6 +342,40 @@ class Task(Generic[P, R]):
         sig = self.signature(message.args, message.kwargs, task_id=message.id)
         return self.app.apply_eagerly(handle, sig)
 
+    def _plan(self) -> _SendPlan:
+        app = self.app
+        conf = app.conf
+        plan = self._send_plan
+        if (
+            plan is not None
+            and plan.version == conf._version
+            and plan.conf is conf
+            and plan.serializers is app._serializers
+        ):
+            return plan
+        options = self.options
+        serializers = app.serializers
+        try:
+            content_type: str | None = serializers.get(
+                options.serializer or conf.task_serializer
+            ).content_type
+        except Exception:  # raised again by the calls that use it; a call may name another
+            content_type = None
+        priority = conf.task_default_priority if options.priority is None else options.priority
+        plan = _SendPlan(
+            conf=conf,
+            version=conf._version,
+            serializers=serializers,
+            eager=bool(conf.task_always_eager),
+            routes=conf.task_routes,
+            queue=app.route(self.name, options.queue),
+            priority=priority,
+            ignore_result=self.ignores_result,
+            content_type=content_type,
+        )
+        self._send_plan = plan
+        return plan
+
     def build_message(
         self,
         args: Sequence[Any] | None = None,
@@ -339,6 +394,40 @@ class Task(Generic[P, R]):
         link_error: Links | None = None,
     ) -> Message:
         """Build (not send) the message for one call, applying task and app defaults."""
+        return self._build(
+            self._plan(),
+            args,
+            kwargs,
+            countdown,
+            eta,
+            expires,
+            priority,
+            queue,
+            task_id,
+            headers,
+            serializer,
+            ignore_result,
+            link,
+            link_error,
+        )
+
+    def _build(
+        self,
+        plan: _SendPlan,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        countdown: float | timedelta | None,
+        eta: datetime | None,
+        expires: float | timedelta | datetime | None,
+        priority: int | None,
+        queue: str | None,
+        task_id: str | None,
+        headers: Mapping[str, Any] | None,
+        serializer: str | None,
+        ignore_result: bool | None,
+        link: Links | None,
+        link_error: Links | None,
+    ) -> Message:
         if countdown is not None and eta is not None:
             raise ValueError("give countdown or eta, not both")
         if (
@@ -349,38 +438,56 @@ class Task(Generic[P, R]):
             )
         ):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
-        conf = self.app.conf
-        priority = self.options.priority if priority is None else priority
-        priority = conf.task_default_priority if priority is None else priority
+        options = self.options
+        priority = plan.priority if priority is None else priority
         if priority is not None and not 0 <= int(priority) <= 9:
             raise ValueError(f"priority must be 0-9, not {priority}")
-        sent_at = now()
+        if expires is None:
+            expires = options.expires
+        if eta is not None or countdown is not None or expires is not None:
+            sent_at = now()
+            at = (
+                to_epoch(eta if eta is not None else to_seconds(countdown), relative_to=sent_at)
+                if (eta is not None or countdown is not None)
+                else None
+            )
+            until = to_epoch(expires, relative_to=sent_at)
+        else:
+            at = until = None
         current = _current.get()
         parent = current[1] if current is not None and not current[1].is_eager else None
         message_id = task_id or new_id()
-        sent_headers = dict(headers or {})
+        sent_headers = dict(headers) if headers else {}
         if self.fair is not None:
             sent_headers.update(self.fair.headers(tuple(args or ()), kwargs or {}))
+        if not queue:
+            queue = self.app.route(self.name, options.queue) if plan.routes else plan.queue
+        content_type = plan.content_type
+        if serializer is not None or content_type is None:
+            content_type = self.app.serializers.get(
+                serializer or options.serializer or self.app.conf.task_serializer
+            ).content_type
+        # Positional, in the field order of Message: the keyword form costs more per call.
         return Message(
-            id=message_id,
-            task=self.name,
-            args=list(args or ()),
-            kwargs=dict(kwargs or {}),
-            queue=queue or self.app.route(self.name, self.options.queue),
-            eta=to_epoch(eta if eta is not None else to_seconds(countdown), relative_to=sent_at)
-            if (eta is not None or countdown is not None)
-            else None,
-            expires=to_epoch(expires if expires is not None else self.options.expires, relative_to=sent_at),
-            priority=priority,
-            headers=sent_headers,
-            root_id=(parent.root_id or parent.id) if parent else message_id,
-            parent_id=parent.id if parent else None,
-            ignore_result=bool(self.ignores_result if ignore_result is None else ignore_result),
-            content_type=self.app.serializers.get(
-                serializer or self.options.serializer or conf.task_serializer
-            ).content_type,
-            callbacks=_signature_dicts(link),
-            errbacks=_signature_dicts(link_error),
+            message_id,
+            self.name,
+            list(args) if args else [],
+            dict(kwargs) if kwargs else {},
+            queue,
+            0,
+            at,
+            until,
+            priority,
+            sent_headers,
+            (parent.root_id or parent.id) if parent else message_id,
+            parent.id if parent else None,
+            None,
+            None if link is None else signature_dicts(link),
+            None if link_error is None else signature_dicts(link_error),
+            None,
+            None,
+            plan.ignore_result if ignore_result is None else bool(ignore_result),
+            content_type,
         )
 
     # -- canvas ------------------------------------------------------------------------------
@@ -508,12 +615,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
-    if value is None:
-        return None
-    return signature_dicts(value)
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:
