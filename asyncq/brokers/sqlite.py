@@ -42,15 +42,17 @@ CREATE TABLE IF NOT EXISTS asyncq_messages (
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends
+    available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends; 0: at once
     locked_until REAL,                      -- the claim's lease; NULL or past means waiting
     owner TEXT,                             -- the claiming SQLiteBroker instance
     deliveries INTEGER NOT NULL DEFAULT 0,
     rank REAL NOT NULL DEFAULT 0            -- fair queuing's virtual start time; 0 for plain messages
 );
 -- (The delivery-order index, asyncq_messages_rank, is made by _sqlite_fair.migrate.)
--- The next delayed message of a queue, for an idle consumer's sleep.
-CREATE INDEX IF NOT EXISTS asyncq_messages_due ON asyncq_messages (queue, available_at);
+-- The next delayed message of a queue, for an idle consumer's sleep. A message ready at once
+-- is stored with available_at 0, so only delayed ones (eta, nack delay) pay for this index.
+CREATE INDEX IF NOT EXISTS asyncq_messages_delayed ON asyncq_messages (queue, available_at)
+    WHERE available_at > 0;
 -- The heartbeat's rows; partial, so that only claimed rows pay for it.
 CREATE INDEX IF NOT EXISTS asyncq_messages_owner ON asyncq_messages (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS asyncq_dead_letters (
@@ -75,27 +77,39 @@ _LEASE = "seq = ? AND owner = ? AND deliveries = ?"
 Lease = tuple[int, str, int]
 
 
+_INSERT: Final = (
+    "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 def _insert(
     conn: sqlite3.Connection,
-    rows: list[tuple[str, str, bytes, int, float | None]],
+    rows: list[tuple[str, str, bytes, int, float]],
     fair: Sequence[tuple[int, str, str, int]] = (),
 ) -> None:
-    now = time.time()
     if not fair:
-        conn.executemany(
-            "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)",
-            [(mid, queue, body, prio, now if eta is None else eta) for mid, queue, body, prio, eta in rows],
-        )
+        if len(rows) == 1:
+            conn.execute(_INSERT, rows[0])
+        else:
+            conn.executemany(_INSERT, rows)
         return
     ranks = rank(conn, fair)
     conn.executemany(
         "INSERT INTO asyncq_messages (id, queue, body, priority, available_at, rank)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (mid, queue, body, prio, now if eta is None else eta, ranks.get(i, 0.0))
+            (mid, queue, body, prio, eta, ranks.get(i, 0.0))
             for i, (mid, queue, body, prio, eta) in enumerate(rows)
         ],
     )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an older version up to this schema (idempotent)."""
+    migrate(conn)
+    # The delayed-messages index replaces one on every row (older producers' rows, stored with
+    # their publish time, are in the new one too: the result is the same, only slower).
+    conn.execute("DROP INDEX IF EXISTS asyncq_messages_due")
 
 
 def _ready(conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float) -> list[int]:
@@ -123,7 +137,9 @@ def _claim(
     if not _ready(conn, queues, 1, now):
         dues = [
             conn.execute(
-                "SELECT MIN(available_at) FROM asyncq_messages WHERE queue = ? AND available_at > ?", (q, now)
+                "SELECT MIN(available_at) FROM asyncq_messages"
+                " WHERE queue = ? AND available_at > 0 AND available_at > ?",  # the index's rows
+                (q, now),
             ).fetchone()[0]
             for q in queues
         ]
@@ -305,7 +321,7 @@ class SQLiteBroker(BrokerDefaults):
 
     async def _open(self) -> None:
         await self._db.open()
-        await self._db.write(migrate)
+        await self._db.write(_migrate)
 
     async def aclose(self) -> None:
         """Stop renewing claims and close the file.
@@ -353,7 +369,8 @@ class SQLiteBroker(BrokerDefaults):
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         if not messages:
             return
-        rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta) for m in messages]
+        # available_at 0: ready at once (and left out of the delayed-messages index).
+        rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta or 0.0) for m in messages]
         fair = [
             (i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None
         ]
@@ -475,8 +492,8 @@ def _requeue_dead(conn: sqlite3.Connection, queue: str, message_id: str | None) 
         params = (queue, message_id)
     moved = conn.execute(
         "INSERT INTO asyncq_messages (id, queue, body, priority, available_at)"  # noqa: S608 - fixed text only
-        f" SELECT id, queue, body, 0, ? FROM asyncq_dead_letters WHERE {where} ORDER BY seq",
-        (time.time(), *params),
+        f" SELECT id, queue, body, 0, 0 FROM asyncq_dead_letters WHERE {where} ORDER BY seq",
+        params,
     ).rowcount
     conn.execute(f"DELETE FROM asyncq_dead_letters WHERE {where}", params)  # noqa: S608 - as above
     return moved
