@@ -37,7 +37,10 @@ _SCHEMA = (
     """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS asyncq_messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- publish order, never reused
+    -- Publish order. Not AUTOINCREMENT (its sqlite_sequence row is one more page written per
+    -- publish): a deleted row's seq may come again, but only above every row present, and a
+    -- settle matches the message id as well as the seq (_LEASE).
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
@@ -71,10 +74,12 @@ COMMIT;
 """
 )
 _WAITING = "queue = ? AND (locked_until IS NULL OR locked_until < ?)"
-# A lease is (seq, owner, deliveries): a settle after the lease lapsed and the row was claimed
-# again, even by this same instance, matches nothing instead of settling the new claim.
-_LEASE = "seq = ? AND owner = ? AND deliveries = ?"
-Lease = tuple[int, str, int]
+# A lease is (seq, id, owner, deliveries): a settle after the lease lapsed and the row was
+# claimed again, even by this same instance, matches nothing instead of settling the new claim;
+# nor does it match a later message given the same seq (files made by older versions have
+# AUTOINCREMENT seqs, never given twice).
+_LEASE = "seq = ? AND id = ? AND owner = ? AND deliveries = ?"
+Lease = tuple[int, str, str, int]
 
 
 _INSERT: Final = (
@@ -164,12 +169,12 @@ def _claim(
     return rows, None
 
 
-def _release(conn: sqlite3.Connection, seqs: Sequence[int], owner: str) -> None:
+def _release(conn: sqlite3.Connection, rows: Sequence[Row], owner: str) -> None:
     # Claimed but never handed to the caller: not a delivery, so the count goes back too.
     conn.executemany(
         "UPDATE asyncq_messages SET locked_until = NULL, owner = NULL, deliveries = deliveries - 1"
-        " WHERE seq = ? AND owner = ?",
-        [(seq, owner) for seq in seqs],
+        " WHERE seq = ? AND id = ? AND owner = ?",
+        [(row[0], row[1], owner) for row in rows],
     )
 
 
@@ -239,7 +244,7 @@ class _SQLiteDelivery:
     def __init__(self, broker: SQLiteBroker, consumer: _Consumer, row: Row) -> None:
         seq, self.id, self.queue, self.body, _, self.delivery_count = row
         self._broker, self._once = broker, SettleOnce(self.id, consumer.gate)
-        self._lease: Lease = (seq, broker._owner, self.delivery_count)
+        self._lease: Lease = (seq, self.id, broker._owner, self.delivery_count)
 
     async def ack(self) -> None:
         await self._settle("ack", partial(_ack, lease=self._lease))
@@ -331,7 +336,7 @@ class SQLiteBroker(BrokerDefaults):
         """
         await cancel_and_wait(self._heartbeat)
         self._heartbeat = None
-        buffered = [row[0] for consumer in self._consumers for row in consumer.buffer]
+        buffered = [row for consumer in self._consumers for row in consumer.buffer]
         for consumer in self._consumers:
             consumer.buffer.clear()
             consumer.wakeup.set()  # a waiting consume() finds the broker closed and raises
@@ -397,14 +402,14 @@ class SQLiteBroker(BrokerDefaults):
                 yield _SQLiteDelivery(self, consumer, consumer.buffer.popleft())
         finally:
             self._consumers.discard(consumer)
-            seqs = [row[0] for row in consumer.buffer]
+            rows = list(consumer.buffer)
             consumer.buffer.clear()
-            if seqs and self._db.is_open:
+            if rows and self._db.is_open:
                 try:
-                    await self._db.write(lambda conn: _release(conn, seqs, self._owner))
+                    await self._db.write(lambda conn: _release(conn, rows, self._owner))
                 except BrokerError as exc:  # not fatal: their leases lapse and they come back
                     logger.warning(
-                        "could not hand back %d claimed messages: %s", len(seqs), describe_error(exc)
+                        "could not hand back %d claimed messages: %s", len(rows), describe_error(exc)
                     )
 
     async def _fill(self, consumer: _Consumer, queues: list[str]) -> None:
@@ -509,4 +514,4 @@ def _execute(conn: sqlite3.Connection, sql: str, queue: str) -> int:
 
 def _undo_claim(conn: sqlite3.Connection, claimed: tuple[list[Row], float | None], owner: str) -> None:
     if claimed[0]:
-        transaction(conn, lambda c: _release(c, [row[0] for row in claimed[0]], owner))
+        transaction(conn, lambda c: _release(c, claimed[0], owner))

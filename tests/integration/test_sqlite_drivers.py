@@ -580,3 +580,28 @@ async def test_a_file_of_an_older_version_loses_its_full_due_index_and_keeps_its
         delivery = await take(deliveries)
         assert (delivery.id, delivery.body) == ("old", b"old")
         await delivery.ack()
+
+
+async def test_a_late_settle_does_not_touch_a_later_message_given_the_same_seq(
+    open_broker: Callable[..., Any], db: Path
+) -> None:
+    first, other = await open_broker(), await open_broker()
+    await first.publish(msg("q", b"one"))
+    async with aclosing(first.consume(["q"], prefetch=1)) as mine:
+        stale = await take(mine)
+        # Its lease lapses (the clock, moved by hand), another consumer takes the message and acks it.
+        await asyncio.to_thread(query, db, "UPDATE asyncq_messages SET locked_until = 0")
+        async with aclosing(other.consume(["q"], prefetch=1)) as theirs:
+            again = await take(theirs)
+            assert again.id == stale.id
+            await again.ack()
+        await first.publish(msg("q", b"two"))
+        (seq,) = await asyncio.to_thread(query, db, "SELECT seq FROM asyncq_messages")
+        assert seq == (1,)  # the freed seq, given again: the stale lease's seq, owner and count
+    async with aclosing(first.consume(["q"], prefetch=1)) as mine_again:
+        current = await take(mine_again)
+        assert (current.body, current.delivery_count) == (b"two", 1)
+        await stale.ack()  # late: it must not settle "two"
+        assert await asyncio.to_thread(query, db, "SELECT body FROM asyncq_messages") == [(b"two",)]
+        await current.ack()
+    assert await asyncio.to_thread(query, db, "SELECT COUNT(*) FROM asyncq_messages") == [(0,)]
