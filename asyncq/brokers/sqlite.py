@@ -87,6 +87,10 @@ _INSERT: Final = (
 )
 
 
+def _insert_one(conn: sqlite3.Connection, row: tuple[str, str, bytes, int, float]) -> None:
+    conn.execute(_INSERT, row)
+
+
 def _insert(
     conn: sqlite3.Connection,
     rows: list[tuple[str, str, bytes, int, float]],
@@ -369,7 +373,16 @@ class SQLiteBroker(BrokerDefaults):
         self._wakeup.poke()
 
     async def publish(self, message: OutgoingMessage) -> None:
-        await self.publish_many([message])
+        if message.fair_key is not None:
+            await self.publish_many([message])
+            return
+        # publish_many's path for one plain message, less its lists: a producer awaits each one.
+        body = message.body
+        if type(body) is not bytes:
+            body = bytes(body)
+        row = (message.id, message.queue, body, message.priority or 0, message.eta or 0.0)
+        await self._db.write(partial(_insert_one, row=row), inline=True, direct=True, single=True)
+        self._published()
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         if not messages:
