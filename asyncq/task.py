@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
 
+from asyncq._task_message import SendPlan, build, send_plan
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
@@ -24,7 +25,7 @@ from asyncq.flow.spec import check_rate_scope, concurrency_limit
 from asyncq.message import Message
 from asyncq.request import Delivered, Request, _current, current_task
 from asyncq.result import AsyncResult
-from asyncq.signature import Signature, signature_dicts
+from asyncq.signature import Signature
 from asyncq.states import State
 from asyncq.sync import SyncResult, ensure_no_running_loop
 from asyncq.sync import send as send_or_defer
@@ -46,6 +47,8 @@ R = TypeVar("R")
 EXECUTORS: Final = ("async", "thread", "process")
 #: Tasks asyncq registers in every app that has tasks (they run task.map / starmap / chunks).
 BUILTIN_TASKS: Final = frozenset({"asyncq.map", "asyncq.starmap"})
+#: The send options of ``_build`` after args and kwargs (countdown ... link_error), all unset.
+_NO_OPTIONS: Final = (None,) * 11
 
 
 @dataclass(slots=True)
@@ -131,24 +134,6 @@ def _validate(options: TaskOptions, is_async: bool) -> None:
     check_rate_scope(options.name, options.rate_limit_scope)
 
 
-@dataclass(slots=True)
-class _SendPlan:
-    """What every message of a task takes from its options and the app's settings, resolved once.
-
-    Valid while the app keeps its settings object, unchanged (``version``), and its serializers.
-    """
-
-    conf: object
-    version: int
-    serializers: object
-    eager: bool
-    routes: Any  # task_routes: while it is empty, every message goes to ``queue``
-    queue: str
-    priority: int | None
-    ignore_result: bool
-    content_type: str | None  # None: the default serializer is not accepted, ask per call
-
-
 class Task(Generic[P, R]):
     """A registered task. Use ``await task.enqueue(...)`` to run it on a worker."""
 
@@ -172,7 +157,7 @@ class Task(Generic[P, R]):
             bind=options.bind,
         )
         self.fair = fair_spec(options.name, fn, options.fair_key, options.fair_weights, bind=options.bind)
-        self._send_plan: _SendPlan | None = None
+        self._send_plan: SendPlan | None = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__
@@ -239,7 +224,14 @@ class Task(Generic[P, R]):
             options = dict(kwargs)
             connection = options.pop("connection")
             return await self.apply_async(args, options, connection=connection)
-        return await self.apply_async(args, kwargs)
+        plan = send_plan(self)
+        if plan.eager or self.unique is not None:
+            return await self.apply_async(args, kwargs)
+        # apply_async's path in a running loop, less its deferred-send handle: the same message,
+        # sent by the same call, and the same result handle.
+        message = build(self, plan, args, kwargs, *_NO_OPTIONS)
+        result: AsyncResult[R] = await self.app.send_message(message, task_name=self.name)
+        return result
 
     @functools.cached_property
     def _takes_connection(self) -> bool:
@@ -293,8 +285,9 @@ class Task(Generic[P, R]):
         ``connection`` writes the job in that database connection's transaction (see
         :meth:`enqueue`); it needs a running event loop.
         """
-        plan = self._plan()
-        message = self._build(
+        plan = send_plan(self)
+        message = build(
+            self,
             plan,
             args,
             kwargs,
@@ -342,40 +335,6 @@ class Task(Generic[P, R]):
         sig = self.signature(message.args, message.kwargs, task_id=message.id)
         return self.app.apply_eagerly(handle, sig)
 
-    def _plan(self) -> _SendPlan:
-        app = self.app
-        conf = app.conf
-        plan = self._send_plan
-        if (
-            plan is not None
-            and plan.version == conf._version
-            and plan.conf is conf
-            and plan.serializers is app._serializers
-        ):
-            return plan
-        options = self.options
-        serializers = app.serializers
-        try:
-            content_type: str | None = serializers.get(
-                options.serializer or conf.task_serializer
-            ).content_type
-        except Exception:  # raised again by the calls that use it; a call may name another
-            content_type = None
-        priority = conf.task_default_priority if options.priority is None else options.priority
-        plan = _SendPlan(
-            conf=conf,
-            version=conf._version,
-            serializers=serializers,
-            eager=bool(conf.task_always_eager),
-            routes=conf.task_routes,
-            queue=app.route(self.name, options.queue),
-            priority=priority,
-            ignore_result=self.ignores_result,
-            content_type=content_type,
-        )
-        self._send_plan = plan
-        return plan
-
     def build_message(
         self,
         args: Sequence[Any] | None = None,
@@ -394,8 +353,9 @@ class Task(Generic[P, R]):
         link_error: Links | None = None,
     ) -> Message:
         """Build (not send) the message for one call, applying task and app defaults."""
-        return self._build(
-            self._plan(),
+        return build(
+            self,
+            send_plan(self),
             args,
             kwargs,
             countdown,
@@ -409,85 +369,6 @@ class Task(Generic[P, R]):
             ignore_result,
             link,
             link_error,
-        )
-
-    def _build(
-        self,
-        plan: _SendPlan,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        countdown: float | timedelta | None,
-        eta: datetime | None,
-        expires: float | timedelta | datetime | None,
-        priority: int | None,
-        queue: str | None,
-        task_id: str | None,
-        headers: Mapping[str, Any] | None,
-        serializer: str | None,
-        ignore_result: bool | None,
-        link: Links | None,
-        link_error: Links | None,
-    ) -> Message:
-        if countdown is not None and eta is not None:
-            raise ValueError("give countdown or eta, not both")
-        if (
-            args is not None
-            and type(args) not in (tuple, list)
-            and (  # the common cases, cheaply
-                isinstance(args, str | bytes) or not isinstance(args, Sequence)
-            )
-        ):
-            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
-        options = self.options
-        priority = plan.priority if priority is None else priority
-        if priority is not None and not 0 <= int(priority) <= 9:
-            raise ValueError(f"priority must be 0-9, not {priority}")
-        if expires is None:
-            expires = options.expires
-        if eta is not None or countdown is not None or expires is not None:
-            sent_at = now()
-            at = (
-                to_epoch(eta if eta is not None else to_seconds(countdown), relative_to=sent_at)
-                if (eta is not None or countdown is not None)
-                else None
-            )
-            until = to_epoch(expires, relative_to=sent_at)
-        else:
-            at = until = None
-        current = _current.get()
-        parent = current[1] if current is not None and not current[1].is_eager else None
-        message_id = task_id or new_id()
-        sent_headers = dict(headers) if headers else {}
-        if self.fair is not None:
-            sent_headers.update(self.fair.headers(tuple(args or ()), kwargs or {}))
-        if not queue:
-            queue = self.app.route(self.name, options.queue) if plan.routes else plan.queue
-        content_type = plan.content_type
-        if serializer is not None or content_type is None:
-            content_type = self.app.serializers.get(
-                serializer or options.serializer or self.app.conf.task_serializer
-            ).content_type
-        # Positional, in the field order of Message: the keyword form costs more per call.
-        return Message(
-            message_id,
-            self.name,
-            list(args) if args else [],
-            dict(kwargs) if kwargs else {},
-            queue,
-            0,
-            at,
-            until,
-            priority,
-            sent_headers,
-            (parent.root_id or parent.id) if parent else message_id,
-            parent.id if parent else None,
-            None,
-            None if link is None else signature_dicts(link),
-            None if link_error is None else signature_dicts(link_error),
-            None,
-            None,
-            plan.ignore_result if ignore_result is None else bool(ignore_result),
-            content_type,
         )
 
     # -- canvas ------------------------------------------------------------------------------
