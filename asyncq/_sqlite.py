@@ -153,6 +153,11 @@ class SQLiteThread:
         self._commits = 0  # since the last checkpoint
         self._checkpoint_mode = "PASSIVE"  # or RESTART, once the WAL failed to start over
         self._checkpoint_retry = _CHECKPOINT_RETRY  # writes between RESTART tries, doubling
+        # Checkpoints run on a thread and connection of their own: copying the WAL and syncing
+        # the file takes milliseconds, which a publish on the loop would otherwise wait for.
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None  # only used on that thread
+        self._checkpointing = False  # one submitted and not finished
         self._pending_on_thread = False  # a pending write was not marked inline
         self._inline_flush_scheduled = False
         self._direct_left = _DIRECT_WRITES  # direct commits left in this loop iteration
@@ -323,42 +328,60 @@ class SQLiteThread:
             return
         self._commits += count
         due = self._checkpoint_retry if self._checkpoint_mode == "RESTART" else CHECKPOINT_EVERY
-        if self._commits >= due and self._executor is not None:
+        if self._commits >= due and self._executor is not None and not self._checkpointing:
             self._commits = 0
-            with contextlib.suppress(RuntimeError):  # shut down meanwhile
-                self._executor.submit(self._checkpoint, self._checkpoint_mode)
+            if self._checkpointer is None:
+                self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncq-sqlite-wal")
+            self._checkpointing = True
+            try:
+                self._checkpointer.submit(self._checkpoint, self._checkpoint_mode)
+            except RuntimeError:  # shut down meanwhile
+                self._checkpointing = False
 
     def _checkpoint(self, mode: str) -> None:
-        # Under our lock, between this connection's writes (a checkpoint racing them would not
-        # catch up with a steady stream). PASSIVE never waits and blocks no other connection.
-        # But the WAL starts over only when a writer finds it fully copied and nobody reading
-        # it, which other connections' reads and writes can keep from happening; once it holds
-        # _WAL_RESTART_FRAMES, the next tries are RESTART, which takes
-        # the write lock, copies everything and starts the WAL over itself, waiting at most
-        # a few ms for readers (writers elsewhere retry meanwhile, as for any lock).
-        with self._lock:
-            if self._conn is None:
-                return
-            try:
+        # On the checkpoint thread, beside this instance's writes: PASSIVE never waits and
+        # blocks no writer. But the WAL starts over only when a writer finds it fully copied and
+        # nobody reading it, which a steady stream of writes (ours or other connections') can
+        # keep from happening; once it holds _WAL_RESTART_FRAMES, the next tries are RESTART,
+        # which takes the write lock, copies what is left and starts the WAL over itself,
+        # waiting at most a few ms for readers (writers retry meanwhile, as for any lock).
+        try:
+            busy, frames = self._run_checkpoint(mode)
+            # After PASSIVE, busy means another checkpoint was running: that tells nothing yet.
+            restarted = not busy if mode == "RESTART" else busy or frames < _WAL_RESTART_FRAMES
+            # Plain stores, read on the loop: a stale read only moves the next try.
+            if restarted:
+                self._checkpoint_mode, self._checkpoint_retry = "PASSIVE", _CHECKPOINT_RETRY
+            else:  # a reader that stays (a long query elsewhere) gets fewer and fewer tries
                 if mode == "RESTART":
-                    self._conn.execute("PRAGMA busy_timeout = 5")
-                busy, frames, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            except sqlite3.Error as exc:
-                logger.debug("WAL checkpoint of %s failed: %s", self.path, exc)
-                busy, frames = 1, 0
-            finally:
-                if mode == "RESTART":
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("PRAGMA busy_timeout = 0")
-        # After PASSIVE, busy means another checkpoint was running: that tells nothing yet.
-        restarted = not busy if mode == "RESTART" else busy or frames < _WAL_RESTART_FRAMES
-        # Plain stores, read on the loop: a stale read only moves the next try.
-        if restarted:
-            self._checkpoint_mode, self._checkpoint_retry = "PASSIVE", _CHECKPOINT_RETRY
-        else:  # a reader that stays (a long query elsewhere) gets fewer and fewer tries
+                    self._checkpoint_retry = min(2 * self._checkpoint_retry, CHECKPOINT_EVERY)
+                self._checkpoint_mode = "RESTART"
+        finally:
+            self._checkpointing = False
+
+    def _run_checkpoint(self, mode: str) -> tuple[int, int]:
+        conn = self._checkpoint_conn
+        try:
+            if conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._checkpoint_conn = conn
             if mode == "RESTART":
-                self._checkpoint_retry = min(2 * self._checkpoint_retry, CHECKPOINT_EVERY)
-            self._checkpoint_mode = "RESTART"
+                conn.execute("PRAGMA busy_timeout = 5")
+            busy, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            logger.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+            return 1, 0
+        finally:
+            if mode == "RESTART" and conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA busy_timeout = 0")
+        return int(busy), int(frames)
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def _undo(self, orphaned: Callable[[sqlite3.Connection, Any], object], future: Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None or self._executor is None:
@@ -473,7 +496,11 @@ class SQLiteThread:
             self._start_flusher()
         if self._flusher is not None:
             await self._flusher
+        checkpointer, self._checkpointer = self._checkpointer, None
         try:
+            if checkpointer is not None:  # after a running checkpoint, on its own thread
+                await asyncio.wrap_future(checkpointer.submit(self._close_checkpointer))
+                checkpointer.shutdown(wait=False)
             await self.run(_close, self)
         finally:
             self._executor = None

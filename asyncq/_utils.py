@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import random
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 __all__ = [
@@ -33,9 +34,19 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def new_id() -> str:
-    """Return a fresh task or message id (a UUID4 string, as Celery uses)."""
-    return str(uuid.uuid4())
+# The version (4) and variant (RFC 4122) bits of a UUID4, over 128 random bits.
+_UUID4_KEEP: Final = 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF
+_UUID4_SET: Final = 0x00000000000040008000000000000000
+
+
+def new_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """Return a fresh task or message id (a UUID4 string, as Celery uses).
+
+    ``str(uuid.uuid4())`` spelled out: the same string of the same random bytes, at half the
+    cost (no UUID object); every enqueue makes one.
+    """
+    h = (int.from_bytes(urandom(16)) & _UUID4_KEEP | _UUID4_SET).to_bytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now() -> float:

@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 from urllib.parse import quote
 
+from asyncq import _send_path
 from asyncq._connect import with_connect_timeout
-from asyncq._sending import publish_until_confirmed_or_arrived
 from asyncq.backends import BACKENDS, ResultBackend, backend_from_url
-from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Broker, OutgoingMessage, broker_from_url
-from asyncq.brokers.transactional import TransactionalBroker
 from asyncq.config import Conf
 from asyncq.eager import apply_eagerly
-from asyncq.exceptions import ConfigurationError, NotRegistered, SerializationError
-from asyncq.fair import fair_fields
-from asyncq.message import SENT_AT, Message, encode_message
+from asyncq.exceptions import ConfigurationError, NotRegistered
+from asyncq.message import Message
 from asyncq.outbox import Outbox
 from asyncq.result import AsyncResult
 from asyncq.serializers import Serializers
@@ -442,31 +438,7 @@ class App:
             SerializationError: an argument cannot be encoded; the error names the task and it.
             MessageTooLargeError: the message is over ``message_max_bytes``.
         """
-        if self._stamp_sent:  # for the queue-wait metric; a retry is stamped anew
-            message.headers = {**message.headers, SENT_AT: time.time()}
-        if self.publish_hook is not None:
-            self.publish_hook(message)
-        task = self.tasks.get(message.task)
-        security = self.security
-        encrypt = security.should_encrypt(task.options.encrypt if task is not None else None)
-        try:
-            body = encode_message(message, self.serializers, encrypt=encrypt)
-        except SerializationError as exc:
-            from asyncq._explain import unserializable_argument
-
-            fn, bound = (task.run, bool(task.options.bind)) if task is not None else (None, False)
-            raise unserializable_argument(message, self.serializers, fn, bound=bound) or exc from exc
-        body = security.seal_outgoing(body, message.task)  # signs; enforces message_max_bytes
-        fair_key, fair_weight = fair_fields(message.headers)
-        return OutgoingMessage(
-            id=message.id,
-            queue=message.queue,
-            body=body,
-            priority=message.priority,
-            eta=message.eta,
-            fair_key=fair_key,
-            fair_weight=fair_weight,
-        )
+        return _send_path.outgoing(self, message)
 
     async def send_message(
         self, message: Message, *, task_name: str | None = None, connection: Any = None
@@ -476,25 +448,7 @@ class App:
         With ``connection`` (a database connection, see :meth:`send_many`) the message is
         written in that connection's transaction.
         """
-        await self.connect()
-        drivers = self._current_drivers()
-        transactional = None if connection is None else self._transactional(drivers)
-        arrival = None
-        if not message.ignore_result:
-            backend = drivers.backend
-            await backend.prepare(message.id)  # rpc:// readies its reply queue before a record comes
-            backend.expect(message.id)  # redis:// subscribes ahead, for a wait that may follow
-            _address_replies(message, backend)
-            if transactional is None:
-                arrival = backend.arrival(message.id)
-        if arrival is not None:
-            await publish_until_confirmed_or_arrived(drivers.broker.publish(self.outgoing(message)), arrival)
-        elif transactional is None:
-            await drivers.broker.publish(self.outgoing(message))
-        else:
-            await transactional.publish_in_transaction(connection, [self.outgoing(message)])
-        self.events.task_sent(message)
-        return AsyncResult(message.id, self, task_name=task_name or message.task)
+        return await _send_path.send_message(self, message, task_name=task_name, connection=connection)
 
     async def send_many(
         self, messages: Sequence[Message], *, connection: Any = None
@@ -505,35 +459,7 @@ class App:
         connection for postgresql://), the messages are written in that connection's current
         transaction: they run only if it commits. Other brokers raise ConfigurationError.
         """
-        await self.connect()
-        drivers = self._current_drivers()
-        transactional = None if connection is None else self._transactional(drivers)
-        backend = drivers.backend
-        for message in messages:
-            if not message.ignore_result:
-                await backend.prepare(message.id)
-                backend.expect(message.id)
-                _address_replies(message, backend)
-        outgoing = [self.outgoing(m) for m in messages]
-        if transactional is None:
-            await drivers.broker.publish_many(outgoing)
-        else:
-            await transactional.publish_in_transaction(connection, outgoing)
-        self.events.tasks_sent(messages)
-        return [AsyncResult(m.id, self, task_name=m.task) for m in messages]
-
-    def _transactional(self, drivers: _Drivers) -> TransactionalBroker:
-        """What writes through a caller's connection: the broker itself, or the outbox; else an error."""
-        if isinstance(drivers.broker, TransactionalBroker):
-            return drivers.broker
-        if drivers.outbox is not None:
-            return drivers.outbox
-        scheme = self.broker_url.partition(":")[0]
-        raise ConfigurationError(
-            f"the {scheme}:// broker cannot enqueue in a database transaction (connection=):"
-            " set outbox_url to a postgresql:// URL (docs/outbox.md), use the postgresql://"
-            " broker, or enqueue after your commit"
-        )
+        return await _send_path.send_many(self, messages, connection=connection)
 
     def send_task(
         self,
@@ -597,10 +523,3 @@ class App:
 
 def _remote_stub(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is not defined in this process; it runs only on workers")
-
-
-def _address_replies(message: Message, backend: ResultBackend) -> None:
-    # rpc:// routes records by the sender's reply queue; the worker reads it from the headers.
-    address = backend.reply_address()
-    if address is not None:
-        message.headers[REPLY_TO] = address

@@ -357,7 +357,7 @@ class Conf(MutableMapping[str, Any]):
     unset setting gives the environment's value, else a copy of the default.
     """
 
-    __slots__ = ("_environ", "_resolved", "_values")
+    __slots__ = ("_environ", "_resolved", "_values", "_version")
 
     def __init__(
         self, values: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
@@ -367,6 +367,9 @@ class Conf(MutableMapping[str, Any]):
         # path, and a resolved mutable default must keep in-place edits (conf.task_routes[k] = v).
         object.__setattr__(self, "_resolved", {})
         object.__setattr__(self, "_environ", os.environ if environ is None else environ)
+        # Bumped by every assignment: what is derived from settings once (a task's send
+        # defaults) knows when to derive it again.
+        object.__setattr__(self, "_version", 0)
         if environ is None:
             warn_unknown_env()  # once per app, like Celery's warnings for unknown settings
         if values:
@@ -407,11 +410,13 @@ class Conf(MutableMapping[str, Any]):
         self._setting(key)
         self._values[key] = value
         self._resolved.pop(key, None)
+        object.__setattr__(self, "_version", self._version + 1)
 
     def __delitem__(self, key: str) -> None:
         self._setting(key)
         self._values.pop(key, None)
         self._resolved.pop(key, None)
+        object.__setattr__(self, "_version", self._version + 1)
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)

@@ -31,6 +31,7 @@ __all__ = [
     "Serializers",
     "json_dumps",
     "json_dumps_within",
+    "json_text",
     "json_loads",
 ]
 
@@ -106,6 +107,19 @@ def json_dumps(obj: Any) -> bytes:
             except RecursionError:
                 pass
         return _ENCODER.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+
+
+def json_text(obj: Any) -> str:
+    """:func:`json_dumps` as text, for a caller that writes more text around it."""
+    try:
+        if _C_ENCODE is not None:
+            try:
+                return "".join(_C_ENCODE(obj, 0))
+            except RecursionError:
+                pass
+        return _ENCODER.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from exc
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, ParamSpec, TypeVar
 
+from asyncq._task_message import SendPlan, build, send_plan
 from asyncq._utils import backoff_delay, import_string, new_id, now, to_epoch, to_seconds
 from asyncq.constructs import Group, chunks_group, map_signature
 from asyncq.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
@@ -24,7 +25,7 @@ from asyncq.flow.spec import check_rate_scope, concurrency_limit
 from asyncq.message import Message
 from asyncq.request import Delivered, Request, _current, current_task
 from asyncq.result import AsyncResult
-from asyncq.signature import Signature, signature_dicts
+from asyncq.signature import Signature
 from asyncq.states import State
 from asyncq.sync import SyncResult, ensure_no_running_loop
 from asyncq.sync import send as send_or_defer
@@ -46,6 +47,8 @@ R = TypeVar("R")
 EXECUTORS: Final = ("async", "thread", "process")
 #: Tasks asyncq registers in every app that has tasks (they run task.map / starmap / chunks).
 BUILTIN_TASKS: Final = frozenset({"asyncq.map", "asyncq.starmap"})
+#: The send options of ``_build`` after args and kwargs (countdown ... link_error), all unset.
+_NO_OPTIONS: Final = (None,) * 11
 
 
 @dataclass(slots=True)
@@ -154,6 +157,7 @@ class Task(Generic[P, R]):
             bind=options.bind,
         )
         self.fair = fair_spec(options.name, fn, options.fair_key, options.fair_weights, bind=options.bind)
+        self._send_plan: SendPlan | None = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.__module__ = fn.__module__
@@ -220,7 +224,14 @@ class Task(Generic[P, R]):
             options = dict(kwargs)
             connection = options.pop("connection")
             return await self.apply_async(args, options, connection=connection)
-        return await self.apply_async(args, kwargs)
+        plan = send_plan(self)
+        if plan.eager or self.unique is not None:
+            return await self.apply_async(args, kwargs)
+        # apply_async's path in a running loop, less its deferred-send handle: the same message,
+        # sent by the same call, and the same result handle.
+        message = build(self, plan, args, kwargs, *_NO_OPTIONS)
+        result: AsyncResult[R] = await self.app.send_message(message, task_name=self.name)
+        return result
 
     @functools.cached_property
     def _takes_connection(self) -> bool:
@@ -274,24 +285,27 @@ class Task(Generic[P, R]):
         ``connection`` writes the job in that database connection's transaction (see
         :meth:`enqueue`); it needs a running event loop.
         """
-        message = self.build_message(
+        plan = send_plan(self)
+        message = build(
+            self,
+            plan,
             args,
             kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            task_id=task_id,
-            headers=headers,
-            serializer=serializer,
-            ignore_result=ignore_result,
-            link=link,
-            link_error=link_error,
+            countdown,
+            eta,
+            expires,
+            priority,
+            queue,
+            task_id,
+            headers,
+            serializer,
+            ignore_result,
+            link,
+            link_error,
         )
         app = self.app
         handle: AsyncResult[R] = AsyncResult(message.id, app, task_name=self.name)
-        if app.conf.task_always_eager:
+        if plan.eager:
             sig = self.signature(
                 message.args, message.kwargs, task_id=message.id, link=link, link_error=link_error
             )
@@ -339,48 +353,22 @@ class Task(Generic[P, R]):
         link_error: Links | None = None,
     ) -> Message:
         """Build (not send) the message for one call, applying task and app defaults."""
-        if countdown is not None and eta is not None:
-            raise ValueError("give countdown or eta, not both")
-        if (
-            args is not None
-            and type(args) not in (tuple, list)
-            and (  # the common cases, cheaply
-                isinstance(args, str | bytes) or not isinstance(args, Sequence)
-            )
-        ):
-            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
-        conf = self.app.conf
-        priority = self.options.priority if priority is None else priority
-        priority = conf.task_default_priority if priority is None else priority
-        if priority is not None and not 0 <= int(priority) <= 9:
-            raise ValueError(f"priority must be 0-9, not {priority}")
-        sent_at = now()
-        current = _current.get()
-        parent = current[1] if current is not None and not current[1].is_eager else None
-        message_id = task_id or new_id()
-        sent_headers = dict(headers or {})
-        if self.fair is not None:
-            sent_headers.update(self.fair.headers(tuple(args or ()), kwargs or {}))
-        return Message(
-            id=message_id,
-            task=self.name,
-            args=list(args or ()),
-            kwargs=dict(kwargs or {}),
-            queue=queue or self.app.route(self.name, self.options.queue),
-            eta=to_epoch(eta if eta is not None else to_seconds(countdown), relative_to=sent_at)
-            if (eta is not None or countdown is not None)
-            else None,
-            expires=to_epoch(expires if expires is not None else self.options.expires, relative_to=sent_at),
-            priority=priority,
-            headers=sent_headers,
-            root_id=(parent.root_id or parent.id) if parent else message_id,
-            parent_id=parent.id if parent else None,
-            ignore_result=bool(self.ignores_result if ignore_result is None else ignore_result),
-            content_type=self.app.serializers.get(
-                serializer or self.options.serializer or conf.task_serializer
-            ).content_type,
-            callbacks=_signature_dicts(link),
-            errbacks=_signature_dicts(link_error),
+        return build(
+            self,
+            send_plan(self),
+            args,
+            kwargs,
+            countdown,
+            eta,
+            expires,
+            priority,
+            queue,
+            task_id,
+            headers,
+            serializer,
+            ignore_result,
+            link,
+            link_error,
         )
 
     # -- canvas ------------------------------------------------------------------------------
@@ -508,12 +496,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
-    if value is None:
-        return None
-    return signature_dicts(value)
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:

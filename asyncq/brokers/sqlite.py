@@ -37,20 +37,25 @@ _SCHEMA = (
     """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS asyncq_messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- publish order, never reused
+    -- Publish order. Not AUTOINCREMENT (its sqlite_sequence row is one more page written per
+    -- publish): a deleted row's seq may come again, but only above every row present, and a
+    -- settle matches the message id as well as the seq (_LEASE).
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends
+    available_at REAL NOT NULL,             -- epoch seconds: eta, or when a nack's delay ends; 0: at once
     locked_until REAL,                      -- the claim's lease; NULL or past means waiting
     owner TEXT,                             -- the claiming SQLiteBroker instance
     deliveries INTEGER NOT NULL DEFAULT 0,
     rank REAL NOT NULL DEFAULT 0            -- fair queuing's virtual start time; 0 for plain messages
 );
 -- (The delivery-order index, asyncq_messages_rank, is made by _sqlite_fair.migrate.)
--- The next delayed message of a queue, for an idle consumer's sleep.
-CREATE INDEX IF NOT EXISTS asyncq_messages_due ON asyncq_messages (queue, available_at);
+-- The next delayed message of a queue, for an idle consumer's sleep. A message ready at once
+-- is stored with available_at 0, so only delayed ones (eta, nack delay) pay for this index.
+CREATE INDEX IF NOT EXISTS asyncq_messages_delayed ON asyncq_messages (queue, available_at)
+    WHERE available_at > 0;
 -- The heartbeat's rows; partial, so that only claimed rows pay for it.
 CREATE INDEX IF NOT EXISTS asyncq_messages_owner ON asyncq_messages (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS asyncq_dead_letters (
@@ -69,33 +74,51 @@ COMMIT;
 """
 )
 _WAITING = "queue = ? AND (locked_until IS NULL OR locked_until < ?)"
-# A lease is (seq, owner, deliveries): a settle after the lease lapsed and the row was claimed
-# again, even by this same instance, matches nothing instead of settling the new claim.
-_LEASE = "seq = ? AND owner = ? AND deliveries = ?"
-Lease = tuple[int, str, int]
+# A lease is (seq, id, owner, deliveries): a settle after the lease lapsed and the row was
+# claimed again, even by this same instance, matches nothing instead of settling the new claim;
+# nor does it match a later message given the same seq (files made by older versions have
+# AUTOINCREMENT seqs, never given twice).
+_LEASE = "seq = ? AND id = ? AND owner = ? AND deliveries = ?"
+Lease = tuple[int, str, str, int]
+
+
+_INSERT: Final = (
+    "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _insert_one(conn: sqlite3.Connection, row: tuple[str, str, bytes, int, float]) -> None:
+    conn.execute(_INSERT, row)
 
 
 def _insert(
     conn: sqlite3.Connection,
-    rows: list[tuple[str, str, bytes, int, float | None]],
+    rows: list[tuple[str, str, bytes, int, float]],
     fair: Sequence[tuple[int, str, str, int]] = (),
 ) -> None:
-    now = time.time()
     if not fair:
-        conn.executemany(
-            "INSERT INTO asyncq_messages (id, queue, body, priority, available_at) VALUES (?, ?, ?, ?, ?)",
-            [(mid, queue, body, prio, now if eta is None else eta) for mid, queue, body, prio, eta in rows],
-        )
+        if len(rows) == 1:
+            conn.execute(_INSERT, rows[0])
+        else:
+            conn.executemany(_INSERT, rows)
         return
     ranks = rank(conn, fair)
     conn.executemany(
         "INSERT INTO asyncq_messages (id, queue, body, priority, available_at, rank)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (mid, queue, body, prio, now if eta is None else eta, ranks.get(i, 0.0))
+            (mid, queue, body, prio, eta, ranks.get(i, 0.0))
             for i, (mid, queue, body, prio, eta) in enumerate(rows)
         ],
     )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an older version up to this schema (idempotent)."""
+    migrate(conn)
+    # The delayed-messages index replaces one on every row (older producers' rows, stored with
+    # their publish time, are in the new one too: the result is the same, only slower).
+    conn.execute("DROP INDEX IF EXISTS asyncq_messages_due")
 
 
 def _ready(conn: sqlite3.Connection, queues: Sequence[str], limit: int, now: float) -> list[int]:
@@ -123,7 +146,9 @@ def _claim(
     if not _ready(conn, queues, 1, now):
         dues = [
             conn.execute(
-                "SELECT MIN(available_at) FROM asyncq_messages WHERE queue = ? AND available_at > ?", (q, now)
+                "SELECT MIN(available_at) FROM asyncq_messages"
+                " WHERE queue = ? AND available_at > 0 AND available_at > ?",  # the index's rows
+                (q, now),
             ).fetchone()[0]
             for q in queues
         ]
@@ -148,12 +173,12 @@ def _claim(
     return rows, None
 
 
-def _release(conn: sqlite3.Connection, seqs: Sequence[int], owner: str) -> None:
+def _release(conn: sqlite3.Connection, rows: Sequence[Row], owner: str) -> None:
     # Claimed but never handed to the caller: not a delivery, so the count goes back too.
     conn.executemany(
         "UPDATE asyncq_messages SET locked_until = NULL, owner = NULL, deliveries = deliveries - 1"
-        " WHERE seq = ? AND owner = ?",
-        [(seq, owner) for seq in seqs],
+        " WHERE seq = ? AND id = ? AND owner = ?",
+        [(row[0], row[1], owner) for row in rows],
     )
 
 
@@ -223,7 +248,7 @@ class _SQLiteDelivery:
     def __init__(self, broker: SQLiteBroker, consumer: _Consumer, row: Row) -> None:
         seq, self.id, self.queue, self.body, _, self.delivery_count = row
         self._broker, self._once = broker, SettleOnce(self.id, consumer.gate)
-        self._lease: Lease = (seq, broker._owner, self.delivery_count)
+        self._lease: Lease = (seq, self.id, broker._owner, self.delivery_count)
 
     async def ack(self) -> None:
         await self._settle("ack", partial(_ack, lease=self._lease))
@@ -305,7 +330,7 @@ class SQLiteBroker(BrokerDefaults):
 
     async def _open(self) -> None:
         await self._db.open()
-        await self._db.write(migrate)
+        await self._db.write(_migrate)
 
     async def aclose(self) -> None:
         """Stop renewing claims and close the file.
@@ -315,7 +340,7 @@ class SQLiteBroker(BrokerDefaults):
         """
         await cancel_and_wait(self._heartbeat)
         self._heartbeat = None
-        buffered = [row[0] for consumer in self._consumers for row in consumer.buffer]
+        buffered = [row for consumer in self._consumers for row in consumer.buffer]
         for consumer in self._consumers:
             consumer.buffer.clear()
             consumer.wakeup.set()  # a waiting consume() finds the broker closed and raises
@@ -348,12 +373,22 @@ class SQLiteBroker(BrokerDefaults):
         self._wakeup.poke()
 
     async def publish(self, message: OutgoingMessage) -> None:
-        await self.publish_many([message])
+        if message.fair_key is not None:
+            await self.publish_many([message])
+            return
+        # publish_many's path for one plain message, less its lists: a producer awaits each one.
+        body = message.body
+        if type(body) is not bytes:
+            body = bytes(body)
+        row = (message.id, message.queue, body, message.priority or 0, message.eta or 0.0)
+        await self._db.write(partial(_insert_one, row=row), inline=True, direct=True, single=True)
+        self._published()
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         if not messages:
             return
-        rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta) for m in messages]
+        # available_at 0: ready at once (and left out of the delayed-messages index).
+        rows = [(m.id, m.queue, bytes(m.body), m.priority or 0, m.eta or 0.0) for m in messages]
         fair = [
             (i, m.queue, m.fair_key, m.fair_weight) for i, m in enumerate(messages) if m.fair_key is not None
         ]
@@ -380,14 +415,14 @@ class SQLiteBroker(BrokerDefaults):
                 yield _SQLiteDelivery(self, consumer, consumer.buffer.popleft())
         finally:
             self._consumers.discard(consumer)
-            seqs = [row[0] for row in consumer.buffer]
+            rows = list(consumer.buffer)
             consumer.buffer.clear()
-            if seqs and self._db.is_open:
+            if rows and self._db.is_open:
                 try:
-                    await self._db.write(lambda conn: _release(conn, seqs, self._owner))
+                    await self._db.write(lambda conn: _release(conn, rows, self._owner))
                 except BrokerError as exc:  # not fatal: their leases lapse and they come back
                     logger.warning(
-                        "could not hand back %d claimed messages: %s", len(seqs), describe_error(exc)
+                        "could not hand back %d claimed messages: %s", len(rows), describe_error(exc)
                     )
 
     async def _fill(self, consumer: _Consumer, queues: list[str]) -> None:
@@ -475,8 +510,8 @@ def _requeue_dead(conn: sqlite3.Connection, queue: str, message_id: str | None) 
         params = (queue, message_id)
     moved = conn.execute(
         "INSERT INTO asyncq_messages (id, queue, body, priority, available_at)"  # noqa: S608 - fixed text only
-        f" SELECT id, queue, body, 0, ? FROM asyncq_dead_letters WHERE {where} ORDER BY seq",
-        (time.time(), *params),
+        f" SELECT id, queue, body, 0, 0 FROM asyncq_dead_letters WHERE {where} ORDER BY seq",
+        params,
     ).rowcount
     conn.execute(f"DELETE FROM asyncq_dead_letters WHERE {where}", params)  # noqa: S608 - as above
     return moved
@@ -492,4 +527,4 @@ def _execute(conn: sqlite3.Connection, sql: str, queue: str) -> int:
 
 def _undo_claim(conn: sqlite3.Connection, claimed: tuple[list[Row], float | None], owner: str) -> None:
     if claimed[0]:
-        transaction(conn, lambda c: _release(c, [row[0] for row in claimed[0]], owner))
+        transaction(conn, lambda c: _release(c, claimed[0], owner))

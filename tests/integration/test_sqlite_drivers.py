@@ -525,3 +525,83 @@ def test_connect_timeout_option_is_validated(db: Path) -> None:
         ConfigurationError, match=r"sqlite broker option connect_timeout=0: expected a number > 0"
     ):
         SQLiteBroker(url_for(db), connect_timeout=0)
+
+
+# -- the delayed-messages index --------------------------------------------------------------
+
+
+async def test_only_delayed_messages_are_in_the_delayed_index_and_both_are_delivered(
+    open_broker: Callable[..., Any], db: Path
+) -> None:
+    broker = await open_broker(poll_interval=5.0)
+    eta = time.time() + 0.3
+    await broker.publish(msg("q", b"later", eta=eta))
+    await broker.publish(msg("q", b"now"))
+    indexed = await asyncio.to_thread(
+        query,
+        db,
+        "SELECT COUNT(*) FROM asyncq_messages INDEXED BY asyncq_messages_delayed"
+        " WHERE queue = 'q' AND available_at > 0",
+    )
+    assert indexed == [(1,)]
+    async with aclosing(broker.consume(["q"], prefetch=2)) as deliveries:
+        first = await take(deliveries)
+        assert first.body == b"now"
+        await first.ack()
+        # The only row left is delayed: the consumer sleeps until its due time (read through the
+        # index), not the 5 s poll interval.
+        second = await take(deliveries, timeout=3.0)
+        assert second.body == b"later"
+        assert time.time() >= eta
+        await second.ack()
+
+
+async def test_a_file_of_an_older_version_loses_its_full_due_index_and_keeps_its_rows(
+    open_broker: Callable[..., Any], db: Path
+) -> None:
+    broker = await open_broker()
+    await broker.aclose()
+
+    def downgrade() -> None:  # the index and a row as an older version wrote them
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE INDEX asyncq_messages_due ON asyncq_messages (queue, available_at)")
+            conn.execute(
+                "INSERT INTO asyncq_messages (id, queue, body, priority, available_at)"
+                " VALUES ('old', 'q', x'6f6c64', 0, ?)",
+                (time.time() - 1,),
+            )
+
+    await asyncio.to_thread(downgrade)
+    reopened = await open_broker()
+    names = await asyncio.to_thread(query, db, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("asyncq_messages_due",) not in names
+    assert ("asyncq_messages_delayed",) in names
+    async with aclosing(reopened.consume(["q"], prefetch=1)) as deliveries:
+        delivery = await take(deliveries)
+        assert (delivery.id, delivery.body) == ("old", b"old")
+        await delivery.ack()
+
+
+async def test_a_late_settle_does_not_touch_a_later_message_given_the_same_seq(
+    open_broker: Callable[..., Any], db: Path
+) -> None:
+    first, other = await open_broker(), await open_broker()
+    await first.publish(msg("q", b"one"))
+    async with aclosing(first.consume(["q"], prefetch=1)) as mine:
+        stale = await take(mine)
+        # Its lease lapses (the clock, moved by hand), another consumer takes the message and acks it.
+        await asyncio.to_thread(query, db, "UPDATE asyncq_messages SET locked_until = 0")
+        async with aclosing(other.consume(["q"], prefetch=1)) as theirs:
+            again = await take(theirs)
+            assert again.id == stale.id
+            await again.ack()
+        await first.publish(msg("q", b"two"))
+        (seq,) = await asyncio.to_thread(query, db, "SELECT seq FROM asyncq_messages")
+        assert seq == (1,)  # the freed seq, given again: the stale lease's seq, owner and count
+    async with aclosing(first.consume(["q"], prefetch=1)) as mine_again:
+        current = await take(mine_again)
+        assert (current.body, current.delivery_count) == (b"two", 1)
+        await stale.ack()  # late: it must not settle "two"
+        assert await asyncio.to_thread(query, db, "SELECT body FROM asyncq_messages") == [(b"two",)]
+        await current.ack()
+    assert await asyncio.to_thread(query, db, "SELECT COUNT(*) FROM asyncq_messages") == [(0,)]

@@ -2,7 +2,7 @@
 
 Short calls may run on the event loop when the connection's thread is idle; one that meets
 another connection's write lock must go to the thread and wait there, never on the loop.
-Commits do not checkpoint (wal_autocheckpoint is off): the thread does, every
+Commits do not checkpoint (wal_autocheckpoint is off): a checkpoint thread does, every
 CHECKPOINT_EVERY writes, so the WAL stays bounded.
 """
 

@@ -7,10 +7,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncq.exceptions import SerializationError
 from asyncq.message import Message, decode_message, encode_message
-from asyncq.serializers import Serializers
+from asyncq.serializers import Serializers, json_dumps
 
 JSON_ONLY = Serializers(["json"])
 ALL = Serializers(["json", "msgpack", "pickle"])
@@ -110,3 +112,84 @@ def test_pickle_refused_unless_accepted() -> None:
     wire = encode_message(full_message(content_type="application/x-python-serialize"), ALL)
     with pytest.raises(SerializationError, match="not accepted"):
         decode_message(wire, JSON_ONLY)
+
+
+def _reference_envelope(message: Message) -> bytes:
+    """The envelope as the general encoder writes it: a dict of the fields set, in protocol order."""
+    envelope: dict[str, object] = {"v": 1, "id": message.id, "task": message.task}
+    envelope.update(args=message.args, kwargs=message.kwargs, queue=message.queue)
+    if message.root_id is not None:
+        envelope["root_id"] = message.root_id
+    if message.ignore_result:
+        envelope["ignore_result"] = True
+    return json_dumps(envelope)
+
+
+_TEXT = st.text(max_size=12)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    task_id=_TEXT,
+    task=_TEXT.filter(bool),
+    args=st.lists(_VALUES, max_size=3),
+    kwargs=st.dictionaries(_TEXT, _VALUES, max_size=3),
+    queue=_TEXT,
+    root_id=st.none() | _TEXT,
+    ignore_result=st.booleans(),
+)
+def test_plain_envelope_bytes_are_those_of_the_general_encoder(
+    task_id: str,
+    task: str,
+    args: list[object],
+    kwargs: dict[str, object],
+    queue: str,
+    root_id: str | None,
+    ignore_result: bool,
+) -> None:
+    message = Message(
+        id=task_id,
+        task=task,
+        args=args,
+        kwargs=kwargs,
+        queue=queue,
+        root_id=root_id,
+        ignore_result=ignore_result,
+    )
+    assert encode_message(message, Serializers()) == _reference_envelope(message)
+
+
+def test_plain_envelope_of_tagged_types_and_deep_nesting() -> None:
+    deep: list[object] = []
+    for _ in range(3000):  # deeper than the C encoder goes: the general encoder takes over
+        deep = [deep]
+    for args in ([datetime(2024, 1, 2, tzinfo=UTC), b"\x00", {1, 2}], [deep]):
+        message = Message(id="i", task="t", args=args, kwargs={"k": "é\u2028"}, root_id="i")
+        try:
+            expected = _reference_envelope(message)
+        except SerializationError:
+            with pytest.raises(SerializationError):
+                encode_message(message, Serializers())
+            continue
+        assert encode_message(message, Serializers()) == expected
+
+
+def test_unencodable_argument_raises_serialization_error_on_the_plain_path() -> None:
+    with pytest.raises(SerializationError):
+        encode_message(Message(id="i", task="t", args=[object()]), Serializers())
+
+
+def test_new_id_is_the_uuid4_string_of_its_random_bytes() -> None:
+    import os
+    import uuid
+
+    from asyncq._utils import new_id
+
+    for _ in range(200):
+        raw = os.urandom(16)
+        assert new_id(lambda n, raw=raw: raw) == str(uuid.UUID(bytes=raw, version=4))
+    assert uuid.UUID(new_id()).version == 4

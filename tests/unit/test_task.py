@@ -137,3 +137,24 @@ def test_stand_in_task_builds_messages_but_does_not_run() -> None:
     assert remote.build_message((1,)).task == "elsewhere.task"
     with pytest.raises(NotRegistered):
         remote._invoke((), {})
+
+
+def test_settings_changed_after_a_first_message_apply_to_the_next() -> None:
+    app = memory_app()
+
+    @app.task
+    def job() -> None: ...
+
+    first = job.build_message()
+    assert (first.queue, first.priority, first.ignore_result) == ("default", None, False)
+    app.conf.task_default_queue = "other"
+    app.conf.task_default_priority = 3
+    app.conf.task_ignore_result = True
+    message = job.build_message()
+    assert (message.queue, message.priority, message.ignore_result) == ("other", 3, True)
+    app.conf.task_routes[job.name] = "routed"  # edited in place, not assigned
+    assert job.build_message().queue == "routed"
+    assert job.build_message(queue="given").queue == "given"
+    app.conf.task_serializer = "msgpack"
+    assert job.build_message().content_type == "application/x-msgpack"
+    assert job.build_message(serializer="json").content_type == "application/json"
