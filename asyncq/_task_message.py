@@ -26,10 +26,12 @@ __all__ = ["SendPlan", "build", "send_plan"]
 class SendPlan:
     """What every message of a task takes from its options and the app's settings, resolved once.
 
-    Valid while the app keeps its settings object, unchanged (``version``), and its serializers.
+    Valid while the app keeps its settings object, unchanged (``version``), its serializers, and
+    the task keeps the option values it was made from (``TaskOptions`` stays mutable, as before).
     """
 
     conf: object
+    options: tuple[object, ...]
     version: int
     serializers: object
     eager: bool
@@ -45,14 +47,16 @@ def send_plan(task: Task[Any, Any]) -> SendPlan:
     app = task.app
     conf = app.conf
     plan = task._send_plan
+    options = task.options
+    used = (options.queue, options.priority, options.serializer, options.ignore_result)
     if (
         plan is not None
         and plan.version == conf._version
         and plan.conf is conf
         and plan.serializers is app._serializers
+        and plan.options == used
     ):
         return plan
-    options = task.options
     serializers = app.serializers
     try:
         content_type: str | None = serializers.get(options.serializer or conf.task_serializer).content_type
@@ -61,6 +65,7 @@ def send_plan(task: Task[Any, Any]) -> SendPlan:
     priority = conf.task_default_priority if options.priority is None else options.priority
     plan = SendPlan(
         conf=conf,
+        options=used,
         version=conf._version,
         serializers=serializers,
         eager=bool(conf.task_always_eager),

@@ -158,3 +158,19 @@ def test_settings_changed_after_a_first_message_apply_to_the_next() -> None:
     app.conf.task_serializer = "msgpack"
     assert job.build_message().content_type == "application/x-msgpack"
     assert job.build_message(serializer="json").content_type == "application/json"
+
+
+def test_task_options_changed_after_a_first_message_apply_to_the_next() -> None:
+    app = memory_app()
+
+    @app.task
+    def job() -> None: ...
+
+    assert job.build_message().queue == "default"
+    job.options.queue = "elsewhere"
+    job.options.priority = 7
+    job.options.ignore_result = True
+    job.options.serializer = "msgpack"
+    message = job.build_message()
+    assert (message.queue, message.priority, message.ignore_result) == ("elsewhere", 7, True)
+    assert message.content_type == "application/x-msgpack"
