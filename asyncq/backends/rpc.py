@@ -424,9 +424,9 @@ class RPCBackend(BackendDefaults):
             headers[H_TTL] = int(ttl * 1000)
         if reply_to is not None:
             headers["CC"] = [reply_to]  # also routed with this key; RabbitMQ strips the header
+        # No message_id: nothing reads a record's, and a uuid4 per record cost ~4 µs.
         properties = Basic.Properties(
             headers=headers,
-            message_id=uuid.uuid4().hex,
             delivery_mode=1,  # results are not persisted
             expiration=str(max(1, int(ttl * 1000))) if ttl is not None and ttl > 0 else None,
         )

@@ -126,13 +126,14 @@ class Publisher(Topology):
         A publish whose confirm was lost with the connection is sent again: RabbitMQ may then
         hold it twice, which at-least-once delivery allows; it is never silently dropped.
         """
+        if self._lean_confirmed is not None:
+            # The lean client raises asyncq's errors itself: no translating block per publish.
+            await self._send_lean(route, action)
+            return
         with translate_errors(action):
             await self._send_until_confirmed(route, action)
 
     async def _send_until_confirmed(self, route: Route, action: str) -> None:
-        if self._lean_confirmed is not None:
-            await self._send_lean(route, action)
-            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         redeclared = False
@@ -204,7 +205,8 @@ class Publisher(Topology):
                 )
                 return
             except PublishReturned as exc:
-                await self._declare_again(route, action, exc, redeclared)
+                with translate_errors(action):  # declaring again goes through aio-pika
+                    await self._declare_again(route, action, exc, redeclared)
                 redeclared = True
             except PublishNacked as exc:
                 raise BrokerError(f"{action}: {exc}") from exc
