@@ -42,7 +42,7 @@ from asyncq.brokers.rabbitmq.wire import (
     level_name,
     pick_level,
 )
-from asyncq.exceptions import BrokerConnectionError, BrokerError
+from asyncq.exceptions import AsyncqError, BrokerConnectionError, BrokerError
 
 __all__ = ["Publisher"]
 
@@ -127,8 +127,15 @@ class Publisher(Topology):
         hold it twice, which at-least-once delivery allows; it is never silently dropped.
         """
         if self._lean_confirmed is not None:
-            # The lean client raises asyncq's errors itself: no translating block per publish.
-            await self._send_lean(route, action)
+            # The lean client raises asyncq's errors itself: no translating block per publish,
+            # only this handler (free until something raises) for anything it did not expect.
+            try:
+                await self._send_lean(route, action)
+            except AsyncqError:
+                raise
+            except Exception:
+                with translate_errors(action):
+                    raise
             return
         with translate_errors(action):
             await self._send_until_confirmed(route, action)
