@@ -1,6 +1,6 @@
 """The producer's CPU cost per awaited ``noop.enqueue()``, on memory:// and sqlite://, per source tree.
 
-Run with ``python benchmarks/enqueue_cost.py [--trees before=/work/main,after=.] [--calls 5000]
+Run with ``python benchmarks/enqueue_cost.py [--trees before=/path/to/main,after=.] [--calls 5000]
 [--rounds 5] [--brokers memory,sqlite]``.
 
 Each measurement is a fresh process (``PYTHONPATH=<tree>``) that makes 200 untimed calls, then

@@ -1,6 +1,6 @@
 """Cross-process round trip, enqueue and drain rates of the embedded sqlite:// store, beside SqliteHuey.
 
-Run with ``python benchmarks/sqlite_roundtrip.py [--trees after=.,before=/work/main]
+Run with ``python benchmarks/sqlite_roundtrip.py [--trees after=.,before=/path/to/main]
 [--round-trips 500] [--enqueues 2000] [--rounds 3] [--huey-python ~/venvs/huey/bin/python]``.
 
 For each asyncq source tree a client process first does ``--enqueues`` sequential
