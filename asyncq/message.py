@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from asyncq.exceptions import SerializationError
-from asyncq.serializers import Serializers, json_dumps, json_loads, json_text
+from asyncq.serializers import Serializers, json_dumps, json_loads, json_text, utf8
 
 __all__ = ["PROTOCOL_VERSION", "SENT_AT", "Message", "decode_message", "encode_message"]
 
@@ -150,10 +150,10 @@ def _encode_plain(message: Message) -> bytes:
     arguments = json_text({"args": message.args, "kwargs": message.kwargs})[1:-1]
     root = "" if root_id is None else f',"root_id":{_quote(root_id)}'
     end = ',"ignore_result":true}' if message.ignore_result else "}"
-    return (
+    return utf8(
         f'{{"v":1,"id":{_quote(message.id)},"task":{_quote(message.task)},{arguments},'
         f'"queue":{_quote(message.queue)}{root}{end}'
-    ).encode()
+    )
 
 
 def _aad(task_id: str, task_name: str) -> bytes:

@@ -32,6 +32,7 @@ __all__ = [
     "json_dumps",
     "json_dumps_within",
     "json_text",
+    "utf8",
     "json_loads",
 ]
 
@@ -98,21 +99,11 @@ _C_ENCODE: Final[Callable[[Any, int], tuple[str, ...] | list[str]] | None] = (
 )
 
 
-def json_dumps(obj: Any) -> bytes:
-    """Encode with asyncq's JSON conventions (compact, UTF-8, tagged extra types)."""
-    try:
-        if _C_ENCODE is not None:
-            try:
-                return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
-            except RecursionError:
-                pass
-        return _ENCODER.encode(obj).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
-
-
 def json_text(obj: Any) -> str:
-    """:func:`json_dumps` as text, for a caller that writes more text around it."""
+    """Encode with asyncq's JSON conventions (compact, tagged extra types) as text.
+
+    For a caller that writes more text around it; :func:`utf8` makes the bytes.
+    """
     try:
         if _C_ENCODE is not None:
             try:
@@ -124,21 +115,26 @@ def json_text(obj: Any) -> str:
         raise SerializationError(f"cannot encode as JSON: {exc}") from exc
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (which JSON text may hold) is a SerializationError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+
+
+def json_dumps(obj: Any) -> bytes:
+    """Encode with asyncq's JSON conventions (compact, UTF-8, tagged extra types)."""
+    return utf8(json_text(obj))
+
+
 def json_dumps_within(prefix: str, obj: Any, suffix: str) -> bytes:
     """``prefix``, the JSON of ``obj`` (as :func:`json_dumps` writes it) and ``suffix``, as UTF-8.
 
     For a document written as text around one value (a task's SUCCESS record): one encoding
     to bytes instead of one for the value and another for the rest.
     """
-    try:
-        if _C_ENCODE is not None:
-            try:
-                return (prefix + "".join(_C_ENCODE(obj, 0)) + suffix).encode("utf-8")
-            except RecursionError:
-                pass
-        return (prefix + _ENCODER.encode(obj) + suffix).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+    return utf8(prefix + json_text(obj) + suffix)
 
 
 #: A tuple, not ``bytes | bytearray``: the union would be built again on every call.

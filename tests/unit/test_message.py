@@ -193,3 +193,10 @@ def test_new_id_is_the_uuid4_string_of_its_random_bytes() -> None:
         raw = os.urandom(16)
         assert new_id(lambda n, raw=raw: raw) == str(uuid.UUID(bytes=raw, version=4))
     assert uuid.UUID(new_id()).version == 4
+
+
+def test_a_lone_surrogate_in_a_plain_message_is_a_serialization_error() -> None:
+    # The plain envelope is written as text, like the others: its UTF-8 step fails the same way.
+    message = Message(id="a", task="t", args=["\ud800"], kwargs={}, queue="q")
+    with pytest.raises(SerializationError, match="cannot encode as JSON"):
+        encode_message(message, Serializers())
