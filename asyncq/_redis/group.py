@@ -32,8 +32,9 @@ class GroupCommit(Generic[T, R]):
         self._closed = closed
         # What the next flush sends, and its callers' futures (two lists: no pair per item).
         self._items: list[T] = []
-        self._futures: list[asyncio.Future[R]] = []
-        self._inflight: list[asyncio.Future[R]] = []
+        # None for an item queued without a future (see queue()): its flush reports on its own.
+        self._futures: list[asyncio.Future[R] | None] = []
+        self._inflight: list[asyncio.Future[R] | None] = []
         self._task: asyncio.Task[None] | None = None
         self._direct: asyncio.Future[None] | None = None  # done when a caller's own flush ends
 
@@ -49,6 +50,23 @@ class GroupCommit(Generic[T, R]):
         self._items.append(item)  # the flush in flight starts the next one
         self._futures.append(future)
         return future
+
+    @property
+    def busy(self) -> bool:
+        """A flush is in flight: what is submitted now goes out in the next one."""
+        return self._task is not None or self._direct is not None
+
+    def queue(self, item: T) -> None:
+        """Queue ``item`` for the next flush with no future, while :attr:`busy`.
+
+        For a caller whose ``flush`` reports each item's outcome itself (a callback carried in
+        the item): nothing is awaited, so the caller's task need not wait for the round trip.
+        When not busy the caller uses :meth:`submit` (its own flush, no extra hop).
+        """
+        if not self.busy:
+            raise RuntimeError("GroupCommit.queue() needs a flush in flight")
+        self._items.append(item)
+        self._futures.append(None)
 
     async def _flush_directly(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -78,17 +96,17 @@ class GroupCommit(Generic[T, R]):
                     results = await self._flush(items)
                 except Exception as exc:
                     for future in self._inflight:
-                        if not future.done():
+                        if future is not None and not future.done():
                             future.set_exception(exc)
                 else:
                     for future, result in zip(self._inflight, results, strict=True):
-                        if not future.done():
+                        if future is not None and not future.done():
                             future.set_result(result)
                 self._inflight = []
         finally:
             self._task = None
             for future in self._inflight + self._futures:  # only when cancelled (aclose)
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(self._closed())
             self._inflight, self._items, self._futures = [], [], []
 

@@ -12,15 +12,18 @@ record must be replicated before the ack); then the worker writes and acks apart
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeGuard
 
 from asyncq._redis import ClientHolder, GroupCommit, Script, script_call
 from asyncq.brokers._redis_leases import Leases, RedisDelivery, joint_flushed
 from asyncq.brokers._redis_scripts import ACK, CHUNK, Queue
 from asyncq.exceptions import BackendError
 
-__all__ = ["JointSettle"]
+__all__ = ["JointSettle", "Settled"]
+
+#: Told how a queued pair ended: its delivery, and the error (None: stored and acked).
+Settled = Callable[[RedisDelivery, BaseException | None], None]
 
 #: Most records, or acks, one script call carries.
 _CHUNK: Final = min(500, CHUNK)
@@ -45,14 +48,27 @@ class JointSettle:
 
     def submit(self, delivery: object, key: bytes, value: bytes, ttl_ms: int) -> Awaitable[None] | None:
         """Store ``value`` at ``key`` and ack ``delivery``; None if they cannot go together."""
-        if type(delivery) is not RedisDelivery or not self._redis.connected:
+        if not self._joins(delivery):
             return None
+        return delivery.ack_along(self._group.submit, key, value, ttl_ms)
+
+    def queue(self, delivery: object, key: bytes, value: bytes, ttl_ms: int, then: Settled) -> bool:
+        """:meth:`submit` with nothing to await, behind the flush in flight: ``then`` hears the end.
+
+        False (nothing done) when no flush is in flight or the pair cannot go together.
+        """
+        if not self._group.busy or not self._joins(delivery):
+            return False
+        delivery.ack_along(self._group.queue, key, value, ttl_ms, then)
+        return True
+
+    def _joins(self, delivery: object) -> TypeGuard[RedisDelivery]:
+        if type(delivery) is not RedisDelivery or not self._redis.connected:
+            return False
         leases = delivery._leases
         if leases is not self._leases:
             self._leases, self._shared = leases, self._same_server(leases)
-        if not self._shared:
-            return None
-        return delivery.ack_along(self._group.submit, key, value, ttl_ms)
+        return self._shared
 
     def _same_server(self, leases: Leases) -> bool:
         mine, theirs = self._redis, leases.redis
@@ -65,7 +81,7 @@ class JointSettle:
         keys: list[bytes] = []
         args: list[Any] = []
         handles: dict[Queue, list[bytes]] = {}
-        for key, value, ttl_ms, delivery in items:
+        for key, value, ttl_ms, delivery, _ in items:
             keys.append(key)
             args += (value, ttl_ms)
             queue = delivery._queue
@@ -90,10 +106,10 @@ class JointSettle:
             await self._redis.retrying(
                 "set result and ack", lambda client: client.pipeline(commands, scripts)
             )
-        except BaseException:
-            joint_flushed(items, False)  # unsettled: redelivered after the visibility timeout
+        except BaseException as exc:
+            joint_flushed(items, exc)  # unsettled: redelivered after the visibility timeout
             raise
-        joint_flushed(items, True)
+        joint_flushed(items, None)
         return [None] * len(items)
 
     async def close(self) -> None:

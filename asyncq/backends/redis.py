@@ -47,7 +47,7 @@ from asyncq._redis import (
 )
 from asyncq._sending import Arrival
 from asyncq._utils import redact_url
-from asyncq.backends._redis_joint import JointSettle
+from asyncq.backends._redis_joint import JointSettle, Settled
 from asyncq.backends.base import BackendCapabilities, BackendDefaults
 from asyncq.exceptions import BackendConnectionError, BackendError, ConfigurationError
 
@@ -435,6 +435,21 @@ class RedisBackend(BackendDefaults):
             self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
         key = f"{self._prefix}:result:{{{task_id}}}".encode()
         return self._joint.submit(delivery, key, _FINAL + record, self._ttl_ms_seen)
+
+    def queue_set_and_ack(
+        self, task_id: str, record: bytes, *, ttl: float | None, delivery: object, then: Settled
+    ) -> bool:
+        """:meth:`set_and_ack` with nothing to await: True if queued behind a flush in flight.
+
+        ``then(delivery, error)`` is called once the pair was applied (error None) or the
+        flush failed (the delivery is open again). False, with nothing done, when no flush is
+        in flight (:meth:`set_and_ack` then flushes the caller's own at once) or the two
+        cannot travel together. Under load a worker's task need not wait for its round trip.
+        """
+        if ttl != self._ttl_seen:
+            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
+        key = f"{self._prefix}:result:{{{task_id}}}".encode()
+        return self._joint.queue(delivery, key, _FINAL + record, self._ttl_ms_seen, then)
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
         client = self._redis.client()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncq._redis import ClientHolder, GroupCommit, script_call
 from asyncq._utils import cancel_and_wait, describe_error
@@ -19,9 +19,11 @@ from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW
 from asyncq.exceptions import BrokerError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["Leases", "RedisDelivery", "joint_flushed"]
+
+R = TypeVar("R")
 
 logger = logging.getLogger("asyncq.brokers.redis")
 
@@ -232,13 +234,19 @@ class RedisDelivery:
         self._state = _SETTLED
 
     def ack_along(
-        self, submit: Callable[[tuple[Any, ...]], Awaitable[None]], key: bytes, value: bytes, ttl_ms: int
-    ) -> Awaitable[None]:
-        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, self))``.
+        self,
+        submit: Callable[[tuple[Any, ...]], R],
+        key: bytes,
+        value: bytes,
+        ttl_ms: int,
+        then: Callable[[RedisDelivery, BaseException | None], None] | None = None,
+    ) -> R:
+        """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, self, then))``.
 
         The result backend's way of writing a task's result and its ack in one round trip.
         A plain method (no coroutine of its own per task): the flush that carries the item
-        settles the delivery, or opens it again if it failed (see :func:`joint_flushed`).
+        settles the delivery, or opens it again if it failed (see :func:`joint_flushed`), and
+        calls ``then`` with the error, if any.
         """
         if self._state != _OPEN:
             raise BrokerError(f"delivery {self.id} was already settled")
@@ -249,7 +257,7 @@ class RedisDelivery:
         on_settled, self._on_settled = self._on_settled, None
         if on_settled is not None:
             on_settled()
-        return submit((key, value, ttl_ms, self))
+        return submit((key, value, ttl_ms, self, then))
 
     async def nack(self, *, delay: float | None = None) -> None:
         self._begin()
@@ -276,8 +284,15 @@ class RedisDelivery:
             self._finish(ok)
 
 
-def joint_flushed(items: Sequence[tuple[Any, ...]], ok: bool) -> None:
-    """The flush of :meth:`RedisDelivery.ack_along` items ended: settled, or open again."""
-    state = _SETTLED if ok else _OPEN
+def joint_flushed(items: Sequence[tuple[Any, ...]], error: BaseException | None) -> None:
+    """The flush of :meth:`RedisDelivery.ack_along` items ended: settled, or open again.
+
+    Each item's ``then`` hears how it ended.
+    """
+    state = _SETTLED if error is None else _OPEN
     for item in items:
-        item[3]._state = state
+        delivery = item[3]
+        delivery._state = state
+        then = item[4]
+        if then is not None:
+            then(delivery, error)

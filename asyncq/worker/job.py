@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from asyncq._utils import now
+from asyncq._utils import describe_error, now
 from asyncq.backends.base import REPLY_TO
 from asyncq.brokers import Delivery
 from asyncq.events import NO_EVENTS, NoEvents
@@ -110,8 +110,12 @@ class JobRunner(JobRecords):
         self._book = JobBook()  # taken and running tasks, for inspect and revoke
         self._plain_book = True
         self.is_revoked: Callable[[str], bool] | None = None  # the worker's revocation check
-        # Called at the very end of each handle() (the worker frees the job's slot there).
-        self.on_finish: Callable[[], None] | None = None
+        # Called at the very end of each handle() (the worker frees the job's slot there unless
+        # told True: a queued flush holds it and gives it back through slot_back).
+        self.on_finish: Callable[[bool], None] | None = None
+        self.slot_back: Callable[[], None] | None = None
+        # A backend that can queue (final record, ack) behind its flush in flight, awaited by nobody.
+        self._queue_joint: Callable[..., bool] | None = getattr(self._backend, "queue_set_and_ack", None)
         # Per task type, decided at its first delivery: see _plan().
         self._plans: dict[Task[Any, Any], _Plan] = {}
         self._writer = self._write_state  # one bound method, not one per task
@@ -142,6 +146,7 @@ class JobRunner(JobRecords):
         """Process one delivery to the end; never raises except on cancellation."""
         message: Message | None = None
         entry: JobEntry | None = None
+        kept = False  # the job's slot is held by a flush in flight (see _execute)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         try:
@@ -168,9 +173,9 @@ class JobRunner(JobRecords):
                 if task is None:
                     return
             if task.rate is not None or task.concurrency is not None:
-                await self._limited(delivery, message, task, entry)
+                kept = await self._limited(delivery, message, task, entry)
             else:
-                await self._execute(delivery, message, task, entry)
+                kept = await self._execute(delivery, message, task, entry)
         except asyncio.CancelledError:
             if entry is not None and self.is_revoked is not None and self.is_revoked(entry.message.id):
                 # Revoked with terminate: settled here, so that no other worker starts it.
@@ -190,7 +195,7 @@ class JobRunner(JobRecords):
                 elif self._book.entries.get(entry.message.id) is entry:  # not a copy's beside it
                     del self._book.entries[entry.message.id]
             if self.on_finish is not None:
-                self.on_finish()
+                self.on_finish(kept)
 
     async def _undecodable(self, delivery: Delivery, exc: SignatureError | SerializationError) -> None:
         if isinstance(exc, SignatureError):
@@ -242,7 +247,7 @@ class JobRunner(JobRecords):
 
     async def _limited(
         self, delivery: Delivery, message: Message, task: Task[Any, Any], entry: JobEntry
-    ) -> None:
+    ) -> bool:
         """Wait for the task's limits (unsettled, off the worker's slots), run it, give them back."""
         flow = self.flow
         try:
@@ -250,7 +255,7 @@ class JobRunner(JobRecords):
         except Exception as exc:  # the user's concurrency_key raised: the message can never run
             reason = f"concurrency_key of {task.name} failed: {exc!r}"
             await self._dead_letter(delivery, message, reason, exc)
-            return
+            return False
         gave = False
         events = self._events if self._events_on else None
 
@@ -270,15 +275,16 @@ class JobRunner(JobRecords):
         except AsyncqError as exc:  # the limit store is away: try again in a moment
             logger.warning("task %s[%s]: limits unavailable (%s); returning it", task.name, message.id, exc)
             await self._give_back(delivery, message, delay=1.0)
-            return
+            return False
         try:
-            await self._execute(delivery, message, task, entry)
+            return await self._execute(delivery, message, task, entry)
         finally:
             await asyncio.shield(flow.release(permit))
 
     async def _execute(
         self, delivery: Delivery, message: Message, task: Task[Any, Any], entry: JobEntry
-    ) -> None:
+    ) -> bool:
+        """Run the task and settle its delivery; True if a flush in flight settles it later."""
         plan = self._plans.get(task)
         if plan is None:
             plan = self._plans[task] = self._plan(task)
@@ -294,7 +300,7 @@ class JobRunner(JobRecords):
                 delivery.delivery_count,
             )
             await self._settle(delivery.ack())
-            return
+            return False
         if not acks_late:
             try:  # at-most-once: a crash from here on loses the task
                 await delivery.ack()
@@ -340,13 +346,13 @@ class JobRunner(JobRecords):
                     "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
                 )
                 await self._settle(delivery.ack())
-            return
+            return False
         except AlreadyDeadLettered:
             logger.warning(
                 "task %s[%s] was dead-lettered already; acknowledging this copy", message.task, message.id
             )
             await self._settle(delivery.ack())
-            return
+            return False
         except Retry as retry:
             await self._retry(message, task, retry.exc, retry.when)
         except Reject as reject:
@@ -355,7 +361,7 @@ class JobRunner(JobRecords):
                 await self._give_back(delivery, message)
             else:
                 await self._dead_letter(delivery, message, f"rejected by task: {reject.reason}", reject)
-            return
+            return False
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -383,6 +389,24 @@ class JobRunner(JobRecords):
                 joint = None
                 set_and_ack = self._set_and_ack
                 if acks_late and set_and_ack is not None and not self._events_on and _ends_here(message):
+                    queue_joint = self._queue_joint
+                    if (
+                        queue_joint is not None
+                        and self.slot_back is not None
+                        and queue_joint(
+                            message.id,
+                            record,
+                            ttl=self._result_ttl,
+                            delivery=delivery,
+                            then=self._joint_settled,
+                        )
+                    ):
+                        # Behind the flush in flight: the job ends now, without a step to resume
+                        # it; its slot stays taken until the record and the ack are applied
+                        # (_joint_settled), so unsettled work stays within the concurrency.
+                        if self.on_outcome is not None:
+                            self.on_outcome(message.task, State.SUCCESS)
+                        return True
                     joint = set_and_ack(message.id, record, ttl=self._result_ttl, delivery=delivery)
                 try:
                     if joint is not None:
@@ -390,7 +414,7 @@ class JobRunner(JobRecords):
                         await joint
                         if self.on_outcome is not None:
                             self.on_outcome(message.task, State.SUCCESS)
-                        return
+                        return False
                     await self._write(message, record, True)
                 except AsyncqError:  # the delivery is open again when the joint call failed
                     logger.exception(
@@ -409,6 +433,7 @@ class JobRunner(JobRecords):
                 await delivery.ack()
             except AsyncqError:
                 logger.exception("could not settle a delivery; the broker will deliver it again")
+        return False
 
     async def _retry(
         self, message: Message, task: Task[Any, Any], exc: BaseException | None, when: float | None
@@ -508,6 +533,17 @@ class JobRunner(JobRecords):
             functools.partial(self._writer, message),
             self._loop,
         )
+
+    def _joint_settled(self, delivery: Delivery, error: BaseException | None) -> None:
+        """A queued (record, ack) pair was applied, or its flush failed: the job's slot comes back."""
+        if error is not None:
+            logger.error(
+                "could not store the SUCCESS state of task %s (it will be delivered again): %s",
+                delivery.id,
+                describe_error(error),
+            )
+        if self.slot_back is not None:
+            self.slot_back()
 
     @staticmethod
     async def _settle(settling: Any) -> None:

@@ -175,6 +175,7 @@ class Worker:
         )
         runner.on_outcome = self._count
         runner.on_finish = self._job_finished
+        runner.slot_back = self._slots.release
         flow = FlowGate.for_app(self.app, hostname=self.hostname)  # a task no store can limit fails here
         await flow.start()
         runner.flow, runner.give_slot, runner.take_slot = flow, self._give_slot, self._take_slot
@@ -424,13 +425,16 @@ class Worker:
         self._inflight.add(job)
         job.add_done_callback(self._job_done)
 
-    def _job_finished(self) -> None:
-        """The runner's last step in a job's task: forget the job, free its slot."""
+    def _job_finished(self, kept: bool = False) -> None:
+        """The runner's last step in a job's task: forget the job, free its slot.
+
+        ``kept``: a flush in flight holds the slot and gives it back (the runner's slot_back).
+        """
         job = asyncio.current_task(self._loop)
         self._inflight.discard(job)
         if self._off and job in self._off:
             self._off.discard(job)  # it gave its slot back while waiting on a limit
-        elif self._slots is not None:
+        elif self._slots is not None and not kept:
             self._slots.release()
 
     def _cancel(self, job: asyncio.Task[None]) -> None:

@@ -301,3 +301,49 @@ async def test_a_record_and_an_ack_on_different_servers_do_not_travel_together(
             assert backend.set_and_ack("t1", b"{}", ttl=60, delivery=delivery) is None
             assert backend.set_and_ack("t1", b"{}", ttl=60, delivery=object()) is None
             await delivery.ack()  # still open: the caller settles it apart
+
+
+async def test_a_pair_queued_behind_a_flush_in_flight_is_settled_by_that_flush(
+    factory: Factory, redis_url: str, prefix: str, admin: Redis
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    backend = await factory()
+    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
+        broker = await make()
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        await broker.publish_many([OutgoingMessage(id=i, queue=queue, body=b"x") for i in ids])
+        settled: list[tuple[str, BaseException | None]] = []
+        async with aclosing(broker.consume([queue], prefetch=len(ids))) as it:
+            deliveries = [await asyncio.wait_for(anext(it), TIMEOUT) for _ in ids]
+            # Nothing in flight: nothing is queued, the delivery stays open for set_and_ack.
+            assert not backend.queue_set_and_ack(
+                ids[0], b"{}", ttl=60, delivery=deliveries[0], then=lambda d, e: settled.append((d.id, e))
+            )
+            first = asyncio.ensure_future(
+                _awaited(backend.set_and_ack(ids[0], b"{}", ttl=60, delivery=deliveries[0]))
+            )
+            await asyncio.sleep(0)  # one step: its flush is sent, its reply cannot be read before the next
+            assert backend._joint._group.busy
+            queued = [
+                backend.queue_set_and_ack(
+                    d.id,
+                    b'{"status":"SUCCESS"}',
+                    ttl=60,
+                    delivery=d,
+                    then=lambda d, e: settled.append((d.id, e)),
+                )
+                for d in deliveries[1:]
+            ]
+            assert all(queued)
+            await asyncio.wait_for(first, TIMEOUT)
+            await until(lambda: len(settled) == len(ids) - 1)
+        assert sorted(settled, key=lambda pair: pair[0]) == sorted((i, None) for i in ids[1:])
+        assert await admin.zcard(f"{prefix}:{{{queue}}}:inflight") == 0
+        assert await backend.get_many(ids[1:]) == [b'{"status":"SUCCESS"}'] * (len(ids) - 1)
+        with pytest.raises(BrokerError, match="already settled"):
+            await deliveries[1].ack()
+
+
+async def _awaited(call: Awaitable[None] | None) -> None:
+    assert call is not None
+    await call
