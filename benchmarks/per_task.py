@@ -7,7 +7,10 @@ steadier figure on a loaded machine). With --trees, every tree runs in its own p
 the first one are printed.
 
 Usage: python benchmarks/per_task.py [--url memory://] [--tasks 20000] [--rounds 3]
-       [--trees base=/path/to/old/checkout,new=.] [--profile FILE]
+       [--trees base=/path/to/old/checkout,new=.] [--loop asyncio|uvloop] [--profile FILE]
+
+--loop uvloop runs the drain on uvloop, the loop `asyncq run` picks when it is installed
+(worker_loop=auto); the default is asyncio's own, as an app embedding the worker has.
 
 --profile runs one drain of this tree with the worker under cProfile (the enqueue is not
 profiled) and prints the 25 functions with the most time of their own.
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="FILE", help="one drain under cProfile: stats to FILE, the top 25 printed"
     )
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's single run
     args = parser.parse_args()
     if args.profile:
@@ -91,7 +95,12 @@ def main() -> None:
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
         return
     if args.one or not args.trees:
-        rate, micros = asyncio.run(drain(args.url, args.tasks))
+        if args.loop == "uvloop":
+            import uvloop
+
+            rate, micros = uvloop.run(drain(args.url, args.tasks))
+        else:
+            rate, micros = asyncio.run(drain(args.url, args.tasks))
         print(
             json.dumps({"rate": rate, "cpu_us": micros})
             if args.one
@@ -107,6 +116,7 @@ def main() -> None:
             # freeze an embedded worker, so say it (older trees ignore the variable, with a warning).
             env.setdefault("ASYNCQ_WORKER_GC_FREEZE", "true")
             command = [sys.executable, __file__, "--one", "--url", args.url, "--tasks", str(args.tasks)]
+            command += ["--loop", args.loop]
             out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=True)
             figures = json.loads(out.stdout.strip().splitlines()[-1])
             results[name].append((figures["rate"], figures["cpu_us"]))
