@@ -9,7 +9,9 @@ that rule. A suspect whose record is already SUCCESS is acknowledged without run
 stored SUCCESS is never replaced by a failure.
 
 The first delivery of an ordinary task is the hot path: what is off (security checks,
-events, tracking of STARTED) is decided once when the runner is built, not per message.
+events, tracking of STARTED) is decided once when the runner is built, not per message, and
+the whole path is one coroutine. What does not simply succeed is settled by the methods of
+:class:`~asyncq.worker.outcomes.JobOutcomes`.
 """
 
 from __future__ import annotations
