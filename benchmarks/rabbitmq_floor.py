@@ -222,15 +222,14 @@ async def round_trips(args: argparse.Namespace, env: dict[str, str], log_dir: Pa
 
 
 class EnqueueChild:
-    """One row of an enqueue round: a fresh process that connects and warms up, then on "go"
-    times ``--enqueues`` sequential confirmed enqueues and prints the rate (see ``enqueue_child``).
-    """
+    """One row of an enqueue round: a fresh process that connects and warms up, then times
+    each chunk of sequential confirmed enqueues the driver asks for (see ``enqueue_child``)."""
 
     def __init__(self, name: str, args: argparse.Namespace, env: dict[str, str], log_path: Path) -> None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--role", "enqueue", "--row", name]
-        argv += ["--enqueues", str(args.enqueues)]
         self.name, self.timeout = name, args.timeout
         self.log_path = log_path
+        self.seconds = self.cpu = 0.0
         with log_path.open("ab") as log_file:  # the child's stderr (and any stray stdout)
             self.proc = subprocess.Popen(
                 argv,
@@ -253,34 +252,43 @@ class EnqueueChild:
             raise RuntimeError(f"{self.name}: no answer from its process\n{tail}")
         return text.strip()
 
-    def run(self) -> float:
-        """Start the timed enqueues, wait for the rate and for the process to end."""
+    def chunk(self, count: int) -> None:
+        """Time ``count`` enqueues in the child; adds its wall and CPU seconds to the totals."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        rate = float(json.loads(self.line())["rate"])
-        self.proc.wait(self.timeout)  # its purge and close are done before the next row starts
+        self.proc.stdin.write(b"%d\n" % count)
+        seconds, cpu = json.loads(self.line())
+        self.seconds += seconds
+        self.cpu += cpu
+
+    def finish(self) -> None:
+        """Let the child purge its queue and close, and wait for it."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(self.timeout)
         _live.discard(self.proc)
-        return rate
 
 
-async def enqueue_child(name: str, count: int) -> None:
-    """The child side: purge, connect, warm up, "ready"; on "go" time ``count`` enqueues."""
+async def enqueue_child(name: str) -> None:
+    """The child side: purge, connect, warm up, "ready"; then per line N, time N enqueues."""
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # a library's prints go to the log, not into the protocol
     module = importlib.import_module(RABBITMQ_MODULES[name])
     await module.purge()
     client = module.Client()
     await client.open()
+    loop = asyncio.get_running_loop()
     try:
         for _ in range(WARM_UP):
             await client.enqueue()
         print("ready", file=protocol, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        started = time.perf_counter()
-        for _ in range(count):
-            await client.enqueue()
-        rate = count / (time.perf_counter() - started)
-        print(json.dumps({"rate": rate}), file=protocol, flush=True)
+        # Read off the loop: an async client's connection stays served while it waits.
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            count = int(line)
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                await client.enqueue()
+            spent = [time.perf_counter() - started, time.process_time() - cpu]
+            print(json.dumps(spent), file=protocol, flush=True)
     finally:
         await client.close()
         await module.purge()
@@ -289,45 +297,57 @@ async def enqueue_child(name: str, count: int) -> None:
 def enqueue_rounds(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> dict[str, list[float]]:
     """Rounds of confirmed sequential enqueues, one fresh process per row and round.
 
-    Every row's process of a round connects and warms up first; then the rows run one after
-    the other, so the timed parts of a round are back to back. The order rotates by one row
-    per round, so that no row always goes first.
+    Every row's process of a round connects and warms up first; then the rows take turns,
+    ``--chunk`` enqueues each, until each did ``--enqueues``: every row sees the same
+    seconds of the server. The order of the turns rotates by one row per chunk and round,
+    so that no row always goes first.
     """
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     for row in rows:
         if row not in RABBITMQ_MODULES:
             raise SystemExit(f"unknown row {row!r}; choose from {', '.join(RABBITMQ_MODULES)}")
     rates: dict[str, list[float]] = {row: [] for row in rows}
-    log(f"confirmed enqueue rounds: {args.enqueue_rounds} x {args.enqueues} per row, enqueues/s")
+    cpu: dict[str, list[float]] = {row: [] for row in rows}
+    chunks = max(1, args.enqueues // args.chunk)
+    log(
+        f"confirmed enqueue rounds: {args.enqueue_rounds} x {chunks * args.chunk} per row, "
+        f"in turns of {args.chunk}; enqueues/s"
+    )
     log("round " + "".join(f"{row:>22}" for row in rows))
     for index in range(args.enqueue_rounds):
-        shift = index % len(rows)
-        order = rows[shift:] + rows[:shift]
-        children = [EnqueueChild(row, args, env, log_dir / f"enqueue-{row}.log") for row in order]
+        children = [EnqueueChild(row, args, env, log_dir / f"enqueue-{row}.log") for row in rows]
         try:
             for child in children:
                 if child.line() != "ready":
                     raise RuntimeError(f"{child.name}: unexpected answer")
+            for turn in range(chunks):
+                shift = (index + turn) % len(children)
+                for child in children[shift:] + children[:shift]:
+                    child.chunk(args.chunk)
             for child in children:
-                rates[child.name].append(child.run())
+                child.finish()
         finally:
             for child in children:
                 stop_process(child.proc, grace=5)
+        for child in children:
+            rates[child.name].append(chunks * args.chunk / child.seconds)
+            cpu[child.name].append(child.cpu / (chunks * args.chunk) * 1e6)
         log(f"{index + 1:5} " + "".join(f"{rates[row][-1]:22,.0f}" for row in rows))
-    summarize(rates, rows[0])
+    summarize(rates, cpu, rows[0])
     return rates
 
 
-def summarize(rates: dict[str, list[float]], ours: str) -> None:
-    """Each row's median and range, and the per-round ratios of ``ours`` to every other row."""
-    log(f"{'row':22} {'median /s':>10} {'range':>15} {ours + ' / row, per round: median (range)':>46}")
+def summarize(rates: dict[str, list[float]], cpu: dict[str, list[float]], ours: str) -> None:
+    """Each row's median and range, ``ours`` over it per round, and the client's CPU per call."""
+    title = f"{ours} / row per round"
+    log(f"{'row':22} {'median /s':>10} {'range':>13} {title:>30} {'client CPU us/call':>20}")
     for row, values in rates.items():
         ratios = [a / b for a, b in zip(rates[ours], values, strict=True)]
         spread = f"{min(values):,.0f}-{max(values):,.0f}"
-        ratio = (
-            "" if row == ours else f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-        )
-        log(f"{row:22} {statistics.median(values):10,.0f} {spread:>15} {ratio:>46}")
+        middle = statistics.median(ratios)
+        ratio = "" if row == ours else f"{middle:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        used = statistics.median(cpu[row])
+        log(f"{row:22} {statistics.median(values):10,.0f} {spread:>13} {ratio:>30} {used:20.0f}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -335,7 +355,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--round-trips", type=int, default=2000, help="per row; 0: no round trips")
-    parser.add_argument("--chunk", type=int, default=100, help="round trips per row before the next row")
+    parser.add_argument("--chunk", type=int, default=100, help="round trips / enqueues per row and turn")
     parser.add_argument("--dramatiq", action="store_true", help="add dramatiq's round trip as a row")
     parser.add_argument("--enqueue-rounds", type=int, default=5, help="0: no enqueue rounds")
     parser.add_argument("--enqueues", type=int, default=1000, help="per row and round")
@@ -354,7 +374,7 @@ if __name__ == "__main__":
     os.environ["BENCH_AMQP"] = arguments.amqp  # read by peers._common, here and in the children
     os.environ["BENCH_REDIS"] = arguments.redis
     if arguments.role == "enqueue":
-        uvloop.run(enqueue_child(arguments.row, arguments.enqueues))
+        uvloop.run(enqueue_child(arguments.row))
     elif arguments.role == "hop":
         uvloop.run(hop(arguments.amqp))
     else:
