@@ -155,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
     env.update(BENCH_AMQP=args.amqp, BENCH_REDIS=args.redis, BENCH_TARGET="0", BENCH_SPAN_URL=args.redis)
     if args.round_trips:
         await round_trips(args, env, log_dir)
-    if args.enqueue_rounds:
+    if args.enqueue_rounds and args.enqueues:  # --enqueues 0 skips them too, as it used to
         rates = enqueue_rounds(args, env, log_dir)
         if args.json_out:
             medians = {row: statistics.median(values) for row, values in rates.items()}
@@ -358,7 +358,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=100, help="round trips / enqueues per row and turn")
     parser.add_argument("--dramatiq", action="store_true", help="add dramatiq's round trip as a row")
     parser.add_argument("--enqueue-rounds", type=int, default=5, help="0: no enqueue rounds")
-    parser.add_argument("--enqueues", type=int, default=1000, help="per row and round")
+    parser.add_argument("--enqueues", type=int, default=1000, help="per row and round; 0: none")
     parser.add_argument("--rows", default="asyncq,aiormq-bare,dramatiq,celery,taskiq-aio-pika")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a row's process may take")
     parser.add_argument("--json-out", help="also write the enqueue rates per row and round here")
