@@ -6,9 +6,11 @@ times peer/asyncq: above 1 is asyncq ahead):
 
 * ``redis``: ``compare_redis.py``, once per framework (``--only NAME``), the frameworks
   interleaved in every repeat (medians here); arq with its own interpreter (``--python arq=``);
-* ``rabbitmq``: the same with ``compare_redis.py --broker rabbitmq``. Where that script has no
-  ``--broker`` option, only asyncq is measured there (``--asyncq-broker amqp://...``) and the
-  table says that no peer was;
+* ``rabbitmq``: the same with ``compare_redis.py --broker rabbitmq``, except the confirmed
+  enqueue: that row comes from ``rabbitmq_floor.py``'s rounds (every framework and the bare
+  ceiling in turns of 100 enqueues, ``max(3, --repeat)`` rounds, ``--enqueues`` per round),
+  which see the same server load. Where compare_redis.py has no ``--broker`` option, only
+  asyncq is measured there (``--asyncq-broker amqp://...``) and the table says that no peer was;
 * ``sqlite``: ``sqlite_roundtrip.py``, asyncq beside huey's SqliteHuey;
 * ``postgres``: ``compare_postgres.py`` (procrastinate, SAQ) with the interpreter of its own
   virtualenv (``--python pg=``);
@@ -198,9 +200,44 @@ def redis_like(args: argparse.Namespace, broker: str) -> list[Row]:
                 rows[key].peers[name] = median
     notes = [note] if note else []
     notes += [f"{name} {reason}" for name, reason in skipped.items()]
+    if broker == "rabbitmq" and not note and "enqueue" in rows:
+        interleaved = confirmed_rounds(args, peers_python)
+        if interleaved is not None:  # the same seconds of the server for every row
+            rows["enqueue"].asyncq, rows["enqueue"].peers, extra_notes["enqueue"] = interleaved
     for key, row in rows.items():
         row.note = "; ".join(notes + extra_notes.get(key, []))
     return [row for row in rows.values() if row.asyncq is not None or row.peers]
+
+
+def confirmed_rounds(
+    args: argparse.Namespace, python: str
+) -> tuple[float, dict[str, float], list[str]] | None:
+    """RabbitMQ's confirmed enqueue from ``rabbitmq_floor.py``'s rounds (rows in turns of 100).
+
+    compare_redis.py measures each framework minutes apart, through the server's swings;
+    these rounds give asyncq's median, the peers' medians and a note with the ceiling.
+    """
+    rounds = max(3, args.repeat)
+    extra = ["--round-trips", "0", "--enqueue-rounds", str(rounds), *sizes(args, ("enqueues",))]
+    rows = ["asyncq", "aiormq-bare", "dramatiq", "celery", "taskiq-aio-pika", "asyncq+redis-results"]
+    data = run_script(args, python, "rabbitmq_floor.py", [*extra, "--rows", ",".join(rows)])
+    if not data:
+        return None
+    rates: dict[str, list[float]] = data["enqueue_rounds"]
+    medians = {row: statistics.median(values) for row, values in rates.items()}
+
+    def per_round(row: str) -> str:
+        ratios = [a / b for a, b in zip(rates["asyncq"], rates[row], strict=True)]
+        return f"{row} {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+    peers = {row: medians[row] for row in ("dramatiq", "celery", "taskiq-aio-pika")}
+    notes = [
+        f"confirmed enqueue: {rounds} interleaved rounds of rabbitmq_floor.py; bare ceiling "
+        f"{medians['aiormq-bare']:,.0f}/s; asyncq / row per round: "
+        + ", ".join(per_round(row) for row in ("aiormq-bare", *peers))
+        + f"; asyncq+redis-results: {medians['asyncq+redis-results']:,.0f}"
+    ]
+    return medians["asyncq"], peers, notes
 
 
 def sqlite(args: argparse.Namespace) -> list[Row]:

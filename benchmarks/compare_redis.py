@@ -65,7 +65,7 @@ if str(HERE) not in sys.path:
 
 from _compare_table import CEILING, METRICS, Result, is_ours, median_of, print_table  # noqa: E402
 from _workers import WorkerProcess, _live, cleanup_on_exit, log, stop_process  # noqa: E402
-from peers._common import SPAN_KEY, redis_url  # noqa: E402  (after the path set-up above)
+from peers._common import RABBITMQ_MODULES, SPAN_KEY, redis_url  # noqa: E402  (after the path set-up above)
 
 #: framework -> module in peers/ (the order of the table), per --broker.
 REDIS_FRAMEWORKS = {
@@ -77,13 +77,7 @@ REDIS_FRAMEWORKS = {
     "saq": "peers.saq_app",
     "dramatiq": "peers.dramatiq_app",
 }
-RABBITMQ_FRAMEWORKS = {
-    "asyncq": "peers.asyncq_amqp_app",
-    "asyncq+redis-results": "peers.asyncq_amqp_redis_app",
-    "celery": "peers.celery_amqp_app",
-    "dramatiq": "peers.dramatiq_amqp_app",
-    "taskiq-aio-pika": "peers.taskiq_aio_pika_app",
-}
+RABBITMQ_FRAMEWORKS = {name: module for name, module in RABBITMQ_MODULES.items() if name != CEILING}
 ALIASES = {
     "redis": {"taskiq": ["taskiq-stream", "taskiq-list"]},
     "rabbitmq": {"taskiq": ["taskiq-aio-pika"]},

@@ -13,22 +13,33 @@ one worker process each, as ``compare_redis.py --broker rabbitmq`` runs them). T
 in alternating chunks so that they see the same load; p50 / p99 over all round trips.
 ``--dramatiq`` adds dramatiq's round trip (RabbitMQ, Redis results) to the rotation.
 
-Then (``--enqueues``, 0 to skip) confirmed sequential enqueues, no worker running: asyncq
-rpc://, asyncq with Redis results and the bare aiormq ceiling (``peers/aiormq_ceiling.py``)
-in alternating chunks of 100 -> enqueues/s over all chunks, and the median and range of the
-chunks.
+Then (``--enqueue-rounds``, 0 to skip) rounds of confirmed sequential enqueues, no worker
+running: in each round, every row (``--rows``: asyncq, the bare aiormq ceiling of
+``peers/aiormq_ceiling.py``, dramatiq with ``confirm_delivery``, Celery with
+``confirm_publish``, taskiq-aio-pika; the clients of ``compare_redis.py --broker rabbitmq``)
+runs ``--enqueues`` enqueues, each awaiting its publisher confirm, in a fresh process of its
+own, the rows back to back -> enqueues/s per row and round, each row's median and range, and
+the per-round ratios of the first row to every other one (the server's swings from minute to
+minute cancel out of those). Run it with the peers' interpreter (``~/venvs/peers/bin/python``,
+``benchmarks/requirements-peers.txt``): the rows' processes use the same one.
+``--round-trips 0`` skips the round trips.
 
 Usage: PYTHONPATH=<tree> python benchmarks/rabbitmq_floor.py [--round-trips 2000] [--chunk 100]
-    [--enqueues 5000] [--dramatiq] [--amqp amqp://guest:guest@127.0.0.1:5672/] [--redis redis://127.0.0.1:6379]
+    [--dramatiq] [--enqueue-rounds 5] [--enqueues 1000] [--rows asyncq,aiormq-bare,dramatiq,...]
+    [--json-out FILE] [--amqp amqp://guest:guest@127.0.0.1:5672/] [--redis redis://127.0.0.1:6379]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import json
 import math
 import os
+import select
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +53,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _workers import WorkerProcess, cleanup_on_exit, log  # noqa: E402
+from _workers import WorkerProcess, _live, cleanup_on_exit, log, stop_process  # noqa: E402
+from peers._common import RABBITMQ_MODULES  # noqa: E402
 
 from asyncq._amqp.protocol import LeanConnection, LeanMessage, LeanParams  # noqa: E402
 
@@ -137,14 +149,24 @@ async def probe(call: Callable[[], Awaitable[None]], worker: WorkerProcess) -> N
 
 
 async def main(args: argparse.Namespace) -> None:
-    os.environ["BENCH_AMQP"] = args.amqp
-    os.environ["BENCH_REDIS"] = args.redis
-    from peers import asyncq_amqp_app, asyncq_amqp_redis_app
-
     log_dir = Path(tempfile.mkdtemp(prefix="asyncq-floor-"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env.update(BENCH_AMQP=args.amqp, BENCH_REDIS=args.redis, BENCH_TARGET="0", BENCH_SPAN_URL=args.redis)
+    if args.round_trips:
+        await round_trips(args, env, log_dir)
+    if args.enqueue_rounds and args.enqueues:  # --enqueues 0 skips them too, as it used to
+        rates = enqueue_rounds(args, env, log_dir)
+        if args.json_out:
+            medians = {row: statistics.median(values) for row, values in rates.items()}
+            Path(args.json_out).write_text(json.dumps({"enqueue_rounds": rates, "medians": medians}))
+    log(f"logs: {log_dir}")
+
+
+async def round_trips(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> None:
+    """The floor, asyncq's two rows (and dramatiq's) in alternating chunks; p50 / p99."""
+    from peers import asyncq_amqp_app, asyncq_amqp_redis_app
+
     floor = Floor(args.amqp)
     await floor.open()
     hop_argv = [sys.executable, str(Path(__file__).resolve()), "--role", "hop", "--amqp", args.amqp]
@@ -197,68 +219,163 @@ async def main(args: argparse.Namespace) -> None:
     for name, spent in times.items():
         p50 = percentile(spent, 50)
         log(f"{name:24} {p50 * 1000:8.3f} {percentile(spent, 99) * 1000:8.3f} {(p50 - base) * 1000:12.3f}")
-    if args.enqueues:
-        await enqueues(args)
 
 
-async def enqueues(args: argparse.Namespace) -> None:
-    """Confirmed sequential enqueues of both asyncq rows beside the bare ceiling, interleaved."""
-    from peers import aiormq_ceiling, asyncq_amqp_app, asyncq_amqp_redis_app
+class EnqueueChild:
+    """One row of an enqueue round: a fresh process that connects and warms up, then times
+    each chunk of sequential confirmed enqueues the driver asks for (see ``enqueue_child``)."""
 
-    modules = (asyncq_amqp_app, asyncq_amqp_redis_app)
-    for module in modules:
-        await module.purge()
-    await aiormq_ceiling.purge()
-    clients = [module.Client() for module in modules]
-    bare = aiormq_ceiling.Client()
-    calls: dict[str, Callable[[], Awaitable[None]]] = {}
+    def __init__(self, name: str, args: argparse.Namespace, env: dict[str, str], log_path: Path) -> None:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--role", "enqueue", "--row", name]
+        self.name, self.timeout = name, args.timeout
+        self.log_path = log_path
+        self.seconds = self.cpu = 0.0
+        with log_path.open("ab") as log_file:  # the child's stderr (and any stray stdout)
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=HERE,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                bufsize=0,
+                start_new_session=True,
+            )
+        _live.add(self.proc)
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        text = self.proc.stdout.readline().decode() if readable else ""
+        if not text:
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
+            raise RuntimeError(f"{self.name}: no answer from its process\n{tail}")
+        return text.strip()
+
+    def chunk(self, count: int) -> None:
+        """Time ``count`` enqueues in the child; adds its wall and CPU seconds to the totals."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"%d\n" % count)
+        seconds, cpu = json.loads(self.line())
+        self.seconds += seconds
+        self.cpu += cpu
+
+    def finish(self) -> None:
+        """Let the child purge its queue and close, and wait for it."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(self.timeout)
+        _live.discard(self.proc)
+
+
+async def enqueue_child(name: str) -> None:
+    """The child side: purge, connect, warm up, "ready"; then per line N, time N enqueues."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # a library's prints go to the log, not into the protocol
+    module = importlib.import_module(RABBITMQ_MODULES[name])
+    await module.purge()
+    client = module.Client()
+    await client.open()
+    loop = asyncio.get_running_loop()
     try:
-        for name, client in zip(("asyncq rpc://", "asyncq Redis results"), clients, strict=True):
-            await client.open()
-            calls[name] = client.enqueue
-        await bare.open()
-        calls["bare aiormq ceiling"] = bare.enqueue
-        rates: dict[str, list[float]] = {name: [] for name in calls}
-        for call in calls.values():
-            for _ in range(WARM_UP):
-                await call()
-        for _ in range(max(1, args.enqueues // 100)):
-            for name, call in calls.items():
-                started = time.perf_counter()
-                for _ in range(100):
-                    await call()
-                rates[name].append(100 / (time.perf_counter() - started))
+        for _ in range(WARM_UP):
+            await client.enqueue()
+        print("ready", file=protocol, flush=True)
+        # Read off the loop: an async client's connection stays served while it waits.
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            count = int(line)
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                await client.enqueue()
+            spent = [time.perf_counter() - started, time.process_time() - cpu]
+            print(json.dumps(spent), file=protocol, flush=True)
     finally:
-        for client in clients:
-            await client.close()
-        await bare.close()
-        for module in modules:
-            await module.purge()
-        await aiormq_ceiling.purge()
-    log(f"{'confirmed enqueue':24} {'/s':>8} {'chunks: median':>15} {'range':>13}")
-    for name, chunks in rates.items():
-        overall = len(chunks) * 100 / sum(100 / rate for rate in chunks)
-        spread = f"{min(chunks):,.0f}-{max(chunks):,.0f}"
-        log(f"{name:24} {overall:8,.0f} {statistics.median(chunks):15,.0f} {spread:>13}")
+        await client.close()
+        await module.purge()
+
+
+def enqueue_rounds(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> dict[str, list[float]]:
+    """Rounds of confirmed sequential enqueues, one fresh process per row and round.
+
+    Every row's process of a round connects and warms up first; then the rows take turns,
+    ``--chunk`` enqueues each, until each did ``--enqueues``: every row sees the same
+    seconds of the server. The order of the turns rotates by one row per chunk and round,
+    so that no row always goes first.
+    """
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    for row in rows:
+        if row not in RABBITMQ_MODULES:
+            raise SystemExit(f"unknown row {row!r}; choose from {', '.join(RABBITMQ_MODULES)}")
+    rates: dict[str, list[float]] = {row: [] for row in rows}
+    cpu: dict[str, list[float]] = {row: [] for row in rows}
+    chunks = max(1, args.enqueues // args.chunk)
+    log(
+        f"confirmed enqueue rounds: {args.enqueue_rounds} x {chunks * args.chunk} per row, "
+        f"in turns of {args.chunk}; enqueues/s"
+    )
+    log("round " + "".join(f"{row:>22}" for row in rows))
+    for index in range(args.enqueue_rounds):
+        children = [EnqueueChild(row, args, env, log_dir / f"enqueue-{row}.log") for row in rows]
+        try:
+            for child in children:
+                if child.line() != "ready":
+                    raise RuntimeError(f"{child.name}: unexpected answer")
+            for turn in range(chunks):
+                shift = (index + turn) % len(children)
+                for child in children[shift:] + children[:shift]:
+                    child.chunk(args.chunk)
+            for child in children:
+                child.finish()
+        finally:
+            for child in children:
+                stop_process(child.proc, grace=5)
+        for child in children:
+            rates[child.name].append(chunks * args.chunk / child.seconds)
+            cpu[child.name].append(child.cpu / (chunks * args.chunk) * 1e6)
+        log(f"{index + 1:5} " + "".join(f"{rates[row][-1]:22,.0f}" for row in rows))
+    summarize(rates, cpu, rows[0])
+    return rates
+
+
+def summarize(rates: dict[str, list[float]], cpu: dict[str, list[float]], ours: str) -> None:
+    """Each row's median and range, ``ours`` over it per round, and the client's CPU per call."""
+    title = f"{ours} / row per round"
+    log(f"{'row':22} {'median /s':>10} {'range':>13} {title:>30} {'client CPU us/call':>20}")
+    for row, values in rates.items():
+        ratios = [a / b for a, b in zip(rates[ours], values, strict=True)]
+        spread = f"{min(values):,.0f}-{max(values):,.0f}"
+        middle = statistics.median(ratios)
+        ratio = "" if row == ours else f"{middle:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        used = statistics.median(cpu[row])
+        log(f"{row:22} {statistics.median(values):10,.0f} {spread:>13} {ratio:>30} {used:20.0f}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--round-trips", type=int, default=2000, help="per row")
-    parser.add_argument("--chunk", type=int, default=100, help="round trips per row before the next row")
+    parser.add_argument("--round-trips", type=int, default=2000, help="per row; 0: no round trips")
+    parser.add_argument("--chunk", type=int, default=100, help="round trips / enqueues per row and turn")
     parser.add_argument("--dramatiq", action="store_true", help="add dramatiq's round trip as a row")
-    parser.add_argument("--enqueues", type=int, default=5000, help="per row; 0: no enqueue rows")
+    parser.add_argument("--enqueue-rounds", type=int, default=5, help="0: no enqueue rounds")
+    parser.add_argument("--enqueues", type=int, default=1000, help="per row and round; 0: none")
+    parser.add_argument("--rows", default="asyncq,aiormq-bare,dramatiq,celery,taskiq-aio-pika")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a row's process may take")
+    parser.add_argument("--json-out", help="also write the enqueue rates per row and round here")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
-    parser.add_argument("--role", default="main", choices=("main", "hop"), help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--role", default="main", choices=("main", "hop", "enqueue"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.role == "hop":
+    os.environ["BENCH_AMQP"] = arguments.amqp  # read by peers._common, here and in the children
+    os.environ["BENCH_REDIS"] = arguments.redis
+    if arguments.role == "enqueue":
+        uvloop.run(enqueue_child(arguments.row))
+    elif arguments.role == "hop":
         uvloop.run(hop(arguments.amqp))
     else:
         with cleanup_on_exit(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -17,6 +17,17 @@ from typing import Any
 #: Where the driver looks for ``[first_start, last_finish, count]``.
 SPAN_KEY = "bench:span"
 
+#: The RabbitMQ rows of ``compare_redis.py --broker rabbitmq`` and ``rabbitmq_floor.py``:
+#: row -> module here (the bare ceiling is a reference row, not a peer).
+RABBITMQ_MODULES = {
+    "asyncq": "peers.asyncq_amqp_app",
+    "asyncq+redis-results": "peers.asyncq_amqp_redis_app",
+    "celery": "peers.celery_amqp_app",
+    "dramatiq": "peers.dramatiq_amqp_app",
+    "taskiq-aio-pika": "peers.taskiq_aio_pika_app",
+    "aiormq-bare": "peers.aiormq_ceiling",
+}
+
 _target = int(os.environ.get("BENCH_TARGET", "0"))
 _first_start: list[float] = []
 _finished = itertools.count(1)  # next() is atomic under the GIL: safe in thread and gevent pools

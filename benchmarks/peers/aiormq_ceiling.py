@@ -3,7 +3,8 @@
 No framework: one message at a time, each awaiting RabbitMQ's publisher confirm, on a queue of
 its own (``bench-ceiling``), the way ``benchmarks/rabbitmq_broker.py`` measures it beside
 asyncq's driver. A 200-byte body with a message id, about the size of a framework's message.
-``compare_redis.py --broker rabbitmq`` interleaves it with asyncq's enqueues: the reference, not a peer.
+``compare_redis.py --broker rabbitmq`` and ``rabbitmq_floor.py`` interleave it with the enqueues:
+the reference, not a peer.
 """
 
 from __future__ import annotations
