@@ -182,7 +182,7 @@ class SaqBench:
         await self.queue.connect()
 
     async def close(self) -> None:
-        await self.queue.disconnect()
+        await asyncio.wait_for(self.queue.disconnect(), 30)
 
     async def fill(self, n: int) -> None:
         for start in range(0, n, 500):
@@ -213,9 +213,13 @@ class SaqBench:
         try:
             yield
         finally:
-            await worker.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
+            # Bounded: a SAQ postgres worker was once seen never returning from stop().
+            try:
+                await asyncio.wait_for(worker.stop(), 30)
+            except TimeoutError:
+                print("  saq: worker.stop() took over 30 s; cancelling the worker", flush=True)
+            run.cancel()
+            await asyncio.wait({run}, timeout=10)
 
 
 FRAMEWORKS: dict[str, tuple[str, Callable[[str, int], Framework]]] = {
