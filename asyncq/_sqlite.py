@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -445,6 +445,39 @@ class SQLiteThread:
                 self._inline_flush_scheduled = True
                 loop.call_soon(self._flush_inline)
         return await future
+
+    def try_direct(self, sql: str, params: Sequence[Any]) -> bool:
+        """``write(op, inline=True, direct=True, single=True)`` for one statement, if it can commit now.
+
+        True: ``sql`` ran and committed, here, under the same conditions as write's direct path
+        (a publish); False: nothing was done, call write(). No op closure and no call layers:
+        a producer awaits each publish, and this is most of its cost besides SQLite's own.
+        """
+        if not self._direct_left or self._in_flight or self._pending or not self._wal:
+            return False
+        task = asyncio.current_task()
+        if self._direct_left == _DIRECT_WRITES:
+            asyncio.get_running_loop().call_soon(self._reset_direct)
+            self._direct_task = task
+        elif task is not self._direct_task:
+            return False
+        lock = self._lock
+        if not lock.acquire(blocking=False):  # the thread runs a checkpoint or an undo
+            return False
+        try:
+            conn = self._conn
+            if conn is None:
+                return False  # write() raises the error
+            conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):  # changed nothing: write() waits for the lock
+                return False
+            raise self._error(f"SQLite error on {self.path}: {exc}") from exc
+        finally:
+            lock.release()
+        self._direct_left -= 1
+        self._committed(1)
+        return True
 
     def _reset_direct(self) -> None:
         self._direct_left, self._direct_task = _DIRECT_WRITES, None
