@@ -144,6 +144,8 @@ class SQLiteThread:
         self._error, self._connection_error = error, connection_error
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only read and written on the executor thread
+        # try_direct's statements: one cursor kept, not one made per call. Used under _lock.
+        self._cursor: sqlite3.Cursor | None = None
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._wal = False  # set by _open: fast-failing locks, manual checkpoints, inline calls
@@ -223,7 +225,7 @@ class SQLiteThread:
         else:  # e.g. a network file system: still correct, but readers block writers
             logger.warning("SQLite database %s is in %s journal mode, not WAL", self.path, mode)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        self._conn = conn
+        self._conn, self._cursor = conn, conn.cursor()
         return wal
 
     def _setup(self, conn: sqlite3.Connection, deadline: float) -> str:
@@ -465,10 +467,10 @@ class SQLiteThread:
         if not lock.acquire(blocking=False):  # the thread runs a checkpoint or an undo
             return False
         try:
-            conn = self._conn
-            if conn is None:
-                return False  # write() raises the error
-            conn.execute(sql, params)
+            cursor = self._cursor
+            if cursor is None:
+                return False  # closed: write() raises the error
+            cursor.execute(sql, params)
         except sqlite3.Error as exc:
             if _is_busy(exc):  # changed nothing: write() waits for the lock
                 return False
@@ -541,7 +543,7 @@ class SQLiteThread:
 
 
 def _close(conn: sqlite3.Connection, owner: SQLiteThread) -> None:
-    owner._conn = None
+    owner._conn = owner._cursor = None
     conn.close()
 
 
