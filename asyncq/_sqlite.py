@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -144,6 +144,8 @@ class SQLiteThread:
         self._error, self._connection_error = error, connection_error
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only read and written on the executor thread
+        # try_direct's statements: one cursor kept, not one made per call. Used under _lock.
+        self._cursor: sqlite3.Cursor | None = None
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._wal = False  # set by _open: fast-failing locks, manual checkpoints, inline calls
@@ -223,7 +225,7 @@ class SQLiteThread:
         else:  # e.g. a network file system: still correct, but readers block writers
             logger.warning("SQLite database %s is in %s journal mode, not WAL", self.path, mode)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        self._conn = conn
+        self._conn, self._cursor = conn, conn.cursor()
         return wal
 
     def _setup(self, conn: sqlite3.Connection, deadline: float) -> str:
@@ -446,6 +448,39 @@ class SQLiteThread:
                 loop.call_soon(self._flush_inline)
         return await future
 
+    def try_direct(self, sql: str, params: Sequence[Any]) -> bool:
+        """``write(op, inline=True, direct=True, single=True)`` for one statement, if it can commit now.
+
+        True: ``sql`` ran and committed, here, under the same conditions as write's direct path
+        (a publish); False: nothing was done, call write(). No op closure and no call layers:
+        a producer awaits each publish, and this is most of its cost besides SQLite's own.
+        """
+        if not self._direct_left or self._in_flight or self._pending or not self._wal:
+            return False
+        task = asyncio.current_task()
+        if self._direct_left == _DIRECT_WRITES:
+            asyncio.get_running_loop().call_soon(self._reset_direct)
+            self._direct_task = task
+        elif task is not self._direct_task:
+            return False
+        lock = self._lock
+        if not lock.acquire(blocking=False):  # the thread runs a checkpoint or an undo
+            return False
+        try:
+            cursor = self._cursor
+            if cursor is None:
+                return False  # closed: write() raises the error
+            cursor.execute(sql, params)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):  # changed nothing: write() waits for the lock
+                return False
+            raise self._error(f"SQLite error on {self.path}: {exc}") from exc
+        finally:
+            lock.release()
+        self._direct_left -= 1
+        self._committed(1)
+        return True
+
     def _reset_direct(self) -> None:
         self._direct_left, self._direct_task = _DIRECT_WRITES, None
 
@@ -508,7 +543,7 @@ class SQLiteThread:
 
 
 def _close(conn: sqlite3.Connection, owner: SQLiteThread) -> None:
-    owner._conn = None
+    owner._conn = owner._cursor = None
     conn.close()
 
 

@@ -381,7 +381,8 @@ class SQLiteBroker(BrokerDefaults):
         if type(body) is not bytes:
             body = bytes(body)
         row = (message.id, message.queue, body, message.priority or 0, message.eta or 0.0)
-        await self._db.write(partial(_insert_one, row=row), inline=True, direct=True, single=True)
+        if not self._db.try_direct(_INSERT, row):  # locked, or other writes in flight: queue it
+            await self._db.write(partial(_insert_one, row=row), inline=True, direct=True, single=True)
         self._published()
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:

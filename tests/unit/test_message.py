@@ -195,6 +195,42 @@ def test_new_id_is_the_uuid4_string_of_its_random_bytes() -> None:
     assert uuid.UUID(new_id()).version == 4
 
 
+def test_new_ids_from_the_random_pool_are_distinct_across_threads_and_forks() -> None:
+    import os
+    import sys
+    import threading
+    import uuid
+
+    from asyncq._utils import new_id
+
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(into: list[str]) -> None:
+        into.extend(new_id() for _ in range(3000))  # several pool refills each
+
+    threads = [threading.Thread(target=make, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for into in made for i in into]
+    assert len(set(ids)) == len(ids) == 12000
+    assert all(uuid.UUID(i).version == 4 for i in ids[:100])
+    if sys.platform == "win32":
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    parent_next = new_id()
+    with os.fdopen(read) as pipe:
+        child_next = pipe.read()
+    os.waitpid(pid, 0)
+    assert child_next and child_next != parent_next
+
+
 def test_a_lone_surrogate_in_a_plain_message_is_a_serialization_error() -> None:
     # The plain envelope is written as text, like the others: its UTF-8 step fails the same way.
     message = Message(id="a", task="t", args=["\ud800"], kwargs={}, queue="q")
