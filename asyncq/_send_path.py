@@ -71,11 +71,11 @@ async def send_message(
             if transactional is None:
                 arrival = backend.arrival(message.id)
     if arrival is not None:
-        await publish_until_confirmed_or_arrived(drivers.broker.publish(app.outgoing(message)), arrival)
+        await publish_until_confirmed_or_arrived(drivers.broker.publish(outgoing(app, message)), arrival)
     elif transactional is None:
-        await drivers.broker.publish(app.outgoing(message))
+        await drivers.broker.publish(outgoing(app, message))
     else:
-        await transactional.publish_in_transaction(connection, [app.outgoing(message)])
+        await transactional.publish_in_transaction(connection, [outgoing(app, message)])
     app.events.task_sent(message)
     return AsyncResult(message.id, app, task_name=task_name or message.task)
 
@@ -109,7 +109,7 @@ async def send_many(
             await backend.prepare(message.id)
             backend.expect(message.id)
             _address_replies(message, backend)
-    encoded = [app.outgoing(m) for m in messages]
+    encoded = [outgoing(app, m) for m in messages]
     if transactional is None:
         await drivers.broker.publish_many(encoded)
     else:

@@ -440,15 +440,16 @@ class App:
         """
         return _send_path.outgoing(self, message)
 
-    async def send_message(
+    def send_message(
         self, message: Message, *, task_name: str | None = None, connection: Any = None
-    ) -> AsyncResult[Any]:
-        """Publish a built message; return the handle on its result.
+    ) -> Coroutine[Any, Any, AsyncResult[Any]]:
+        """Publish a built message; awaited, the handle on its result.
 
         With ``connection`` (a database connection, see :meth:`send_many`) the message is
         written in that connection's transaction.
         """
-        return await _send_path.send_message(self, message, task_name=task_name, connection=connection)
+        # The send path's coroutine itself, not one awaiting it: every enqueue comes here.
+        return _send_path.send_message(self, message, task_name=task_name, connection=connection)
 
     async def send_many(
         self, messages: Sequence[Message], *, connection: Any = None

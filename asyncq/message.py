@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json.encoder
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -96,7 +97,7 @@ def encode_message(message: Message, serializers: Serializers, *, encrypt: bool 
         and message.eta is None
         and message.expires is None
         and message.priority is None
-        and not message.headers
+        and (not message.headers or _only_sent_at(message.headers))
         and message.parent_id is None
         and message.group_id is None
         and message.callbacks is None
@@ -140,7 +141,8 @@ def encode_message(message: Message, serializers: Serializers, *, encrypt: bool 
 
 
 def _encode_plain(message: Message) -> bytes:
-    """The envelope of a plain JSON message (a root call, no options) as text around its arguments.
+    """The envelope of a plain JSON message (a root call, no options, at most the send-time
+    stamp in its headers) as text around its arguments.
 
     The bytes are those the envelope dict gives (tests/unit/test_message.py pins it), in one
     encoder call for the arguments instead of one for a dict of every field.
@@ -148,12 +150,23 @@ def _encode_plain(message: Message) -> bytes:
     root_id = message.root_id
     # '{"args":[...],"kwargs":{...}}' less its braces: the two fields as the dict writes them.
     arguments = json_text({"args": message.args, "kwargs": message.kwargs})[1:-1]
+    # The producer's send-time stamp (task_send_sent_time, on by default) is the one header
+    # written here: a float's JSON is its repr.
+    stamp = f',"headers":{{"sent_at":{message.headers[SENT_AT]!r}}}' if message.headers else ""
     root = "" if root_id is None else f',"root_id":{_quote(root_id)}'
     end = ',"ignore_result":true}' if message.ignore_result else "}"
     return utf8(
         f'{{"v":1,"id":{_quote(message.id)},"task":{_quote(message.task)},{arguments},'
-        f'"queue":{_quote(message.queue)}{root}{end}'
+        f'"queue":{_quote(message.queue)}{stamp}{root}{end}'
     )
+
+
+def _only_sent_at(headers: dict[str, Any]) -> bool:
+    """The headers are the send-time stamp alone (what most messages carry), a finite float."""
+    if len(headers) != 1:
+        return False
+    stamp = headers.get(SENT_AT)
+    return type(stamp) is float and math.isfinite(stamp)
 
 
 def _aad(task_id: str, task_name: str) -> bytes:

@@ -93,6 +93,10 @@ class Events:
         self._app = app
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Loop] = weakref.WeakKeyDictionary()
         self._shared: _Loop | None = None  # memory://: one bus for the whole app
+        # task_send_sent_event, read again only when the configuration changed: every send
+        # asks, and a setting lookup costs more than the rest of this hook when it is off.
+        self._sent_on, self._sent_version = False, -1
+        self._sent_conf: object = None
 
     def _loop(self) -> _Loop:
         if self._shared is not None:
@@ -147,7 +151,11 @@ class Events:
 
     def task_sent(self, message: Message) -> None:
         """The producer hook: a task-sent event for ``message`` if ``task_send_sent_event`` is on."""
-        if not self._app.conf.task_send_sent_event:
+        conf = self._app.conf
+        if conf._version != self._sent_version or conf is not self._sent_conf:
+            self._sent_on = bool(conf.task_send_sent_event)
+            self._sent_conf, self._sent_version = conf, conf._version
+        if not self._sent_on:
             return
         state = self._loop()
         if state.producer is None:
@@ -159,8 +167,11 @@ class Events:
 
     def tasks_sent(self, messages: Sequence[Message]) -> None:
         """The producer hook of ``send_many``: :meth:`task_sent` for each message."""
-        if self._app.conf.task_send_sent_event:
-            for message in messages:
+        if not messages:
+            return
+        self.task_sent(messages[0])  # reads the setting again if the configuration changed
+        if self._sent_on:
+            for message in messages[1:]:
                 self.task_sent(message)
 
     def _emitter(self, hostname: str) -> EventEmitter:

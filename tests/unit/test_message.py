@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncq.exceptions import SerializationError
-from asyncq.message import Message, decode_message, encode_message
+from asyncq.message import SENT_AT, Message, decode_message, encode_message
 from asyncq.serializers import Serializers, json_dumps
 
 JSON_ONLY = Serializers(["json"])
@@ -118,6 +118,8 @@ def _reference_envelope(message: Message) -> bytes:
     """The envelope as the general encoder writes it: a dict of the fields set, in protocol order."""
     envelope: dict[str, object] = {"v": 1, "id": message.id, "task": message.task}
     envelope.update(args=message.args, kwargs=message.kwargs, queue=message.queue)
+    if message.headers:
+        envelope["headers"] = message.headers
     if message.root_id is not None:
         envelope["root_id"] = message.root_id
     if message.ignore_result:
@@ -141,6 +143,7 @@ _VALUES = st.recursive(
     queue=_TEXT,
     root_id=st.none() | _TEXT,
     ignore_result=st.booleans(),
+    sent_at=st.none() | st.floats(allow_nan=False, allow_infinity=False),
 )
 def test_plain_envelope_bytes_are_those_of_the_general_encoder(
     task_id: str,
@@ -150,6 +153,7 @@ def test_plain_envelope_bytes_are_those_of_the_general_encoder(
     queue: str,
     root_id: str | None,
     ignore_result: bool,
+    sent_at: float | None,
 ) -> None:
     message = Message(
         id=task_id,
@@ -159,8 +163,10 @@ def test_plain_envelope_bytes_are_those_of_the_general_encoder(
         queue=queue,
         root_id=root_id,
         ignore_result=ignore_result,
+        headers={} if sent_at is None else {SENT_AT: sent_at},  # the producer's stamp
     )
     assert encode_message(message, Serializers()) == _reference_envelope(message)
+    assert decode_message(encode_message(message, Serializers()), Serializers()).headers == message.headers
 
 
 def test_plain_envelope_of_tagged_types_and_deep_nesting() -> None:
