@@ -9,6 +9,10 @@ the first one are printed.
 Usage: python benchmarks/per_task.py [--url memory://] [--tasks 20000] [--rounds 3]
        [--trees base=/path/to/old/checkout,new=.] [--loop asyncio|uvloop] [--profile FILE]
 
+--pause S (with --one or no --trees) waits S seconds between the fill and the drain, saying so
+on stderr, so that an outside profiler can cover the drain alone: under
+`valgrind --tool=callgrind --instr-atstart=no`, run `callgrind_control -i on <pid>` then.
+
 --loop uvloop runs the drain on uvloop, the loop `asyncq run` picks when it is installed
 (worker_loop=auto); the default is asyncio's own, as an app embedding the worker has.
 
@@ -34,7 +38,9 @@ from _common import Countdown, send_all
 from asyncq import App
 
 
-async def drain(url: str, n: int, profile: cProfile.Profile | None = None) -> tuple[float, float]:
+async def drain(
+    url: str, n: int, profile: cProfile.Profile | None = None, pause: float = 0.0
+) -> tuple[float, float]:
     """One drain: (tasks per wall-clock second, CPU microseconds per task), the drain profiled."""
     options = {"key_prefix": f"asyncq-bench-per-task-{uuid.uuid4().hex[:8]}"}
     # A unique prefix, and results that expire soon: the shared Redis keeps nothing of the run.
@@ -54,6 +60,10 @@ async def drain(url: str, n: int, profile: cProfile.Profile | None = None) -> tu
         runs.tick()
 
     await send_all(app, [noop.build_message() for _ in range(n)])
+    if pause:
+        # For an outside profiler to start now (e.g. `callgrind_control -i on <pid>`).
+        print(f"queued {n}; draining in {pause:g}s", file=sys.stderr, flush=True)
+        await asyncio.sleep(pause)
     if profile is not None:
         profile.enable()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -83,6 +93,9 @@ def main() -> None:
         "--profile", metavar="FILE", help="one drain under cProfile: stats to FILE, the top 25 printed"
     )
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds to wait between the fill and the drain (one run)"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's single run
     args = parser.parse_args()
     if args.profile:
@@ -98,9 +111,9 @@ def main() -> None:
         if args.loop == "uvloop":
             import uvloop
 
-            rate, micros = uvloop.run(drain(args.url, args.tasks))
+            rate, micros = uvloop.run(drain(args.url, args.tasks, pause=args.pause))
         else:
-            rate, micros = asyncio.run(drain(args.url, args.tasks))
+            rate, micros = asyncio.run(drain(args.url, args.tasks, pause=args.pause))
         print(
             json.dumps({"rate": rate, "cpu_us": micros})
             if args.one
