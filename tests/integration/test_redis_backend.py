@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -245,15 +245,24 @@ async def numsub_is(admin: Redis, backend: RedisBackend, task_id: str, expected:
     return await numsub(admin, backend, task_id) == expected
 
 
+@asynccontextmanager
+async def published(
+    redis_url: str, prefix: str, count: int
+) -> AsyncIterator[tuple[RedisBroker, str, list[str]]]:
+    """A connected broker with ``count`` messages published to a fresh queue: (broker, queue, ids)."""
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
+        broker = await make()
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        await broker.publish_many([OutgoingMessage(id=i, queue=queue, body=b"x") for i in ids])
+        yield broker, queue, ids
+
+
 async def test_a_final_record_and_its_ack_travel_together_record_first(
     factory: Factory, redis_url: str, prefix: str, admin: Redis
 ) -> None:
-    queue = f"q-{uuid.uuid4().hex[:12]}"
     backend = await factory()
-    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
-        broker = await make()
-        ids = [str(uuid.uuid4()) for _ in range(50)]
-        await broker.publish_many([OutgoingMessage(id=i, queue=queue, body=b"x") for i in ids])
+    async with published(redis_url, prefix, 50) as (broker, queue, ids):
         inflight = f"{prefix}:{{{queue}}}:inflight".encode()
         async with admin.monitor() as monitor:
             deliveries = []
@@ -306,12 +315,8 @@ async def test_a_record_and_an_ack_on_different_servers_do_not_travel_together(
 async def test_a_pair_queued_behind_a_flush_in_flight_is_settled_by_that_flush(
     factory: Factory, redis_url: str, prefix: str, admin: Redis
 ) -> None:
-    queue = f"q-{uuid.uuid4().hex[:12]}"
     backend = await factory()
-    async with connected(lambda **options: RedisBroker(redis_url, key_prefix=prefix, **options)) as make:
-        broker = await make()
-        ids = [str(uuid.uuid4()) for _ in range(20)]
-        await broker.publish_many([OutgoingMessage(id=i, queue=queue, body=b"x") for i in ids])
+    async with published(redis_url, prefix, 20) as (broker, queue, ids):
         settled: list[tuple[str, BaseException | None]] = []
         async with aclosing(broker.consume([queue], prefetch=len(ids))) as it:
             deliveries = [await asyncio.wait_for(anext(it), TIMEOUT) for _ in ids]
