@@ -26,10 +26,14 @@ class GroupCommit(Generic[T, R]):
         flush: Callable[[list[T]], Awaitable[Sequence[R]]],
         name: str,
         closed: Callable[[], Exception],
+        dropped: Callable[[list[T], Exception], None] | None = None,
     ) -> None:
         self._flush = flush
         self._name = name
         self._closed = closed
+        # Told of the items queued without a future (queue()) that no flush will carry: the
+        # draining task was cancelled (aclose) before their turn.
+        self._dropped = dropped
         # What the next flush sends, and its callers' futures (two lists: no pair per item).
         self._items: list[T] = []
         # None for an item queued without a future (see queue()): its flush reports on its own.
@@ -108,7 +112,10 @@ class GroupCommit(Generic[T, R]):
             for future in self._inflight + self._futures:  # only when cancelled (aclose)
                 if future is not None and not future.done():
                     future.set_exception(self._closed())
+            unsent = [item for item, future in zip(self._items, self._futures, strict=True) if future is None]
             self._inflight, self._items, self._futures = [], [], []
+            if unsent and self._dropped is not None:
+                self._dropped(unsent, self._closed())
 
     async def close(self) -> None:
         """Let the flush in progress (and what queued behind it) finish."""

@@ -41,7 +41,7 @@ class JointSettle:
         self._set_many = set_many
         self._scripts = (*scripts, ACK)  # loaded again on the backend's connection if Redis forgot them
         self._group: GroupCommit[tuple[Any, ...], None] = GroupCommit(
-            self._flush, "asyncq.redis.results-acks", _closed
+            self._flush, "asyncq.redis.results-acks", _closed, joint_flushed
         )
         self._leases: Leases | None = None  # the broker's last seen, and whether it shares the server
         self._shared = False
