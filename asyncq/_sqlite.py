@@ -410,15 +410,7 @@ class SQLiteThread:
         ``op`` runs one statement, atomic by itself, so a lone one needs no BEGIN / COMMIT.
         """
         loop = asyncio.get_running_loop()
-        if direct and inline and self._direct_left and self._can_inline():
-            # Nothing queued or in flight, so no earlier write is overtaken.
-            task = asyncio.current_task()
-            if self._direct_left == _DIRECT_WRITES:
-                loop.call_soon(self._reset_direct)
-                self._direct_task = task
-            direct = task is self._direct_task
-        else:
-            direct = False
+        direct = direct and inline and self._direct_turn()
         locked = False
         if direct:
             self._direct_left -= 1
@@ -455,13 +447,7 @@ class SQLiteThread:
         (a publish); False: nothing was done, call write(). No op closure and no call layers:
         a producer awaits each publish, and this is most of its cost besides SQLite's own.
         """
-        if not self._direct_left or self._in_flight or self._pending or not self._wal:
-            return False
-        task = asyncio.current_task()
-        if self._direct_left == _DIRECT_WRITES:
-            asyncio.get_running_loop().call_soon(self._reset_direct)
-            self._direct_task = task
-        elif task is not self._direct_task:
+        if not self._direct_turn():
             return False
         lock = self._lock
         if not lock.acquire(blocking=False):  # the thread runs a checkpoint or an undo
@@ -480,6 +466,18 @@ class SQLiteThread:
         self._direct_left -= 1
         self._committed(1)
         return True
+
+    def _direct_turn(self) -> bool:
+        """Whether the calling task's write may commit at once, on the loop: nothing is queued
+        or in flight (no earlier write is overtaken), and no other task took this loop
+        iteration's direct writes."""
+        if not self._direct_left or not self._can_inline():
+            return False
+        task = asyncio.current_task()
+        if self._direct_left == _DIRECT_WRITES:
+            asyncio.get_running_loop().call_soon(self._reset_direct)
+            self._direct_task = task
+        return task is self._direct_task
 
     def _reset_direct(self) -> None:
         self._direct_left, self._direct_task = _DIRECT_WRITES, None

@@ -12,18 +12,15 @@ record must be replicated before the ack); then the worker writes and acks apart
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, TypeGuard
 
 from asyncq._redis import ClientHolder, GroupCommit, Script, script_call
-from asyncq.brokers._redis_leases import Leases, RedisDelivery, joint_flushed
+from asyncq.brokers._redis_leases import Leases, RedisDelivery, Settled, joint_flushed
 from asyncq.brokers._redis_scripts import ACK, CHUNK, Queue
 from asyncq.exceptions import BackendError
 
 __all__ = ["JointSettle", "Settled"]
-
-#: Told how a queued pair ended: its delivery, and the error (None: stored and acked).
-Settled = Callable[[RedisDelivery, BaseException | None], None]
 
 #: Most records, or acks, one script call carries.
 _CHUNK: Final = min(500, CHUNK)

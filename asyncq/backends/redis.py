@@ -431,9 +431,7 @@ class RedisBackend(BackendDefaults):
         None when the two cannot travel together (the delivery is not from a Redis broker on
         this server, a Cluster, min_replicas, not connected): the caller sets and acks apart.
         """
-        if ttl != self._ttl_seen:
-            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
-        key = f"{self._prefix}:result:{{{task_id}}}".encode()
+        key = self._final_key(task_id, ttl)  # converts ttl first
         return self._joint.submit(delivery, key, _FINAL + record, self._ttl_ms_seen)
 
     def queue_set_and_ack(
@@ -446,10 +444,14 @@ class RedisBackend(BackendDefaults):
         in flight (:meth:`set_and_ack` then flushes the caller's own at once) or the two
         cannot travel together. Under load a worker's task need not wait for its round trip.
         """
-        if ttl != self._ttl_seen:
-            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
-        key = f"{self._prefix}:result:{{{task_id}}}".encode()
+        key = self._final_key(task_id, ttl)
         return self._joint.queue(delivery, key, _FINAL + record, self._ttl_ms_seen, then)
+
+    def _final_key(self, task_id: str, ttl: float | None) -> bytes:
+        """The record key of ``task_id`` (``_key()``, inline), with ``ttl`` converted for it."""
+        if ttl != self._ttl_seen:  # every record of a worker has the same ttl: converted once
+            self._ttl_seen, self._ttl_ms_seen = ttl, _ttl_ms(ttl)
+        return f"{self._prefix}:result:{{{task_id}}}".encode()
 
     async def _flush_sets(self, items: list[tuple[bytes, bytes, bool, int]]) -> list[None]:
         client = self._redis.client()

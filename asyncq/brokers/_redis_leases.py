@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncq._redis import ClientHolder, GroupCommit, script_call
@@ -19,9 +20,9 @@ from asyncq.brokers._redis_scripts import ACK, CHUNK, DEAD, NACK, RELEASE, RENEW
 from asyncq.exceptions import BrokerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
-__all__ = ["Leases", "RedisDelivery", "joint_flushed"]
+__all__ = ["Leases", "RedisDelivery", "Settled", "joint_flushed"]
 
 R = TypeVar("R")
 
@@ -239,7 +240,7 @@ class RedisDelivery:
         key: bytes,
         value: bytes,
         ttl_ms: int,
-        then: Callable[[RedisDelivery, BaseException | None], None] | None = None,
+        then: Settled | None = None,
     ) -> R:
         """``ack``, sent by another group commit: ``submit((key, value, ttl_ms, self, then))``.
 
@@ -282,6 +283,11 @@ class RedisDelivery:
             ok = True
         finally:
             self._finish(ok)
+
+
+#: Told how a pair sent by :meth:`RedisDelivery.ack_along` ended: its delivery, and the error
+#: (None: stored and acked).
+Settled = Callable[[RedisDelivery, BaseException | None], None]
 
 
 def joint_flushed(items: Sequence[tuple[Any, ...]], error: BaseException | None) -> None:
