@@ -73,7 +73,7 @@ class SentinelWatcher:
             "protocol": 2,
             **{name: value for name, value in auth.items() if value is not None},
         }
-        self.sentinel = Sentinel(list(target.nodes), sentinel_kwargs=self.sentinel_kwargs)  # type: ignore[no-untyped-call]
+        self.sentinel = Sentinel(list(target.nodes), sentinel_kwargs=self.sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
         kwargs.setdefault("username", target.username)
         kwargs.setdefault("password", target.password)
         kwargs.setdefault("db", target.db)

@@ -209,7 +209,7 @@ class CeleryRedis:
                 await self._run("wait", pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining))
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await asyncio.wait_for(pubsub.aclose(), self.timeout)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), self.timeout)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 _READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
