@@ -32,6 +32,7 @@ __all__ = ["SQLiteBroker"]
 logger = logging.getLogger(__name__)
 
 Row = tuple[int, str, str, bytes, int, int]  # seq, id, queue, body, priority, deliveries
+Claimed = tuple[int, str, str, bytes, int, int, float]  # a Row and its fair-queuing rank
 
 _SCHEMA = (
     """
@@ -154,7 +155,7 @@ def _claim(
         ]
         return [], min((d for d in dues if d is not None), default=None)
 
-    def take(conn: sqlite3.Connection) -> list[Row]:
+    def take(conn: sqlite3.Connection) -> list[Claimed]:
         now = time.time()
         seqs = _ready(conn, queues, limit, now)  # again: another consumer may have taken them
         marks = ",".join("?" * len(seqs))
@@ -166,11 +167,12 @@ def _claim(
         fair = [(row[2], row[6]) for row in taken if row[6]]
         if fair:
             advance(conn, fair)
-        return [row[:6] for row in taken]
+        return taken
 
-    rows = transaction(conn, take)
-    rows.sort(key=lambda r: (-r[4], r[0]))  # RETURNING comes in no particular order
-    return rows, None
+    taken = transaction(conn, take)
+    # RETURNING comes in no particular order: back to the claim's (priority, turn, publish).
+    taken.sort(key=lambda r: (-r[4], r[6], r[0]))
+    return [row[:6] for row in taken], None
 
 
 def _release(conn: sqlite3.Connection, rows: Sequence[Row], owner: str) -> None:

@@ -111,7 +111,9 @@ async def test_priorities(broker_factory, queue: str) -> None:
     assert bodies == [b"high", b"mid", b"low"]
 
 
-async def test_fair_keys_take_turns(broker_factory, queue: str) -> None:
+# prefetch 28: one claim takes the whole backlog, and its rows must come in turn order too.
+@pytest.mark.parametrize("prefetch", [1, 28])
+async def test_fair_keys_take_turns(broker_factory, queue: str, prefetch: int) -> None:
     broker: Broker = await broker_factory()
     if not broker.capabilities.fair_queuing:
         pytest.skip(f"{broker.url}: capabilities.fair_queuing is False")
@@ -120,7 +122,7 @@ async def test_fair_keys_take_turns(broker_factory, queue: str) -> None:
     await broker.publish_many([msg(queue, b"c%d" % i, fair_key="c", fair_weight=2) for i in range(4)])
     await broker.publish_many([msg(queue, b"high", fair_key="a", priority=9)])
     assert await broker.queue_length(queue) == 28
-    async with aclosing(broker.consume([queue], prefetch=1)) as it:
+    async with aclosing(broker.consume([queue], prefetch=prefetch)) as it:
         bodies = []
         for _ in range(28):
             delivery = await take(it)
