@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
 import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -36,6 +37,8 @@ from asyncq._amqp.header import ContentHead
 from asyncq.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 __all__ = ["HandshakeTimeout", "LeanConnection", "LeanMessage", "LeanParams"]
+
+logger = logging.getLogger(__name__)
 
 _CHANNEL: Final = 1
 _FRAME_MAX: Final = 131072
@@ -150,6 +153,9 @@ class LeanConnection(asyncio.Protocol):
         self._paused: asyncio.Future[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None  # the confirms' deadline timer
         self._expiry_at = 0.0
+        # Why RabbitMQ stopped reading this connection's publishes (a memory or disk alarm:
+        # connection.blocked), until connection.unblocked; None while it reads them.
+        self.blocked: str | None = None
 
     # -- opening ------------------------------------------------------------------------
 
@@ -235,6 +241,17 @@ class LeanConnection(asyncio.Protocol):
                 self._opened.set_result(None)
             if self._heartbeat:
                 self._beat = self._loop.call_later(self._heartbeat / 2, self._on_beat)
+        elif isinstance(value, Connection.Blocked):
+            self.blocked = value.reason or "no reason given"
+            logger.warning(
+                "RabbitMQ blocked publishing on connection %r (%s: a memory or disk alarm);"
+                " its publishes wait until the alarm clears",
+                params.connection_name,
+                self.blocked,
+            )
+        elif isinstance(value, Connection.Unblocked):
+            self.blocked = None
+            logger.warning("RabbitMQ unblocked publishing on connection %r", params.connection_name)
         elif isinstance(value, Connection.Close):
             self._transport.write(marshal(Connection.CloseOk(), 0))
             self._fail(

@@ -106,6 +106,12 @@ class LeanPublisher:
             exchange, routing_key, body, properties, mandatory=mandatory, deadline=deadline
         )
 
+    @property
+    def blocked(self) -> str | None:
+        """Why RabbitMQ is not reading this publisher's connection (a resource alarm), or None."""
+        connection = self._connection
+        return None if connection is None or connection.is_closed else connection.blocked
+
     async def _writable(self) -> LeanConnection:
         connection = self._connection
         if connection is None or connection.is_closed:
