@@ -65,7 +65,8 @@ SQLITE_METRICS = {
     "p50": ("round trip p50", "ms", False),
     "p99": ("round trip p99", "ms", False),
     "enqueue_idle": ("enqueue", "/s", True),
-    "enqueue_busy": ("enqueue, worker busy", "/s", True),
+    "enqueue_busy": ("enqueue, worker draining", "/s", True),
+    "drained_busy": ("drained meanwhile", "tasks/s", True),
 }
 RABBITMQ_METRICS = {
     **REDIS_METRICS,

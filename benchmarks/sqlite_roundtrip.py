@@ -1,15 +1,19 @@
 """Cross-process round trip, enqueue and drain rates of the embedded sqlite:// store, beside SqliteHuey.
 
 Run with ``python benchmarks/sqlite_roundtrip.py [--trees after=.,before=/path/to/main]
-[--round-trips 500] [--enqueues 2000] [--rounds 3] [--huey-python ~/venvs/huey/bin/python]``.
+[--round-trips 500] [--enqueues 2000] [--backlog 20000] [--rounds 3]
+[--huey-python ~/venvs/huey/bin/python]``.
 
 For each asyncq source tree a client process first does ``--enqueues`` sequential
 ``noop.enqueue()`` calls with no worker (calls/s); then a worker (``asyncq run``, default
 settings) starts and drains that backlog (tasks/s, timed from the first message gone to the last,
 by counting the queue's rows from this process); then a client does ``--round-trips`` sequential
-``echo.enqueue()`` + ``result.get()`` calls (p50 / p99 in ms), and ``--enqueues`` sequential
-``noop.enqueue()`` calls while the worker drains them (calls/s). With huey installed in the
-given interpreter, the same is measured for SqliteHuey (a thread consumer, default settings).
+``echo.enqueue()`` + ``result.get()`` calls (p50 / p99 in ms). Last, it queues ``--backlog``
+messages, waits until the worker takes from them, and does ``--enqueues`` sequential
+``noop.enqueue()`` calls while the worker drains that backlog: calls/s, and the tasks/s the
+worker drained in the same window (it must not run out of backlog, or the run fails: a worker
+that ran dry may have slept). With huey installed in the given interpreter, the same is
+measured for SqliteHuey (a thread consumer, default settings).
 Rounds interleave the contenders (the order rotates each round); the summary shows each
 column's median and its range over the rounds. Raw drain and publish rates are in
 ``benchmarks/sqlite_broker.py``.
@@ -62,7 +66,52 @@ async def enqueue_rate(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def client(round_trips: int, enqueues: int) -> dict[str, float]:
+def rows_left(path: str, table: str) -> int:
+    """Rows in ``table`` of the file at ``path`` (waiting or claimed, not yet done)."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        n: int = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return n
+    finally:
+        conn.close()
+
+
+def wait_draining(path: str, table: str, backlog: int, timeout: float = 60) -> None:
+    """Return once the worker took something of the backlog: it is awake and consuming."""
+    deadline = time.monotonic() + timeout
+    while rows_left(path, table) >= backlog:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker took nothing of {backlog} messages in {timeout:g}s")
+        time.sleep(0.001)
+
+
+def beside_drain(
+    path: str, table: str, left_before: int, left_after: int, count: int, seconds: float
+) -> dict[str, float]:
+    """The rates of the window in which ``count`` enqueues took ``seconds`` beside a draining worker."""
+    if not left_after:  # the worker ran dry, and may have slept: the window was not all busy
+        raise RuntimeError(f"the backlog in {table} ran out: use a larger --backlog")
+    return {
+        "enqueue_busy": count / seconds,
+        "drained_busy": (left_before + count - left_after) / seconds,
+    }
+
+
+async def enqueue_beside_drain(count: int, backlog: int) -> dict[str, float]:
+    """``count`` sequential enqueues while the worker drains a backlog it does not run out of."""
+    path = os.environ["BENCH_SQLITE_URL"].removeprefix("sqlite:///")
+    for start in range(0, backlog, 500):  # concurrent sends share commits: a quick fill
+        await asyncio.gather(*(noop.enqueue() for _ in range(min(500, backlog - start))))
+    wait_draining(path, "asyncq_messages", backlog)
+    before = rows_left(path, "asyncq_messages")
+    started = time.perf_counter()
+    for _ in range(count):
+        await noop.enqueue()
+    seconds = time.perf_counter() - started
+    return beside_drain(path, "asyncq_messages", before, rows_left(path, "asyncq_messages"), count, seconds)
+
+
+async def client(round_trips: int, enqueues: int, backlog: int) -> dict[str, float]:
     """Measure in this process against a running worker (with ``round_trips`` 0: none); return the numbers."""
     await app.connect()
     try:
@@ -85,7 +134,7 @@ async def client(round_trips: int, enqueues: int) -> dict[str, float]:
         return {
             "p50": statistics.median(samples),
             "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
-            "enqueue_busy": await enqueue_rate(enqueues),
+            **await enqueue_beside_drain(enqueues, backlog),
         }
     finally:
         await app.aclose()
@@ -100,7 +149,9 @@ def run_asyncq(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)]),
         }
         client = [sys.executable, str(Path(__file__)), "--client"]
-        idle = _json(subprocess.run([*client, "0", str(args.enqueues)], env=env, cwd=HERE, **_RUN).stdout)
+        idle = _json(
+            subprocess.run([*client, "0", str(args.enqueues), "0"], env=env, cwd=HERE, **_RUN).stdout
+        )
         worker = subprocess.Popen(
             [sys.executable, "-m", "asyncq", "run", "sqlite_roundtrip:app", "--log-level", "error"],
             env=env,
@@ -108,7 +159,7 @@ def run_asyncq(tree: Path, args: argparse.Namespace) -> dict[str, float]:
         )
         try:
             drain = drain_rate(db, "asyncq_messages", worker)
-            cmd = [*client, str(args.round_trips), str(args.enqueues)]
+            cmd = [*client, str(args.round_trips), str(args.enqueues), str(args.backlog)]
             busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
         finally:
             worker.terminate()
@@ -154,14 +205,16 @@ def run_huey(python: str, args: argparse.Namespace) -> dict[str, float]:
         db = Path(tmp) / "huey.db"
         env = {**os.environ, "BENCH_HUEY_DB": str(db), "PYTHONPATH": str(HERE)}
         client = [python, "-c", HUEY_CLIENT]
-        idle = _json(subprocess.run([*client, "0", str(args.enqueues)], env=env, cwd=HERE, **_RUN).stdout)
+        idle = _json(
+            subprocess.run([*client, "0", str(args.enqueues), "0"], env=env, cwd=HERE, **_RUN).stdout
+        )
         consumer_bin = str(Path(python).parent / "huey_consumer")
         worker = subprocess.Popen(
             [consumer_bin, "peers.huey_sqlite.huey", "-w", "4", "-k", "thread", "-q"], env=env, cwd=HERE
         )
         try:
             drain = drain_rate(db, "task", worker)
-            cmd = [*client, str(args.round_trips), str(args.enqueues)]
+            cmd = [*client, str(args.round_trips), str(args.enqueues), str(args.backlog)]
             busy = _json(subprocess.run(cmd, env=env, cwd=HERE, **_RUN).stdout)
         finally:
             worker.terminate()
@@ -174,7 +227,8 @@ _COLUMNS = (
     ("rtt p99 ms", "p99", "{:.2f}"),
     ("enqueue/s", "enqueue_idle", "{:,.0f}"),
     ("drain/s", "drain", "{:,.0f}"),
-    ("enqueue/s busy", "enqueue_busy", "{:,.0f}"),
+    ("enqueue/s, draining", "enqueue_busy", "{:,.0f}"),
+    ("drained/s meanwhile", "drained_busy", "{:,.0f}"),
 )
 
 
@@ -192,7 +246,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, contenders interleaved")
     parser.add_argument("--huey-python", default=str(Path.home() / "venvs/huey/bin/python"))
     parser.add_argument("--json-out", help="also write each contender's medians to this file as JSON")
-    parser.add_argument("--client", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backlog", type=int, default=20000, help="messages the worker drains while the timed enqueues run"
+    )
+    parser.add_argument("--client", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         # Through the module, so that the tasks have the names the worker registered.
@@ -229,7 +286,12 @@ def main() -> None:
             name: {key: statistics.median(r[key] for r in rs) for _, key, _ in _COLUMNS}
             for name, rs in results.items()
         }
-        params = {"rounds": args.rounds, "round_trips": args.round_trips, "enqueues": args.enqueues}
+        params = {
+            "rounds": args.rounds,
+            "round_trips": args.round_trips,
+            "enqueues": args.enqueues,
+            "backlog": args.backlog,
+        }
         Path(args.json_out).write_text(json.dumps({"medians": medians, "params": params}, indent=1))
 
 

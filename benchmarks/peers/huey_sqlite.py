@@ -35,8 +35,25 @@ def enqueue_rate(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def client(round_trips: int, enqueues: int) -> dict[str, float]:
-    """Sequential round trips against a running consumer, then sequential enqueues (0: enqueues only)."""
+def enqueue_beside_drain(count: int, backlog: int) -> dict[str, float]:
+    """``count`` sequential enqueues while the consumer drains a backlog it does not run out of."""
+    from sqlite_roundtrip import beside_drain, rows_left, wait_draining
+
+    path = os.environ.get("BENCH_HUEY_DB", "huey.db")
+    for _ in range(backlog):
+        noop()
+    wait_draining(path, "task", backlog)
+    before = rows_left(path, "task")
+    started = time.perf_counter()
+    for _ in range(count):
+        noop()
+    seconds = time.perf_counter() - started
+    return beside_drain(path, "task", before, rows_left(path, "task"), count, seconds)
+
+
+def client(round_trips: int, enqueues: int, backlog: int) -> dict[str, float]:
+    """Sequential round trips against a running consumer, then sequential enqueues beside a
+    draining consumer (``round_trips`` 0: enqueues only, no consumer)."""
     if not round_trips:
         return {"enqueue_idle": enqueue_rate(enqueues)}
     echo()(blocking=True, timeout=60)  # warm up
@@ -47,4 +64,4 @@ def client(round_trips: int, enqueues: int) -> dict[str, float]:
         samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return {"p50": statistics.median(samples), "p99": p99, "enqueue_busy": enqueue_rate(enqueues)}
+    return {"p50": statistics.median(samples), "p99": p99, **enqueue_beside_drain(enqueues, backlog)}
