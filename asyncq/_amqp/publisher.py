@@ -112,6 +112,13 @@ class LeanPublisher:
         connection = self._connection
         return None if connection is None or connection.is_closed else connection.blocked
 
+    def blocked_note(self) -> str:
+        """What a publish timeout adds when RabbitMQ blocked the connection (else nothing)."""
+        reason = self.blocked
+        if reason is None:
+            return ""
+        return f"; RabbitMQ is blocking publishes on this connection ({reason}: a server resource alarm)"
+
     async def _writable(self) -> LeanConnection:
         connection = self._connection
         if connection is None or connection.is_closed:

@@ -470,6 +470,7 @@ class RPCBackend(BackendDefaults):
                 except TimeoutError:
                     raise BackendConnectionError(
                         f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
+                        + lean.blocked_note()
                     ) from None
                 except BrokerConnectionError as exc:
                     if not self._is_open() or loop.time() >= deadline:

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from asyncq import App
+from asyncq.backends.rpc import RPCBackend
 from asyncq.exceptions import BrokerConnectionError
 from tests.helpers import until
 from tests.servers import RabbitNode, rabbitmq_node  # noqa: F401 - fixture
@@ -25,15 +26,15 @@ def _set_watermark(node: RabbitNode, fraction: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _said(caplog: pytest.LogCaptureFixture, text: str) -> bool:
-    return any(text in r.getMessage() for r in caplog.records if r.name == "asyncq._amqp.protocol")
+def _said(caplog: pytest.LogCaptureFixture, text: str, logger: str = "asyncq._amqp.protocol") -> bool:
+    return any(text in r.getMessage() for r in caplog.records if r.name == logger)
 
 
 async def test_blocked_publish_names_the_alarm_and_arrives_once_it_clears(
     rabbitmq_node: RabbitNode,  # noqa: F811 - the fixture
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="asyncq._amqp.protocol")
+    caplog.set_level(logging.WARNING, logger="asyncq")
     queue = f"blocked-{uuid.uuid4().hex[:8]}"
     app = App("blocked", broker=f"{rabbitmq_node.url}?publish_timeout=2")
 
@@ -50,6 +51,14 @@ async def test_blocked_publish_names_the_alarm_and_arrives_once_it_clears(
             # RabbitMQ's own reason, in the one-line error and in the log.
             assert "low on memory" in str(raised.value), raised.value
             assert _said(caplog, "blocked publishing on connection")
+            # A worker's rpc:// record: lost after publish_timeout, one warning that says why.
+            backend = RPCBackend("rpc://", broker_url=rabbitmq_node.url, publish_timeout=2)
+            await backend.connect()
+            try:
+                await backend.set("blocked-task", b"{}", final=True, ttl=None)
+            finally:
+                await backend.aclose()
+            assert _said(caplog, "blocking publishes on this connection (low on", "asyncq.backends.rpc")
         finally:
             _set_watermark(rabbitmq_node, "0.4")
         await until(lambda: _said(caplog, "unblocked publishing"), "connection.unblocked")

@@ -20,7 +20,6 @@ from pamqp.commands import Basic
 from asyncq._amqp import CopyGuard, ack_confirmed, is_stale, requeue, translate_errors
 from asyncq._amqp.acks import Message
 from asyncq._amqp.confirms import PublishNacked, PublishReturned
-from asyncq._amqp.publisher import LeanPublisher
 from asyncq._amqp.publishing import publish
 from asyncq._utils import now
 from asyncq.brokers.base import OutgoingMessage
@@ -221,7 +220,7 @@ class Publisher(Topology):
             except TimeoutError as exc:
                 raise BrokerConnectionError(
                     f"{action}: not confirmed by RabbitMQ within publish_timeout={self.publish_timeout}s"
-                    + _blocked(publisher)
+                    + publisher.blocked_note()
                 ) from exc
             except BrokerConnectionError:
                 if self._connection is None:
@@ -249,7 +248,7 @@ class Publisher(Topology):
                 except TimeoutError:
                     raise BrokerConnectionError(
                         f"{action}: RabbitMQ unreachable for publish_timeout={self.publish_timeout}s"
-                        + _blocked(lean)
+                        + lean.blocked_note()
                     ) from None
                 except BrokerConnectionError:
                     if self._connection is None or loop.time() >= deadline:
@@ -437,11 +436,3 @@ class Publisher(Topology):
             log.warning("RabbitMQ bookkeeping of message %s failed; requeued: %s", message.message_id, exc)
             await asyncio.sleep(BOOKKEEPING_RETRY_DELAY)
             await requeue(message)
-
-
-def _blocked(publisher: LeanPublisher) -> str:
-    """The timeout's cause, when RabbitMQ stopped reading the connection (connection.blocked)."""
-    reason = publisher.blocked
-    if reason is None:
-        return ""
-    return f"; RabbitMQ is blocking publishes on this connection ({reason}: a resource alarm on the server)"
